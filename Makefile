@@ -1,0 +1,129 @@
+# tensorbit - build, test, install.
+#
+#   make                    CPU toolkit (tools in build/bin, library build/libtensorbit.a)
+#   make CUDA=1             also compile kernels/cuda/*.cu with nvcc (CUDA_HOME or PATH)
+#   make CUDA=1 CUDA_ARCHS="80;90"   choose GPU architectures (default 75;80;86;89;90)
+#   make NVTX=1             compile NVTX ranges in (with CUDA=1)
+#   make SANITIZE=1         ASan + UBSan build in build-san/
+#   make test               unit tests (cmocka) and CLI tests (bats)
+#   make bench              benchmarks (figures go to bench/results/, see BENCHMARKS.md)
+#   make install PREFIX=/usr/local
+#
+# Sources are found by directory, so adding a file needs no Makefile edit:
+# common/ formats/ kernels/cpu/ -> library; tools/tb-*.c -> one binary each;
+# tests/unit/test_*.c -> one cmocka binary each.
+
+PREFIX     ?= /usr/local
+CC         ?= cc
+CUDA       ?= 0
+NVTX       ?= 0
+SANITIZE   ?= 0
+CUDA_ARCHS ?= 75;80;86;89;90
+
+ifeq ($(SANITIZE),1)
+BUILD ?= build-san
+SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+else
+BUILD ?= build
+SANFLAGS :=
+endif
+BIN := $(BUILD)/bin
+
+PKGS := libcjson openblas lapacke
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+ifeq ($(strip $(PKG_LIBS)),)
+$(error pkg-config cannot find $(PKGS): run scripts/setup.sh)
+endif
+
+OPT      ?= -O2 -g
+WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter
+CPPFLAGS += -D_DEFAULT_SOURCE -Icommon -Iformats -Ikernels/cpu -Ikernels/cuda $(PKG_CFLAGS)
+CFLAGS   += -std=c11 $(OPT) $(WARN) -pthread -march=x86-64-v2 $(SANFLAGS)
+LDFLAGS  += -pthread $(SANFLAGS)
+LDLIBS   += $(PKG_LIBS) -lm
+
+VERSION := $(shell git describe --always --dirty 2>/dev/null || echo unknown)
+CPPFLAGS += -DTB_VERSION=\"$(VERSION)\"
+
+LIB_SRC := $(wildcard common/*.c formats/*.c kernels/cpu/*.c)
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
+
+# ---- optional CUDA ----
+ifeq ($(CUDA),1)
+NVCC ?= $(shell command -v nvcc 2>/dev/null || ( [ -n "$(CUDA_HOME)" ] && echo $(CUDA_HOME)/bin/nvcc ))
+ifeq ($(strip $(NVCC)),)
+$(error CUDA=1 but nvcc is neither on PATH nor in $$CUDA_HOME/bin)
+endif
+CUDA_ROOT := $(patsubst %/bin/nvcc,%,$(NVCC))
+CU_SRC    := $(wildcard kernels/cuda/*.cu)
+CU_OBJ    := $(CU_SRC:%.cu=$(BUILD)/obj/%.o)
+GENCODE   := $(foreach a,$(subst ;, ,$(CUDA_ARCHS)),-gencode arch=compute_$(a),code=sm_$(a))
+NVCCFLAGS ?= -O2 -std=c++17 -Xcompiler -Wall,-Werror
+CPPFLAGS  += -DTB_HAVE_CUDA=1
+LDLIBS    += -L$(CUDA_ROOT)/lib64 -lcudart -lstdc++
+ifeq ($(NVTX),1)
+CPPFLAGS  += -DTB_HAVE_NVTX=1
+endif
+LIB_OBJ   += $(CU_OBJ)
+endif
+
+LIB := $(BUILD)/libtensorbit.a
+TOOLS := $(patsubst tools/%.c,$(BIN)/%,$(wildcard tools/tb-*.c))
+UNIT_SRC := $(wildcard tests/unit/test_*.c)
+UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+MANS := $(wildcard man/*.1)
+
+.PHONY: all test unit cli bench install uninstall clean demo check-env
+all: $(TOOLS)
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/obj/%.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) $(GENCODE) $(filter -D% -I%,$(CPPFLAGS)) -c $< -o $@
+
+$(LIB): $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(BIN)/%: $(BUILD)/obj/tools/%.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $< $(LIB) $(LDLIBS) -o $@
+
+$(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $< $(LIB) $(LDLIBS) $(shell pkg-config --libs cmocka) -o $@
+
+unit: $(UNIT_BIN)
+	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; ./$$t; done
+
+cli: $(TOOLS)
+	TB_BIN=$(abspath $(BIN)) bats tests/cli
+
+test: all unit cli
+
+bench: all
+	TB_BIN=$(abspath $(BIN)) bench/run.sh
+
+demo: all
+	examples/demo.sh $(BIN)
+
+check-env:
+	scripts/check-env.sh
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1
+	install -m 755 $(TOOLS) $(DESTDIR)$(PREFIX)/bin/
+	install -m 644 $(MANS) $(DESTDIR)$(PREFIX)/share/man/man1/
+
+uninstall:
+	rm -f $(addprefix $(DESTDIR)$(PREFIX)/bin/,$(notdir $(TOOLS)))
+	rm -f $(addprefix $(DESTDIR)$(PREFIX)/share/man/man1/,$(notdir $(MANS)))
+
+clean:
+	rm -rf build build-san
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

@@ -1,0 +1,66 @@
+#include "tb_error.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TB_ERRMSG_MAX 1024
+
+static _Thread_local char errmsg[TB_ERRMSG_MAX];
+static _Thread_local int errcode;
+
+int tb_fail(int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(errmsg, sizeof errmsg, fmt, ap);
+    va_end(ap);
+    errcode = code;
+    return code;
+}
+
+int tb_err_context(const char *fmt, ...)
+{
+    char prefix[TB_ERRMSG_MAX], joined[TB_ERRMSG_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    va_end(ap);
+    snprintf(joined, sizeof joined, "%s: %s", prefix, errmsg);
+    memcpy(errmsg, joined, sizeof errmsg);
+    return errcode;
+}
+
+const char *tb_errmsg(void) { return errmsg; }
+int tb_errcode(void) { return errcode; }
+void tb_err_clear(void) { errmsg[0] = 0; errcode = TB_OK; }
+
+void *tb_malloc_at(size_t n, const char *file, int line)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p) tb_fail(TB_EIO, "out of memory (%zu bytes) at %s:%d", n, file, line);
+    return p;
+}
+
+void *tb_calloc_at(size_t count, size_t size, const char *file, int line)
+{
+    void *p = calloc(count ? count : 1, size ? size : 1);
+    if (!p) tb_fail(TB_EIO, "out of memory (%zu x %zu bytes) at %s:%d", count, size, file, line);
+    return p;
+}
+
+void *tb_realloc_at(void *old, size_t n, const char *file, int line)
+{
+    void *p = realloc(old, n ? n : 1);
+    if (!p) tb_fail(TB_EIO, "out of memory (%zu bytes) at %s:%d", n, file, line);
+    return p;
+}
+
+char *tb_strdup_at(const char *s, const char *file, int line)
+{
+    size_t n = strlen(s) + 1;
+    char *p = tb_malloc_at(n, file, line);
+    if (p) memcpy(p, s, n);
+    return p;
+}

@@ -1,0 +1,35 @@
+/* tb_log.h - messages and progress on stderr.
+ *
+ * Progress bars are drawn only when stderr is a terminal, unless a tool's
+ * --progress / --quiet forces it on or off (tb_log_set_progress).
+ */
+#ifndef TB_LOG_H
+#define TB_LOG_H
+
+#include <stdint.h>
+
+void tb_log_init(const char *tool_name);      /* name used in messages */
+const char *tb_tool_name(void);
+void tb_log_set_progress(int mode);           /* -1 auto (isatty), 0 off, 1 on */
+void tb_log_set_quiet(int quiet);             /* 1: info() prints nothing */
+int tb_progress_enabled(void);
+
+/* "tool: message" on stderr unless quiet */
+void tb_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* "tool: warning: message" on stderr, always */
+void tb_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+double tb_now(void); /* monotonic seconds */
+
+typedef struct {
+    const char *label;
+    uint64_t total, done;
+    double t_start, t_last_draw;
+    int active;
+} tb_progress;
+
+void tb_progress_begin(tb_progress *p, const char *label, uint64_t total);
+void tb_progress_set(tb_progress *p, uint64_t done); /* redraws at most ~10x/s */
+void tb_progress_end(tb_progress *p);
+
+#endif
