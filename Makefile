@@ -28,6 +28,8 @@ BUILD ?= build
 SANFLAGS :=
 endif
 BIN := $(BUILD)/bin
+V ?= 0
+Q := $(if $(filter 1,$(V)),,@)
 
 PKGS := libcjson openblas lapacke
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
@@ -79,23 +81,26 @@ all: $(TOOLS)
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
+	@echo "  CC    $<"
+	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
 
 $(BUILD)/obj/%.o: %.cu
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVCCFLAGS) $(GENCODE) $(filter -D% -I%,$(CPPFLAGS)) -c $< -o $@
+	@echo "  NVCC  $<"
+	$(Q)$(NVCC) $(NVCCFLAGS) $(GENCODE) $(filter -D% -I%,$(CPPFLAGS)) -c $< -o $@
 
 $(LIB): $(LIB_OBJ)
 	@mkdir -p $(dir $@)
-	rm -f $@ && ar rcs $@ $^
+	$(Q)rm -f $@ && ar rcs $@ $^
 
 $(BIN)/%: $(BUILD)/obj/tools/%.o $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) $< $(LIB) $(LDLIBS) -o $@
+	@echo "  LD    $@"
+	$(Q)$(CC) $(LDFLAGS) $< $(LIB) $(LDLIBS) -o $@
 
 $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) $< $(LIB) $(LDLIBS) $(shell pkg-config --libs cmocka) -o $@
+	$(Q)$(CC) $(LDFLAGS) $< $(LIB) $(LDLIBS) $(shell pkg-config --libs cmocka) -o $@
 
 unit: $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; ./$$t; done

@@ -22,13 +22,14 @@ int tb_fail(int code, const char *fmt, ...)
 
 int tb_err_context(const char *fmt, ...)
 {
-    char prefix[TB_ERRMSG_MAX], joined[TB_ERRMSG_MAX];
+    char prefix[TB_ERRMSG_MAX], joined[2 * TB_ERRMSG_MAX + 2];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
     snprintf(joined, sizeof joined, "%s: %s", prefix, errmsg);
-    memcpy(errmsg, joined, sizeof errmsg);
+    memcpy(errmsg, joined, sizeof errmsg - 1); /* truncate, keep the NUL */
+    errmsg[sizeof errmsg - 1] = 0;
     return errcode;
 }
 
