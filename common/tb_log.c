@@ -89,3 +89,23 @@ void tb_progress_end(tb_progress *p)
     if (p->active) draw(p, 1);
     p->active = 0;
 }
+
+#include "tb_error.h"
+
+int tb_report_error(void)
+{
+    int code = tb_errcode();
+    fprintf(stderr, "%s: %s\n", tool_name, *tb_errmsg() ? tb_errmsg() : "unknown error");
+    return code ? code : TB_EIO;
+}
+
+int tb_usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "%s: ", tool_name);
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, " (see %s --help)\n", tool_name);
+    va_end(ap);
+    return TB_EUSAGE;
+}

@@ -32,4 +32,10 @@ void tb_progress_begin(tb_progress *p, const char *label, uint64_t total);
 void tb_progress_set(tb_progress *p, uint64_t done); /* redraws at most ~10x/s */
 void tb_progress_end(tb_progress *p);
 
+/* For tools' main(): print "tool: <last library error>" on stderr and return
+ * its exit code (TB_EIO if none was recorded). */
+int tb_report_error(void);
+/* Usage error: "tool: <message> (see --help)" on one line; returns TB_EUSAGE (1). */
+int tb_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 #endif

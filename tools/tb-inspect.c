@@ -1,0 +1,327 @@
+/* tb-inspect - show what is in a safetensors file or an HF model directory.
+ *
+ * Human table by default, --json for machines; --stats, --nm N:M and
+ * --tensor NAME add per-tensor detail. Later formats (.fisher, .tb, .tbm) are
+ * all safetensors-compatible or JSON and are read through formats/.
+ */
+#include <cjson/cJSON.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tb_config.h"
+#include "tb_error.h"
+#include "tb_io.h"
+#include "tb_log.h"
+#include "tb_opts.h"
+#include "tb_safetensors.h"
+#include "tb_stats.h"
+
+static const char usage[] =
+    "usage: tb-inspect [options] FILE|DIR\n"
+    "\n"
+    "Show the tensors of a safetensors file (or of every shard of an HF model\n"
+    "directory, read through model.safetensors.index.json), the model config and\n"
+    "parameter counts by kind. FILE may be - for a stream on stdin.\n"
+    "\n"
+    "options:\n"
+    "  --json          one JSON object on stdout instead of the table\n"
+    "  --stats         per tensor: min, max, mean, std, zero fraction, NaN/Inf count\n"
+    "  --nm N:M        per 2-D+ tensor: fraction of groups of M along the last\n"
+    "                  (input) dimension with at most N nonzeros\n"
+    "  --tensor NAME   dump the values of one tensor (one row of the last dim per line)\n"
+    "  --quiet         no progress output\n"
+    "  --progress      progress output even when stderr is not a terminal\n"
+    "  -h, --help      this help\n"
+    "  --version       print the version\n"
+    "\n"
+    "exit status: 0 ok, 1 usage, 2 bad input data, 3 I/O error\n";
+
+typedef struct {
+    int json, stats, nm_n, nm_m;
+    const char *tensor;
+} options;
+
+static const char *tensor_kind(const char *name)
+{
+    if (strstr(name, "embed_tokens")) return "embedding";
+    if (strstr(name, "lm_head")) return "lm_head";
+    if (strstr(name, "self_attn")) return "attention";
+    if (strstr(name, "mlp")) return "mlp";
+    if (strstr(name, "norm")) return "norm";
+    return "other";
+}
+
+static const char *kinds[] = {"embedding", "attention", "mlp", "norm", "lm_head", "other"};
+#define N_KINDS 6
+
+static void shape_str(const st_tensor *t, char *buf, size_t n)
+{
+    size_t k = (size_t)snprintf(buf, n, "[");
+    for (int d = 0; d < t->ndim && k < n; d++) k += (size_t)snprintf(buf + k, n - k, d ? ", %lld" : "%lld", (long long)t->shape[d]);
+    if (k < n) snprintf(buf + k, n - k, "]");
+}
+
+static void group_thousands(long long v, char *buf, size_t n)
+{
+    char raw[32];
+    snprintf(raw, sizeof raw, "%lld", v);
+    size_t len = strlen(raw), k = 0;
+    for (size_t i = 0; i < len && k + 2 < n; i++) {
+        buf[k++] = raw[i];
+        if ((len - i - 1) % 3 == 0 && i + 1 < len) buf[k++] = ',';
+    }
+    buf[k] = 0;
+}
+
+static cJSON *config_json(const tb_config *c)
+{
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "model_type", c->model_type);
+    cJSON_AddStringToObject(j, "architecture", c->architecture);
+    cJSON_AddNumberToObject(j, "hidden_size", c->hidden_size);
+    cJSON_AddNumberToObject(j, "intermediate_size", c->intermediate_size);
+    cJSON_AddNumberToObject(j, "num_hidden_layers", c->n_layers);
+    cJSON_AddNumberToObject(j, "num_attention_heads", c->n_heads);
+    cJSON_AddNumberToObject(j, "num_key_value_heads", c->n_kv_heads);
+    cJSON_AddNumberToObject(j, "head_dim", c->head_dim);
+    cJSON_AddNumberToObject(j, "vocab_size", c->vocab_size);
+    cJSON_AddNumberToObject(j, "max_position_embeddings", c->max_position_embeddings);
+    cJSON_AddNumberToObject(j, "rope_theta", c->rope_theta);
+    cJSON_AddNumberToObject(j, "rms_norm_eps", c->rms_norm_eps);
+    cJSON_AddBoolToObject(j, "tie_word_embeddings", c->tie_word_embeddings);
+    cJSON_AddNumberToObject(j, "sliding_window", c->sliding_window);
+    cJSON_AddNumberToObject(j, "bos_token_id", c->bos_token_id);
+    cJSON *eos = cJSON_AddArrayToObject(j, "eos_token_ids");
+    for (int i = 0; i < c->n_eos; i++) cJSON_AddItemToArray(eos, cJSON_CreateNumber(c->eos_token_ids[i]));
+    return j;
+}
+
+static void print_config(const tb_config *c)
+{
+    printf("model: %s%s%s\n", c->model_type, c->architecture[0] ? " / " : "", c->architecture);
+    printf("  hidden %d, intermediate %d, layers %d, heads %d (kv %d), head_dim %d, vocab %d\n", c->hidden_size,
+           c->intermediate_size, c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim, c->vocab_size);
+    printf("  rope_theta %g, rms_norm_eps %g, tied embeddings %s, max positions %d, sliding window %s\n", c->rope_theta,
+           c->rms_norm_eps, c->tie_word_embeddings ? "yes" : "no", c->max_position_embeddings,
+           c->sliding_window ? "yes" : "none");
+}
+
+static double nan_to_null_guard(double v) { return isfinite(v) ? v : 0.0; }
+
+/* per-tensor extras; returns TB_OK or an error for --nm on a bad tensor */
+static int tensor_detail(const options *o, const st_tensor *t, cJSON *jt, char *line, size_t n)
+{
+    line[0] = 0;
+    size_t k = 0;
+    if (o->stats) {
+        tb_tensor_stats s;
+        tb_stats_compute(t, &s);
+        double zf = s.count ? (double)s.zeros / (double)s.count : 0;
+        if (jt) {
+            cJSON *js = cJSON_AddObjectToObject(jt, "stats");
+            if (isfinite(s.min)) {
+                cJSON_AddNumberToObject(js, "min", s.min);
+                cJSON_AddNumberToObject(js, "max", s.max);
+                cJSON_AddNumberToObject(js, "mean", nan_to_null_guard(s.mean));
+                cJSON_AddNumberToObject(js, "std", nan_to_null_guard(s.std));
+            } else {
+                cJSON_AddNullToObject(js, "min");
+                cJSON_AddNullToObject(js, "max");
+                cJSON_AddNullToObject(js, "mean");
+                cJSON_AddNullToObject(js, "std");
+            }
+            cJSON_AddNumberToObject(js, "zero_fraction", zf);
+            cJSON_AddNumberToObject(js, "nan", (double)s.nans);
+            cJSON_AddNumberToObject(js, "inf", (double)s.infs);
+        } else {
+            k += (size_t)snprintf(line + k, n - k, "  min %-11.4g max %-11.4g mean %-11.4g std %-10.4g zero %6.2f%%",
+                                  s.min, s.max, s.mean, s.std, 100 * zf);
+            if (s.nans || s.infs) k += (size_t)snprintf(line + k, n - k, "  NaN %lld Inf %lld", (long long)s.nans, (long long)s.infs);
+        }
+    }
+    if (o->nm_m && t->ndim >= 2) {
+        double frac;
+        int64_t groups;
+        int rc = tb_nm_conformity(t, o->nm_n, o->nm_m, &frac, &groups);
+        if (rc) return rc;
+        if (jt) {
+            cJSON *jn = cJSON_AddObjectToObject(jt, "nm");
+            cJSON_AddNumberToObject(jn, "n", o->nm_n);
+            cJSON_AddNumberToObject(jn, "m", o->nm_m);
+            cJSON_AddNumberToObject(jn, "groups", (double)groups);
+            cJSON_AddNumberToObject(jn, "conforming_fraction", frac);
+        } else if (k < n) {
+            snprintf(line + k, n - k, "  %d:%d %6.2f%%", o->nm_n, o->nm_m, 100 * frac);
+        }
+    }
+    return TB_OK;
+}
+
+static int dump_tensor(const options *o, const st_tensor *t)
+{
+    float *v = st_tensor_f32(t);
+    if (!v) return TB_EIO;
+    int64_t row = t->ndim ? t->shape[t->ndim - 1] : 1;
+    if (o->json) {
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "name", t->name);
+        cJSON_AddStringToObject(j, "dtype", tb_dtype_name(t->dtype));
+        cJSON *sh = cJSON_AddArrayToObject(j, "shape");
+        for (int d = 0; d < t->ndim; d++) cJSON_AddItemToArray(sh, cJSON_CreateNumber((double)t->shape[d]));
+        cJSON *vals = cJSON_AddArrayToObject(j, "values");
+        for (int64_t i = 0; i < t->numel; i++)
+            cJSON_AddItemToArray(vals, isfinite(v[i]) ? cJSON_CreateNumber(v[i]) : cJSON_CreateNull());
+        char *s = cJSON_PrintUnformatted(j);
+        if (s) puts(s);
+        free(s);
+        cJSON_Delete(j);
+    } else {
+        char sh[128];
+        shape_str(t, sh, sizeof sh);
+        printf("# %s %s %s\n", t->name, tb_dtype_name(t->dtype), sh);
+        for (int64_t i = 0; i < t->numel; i++) printf("%.9g%c", v[i], (i + 1) % row == 0 ? '\n' : ' ');
+    }
+    free(v);
+    return TB_OK;
+}
+
+static int inspect(const options *o, const char *path)
+{
+    tb_ckpt ck;
+    int rc = tb_ckpt_open(&ck, path);
+    if (rc) return rc;
+
+    if (o->tensor) {
+        const st_tensor *t = tb_ckpt_find(&ck, o->tensor);
+        rc = t ? dump_tensor(o, t) : tb_fail(TB_EDATA, "%s: no tensor '%s'", path, o->tensor);
+        tb_ckpt_close(&ck);
+        return rc;
+    }
+
+    tb_config cfg;
+    int have_cfg = 0;
+    if (tb_is_dir(path)) {
+        char *cfg_path = tb_path_join(path, "config.json");
+        if (cfg_path && tb_file_exists(cfg_path)) {
+            rc = tb_config_load(&cfg, cfg_path);
+            have_cfg = rc == TB_OK;
+        }
+        free(cfg_path);
+        if (rc) { tb_ckpt_close(&ck); return rc; }
+    }
+
+    long long by_kind[N_KINDS] = {0}, total = 0;
+    int n_tensors = tb_ckpt_count(&ck);
+    cJSON *root = o->json ? cJSON_CreateObject() : NULL, *jtensors = NULL;
+    if (root) {
+        cJSON_AddStringToObject(root, "path", path);
+        cJSON *sh = cJSON_AddArrayToObject(root, "shards");
+        for (int s = 0; s < ck.n_shards; s++) cJSON_AddItemToArray(sh, cJSON_CreateString(ck.shards[s].path));
+        if (have_cfg) cJSON_AddItemToObject(root, "config", config_json(&cfg));
+        jtensors = cJSON_AddArrayToObject(root, "tensors");
+    } else {
+        printf("%-56s %-7s %-16s %10s\n", "tensor", "dtype", "shape", "MiB");
+    }
+    tb_progress prog;
+    tb_progress_begin(&prog, "tensors", (uint64_t)n_tensors);
+    int done = 0;
+    for (int s = 0; s < ck.n_shards && !rc; s++) {
+        const st_file *f = &ck.shards[s];
+        for (int i = 0; i < f->n_tensors && !rc; i++) {
+            const st_tensor *t = &f->tensors[f->by_name[i]];
+            const char *kind = tensor_kind(t->name);
+            for (int k = 0; k < N_KINDS; k++)
+                if (!strcmp(kind, kinds[k])) by_kind[k] += t->numel;
+            total += t->numel;
+            char sh[128], detail[256];
+            shape_str(t, sh, sizeof sh);
+            cJSON *jt = NULL;
+            if (root) {
+                jt = cJSON_CreateObject();
+                cJSON_AddItemToArray(jtensors, jt);
+                cJSON_AddStringToObject(jt, "name", t->name);
+                cJSON_AddStringToObject(jt, "dtype", tb_dtype_name(t->dtype));
+                cJSON *js = cJSON_AddArrayToObject(jt, "shape");
+                for (int d = 0; d < t->ndim; d++) cJSON_AddItemToArray(js, cJSON_CreateNumber((double)t->shape[d]));
+                cJSON_AddNumberToObject(jt, "bytes", (double)t->nbytes);
+                cJSON_AddNumberToObject(jt, "shard", s);
+            }
+            rc = tensor_detail(o, t, jt, detail, sizeof detail);
+            if (rc) tb_err_context("%s", f->path);
+            else if (!root) printf("%-56s %-7s %-16s %10.3f%s\n", t->name, tb_dtype_name(t->dtype), sh, t->nbytes / 1048576.0, detail);
+            tb_progress_set(&prog, (uint64_t)++done);
+        }
+    }
+    tb_progress_end(&prog);
+
+    if (!rc && root) {
+        cJSON_AddNumberToObject(root, "n_tensors", n_tensors);
+        cJSON_AddNumberToObject(root, "n_parameters", (double)total);
+        cJSON *jk = cJSON_AddObjectToObject(root, "parameters_by_kind");
+        for (int k = 0; k < N_KINDS; k++) cJSON_AddNumberToObject(jk, kinds[k], (double)by_kind[k]);
+        cJSON *jm = cJSON_AddObjectToObject(root, "metadata");
+        for (int s = 0; s < ck.n_shards; s++)
+            for (int i = 0; i < ck.shards[s].n_meta; i++)
+                cJSON_AddStringToObject(jm, ck.shards[s].meta_keys[i], ck.shards[s].meta_vals[i]);
+        char *out = cJSON_Print(root);
+        if (out) puts(out);
+        else rc = tb_fail(TB_EIO, "out of memory printing JSON");
+        free(out);
+    } else if (!rc) {
+        printf("\n");
+        if (have_cfg) print_config(&cfg);
+        for (int s = 0; s < ck.n_shards; s++)
+            for (int i = 0; i < ck.shards[s].n_meta; i++)
+                printf("metadata: %s = %s\n", ck.shards[s].meta_keys[i], ck.shards[s].meta_vals[i]);
+        char num[32];
+        printf("shards: %d\n", ck.n_shards);
+        printf("tensors: %d\n", n_tensors);
+        group_thousands(total, num, sizeof num);
+        printf("parameters: %s\n", num);
+        for (int k = 0; k < N_KINDS; k++) {
+            if (!by_kind[k]) continue;
+            group_thousands(by_kind[k], num, sizeof num);
+            printf("  %-10s %s\n", kinds[k], num);
+        }
+    }
+    cJSON_Delete(root);
+    tb_ckpt_close(&ck);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    tb_log_init("tb-inspect");
+    options o = {0};
+    enum { OPT_JSON = 256, OPT_STATS, OPT_NM, OPT_TENSOR, OPT_QUIET, OPT_PROGRESS, OPT_VERSION };
+    static const struct option longopts[] = {
+        {"json", no_argument, 0, OPT_JSON},         {"stats", no_argument, 0, OPT_STATS},
+        {"nm", required_argument, 0, OPT_NM},       {"tensor", required_argument, 0, OPT_TENSOR},
+        {"quiet", no_argument, 0, OPT_QUIET},       {"progress", no_argument, 0, OPT_PROGRESS},
+        {"help", no_argument, 0, 'h'},              {"version", no_argument, 0, OPT_VERSION},
+        {0, 0, 0, 0},
+    };
+    int c;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        switch (c) {
+        case OPT_JSON: o.json = 1; break;
+        case OPT_STATS: o.stats = 1; break;
+        case OPT_NM:
+            if (tb_parse_nm("--nm", optarg, 16, &o.nm_n, &o.nm_m)) return tb_usage_error("%s", tb_errmsg());
+            break;
+        case OPT_TENSOR: o.tensor = optarg; break;
+        case OPT_QUIET: tb_log_set_quiet(1); tb_log_set_progress(0); break;
+        case OPT_PROGRESS: tb_log_set_progress(1); break;
+        case 'h': fputs(usage, stdout); return 0;
+        case OPT_VERSION: printf("tb-inspect %s\n", TB_VERSION); return 0;
+        default: return tb_usage_error("unknown option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind != argc - 1) return tb_usage_error("expected one FILE or DIR");
+    if (inspect(&o, argv[optind])) return tb_report_error();
+    return 0;
+}
