@@ -74,6 +74,7 @@ LIB := $(BUILD)/libtensorbit.a
 TOOLS := $(patsubst tools/%.c,$(BIN)/%,$(wildcard tools/tb-*.c))
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+HELPERS := $(patsubst tests/helpers/%.c,$(BUILD)/tests/helpers/%,$(wildcard tests/helpers/*.c))
 MANS := $(wildcard man/*.1)
 
 .PHONY: all test unit cli bench install uninstall clean demo check-env
@@ -102,11 +103,15 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(Q)$(CC) $(LDFLAGS) $< $(LIB) $(LDLIBS) $(shell pkg-config --libs cmocka) -o $@
 
+$(BUILD)/tests/helpers/%: $(BUILD)/obj/tests/helpers/%.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(LDFLAGS) $< $(LIB) $(LDLIBS) -o $@
+
 unit: $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; ./$$t; done
 
-cli: $(TOOLS)
-	TB_BIN=$(abspath $(BIN)) bats tests/cli
+cli: $(TOOLS) $(HELPERS)
+	TB_BIN=$(abspath $(BIN)) TB_HELPERS=$(abspath $(BUILD)/tests/helpers) bats tests/cli
 
 test: all unit cli
 

@@ -179,7 +179,7 @@ static int check_layout(st_file *f)
     for (int i = 0; i < f->n_tensors; i++) {
         st_tensor *t = &f->tensors[i];
         if (t->end > data_size)
-            return tb_fail(TB_EDATA, "tensor '%s': data_offsets [%" PRIu64 ",%" PRIu64 "] out of bounds (data section is %zu bytes)",
+            return tb_fail(TB_EDATA, "tensor '%s': data_offsets [%" PRIu64 ",%" PRIu64 "] out of bounds (data section is %zu bytes: truncated file?)",
                            t->name, t->begin, t->end, data_size);
         if (t->begin < pos)
             return tb_fail(TB_EDATA, "tensor '%s': data_offsets [%" PRIu64 ",%" PRIu64 "] overlap '%s'", t->name, t->begin,

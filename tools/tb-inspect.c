@@ -172,8 +172,13 @@ static int dump_tensor(const options *o, const st_tensor *t)
         cJSON *sh = cJSON_AddArrayToObject(j, "shape");
         for (int d = 0; d < t->ndim; d++) cJSON_AddItemToArray(sh, cJSON_CreateNumber((double)t->shape[d]));
         cJSON *vals = cJSON_AddArrayToObject(j, "values");
-        for (int64_t i = 0; i < t->numel; i++)
-            cJSON_AddItemToArray(vals, isfinite(v[i]) ? cJSON_CreateNumber(v[i]) : cJSON_CreateNull());
+        /* %.9g round-trips every f32 exactly; cJSON's own number printing
+         * only promises a near round trip */
+        for (int64_t i = 0; i < t->numel; i++) {
+            char num[32];
+            snprintf(num, sizeof num, "%.9g", v[i]);
+            cJSON_AddItemToArray(vals, isfinite(v[i]) ? cJSON_CreateRaw(num) : cJSON_CreateNull());
+        }
         char *s = cJSON_PrintUnformatted(j);
         if (s) puts(s);
         free(s);
@@ -212,6 +217,18 @@ static int inspect(const options *o, const char *path)
         free(cfg_path);
         if (rc) { tb_ckpt_close(&ck); return rc; }
     }
+
+    /* refuse a bad --nm before printing anything, so a failure is one line */
+    for (int s = 0; o->nm_m && s < ck.n_shards; s++)
+        for (int i = 0; i < ck.shards[s].n_tensors; i++) {
+            const st_tensor *t = &ck.shards[s].tensors[i];
+            if (t->ndim >= 2 && t->shape[t->ndim - 1] % o->nm_m) {
+                tb_fail(TB_EDATA, "%s: tensor '%s': dim %d (%lld) not divisible by M=%d", ck.shards[s].path, t->name,
+                        t->ndim - 1, (long long)t->shape[t->ndim - 1], o->nm_m);
+                tb_ckpt_close(&ck);
+                return TB_EDATA;
+            }
+        }
 
     long long by_kind[N_KINDS] = {0}, total = 0;
     int n_tensors = tb_ckpt_count(&ck);
