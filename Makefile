@@ -20,9 +20,13 @@ NVTX       ?= 0
 SANITIZE   ?= 0
 CUDA_ARCHS ?= 75;80;86;89;90
 
+# separate build trees per configuration, so objects never mix
 ifeq ($(SANITIZE),1)
 BUILD ?= build-san
 SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+else ifeq ($(CUDA),1)
+BUILD ?= build-cuda
+SANFLAGS :=
 else
 BUILD ?= build
 SANFLAGS :=
@@ -53,7 +57,11 @@ LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 
 # ---- optional CUDA ----
 ifeq ($(CUDA),1)
-NVCC ?= $(shell command -v nvcc 2>/dev/null || ( [ -n "$(CUDA_HOME)" ] && echo $(CUDA_HOME)/bin/nvcc ))
+ifneq ($(strip $(CUDA_HOME)),)
+NVCC ?= $(CUDA_HOME)/bin/nvcc
+else
+NVCC ?= $(shell command -v nvcc 2>/dev/null)
+endif
 ifeq ($(strip $(NVCC)),)
 $(error CUDA=1 but nvcc is neither on PATH nor in $$CUDA_HOME/bin)
 endif
@@ -62,8 +70,8 @@ CU_SRC    := $(wildcard kernels/cuda/*.cu)
 CU_OBJ    := $(CU_SRC:%.cu=$(BUILD)/obj/%.o)
 GENCODE   := $(foreach a,$(subst ;, ,$(CUDA_ARCHS)),-gencode arch=compute_$(a),code=sm_$(a))
 NVCCFLAGS ?= -O2 -std=c++17 -Xcompiler -Wall,-Werror
-CPPFLAGS  += -DTB_HAVE_CUDA=1
-LDLIBS    += -L$(CUDA_ROOT)/lib64 -lcudart -lstdc++
+CPPFLAGS  += -DTB_HAVE_CUDA=1 -I$(CUDA_ROOT)/include
+LDLIBS    += -L$(CUDA_ROOT)/lib64 -Wl,-rpath,$(CUDA_ROOT)/lib64 -lcudart -lstdc++
 ifeq ($(NVTX),1)
 CPPFLAGS  += -DTB_HAVE_NVTX=1
 endif
@@ -88,7 +96,7 @@ $(BUILD)/obj/%.o: %.c
 $(BUILD)/obj/%.o: %.cu
 	@mkdir -p $(dir $@)
 	@echo "  NVCC  $<"
-	$(Q)$(NVCC) $(NVCCFLAGS) $(GENCODE) $(filter -D% -I%,$(CPPFLAGS)) -c $< -o $@
+	$(Q)$(NVCC) $(NVCCFLAGS) $(GENCODE) $(filter -D% -I%,$(CPPFLAGS)) -MMD -MP -c $< -o $@
 
 $(LIB): $(LIB_OBJ)
 	@mkdir -p $(dir $@)

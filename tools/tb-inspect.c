@@ -19,6 +19,12 @@
 #include "tb_safetensors.h"
 #include "tb_stats.h"
 
+#include <cblas.h>
+#include <lapacke.h>
+#ifdef TB_HAVE_CUDA
+#include "tb_cuda.h"
+#endif
+
 static const char usage[] =
     "usage: tb-inspect [options] FILE|DIR\n"
     "\n"
@@ -32,6 +38,8 @@ static const char usage[] =
     "  --nm N:M        per 2-D+ tensor: fraction of groups of M along the last\n"
     "                  (input) dimension with at most N nonzeros\n"
     "  --tensor NAME   dump the values of one tensor (one row of the last dim per line)\n"
+    "  --doctor [DIR]  environment check: build, libraries, CUDA and GPUs, and the\n"
+    "                  free space of the filesystem holding DIR (default .)\n"
     "  --quiet         no progress output\n"
     "  --progress      progress output even when stderr is not a terminal\n"
     "  -h, --help      this help\n"
@@ -309,16 +317,44 @@ static int inspect(const options *o, const char *path)
     return rc;
 }
 
+/* What this build can use here; exit 0 even without a GPU (CPU path works). */
+static int doctor(const char *out_dir)
+{
+    printf("tensorbit %s\n", TB_VERSION);
+    printf("compiler:  %s\n", __VERSION__);
+    printf("cJSON:     %s\n", cJSON_Version());
+    printf("OpenBLAS:  %s (%d threads)\n", openblas_get_config(), openblas_get_num_threads());
+    /* a 1x1 Cholesky proves LAPACKE links and runs */
+    double a = 4.0;
+    printf("LAPACKE:   %s\n", LAPACKE_dpotrf(LAPACK_ROW_MAJOR, 'L', 1, &a, 1) == 0 && a == 2.0 ? "ok" : "FAILED");
+#ifdef TB_HAVE_CUDA
+    char buf[256];
+    tb_cuda_versions(buf, sizeof buf);
+    int n = tb_cuda_device_count();
+    printf("CUDA:      compiled in (%s), %d GPU%s\n", buf, n, n == 1 ? "" : "s");
+    for (int i = 0; i < n; i++)
+        if (tb_cuda_device_describe(i, buf, sizeof buf) == 0) printf("  gpu %d:   %s\n", i, buf);
+#else
+    printf("CUDA:      not compiled in (rebuild with make CUDA=1)\n");
+#endif
+    int64_t free_b = tb_free_bytes(out_dir);
+    if (free_b < 0) return tb_fail(TB_EIO, "%s: cannot stat its filesystem", out_dir);
+    printf("free:      %.1f GiB on the filesystem of %s\n", free_b / 1073741824.0, out_dir);
+    return TB_OK;
+}
+
 int main(int argc, char **argv)
 {
     tb_log_init("tb-inspect");
     options o = {0};
-    enum { OPT_JSON = 256, OPT_STATS, OPT_NM, OPT_TENSOR, OPT_QUIET, OPT_PROGRESS, OPT_VERSION };
+    enum { OPT_JSON = 256, OPT_STATS, OPT_NM, OPT_TENSOR, OPT_QUIET, OPT_PROGRESS, OPT_VERSION, OPT_DOCTOR };
+    int want_doctor = 0;
     static const struct option longopts[] = {
         {"json", no_argument, 0, OPT_JSON},         {"stats", no_argument, 0, OPT_STATS},
         {"nm", required_argument, 0, OPT_NM},       {"tensor", required_argument, 0, OPT_TENSOR},
         {"quiet", no_argument, 0, OPT_QUIET},       {"progress", no_argument, 0, OPT_PROGRESS},
         {"help", no_argument, 0, 'h'},              {"version", no_argument, 0, OPT_VERSION},
+        {"doctor", no_argument, 0, OPT_DOCTOR},
         {0, 0, 0, 0},
     };
     int c;
@@ -333,10 +369,15 @@ int main(int argc, char **argv)
         case OPT_TENSOR: o.tensor = optarg; break;
         case OPT_QUIET: tb_log_set_quiet(1); tb_log_set_progress(0); break;
         case OPT_PROGRESS: tb_log_set_progress(1); break;
+        case OPT_DOCTOR: want_doctor = 1; break;
         case 'h': fputs(usage, stdout); return 0;
         case OPT_VERSION: printf("tb-inspect %s\n", TB_VERSION); return 0;
         default: return tb_usage_error("unknown option '%s'", argv[optind - 1]);
         }
+    }
+    if (want_doctor) {
+        if (argc - optind > 1) return tb_usage_error("--doctor takes at most one DIR");
+        return doctor(optind < argc ? argv[optind] : ".") ? tb_report_error() : 0;
     }
     if (optind != argc - 1) return tb_usage_error("expected one FILE or DIR");
     if (inspect(&o, argv[optind])) return tb_report_error();

@@ -1,0 +1,25 @@
+/* tb_cuda.h - the C-callable face of kernels/cuda/ (built only with CUDA=1).
+ *
+ * Every CUDA kernel of tensorbit sits in kernels/cuda/ beside its CPU
+ * reference in kernels/cpu/, is reached through a C function declared here,
+ * and has a parity test against that reference. Tools test TB_HAVE_CUDA. */
+#ifndef TB_CUDA_H
+#define TB_CUDA_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Number of usable CUDA devices; 0 when there is no driver or no GPU (this
+ * is not an error: the CPU path is always available). */
+int tb_cuda_device_count(void);
+/* One-line description of device i ("NVIDIA H100 80GB HBM3, sm_90, 79.1 GiB"),
+ * written into buf; returns 0 on success, -1 if the device cannot be queried. */
+int tb_cuda_device_describe(int i, char *buf, int n);
+/* CUDA runtime and driver versions as "runtime 13.0, driver 13.0"; "-" if absent. */
+void tb_cuda_versions(char *buf, int n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
