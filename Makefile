@@ -86,6 +86,7 @@ HELPERS := $(patsubst tests/helpers/%.c,$(BUILD)/tests/helpers/%,$(wildcard test
 MANS := $(wildcard man/*.1)
 
 .PHONY: all test unit cli bench install uninstall clean demo check-env
+.SECONDARY:
 all: $(TOOLS)
 
 $(BUILD)/obj/%.o: %.c
