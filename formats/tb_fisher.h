@@ -1,0 +1,31 @@
+/* tb_fisher.h - the calibration statistics file (tb-fisher output, .fisher).
+ *
+ * A .fisher file is safetensors (readable by tb-inspect and Python) holding,
+ * for the linear weights of the decoder (W = "<module>.weight", e.g.
+ * "model.layers.0.self_attn.q_proj.weight"):
+ *   "fisher.<W>"            F32 shape of W: empirical Fisher diagonal, the mean
+ *                           over windows of the squared gradient of the window's
+ *                           mean next-token NLL (REFERENCE.md's definition).
+ *   "gram.<module>.input"   F64 [in, in]: sum over all calibration tokens of
+ *                           x x^T, x the input of that module. Modules reading
+ *                           the same input share one matrix, stored under the
+ *                           name tb_fisher_gram_module() gives (q/k/v -> q_proj,
+ *                           gate/up -> gate_proj).
+ *   "gram.<module>.count"   I64 [1]: number of tokens summed.
+ *   "grad.<W>"              BF16 [K, rows, cols] (--grad-samples K): K
+ *                           per-window gradients, see tb-fisher(1).
+ * metadata: "tensorbit.kind" = "fisher", "model_sha256" (of the weights read),
+ * "windows", "seq_len", "tokens", "tensorbit.version", the command line.
+ */
+#ifndef TB_FISHER_H
+#define TB_FISHER_H
+
+#include <stddef.h>
+
+/* Module whose Gram matrix serves `weight_name` ("...q_proj.weight" ->
+ * "...q_proj", "...k_proj.weight" -> "...q_proj", "...up_proj.weight" ->
+ * "...gate_proj"), written into buf. Returns 0, or -1 if the name is not a
+ * "<module>.weight" name or does not fit. */
+int tb_fisher_gram_module(const char *weight_name, char *buf, size_t n);
+
+#endif
