@@ -1,0 +1,95 @@
+#include "tb_linear.h"
+#include "tb_error.h"
+#include "tb_threads.h"
+
+#include <cblas.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* A tile of 64K f32 values (256 KB) is large enough for sgemm to run near its
+ * peak on hundreds of tokens and small enough to stay in L2 while it is used. */
+#define TILE_FLOATS 65536
+
+int tb_scratch_init(tb_scratch *s, int n_threads, size_t per_thread_floats)
+{
+    s->n_threads = n_threads < 1 ? 1 : n_threads;
+    /* round up to a cache line so threads never share one */
+    s->per_thread = (per_thread_floats + 15) & ~(size_t)15;
+    s->buf = tb_malloc((size_t)s->n_threads * s->per_thread * sizeof(float));
+    return s->buf ? TB_OK : TB_EIO;
+}
+
+void tb_scratch_free(tb_scratch *s)
+{
+    free(s->buf);
+    memset(s, 0, sizeof *s);
+}
+
+void tb_blas_single_thread(void) { openblas_set_num_threads(1); }
+
+static int tile_rows_max(const tb_linear *L)
+{
+    int t = TILE_FLOATS / (L->cols > 0 ? L->cols : 1);
+    if (t < 8) t = 8;
+    return t < L->rows ? t : L->rows;
+}
+
+size_t tb_linear_scratch(const tb_linear *L)
+{
+    /* f32 weights are used in place; the others need a converted tile */
+    if (L->format == TB_LINEAR_DENSE && L->dtype == TB_F32) return 0;
+    return (size_t)tile_rows_max(L) * (size_t)L->cols;
+}
+
+typedef struct {
+    const tb_linear *L;
+    const float *x;
+    float *y;
+    int n, tile;
+    const tb_scratch *s;
+} lin_job;
+
+static void lin_tiles(void *ctx, int64_t begin, int64_t end, int tid)
+{
+    const lin_job *j = ctx;
+    const tb_linear *L = j->L;
+    float *tmp = j->s->buf + (size_t)tid * j->s->per_thread;
+    for (int64_t t = begin; t < end; t++) {
+        int r0 = (int)t * j->tile;
+        int nr = L->rows - r0 < j->tile ? L->rows - r0 : j->tile;
+        if (nr <= 0) break;
+        const float *w;
+        if (L->dtype == TB_F32) {
+            w = (const float *)L->data + (size_t)r0 * L->cols;
+        } else {
+            tb_to_f32(L->dtype, L->data, (size_t)r0 * L->cols, (size_t)nr * L->cols, tmp);
+            w = tmp;
+        }
+        /* y[:, r0:r0+nr] = x @ w^T, written in place with ldc = rows */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->n, nr, L->cols, 1.0f, j->x, L->cols, w, L->cols,
+                    0.0f, j->y + r0, L->rows);
+        if (L->bias)
+            for (int i = 0; i < j->n; i++)
+                for (int r = 0; r < nr; r++) j->y[(size_t)i * L->rows + r0 + r] += L->bias[r0 + r];
+    }
+}
+
+void tb_linear_forward(const tb_linear *L, const float *x, int n, float *y, const tb_scratch *s)
+{
+    if (n <= 0) return;
+    /* enough tiles that every thread gets the same number, none above the max */
+    int nt = s->n_threads;
+    int tmax = tile_rows_max(L);
+    int n_tiles = (L->rows + tmax - 1) / tmax;
+    n_tiles = (n_tiles + nt - 1) / nt * nt;
+    if (n_tiles > L->rows) n_tiles = L->rows;
+    int tile = (L->rows + n_tiles - 1) / n_tiles;
+    n_tiles = (L->rows + tile - 1) / tile;
+    lin_job j = {L, x, y, n, tile, s};
+    tb_parallel_for(nt, n_tiles, lin_tiles, &j);
+}
+
+void tb_linear_row(const tb_linear *L, int r, float *out)
+{
+    tb_to_f32(L->dtype, L->data, (size_t)r * L->cols, (size_t)L->cols, out);
+}

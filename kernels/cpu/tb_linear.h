@@ -1,0 +1,61 @@
+/* tb_linear.h - a linear layer y = x W^T (+ b) whose weights stay as stored.
+ *
+ * W has nn.Linear's layout: [rows = out_features, cols = in_features], row
+ * major. A dense W keeps its file dtype (F32, F16 or BF16) and usually points
+ * into the checkpoint's mmap; the forward converts a tile of rows at a time to
+ * f32 in a per-thread scratch buffer and multiplies it with cblas_sgemm, so a
+ * run costs the mapping plus n_threads tiles, never an f32 copy of the model.
+ *
+ * Every consumer (the model, tests, future tools) goes through the functions
+ * below and never reads `data` itself. A new storage format (the pruned .tb
+ * format: N of every M values kept + 2-bit indices, optional input-channel
+ * permutation) is a new tb_linear_format value, its fields, and a case in each
+ * function here; the model code does not change.
+ */
+#ifndef TB_LINEAR_H
+#define TB_LINEAR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tb_dtype.h"
+
+typedef enum {
+    TB_LINEAR_DENSE = 0, /* rows x cols elements of `dtype` at `data` */
+} tb_linear_format;
+
+typedef struct {
+    const char *name;        /* tensor name for messages; not owned */
+    int rows, cols;          /* out_features, in_features */
+    tb_linear_format format;
+    tb_dtype dtype;          /* dense: F32, F16 or BF16 */
+    const void *data;        /* not owned (mmapped checkpoint) */
+    const float *bias;       /* [rows] f32, or NULL; not owned */
+} tb_linear;
+
+/* Per-thread f32 work space shared by all kernels of a run: thread t owns
+ * buf[t * per_thread ...]. Allocated once; sized with the *_scratch() functions. */
+typedef struct {
+    int n_threads;
+    size_t per_thread; /* floats */
+    float *buf;
+} tb_scratch;
+
+int tb_scratch_init(tb_scratch *s, int n_threads, size_t per_thread_floats);
+void tb_scratch_free(tb_scratch *s);
+
+/* Our threads split the work; OpenBLAS must then run each call on the calling
+ * thread, or 2 threads x N BLAS threads oversubscribe the cores. Idempotent. */
+void tb_blas_single_thread(void);
+
+/* Floats of per-thread scratch tb_linear_forward needs for this layer. */
+size_t tb_linear_scratch(const tb_linear *L);
+
+/* y[n, rows] = x[n, cols] W^T (+ bias). x and y must not overlap. Threads over
+ * tiles of output rows (s->n_threads). */
+void tb_linear_forward(const tb_linear *L, const float *x, int n, float *y, const tb_scratch *s);
+
+/* Row r of W as f32 (cols values): an embedding lookup when W is a table. */
+void tb_linear_row(const tb_linear *L, int r, float *out);
+
+#endif
