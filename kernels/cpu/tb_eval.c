@@ -1,0 +1,106 @@
+/* tb_eval.c - perplexity by REFERENCE.md's protocol, and token sampling. */
+#include "tb_error.h"
+#include "tb_log.h"
+#include "tb_model.h"
+#include "tb_ops.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+double tb_eval_window_nll(const float *logits, const int32_t *tokens, int n, int vocab)
+{
+    if (n < 2) return 0.0;
+    double sum = 0; /* f64: hundreds of terms of ~5 nats each */
+    for (int t = 0; t + 1 < n; t++) {
+        const float *row = logits + (size_t)t * vocab;
+        sum += tb_logsumexp(row, vocab) - (double)row[tokens[t + 1]];
+    }
+    return sum / (n - 1);
+}
+
+int tb_eval_ppl(tb_forward *f, const int32_t *ids, int64_t n_ids, int seq_len, int64_t max_windows,
+                tb_progress_fn progress, void *progress_ctx, tb_ppl_result *r)
+{
+    if (seq_len < 2 || seq_len > f->o.max_tokens)
+        return tb_fail(TB_EUSAGE, "seq-len %d must be in [2, %d]", seq_len, f->o.max_tokens);
+    int64_t windows = n_ids / seq_len;
+    if (windows < 1)
+        return tb_fail(TB_EDATA, "%lld tokens, fewer than one window of %d", (long long)n_ids, seq_len);
+    if (max_windows > 0 && windows > max_windows) windows = max_windows;
+    double t0 = tb_now(), sum = 0;
+    for (int64_t w = 0; w < windows; w++) {
+        const int32_t *win = ids + w * seq_len;
+        int rc = tb_forward_run(f, win, seq_len, 0);
+        if (rc) return rc;
+        sum += tb_eval_window_nll(f->logits, win, seq_len, f->m->cfg.vocab_size);
+        if (progress) progress(progress_ctx, w + 1, windows);
+    }
+    r->windows = windows;
+    r->tokens = windows * seq_len;
+    r->mean_nll = sum / (double)windows;
+    r->ppl = exp(r->mean_nll);
+    r->seconds = tb_now() - t0;
+    return TB_OK;
+}
+
+/* ---- sampling ---- */
+
+void tb_rng_seed(tb_rng *r, uint64_t seed)
+{
+    /* splitmix64 scrambles the seed so that nearby seeds give unrelated streams
+     * and the xorshift state is never zero */
+    uint64_t z = seed + 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    r->state = z ? z : 1;
+}
+
+double tb_rng_uniform(tb_rng *r)
+{
+    /* xorshift64*: small, fast, good enough for sampling */
+    uint64_t x = r->state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    r->state = x;
+    return (double)((x * 0x2545F4914F6CDD1Dull) >> 11) * 0x1.0p-53;
+}
+
+static int by_prob_desc(const void *pa, const void *pb)
+{
+    const tb_prob *a = pa, *b = pb;
+    if (a->p != b->p) return a->p > b->p ? -1 : 1;
+    return (a->id > b->id) - (a->id < b->id); /* ties by id: the order is deterministic */
+}
+
+int tb_sample(const float *logits, int n, double temp, double top_p, tb_rng *rng, tb_prob *work)
+{
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (logits[i] > logits[best]) best = i;
+    if (temp <= 0) return best;
+
+    double sum = 0;
+    for (int i = 0; i < n; i++) {
+        work[i].id = i;
+        work[i].p = (float)exp(((double)logits[i] - logits[best]) / temp);
+        sum += work[i].p;
+    }
+    int kept = n;
+    double mass = sum;
+    if (top_p < 1.0) {
+        qsort(work, (size_t)n, sizeof *work, by_prob_desc);
+        mass = 0;
+        for (kept = 0; kept < n;) {
+            mass += work[kept++].p;
+            if (mass >= top_p * sum) break;
+        }
+    }
+    double u = tb_rng_uniform(rng) * mass, acc = 0;
+    for (int i = 0; i < kept; i++) {
+        acc += work[i].p;
+        if (u < acc) return work[i].id;
+    }
+    return work[kept - 1].id; /* u within rounding of the total */
+}

@@ -1,0 +1,152 @@
+/* tb_model.c - binding an HF checkpoint's tensors to the decoder's weights. */
+#include "tb_model.h"
+#include "tb_error.h"
+#include "tb_io.h"
+#include "tb_ops.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const lin_names[TB_LIN_PER_LAYER + 1] = {
+    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+    "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj",    "lm_head",
+};
+
+const char *tb_lin_name(tb_lin_id id) { return (unsigned)id <= TB_LIN_LM_HEAD ? lin_names[id] : "?"; }
+
+/* An expected dimension and where the config says it comes from. */
+typedef struct {
+    int64_t size;
+    const char *why;
+} dim;
+
+/* Find `name` and check dtype and shape; every failure is one line naming the
+ * tensor (and the dimension). */
+static int get_tensor(const tb_model *m, const char *name, int ndim, const dim *dims, const st_tensor **out)
+{
+    const st_tensor *t = tb_ckpt_find(&m->ckpt, name);
+    if (!t) return tb_fail(TB_EDATA, "%s: missing tensor '%s'", m->path, name);
+    if (t->dtype != TB_F32 && t->dtype != TB_F16 && t->dtype != TB_BF16)
+        return tb_fail(TB_EDATA, "%s: tensor '%s': dtype %s is not F32, F16 or BF16", m->path, name,
+                       tb_dtype_name(t->dtype));
+    if (t->ndim != ndim)
+        return tb_fail(TB_EDATA, "%s: tensor '%s' has %d dimensions, expected %d", m->path, name, t->ndim, ndim);
+    for (int d = 0; d < ndim; d++)
+        if (t->shape[d] != dims[d].size)
+            return tb_fail(TB_EDATA, "%s: tensor '%s': dim %d is %lld, expected %lld (%s)", m->path, name, d,
+                           (long long)t->shape[d], (long long)dims[d].size, dims[d].why);
+    *out = t;
+    return TB_OK;
+}
+
+static int bind_linear(const tb_model *m, const char *name, dim rows, dim cols, tb_linear *L)
+{
+    const st_tensor *t;
+    dim dims[2] = {rows, cols};
+    int rc = get_tensor(m, name, 2, dims, &t);
+    if (rc) return rc;
+    *L = (tb_linear){.name = t->name, .rows = (int)rows.size, .cols = (int)cols.size,
+                     .format = TB_LINEAR_DENSE, .dtype = t->dtype, .data = t->data};
+    return TB_OK;
+}
+
+/* A 1-D vector converted to f32 into *dst, which then advances past it. */
+static int bind_vector(const tb_model *m, const char *name, dim len, float **dst, const float **out)
+{
+    const st_tensor *t;
+    int rc = get_tensor(m, name, 1, &len, &t);
+    if (rc) return rc;
+    tb_to_f32(t->dtype, t->data, 0, (size_t)len.size, *dst);
+    *out = *dst;
+    *dst += len.size;
+    return TB_OK;
+}
+
+static int bind_layer(tb_model *m, int l, float **f32)
+{
+    const tb_config *c = &m->cfg;
+    tb_layer *L = &m->layers[l];
+    dim hid = {c->hidden_size, "hidden_size"};
+    dim qd = {(int64_t)c->n_heads * c->head_dim, "num_attention_heads * head_dim"};
+    dim kvd = {(int64_t)c->n_kv_heads * c->head_dim, "num_key_value_heads * head_dim"};
+    dim ff = {c->intermediate_size, "intermediate_size"};
+    const dim rows[TB_LIN_PER_LAYER] = {qd, kvd, kvd, hid, ff, ff, hid};
+    const dim cols[TB_LIN_PER_LAYER] = {hid, hid, hid, qd, hid, hid, ff};
+    char name[160];
+    int rc = TB_OK;
+    for (int i = 0; i < TB_LIN_PER_LAYER && !rc; i++) {
+        snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, lin_names[i]);
+        rc = bind_linear(m, name, rows[i], cols[i], &L->lin[i]);
+        /* qwen2-style q/k/v bias */
+        if (!rc && c->attention_bias && i <= TB_LIN_V) {
+            snprintf(name, sizeof name, "model.layers.%d.%s.bias", l, lin_names[i]);
+            rc = bind_vector(m, name, rows[i], f32, &L->lin[i].bias);
+        }
+    }
+    if (!rc) {
+        snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
+        rc = bind_vector(m, name, hid, f32, &L->attn_norm);
+    }
+    if (!rc) {
+        snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
+        rc = bind_vector(m, name, hid, f32, &L->mlp_norm);
+    }
+    return rc;
+}
+
+static int model_bind(tb_model *m)
+{
+    const tb_config *c = &m->cfg;
+    dim voc = {c->vocab_size, "vocab_size"}, hid = {c->hidden_size, "hidden_size"};
+    if (c->n_layers < 1 || c->vocab_size < 1 || c->intermediate_size < 1)
+        return tb_fail(TB_EDATA, "%s: num_hidden_layers, vocab_size and intermediate_size must be positive", m->path);
+    size_t per_layer = 2 * (size_t)c->hidden_size +
+                       (c->attention_bias ? (size_t)(c->n_heads + 2 * c->n_kv_heads) * c->head_dim : 0);
+    size_t n_f32 = (size_t)c->n_layers * per_layer + (size_t)c->hidden_size + (size_t)c->head_dim / 2;
+    m->f32 = tb_malloc(n_f32 * sizeof(float));
+    m->layers = tb_calloc((size_t)c->n_layers, sizeof *m->layers);
+    if (!m->f32 || !m->layers) return TB_EIO;
+    float *f32 = m->f32;
+
+    int rc = bind_linear(m, "model.embed_tokens.weight", voc, hid, &m->embed);
+    for (int l = 0; l < c->n_layers && !rc; l++) rc = bind_layer(m, l, &f32);
+    if (!rc) rc = bind_vector(m, "model.norm.weight", hid, &f32, &m->final_norm);
+    if (rc) return rc;
+    /* transformers ties lm_head to the embedding whenever the config says so,
+     * even if the file also carries an lm_head.weight */
+    if (c->tie_word_embeddings) m->lm_head = m->embed;
+    else if (!tb_ckpt_find(&m->ckpt, "lm_head.weight"))
+        return tb_fail(TB_EDATA, "%s: missing tensor 'lm_head.weight' (tie_word_embeddings is false)", m->path);
+    else if ((rc = bind_linear(m, "lm_head.weight", voc, hid, &m->lm_head))) return rc;
+    m->inv_freq = f32;
+    tb_rope_inv_freq(m->inv_freq, c->head_dim, c->rope_theta);
+    return TB_OK;
+}
+
+int tb_model_open(tb_model *m, const char *path)
+{
+    memset(m, 0, sizeof *m);
+    /* one place decides what a model path is; pruned formats will branch here */
+    if (!tb_is_dir(path)) {
+        if (tb_file_exists(path))
+            return tb_fail(TB_EDATA, "%s: not a model directory (expected config.json and *.safetensors)", path);
+        return tb_fail(TB_EIO, "%s: %s", path, strerror(ENOENT));
+    }
+    if (!(m->path = tb_strdup(path))) return TB_EIO;
+    int rc = tb_config_load(&m->cfg, path);
+    if (!rc) rc = tb_ckpt_open(&m->ckpt, path);
+    if (!rc) rc = model_bind(m);
+    if (rc) tb_model_close(m);
+    return rc;
+}
+
+void tb_model_close(tb_model *m)
+{
+    if (m->ckpt.path) tb_ckpt_close(&m->ckpt);
+    free(m->layers);
+    free(m->f32);
+    free(m->path);
+    memset(m, 0, sizeof *m);
+}

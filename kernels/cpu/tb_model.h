@@ -1,0 +1,159 @@
+/* tb_model.h - a Llama-family decoder (llama, mistral, qwen2) on the CPU.
+ *
+ * Three pieces:
+ *   tb_model    the weights, bound by HF tensor name from a checkpoint and
+ *               validated against config.json; tb_model_open() is the one
+ *               loading function (HF directory today, pruned formats later).
+ *               Linear weights stay in the mapping (see tb_linear.h); the
+ *               small per-channel vectors (norms, biases) are f32 copies.
+ *   tb_forward  the run state: every activation buffer, the KV cache and the
+ *               scratch, allocated once by tb_forward_init(); tb_forward_run()
+ *               allocates nothing. One call processes n tokens at positions
+ *               pos0 .. pos0+n-1 against the cache, so prefill (pos0 = 0, a
+ *               whole window) and a decode step (n = 1) are the same code.
+ *   tb_eval_*   the perplexity protocol of REFERENCE.md and token sampling.
+ *
+ * Activations are public, in the style of llm.c, because the backward pass
+ * (empirical Fisher, Gram matrices) reads them: with opts.keep_acts every
+ * layer keeps its own buffers, otherwise one set is reused layer after layer.
+ */
+#ifndef TB_MODEL_H
+#define TB_MODEL_H
+
+#include <stdint.h>
+
+#include "tb_config.h"
+#include "tb_linear.h"
+#include "tb_safetensors.h"
+
+/* The linear layers of a decoder layer, in forward order; TB_LIN_LM_HEAD is
+ * the output projection (layer index = n_layers in hooks). */
+typedef enum {
+    TB_LIN_Q, TB_LIN_K, TB_LIN_V, TB_LIN_O, TB_LIN_GATE, TB_LIN_UP, TB_LIN_DOWN,
+    TB_LIN_PER_LAYER,
+    TB_LIN_LM_HEAD = TB_LIN_PER_LAYER,
+} tb_lin_id;
+
+/* "self_attn.q_proj", ... "lm_head" */
+const char *tb_lin_name(tb_lin_id id);
+
+typedef struct {
+    tb_linear lin[TB_LIN_PER_LAYER]; /* indexed by tb_lin_id */
+    const float *attn_norm;          /* input_layernorm.weight [hidden] */
+    const float *mlp_norm;           /* post_attention_layernorm.weight [hidden] */
+} tb_layer;
+
+typedef struct {
+    tb_config cfg;
+    tb_ckpt ckpt;
+    tb_linear embed;   /* model.embed_tokens.weight [vocab, hidden], looked up by row */
+    tb_linear lm_head; /* [vocab, hidden]; the embedding's data when tied */
+    tb_layer *layers;  /* [n_layers] */
+    const float *final_norm;
+    float *inv_freq;   /* RoPE [head_dim/2] */
+    float *f32;        /* one allocation behind the norm/bias/inv_freq vectors */
+    char *path;
+} tb_model;
+
+/* Open an HF checkpoint directory (config.json + model.safetensors or a sharded
+ * index): parses the config, maps the tensors and checks every expected tensor
+ * exists with a float dtype and the shape the config implies. Errors name the
+ * tensor and dimension, e.g. "tensor 'model.layers.0.self_attn.k_proj.weight':
+ * dim 0 is 256, expected 128 (num_key_value_heads * head_dim)". */
+int tb_model_open(tb_model *m, const char *path);
+void tb_model_close(tb_model *m);
+
+/* Per-layer activations for tokens [0, n) of the last call. [n, hidden] unless noted. */
+typedef struct {
+    float *x;        /* residual stream entering the layer: hidden_states[l] */
+    float *xn1;      /* input_layernorm(x): the input of q/k/v_proj */
+    float *rms1;     /* [n] 1/rms of x */
+    float *q;        /* [n, n_heads*head_dim] after RoPE */
+    float *probs;    /* [n_heads, n, pos0+n] softmax; NULL unless keep_acts */
+    float *att;      /* [n, n_heads*head_dim] attention output: the input of o_proj */
+    float *h;        /* residual after attention */
+    float *xn2;      /* post_attention_layernorm(h): the input of gate/up_proj */
+    float *rms2;     /* [n] */
+    float *gate;     /* [n, intermediate] before the activation */
+    float *up;       /* [n, intermediate] */
+    float *act;      /* silu(gate) * up: the input of down_proj */
+    float *k_cache;  /* [max_seq, n_kv_heads*head_dim] keys after RoPE */
+    float *v_cache;  /* [max_seq, n_kv_heads*head_dim] */
+} tb_layer_acts;
+
+/* Called with the input of every linear layer just before it is applied
+ * (q, k and v see the same pointer). layer = n_layers for lm_head. */
+typedef void (*tb_linear_hook)(void *ctx, int layer, tb_lin_id which, const float *x, int n, int cols);
+
+typedef struct {
+    int max_seq;    /* KV cache length: the last position + 1 ever used */
+    int max_tokens; /* most tokens per tb_forward_run call (<= max_seq) */
+    int keep_acts;  /* 1: separate buffers per layer, and attention probs */
+    int n_threads;  /* ours; OpenBLAS is set to one thread per call */
+} tb_forward_opts;
+
+typedef struct {
+    const tb_model *m;
+    tb_forward_opts o;
+    tb_layer_acts *acts; /* [n_layers]; without keep_acts all alias one set except the caches */
+    float *x_final;      /* [n, hidden] output of the last layer (before the final norm) */
+    float *xn_final;     /* [n, hidden] after model.norm: the input of lm_head */
+    float *rms_final;    /* [n] */
+    float *logits;       /* [n, vocab] */
+    float *tmp;          /* [n, hidden] o_proj / down_proj output before the residual add */
+    float *rope_cos, *rope_sin; /* [max_seq, head_dim/2] */
+    tb_scratch scratch;
+    int n;               /* tokens of the last call */
+    tb_linear_hook hook; /* optional */
+    void *hook_ctx;
+    float *mem;          /* the one allocation behind all of the above */
+} tb_forward;
+
+int tb_forward_init(tb_forward *f, const tb_model *m, const tb_forward_opts *o);
+void tb_forward_free(tb_forward *f);
+
+/* Run tokens[0..n) at positions pos0..pos0+n-1; positions < pos0 must be in
+ * the KV cache from earlier calls. Fills f->logits [n, vocab] and the
+ * activations. Errors (TB_EUSAGE): n or pos0 out of the allocated range, a
+ * token id outside the vocabulary. */
+int tb_forward_run(tb_forward *f, const int32_t *tokens, int n, int pos0);
+
+/* Mean next-token NLL of one sequence from its logits [n, vocab]: the mean
+ * over t < n-1 of logsumexp(logits[t]) - logits[t][tokens[t+1]], in f64. */
+double tb_eval_window_nll(const float *logits, const int32_t *tokens, int n, int vocab);
+
+typedef struct {
+    double ppl, mean_nll;
+    int64_t windows, tokens; /* tokens = windows * seq_len, those run through the model */
+    double seconds;
+} tb_ppl_result;
+
+typedef void (*tb_progress_fn)(void *ctx, int64_t done, int64_t total);
+
+/* REFERENCE.md's protocol on ids (BOS already first): non-overlapping windows
+ * of seq_len, the last partial window dropped, each run from position 0; ppl =
+ * exp(mean over windows of the window's mean NLL). max_windows > 0 caps the
+ * count. f needs max_tokens >= seq_len. TB_EDATA if not one full window. */
+int tb_eval_ppl(tb_forward *f, const int32_t *ids, int64_t n_ids, int seq_len, int64_t max_windows,
+                tb_progress_fn progress, void *progress_ctx, tb_ppl_result *r);
+
+/* ---- sampling ---- */
+typedef struct {
+    uint64_t state;
+} tb_rng;
+
+void tb_rng_seed(tb_rng *r, uint64_t seed);
+double tb_rng_uniform(tb_rng *r); /* [0, 1) */
+
+typedef struct {
+    float p;
+    int id;
+} tb_prob;
+
+/* The next token from one row of logits: argmax at temp <= 0 (lowest index on
+ * ties); else a draw from softmax(logits / temp) restricted to the smallest
+ * set of most likely tokens whose mass reaches top_p (nucleus, top_p >= 1:
+ * all). work: n entries, so that sampling allocates nothing. */
+int tb_sample(const float *logits, int n, double temp, double top_p, tb_rng *rng, tb_prob *work);
+
+#endif
