@@ -1,0 +1,49 @@
+/* tb_backward.h - the decoder backward pass on the CPU, for calibration
+ * statistics (tb-fisher): the gradient of one window's mean next-token NLL with
+ * respect to every linear weight.
+ *
+ * It reads the activations the forward pass kept (tb_forward_opts.keep_acts)
+ * and delivers each weight's gradient dW [rows, cols] to a callback as soon as
+ * it is complete (lm_head first, then the layers last to first, in each layer
+ * down, up, gate, o, v, k, q), so callers accumulate what they need (the
+ * squared gradient, samples) while only one dW buffer exists at a time.
+ * Memory: one window's activation gradients + one dW + per-thread tiles.
+ */
+#ifndef TB_BACKWARD_H
+#define TB_BACKWARD_H
+
+#include "tb_model.h"
+
+/* dW is valid only during the call. Return nonzero to stop the pass (the
+ * callback records its error with tb_fail). layer = n_layers for lm_head. */
+typedef int (*tb_grad_fn)(void *ctx, int layer, tb_lin_id which, const float *dW, int rows, int cols);
+
+typedef struct {
+    tb_forward *f;
+    float *d_res;   /* [T, hidden] gradient of the residual stream */
+    float *d_xn;    /* [T, hidden] gradient of a norm's output */
+    float *d_norm;  /* [T, hidden] a norm's input gradient before it joins d_res */
+    float *d_act;   /* [T, inter]  becomes d_gate in place */
+    float *d_up;    /* [T, inter] */
+    float *d_att;   /* [T, n_heads*head_dim] */
+    float *d_q;     /* [T, n_heads*head_dim] */
+    float *d_k;     /* [T, n_kv_heads*head_dim] */
+    float *d_v;     /* [T, n_kv_heads*head_dim] */
+    float *dW;      /* [largest linear rows*cols] */
+    float *neg_sin; /* [max_seq, head_dim/2]: RoPE's inverse rotation */
+    tb_scratch scratch; /* per thread: a weight tile, or a [T, T] attention block */
+    float *mem;
+} tb_backward;
+
+/* Size every buffer for f (which must keep activations). */
+int tb_backward_init(tb_backward *b, tb_forward *f);
+void tb_backward_free(tb_backward *b);
+
+/* After tb_forward_run(f, tokens, n, 0): back-propagate loss = mean over
+ * t < n-1 of -log softmax(logits[t])[tokens[t+1]] and call grad for every
+ * linear weight (lm_head only when want_lm_head). Overwrites f->logits with
+ * dloss/dlogits. *loss receives the window's loss. */
+int tb_backward_run(tb_backward *b, const int32_t *tokens, int n, int want_lm_head, tb_grad_fn grad, void *ctx,
+                    double *loss);
+
+#endif
