@@ -3,19 +3,45 @@
 #include "tb_log.h"
 #include "tb_model.h"
 #include "tb_ops.h"
+#include "tb_threads.h"
 
 #include <math.h>
 #include <stdlib.h>
 
-double tb_eval_window_nll(const float *logits, const int32_t *tokens, int n, int vocab)
+typedef struct {
+    const float *logits;
+    const int32_t *tokens;
+    int vocab;
+    double partial[256]; /* one per thread: summed in thread order, so reproducible */
+} nll_job;
+
+static void nll_rows(void *ctx, int64_t begin, int64_t end, int tid)
+{
+    nll_job *j = ctx;
+    double sum = 0; /* f64: hundreds of terms of ~5 nats each */
+    for (int64_t t = begin; t < end; t++) {
+        const float *row = j->logits + (size_t)t * j->vocab;
+        sum += tb_logsumexp(row, j->vocab) - (double)row[j->tokens[t + 1]];
+    }
+    j->partial[tid] = sum;
+}
+
+double tb_eval_window_nll_mt(const float *logits, const int32_t *tokens, int n, int vocab, int n_threads)
 {
     if (n < 2) return 0.0;
-    double sum = 0; /* f64: hundreds of terms of ~5 nats each */
-    for (int t = 0; t + 1 < n; t++) {
-        const float *row = logits + (size_t)t * vocab;
-        sum += tb_logsumexp(row, vocab) - (double)row[tokens[t + 1]];
-    }
+    nll_job j = {logits, tokens, vocab, {0}};
+    if (n_threads < 1) n_threads = 1;
+    if (n_threads > 256) n_threads = 256;
+    if (n_threads > n - 1) n_threads = n - 1;
+    tb_parallel_for(n_threads, n - 1, nll_rows, &j);
+    double sum = 0;
+    for (int t = 0; t < n_threads; t++) sum += j.partial[t];
     return sum / (n - 1);
+}
+
+double tb_eval_window_nll(const float *logits, const int32_t *tokens, int n, int vocab)
+{
+    return tb_eval_window_nll_mt(logits, tokens, n, vocab, 1);
 }
 
 int tb_eval_ppl(tb_forward *f, const int32_t *ids, int64_t n_ids, int seq_len, int64_t max_windows,
@@ -32,7 +58,7 @@ int tb_eval_ppl(tb_forward *f, const int32_t *ids, int64_t n_ids, int seq_len, i
         const int32_t *win = ids + w * seq_len;
         int rc = tb_forward_run(f, win, seq_len, 0);
         if (rc) return rc;
-        sum += tb_eval_window_nll(f->logits, win, seq_len, f->m->cfg.vocab_size);
+        sum += tb_eval_window_nll_mt(f->logits, win, seq_len, f->m->cfg.vocab_size, f->o.n_threads);
         if (progress) progress(progress_ctx, w + 1, windows);
     }
     r->windows = windows;

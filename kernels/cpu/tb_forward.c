@@ -119,7 +119,7 @@ int tb_forward_run(tb_forward *f, const int32_t *tokens, int n, int pos0)
                        pos0, f->o.max_tokens, f->o.max_seq);
     for (int t = 0; t < n; t++)
         if (tokens[t] < 0 || tokens[t] >= c->vocab_size)
-            return tb_fail(TB_EUSAGE, "forward: token id %d outside the vocabulary [0, %d)", (int)tokens[t],
+            return tb_fail(TB_EDATA, "forward: token id %d outside the vocabulary [0, %d)", (int)tokens[t],
                            c->vocab_size);
     const int D = c->hidden_size, KV = c->n_kv_heads * c->head_dim;
     const size_t ND = (size_t)n * D;

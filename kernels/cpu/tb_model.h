@@ -114,13 +114,17 @@ void tb_forward_free(tb_forward *f);
 
 /* Run tokens[0..n) at positions pos0..pos0+n-1; positions < pos0 must be in
  * the KV cache from earlier calls. Fills f->logits [n, vocab] and the
- * activations. Errors (TB_EUSAGE): n or pos0 out of the allocated range, a
- * token id outside the vocabulary. */
+ * activations. Errors: TB_EUSAGE for n or pos0 outside the allocated range,
+ * TB_EDATA for a token id outside the vocabulary. */
 int tb_forward_run(tb_forward *f, const int32_t *tokens, int n, int pos0);
 
 /* Mean next-token NLL of one sequence from its logits [n, vocab]: the mean
  * over t < n-1 of logsumexp(logits[t]) - logits[t][tokens[t+1]], in f64. */
 double tb_eval_window_nll(const float *logits, const int32_t *tokens, int n, int vocab);
+/* The same with the rows split over n_threads (a log-sum-exp over the
+ * vocabulary per token costs as much as a small matmul); the result depends
+ * on the count only through the order of the f64 additions. */
+double tb_eval_window_nll_mt(const float *logits, const int32_t *tokens, int n, int vocab, int n_threads);
 
 typedef struct {
     double ppl, mean_nll;
