@@ -1,5 +1,6 @@
 #include "tb_safetensors.h"
 #include "tb_error.h"
+#include "tb_sha256.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -536,4 +537,15 @@ int tb_ckpt_count(const tb_ckpt *c)
     int n = 0;
     for (int i = 0; i < c->n_shards; i++) n += c->shards[i].n_tensors;
     return n;
+}
+
+int tb_ckpt_sha256(const tb_ckpt *c, char hex[65])
+{
+    tb_sha256 h;
+    uint8_t d[32];
+    tb_sha256_init(&h);
+    for (int i = 0; i < c->n_shards; i++) tb_sha256_update(&h, c->shards[i].map.data, c->shards[i].map.size);
+    tb_sha256_final(&h, d);
+    tb_sha256_hex(d, hex);
+    return TB_OK;
 }

@@ -99,4 +99,10 @@ void tb_ckpt_close(tb_ckpt *c);
 const st_tensor *tb_ckpt_find(const tb_ckpt *c, const char *name);
 int tb_ckpt_count(const tb_ckpt *c);
 
+
+
+/* SHA-256 over every shard's bytes, in shard order: the identity of a model's
+ * weights, recorded by later stages (hex, 64 chars + NUL). */
+int tb_ckpt_sha256(const tb_ckpt *c, char hex[65]);
+
 #endif

@@ -1,0 +1,226 @@
+/* tb_calib.c - Fisher diagonal, Gram matrices and gradient samples over
+ * calibration windows (see tb_calib.h). */
+#include "tb_calib.h"
+#include "tb_error.h"
+#include "tb_fisher.h"
+#include "tb_io.h"
+#include "tb_safetensors.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const tb_linear *lin_of(const tb_model *m, int layer, int which)
+{
+    return layer == m->cfg.n_layers ? &m->lm_head : &m->layers[layer].lin[which];
+}
+
+/* input dimension of each Gram slot */
+static int gram_dim(const tb_model *m, int slot)
+{
+    static const tb_lin_id reader[TB_GRAM_PER_LAYER] = {TB_LIN_Q, TB_LIN_O, TB_LIN_GATE, TB_LIN_DOWN};
+    return m->layers[0].lin[reader[slot]].cols;
+}
+
+static int gram_slot(tb_lin_id which)
+{
+    switch (which) {
+    case TB_LIN_Q: return TB_GRAM_QKV;      /* k and v read the same input */
+    case TB_LIN_O: return TB_GRAM_O;
+    case TB_LIN_GATE: return TB_GRAM_GATE_UP; /* up reads the same input */
+    case TB_LIN_DOWN: return TB_GRAM_DOWN;
+    default: return -1;
+    }
+}
+
+void tb_calib_weight_name(const tb_model *m, int layer, tb_lin_id which, char *buf, size_t n)
+{
+    if (layer == m->cfg.n_layers) snprintf(buf, n, "lm_head.weight");
+    else snprintf(buf, n, "model.layers.%d.%s.weight", layer, tb_lin_name(which));
+}
+
+int tb_calib_init(tb_calib *c, const tb_model *m, int max_tokens, const tb_calib_opts *o)
+{
+    memset(c, 0, sizeof *c);
+    c->m = m;
+    c->o = *o;
+    c->sample_slot = -1;
+    const int L = m->cfg.n_layers, n_lin = L * TB_LIN_PER_LAYER + 1;
+    if (c->o.layer_end <= 0 || c->o.layer_end > L) c->o.layer_end = L;
+    if (c->o.grad_samples > c->o.total_windows) c->o.grad_samples = (int)c->o.total_windows;
+    c->with_lm_head = !m->cfg.tie_word_embeddings;
+    if (o->fisher || o->grad_samples > 0) {
+        c->fisher = tb_calloc((size_t)n_lin, sizeof(float *));
+        c->samples = tb_calloc((size_t)n_lin, sizeof(uint16_t *));
+        if (!c->fisher || !c->samples) goto oom;
+        for (int l = 0; l <= L; l++)
+            for (int i = 0; i < (l == L ? 1 : TB_LIN_PER_LAYER); i++) {
+                if (l == L && !c->with_lm_head) continue;
+                const tb_linear *W = lin_of(m, l, i);
+                size_t sz = (size_t)W->rows * W->cols;
+                int idx = l * TB_LIN_PER_LAYER + i;
+                if (o->fisher && !(c->fisher[idx] = tb_calloc(sz, sizeof(float)))) goto oom;
+                if (c->o.grad_samples > 0 &&
+                    !(c->samples[idx] = tb_calloc(sz * (size_t)c->o.grad_samples, sizeof(uint16_t))))
+                    goto oom;
+            }
+    }
+    if (o->gram) {
+        c->gram = tb_calloc((size_t)L * TB_GRAM_PER_LAYER, sizeof(double *));
+        c->gram_tokens = tb_calloc((size_t)L * TB_GRAM_PER_LAYER, sizeof(int64_t));
+        if (!c->gram || !c->gram_tokens) goto oom;
+        int widest = 0;
+        for (int l = c->o.layer_begin; l < c->o.layer_end; l++)
+            for (int s = 0; s < TB_GRAM_PER_LAYER; s++) {
+                size_t d = (size_t)gram_dim(m, s);
+                widest = (int)d > widest ? (int)d : widest;
+                if (!(c->gram[l * TB_GRAM_PER_LAYER + s] = tb_calloc(d * d, sizeof(double)))) goto oom;
+            }
+        if (!(c->xd = tb_malloc((size_t)max_tokens * (size_t)widest * sizeof(double)))) goto oom;
+    }
+    return TB_OK;
+oom:
+    tb_calib_free(c);
+    return TB_EIO;
+}
+
+void tb_calib_free(tb_calib *c)
+{
+    const int L = c->m ? c->m->cfg.n_layers : 0, n_lin = L * TB_LIN_PER_LAYER + 1;
+    for (int i = 0; c->fisher && i < n_lin; i++) free(c->fisher[i]);
+    for (int i = 0; c->samples && i < n_lin; i++) free(c->samples[i]);
+    for (int i = 0; c->gram && i < L * TB_GRAM_PER_LAYER; i++) free(c->gram[i]);
+    free(c->fisher);
+    free(c->samples);
+    free(c->gram);
+    free(c->gram_tokens);
+    free(c->xd);
+    memset(c, 0, sizeof *c);
+}
+
+/* forward hook: G += X^T X for the first reader of each distinct input, in f64 */
+static void gram_hook(void *ctx, int layer, tb_lin_id which, const float *x, int n, int cols)
+{
+    tb_calib *c = ctx;
+    int slot = gram_slot(which);
+    if (slot < 0 || layer >= c->m->cfg.n_layers || layer < c->o.layer_begin || layer >= c->o.layer_end) return;
+    int g = layer * TB_GRAM_PER_LAYER + slot;
+    for (size_t i = 0; i < (size_t)n * cols; i++) c->xd[i] = x[i];
+    cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, cols, n, 1.0, c->xd, cols, 1.0, c->gram[g], cols);
+    c->gram_tokens[g] += n;
+}
+
+static int grad_cb(void *ctx, int layer, tb_lin_id which, const float *dW, int rows, int cols)
+{
+    tb_calib *c = ctx;
+    int idx = layer * TB_LIN_PER_LAYER + (layer == c->m->cfg.n_layers ? 0 : (int)which);
+    size_t sz = (size_t)rows * cols;
+    for (size_t k = 0; k < sz; k++)
+        if (!isfinite(dW[k])) {
+            char name[128];
+            tb_calib_weight_name(c->m, layer, which, name, sizeof name);
+            return tb_fail(TB_EDATA, "window %lld: gradient of '%s' is %s at element %zu (row %zu, col %zu)",
+                           (long long)c->cur_window, name, isnan(dW[k]) ? "NaN" : "Inf", k, k / cols, k % cols);
+        }
+    float *F = c->fisher ? c->fisher[idx] : NULL;
+    if (F)
+        for (size_t k = 0; k < sz; k++) F[k] += dW[k] * dW[k];
+    if (c->sample_slot >= 0 && c->samples[idx]) {
+        uint16_t *s = c->samples[idx] + (size_t)c->sample_slot * sz;
+        for (size_t k = 0; k < sz; k++) s[k] = tb_f32_to_bf16(dW[k]);
+    }
+    return TB_OK;
+}
+
+int tb_calib_window(tb_calib *c, tb_forward *f, tb_backward *b, const int32_t *ids, int n, double *loss)
+{
+    int need_grad = c->o.fisher || c->o.grad_samples > 0;
+    /* K windows evenly spread over the run: window w is slot k when w = floor(k total / K) */
+    c->sample_slot = -1;
+    for (int k = 0; k < c->o.grad_samples; k++)
+        if ((int64_t)k * c->o.total_windows / c->o.grad_samples == c->windows) c->sample_slot = k;
+    c->cur_window = c->windows;
+    if (c->o.gram) {
+        f->hook = gram_hook;
+        f->hook_ctx = c;
+    }
+    int rc = tb_forward_run(f, ids, n, 0);
+    f->hook = NULL;
+    f->hook_ctx = NULL;
+    if (rc) return rc;
+    if (need_grad) rc = tb_backward_run(b, ids, n, c->with_lm_head, grad_cb, c, loss);
+    else *loss = tb_eval_window_nll(f->logits, ids, n, c->m->cfg.vocab_size);
+    if (rc) return rc;
+    c->windows++;
+    c->tokens += n;
+    return TB_OK;
+}
+
+int tb_calib_write(tb_calib *c, const char *path, const char *const *meta_kv, int n_meta)
+{
+    const tb_model *m = c->m;
+    const int L = m->cfg.n_layers;
+    char name[256], module[192];
+    st_writer *w = st_writer_new();
+    if (!w) return TB_EIO;
+    int rc = TB_OK;
+    for (int i = 0; !rc && i < n_meta; i++) rc = st_writer_meta(w, meta_kv[2 * i], meta_kv[2 * i + 1]);
+    /* declare: Fisher, then Gram, then samples, each in layer order */
+    for (int pass = 0; pass < 3 && !rc; pass++)
+        for (int l = 0; l <= L && !rc; l++)
+            for (int i = 0; i < TB_LIN_PER_LAYER && !rc; i++) {
+                if (l == L && (i > 0 || !c->with_lm_head)) continue;
+                const tb_linear *W = lin_of(m, l, i);
+                int idx = l * TB_LIN_PER_LAYER + i;
+                tb_calib_weight_name(m, l, i, name, sizeof name);
+                char full[320];
+                if (pass == 0 && c->fisher && c->fisher[idx]) {
+                    snprintf(full, sizeof full, "fisher.%s", name);
+                    rc = st_writer_add(w, full, TB_F32, 2, (int64_t[]){W->rows, W->cols});
+                } else if (pass == 1 && c->gram && l < L && gram_slot(i) >= 0 && c->gram[l * TB_GRAM_PER_LAYER + gram_slot(i)]) {
+                    tb_fisher_gram_module(name, module, sizeof module);
+                    int64_t d = W->cols;
+                    snprintf(full, sizeof full, "gram.%s.input", module);
+                    rc = st_writer_add(w, full, TB_F64, 2, (int64_t[]){d, d});
+                    snprintf(full, sizeof full, "gram.%s.count", module);
+                    if (!rc) rc = st_writer_add(w, full, TB_I64, 1, (int64_t[]){1});
+                } else if (pass == 2 && c->samples && c->samples[idx]) {
+                    snprintf(full, sizeof full, "grad.%s", name);
+                    rc = st_writer_add(w, full, TB_BF16, 3, (int64_t[]){c->o.grad_samples, W->rows, W->cols});
+                }
+            }
+    tb_outfile out;
+    if (!rc) rc = tb_out_open(&out, path);
+    if (rc) { st_writer_free(w); return rc; }
+    rc = st_writer_begin(w, out.fp, path);
+    double inv = c->windows ? 1.0 / (double)c->windows : 0.0;
+    for (int pass = 0; pass < 3 && !rc; pass++)
+        for (int l = 0; l <= L && !rc; l++)
+            for (int i = 0; i < TB_LIN_PER_LAYER && !rc; i++) {
+                if (l == L && (i > 0 || !c->with_lm_head)) continue;
+                const tb_linear *W = lin_of(m, l, i);
+                int idx = l * TB_LIN_PER_LAYER + i;
+                size_t sz = (size_t)W->rows * W->cols;
+                if (pass == 0 && c->fisher && c->fisher[idx]) {
+                    float *F = c->fisher[idx];
+                    for (size_t k = 0; k < sz; k++) F[k] = (float)(F[k] * inv); /* sum -> mean; final */
+                    rc = st_writer_write(w, F, sz * sizeof(float));
+                } else if (pass == 1 && c->gram && l < L && gram_slot(i) >= 0 && c->gram[l * TB_GRAM_PER_LAYER + gram_slot(i)]) {
+                    int g = l * TB_GRAM_PER_LAYER + gram_slot(i), d = W->cols;
+                    double *G = c->gram[g];
+                    for (int r = 0; r < d; r++) /* dsyrk filled the upper triangle */
+                        for (int q = 0; q < r; q++) G[(size_t)r * d + q] = G[(size_t)q * d + r];
+                    rc = st_writer_write(w, G, (size_t)d * d * sizeof(double));
+                    if (!rc) rc = st_writer_write(w, &c->gram_tokens[g], sizeof(int64_t));
+                } else if (pass == 2 && c->samples && c->samples[idx]) {
+                    rc = st_writer_write(w, c->samples[idx], sz * (size_t)c->o.grad_samples * sizeof(uint16_t));
+                }
+            }
+    if (!rc) rc = st_writer_finish(w);
+    if (!rc) rc = tb_out_commit(&out);
+    else tb_out_abort(&out);
+    st_writer_free(w);
+    return rc;
+}
