@@ -1,0 +1,97 @@
+#!/usr/bin/env bats
+# tb-fisher: statistics against transformers' goldens, and bad inputs.
+
+load helpers
+
+setup() { TMP=$(mktemp -d); }
+teardown() { rm -rf "$TMP"; }
+
+CALIB=$TB_TEST_DATA/tiny-llama-6m/calib-128x512.safetensors
+
+@test "16 calibration windows match the transformers Fisher (1e-3) and Gram (1e-4) goldens" {
+    has_python_module numpy && has_python_module safetensors || skip "python3 numpy/safetensors missing"
+    run tb-fisher -m "$TB_MODEL" -t "$CALIB" --max-windows 16 --grad-samples 2 -o "$TMP/f.fisher" --quiet
+    [ "$status" -eq 0 ]
+    run python3 "$BATS_TEST_DIRNAME/../py/fisher_golden.py" "$TMP/f.fisher" "$TB_TEST_DATA/tiny-llama-6m/fisher-gram-16win.safetensors"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    # the file is self-describing: metadata and the gradient samples' shape
+    run python3 -c "
+from safetensors import safe_open
+f = safe_open('$TMP/f.fisher', 'np'); m = f.metadata()
+print(m['tensorbit.kind'], m['windows'], m['seq_len'], len(m['model_sha256']))
+print(f.get_slice('grad.model.layers.0.mlp.up_proj.weight').get_shape())"
+    [ "${lines[0]}" = "fisher 16 512 64" ]
+    [ "${lines[1]}" = "[2, 768, 256]" ]
+}
+
+@test "mistral (GQA, untied lm_head) matches its goldens" {
+    [ -d "$TB_SHARED/models/tiny-mistral-10m" ] || skip "no ../shared"
+    has_python_module numpy && has_python_module safetensors || skip "python3 numpy/safetensors missing"
+    run tb-fisher -m "$TB_SHARED/models/tiny-mistral-10m" -t "$TB_SHARED/data/calib-tiny-mistral-10m-128x512.safetensors" \
+        --max-windows 16 -o "$TMP/m.fisher" --quiet
+    [ "$status" -eq 0 ]
+    run python3 "$BATS_TEST_DIRNAME/../py/fisher_golden.py" "$TMP/m.fisher" "$TB_SHARED/golden/tiny-mistral-10m/fisher-gram-16win.safetensors"
+    echo "$output"
+    [ "$status" -eq 0 ]
+}
+
+@test "--stats gram alone and --layers restrict the output" {
+    run tb-fisher -m "$TB_MODEL" -t "$CALIB" --max-windows 2 --stats gram --layers 1:3 -o "$TMP/g.fisher" --quiet
+    [ "$status" -eq 0 ]
+    run tb-inspect "$TMP/g.fisher"
+    [[ "$output" == *"gram.model.layers.1.self_attn.q_proj.input"* ]]
+    [[ "$output" == *"gram.model.layers.2.mlp.down_proj.input"* ]]
+    [[ "$output" != *"layers.0."* ]]
+    [[ "$output" != *"layers.3."* ]]
+    [[ "$output" != *"fisher."* ]]
+}
+
+refuse() { # refuse STATUS SUBSTRING ARGS...: one-line error, that status, no output file
+    local want=$1 msg=$2
+    shift 2
+    run tb-fisher -m "$TB_MODEL" -o "$TMP/out.fisher" --quiet "$@"
+    [ "$status" -eq "$want" ] || { echo "status $status: $output"; return 1; }
+    one_line_error tb-fisher
+    [[ "$output" == *"$msg"* ]] || { echo "$output"; return 1; }
+    [ ! -e "$TMP/out.fisher" ]
+    [ -z "$(ls "$TMP" | grep tmp)" ]
+}
+
+@test "bad token file: wrong dtype" {
+    mkst "$TMP/t.st" '{"input_ids":{"dtype":"F32","shape":[1,4],"data_offsets":[0,16]}}' 16
+    refuse 2 "dtype F32, expected I32 or I64" -t "$TMP/t.st"
+}
+
+@test "bad token file: wrong rank" {
+    mkst "$TMP/t.st" '{"input_ids":{"dtype":"I32","shape":[8],"data_offsets":[0,32]}}' 32
+    refuse 2 "rank 1, expected 2" -t "$TMP/t.st"
+}
+
+@test "bad token file: id beyond the vocabulary" {
+    mkst "$TMP/t.st" '{"input_ids":{"dtype":"I32","shape":[1,4],"data_offsets":[0,16]}}' 0
+    printf '\x01\x00\x00\x00\x02\x00\x00\x00\x88\x13\x00\x00\x03\x00\x00\x00' >>"$TMP/t.st"
+    refuse 2 "window 0, position 2: token id 5000 outside the vocabulary [0, 4096)" -t "$TMP/t.st"
+}
+
+@test "bad token file: windows longer than max_position_embeddings" {
+    mkst "$TMP/t.st" '{"input_ids":{"dtype":"I32","shape":[1,1100],"data_offsets":[0,4400]}}' 4400
+    refuse 2 "exceed max_position_embeddings (1024)" -t "$TMP/t.st"
+}
+
+@test "output in a missing directory fails before any work" {
+    run tb-fisher -m "$TB_MODEL" -t "$CALIB" -o "$TMP/no/such/dir/x.fisher" --quiet
+    [ "$status" -eq 3 ]
+    one_line_error tb-fisher
+    [[ "$output" == *"$TMP/no/such/dir/x.fisher"* ]]
+}
+
+@test "usage errors exit 1" {
+    run tb-fisher -m "$TB_MODEL"
+    [ "$status" -eq 1 ]
+    run tb-fisher -m "$TB_MODEL" -t "$CALIB" -o "$TMP/x" --stats hessian
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"unknown statistic 'hessian'"* ]]
+    run tb-fisher --help
+    [ "$status" -eq 0 ]
+}
