@@ -110,51 +110,94 @@ static void add(float *y, const float *a, const float *b, size_t n)
     for (size_t i = 0; i < n; i++) y[i] = a[i] + b[i];
 }
 
-int tb_forward_run(tb_forward *f, const int32_t *tokens, int n, int pos0)
+/* One decoder layer on acts[l].x for n tokens at positions pos0..; leaves the
+ * result in the next layer's x (or x_final). */
+static void layer_forward(tb_forward *f, int l, int n, int pos0)
 {
     const tb_model *m = f->m;
     const tb_config *c = &m->cfg;
-    if (n < 1 || n > f->o.max_tokens || pos0 < 0 || pos0 > f->o.max_seq - n)
-        return tb_fail(TB_EUSAGE, "forward: %d tokens at position %d exceed the buffers (%d tokens, %d positions)", n,
-                       pos0, f->o.max_tokens, f->o.max_seq);
-    for (int t = 0; t < n; t++)
-        if (tokens[t] < 0 || tokens[t] >= c->vocab_size)
-            return tb_fail(TB_EDATA, "forward: token id %d outside the vocabulary [0, %d)", (int)tokens[t],
-                           c->vocab_size);
     const int D = c->hidden_size, KV = c->n_kv_heads * c->head_dim;
     const size_t ND = (size_t)n * D;
     const float eps = (float)c->rms_norm_eps;
     const tb_attn_shape shape = {c->n_heads, c->n_kv_heads, c->head_dim, c->sliding_window};
+    tb_layer_acts *a = &f->acts[l];
+    const tb_layer *w = &m->layers[l];
+    float *k = a->k_cache + (size_t)pos0 * KV, *v = a->v_cache + (size_t)pos0 * KV;
+
+    tb_rmsnorm(a->xn1, a->rms1, a->x, w->attn_norm, n, D, eps);
+    linear(f, l, TB_LIN_Q, &w->lin[TB_LIN_Q], a->xn1, n, a->q);
+    linear(f, l, TB_LIN_K, &w->lin[TB_LIN_K], a->xn1, n, k);
+    linear(f, l, TB_LIN_V, &w->lin[TB_LIN_V], a->xn1, n, v);
+    tb_rope_apply(a->q, n, c->n_heads, c->head_dim, pos0, f->rope_cos, f->rope_sin);
+    tb_rope_apply(k, n, c->n_kv_heads, c->head_dim, pos0, f->rope_cos, f->rope_sin);
+    tb_attention(&shape, a->q, a->k_cache, a->v_cache, n, pos0, a->att, a->probs, &f->scratch);
+    linear(f, l, TB_LIN_O, &w->lin[TB_LIN_O], a->att, n, f->tmp);
+    add(a->h, a->x, f->tmp, ND);
+
+    tb_rmsnorm(a->xn2, a->rms2, a->h, w->mlp_norm, n, D, eps);
+    linear(f, l, TB_LIN_GATE, &w->lin[TB_LIN_GATE], a->xn2, n, a->gate);
+    linear(f, l, TB_LIN_UP, &w->lin[TB_LIN_UP], a->xn2, n, a->up);
+    tb_swiglu(a->act, a->gate, a->up, (size_t)n * c->intermediate_size, f->o.n_threads);
+    linear(f, l, TB_LIN_DOWN, &w->lin[TB_LIN_DOWN], a->act, n, f->tmp);
+    /* without keep_acts the next layer's x is this one's: h is a separate
+     * buffer, so overwriting x here is safe */
+    add(tb_forward_stream(f, l + 1), a->h, f->tmp, ND);
+}
+
+float *tb_forward_stream(tb_forward *f, int layer)
+{
+    return layer < f->m->cfg.n_layers ? f->acts[layer].x : f->x_final;
+}
+
+static int check_range(const tb_forward *f, int n, int pos0)
+{
+    if (n < 1 || n > f->o.max_tokens || pos0 < 0 || pos0 > f->o.max_seq - n)
+        return tb_fail(TB_EUSAGE, "forward: %d tokens at position %d exceed the buffers (%d tokens, %d positions)", n,
+                       pos0, f->o.max_tokens, f->o.max_seq);
+    return TB_OK;
+}
+
+int tb_forward_run(tb_forward *f, const int32_t *tokens, int n, int pos0)
+{
+    const tb_model *m = f->m;
+    const tb_config *c = &m->cfg;
+    int rc = check_range(f, n, pos0);
+    if (rc) return rc;
+    for (int t = 0; t < n; t++)
+        if (tokens[t] < 0 || tokens[t] >= c->vocab_size)
+            return tb_fail(TB_EDATA, "forward: token id %d outside the vocabulary [0, %d)", (int)tokens[t],
+                           c->vocab_size);
+    const int D = c->hidden_size;
     f->n = n;
-
     for (int t = 0; t < n; t++) tb_linear_row(&m->embed, tokens[t], f->acts[0].x + (size_t)t * D);
-
-    for (int l = 0; l < c->n_layers; l++) {
-        tb_layer_acts *a = &f->acts[l];
-        const tb_layer *w = &m->layers[l];
-        float *k = a->k_cache + (size_t)pos0 * KV, *v = a->v_cache + (size_t)pos0 * KV;
-
-        tb_rmsnorm(a->xn1, a->rms1, a->x, w->attn_norm, n, D, eps);
-        linear(f, l, TB_LIN_Q, &w->lin[TB_LIN_Q], a->xn1, n, a->q);
-        linear(f, l, TB_LIN_K, &w->lin[TB_LIN_K], a->xn1, n, k);
-        linear(f, l, TB_LIN_V, &w->lin[TB_LIN_V], a->xn1, n, v);
-        tb_rope_apply(a->q, n, c->n_heads, c->head_dim, pos0, f->rope_cos, f->rope_sin);
-        tb_rope_apply(k, n, c->n_kv_heads, c->head_dim, pos0, f->rope_cos, f->rope_sin);
-        tb_attention(&shape, a->q, a->k_cache, a->v_cache, n, pos0, a->att, a->probs, &f->scratch);
-        linear(f, l, TB_LIN_O, &w->lin[TB_LIN_O], a->att, n, f->tmp);
-        add(a->h, a->x, f->tmp, ND);
-
-        tb_rmsnorm(a->xn2, a->rms2, a->h, w->mlp_norm, n, D, eps);
-        linear(f, l, TB_LIN_GATE, &w->lin[TB_LIN_GATE], a->xn2, n, a->gate);
-        linear(f, l, TB_LIN_UP, &w->lin[TB_LIN_UP], a->xn2, n, a->up);
-        tb_swiglu(a->act, a->gate, a->up, (size_t)n * c->intermediate_size, f->o.n_threads);
-        linear(f, l, TB_LIN_DOWN, &w->lin[TB_LIN_DOWN], a->act, n, f->tmp);
-        /* without keep_acts the next layer's x is this one's: h is a separate
-         * buffer, so overwriting x here is safe */
-        float *next = l + 1 < c->n_layers ? f->acts[l + 1].x : f->x_final;
-        add(next, a->h, f->tmp, ND);
-    }
-    tb_rmsnorm(f->xn_final, f->rms_final, f->x_final, m->final_norm, n, D, eps);
+    for (int l = 0; l < c->n_layers; l++) layer_forward(f, l, n, pos0);
+    tb_rmsnorm(f->xn_final, f->rms_final, f->x_final, m->final_norm, n, D, (float)c->rms_norm_eps);
     linear(f, c->n_layers, TB_LIN_LM_HEAD, &m->lm_head, f->xn_final, n, f->logits);
+    return TB_OK;
+}
+
+int tb_forward_embed(tb_forward *f, const int32_t *tokens, int n)
+{
+    const tb_config *c = &f->m->cfg;
+    int rc = check_range(f, n, 0);
+    if (rc) return rc;
+    for (int t = 0; t < n; t++) {
+        if (tokens[t] < 0 || tokens[t] >= c->vocab_size)
+            return tb_fail(TB_EDATA, "forward: token id %d outside the vocabulary [0, %d)", (int)tokens[t],
+                           c->vocab_size);
+        tb_linear_row(&f->m->embed, tokens[t], f->acts[0].x + (size_t)t * c->hidden_size);
+    }
+    f->n = n;
+    return TB_OK;
+}
+
+int tb_forward_layers(tb_forward *f, int n, int l0, int l1)
+{
+    int rc = check_range(f, n, 0);
+    if (rc) return rc;
+    if (l0 < 0 || l1 > f->m->cfg.n_layers || l0 >= l1)
+        return tb_fail(TB_EUSAGE, "forward: layers %d:%d outside [0, %d]", l0, l1, f->m->cfg.n_layers);
+    f->n = n;
+    for (int l = l0; l < l1; l++) layer_forward(f, l, n, 0);
     return TB_OK;
 }

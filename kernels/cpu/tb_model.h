@@ -118,6 +118,16 @@ void tb_forward_free(tb_forward *f);
  * TB_EDATA for a token id outside the vocabulary. */
 int tb_forward_run(tb_forward *f, const int32_t *tokens, int n, int pos0);
 
+/* Sequential (layer-wise) use, one window at a time from position 0:
+ * tb_forward_stream(f, l) is the residual stream entering layer l (l =
+ * n_layers: leaving the last layer, before the final norm); write a layer's
+ * input there (or tb_forward_embed the tokens into layer 0's), then
+ * tb_forward_layers runs layers [l0, l1) on n tokens, calling the linear-input
+ * hook, and leaves the result in tb_forward_stream(f, l1). */
+float *tb_forward_stream(tb_forward *f, int layer);
+int tb_forward_embed(tb_forward *f, const int32_t *tokens, int n);
+int tb_forward_layers(tb_forward *f, int n, int l0, int l1);
+
 /* Mean next-token NLL of one sequence from its logits [n, vocab]: the mean
  * over t < n-1 of logsumexp(logits[t]) - logits[t][tokens[t+1]], in f64. */
 double tb_eval_window_nll(const float *logits, const int32_t *tokens, int n, int vocab);
