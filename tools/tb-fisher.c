@@ -33,11 +33,20 @@ static const char usage[] =
     "  -t, --tokens FILE     token windows: safetensors 'input_ids' [windows, seq_len]\n"
     "                        (I32 or I64), e.g. from tb-tokenize --windows\n"
     "  -o, --output FILE     the .fisher file (written atomically)\n"
-    "  --stats LIST          comma-separated: fisher, gram (default: fisher,gram)\n"
+    "  --stats LIST          comma-separated: fisher, gram, or none (default:\n"
+    "                        fisher,gram; none only with --acts-out)\n"
     "  --grad-samples K      gradient samples to keep, 0..256 (default 0; tb-pack\n"
     "                        --compensate obs wants 8-32)\n"
     "  --max-windows N       use only the first N windows\n"
     "  --layers A:B          Gram matrices of decoder layers A..B-1 only\n"
+    "\n"
+    "sequential (layer-wise) mode, so each layer is calibrated on what the pruned\n"
+    "layers before it produce, one Makefile step per layer:\n"
+    "  --acts-in FILE        residual stream entering layer A (F32 'hidden'\n"
+    "                        [windows, seq_len, hidden], from an earlier --acts-out);\n"
+    "                        without it layer A must be 0 and -t gives the tokens\n"
+    "  --acts-out FILE       save the stream leaving layer B-1 (entering B)\n"
+    "  Only layers A..B-1 run; --stats gram or none (Fisher needs the whole model).\n"
     "  --threads N           threads (default: $TB_THREADS or all cores)\n"
     "  --quiet, --progress   progress bar off / on even when stderr is no terminal\n"
     "  -h, --help, --version\n"
@@ -50,7 +59,7 @@ static const char usage[] =
     "named by tensor and window), 3 I/O error\n";
 
 typedef struct {
-    const char *model, *tokens, *output;
+    const char *model, *tokens, *output, *acts_in, *acts_out;
     int fisher, gram, grad_samples, threads, layer_a, layer_b;
     long max_windows;
 } options;
@@ -63,82 +72,144 @@ static int parse_stats(const char *s, options *o)
     for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
         if (!strcmp(tok, "fisher")) o->fisher = 1;
         else if (!strcmp(tok, "gram")) o->gram = 1;
+        else if (!strcmp(tok, "none")) continue;
         else return tb_fail(TB_EUSAGE, "--stats: unknown statistic '%s' (fisher, gram)", tok);
     }
-    if (!o->fisher && !o->gram) return tb_fail(TB_EUSAGE, "--stats: nothing to compute");
     return TB_OK;
+}
+
+/* The residual stream entering layer A, from --acts-in. */
+typedef struct {
+    st_file file;
+    const st_tensor *hidden;
+} stream_in;
+
+static int open_stream_in(stream_in *s, const char *path, const tb_model *m, int layer)
+{
+    int rc = st_open(&s->file, path);
+    if (rc) return rc;
+    const st_tensor *h = s->hidden = st_find(&s->file, "hidden");
+    const char *lay = st_meta(&s->file, "layer");
+    if (!h || h->ndim != 3 || h->dtype != TB_F32 || h->shape[2] != m->cfg.hidden_size || h->shape[1] < 2)
+        rc = tb_fail(TB_EDATA, "%s: no F32 tensor 'hidden' [windows, seq_len, %d]", path, m->cfg.hidden_size);
+    else if (!lay || atoi(lay) != layer)
+        rc = tb_fail(TB_EDATA, "%s: holds the stream entering layer %s, not layer %d", path, lay ? lay : "?", layer);
+    if (rc) st_close(&s->file);
+    return rc;
 }
 
 static int run(const options *o, const char *cmdline)
 {
+    const int sequential = o->acts_in || o->acts_out;
     tb_model m;
     int rc = tb_model_open(&m, o->model);
     if (rc) return rc;
-    tb_tokens tk;
-    if ((rc = tb_tokens_load(&tk, o->tokens, m.cfg.vocab_size, m.cfg.max_position_embeddings))) {
-        tb_model_close(&m);
-        return rc;
-    }
-    int64_t windows = o->max_windows > 0 && o->max_windows < tk.windows ? o->max_windows : tk.windows;
+    tb_tokens tk = {0};
+    stream_in sin = {0};
+    st_writer *sout = NULL;
+    tb_outfile out_acts = {0};
+    int64_t windows = 0;
+    int seq_len = 0;
     int layer_b = o->layer_b > 0 ? o->layer_b : m.cfg.n_layers;
     if (o->layer_a >= m.cfg.n_layers || layer_b > m.cfg.n_layers) {
         rc = tb_fail(TB_EUSAGE, "--layers %d:%d outside the model's %d layers", o->layer_a, layer_b, m.cfg.n_layers);
-        goto done_tokens;
+        goto done_model;
     }
+    if (o->acts_in) {
+        if ((rc = open_stream_in(&sin, o->acts_in, &m, o->layer_a))) goto done_model;
+        windows = sin.hidden->shape[0];
+        seq_len = (int)sin.hidden->shape[1];
+    } else {
+        if ((rc = tb_tokens_load(&tk, o->tokens, m.cfg.vocab_size, m.cfg.max_position_embeddings))) goto done_model;
+        windows = tk.windows;
+        seq_len = tk.seq_len;
+    }
+    if (o->max_windows > 0 && o->max_windows < windows) windows = o->max_windows;
     /* fail on an unwritable output before hours of work, not after */
     tb_outfile probe;
-    if ((rc = tb_out_open(&probe, o->output))) goto done_tokens;
-    tb_out_abort(&probe);
+    if (o->output) {
+        if ((rc = tb_out_open(&probe, o->output))) goto done_inputs;
+        tb_out_abort(&probe);
+    }
+    char sha[65];
+    tb_ckpt_sha256(&m.ckpt, sha);
+    if (o->acts_out) {
+        char lay[16];
+        snprintf(lay, sizeof lay, "%d", layer_b);
+        if (!(sout = st_writer_new())) { rc = TB_EIO; goto done_inputs; }
+        int64_t shape[3] = {windows, seq_len, m.cfg.hidden_size};
+        if ((rc = st_writer_meta(sout, "tensorbit.kind", "stream")) || (rc = st_writer_meta(sout, "layer", lay)) ||
+            (rc = st_writer_meta(sout, "model_sha256", sha)) || (rc = st_writer_meta(sout, "command", cmdline)) ||
+            (rc = st_writer_add(sout, "hidden", TB_F32, 3, shape)) || (rc = tb_out_open(&out_acts, o->acts_out)))
+            goto done_inputs;
+        if ((rc = st_writer_begin(sout, out_acts.fp, o->acts_out))) goto done_inputs;
+    }
 
     int need_grad = o->fisher || o->grad_samples > 0;
     tb_forward f;
-    tb_forward_opts fo = {.max_seq = tk.seq_len, .max_tokens = tk.seq_len, .keep_acts = need_grad,
-                          .n_threads = o->threads};
-    if ((rc = tb_forward_init(&f, &m, &fo))) goto done_tokens;
+    tb_forward_opts fo = {.max_seq = seq_len, .max_tokens = seq_len, .keep_acts = need_grad, .n_threads = o->threads};
+    if ((rc = tb_forward_init(&f, &m, &fo))) goto done_inputs;
     tb_backward b = {0};
     if (need_grad && (rc = tb_backward_init(&b, &f))) goto done_forward;
     tb_calib c;
     tb_calib_opts co = {.fisher = o->fisher, .gram = o->gram, .grad_samples = o->grad_samples,
                         .total_windows = windows, .layer_begin = o->layer_a, .layer_end = layer_b};
-    if ((rc = tb_calib_init(&c, &m, tk.seq_len, &co))) goto done_backward;
+    if ((rc = tb_calib_init(&c, &m, seq_len, &co))) goto done_backward;
 
-    char sha[65];
-    tb_ckpt_sha256(&m.ckpt, sha);
     tb_progress prog;
     tb_progress_begin(&prog, "windows", (uint64_t)windows);
     double t0 = tb_now(), loss_sum = 0;
+    const size_t window_floats = (size_t)seq_len * m.cfg.hidden_size;
     for (int64_t w = 0; w < windows && !rc; w++) {
-        double loss;
-        rc = tb_calib_window(&c, &f, &b, tk.ids + w * tk.seq_len, tk.seq_len, &loss);
-        loss_sum += loss;
+        if (!sequential) {
+            double loss;
+            rc = tb_calib_window(&c, &f, &b, tk.ids + w * seq_len, seq_len, &loss);
+            loss_sum += loss;
+        } else {
+            if (o->acts_in)
+                tb_to_f32(TB_F32, sin.hidden->data, (size_t)w * window_floats, window_floats,
+                          tb_forward_stream(&f, o->layer_a));
+            else
+                rc = tb_forward_embed(&f, tk.ids + w * seq_len, seq_len);
+            if (!rc) rc = tb_calib_layers(&c, &f, seq_len, o->layer_a, layer_b);
+            if (!rc && sout) rc = st_writer_write(sout, tb_forward_stream(&f, layer_b), window_floats * sizeof(float));
+        }
         tb_progress_set(&prog, (uint64_t)w + 1);
     }
     tb_progress_end(&prog);
     double secs = tb_now() - t0;
-    if (!rc) {
-        char nwin[32], seq[32], ntok[32], kk[32], secs_s[32], loss_s[32];
+    if (!rc && sout && !(rc = st_writer_finish(sout))) rc = tb_out_commit(&out_acts);
+    if (!rc && o->output) {
+        char nwin[32], seq[32], ntok[32], kk[32], secs_s[32], loss_s[32], la[16], lb[16];
         snprintf(nwin, sizeof nwin, "%lld", (long long)windows);
-        snprintf(seq, sizeof seq, "%d", tk.seq_len);
+        snprintf(seq, sizeof seq, "%d", seq_len);
         snprintf(ntok, sizeof ntok, "%lld", (long long)c.tokens);
         snprintf(kk, sizeof kk, "%d", c.o.grad_samples);
         snprintf(secs_s, sizeof secs_s, "%.3f", secs);
-        snprintf(loss_s, sizeof loss_s, "%.6f", loss_sum / (double)windows);
+        snprintf(loss_s, sizeof loss_s, "%.6f", sequential ? 0.0 : loss_sum / (double)windows);
+        snprintf(la, sizeof la, "%d", o->layer_a);
+        snprintf(lb, sizeof lb, "%d", layer_b);
         const char *meta[] = {"tensorbit.kind", "fisher",   "tensorbit.version", TB_VERSION, "model", o->model,
-                              "model_sha256",   sha,        "tokens_file",       o->tokens,  "windows", nwin,
-                              "seq_len",        seq,        "tokens",            ntok,       "grad_samples", kk,
-                              "mean_nll",       loss_s,     "seconds",           secs_s,     "command", cmdline};
+                              "model_sha256",   sha,        "tokens_file", o->tokens ? o->tokens : o->acts_in,
+                              "windows",        nwin,       "seq_len",           seq,        "tokens", ntok,
+                              "grad_samples",   kk,         "mean_nll",          loss_s,     "seconds", secs_s,
+                              "layer_begin",    la,         "layer_end",         lb,         "command", cmdline};
         rc = tb_calib_write(&c, o->output, meta, (int)(sizeof meta / sizeof meta[0] / 2));
-        if (!rc)
-            tb_info("%lld windows x %d tokens in %.1f s (%.0f tokens/s), mean NLL %.4f -> %s", (long long)windows,
-                    tk.seq_len, secs, (double)c.tokens / secs, loss_sum / (double)windows, o->output);
     }
+    if (!rc)
+        tb_info("%lld windows x %d tokens in %.1f s (%.0f tokens/s)%s", (long long)windows, seq_len, secs,
+                (double)c.tokens / secs, o->output ? "" : ", stream saved");
     tb_calib_free(&c);
 done_backward:
     tb_backward_free(&b);
 done_forward:
     tb_forward_free(&f);
-done_tokens:
+done_inputs:
+    if (out_acts.fp) tb_out_abort(&out_acts);
+    st_writer_free(sout);
+    if (sin.hidden) st_close(&sin.file);
     tb_tokens_free(&tk);
+done_model:
     tb_model_close(&m);
     return rc;
 }
@@ -147,6 +218,7 @@ int main(int argc, char **argv)
 {
     tb_log_init("tb-fisher");
     options o = {.fisher = 1, .gram = 1, .threads = tb_default_threads()};
+    enum { OPT_ACTS_IN = 300, OPT_ACTS_OUT };
     enum { OPT_STATS = 256, OPT_SAMPLES, OPT_MAXWIN, OPT_LAYERS, OPT_THREADS, OPT_QUIET, OPT_PROGRESS, OPT_VERSION };
     static const struct option longopts[] = {
         {"model", required_argument, 0, 'm'},          {"tokens", required_argument, 0, 't'},
@@ -155,6 +227,7 @@ int main(int argc, char **argv)
         {"layers", required_argument, 0, OPT_LAYERS},  {"threads", required_argument, 0, OPT_THREADS},
         {"quiet", no_argument, 0, OPT_QUIET},          {"progress", no_argument, 0, OPT_PROGRESS},
         {"help", no_argument, 0, 'h'},                 {"version", no_argument, 0, OPT_VERSION},
+        {"acts-in", required_argument, 0, OPT_ACTS_IN}, {"acts-out", required_argument, 0, OPT_ACTS_OUT},
         {0, 0, 0, 0},
     };
     int ch;
@@ -175,6 +248,8 @@ int main(int argc, char **argv)
         case OPT_THREADS: rc = tb_parse_int("--threads", optarg, 1, 256, &o.threads); break;
         case OPT_QUIET: tb_log_set_quiet(1); tb_log_set_progress(0); break;
         case OPT_PROGRESS: tb_log_set_progress(1); break;
+        case OPT_ACTS_IN: o.acts_in = optarg; break;
+        case OPT_ACTS_OUT: o.acts_out = optarg; break;
         case 'h': fputs(usage, stdout); return 0;
         case OPT_VERSION: printf("tb-fisher %s\n", TB_VERSION); return 0;
         default: return tb_usage_error("unknown option '%s'", argv[optind - 1]);
@@ -182,7 +257,17 @@ int main(int argc, char **argv)
         if (rc) return tb_usage_error("%s", tb_errmsg());
     }
     if (optind != argc) return tb_usage_error("unexpected argument '%s'", argv[optind]);
-    if (!o.model || !o.tokens || !o.output) return tb_usage_error("-m MODEL, -t TOKENS and -o OUT are required");
+    if (!o.model) return tb_usage_error("-m MODEL is required");
+    if (!o.tokens && !o.acts_in) return tb_usage_error("-t TOKENS (or --acts-in) is required");
+    if (o.acts_in || o.acts_out) {
+        if (o.fisher || o.grad_samples) return tb_usage_error("sequential mode computes --stats gram or none, not the Fisher");
+        if (o.layer_b == 0) return tb_usage_error("sequential mode needs --layers A:B");
+        if (!o.acts_in && o.layer_a != 0) return tb_usage_error("--layers %d:%d needs --acts-in (the stream entering layer %d)", o.layer_a, o.layer_b, o.layer_a);
+    } else if (!o.fisher && !o.gram) {
+        return tb_usage_error("--stats: nothing to compute");
+    }
+    if (!o.output && !o.acts_out) return tb_usage_error("-o OUT (or --acts-out) is required");
+    if (!o.gram && o.output && !o.fisher) return tb_usage_error("--stats none writes no -o file");
     char cmdline[2048] = "";
     for (int i = 0; i < argc; i++) {
         size_t k = strlen(cmdline);

@@ -158,6 +158,24 @@ int tb_calib_window(tb_calib *c, tb_forward *f, tb_backward *b, const int32_t *i
     return TB_OK;
 }
 
+int tb_calib_layers(tb_calib *c, tb_forward *f, int n, int l0, int l1)
+{
+    if (c->o.fisher || c->o.grad_samples > 0)
+        return tb_fail(TB_EUSAGE, "Fisher and gradient samples need the whole model, not a layer range");
+    c->cur_window = c->windows;
+    if (c->o.gram) {
+        f->hook = gram_hook;
+        f->hook_ctx = c;
+    }
+    int rc = tb_forward_layers(f, n, l0, l1);
+    f->hook = NULL;
+    f->hook_ctx = NULL;
+    if (rc) return rc;
+    c->windows++;
+    c->tokens += n;
+    return TB_OK;
+}
+
 int tb_calib_write(tb_calib *c, const char *path, const char *const *meta_kv, int n_meta)
 {
     const tb_model *m = c->m;

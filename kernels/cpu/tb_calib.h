@@ -52,6 +52,12 @@ void tb_calib_free(tb_calib *c);
  * wanted; f must then keep activations). Installs its own forward hook. */
 int tb_calib_window(tb_calib *c, tb_forward *f, tb_backward *b, const int32_t *ids, int n, double *loss);
 
+/* Sequential mode: the caller has put the residual stream entering layer l0
+ * into tb_forward_stream(f, l0) (or embedded the tokens); runs layers
+ * [l0, l1) accumulating their Gram matrices. The output stays in
+ * tb_forward_stream(f, l1). No Fisher: that needs the whole model's loss. */
+int tb_calib_layers(tb_calib *c, tb_forward *f, int n, int l0, int l1);
+
 /* Write the statistics (safetensors, layout of tb_fisher.h) through an atomic
  * output; meta_kv: extra metadata pairs. */
 int tb_calib_write(tb_calib *c, const char *path, const char *const *meta_kv, int n_meta);

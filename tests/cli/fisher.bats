@@ -95,3 +95,28 @@ refuse() { # refuse STATUS SUBSTRING ARGS...: one-line error, that status, no ou
     run tb-fisher --help
     [ "$status" -eq 0 ]
 }
+
+@test "sequential mode: layer by layer through saved streams equals the whole-model Gram, bit for bit" {
+    has_python_module numpy && has_python_module safetensors || skip "python3 numpy/safetensors missing"
+    cd "$TMP"
+    tb-fisher -m "$TB_MODEL" -t "$CALIB" --max-windows 2 --stats gram -o full.fisher --quiet
+    tb-fisher -m "$TB_MODEL" -t "$CALIB" --max-windows 2 --stats gram --layers 0:1 --acts-out s1.st -o g0.fisher --quiet
+    tb-fisher -m "$TB_MODEL" --acts-in s1.st --stats gram --layers 1:2 --acts-out s2.st -o g1.fisher --quiet
+    tb-fisher -m "$TB_MODEL" --acts-in s2.st --stats none --layers 2:3 --acts-out s3.st --quiet
+    run python3 -c "
+from safetensors.numpy import load_file
+import numpy as np
+full = load_file('full.fisher'); n = 0
+for part in ('g0.fisher', 'g1.fisher'):
+    for k, v in load_file(part).items():
+        assert np.array_equal(v, full[k]), k; n += 1
+print(n)"
+    [ "$output" = "16" ]
+    # a stream is refused by a step that expects another layer
+    run tb-fisher -m "$TB_MODEL" --acts-in s3.st --stats gram --layers 2:3 -o x.fisher --quiet
+    [ "$status" -eq 2 ]
+    one_line_error tb-fisher
+    [[ "$output" == *"holds the stream entering layer 3, not layer 2"* ]]
+    run tb-fisher -m "$TB_MODEL" --acts-in s3.st --stats fisher --layers 3:4 -o x.fisher
+    [ "$status" -eq 1 ]
+}
