@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "tb_backward.h"
+#include "tb_calib.h"
 #include "tb_error.h"
 #include "tb_model.h"
 
@@ -182,10 +183,48 @@ static void test_finite_differences(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+/* A non-finite gradient is an error naming the tensor and the window. */
+static void test_nan_gradient_is_an_error(void **state)
+{
+    (void)state;
+    write_model();
+    tb_model m;
+    assert_int_equal(tb_model_open(&m, dir), TB_OK);
+    tb_linear *up = &m.layers[1].lin[TB_LIN_UP];
+    float *w = malloc(sizeof(float) * up->rows * up->cols);
+    memcpy(w, up->data, sizeof(float) * up->rows * up->cols);
+    w[5] = INFINITY; /* inf * 0-free activations -> inf/NaN downstream */
+    up->data = w;
+    tb_forward f;
+    tb_forward_opts o = {.max_seq = NTOK, .max_tokens = NTOK, .keep_acts = 1, .n_threads = 1};
+    assert_int_equal(tb_forward_init(&f, &m, &o), TB_OK);
+    tb_backward b;
+    assert_int_equal(tb_backward_init(&b, &f), TB_OK);
+    tb_calib c;
+    tb_calib_opts co = {.fisher = 1, .total_windows = 3};
+    assert_int_equal(tb_calib_init(&c, &m, NTOK, &co), TB_OK);
+    int32_t tok[NTOK] = {1, 2, 3, 4, 5, 6, 7, 8, 9};
+    double loss;
+    tb_err_clear();
+    assert_int_equal(tb_calib_window(&c, &f, &b, tok, NTOK, &loss), TB_EDATA);
+    printf("  %s\n", tb_errmsg());
+    assert_non_null(strstr(tb_errmsg(), "window 0: gradient of '"));
+    assert_true(strstr(tb_errmsg(), "NaN") || strstr(tb_errmsg(), "Inf"));
+    tb_calib_free(&c);
+    tb_backward_free(&b);
+    tb_forward_free(&f);
+    tb_model_close(&m);
+    free(w);
+    char cmd[160];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_finite_differences),
+        cmocka_unit_test(test_nan_gradient_is_an_error),
     };
     return cmocka_run_group_tests_name("backward", tests, NULL, NULL);
 }
