@@ -1,0 +1,67 @@
+/* tb_tbm.h - the .tbm model index (tb-merge output): one JSON file that turns
+ * a directory of .tb shards into a runnable, exportable pruned model.
+ *
+ * Layout (built and validated with cJSON; all paths relative to the .tbm):
+ *   {
+ *     "format": "tensorbit.tbm", "format_version": 1,
+ *     "tensorbit_version": "...",
+ *     "config": { ...the source model's config.json, verbatim... },
+ *     "files": {"tokenizer.json": {"sha256": "..."}, ...}   HF side files
+ *                          copied beside the .tbm (tokenizer, its config,
+ *                          generation config), so the directory also reads
+ *                          as a model directory for the tokenizer
+ *     "shards": [{"file": "layers-0-2.tb", "bytes": N, "sha256": "..."}, ...],
+ *     "tensors": {
+ *       "<name>": {"shard": i, "kind": "dense"|"nm"|"masked",
+ *                  "dtype": "BF16", "shape": [rows, cols],
+ *                  "pattern": "2:4" (nm, masked: "unstructured"),
+ *                  "permuted": bool,
+ *                  "parts": {"<part>": {"tensor": "<stored name>",
+ *                                        "offsets": [begin, end]}}}
+ *                  parts: dense {"data"}; nm {"values","indices"[,"perm"]};
+ *                  masked {"data","mask"[,"perm"]}; offsets are absolute
+ *                  byte offsets in the shard file
+ *     },
+ *     "recipe": {"stages": [{"kind": "...", "file": "...",
+ *                            "metadata": {...every option it recorded...}}]}
+ *   }
+ * Every model tensor appears exactly once across shards; tb_tbm_open checks
+ * that, each shard's size and SHA-256 (unless told not to), and that the
+ * tensors the config implies are all present.
+ */
+#ifndef TB_TBM_H
+#define TB_TBM_H
+
+#include "tb_config.h"
+#include "tb_pack.h"
+
+typedef struct {
+    char *path;   /* the .tbm */
+    char *dir;    /* its directory: shards and side files live here */
+    tb_config cfg;
+    tb_pack_file *shards;
+    int n_shards;
+    void *json;   /* cJSON root, owned */
+} tb_tbm;
+
+/* Open and validate a .tbm and every shard it names. verify: recompute each
+ * shard's SHA-256 (TB_EDATA "shard 'x.tb': checksum mismatch ..."). */
+int tb_tbm_open(tb_tbm *t, const char *path, int verify);
+void tb_tbm_close(tb_tbm *t);
+
+/* A tensor stored as is (kind "dense"), or NULL. */
+const st_tensor *tb_tbm_find_dense(const tb_tbm *t, const char *name);
+/* A pruned weight (kind "nm" or "masked"), or NULL. */
+const tb_packed *tb_tbm_find_packed(const tb_tbm *t, const char *name);
+
+/* tb-merge: build the index of `n` shards for the model in model_dir (its
+ * config.json and side files are copied beside out_path) and write it
+ * atomically. Shards may be given in any order; a tensor in two shards or a
+ * missing one is TB_EDATA naming it. */
+int tb_tbm_merge(const char *out_path, const char *model_dir, const char *const *shard_paths, int n,
+                 const char *command);
+
+/* Is `path` a .tbm (by content: a JSON object with "format": "tensorbit.tbm")? */
+int tb_is_tbm(const char *path);
+
+#endif
