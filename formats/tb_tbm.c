@@ -1,0 +1,425 @@
+/* tb_tbm.c - the .tbm model index: building (tb-merge) and opening. */
+#include "tb_tbm.h"
+#include "tb_error.h"
+#include "tb_io.h"
+#include "tb_sha256.h"
+
+#include <cjson/cJSON.h>
+#include <inttypes.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TBM_FORMAT "tensorbit.tbm"
+#define TBM_VERSION 1
+
+/* HF side files carried beside the index, so its directory also serves the tokenizer */
+static const char *const side_files[] = {"tokenizer.json", "tokenizer_config.json", "generation_config.json",
+                                         "special_tokens_map.json"};
+
+static void sha256_bytes(const void *data, size_t n, char hex[65])
+{
+    tb_sha256 h;
+    uint8_t d[32];
+    tb_sha256_init(&h);
+    tb_sha256_update(&h, data, n);
+    tb_sha256_final(&h, d);
+    tb_sha256_hex(d, hex);
+}
+
+static char *dir_of(const char *path)
+{
+    char *copy = tb_strdup(path);
+    if (!copy) return NULL;
+    char *d = tb_strdup(dirname(copy));
+    free(copy);
+    return d;
+}
+
+static const char *base_of(const char *path)
+{
+    const char *s = strrchr(path, '/');
+    return s ? s + 1 : path;
+}
+
+static cJSON *raw_u64(uint64_t v)
+{
+    char buf[32];
+    snprintf(buf, sizeof buf, "%" PRIu64, v);
+    return cJSON_CreateRaw(buf);
+}
+
+int tb_is_tbm(const char *path)
+{
+    if (!tb_file_exists(path)) return 0;
+    FILE *fp = fopen(path, "rb");
+    if (!fp) return 0;
+    char head[256] = {0};
+    size_t n = fread(head, 1, sizeof head - 1, fp);
+    fclose(fp);
+    head[n] = 0;
+    return n > 0 && strstr(head, "\"" TBM_FORMAT "\"") != NULL;
+}
+
+/* ------------------------------------------------------------------ merge */
+
+/* Absolute byte offsets of a stored tensor within its shard file. */
+static cJSON *part(const st_file *f, const st_tensor *t)
+{
+    cJSON *p = cJSON_CreateObject(), *off = cJSON_CreateArray();
+    uint64_t base = 8 + f->header_size;
+    cJSON_AddStringToObject(p, "tensor", t->name);
+    cJSON_AddItemToArray(off, raw_u64(base + t->begin));
+    cJSON_AddItemToArray(off, raw_u64(base + t->end));
+    cJSON_AddItemToObject(p, "offsets", off);
+    return p;
+}
+
+static cJSON *shape_json(int ndim, const int64_t *shape)
+{
+    cJSON *a = cJSON_CreateArray();
+    for (int d = 0; d < ndim; d++) cJSON_AddItemToArray(a, raw_u64((uint64_t)shape[d]));
+    return a;
+}
+
+/* Add a stage's metadata to the recipe, then follow the files it names. */
+static void add_stage(cJSON *stages, const char *path, int depth)
+{
+    if (depth > 4 || !tb_file_exists(path)) return;
+    for (cJSON *s = stages->child; s; s = s->next)
+        if (!strcmp(cJSON_GetObjectItem(s, "file")->valuestring, path)) return;
+    st_file f;
+    if (st_open(&f, path) != TB_OK) {
+        tb_err_clear(); /* a missing or foreign upstream file only shortens the recipe */
+        return;
+    }
+    cJSON *stage = cJSON_CreateObject(), *meta = cJSON_CreateObject();
+    const char *kind = st_meta(&f, "tensorbit.kind");
+    cJSON_AddStringToObject(stage, "kind", kind ? kind : "safetensors");
+    cJSON_AddStringToObject(stage, "file", path);
+    for (int i = 0; i < f.n_meta; i++)
+        if (strcmp(f.meta_keys[i], "tensorbit.tensors")) cJSON_AddStringToObject(meta, f.meta_keys[i], f.meta_vals[i]);
+    cJSON_AddItemToObject(stage, "metadata", meta);
+    cJSON_AddItemToArray(stages, stage);
+    static const char *const upstream[] = {"masks", "scores", "stats", "fisher", "tokens_file"};
+    char paths[5][1024];
+    int np = 0;
+    for (size_t i = 0; i < sizeof upstream / sizeof upstream[0]; i++) {
+        const char *p = st_meta(&f, upstream[i]);
+        if (p && np < 5) snprintf(paths[np++], sizeof paths[0], "%s", p);
+    }
+    st_close(&f);
+    for (int i = 0; i < np; i++) add_stage(stages, paths[i], depth + 1);
+}
+
+static int copy_file(const char *src, const char *dst, char hex[65])
+{
+    tb_mapped m;
+    int rc = tb_map_file(src, &m);
+    if (rc) return rc;
+    sha256_bytes(m.data, m.size, hex);
+    tb_outfile o;
+    if (!(rc = tb_out_open(&o, dst))) {
+        rc = tb_write_all(o.fp, m.data, m.size, dst);
+        if (!rc) rc = tb_out_commit(&o);
+        else tb_out_abort(&o);
+    }
+    tb_unmap(&m);
+    return rc;
+}
+
+/* Names of the tensors a decoder with this config must have. */
+static int expected_names(const tb_config *c, char ***out, int *n_out)
+{
+    static const char *const per_layer[] = {
+        "input_layernorm.weight", "post_attention_layernorm.weight", "self_attn.q_proj.weight",
+        "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
+        "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"};
+    int n = c->n_layers * 9 + 3;
+    char **names = tb_calloc((size_t)n, sizeof(char *));
+    if (!names) return TB_EIO;
+    int k = 0;
+    char buf[256];
+    names[k++] = tb_strdup("model.embed_tokens.weight");
+    names[k++] = tb_strdup("model.norm.weight");
+    if (!c->tie_word_embeddings) names[k++] = tb_strdup("lm_head.weight");
+    for (int l = 0; l < c->n_layers; l++)
+        for (int i = 0; i < 9; i++) {
+            snprintf(buf, sizeof buf, "model.layers.%d.%s", l, per_layer[i]);
+            names[k++] = tb_strdup(buf);
+        }
+    *out = names;
+    *n_out = k;
+    return TB_OK;
+}
+
+int tb_tbm_merge(const char *out_path, const char *model_dir, const char *const *shard_paths, int n,
+                 const char *command)
+{
+    int rc = TB_OK;
+    char *out_dir = dir_of(out_path), *cfg_path = tb_path_join(model_dir, "config.json"), *cfg_text = NULL;
+    cJSON *root = cJSON_CreateObject();
+    tb_pack_file *shards = tb_calloc((size_t)(n > 0 ? n : 1), sizeof *shards);
+    int opened = 0;
+    if (!out_dir || !cfg_path || !root || !shards) { rc = tb_fail(TB_EIO, "out of memory"); goto done; }
+    if (n < 1) { rc = tb_fail(TB_EUSAGE, "no shards to merge"); goto done; }
+
+    tb_config cfg;
+    if ((rc = tb_read_text(cfg_path, &cfg_text, NULL)) || (rc = tb_config_parse(&cfg, cfg_path, cfg_text))) goto done;
+    cJSON_AddStringToObject(root, "format", TBM_FORMAT);
+    cJSON_AddNumberToObject(root, "format_version", TBM_VERSION);
+    cJSON_AddStringToObject(root, "tensorbit_version", TB_VERSION);
+    cJSON_AddItemToObject(root, "config", cJSON_Parse(cfg_text));
+
+    /* side files, copied beside the index unless they already are there */
+    cJSON *files = cJSON_AddObjectToObject(root, "files");
+    for (size_t i = 0; i < sizeof side_files / sizeof side_files[0] && !rc; i++) {
+        char *src = tb_path_join(model_dir, side_files[i]), *dst = tb_path_join(out_dir, side_files[i]);
+        if (src && dst && tb_file_exists(src)) {
+            char hex[65];
+            char *rs = realpath(src, NULL), *rd = tb_file_exists(dst) ? realpath(dst, NULL) : NULL;
+            if (rd && rs && !strcmp(rs, rd)) {
+                tb_mapped m;
+                if (!(rc = tb_map_file(src, &m))) { sha256_bytes(m.data, m.size, hex); tb_unmap(&m); }
+            } else {
+                rc = copy_file(src, dst, hex);
+            }
+            free(rs);
+            free(rd);
+            if (!rc) cJSON_AddStringToObject(cJSON_AddObjectToObject(files, side_files[i]), "sha256", hex);
+        }
+        free(src);
+        free(dst);
+    }
+    if (rc) goto done;
+
+    cJSON *jshards = cJSON_AddArrayToObject(root, "shards");
+    cJSON *tensors = cJSON_AddObjectToObject(root, "tensors");
+    for (int s = 0; s < n && !rc; s++) {
+        /* shards live beside the index, so the directory moves as one piece */
+        char *sdir = dir_of(shard_paths[s]);
+        char *rs = sdir ? realpath(sdir, NULL) : NULL, *ro = realpath(out_dir, NULL);
+        int same = rs && ro && !strcmp(rs, ro);
+        free(sdir);
+        free(rs);
+        free(ro);
+        if (!same) { rc = tb_fail(TB_EUSAGE, "%s: shards must be in the directory of %s", shard_paths[s], out_path); break; }
+        if ((rc = tb_pack_open(&shards[s], shard_paths[s]))) break;
+        opened++;
+        const tb_pack_file *p = &shards[s];
+        char hex[65];
+        sha256_bytes(p->f.map.data, p->f.map.size, hex);
+        cJSON *js = cJSON_CreateObject();
+        cJSON_AddStringToObject(js, "file", base_of(shard_paths[s]));
+        cJSON_AddItemToObject(js, "bytes", raw_u64(p->f.map.size));
+        cJSON_AddStringToObject(js, "sha256", hex);
+        cJSON_AddItemToArray(jshards, js);
+
+        /* stored tensors that are parts of a pruned weight are not model tensors */
+        char *used = tb_calloc((size_t)p->f.n_tensors + 1, 1);
+        if (!used) { rc = TB_EIO; break; }
+        for (int i = 0; i < p->n_packed && !rc; i++) {
+            const tb_packed *w = &p->packed[i];
+            if (cJSON_GetObjectItemCaseSensitive(tensors, w->name)) {
+                rc = tb_fail(TB_EDATA, "tensor '%s' is in more than one shard (again in %s)", w->name, shard_paths[s]);
+                break;
+            }
+            cJSON *jt = cJSON_CreateObject(), *parts = cJSON_CreateObject();
+            cJSON_AddNumberToObject(jt, "shard", s);
+            cJSON_AddStringToObject(jt, "kind", w->kind == TB_PACKED_NM ? "nm" : "masked");
+            cJSON_AddStringToObject(jt, "dtype", tb_dtype_name(w->dtype));
+            cJSON_AddItemToObject(jt, "shape", shape_json(2, (int64_t[]){w->rows, w->cols}));
+            char pat[16] = "unstructured";
+            if (w->kind == TB_PACKED_NM) snprintf(pat, sizeof pat, "%d:%d", w->n, w->m);
+            cJSON_AddStringToObject(jt, "pattern", pat);
+            cJSON_AddBoolToObject(jt, "permuted", w->perm != NULL);
+            const st_tensor *pp[3] = {w->kind == TB_PACKED_NM ? w->values : w->dense,
+                                      w->kind == TB_PACKED_NM ? w->indices : w->mask, w->perm};
+            const char *pn[3] = {w->kind == TB_PACKED_NM ? "values" : "data", w->kind == TB_PACKED_NM ? "indices" : "mask",
+                                 "perm"};
+            for (int k = 0; k < 3; k++) {
+                if (!pp[k]) continue;
+                cJSON_AddItemToObject(parts, pn[k], part(&p->f, pp[k]));
+                used[pp[k] - p->f.tensors] = 1;
+            }
+            cJSON_AddItemToObject(jt, "parts", parts);
+            if (w->compensation) cJSON_AddStringToObject(jt, "compensation", w->compensation);
+            cJSON_AddItemToObject(tensors, w->name, jt);
+        }
+        for (int i = 0; i < p->f.n_tensors && !rc; i++) {
+            const st_tensor *t = &p->f.tensors[i];
+            if (used[i]) continue;
+            if (cJSON_GetObjectItemCaseSensitive(tensors, t->name)) {
+                rc = tb_fail(TB_EDATA, "tensor '%s' is in more than one shard (again in %s)", t->name, shard_paths[s]);
+                break;
+            }
+            cJSON *jt = cJSON_CreateObject(), *parts = cJSON_CreateObject();
+            cJSON_AddNumberToObject(jt, "shard", s);
+            cJSON_AddStringToObject(jt, "kind", "dense");
+            cJSON_AddStringToObject(jt, "dtype", tb_dtype_name(t->dtype));
+            cJSON_AddItemToObject(jt, "shape", shape_json(t->ndim, t->shape));
+            cJSON_AddItemToObject(parts, "data", part(&p->f, t));
+            cJSON_AddItemToObject(jt, "parts", parts);
+            cJSON_AddItemToObject(tensors, t->name, jt);
+        }
+        free(used);
+    }
+    if (rc) goto done;
+
+    char **names;
+    int n_names;
+    if ((rc = expected_names(&cfg, &names, &n_names))) goto done;
+    for (int i = 0; i < n_names; i++) {
+        if (!rc && !cJSON_GetObjectItemCaseSensitive(tensors, names[i]))
+            rc = tb_fail(TB_EDATA, "tensor '%s' is in none of the %d shard%s", names[i], n, n == 1 ? "" : "s");
+        free(names[i]);
+    }
+    free(names);
+    if (rc) goto done;
+
+    cJSON *recipe = cJSON_AddObjectToObject(root, "recipe");
+    cJSON_AddStringToObject(recipe, "merge_command", command ? command : "");
+    cJSON *stages = cJSON_AddArrayToObject(recipe, "stages");
+    for (int s = 0; s < n; s++) add_stage(stages, shard_paths[s], 0);
+
+    char *text = cJSON_Print(root);
+    if (!text) { rc = tb_fail(TB_EIO, "out of memory printing %s", out_path); goto done; }
+    tb_outfile o;
+    if (!(rc = tb_out_open(&o, out_path))) {
+        rc = tb_write_all(o.fp, text, strlen(text), out_path);
+        if (!rc) rc = tb_write_all(o.fp, "\n", 1, out_path);
+        if (!rc) rc = tb_out_commit(&o);
+        else tb_out_abort(&o);
+    }
+    free(text);
+done:
+    for (int s = 0; s < opened; s++) tb_pack_close(&shards[s]);
+    free(shards);
+    cJSON_Delete(root);
+    free(cfg_text);
+    free(cfg_path);
+    free(out_dir);
+    return rc;
+}
+
+/* ------------------------------------------------------------------- open */
+
+static int get_u64(const cJSON *j, uint64_t *v)
+{
+    if (!cJSON_IsNumber(j) || j->valuedouble < 0) return -1;
+    *v = (uint64_t)j->valuedouble;
+    return 0;
+}
+
+int tb_tbm_open(tb_tbm *t, const char *path, int verify)
+{
+    memset(t, 0, sizeof *t);
+    char *text = NULL;
+    int rc = tb_read_text(path, &text, NULL);
+    if (rc) return rc;
+    cJSON *root = cJSON_Parse(text);
+    free(text);
+    t->json = root;
+    t->path = tb_strdup(path);
+    t->dir = dir_of(path);
+    if (!t->path || !t->dir) { tb_tbm_close(t); return TB_EIO; }
+    const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(root, "format");
+    const cJSON *ver = cJSON_GetObjectItemCaseSensitive(root, "format_version");
+    const cJSON *cfg = cJSON_GetObjectItemCaseSensitive(root, "config");
+    const cJSON *shards = cJSON_GetObjectItemCaseSensitive(root, "shards");
+    const cJSON *tensors = cJSON_GetObjectItemCaseSensitive(root, "tensors");
+    if (!root || !cJSON_IsString(fmt) || strcmp(fmt->valuestring, TBM_FORMAT))
+        rc = tb_fail(TB_EDATA, "%s: not a tensorbit .tbm index", path);
+    else if (!cJSON_IsNumber(ver) || ver->valueint != TBM_VERSION)
+        rc = tb_fail(TB_EDATA, "%s: format_version %d not supported (this is %d)", path,
+                     cJSON_IsNumber(ver) ? ver->valueint : -1, TBM_VERSION);
+    else if (!cJSON_IsObject(cfg) || !cJSON_IsArray(shards) || !cJSON_IsObject(tensors))
+        rc = tb_fail(TB_EDATA, "%s: missing config, shards or tensors", path);
+    if (!rc) {
+        char *ct = cJSON_PrintUnformatted(cfg);
+        rc = ct ? tb_config_parse(&t->cfg, path, ct) : TB_EIO;
+        free(ct);
+    }
+    int n = rc ? 0 : cJSON_GetArraySize(shards);
+    if (!rc && !(t->shards = tb_calloc((size_t)(n ? n : 1), sizeof *t->shards))) rc = TB_EIO;
+    for (int s = 0; s < n && !rc; s++) {
+        const cJSON *js = cJSON_GetArrayItem(shards, s);
+        const cJSON *file = cJSON_GetObjectItemCaseSensitive(js, "file");
+        const cJSON *sha = cJSON_GetObjectItemCaseSensitive(js, "sha256");
+        uint64_t bytes;
+        if (!cJSON_IsString(file) || strchr(file->valuestring, '/') || !cJSON_IsString(sha) ||
+            get_u64(cJSON_GetObjectItemCaseSensitive(js, "bytes"), &bytes)) {
+            rc = tb_fail(TB_EDATA, "%s: shard %d: needs file, bytes and sha256", path, s);
+            break;
+        }
+        char *sp = tb_path_join(t->dir, file->valuestring);
+        if (!sp) { rc = TB_EIO; break; }
+        tb_mapped m;
+        if (!(rc = tb_map_file(sp, &m))) {
+            if (m.size != bytes)
+                rc = tb_fail(TB_EDATA, "%s: shard '%s' has %zu bytes, the index says %" PRIu64, path, file->valuestring,
+                             m.size, bytes);
+            if (!rc && verify) {
+                char hex[65];
+                sha256_bytes(m.data, m.size, hex);
+                if (strcmp(hex, sha->valuestring))
+                    rc = tb_fail(TB_EDATA, "%s: shard '%s': SHA-256 %s does not match the index (%s)", path,
+                                 file->valuestring, hex, sha->valuestring);
+            }
+            tb_unmap(&m);
+        }
+        if (!rc) rc = tb_pack_open(&t->shards[s], sp);
+        if (!rc) t->n_shards++;
+        free(sp);
+    }
+    /* every entry must point at what its shard really holds */
+    for (const cJSON *e = rc ? NULL : tensors->child; e && !rc; e = e->next) {
+        const cJSON *sh = cJSON_GetObjectItemCaseSensitive(e, "shard"), *kind = cJSON_GetObjectItemCaseSensitive(e, "kind");
+        if (!cJSON_IsNumber(sh) || sh->valueint < 0 || sh->valueint >= t->n_shards || !cJSON_IsString(kind)) {
+            rc = tb_fail(TB_EDATA, "%s: tensor '%s': bad shard or kind", path, e->string);
+            break;
+        }
+        const tb_pack_file *p = &t->shards[sh->valueint];
+        if (!strcmp(kind->valuestring, "dense")) {
+            if (!st_find(&p->f, e->string)) rc = tb_fail(TB_EDATA, "%s: tensor '%s' not in its shard", path, e->string);
+        } else if (!tb_pack_find(p, e->string)) {
+            rc = tb_fail(TB_EDATA, "%s: pruned tensor '%s' not in its shard", path, e->string);
+        }
+    }
+    if (rc) tb_tbm_close(t);
+    return rc;
+}
+
+void tb_tbm_close(tb_tbm *t)
+{
+    for (int s = 0; s < t->n_shards; s++) tb_pack_close(&t->shards[s]);
+    free(t->shards);
+    cJSON_Delete(t->json);
+    free(t->path);
+    free(t->dir);
+    memset(t, 0, sizeof *t);
+}
+
+static const cJSON *entry(const tb_tbm *t, const char *name, const char *kind_wanted, int *shard)
+{
+    const cJSON *e = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(t->json, "tensors"), name);
+    if (!e) return NULL;
+    const char *kind = cJSON_GetObjectItemCaseSensitive(e, "kind")->valuestring;
+    int dense = !strcmp(kind, "dense");
+    if (dense != !strcmp(kind_wanted, "dense")) return NULL;
+    *shard = cJSON_GetObjectItemCaseSensitive(e, "shard")->valueint;
+    return e;
+}
+
+const st_tensor *tb_tbm_find_dense(const tb_tbm *t, const char *name)
+{
+    int s;
+    return entry(t, name, "dense", &s) ? st_find(&t->shards[s].f, name) : NULL;
+}
+
+const tb_packed *tb_tbm_find_packed(const tb_tbm *t, const char *name)
+{
+    int s;
+    return entry(t, name, "packed", &s) ? tb_pack_find(&t->shards[s], name) : NULL;
+}
