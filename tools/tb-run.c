@@ -74,10 +74,11 @@ static void encode_progress(void *ctx, size_t done, size_t total)
     tb_progress_set(ctx, done);
 }
 
+/* tb_eval_ppl reports (0, total) first: the bar starts then, with the true count */
 static void window_progress(void *ctx, int64_t done, int64_t total)
 {
-    (void)total;
-    tb_progress_set(ctx, (uint64_t)done);
+    if (done == 0) tb_progress_begin(ctx, "windows", (uint64_t)total);
+    else tb_progress_set(ctx, (uint64_t)done);
 }
 
 /* Read and tokenize a whole file as the protocol says: bytes as they are, BOS once. */
@@ -120,10 +121,6 @@ static int run_ppl(const options *o, const tb_model *m, const tb_tokenizer *tok)
     size_t n = 0;
     int rc = tokenize_file(tok, o->ppl_file, &ids, &n);
     if (rc) return rc;
-    if ((int64_t)n < o->seq_len) {
-        free(ids);
-        return tb_fail(TB_EDATA, "%s: %zu tokens (with BOS), fewer than one window of %d", o->ppl_file, n, o->seq_len);
-    }
     if (o->seq_len > m->cfg.max_position_embeddings)
         tb_warn("--seq-len %d exceeds the model's max_position_embeddings (%d)", o->seq_len,
                 m->cfg.max_position_embeddings);
@@ -133,10 +130,7 @@ static int run_ppl(const options *o, const tb_model *m, const tb_tokenizer *tok)
         free(ids);
         return rc;
     }
-    int64_t windows = (int64_t)n / o->seq_len;
-    if (o->max_windows > 0 && windows > o->max_windows) windows = o->max_windows;
-    tb_progress p;
-    tb_progress_begin(&p, "windows", (uint64_t)windows);
+    tb_progress p = {0};
     tb_ppl_result r;
     rc = tb_eval_ppl(&f, ids, (int64_t)n, o->seq_len, o->max_windows, window_progress, &p, &r);
     tb_progress_end(&p);

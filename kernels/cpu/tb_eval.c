@@ -51,8 +51,9 @@ int tb_eval_ppl(tb_forward *f, const int32_t *ids, int64_t n_ids, int seq_len, i
         return tb_fail(TB_EUSAGE, "seq-len %d must be in [2, %d]", seq_len, f->o.max_tokens);
     int64_t windows = n_ids / seq_len;
     if (windows < 1)
-        return tb_fail(TB_EDATA, "%lld tokens, fewer than one window of %d", (long long)n_ids, seq_len);
+        return tb_fail(TB_EDATA, "%lld tokens (with BOS), fewer than one window of %d", (long long)n_ids, seq_len);
     if (max_windows > 0 && windows > max_windows) windows = max_windows;
+    if (progress) progress(progress_ctx, 0, windows);
     double t0 = tb_now(), sum = 0;
     for (int64_t w = 0; w < windows; w++) {
         const int32_t *win = ids + w * seq_len;

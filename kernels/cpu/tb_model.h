@@ -147,7 +147,9 @@ typedef void (*tb_progress_fn)(void *ctx, int64_t done, int64_t total);
 /* REFERENCE.md's protocol on ids (BOS already first): non-overlapping windows
  * of seq_len, the last partial window dropped, each run from position 0; ppl =
  * exp(mean over windows of the window's mean NLL). max_windows > 0 caps the
- * count. f needs max_tokens >= seq_len. TB_EDATA if not one full window. */
+ * count. f needs max_tokens >= seq_len. TB_EDATA if not one full window.
+ * progress (may be NULL) is called with (0, windows) first, then after each
+ * window. */
 int tb_eval_ppl(tb_forward *f, const int32_t *ids, int64_t n_ids, int seq_len, int64_t max_windows,
                 tb_progress_fn progress, void *progress_ctx, tb_ppl_result *r);
 
