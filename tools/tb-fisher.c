@@ -132,7 +132,7 @@ static int run(const options *o, const char *cmdline)
         tb_out_abort(&probe);
     }
     char sha[65];
-    tb_ckpt_sha256(&m.ckpt, sha);
+    tb_model_sha256(&m, sha);
     if (o->acts_out) {
         char lay[16];
         snprintf(lay, sizeof lay, "%d", layer_b);

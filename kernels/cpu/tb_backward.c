@@ -76,7 +76,12 @@ int tb_backward_init(tb_backward *b, tb_forward *f)
     for (size_t i = 0; i < (size_t)f->o.max_seq * half; i++) b->neg_sin[i] = -f->rope_sin[i];
     size_t tile, T = (size_t)f->o.max_tokens;
     max_linear(f->m, &tile);
-    size_t per_thread = tile > T * T ? tile : T * T;
+    /* a weight tile and the row a permuted weight is decoded into, or a
+     * [T, T] attention block */
+    size_t widest = (size_t)f->m->cfg.intermediate_size > (size_t)f->m->cfg.hidden_size
+                        ? (size_t)f->m->cfg.intermediate_size : (size_t)f->m->cfg.hidden_size;
+    if ((size_t)f->m->cfg.n_heads * f->m->cfg.head_dim > widest) widest = (size_t)f->m->cfg.n_heads * f->m->cfg.head_dim;
+    size_t per_thread = tile + widest > T * T ? tile + widest : T * T;
     if (tb_scratch_init(&b->scratch, f->o.n_threads, per_thread)) {
         tb_backward_free(b);
         return TB_EIO;
@@ -109,8 +114,8 @@ static void dx_tokens(void *ctx, int64_t begin, int64_t end, int tid)
     int nb = (int)(end - begin), tr = tile_rows(L);
     for (int r0 = 0; r0 < L->rows; r0 += tr) {
         int nr = L->rows - r0 < tr ? L->rows - r0 : tr;
-        /* through tb_linear_row, so any storage format of W works here */
-        for (int r = 0; r < nr; r++) tb_linear_row(L, r0 + r, w + (size_t)r * L->cols);
+        /* through tb_linear_rows, so any storage format of W works here */
+        tb_linear_rows(L, r0, nr, w, w + (size_t)tr * L->cols);
         float beta = (r0 == 0 && !j->accumulate) ? 0.0f : 1.0f;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nb, L->cols, nr, 1.0f, j->dy + begin * L->rows + r0,
                     L->rows, w, L->cols, beta, j->dx + begin * L->cols, L->cols);

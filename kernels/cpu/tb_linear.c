@@ -1,8 +1,10 @@
 #include "tb_linear.h"
 #include "tb_error.h"
+#include "tb_pack.h"
 #include "tb_threads.h"
 
 #include <cblas.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -36,9 +38,33 @@ static int tile_rows_max(const tb_linear *L)
 
 size_t tb_linear_scratch(const tb_linear *L)
 {
-    /* f32 weights are used in place; the others need a converted tile */
-    if (L->format == TB_LINEAR_DENSE && L->dtype == TB_F32) return 0;
-    return (size_t)tile_rows_max(L) * (size_t)L->cols;
+    /* f32 weights are used in place; the others need a decoded tile, and a
+     * permuted one a row to decode into before scattering it */
+    if (L->format == TB_LINEAR_DENSE && L->dtype == TB_F32 && !L->perm) return 0;
+    return (size_t)tile_rows_max(L) * (size_t)L->cols + (L->perm ? (size_t)L->cols : 0);
+}
+
+/* rows in stored column order */
+static void decode_stored(const tb_linear *L, int r0, int nr, float *out)
+{
+    if (L->format == TB_LINEAR_NM)
+        tb_nm_unpack_rows(L->dtype, L->data, L->indices, L->cols, L->n, L->m, r0, nr, out);
+    else
+        tb_to_f32(L->dtype, L->data, (size_t)r0 * L->cols, (size_t)nr * L->cols, out);
+}
+
+void tb_linear_rows(const tb_linear *L, int r0, int nr, float *out, float *row_buf)
+{
+    if (!L->perm) {
+        decode_stored(L, r0, nr, out);
+        return;
+    }
+    /* W_model[:, perm[j]] = W_stored[:, j]: decode a row, scatter it */
+    for (int r = 0; r < nr; r++) {
+        decode_stored(L, r0 + r, 1, row_buf);
+        float *o = out + (size_t)r * L->cols;
+        for (int j = 0; j < L->cols; j++) o[L->perm[j]] = row_buf[j];
+    }
 }
 
 typedef struct {
@@ -59,10 +85,10 @@ static void lin_tiles(void *ctx, int64_t begin, int64_t end, int tid)
         int nr = L->rows - r0 < j->tile ? L->rows - r0 : j->tile;
         if (nr <= 0) break;
         const float *w;
-        if (L->dtype == TB_F32) {
+        if (L->format == TB_LINEAR_DENSE && L->dtype == TB_F32 && !L->perm) {
             w = (const float *)L->data + (size_t)r0 * L->cols;
         } else {
-            tb_to_f32(L->dtype, L->data, (size_t)r0 * L->cols, (size_t)nr * L->cols, tmp);
+            tb_linear_rows(L, r0, nr, tmp, tmp + (size_t)j->tile * L->cols);
             w = tmp;
         }
         /* y[:, r0:r0+nr] = x @ w^T, written in place with ldc = rows */
@@ -91,5 +117,16 @@ void tb_linear_forward(const tb_linear *L, const float *x, int n, float *y, cons
 
 void tb_linear_row(const tb_linear *L, int r, float *out)
 {
-    tb_to_f32(L->dtype, L->data, (size_t)r * L->cols, (size_t)L->cols, out);
+    if (!L->perm) {
+        decode_stored(L, r, 1, out);
+        return;
+    }
+    /* rare (tables are not pruned): hot paths use tb_linear_rows with scratch */
+    float *buf = malloc((size_t)L->cols * sizeof(float));
+    if (!buf) { /* NaN, not zeros: a failure must show in the loss, never pass silently */
+        for (int j = 0; j < L->cols; j++) out[j] = NAN;
+        return;
+    }
+    tb_linear_rows(L, r, 1, out, buf);
+    free(buf);
 }

@@ -22,6 +22,9 @@
 
 typedef enum {
     TB_LINEAR_DENSE = 0, /* rows x cols elements of `dtype` at `data` */
+    TB_LINEAR_NM = 1,    /* N of every M along cols: `data` holds the kept values
+                          * [rows, cols/M*N] of `dtype`, `indices` their in-group
+                          * positions, in the .tb layout (formats/tb_pack.h) */
 } tb_linear_format;
 
 typedef struct {
@@ -31,6 +34,10 @@ typedef struct {
     tb_dtype dtype;          /* dense: F32, F16 or BF16 */
     const void *data;        /* not owned (mmapped checkpoint) */
     const float *bias;       /* [rows] f32, or NULL; not owned */
+    int n, m;                /* TB_LINEAR_NM: the pattern */
+    const uint8_t *indices;  /* TB_LINEAR_NM; not owned */
+    const int32_t *perm;     /* NULL, or [cols]: stored column j is input channel
+                              * perm[j] (N:M channel permutation); not owned */
 } tb_linear;
 
 /* Per-thread f32 work space shared by all kernels of a run: thread t owns
@@ -54,6 +61,11 @@ size_t tb_linear_scratch(const tb_linear *L);
 /* y[n, rows] = x[n, cols] W^T (+ bias). x and y must not overlap. Threads over
  * tiles of output rows (s->n_threads). */
 void tb_linear_forward(const tb_linear *L, const float *x, int n, float *y, const tb_scratch *s);
+
+/* Rows r0 .. r0+nr-1 of W as dense f32 [nr, cols] in the model's column order
+ * (a stored permutation undone, pruned entries 0). row_buf: cols floats of
+ * work space, used only when W is permuted (NULL otherwise is fine). */
+void tb_linear_rows(const tb_linear *L, int r0, int nr, float *out, float *row_buf);
 
 /* Row r of W as f32 (cols values): an embedding lookup when W is a table. */
 void tb_linear_row(const tb_linear *L, int r, float *out);

@@ -3,6 +3,7 @@
 #include "tb_error.h"
 #include "tb_io.h"
 #include "tb_ops.h"
+#include "tb_sha256.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -24,9 +25,14 @@ typedef struct {
 
 /* Find `name` and check dtype and shape; every failure is one line naming the
  * tensor (and the dimension). */
+static const st_tensor *find_dense(const tb_model *m, const char *name)
+{
+    return m->is_tbm ? tb_tbm_find_dense(&m->tbm, name) : tb_ckpt_find(&m->ckpt, name);
+}
+
 static int get_tensor(const tb_model *m, const char *name, int ndim, const dim *dims, const st_tensor **out)
 {
-    const st_tensor *t = tb_ckpt_find(&m->ckpt, name);
+    const st_tensor *t = find_dense(m, name);
     if (!t) return tb_fail(TB_EDATA, "%s: missing tensor '%s'", m->path, name);
     if (t->dtype != TB_F32 && t->dtype != TB_F16 && t->dtype != TB_BF16)
         return tb_fail(TB_EDATA, "%s: tensor '%s': dtype %s is not F32, F16 or BF16", m->path, name,
@@ -41,8 +47,37 @@ static int get_tensor(const tb_model *m, const char *name, int ndim, const dim *
     return TB_OK;
 }
 
-static int bind_linear(const tb_model *m, const char *name, dim rows, dim cols, tb_linear *L)
+/* A pruned weight of a .tbm: N:M packed or masked dense, maybe permuted. */
+static int bind_packed(tb_model *m, const tb_packed *p, dim rows, dim cols, tb_linear *L)
 {
+    if (p->rows != rows.size || p->cols != cols.size)
+        return tb_fail(TB_EDATA, "%s: pruned tensor '%s' is [%lld, %lld], expected [%lld, %lld] (%s, %s)", m->path,
+                       p->name, (long long)p->rows, (long long)p->cols, (long long)rows.size, (long long)cols.size,
+                       rows.why, cols.why);
+    *L = (tb_linear){.name = p->name, .rows = (int)rows.size, .cols = (int)cols.size, .dtype = p->dtype};
+    if (p->kind == TB_PACKED_NM) {
+        L->format = TB_LINEAR_NM;
+        L->data = p->values->data;
+        L->indices = p->indices->data;
+        L->n = p->n;
+        L->m = p->m;
+    } else {
+        L->format = TB_LINEAR_DENSE;
+        L->data = p->dense->data;
+    }
+    if (p->perm) { /* copied: the mapping gives no alignment for I32 */
+        int32_t *dst = m->perms + m->perms_used;
+        memcpy(dst, p->perm->data, (size_t)p->cols * sizeof(int32_t));
+        L->perm = dst;
+        m->perms_used += (size_t)p->cols;
+    }
+    return TB_OK;
+}
+
+static int bind_linear(tb_model *m, const char *name, dim rows, dim cols, tb_linear *L)
+{
+    const tb_packed *p = m->is_tbm ? tb_tbm_find_packed(&m->tbm, name) : NULL;
+    if (p) return bind_packed(m, p, rows, cols, L);
     const st_tensor *t;
     dim dims[2] = {rows, cols};
     int rc = get_tensor(m, name, 2, dims, &t);
@@ -108,6 +143,13 @@ static int model_bind(tb_model *m)
     m->f32 = tb_malloc(n_f32 * sizeof(float));
     m->layers = tb_calloc((size_t)c->n_layers, sizeof *m->layers);
     if (!m->f32 || !m->layers) return TB_EIO;
+    if (m->is_tbm) { /* room for a permutation of every linear input */
+        size_t widest = (size_t)c->hidden_size;
+        if ((size_t)c->intermediate_size > widest) widest = (size_t)c->intermediate_size;
+        if ((size_t)c->n_heads * c->head_dim > widest) widest = (size_t)c->n_heads * c->head_dim;
+        size_t n_perm = ((size_t)c->n_layers * TB_LIN_PER_LAYER + 2) * widest + 1;
+        if (!(m->perms = tb_malloc(n_perm * sizeof(int32_t)))) return TB_EIO;
+    }
     float *f32 = m->f32;
 
     int rc = bind_linear(m, "model.embed_tokens.weight", voc, hid, &m->embed);
@@ -117,7 +159,7 @@ static int model_bind(tb_model *m)
     /* transformers ties lm_head to the embedding whenever the config says so,
      * even if the file also carries an lm_head.weight */
     if (c->tie_word_embeddings) m->lm_head = m->embed;
-    else if (!tb_ckpt_find(&m->ckpt, "lm_head.weight"))
+    else if (!find_dense(m, "lm_head.weight") && !(m->is_tbm && tb_tbm_find_packed(&m->tbm, "lm_head.weight")))
         return tb_fail(TB_EDATA, "%s: missing tensor 'lm_head.weight' (tie_word_embeddings is false)", m->path);
     else if ((rc = bind_linear(m, "lm_head.weight", voc, hid, &m->lm_head))) return rc;
     m->inv_freq = f32;
@@ -128,7 +170,18 @@ static int model_bind(tb_model *m)
 int tb_model_open(tb_model *m, const char *path)
 {
     memset(m, 0, sizeof *m);
-    /* one place decides what a model path is; pruned formats will branch here */
+    /* one place decides what a model path is */
+    if (tb_is_tbm(path)) {
+        if (!(m->path = tb_strdup(path))) return TB_EIO;
+        m->is_tbm = 1;
+        int rc = tb_tbm_open(&m->tbm, path, 1);
+        if (!rc) {
+            m->cfg = m->tbm.cfg;
+            rc = model_bind(m);
+        }
+        if (rc) tb_model_close(m);
+        return rc;
+    }
     if (!tb_is_dir(path)) {
         if (tb_file_exists(path))
             return tb_fail(TB_EDATA, "%s: not a model directory (expected config.json and *.safetensors)", path);
@@ -145,8 +198,25 @@ int tb_model_open(tb_model *m, const char *path)
 void tb_model_close(tb_model *m)
 {
     if (m->ckpt.path) tb_ckpt_close(&m->ckpt);
+    if (m->is_tbm) tb_tbm_close(&m->tbm);
+    free(m->perms);
     free(m->layers);
     free(m->f32);
     free(m->path);
     memset(m, 0, sizeof *m);
+}
+
+void tb_model_sha256(const tb_model *m, char hex[65])
+{
+    if (!m->is_tbm) {
+        tb_ckpt_sha256(&m->ckpt, hex);
+        return;
+    }
+    tb_sha256 h;
+    uint8_t d[32];
+    tb_sha256_init(&h);
+    for (int i = 0; i < m->tbm.n_shards; i++)
+        tb_sha256_update(&h, m->tbm.shards[i].f.map.data, m->tbm.shards[i].f.map.size);
+    tb_sha256_final(&h, d);
+    tb_sha256_hex(d, hex);
 }

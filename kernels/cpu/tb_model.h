@@ -25,6 +25,7 @@
 #include "tb_config.h"
 #include "tb_linear.h"
 #include "tb_safetensors.h"
+#include "tb_tbm.h"
 
 /* The linear layers of a decoder layer, in forward order; TB_LIN_LM_HEAD is
  * the output projection (layer index = n_layers in hooks). */
@@ -53,15 +54,24 @@ typedef struct {
     float *inv_freq;   /* RoPE [head_dim/2] */
     float *f32;        /* one allocation behind the norm/bias/inv_freq vectors */
     char *path;
+    int is_tbm;        /* loaded from a pruned model's .tbm index (tbm), else ckpt */
+    tb_tbm tbm;
+    int32_t *perms;    /* owned copies of the channel permutations (aligned) */
+    size_t perms_used; /* int32s of perms handed out */
 } tb_model;
 
 /* Open an HF checkpoint directory (config.json + model.safetensors or a sharded
- * index): parses the config, maps the tensors and checks every expected tensor
+ * index), or a pruned model's .tbm index (its .tb shards verified against
+ * their SHA-256; N:M weights stay packed, see tb_linear.h): parses the config, maps the tensors and checks every expected tensor
  * exists with a float dtype and the shape the config implies. Errors name the
  * tensor and dimension, e.g. "tensor 'model.layers.0.self_attn.k_proj.weight':
  * dim 0 is 256, expected 128 (num_key_value_heads * head_dim)". */
 int tb_model_open(tb_model *m, const char *path);
 void tb_model_close(tb_model *m);
+
+/* SHA-256 over the bytes of every weight file (HF shards or .tb shards): the
+ * identity of the weights later stages record. */
+void tb_model_sha256(const tb_model *m, char hex[65]);
 
 /* Per-layer activations for tokens [0, n) of the last call. [n, hidden] unless noted. */
 typedef struct {
