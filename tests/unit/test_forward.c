@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "tb_error.h"
 #include "tb_io.h"
@@ -364,6 +365,105 @@ static void test_model_errors(void **state)
     assert_non_null(strstr(tb_errmsg(), "not a model directory"));
 }
 
+/* qwen2-style q/k/v biases: a copy of tiny-llama-6m declared qwen2 with
+ * attention_bias. Zero biases must give tiny-llama's logits exactly, a
+ * nonzero one must change them, and a missing one is an error naming it. */
+static int write_biased_model(const char *dir, const char *src, float qbias, int drop_v_bias)
+{
+    char path[600];
+    snprintf(path, sizeof path, "%s/config.json", src);
+    char *cfg;
+    if (tb_read_text(path, &cfg, NULL)) return -1;
+    char *mt = strstr(cfg, "\"model_type\": \"llama\"");
+    char *ab = strstr(cfg, "\"attention_bias\": false");
+    if (!mt || !ab || ab > mt) return -1; /* keys in the order transformers writes them */
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    FILE *fp = fopen(path, "w");
+    if (!fp) return -1;
+    /* the two edits, each keeping the rest of the text as it is */
+    fprintf(fp, "%.*s\"attention_bias\": true%.*s\"model_type\": \"qwen2\"%s", (int)(ab - cfg), cfg,
+            (int)(mt - ab - strlen("\"attention_bias\": false")), ab + strlen("\"attention_bias\": false"),
+            mt + strlen("\"model_type\": \"llama\""));
+    fclose(fp);
+    free(cfg);
+
+    snprintf(path, sizeof path, "%s/model.safetensors", src);
+    st_file f;
+    if (st_open(&f, path)) return -1;
+    int n_layers = 6, n = 0;
+    st_entry *e = calloc((size_t)f.n_tensors + 3 * n_layers, sizeof *e);
+    static float bias[6][3][256];
+    static char names[6][3][80];
+    for (int i = 0; i < f.n_tensors; i++) {
+        const st_tensor *t = &f.tensors[i];
+        e[n] = (st_entry){.name = t->name, .dtype = t->dtype, .ndim = t->ndim, .data = t->data};
+        memcpy(e[n].shape, t->shape, sizeof t->shape);
+        n++;
+    }
+    static const char *const proj[3] = {"q_proj", "k_proj", "v_proj"};
+    for (int l = 0; l < n_layers; l++)
+        for (int p = 0; p < 3; p++) {
+            if (p == 2 && drop_v_bias) continue;
+            for (int i = 0; i < 256; i++) bias[l][p][i] = p == 0 ? qbias : 0.0f;
+            snprintf(names[l][p], sizeof names[l][p], "model.layers.%d.self_attn.%s.bias", l, proj[p]);
+            e[n++] = (st_entry){.name = names[l][p], .dtype = TB_F32, .ndim = 1, .shape = {256}, .data = bias[l][p]};
+        }
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    int rc = st_save(path, e, n, NULL, 0);
+    free(e);
+    st_close(&f);
+    return rc;
+}
+
+static void logits_of(const char *dir, const int32_t *ids, int T, float *out)
+{
+    tb_model m;
+    if (tb_model_open(&m, dir)) fail_msg("%s", tb_errmsg());
+    tb_forward f;
+    tb_forward_opts o = {.max_seq = T, .max_tokens = T, .n_threads = THREADS};
+    if (tb_forward_init(&f, &m, &o)) fail_msg("%s", tb_errmsg());
+    assert_int_equal(tb_forward_run(&f, ids, T, 0), TB_OK);
+    memcpy(out, f.logits, (size_t)T * m.cfg.vocab_size * sizeof(float));
+    tb_forward_free(&f);
+    tb_model_close(&m);
+}
+
+static void test_qkv_bias(void **state)
+{
+    (void)state;
+    enum { T = 16, V = 4096 };
+    char src[512], dir[] = "/tmp/tb_test_bias_XXXXXX", path[600];
+    snprintf(src, sizeof src, "%s/tiny-llama-6m", env_or("TB_TEST_DATA", "tests/data"));
+    assert_non_null(mkdtemp(dir));
+    int32_t ids[T];
+    for (int i = 0; i < T; i++) ids[i] = (int32_t)((i * 977 + 3) % V);
+    float *a = malloc(sizeof(float) * T * V), *b = malloc(sizeof(float) * T * V);
+    assert_non_null(a);
+    assert_non_null(b);
+    logits_of(src, ids, T, a);
+
+    assert_int_equal(write_biased_model(dir, src, 0.0f, 0), 0);
+    logits_of(dir, ids, T, b);
+    assert_memory_equal(a, b, sizeof(float) * T * V); /* + 0.0f changes no bit */
+
+    assert_int_equal(write_biased_model(dir, src, 0.5f, 0), 0);
+    logits_of(dir, ids, T, b);
+    assert_true(rel_err("logits, q bias 0.5 vs none", b, a, (size_t)T * V) > 1e-3);
+
+    assert_int_equal(write_biased_model(dir, src, 0.0f, 1), 0);
+    tb_model m;
+    assert_int_equal(tb_model_open(&m, dir), TB_EDATA);
+    assert_non_null(strstr(tb_errmsg(), "missing tensor 'model.layers.0.self_attn.v_proj.bias'"));
+
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    unlink(path);
+    rmdir(dir);
+    free(a);
+    free(b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -372,7 +472,7 @@ int main(void)
         cmocka_unit_test(test_linear_dtypes), cmocka_unit_test(test_sample),
         cmocka_unit_test(test_model_errors),  cmocka_unit_test(test_golden_llama),
         cmocka_unit_test(test_golden_mistral), cmocka_unit_test(test_decode_llama),
-        cmocka_unit_test(test_decode_mistral),
+        cmocka_unit_test(test_decode_mistral), cmocka_unit_test(test_qkv_bias),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
