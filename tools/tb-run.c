@@ -276,7 +276,7 @@ int main(int argc, char **argv)
     tb_tokenizer *tok = NULL;
     int rc = tb_model_open(&m, o.model);
     if (rc) return tb_report_error();
-    if ((rc = tb_tok_load(&tok, o.model))) {
+    if ((rc = tb_tok_load(&tok, tb_model_tokenizer_path(&m)))) {
         tb_model_close(&m);
         return tb_report_error();
     }

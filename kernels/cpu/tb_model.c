@@ -220,3 +220,5 @@ void tb_model_sha256(const tb_model *m, char hex[65])
     tb_sha256_final(&h, d);
     tb_sha256_hex(d, hex);
 }
+
+const char *tb_model_tokenizer_path(const tb_model *m) { return m->is_tbm ? m->tbm.dir : m->path; }

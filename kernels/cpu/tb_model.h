@@ -69,6 +69,10 @@ typedef struct {
 int tb_model_open(tb_model *m, const char *path);
 void tb_model_close(tb_model *m);
 
+/* Where the model's tokenizer files are: the HF directory, or the directory
+ * of a .tbm (tb-merge copies them there). Points into m. */
+const char *tb_model_tokenizer_path(const tb_model *m);
+
 /* SHA-256 over the bytes of every weight file (HF shards or .tb shards): the
  * identity of the weights later stages record. */
 void tb_model_sha256(const tb_model *m, char hex[65]);
