@@ -47,8 +47,26 @@ static inline void tb_mask_set(tb_mask *m, int64_t r, int64_t c, int keep)
     *b = keep ? (uint8_t)(*b | (1u << (c & 7))) : (uint8_t)(*b & ~(1u << (c & 7)));
 }
 
-/* Read the mask of `weight_name` from an open mask file; checks that its shape
- * matches rows x cols (TB_EDATA "mask for 'x' is [a, b], weight is [c, d]"). */
+/* Read the mask of `weight_name` from an open mask file; checks that it is U8
+ * [rows, ceil(cols / 8)] with zero padding bits (TB_EDATA "mask for 'x' is
+ * U8 [a, b], weight [c, d] needs [c, ceil(d/8)]").
+ * When "<W>.perm" is present it is read too (out->perm), its length taken
+ * from the file's "k_dim" metadata (cols unless k_dim is "0"). */
 int tb_mask_read(const st_file *f, const char *weight_name, int64_t rows, int64_t cols, tb_mask *out);
+
+/* Read "<weight_name>.perm" of length k into a new array (caller frees).
+ * *perm = NULL and TB_OK when the file has none; TB_EDATA when it is not I32
+ * [k] or not a permutation of 0..k-1 (names the tensor and the bad index). */
+int tb_mask_read_perm(const st_file *f, const char *weight_name, int64_t k, int32_t **perm);
+
+/* Number of kept (1) bits. */
+int64_t tb_mask_count_kept(const tb_mask *m);
+
+/* ---- writing (streaming, through st_writer) ----
+ * Declare before st_writer_begin, in the order they will be written:
+ * "<W>" U8 [rows, ceil(cols/8)], then "<W>.perm" I32 [perm_len] when
+ * perm_len > 0. tb_mask_write then streams exactly those tensors. */
+int tb_mask_declare(st_writer *w, const char *weight_name, int64_t rows, int64_t cols, int64_t perm_len);
+int tb_mask_write(st_writer *w, const tb_mask *m, int64_t perm_len);
 
 #endif
