@@ -155,7 +155,7 @@ static int expected_names(const tb_config *c, char ***out, int *n_out)
 }
 
 int tb_tbm_merge(const char *out_path, const char *model_dir, const char *const *shard_paths, int n,
-                 const char *command)
+                 const char *command, int partial)
 {
     int rc = TB_OK;
     char *out_dir = dir_of(out_path), *cfg_path = tb_path_join(model_dir, "config.json"), *cfg_text = NULL;
@@ -271,13 +271,19 @@ int tb_tbm_merge(const char *out_path, const char *model_dir, const char *const 
     int n_names;
     if ((rc = expected_names(&cfg, &names, &n_names))) goto done;
     for (int i = 0; i < n_names; i++) {
-        if (!rc && !cJSON_GetObjectItemCaseSensitive(tensors, names[i]))
-            rc = tb_fail(TB_EDATA, "tensor '%s' is in none of the %d shard%s", names[i], n, n == 1 ? "" : "s");
+        if (!rc && !partial && !cJSON_GetObjectItemCaseSensitive(tensors, names[i]))
+            rc = tb_fail(TB_EDATA, "tensor '%s' is in no shard (--partial reads such tensors from the model)", names[i]);
         free(names[i]);
     }
     free(names);
     if (rc) goto done;
 
+    if (partial) {
+        char *abs = realpath(model_dir, NULL);
+        if (!abs) { rc = tb_fail(TB_EIO, "%s: cannot resolve the base model's path", model_dir); goto done; }
+        cJSON_AddStringToObject(root, "base", abs);
+        free(abs);
+    }
     cJSON *recipe = cJSON_AddObjectToObject(root, "recipe");
     cJSON_AddStringToObject(recipe, "merge_command", command ? command : "");
     cJSON *stages = cJSON_AddArrayToObject(recipe, "stages");
@@ -336,6 +342,9 @@ int tb_tbm_open(tb_tbm *t, const char *path, int verify)
                      cJSON_IsNumber(ver) ? ver->valueint : -1, TBM_VERSION);
     else if (!cJSON_IsObject(cfg) || !cJSON_IsArray(shards) || !cJSON_IsObject(tensors))
         rc = tb_fail(TB_EDATA, "%s: missing config, shards or tensors", path);
+    const cJSON *base = cJSON_GetObjectItemCaseSensitive(root, "base");
+    if (!rc && base && (!cJSON_IsString(base) || !(t->base = tb_strdup(base->valuestring))))
+        rc = tb_fail(TB_EDATA, "%s: bad base", path);
     if (!rc) {
         char *ct = cJSON_PrintUnformatted(cfg);
         rc = ct ? tb_config_parse(&t->cfg, path, ct) : TB_EIO;
@@ -396,6 +405,7 @@ void tb_tbm_close(tb_tbm *t)
     for (int s = 0; s < t->n_shards; s++) tb_pack_close(&t->shards[s]);
     free(t->shards);
     cJSON_Delete(t->json);
+    free(t->base);
     free(t->path);
     free(t->dir);
     memset(t, 0, sizeof *t);

@@ -22,12 +22,15 @@
  *                  masked {"data","mask"[,"perm"]}; offsets are absolute
  *                  byte offsets in the shard file
  *     },
+ *     "base": "/abs/model/dir"   (partial indexes only: tensors in no shard
+ *                          are read from this HF checkpoint)
  *     "recipe": {"stages": [{"kind": "...", "file": "...",
  *                            "metadata": {...every option it recorded...}}]}
  *   }
  * Every model tensor appears exactly once across shards; tb_tbm_open checks
  * that, each shard's size and SHA-256 (unless told not to), and that the
- * tensors the config implies are all present.
+ * tensors the config implies are all present (or, for a partial index, that
+ * its base exists).
  */
 #ifndef TB_TBM_H
 #define TB_TBM_H
@@ -42,6 +45,7 @@ typedef struct {
     tb_pack_file *shards;
     int n_shards;
     void *json;   /* cJSON root, owned */
+    char *base;   /* partial index: the HF checkpoint for tensors in no shard */
 } tb_tbm;
 
 /* Open and validate a .tbm and every shard it names. verify: recompute each
@@ -57,9 +61,11 @@ const tb_packed *tb_tbm_find_packed(const tb_tbm *t, const char *name);
 /* tb-merge: build the index of `n` shards for the model in model_dir (its
  * config.json and side files are copied beside out_path) and write it
  * atomically. Shards may be given in any order; a tensor in two shards or a
- * missing one is TB_EDATA naming it. */
+ * missing one is TB_EDATA naming it - unless partial, when the index records
+ * model_dir as its base and tensors in no shard are read from there (a
+ * partially pruned model, for sequential layer-wise pruning). */
 int tb_tbm_merge(const char *out_path, const char *model_dir, const char *const *shard_paths, int n,
-                 const char *command);
+                 const char *command, int partial);
 
 /* Is `path` a .tbm (by content: a JSON object with "format": "tensorbit.tbm")? */
 int tb_is_tbm(const char *path);

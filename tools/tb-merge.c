@@ -21,6 +21,9 @@ static const char usage[] =
     "options:\n"
     "  -m, --model DIR   the HF checkpoint the shards were made from\n"
     "  -o, --output FILE the .tbm (written atomically)\n"
+    "  --partial         allow tensors in no shard: they are read from MODEL_DIR\n"
+    "                    (recorded as the index's base), for a partially pruned\n"
+    "                    model in sequential layer-wise pruning\n"
     "  --quiet           no messages\n"
     "  -h, --help, --version\n"
     "\n"
@@ -30,11 +33,12 @@ int main(int argc, char **argv)
 {
     tb_log_init("tb-merge");
     const char *model = NULL, *out = NULL;
-    enum { OPT_QUIET = 256, OPT_VERSION };
+    int partial = 0;
+    enum { OPT_QUIET = 256, OPT_VERSION, OPT_PARTIAL };
     static const struct option longopts[] = {
         {"model", required_argument, 0, 'm'}, {"output", required_argument, 0, 'o'},
         {"quiet", no_argument, 0, OPT_QUIET}, {"help", no_argument, 0, 'h'},
-        {"version", no_argument, 0, OPT_VERSION}, {0, 0, 0, 0},
+        {"version", no_argument, 0, OPT_VERSION}, {"partial", no_argument, 0, OPT_PARTIAL}, {0, 0, 0, 0},
     };
     int ch;
     opterr = 0;
@@ -43,6 +47,7 @@ int main(int argc, char **argv)
         case 'm': model = optarg; break;
         case 'o': out = optarg; break;
         case OPT_QUIET: tb_log_set_quiet(1); break;
+        case OPT_PARTIAL: partial = 1; break;
         case 'h': fputs(usage, stdout); return 0;
         case OPT_VERSION: printf("tb-merge %s\n", TB_VERSION); return 0;
         default: return tb_usage_error("unknown option '%s'", argv[optind - 1]);
@@ -55,7 +60,8 @@ int main(int argc, char **argv)
         size_t k = strlen(cmdline);
         snprintf(cmdline + k, sizeof cmdline - k, "%s%s", i ? " " : "", argv[i]);
     }
-    if (tb_tbm_merge(out, model, (const char *const *)(argv + optind), argc - optind, cmdline)) return tb_report_error();
+    if (tb_tbm_merge(out, model, (const char *const *)(argv + optind), argc - optind, cmdline, partial))
+        return tb_report_error();
     tb_info("%d shard%s -> %s", argc - optind, argc - optind == 1 ? "" : "s", out);
     return 0;
 }

@@ -25,9 +25,12 @@ typedef struct {
 
 /* Find `name` and check dtype and shape; every failure is one line naming the
  * tensor (and the dimension). */
+/* A .tbm's own tensors first; a partial .tbm falls back to its base checkpoint. */
 static const st_tensor *find_dense(const tb_model *m, const char *name)
 {
-    return m->is_tbm ? tb_tbm_find_dense(&m->tbm, name) : tb_ckpt_find(&m->ckpt, name);
+    const st_tensor *t = m->is_tbm ? tb_tbm_find_dense(&m->tbm, name) : NULL;
+    if (!t && m->ckpt.path) t = tb_ckpt_find(&m->ckpt, name);
+    return t;
 }
 
 static int get_tensor(const tb_model *m, const char *name, int ndim, const dim *dims, const st_tensor **out)
@@ -175,6 +178,7 @@ int tb_model_open(tb_model *m, const char *path)
         if (!(m->path = tb_strdup(path))) return TB_EIO;
         m->is_tbm = 1;
         int rc = tb_tbm_open(&m->tbm, path, 1);
+        if (!rc && m->tbm.base) rc = tb_ckpt_open(&m->ckpt, m->tbm.base);
         if (!rc) {
             m->cfg = m->tbm.cfg;
             rc = model_bind(m);
@@ -208,14 +212,12 @@ void tb_model_close(tb_model *m)
 
 void tb_model_sha256(const tb_model *m, char hex[65])
 {
-    if (!m->is_tbm) {
-        tb_ckpt_sha256(&m->ckpt, hex);
-        return;
-    }
     tb_sha256 h;
     uint8_t d[32];
     tb_sha256_init(&h);
-    for (int i = 0; i < m->tbm.n_shards; i++)
+    for (int i = 0; i < m->ckpt.n_shards; i++) /* HF files, or a partial .tbm's base */
+        tb_sha256_update(&h, m->ckpt.shards[i].map.data, m->ckpt.shards[i].map.size);
+    for (int i = 0; m->is_tbm && i < m->tbm.n_shards; i++)
         tb_sha256_update(&h, m->tbm.shards[i].f.map.data, m->tbm.shards[i].f.map.size);
     tb_sha256_final(&h, d);
     tb_sha256_hex(d, hex);
