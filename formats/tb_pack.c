@@ -49,6 +49,16 @@ static int check_nm(int64_t cols, int n, int m)
     return TB_OK;
 }
 
+int tb_pack_parse_pattern(const char *s, int *n, int *m)
+{
+    char tail;
+    *n = *m = 0;
+    if (strcmp(s, "unstructured") == 0) return TB_OK;
+    if (sscanf(s, "%d:%d%c", n, m, &tail) != 2 || *m < 2 || *m > TB_PACK_MAX_M || *n < 1 || *n >= *m)
+        return tb_fail(TB_EDATA, "pattern '%s': expected N:M with 1 <= N < M <= %d, or unstructured", s, TB_PACK_MAX_M);
+    return TB_OK;
+}
+
 int tb_nm_check_mask(const tb_mask *mask, int n, int m)
 {
     int rc = check_nm(mask->cols, n, m);
@@ -408,10 +418,9 @@ static int parse_entry(tb_pack_file *p, tb_packed *t, const cJSON *j)
     if (!(t->compensation = tb_strdup(comp->valuestring))) return TB_EIO;
     int rc;
     if (strcmp(fmt->valuestring, "nm") == 0) {
-        char tail;
-        if (sscanf(pat->valuestring, "%d:%d%c", &t->n, &t->m, &tail) != 2)
-            return tb_fail(TB_EDATA, "tensor '%s': pattern '%s' is not N:M", t->name, pat->valuestring);
-        if ((rc = check_nm(t->cols, t->n, t->m))) return tb_err_context("tensor '%s'", t->name);
+        if (tb_pack_parse_pattern(pat->valuestring, &t->n, &t->m) || !t->m || check_nm(t->cols, t->n, t->m))
+            return tb_fail(TB_EDATA, "tensor '%s': pattern '%s' does not fit %lld columns", t->name, pat->valuestring,
+                           (long long)t->cols);
         t->kind = TB_PACKED_NM;
         int64_t vpr = tb_nm_values_per_row(t->cols, t->n, t->m), irb = tb_nm_index_row_bytes(t->cols, t->n, t->m);
         if ((rc = find_part(p, t, ".values", t->dtype, t->rows, vpr, &t->values))) return rc;

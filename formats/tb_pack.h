@@ -71,6 +71,10 @@
 
 /* ---- N:M packing (the codec) ---- */
 
+/* Parse a mask pattern: "N:M" (1 <= N < M <= TB_PACK_MAX_M) or "unstructured"
+ * (n = m = 0). TB_EDATA "pattern 'x': ..." otherwise. */
+int tb_pack_parse_pattern(const char *s, int *n, int *m);
+
 /* Index bits per kept value, ceil(log2 m), for 2 <= m <= TB_PACK_MAX_M. */
 int tb_nm_index_bits(int m);
 /* Values per row (cols / m * n) and index bytes per row. cols % m == 0. */
