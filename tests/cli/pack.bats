@@ -1,0 +1,262 @@
+#!/usr/bin/env bats
+# tb-pack: masks applied, weights compensated, .tb shards other tools read;
+# one-line errors and no output on bad input. Masks come from the
+# mask_fixture helper (magnitude N:M), so these tests need neither tb-score
+# nor tb-nm; one test runs the real tb-score | tb-nm pipeline when built.
+
+load helpers
+
+setup() {
+    TMP=$(mktemp -d)
+    GRAM=$TB_TEST_DATA/gram-l0-q_proj-16win.safetensors
+}
+teardown() { rm -rf "$TMP"; }
+
+fixture() { "$TB_HELPERS/mask_fixture" "$TB_MODEL" "$@"; }
+
+# no output and no temporary file left in $TMP
+no_output() {
+    local left
+    left=$(ls "$TMP" | grep -v '^masks' || true)
+    [ -z "$left" ] || { echo "left behind: $left"; return 1; }
+}
+
+# the safetensors header of FILE as JSON (stdlib only): tb-inspect shows a
+# .tb per pruned weight, these checks want the stored tensors
+st_header() {
+    python3 -c 'import struct, sys; f = open(sys.argv[1], "rb"); print(f.read(struct.unpack("<Q", f.read(8))[0]).decode())' "$1"
+}
+
+# decode every N:M weight of a .tb with numpy, independently of the C code,
+# and compare with the model masked by the mask file (bit for bit, bf16)
+py_check() { # py_check SHARD MASKS
+    python3 - "$TB_MODEL/model.safetensors" "$2" "$1" <<'EOF'
+import json, sys
+import numpy as np
+from safetensors import safe_open
+model, masks, shard = sys.argv[1:]
+def load(path):
+    with safe_open(path, "np") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+import struct
+def raw(path):  # bf16 tensors as uint16 (numpy has no bfloat16)
+    with open(path, "rb") as fp:
+        n = struct.unpack("<Q", fp.read(8))[0]
+        h = json.loads(fp.read(n)); data = fp.read()
+    out = {}
+    for k, v in h.items():
+        if k == "__metadata__": continue
+        b, e = v["data_offsets"]
+        dt = {"BF16": np.uint16, "F32": np.float32, "U8": np.uint8, "I32": np.int32}[v["dtype"]]
+        out[k] = np.frombuffer(data[b:e], dtype=dt).reshape(v["shape"])
+    return out, h.get("__metadata__", {})
+W, _ = raw(model)
+M, mmeta = raw(masks)
+S, smeta = raw(shard)
+info = json.loads(smeta["tensorbit.tensors"])
+checked = 0
+for name, t in info.items():
+    rows, cols = t["shape"]
+    w = W[name]
+    keep = np.unpackbits(M[name], axis=1, bitorder="little")[:, :cols].astype(bool)
+    if t["permuted"]:
+        perm = S[name + ".perm"]
+        assert (perm == M[name + ".perm"]).all()
+        w = w[:, perm]
+    want = np.where(keep, w, 0)
+    if t["format"] == "nm":
+        n, m = map(int, t["pattern"].split(":"))
+        b = int(np.ceil(np.log2(m)))
+        bits = np.unpackbits(S[name + ".indices"], axis=1, bitorder="little")
+        k = cols // m * n
+        idx = (bits[:, :k * b].reshape(rows, k, b) * (1 << np.arange(b))).sum(axis=2)
+        assert not bits[:, k * b:].any(), "padding bits"
+        col = (np.arange(k) // n * m)[None, :] + idx
+        got = np.zeros_like(w)
+        np.put_along_axis(got, col, S[name + ".values"], axis=1)
+        assert (got == want).all(), name
+        assert (np.diff(idx.reshape(rows, -1, n), axis=2) > 0).all(), "ascending"
+    else:
+        assert (S[name] == want).all(), name
+        assert (S[name + ".mask"] == M[name]).all()
+    checked += 1
+print("checked", checked)
+EOF
+}
+
+@test "--help, and usage errors are one line with exit 1" {
+    run tb-pack --help
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"--compensate C"* ]]
+    run tb-pack -m "$TB_MODEL" --masks x
+    [ "$status" -eq 1 ]; one_line_error tb-pack
+    run tb-pack -m "$TB_MODEL" --masks x -o "$TMP/o.tb" --compensate magic
+    [ "$status" -eq 1 ]; one_line_error tb-pack
+    [[ "$output" == *"--compensate 'magic'"* ]]
+    run tb-pack -m "$TB_MODEL" --masks x -o "$TMP/o.tb" --compensate recon
+    [ "$status" -eq 1 ]; one_line_error tb-pack
+    [[ "$output" == *"needs -f STATS.fisher"* ]]
+    run tb-pack -m "$TB_MODEL" --masks x -o "$TMP/o.tb" --layers 3-1
+    [ "$status" -eq 1 ]; one_line_error tb-pack
+    no_output
+}
+
+@test "2:4 mask only: weights packed, the rest copied, tb-inspect reads the shard" {
+    fixture "$TMP/masks" 2:4
+    run tb-pack --quiet -m "$TB_MODEL" --masks "$TMP/masks" -o "$TMP/p.tb"
+    [ "$status" -eq 0 ]
+    [ -z "$output" ]
+    run python3 -c "
+import json,sys; t=json.loads(sys.argv[1]); m=t.pop('__metadata__'); info=json.loads(m['tensorbit.tensors'])
+print(len(t), len(info), m['tensorbit.kind'], m['pattern'], m['compensation'],
+      t['model.layers.0.self_attn.q_proj.weight.values']['shape'], t['model.layers.0.self_attn.q_proj.weight.indices']['dtype'],
+      t['model.layers.0.mlp.down_proj.weight.indices']['shape'], info['model.layers.0.mlp.down_proj.weight']['format'])" "$(st_header "$TMP/p.tb")"
+    [ "$output" = "98 42 tb 2:4 none [256, 128] U8 [256, 96] nm" ]
+    run tb-inspect --json "$TMP/p.tb"
+    [ "$status" -eq 0 ]
+    run python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(d['kind'], len(d['pruned']), {p['sparsity'] for p in d['pruned']})" "$output"
+    [ "$output" = "tb 42 {0.5}" ]
+    # a copied tensor is the model's, bit for bit
+    diff <(tb-inspect --tensor model.norm.weight "$TB_MODEL") <(tb-inspect --tensor model.norm.weight "$TMP/p.tb")
+}
+
+@test "python decodes the 2:4 indices and values to the masked model, bit for bit" {
+    has_python_module safetensors || skip "no python safetensors"
+    fixture "$TMP/masks" 2:4
+    tb-pack --quiet -m "$TB_MODEL" --masks "$TMP/masks" -o "$TMP/p.tb"
+    run py_check "$TMP/p.tb" "$TMP/masks"
+    [ "$status" -eq 0 ] || { echo "$output"; false; }
+    [ "$output" = "checked 42" ]
+}
+
+@test "4:8 with a channel permutation: .perm stored, values in permuted order" {
+    has_python_module safetensors || skip "no python safetensors"
+    fixture "$TMP/masks" 4:8 --layer 1 --perm
+    tb-pack --quiet -m "$TB_MODEL" --masks "$TMP/masks" -o "$TMP/p.tb" --layers 1
+    run st_header "$TMP/p.tb"
+    [[ "$output" == *'"model.layers.1.mlp.up_proj.weight.perm":{"dtype":"I32","shape":[256]'* ]]
+    run py_check "$TMP/p.tb" "$TMP/masks"
+    [ "$status" -eq 0 ] || { echo "$output"; false; }
+    [ "$output" = "checked 7" ]
+}
+
+@test "unstructured: dense weight with exact zeros and its .mask" {
+    fixture "$TMP/masks" unstructured --layer 2
+    tb-pack --quiet -m "$TB_MODEL" --masks "$TMP/masks" -o "$TMP/p.tb" --layers 2
+    run tb-inspect --json "$TMP/p.tb"
+    run python3 -c "
+import json,sys; p={x['name']:x for x in json.loads(sys.argv[1])['pruned']}['model.layers.2.mlp.gate_proj.weight']
+print(p['kind'], p['pattern'], p['sparsity'])" "$output"
+    [ "$output" = "masked unstructured 0.5" ]
+    run python3 -c "import json,sys; t=json.loads(sys.argv[1]); print([(t[k]['dtype'], t[k]['shape']) for k in
+        ('model.layers.2.mlp.gate_proj.weight', 'model.layers.2.mlp.gate_proj.weight.mask')])" "$(st_header "$TMP/p.tb")"
+    [ "$output" = "[('BF16', [768, 256]), ('U8', [768, 32])]" ]
+    if has_python_module safetensors; then
+        run py_check "$TMP/p.tb" "$TMP/masks"
+        [ "$output" = "checked 7" ]
+    fi
+}
+
+@test "--layers: one layer's tensors; --include-dense adds embeddings and final norm" {
+    fixture "$TMP/masks" 2:4
+    tb-pack --quiet -m "$TB_MODEL" --masks "$TMP/masks" -o "$TMP/l3.tb" --layers 3
+    count='import json,sys; t=json.loads(sys.argv[1]); print(len(t) - 1, t["__metadata__"]["layers"])'
+    run python3 -c "$count" "$(st_header "$TMP/l3.tb")"
+    [ "$output" = "16 3-3" ] # 7 x (values, indices) + 2 norms
+    tb-pack --quiet -m "$TB_MODEL" --masks "$TMP/masks" -o "$TMP/l45.tb" --layers 4:6 --include-dense
+    run python3 -c "$count" "$(st_header "$TMP/l45.tb")"
+    [ "$output" = "34 4-5" ] # 2 x 16 + embed_tokens + model.norm (tied lm_head)
+}
+
+@test "recon with the bundled layer-0 Gram lowers ||dW X|| below mask-only on every tensor" {
+    fixture "$TMP/masks" 2:4 --layer 0 --only q_proj --only k_proj --only v_proj
+    run tb-pack -m "$TB_MODEL" --masks "$TMP/masks" -f "$GRAM" --compensate recon --layers 0 -o "$TMP/r.tb"
+    [ "$status" -eq 0 ]
+    n=0
+    for line in "${lines[@]}"; do
+        [[ "$line" == *"||dW X||/||W X||"* && "$line" == *"] model."* ]] || continue
+        read -r got mask < <(sed -E 's/.*\|\|W X\|\| ([0-9.]+) \(mask only ([0-9.]+)\).*/\1 \2/' <<<"$line")
+        echo "$line"
+        python3 -c "import sys; sys.exit(0 if float('$got') < 0.9 * float('$mask') else 1)"
+        n=$((n + 1))
+    done
+    [ "$n" -eq 3 ]
+    [[ "${lines[-1]}" == *"wrote $TMP/r.tb: 9 tensors, 3 pruned (2:4, recon)"* ]]
+}
+
+@test "every method runs on tb-fisher statistics, with permuted masks" {
+    [ -x "$TB_BIN/tb-fisher" ] || skip "no tb-fisher"
+    [ -f "$TB_SHARED/data/calib-tiny-llama-6m-128x512.safetensors" ] || skip "no ../shared calibration windows"
+    tb-fisher --quiet -m "$TB_MODEL" -t "$TB_SHARED/data/calib-tiny-llama-6m-128x512.safetensors" --max-windows 2 \
+        --grad-samples 2 -o "$TMP/s.fisher"
+    fixture "$TMP/masks" 2:4 --layer 5 --perm
+    for c in none redist obs recon sparsegpt; do
+        run tb-pack -m "$TB_MODEL" --masks "$TMP/masks" -f "$TMP/s.fisher" --compensate $c --layers 5 -o "$TMP/$c.tb"
+        [ "$status" -eq 0 ] || { echo "$c: $output"; false; }
+        [[ "${lines[-1]}" == *"7 pruned (2:4, $c"* ]]
+        if has_python_module safetensors && [ $c = none ]; then
+            run py_check "$TMP/$c.tb" "$TMP/masks"
+            [ "$output" = "checked 7" ]
+        fi
+    done
+    # compensation moved the kept weights (recon), masking alone did not
+    run cmp -s "$TMP/none.tb" "$TMP/recon.tb"
+    [ "$status" -ne 0 ]
+    # sparsegpt re-chooses the keep bits and says so
+    run st_header "$TMP/sparsegpt.tb"
+    [[ "$output" == *'\"mask\":\"sparsegpt\"'* ]]
+}
+
+@test "tb-score | tb-nm masks feed tb-pack" {
+    [ -x "$TB_BIN/tb-score" ] && [ -x "$TB_BIN/tb-nm" ] || skip "tb-score or tb-nm not built"
+    tb-score --quiet -m "$TB_MODEL" --method magnitude -o "$TMP/scores" || skip "tb-score failed"
+    tb-nm --quiet -s "$TMP/scores" --pattern 2:4 -o "$TMP/masks"
+    rm "$TMP/scores"
+    run tb-pack --quiet -m "$TB_MODEL" --masks "$TMP/masks" -o "$TMP/p.tb"
+    [ "$status" -eq 0 ]
+    if has_python_module safetensors; then
+        run py_check "$TMP/p.tb" "$TMP/masks"
+        [ "$output" = "checked 42" ]
+    fi
+}
+
+@test "bad input: a mask whose shape does not match its weight (exit 2, one line, no output)" {
+    fixture "$TMP/masks" 2:4 --bad-shape
+    run tb-pack -m "$TB_MODEL" --masks "$TMP/masks" -o "$TMP/p.tb"
+    [ "$status" -eq 2 ]
+    one_line_error tb-pack
+    [[ "$output" == *"$TMP/masks: mask for 'model.layers.0.mlp.down_proj.weight' is U8 [255, 96], weight [256, 768] needs U8 [256, 96]"* ]]
+    no_output
+}
+
+@test "bad input: no Gram for recon (exit 2, one line, no output)" {
+    fixture "$TMP/masks" 2:4 --layer 0
+    run tb-pack -m "$TB_MODEL" --masks "$TMP/masks" -f "$GRAM" --compensate recon -o "$TMP/p.tb"
+    [ "$status" -eq 2 ]
+    one_line_error tb-pack
+    [[ "$output" == *"$GRAM: no 'gram.model.layers.0.mlp.down_proj.input' for recon of 'model.layers.0.mlp.down_proj.weight'"* ]]
+    no_output
+    run tb-pack -m "$TB_MODEL" --masks "$TMP/masks" -f "$GRAM" --compensate obs -o "$TMP/p.tb"
+    [ "$status" -eq 2 ]
+    one_line_error tb-pack
+    [[ "$output" == *"no 'grad.model.layers.0.mlp.down_proj.weight' for obs"* ]]
+    no_output
+}
+
+@test "bad input: masks that break their pattern, or have no pattern (exit 2, one line)" {
+    fixture "$TMP/masks" 2:4 --layer 0 --meta pattern=1:4
+    run tb-pack -m "$TB_MODEL" --masks "$TMP/masks" -o "$TMP/p.tb"
+    [ "$status" -eq 2 ]
+    one_line_error tb-pack
+    [[ "$output" == *"tensor 'model.layers.0.mlp.down_proj.weight': row 0, columns 0..3 keep 2, pattern 1:4 allows 1"* ]]
+    fixture "$TMP/masks" 2:4 --layer 0 --meta pattern=2-4
+    run tb-pack -m "$TB_MODEL" --masks "$TMP/masks" -o "$TMP/p.tb"
+    [ "$status" -eq 2 ]
+    one_line_error tb-pack
+    [[ "$output" == *"pattern '2-4'"* ]]
+    fixture "$TMP/masks" 2:4 --layer 0 --meta tensorbit.kind=scores
+    run tb-pack -m "$TB_MODEL" --masks "$TMP/masks" -o "$TMP/p.tb"
+    [ "$status" -eq 2 ]
+    [[ "$output" == *"not a mask file"* ]]
+    no_output
+}

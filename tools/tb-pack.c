@@ -1,0 +1,488 @@
+/* tb-pack - apply pruning masks, compensate the kept weights, write a .tb shard.
+ *
+ * One weight at a time (the model is mapped, never loaded): read it as f32,
+ * permute its columns as the mask says, compensate (tb_compensate), pack
+ * (tb_pack) and stream it out. Everything that can be wrong with the inputs
+ * (mask shapes and patterns, missing statistics) is checked before the output
+ * is opened, so a bad input is one line on stderr and no file.
+ */
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tb_compensate.h"
+#include "tb_error.h"
+#include "tb_fisher.h"
+#include "tb_io.h"
+#include "tb_linear.h"
+#include "tb_log.h"
+#include "tb_mask.h"
+#include "tb_opts.h"
+#include "tb_pack.h"
+#include "tb_safetensors.h"
+#include "tb_threads.h"
+
+static const char usage[] =
+    "usage: tb-pack -m MODEL --masks MASKS [options] -o OUT.tb\n"
+    "\n"
+    "Apply pruning masks (tb-nm) to a model, compensate the kept weights for what\n"
+    "was pruned, and write a packed .tb shard: per N:M weight '<W>.values' (kept\n"
+    "values, original dtype), '<W>.indices' (U8, ceil(log2 M)-bit in-group\n"
+    "positions, LSB first) and '<W>.perm' if the mask permuted the input channels\n"
+    "(values stay in permuted order); unstructured masks give '<W>' with exact\n"
+    "zeros plus '<W>.mask'. Tensors without a mask are copied as they are.\n"
+    "\n"
+    "options:\n"
+    "  -m, --model PATH        HF model directory or safetensors file\n"
+    "      --masks FILE        masks (tb-nm): which weights to prune, N:M or unstructured\n"
+    "  -f, --stats FILE        .fisher statistics (tb-fisher): grad.<W> for obs,\n"
+    "                          gram.<module>.input for recon and sparsegpt (and, when\n"
+    "                          present, for the per-tensor output error report)\n"
+    "  -o, --output FILE       the .tb shard to write\n"
+    "      --compensate C      what to do with the kept weights (default none):\n"
+    "                            none       mask only\n"
+    "                            redist     move the pruned weights' sum onto the kept\n"
+    "                                       ones of the same group (row if unstructured)\n"
+    "                            obs        Optimal Brain Surgeon per block of a row with\n"
+    "                                       the Fisher from grad.<W> samples (Woodbury)\n"
+    "                            recon      per row, the exact minimiser of\n"
+    "                                       ||(W - W_hat) X||^2 under the mask (Gram)\n"
+    "                            sparsegpt  SparseGPT's column sweep (Gram); re-chooses\n"
+    "                                       the keep bits within the masks' pattern\n"
+    "      --redist R          proportional (to |w|, default) or uniform\n"
+    "      --obs-block-size B  obs: weights per OBS block; sparsegpt: columns per lazy\n"
+    "                          update block, a multiple of M (default 128)\n"
+    "      --keep-mask         sparsegpt: keep the given keep bits instead of re-choosing\n"
+    "      --damp D            relative damping (default 0.01): lambda = D * mean\n"
+    "                          diagonal of the Gram (recon, sparsegpt) or of the Fisher (obs)\n"
+    "      --layers A-B        decoder layers A..B only (also A:B = A..B-1, or A); the\n"
+    "                          shard then holds those layers' tensors, and the tensors\n"
+    "                          outside any layer only with --include-dense\n"
+    "      --include-dense     with --layers: also copy embeddings, final norm, lm_head\n"
+    "  -t, --threads N         worker threads (default $TB_THREADS or all CPUs)\n"
+    "      --quiet             no per-tensor lines or summary\n"
+    "      --progress          progress bar even when stderr is not a terminal\n"
+    "  -h, --help              this help\n"
+    "      --version           print the version\n"
+    "\n"
+    "exit status: 0 ok, 1 usage, 2 bad input data, 3 I/O error\n";
+
+enum method { M_NONE, M_REDIST, M_OBS, M_RECON, M_SPARSEGPT };
+static const char *const method_names[] = {"none", "redist", "obs", "recon", "sparsegpt"};
+
+typedef struct {
+    const char *model, *masks, *stats, *out;
+    enum method method;
+    int uniform, block, keep_mask, include_dense, threads;
+    double damp;
+    int layer_lo, layer_hi; /* inclusive; lo < 0: every layer */
+    char *command;
+} options;
+
+typedef struct {
+    const st_tensor *t; /* the model's tensor */
+    int pruned, permuted;
+    const st_tensor *grad, *gram; /* statistics, when found */
+} item;
+
+typedef struct {
+    tb_ckpt ck;
+    st_file masks, stats;
+    int have_stats;
+    int n, m; /* the masks' pattern (0, 0: unstructured) */
+    item *items;
+    int n_items, n_pruned;
+} job;
+
+/* decoder layer of a tensor name ("model.layers.12.mlp..." -> 12), -1 if none */
+static int layer_of(const char *name)
+{
+    for (const char *p = name; (p = strstr(p, "layers.")) != NULL; p += strlen("layers.")) {
+        const char *d = p + strlen("layers.");
+        char *end;
+        long v = strtol(d, &end, 10);
+        if (end > d && *end == '.' && *d >= '0' && *d <= '9') return (int)v;
+    }
+    return -1;
+}
+
+/* "A-B" (inclusive), "A:B" (half-open, as tb-fisher's --layers) or "A" */
+static int parse_layers(const char *s, int *lo, int *hi)
+{
+    char sep = 0, tail;
+    int a, b;
+    int k = sscanf(s, "%d%c%d%c", &a, &sep, &b, &tail);
+    if (k == 1) b = a;
+    else if (k == 3 && sep == ':') b = b - 1;
+    else if (!(k == 3 && sep == '-')) return tb_fail(TB_EUSAGE, "--layers '%s': expected A-B, A:B or A", s);
+    if (a < 0 || b < a) return tb_fail(TB_EUSAGE, "--layers '%s': empty or negative range", s);
+    *lo = a;
+    *hi = b;
+    return TB_OK;
+}
+
+static int cmp_tensor_name(const void *a, const void *b)
+{
+    return strcmp((*(const st_tensor *const *)a)->name, (*(const st_tensor *const *)b)->name);
+}
+
+static const char *comp_label(const options *o)
+{
+    if (o->method == M_REDIST) return o->uniform ? "redist-uniform" : "redist-proportional";
+    return method_names[o->method];
+}
+
+/* The Gram matrix serving weight `name`, checked to be [cols, cols]. */
+static int find_gram(const job *j, const char *stats_path, const st_tensor *w, const st_tensor **out)
+{
+    char module[512], gname[600];
+    *out = NULL;
+    if (tb_fisher_gram_module(w->name, module, sizeof module)) return TB_OK;
+    snprintf(gname, sizeof gname, "gram.%s.input", module);
+    const st_tensor *g = st_find(&j->stats, gname);
+    if (!g) return TB_OK;
+    if (g->ndim != 2 || g->shape[0] != w->shape[1] || g->shape[1] != w->shape[1] || !tb_dtype_is_float(g->dtype))
+        return tb_fail(TB_EDATA, "%s: tensor '%s': expected a float [%lld, %lld] Gram for '%s'", stats_path, gname,
+                       (long long)w->shape[1], (long long)w->shape[1], w->name);
+    *out = g;
+    return TB_OK;
+}
+
+/* Everything checked before any output exists. */
+static int preflight(const options *o, job *j)
+{
+    int rc = tb_ckpt_open(&j->ck, o->model);
+    if (rc) return rc;
+    if ((rc = st_open(&j->masks, o->masks))) return rc;
+    const char *kind = st_meta(&j->masks, "tensorbit.kind"), *pat = st_meta(&j->masks, "pattern");
+    const char *kd = st_meta(&j->masks, "k_dim");
+    if (kind && strcmp(kind, "mask") != 0)
+        return tb_fail(TB_EDATA, "%s: not a mask file (tensorbit.kind is '%s')", o->masks, kind);
+    if (!pat) return tb_fail(TB_EDATA, "%s: no 'pattern' metadata (N:M or unstructured)", o->masks);
+    if (tb_pack_parse_pattern(pat, &j->n, &j->m)) return tb_err_context("%s", o->masks);
+    if (kd && strcmp(kd, "1") != 0)
+        return tb_fail(TB_EDATA, "%s: k_dim %s (weights stored [in, out]) is not supported yet", o->masks, kd);
+    if (o->stats) {
+        if ((rc = st_open(&j->stats, o->stats))) return rc;
+        j->have_stats = 1;
+        const char *sk = st_meta(&j->stats, "tensorbit.kind");
+        if (sk && strcmp(sk, "fisher") != 0)
+            return tb_fail(TB_EDATA, "%s: not a .fisher file (tensorbit.kind is '%s')", o->stats, sk);
+    }
+
+    /* every mask must name a tensor of the model */
+    for (int i = 0; i < j->masks.n_tensors; i++) {
+        const char *name = j->masks.tensors[i].name;
+        size_t len = strlen(name);
+        if (len > 5 && strcmp(name + len - 5, ".perm") == 0) continue;
+        if (!tb_ckpt_find(&j->ck, name))
+            return tb_fail(TB_EDATA, "%s: tensor '%s': no such tensor in %s", o->masks, name, o->model);
+    }
+
+    /* the shard's tensors, sorted by name across shards */
+    int total = tb_ckpt_count(&j->ck), k = 0;
+    const st_tensor **all = tb_malloc((size_t)total * sizeof *all + 1);
+    j->items = tb_calloc((size_t)total + 1, sizeof *j->items);
+    if (!all || !j->items) { free(all); return TB_EIO; }
+    for (int s = 0; s < j->ck.n_shards; s++)
+        for (int i = 0; i < j->ck.shards[s].n_tensors; i++) all[k++] = &j->ck.shards[s].tensors[i];
+    qsort(all, (size_t)total, sizeof *all, cmp_tensor_name);
+    for (int i = 0; i < total && !rc; i++) {
+        const st_tensor *t = all[i];
+        int layer = layer_of(t->name);
+        if (o->layer_lo >= 0 && (layer < 0 ? !o->include_dense : layer < o->layer_lo || layer > o->layer_hi)) continue;
+        item *it = &j->items[j->n_items++];
+        it->t = t;
+        if (!st_find(&j->masks, t->name)) continue;
+        it->pruned = 1;
+        j->n_pruned++;
+        if (t->ndim != 2 || (t->dtype != TB_F32 && t->dtype != TB_BF16 && t->dtype != TB_F16)) {
+            rc = tb_fail(TB_EDATA, "%s: tensor '%s': a mask needs a 2-D F32/F16/BF16 weight, not %s with %d dims",
+                         o->model, t->name, tb_dtype_name(t->dtype), t->ndim);
+            break;
+        }
+        int64_t rows = t->shape[0], cols = t->shape[1];
+        tb_mask mk;
+        if ((rc = tb_mask_read(&j->masks, t->name, rows, cols, &mk))) { tb_err_context("%s", o->masks); break; }
+        it->permuted = mk.perm != NULL;
+        if (j->m && (rc = tb_nm_check_mask(&mk, j->n, j->m))) tb_err_context("%s: tensor '%s'", o->masks, t->name);
+        tb_mask_free(&mk);
+        if (rc) break;
+        if (j->have_stats && (rc = find_gram(j, o->stats, t, &it->gram))) break;
+        if ((o->method == M_RECON || o->method == M_SPARSEGPT) && !it->gram) {
+            char module[512];
+            if (tb_fisher_gram_module(t->name, module, sizeof module)) snprintf(module, sizeof module, "?");
+            rc = tb_fail(TB_EDATA, "%s: no 'gram.%s.input' for %s of '%s'", o->stats, module, method_names[o->method],
+                         t->name);
+            break;
+        }
+        if (o->method == M_OBS) {
+            char gname[600];
+            snprintf(gname, sizeof gname, "grad.%s", t->name);
+            const st_tensor *g = st_find(&j->stats, gname);
+            if (!g) rc = tb_fail(TB_EDATA, "%s: no '%s' for obs (tb-fisher --grad-samples)", o->stats, gname);
+            else if (g->ndim != 3 || g->shape[0] < 1 || g->shape[1] != rows || g->shape[2] != cols ||
+                     !tb_dtype_is_float(g->dtype))
+                rc = tb_fail(TB_EDATA, "%s: tensor '%s': expected float [K, %lld, %lld]", o->stats, gname, (long long)rows,
+                             (long long)cols);
+            it->grad = g;
+            if (rc) break;
+        }
+        if (o->method == M_SPARSEGPT && j->m && o->block % j->m)
+            rc = tb_fail(TB_EUSAGE, "--obs-block-size %d is not a multiple of M=%d", o->block, j->m);
+    }
+    free(all);
+    if (!rc && o->layer_lo >= 0 && j->n_items == 0)
+        rc = tb_fail(TB_EDATA, "%s: no tensors in layers %d-%d", o->model, o->layer_lo, o->layer_hi);
+    return rc;
+}
+
+/* The Gram in the mask's column order, f64: gp[i][j] = G[perm[i]][perm[j]]. */
+static double *load_gram(const st_tensor *g, const int32_t *perm)
+{
+    int64_t n = g->shape[0];
+    double *a = tb_malloc((size_t)(n * n) * sizeof *a + 1);
+    if (!a) return NULL;
+    tb_to_f64(g->dtype, g->data, 0, (size_t)(n * n), a);
+    if (!perm) return a;
+    double *p = tb_malloc((size_t)(n * n) * sizeof *p + 1);
+    if (p)
+        for (int64_t i = 0; i < n; i++)
+            for (int64_t k = 0; k < n; k++) p[i * n + k] = a[(int64_t)perm[i] * n + perm[k]];
+    free(a);
+    return p;
+}
+
+/* Columns of w [rows, cols] in the mask's order: w'[r][j] = w[r][perm[j]]. */
+static int permute_cols(float *w, int64_t rows, int64_t cols, const int32_t *perm)
+{
+    float *row = tb_malloc((size_t)cols * sizeof *row + 1);
+    if (!row) return TB_EIO;
+    for (int64_t r = 0; r < rows; r++) {
+        memcpy(row, w + r * cols, (size_t)cols * sizeof *row);
+        for (int64_t c = 0; c < cols; c++) w[r * cols + c] = row[perm[c]];
+    }
+    free(row);
+    return TB_OK;
+}
+
+typedef struct {
+    double base, masked, comp; /* sums of ||W X||^2, ||dW X||^2 mask only, compensated */
+    int n;
+} err_sum;
+
+/* Mask, compensate and write one weight. */
+static int pack_one(const options *o, const job *j, const item *it, tb_pack_writer *pw, int index, err_sum *es)
+{
+    const st_tensor *t = it->t;
+    int64_t rows = t->shape[0], cols = t->shape[1];
+    double t0 = tb_now();
+    tb_mask mk;
+    float *w = NULL, *w0 = NULL;
+    double *g = NULL;
+    int rc = tb_mask_read(&j->masks, t->name, rows, cols, &mk);
+    if (rc) return tb_err_context("%s", o->masks);
+    if (!(w = st_tensor_f32(t)) || (mk.perm && permute_cols(w, rows, cols, mk.perm))) { rc = TB_EIO; goto out; }
+    if (it->gram) {
+        /* the reference for the error report: the weight as it was */
+        if (!(g = load_gram(it->gram, mk.perm)) || !(w0 = tb_malloc((size_t)(rows * cols) * sizeof *w0))) {
+            rc = TB_EIO;
+            goto out;
+        }
+        memcpy(w0, w, (size_t)(rows * cols) * sizeof *w0);
+    }
+    double e_base = 0, e_mask = 0;
+    if (w0) {
+        tb_comp_mask(w, &mk);
+        e_base = tb_comp_output_error(w0, NULL, rows, cols, g, o->threads);
+        e_mask = tb_comp_output_error(w0, w, rows, cols, g, o->threads);
+        memcpy(w, w0, (size_t)(rows * cols) * sizeof *w);
+    }
+    tb_comp_stats st = {0};
+    switch (o->method) {
+    case M_NONE: tb_comp_mask(w, &mk); break;
+    case M_REDIST: rc = tb_comp_redist(w, &mk, j->m, o->uniform, &st); break;
+    case M_OBS:
+        rc = tb_comp_obs(w, &mk, it->grad->data, it->grad->dtype, (int)it->grad->shape[0], mk.perm, o->block, o->damp,
+                         o->threads, &st);
+        break;
+    case M_RECON: rc = tb_comp_recon(w, &mk, g, o->damp, o->threads, &st); break;
+    case M_SPARSEGPT:
+        rc = tb_comp_sparsegpt(w, &mk, j->n, j->m, g, o->damp, o->block, !o->keep_mask, o->threads, &st);
+        break;
+    }
+    if (rc) {
+        tb_err_context("%s: tensor '%s'", o->method >= M_OBS ? o->stats : o->model, t->name);
+        goto out;
+    }
+    if ((rc = tb_pack_write(pw, w, &mk))) goto out;
+
+    char err[128] = "", extra[96] = "";
+    if (w0) {
+        double e = tb_comp_output_error(w0, w, rows, cols, g, o->threads);
+        snprintf(err, sizeof err, ", ||dW X||/||W X|| %.4f (mask only %.4f)", sqrt(e / e_base), sqrt(e_mask / e_base));
+        es->base += e_base;
+        es->masked += e_mask;
+        es->comp += e;
+        es->n++;
+    }
+    if (st.raised || st.eigen)
+        snprintf(extra, sizeof extra, ", %lld raised damping, %lld eigen fallback", (long long)st.raised, (long long)st.eigen);
+    if (st.empty_groups) snprintf(extra, sizeof extra, ", %lld groups with nothing kept", (long long)st.empty_groups);
+    tb_info("[%d/%d] %s %s%s%s, %.2f s", index, j->n_pruned, t->name, comp_label(o), err, extra, tb_now() - t0);
+out:
+    tb_mask_free(&mk);
+    free(w);
+    free(w0);
+    free(g);
+    return rc;
+}
+
+static int run(const options *o)
+{
+    job j;
+    memset(&j, 0, sizeof j);
+    tb_outfile out = {0};
+    tb_pack_writer *pw = NULL;
+    double t0 = tb_now();
+    int rc = preflight(o, &j);
+    if (rc) goto done;
+
+    if (!(pw = tb_pack_writer_new())) { rc = TB_EIO; goto done; }
+    char damp[32], block[32], layers[64];
+    snprintf(damp, sizeof damp, "%g", o->damp);
+    snprintf(block, sizeof block, "%d", o->block);
+    snprintf(layers, sizeof layers, "%d-%d", o->layer_lo, o->layer_hi);
+    const char *meta[][2] = {
+        {"tensorbit.version", TB_VERSION}, {"pattern", st_meta(&j.masks, "pattern")},
+        {"compensation", comp_label(o)},   {"damp", damp},
+        {"obs_block_size", block},         {"model", o->model},
+        {"masks", o->masks},               {"stats", o->stats ? o->stats : ""},
+        {"layers", o->layer_lo >= 0 ? layers : "all"}, {"command", o->command},
+    };
+    for (size_t i = 0; !rc && i < sizeof meta / sizeof meta[0]; i++) rc = tb_pack_writer_meta(pw, meta[i][0], meta[i][1]);
+    const char *mask_src = o->method == M_SPARSEGPT && !o->keep_mask ? "sparsegpt" : "given";
+    for (int i = 0; !rc && i < j.n_items; i++) {
+        const item *it = &j.items[i];
+        rc = it->pruned ? tb_pack_declare(pw, it->t->name, it->t->dtype, it->t->shape[0], it->t->shape[1], j.n, j.m,
+                                          it->permuted, comp_label(o), mask_src)
+                        : tb_pack_declare_copy(pw, it->t->name, it->t->dtype, it->t->ndim, it->t->shape);
+    }
+    if (rc || (rc = tb_out_open(&out, o->out)) || (rc = tb_pack_writer_begin(pw, out.fp, o->out))) goto done;
+
+    tb_progress prog;
+    tb_progress_begin(&prog, "tensors", (uint64_t)j.n_items);
+    err_sum es = {0};
+    for (int i = 0, k = 0; !rc && i < j.n_items; i++) {
+        const item *it = &j.items[i];
+        rc = it->pruned ? pack_one(o, &j, it, pw, ++k, &es) : tb_pack_write_copy(pw, it->t->data, it->t->nbytes);
+        tb_progress_set(&prog, (uint64_t)i + 1);
+    }
+    tb_progress_end(&prog);
+    if (!rc) rc = tb_pack_writer_finish(pw);
+    if (!rc) rc = tb_out_commit(&out);
+    if (!rc) {
+        char err[160] = "";
+        if (es.n)
+            snprintf(err, sizeof err, "; over the %d with a Gram, ||dW X||/||W X|| %.4f (mask only %.4f)", es.n,
+                     sqrt(es.comp / es.base), sqrt(es.masked / es.base));
+        tb_info("wrote %s: %d tensors, %d pruned (%s, %s)%s, %.1f s", o->out, j.n_items, j.n_pruned,
+                st_meta(&j.masks, "pattern"), comp_label(o), err, tb_now() - t0);
+    }
+done:
+    if (rc && out.fp) tb_out_abort(&out);
+    tb_pack_writer_free(pw);
+    free(j.items);
+    if (j.have_stats) st_close(&j.stats);
+    if (j.masks.path) st_close(&j.masks);
+    if (j.ck.path) tb_ckpt_close(&j.ck);
+    return rc;
+}
+
+static char *join_args(int argc, char **argv)
+{
+    size_t len = 1;
+    for (int i = 0; i < argc; i++) len += strlen(argv[i]) + 1;
+    char *s = tb_malloc(len);
+    if (!s) return NULL;
+    s[0] = 0;
+    for (int i = 0; i < argc; i++) {
+        if (i) strcat(s, " ");
+        strcat(s, argv[i]);
+    }
+    return s;
+}
+
+int main(int argc, char **argv)
+{
+    tb_log_init("tb-pack");
+    options o = {.block = 128, .damp = 0.01, .layer_lo = -1, .layer_hi = -1, .threads = tb_default_threads()};
+    enum { OPT_MASKS = 256, OPT_COMP, OPT_REDIST, OPT_BLOCK, OPT_KEEP, OPT_DAMP, OPT_LAYERS, OPT_DENSE, OPT_QUIET,
+           OPT_PROGRESS, OPT_VERSION };
+    static const struct option longopts[] = {
+        {"model", required_argument, 0, 'm'},      {"masks", required_argument, 0, OPT_MASKS},
+        {"stats", required_argument, 0, 'f'},      {"output", required_argument, 0, 'o'},
+        {"compensate", required_argument, 0, OPT_COMP}, {"redist", required_argument, 0, OPT_REDIST},
+        {"obs-block-size", required_argument, 0, OPT_BLOCK}, {"keep-mask", no_argument, 0, OPT_KEEP},
+        {"damp", required_argument, 0, OPT_DAMP},  {"layers", required_argument, 0, OPT_LAYERS},
+        {"include-dense", no_argument, 0, OPT_DENSE}, {"threads", required_argument, 0, 't'},
+        {"quiet", no_argument, 0, OPT_QUIET},      {"progress", no_argument, 0, OPT_PROGRESS},
+        {"help", no_argument, 0, 'h'},             {"version", no_argument, 0, OPT_VERSION},
+        {0, 0, 0, 0},
+    };
+    int c;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "m:f:o:t:h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'm': o.model = optarg; break;
+        case OPT_MASKS: o.masks = optarg; break;
+        case 'f': o.stats = optarg; break;
+        case 'o': o.out = optarg; break;
+        case OPT_COMP: {
+            int found = 0;
+            for (int i = 0; i <= M_SPARSEGPT; i++)
+                if (strcmp(optarg, method_names[i]) == 0) { o.method = (enum method)i; found = 1; }
+            if (!found) return tb_usage_error("--compensate '%s': expected none, redist, obs, recon or sparsegpt", optarg);
+            break;
+        }
+        case OPT_REDIST:
+            if (strcmp(optarg, "proportional") && strcmp(optarg, "uniform"))
+                return tb_usage_error("--redist '%s': expected proportional or uniform", optarg);
+            o.uniform = strcmp(optarg, "uniform") == 0;
+            break;
+        case OPT_BLOCK:
+            if (tb_parse_int("--obs-block-size", optarg, 1, 1 << 16, &o.block)) return tb_usage_error("%s", tb_errmsg());
+            break;
+        case OPT_KEEP: o.keep_mask = 1; break;
+        case OPT_DAMP:
+            if (tb_parse_double("--damp", optarg, 0, 1e6, &o.damp)) return tb_usage_error("%s", tb_errmsg());
+            break;
+        case OPT_LAYERS:
+            if (parse_layers(optarg, &o.layer_lo, &o.layer_hi)) return tb_usage_error("%s", tb_errmsg());
+            break;
+        case OPT_DENSE: o.include_dense = 1; break;
+        case 't':
+            if (tb_parse_int("--threads", optarg, 1, 256, &o.threads)) return tb_usage_error("%s", tb_errmsg());
+            break;
+        case OPT_QUIET: tb_log_set_quiet(1); tb_log_set_progress(0); break;
+        case OPT_PROGRESS: tb_log_set_progress(1); break;
+        case 'h': fputs(usage, stdout); return 0;
+        case OPT_VERSION: printf("tb-pack %s\n", TB_VERSION); return 0;
+        default: return tb_usage_error("unknown option or missing value '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind != argc) return tb_usage_error("unexpected argument '%s'", argv[optind]);
+    if (!o.model || !o.masks || !o.out) return tb_usage_error("-m MODEL, --masks MASKS and -o OUT are required");
+    if (o.method >= M_OBS && !o.stats)
+        return tb_usage_error("--compensate %s needs -f STATS.fisher", method_names[o.method]);
+    if (o.method == M_OBS && !(o.damp > 0)) return tb_usage_error("--compensate obs needs --damp > 0");
+    if (o.include_dense && o.layer_lo < 0) return tb_usage_error("--include-dense goes with --layers");
+    if (o.keep_mask && o.method != M_SPARSEGPT) return tb_usage_error("--keep-mask goes with --compensate sparsegpt");
+    tb_blas_single_thread(); /* our threads split the rows */
+    if (!(o.command = join_args(argc, argv))) return tb_report_error();
+    int rc = run(&o);
+    free(o.command);
+    return rc ? tb_report_error() : 0;
+}
