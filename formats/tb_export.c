@@ -1,0 +1,890 @@
+/* tb_export.c - .tbm -> HF checkpoint directory (layouts in tb_export.h and
+ * FORMATS.md, "tb-export formats"). */
+#include "tb_export.h"
+#include "tb_error.h"
+#include "tb_io.h"
+#include "tb_sha256.h"
+
+#include <cjson/cJSON.h>
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* The compressed-tensors release whose layout this writes (config "version"). */
+#define CT_VERSION "0.14.0.1"
+
+/* ------------------------------------------------------------- helpers */
+
+int tb_parse_size(const char *opt, const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (end == s || errno || !(v > 0)) return tb_fail(TB_EUSAGE, "%s: '%s' is not a size like 5GB", opt, s);
+    static const struct {
+        const char *suffix;
+        double mult;
+    } units[] = {{"", 1},           {"B", 1},           {"K", 1e3},          {"KB", 1e3},        {"M", 1e6},
+                 {"MB", 1e6},       {"G", 1e9},         {"GB", 1e9},         {"T", 1e12},        {"TB", 1e12},
+                 {"KiB", 1024.0},   {"Ki", 1024.0},     {"MiB", 1048576.0},  {"Mi", 1048576.0},  {"GiB", 1073741824.0},
+                 {"Gi", 1073741824.0}, {"TiB", 1099511627776.0}, {"Ti", 1099511627776.0}};
+    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
+        if (strcasecmp(end, units[i].suffix) == 0) {
+            double b = v * units[i].mult;
+            if (b < 1 || b > 1.8e19) return tb_fail(TB_EUSAGE, "%s: '%s' is out of range", opt, s);
+            *out = (uint64_t)b;
+            return TB_OK;
+        }
+    return tb_fail(TB_EUSAGE, "%s: unknown unit in '%s' (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)", opt, s);
+}
+
+int tb_name_natural_cmp(const char *a, const char *b)
+{
+    while (*a && *b) {
+        if (isdigit((unsigned char)*a) && isdigit((unsigned char)*b)) {
+            while (*a == '0' && isdigit((unsigned char)a[1])) a++;
+            while (*b == '0' && isdigit((unsigned char)b[1])) b++;
+            size_t la = 0, lb = 0;
+            while (isdigit((unsigned char)a[la])) la++;
+            while (isdigit((unsigned char)b[lb])) lb++;
+            if (la != lb) return la < lb ? -1 : 1;
+            int c = strncmp(a, b, la);
+            if (c) return c;
+            a += la;
+            b += lb;
+        } else {
+            if (*a != *b) return (unsigned char)*a < (unsigned char)*b ? -1 : 1;
+            a++;
+            b++;
+        }
+    }
+    return (unsigned char)*a - (unsigned char)*b;
+}
+
+static void put_le64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* Is the element (of dtype dt, as stored) exactly zero? -0.0 counts as zero,
+ * as torch's `tensor != 0` (the sparse-bitmask compressor's test) has it. */
+static int is_zero(tb_dtype dt, const uint8_t *p)
+{
+    switch (dt) {
+    case TB_F64: { double d; memcpy(&d, p, 8); return d == 0.0; }
+    case TB_F32: { float f; memcpy(&f, p, 4); return f == 0.0f; }
+    case TB_F16: case TB_BF16: return ((p[0] | p[1] << 8) & 0x7fff) == 0;
+    case TB_F8_E4M3: case TB_F8_E5M2: return (p[0] & 0x7f) == 0;
+    default: {
+        size_t es = tb_dtype_size(dt);
+        for (size_t i = 0; i < es; i++)
+            if (p[i]) return 0;
+        return 1;
+    }
+    }
+}
+
+static int64_t count_zeros(tb_dtype dt, const void *data, size_t n)
+{
+    size_t es = tb_dtype_size(dt);
+    int64_t z = 0;
+    for (size_t i = 0; i < n; i++) z += is_zero(dt, (const uint8_t *)data + i * es);
+    return z;
+}
+
+/* f32 -> out dtype (F32, F16 or BF16), n elements. */
+static void from_f32(tb_dtype out_dt, const float *src, size_t n, void *dst)
+{
+    if (out_dt == TB_F32) { memcpy(dst, src, n * sizeof *src); return; }
+    uint16_t *d = dst;
+    for (size_t i = 0; i < n; i++) d[i] = out_dt == TB_BF16 ? tb_f32_to_bf16(src[i]) : tb_f32_to_f16(src[i]);
+}
+
+enum { CHUNK = 4096 }; /* elements per conversion chunk */
+
+/* Convert n elements of src_dt (starting at element 0 of src) to out_dt
+ * chunk by chunk, handing each chunk to `sink`. */
+typedef int (*chunk_sink)(void *ctx, const void *bytes, size_t nbytes, size_t n);
+
+static int convert_stream(tb_dtype src_dt, const void *src, size_t n, tb_dtype out_dt, chunk_sink sink, void *ctx)
+{
+    if (src_dt == out_dt) return sink(ctx, src, n * tb_dtype_size(src_dt), n);
+    float f[CHUNK];
+    uint8_t o[CHUNK * 4];
+    for (size_t i = 0; i < n; i += CHUNK) {
+        size_t k = n - i < CHUNK ? n - i : CHUNK;
+        tb_to_f32(src_dt, src, i, k, f);
+        from_f32(out_dt, f, k, o);
+        int rc = sink(ctx, o, k * tb_dtype_size(out_dt), k);
+        if (rc) return rc;
+    }
+    return TB_OK;
+}
+
+/* ------------------------------------------------------------- the plan */
+
+enum how { H_DENSE, H_CT24, H_CTBM };
+
+typedef struct {
+    const char *name;         /* model tensor name (owned by the .tbm's JSON) */
+    const st_tensor *dense;   /* stored as is, or NULL */
+    const tb_packed *packed;  /* pruned, or NULL */
+    const tb_pack_file *shard;/* holding `packed` */
+    enum how how;
+    tb_dtype src_dt, out_dt;
+    int ndim;
+    int64_t shape[ST_MAX_DIMS];
+    int64_t numel;
+    int64_t nnz;              /* H_CTBM: nonzeros in out_dt */
+    char *module;             /* H_CT*: name less ".weight" */
+    uint64_t bytes;           /* all output tensors of this unit */
+    int file;
+} unit;
+
+typedef struct {
+    const tb_tbm *t;
+    const tb_export_opts *o;
+    unit *u;
+    int n;
+    int n_files;
+    char **file_names;        /* n_files */
+    int64_t zeros;            /* exact zeros of the dense model, as written */
+    int64_t params;
+} plan;
+
+static int cmp_units(const void *a, const void *b)
+{
+    return tb_name_natural_cmp(((const unit *)a)->name, ((const unit *)b)->name);
+}
+
+static int is_float_convertible(tb_dtype dt) { return dt == TB_F64 || dt == TB_F32 || dt == TB_F16 || dt == TB_BF16; }
+
+static const tb_pack_file *shard_of(const tb_tbm *t, const tb_packed *p)
+{
+    for (int s = 0; s < t->n_shards; s++)
+        if (tb_pack_find(&t->shards[s], p->name) == p) return &t->shards[s];
+    return NULL;
+}
+
+/* nonzeros a pruned weight has once converted to out_dt (sparse-bitmask
+ * stores exactly these, so its "compressed" length is known up front) */
+static int64_t packed_nnz(const unit *u)
+{
+    const tb_packed *p = u->packed;
+    const st_tensor *v = p->kind == TB_PACKED_NM ? p->values : p->dense;
+    int64_t nz = 0;
+    float f[CHUNK];
+    uint8_t o[CHUNK * 4];
+    size_t es = tb_dtype_size(u->out_dt);
+    for (size_t i = 0; i < (size_t)v->numel; i += CHUNK) {
+        size_t k = (size_t)v->numel - i < CHUNK ? (size_t)v->numel - i : CHUNK;
+        if (p->dtype == u->out_dt) {
+            nz += (int64_t)k - count_zeros(p->dtype, (const uint8_t *)v->data + i * es, k);
+        } else {
+            tb_to_f32(p->dtype, v->data, i, k, f);
+            from_f32(u->out_dt, f, k, o);
+            nz += (int64_t)k - count_zeros(u->out_dt, o, k);
+        }
+    }
+    return nz;
+}
+
+/* Why a pruned weight cannot be stored as sparse-24-bitmask ("" if it can). */
+static const char *not_24(const unit *u, char *buf, size_t n)
+{
+    const tb_packed *p = u->packed;
+    size_t len = strlen(u->name);
+    if (len < 7 || strcmp(u->name + len - 7, ".weight")) snprintf(buf, n, "tensor '%s' is not a module weight", u->name);
+    else if (p->kind != TB_PACKED_NM) snprintf(buf, n, "tensor '%s' is unstructured", u->name);
+    else if (p->n != 2 || p->m != 4) snprintf(buf, n, "tensor '%s' is %d:%d", u->name, p->n, p->m);
+    else if (p->perm)
+        snprintf(buf, n, "tensor '%s' is 2:4 under a channel permutation, not in the model's column order", u->name);
+    else buf[0] = 0;
+    return buf;
+}
+
+static int set_module(unit *u)
+{
+    size_t len = strlen(u->name) - 7; /* checked by not_24 / the caller */
+    if (!(u->module = tb_malloc(len + 1))) return TB_EIO;
+    memcpy(u->module, u->name, len);
+    u->module[len] = 0;
+    return TB_OK;
+}
+
+static uint64_t unit_bytes(const unit *u)
+{
+    size_t es = tb_dtype_size(u->out_dt);
+    uint64_t rows = (uint64_t)u->shape[0], cols = (uint64_t)u->shape[1], bm = rows * ((cols + 7) / 8);
+    switch (u->how) {
+    case H_CT24: return 16 + rows * (cols / 2) * es + bm;
+    case H_CTBM: return 16 + (uint64_t)u->nnz * es + bm + 8 * rows;
+    default: return (uint64_t)u->numel * es;
+    }
+}
+
+static int build_plan(plan *pl, const tb_tbm *t, const tb_export_opts *o, tb_export_summary *s)
+{
+    memset(pl, 0, sizeof *pl);
+    pl->t = t;
+    pl->o = o;
+    const cJSON *tensors = cJSON_GetObjectItemCaseSensitive((const cJSON *)t->json, "tensors");
+    int n = cJSON_GetArraySize(tensors);
+    if (n <= 0) return tb_fail(TB_EDATA, "%s: no tensors", t->path);
+    if (!(pl->u = tb_calloc((size_t)n, sizeof *pl->u))) return TB_EIO;
+    for (const cJSON *e = tensors->child; e; e = e->next) {
+        unit *u = &pl->u[pl->n++];
+        u->name = e->string;
+        if ((u->packed = tb_tbm_find_packed(t, u->name))) {
+            if (!(u->shard = shard_of(t, u->packed))) return tb_fail(TB_EDATA, "%s: tensor '%s': no shard holds it", t->path, u->name);
+            u->src_dt = u->packed->dtype;
+            u->ndim = 2;
+            u->shape[0] = u->packed->rows;
+            u->shape[1] = u->packed->cols;
+        } else if ((u->dense = tb_tbm_find_dense(t, u->name))) {
+            u->src_dt = u->dense->dtype;
+            u->ndim = u->dense->ndim;
+            memcpy(u->shape, u->dense->shape, sizeof u->shape);
+        } else {
+            return tb_fail(TB_EDATA, "%s: tensor '%s' is in no shard", t->path, u->name);
+        }
+        u->numel = 1;
+        for (int d = 0; d < u->ndim; d++) u->numel *= u->shape[d];
+        u->out_dt = o->dtype >= 0 && is_float_convertible(u->src_dt) ? (tb_dtype)o->dtype : u->src_dt;
+        u->how = H_DENSE;
+        pl->params += u->numel;
+        s->n_tensors++;
+        s->n_pruned += u->packed != NULL;
+    }
+    qsort(pl->u, (size_t)pl->n, sizeof *pl->u, cmp_units);
+
+    if (o->format == TB_EXPORT_CT24) {
+        /* one sparsity format per config: 2:4 weights compressed, the rest dense */
+        char why[256];
+        for (int i = 0; i < pl->n; i++) {
+            unit *u = &pl->u[i];
+            if (!u->packed) continue;
+            if (!not_24(u, why, sizeof why)[0]) u->how = H_CT24;
+            else if (!s->why_not_24[0]) snprintf(s->why_not_24, sizeof s->why_not_24, "%s", why);
+        }
+        snprintf(s->sparsity_format, sizeof s->sparsity_format, "sparse-24-bitmask");
+    } else if (o->format == TB_EXPORT_CTBITMASK) {
+        for (int i = 0; i < pl->n; i++) {
+            unit *u = &pl->u[i];
+            size_t len = strlen(u->name);
+            if (u->packed && len > 7 && !strcmp(u->name + len - 7, ".weight")) u->how = H_CTBM;
+        }
+        snprintf(s->sparsity_format, sizeof s->sparsity_format, "sparse-bitmask");
+    }
+    for (int i = 0; i < pl->n; i++) {
+        unit *u = &pl->u[i];
+        if (u->how == H_DENSE) continue;
+        if (set_module(u)) return TB_EIO;
+        if (u->how == H_CTBM) u->nnz = packed_nnz(u);
+        s->n_compressed++;
+    }
+    if (o->format != TB_EXPORT_DENSE && !s->n_compressed)
+        return tb_fail(TB_EDATA, "%s: no weight to store as %s%s%s (export --format dense%s)", t->path,
+                       s->sparsity_format, s->why_not_24[0] ? ": " : "", s->why_not_24,
+                       s->n_pruned ? " or compressed-tensors-bitmask" : "");
+
+    /* shards: whole units, greedily, as transformers' save_pretrained does */
+    uint64_t max = o->max_shard_bytes ? o->max_shard_bytes : TB_EXPORT_DEFAULT_SHARD, cur = 0;
+    int file = 0;
+    for (int i = 0; i < pl->n; i++) {
+        unit *u = &pl->u[i];
+        u->bytes = unit_bytes(u);
+        if (cur > 0 && cur + u->bytes > max) { file++; cur = 0; }
+        u->file = file;
+        cur += u->bytes;
+        s->bytes += u->bytes;
+    }
+    pl->n_files = file + 1;
+    if (!(pl->file_names = tb_calloc((size_t)pl->n_files, sizeof(char *)))) return TB_EIO;
+    for (int f = 0; f < pl->n_files; f++) {
+        char name[64];
+        if (pl->n_files == 1) snprintf(name, sizeof name, "model.safetensors");
+        else snprintf(name, sizeof name, "model-%05d-of-%05d.safetensors", f + 1, pl->n_files);
+        if (!(pl->file_names[f] = tb_strdup(name))) return TB_EIO;
+    }
+    s->n_files = pl->n_files;
+    return TB_OK;
+}
+
+static void free_plan(plan *pl)
+{
+    for (int i = 0; i < pl->n; i++) free(pl->u[i].module);
+    free(pl->u);
+    for (int f = 0; f < pl->n_files && pl->file_names; f++) free(pl->file_names[f]);
+    free(pl->file_names);
+}
+
+/* ----------------------------------------------------- writing tensors */
+
+static char *joined(const char *a, const char *b)
+{
+    size_t n = strlen(a) + strlen(b) + 1;
+    char *s = tb_malloc(n);
+    if (s) snprintf(s, n, "%s%s", a, b);
+    return s;
+}
+
+static int declare_unit(st_writer *w, const unit *u)
+{
+    if (u->how == H_DENSE) return st_writer_add(w, u->name, u->out_dt, u->ndim, u->shape);
+    int64_t rows = u->shape[0], cols = u->shape[1];
+    static const char *const parts[] = {".shape", ".compressed", ".bitmask", ".row_offsets"};
+    int rc = TB_OK;
+    for (int k = 0; k < (u->how == H_CTBM ? 4 : 3) && !rc; k++) {
+        char *nm = joined(u->module, parts[k]);
+        if (!nm) return TB_EIO;
+        int64_t sh[2];
+        switch (k) {
+        case 0: /* Sparse24BitMaskTensor stores it [2, 1], BitmaskTensor [2] */
+            sh[0] = 2; sh[1] = 1;
+            rc = st_writer_add(w, nm, TB_I64, u->how == H_CT24 ? 2 : 1, sh);
+            break;
+        case 1:
+            sh[0] = rows; sh[1] = cols / 2;
+            if (u->how == H_CTBM) sh[0] = u->nnz;
+            rc = st_writer_add(w, nm, u->out_dt, u->how == H_CT24 ? 2 : 1, sh);
+            break;
+        case 2:
+            sh[0] = rows; sh[1] = (cols + 7) / 8;
+            rc = st_writer_add(w, nm, TB_U8, 2, sh);
+            break;
+        default:
+            sh[0] = rows;
+            rc = st_writer_add(w, nm, TB_I64, 1, sh);
+        }
+        free(nm);
+    }
+    return rc;
+}
+
+typedef struct {
+    st_writer *w;
+    tb_dtype dt;
+    int64_t zeros;
+} write_ctx;
+
+static int sink_write(void *ctx, const void *bytes, size_t nbytes, size_t n)
+{
+    write_ctx *c = ctx;
+    c->zeros += count_zeros(c->dt, bytes, n);
+    return st_writer_write(c->w, bytes, nbytes);
+}
+
+/* in-group position of kept value k of a packed row (b-bit fields, least
+ * significant bit first; tb_pack.h) */
+static int slot_pos(const uint8_t *irow, int64_t k, int b)
+{
+    int64_t pos = k * b, byte = pos >> 3;
+    int shift = (int)(pos & 7);
+    unsigned v = (unsigned)irow[byte] >> shift;
+    if (shift + b > 8) v |= (unsigned)irow[byte + 1] << (8 - shift);
+    return (int)(v & ((1u << b) - 1));
+}
+
+static int write_shape(st_writer *w, const unit *u)
+{
+    uint8_t b[16];
+    put_le64(b, (uint64_t)u->shape[0]);
+    put_le64(b + 8, (uint64_t)u->shape[1]);
+    return st_writer_write(w, b, 16);
+}
+
+/* sparse-24-bitmask: the .tb's kept values are already the row-major list
+ * of the masked positions, so "compressed" is .values (converted if asked);
+ * the bitmask marks each stored slot, padding slots included (they hold 0),
+ * so every group of 4 has exactly 2 bits as the format requires. */
+static int write_ct24(st_writer *w, const unit *u, int64_t *zeros)
+{
+    const tb_packed *p = u->packed;
+    int64_t rows = p->rows, cols = p->cols, vpr = tb_nm_values_per_row(cols, 2, 4);
+    int64_t irb = tb_nm_index_row_bytes(cols, 2, 4), rb = (cols + 7) / 8;
+    int rc = write_shape(w, u);
+    write_ctx c = {w, u->out_dt, 0};
+    if (!rc) rc = convert_stream(p->dtype, p->values->data, (size_t)(rows * vpr), u->out_dt, sink_write, &c);
+    *zeros += c.zeros + rows * (cols - vpr); /* kept slots holding 0, and the pruned entries */
+    uint8_t *row = tb_malloc((size_t)rb + 1);
+    if (!row) return TB_EIO;
+    const uint8_t *idx = p->indices->data;
+    for (int64_t r = 0; r < rows && !rc; r++) {
+        memset(row, 0, (size_t)rb);
+        const uint8_t *irow = idx + r * irb;
+        for (int64_t k = 0; k < vpr; k++) {
+            int64_t c0 = k / 2 * 4 + slot_pos(irow, k, 2);
+            row[c0 >> 3] |= (uint8_t)(1u << (c0 & 7)); /* numpy packbits bitorder="little" */
+        }
+        rc = st_writer_write(w, row, (size_t)rb);
+    }
+    free(row);
+    return rc;
+}
+
+/* sparse-bitmask: every nonzero of the dense weight (model column order),
+ * row-major; bitmask of the nonzeros; row_offsets = exclusive prefix sums of
+ * the per-row counts. */
+static int write_ctbm(st_writer *w, const unit *u, int64_t *zeros)
+{
+    const tb_packed *p = u->packed;
+    int64_t rows = p->rows, cols = p->cols, rb = (cols + 7) / 8;
+    size_t es = tb_dtype_size(u->out_dt);
+    float *f = tb_pack_tensor_f32(u->shard, u->name, 1, NULL);
+    uint8_t *orow = tb_malloc((size_t)cols * es + 1), *nzrow = tb_malloc((size_t)cols * es + 1);
+    uint8_t *brow = tb_malloc((size_t)rb + 1), *offs = tb_malloc((size_t)rows * 8 + 1);
+    int rc = f && orow && nzrow && brow && offs ? write_shape(w, u) : TB_EIO;
+    int64_t nnz = 0;
+    for (int64_t r = 0; r < rows && !rc; r++) { /* pass 1: values */
+        from_f32(u->out_dt, f + r * cols, (size_t)cols, orow);
+        put_le64(offs + r * 8, (uint64_t)nnz);
+        size_t k = 0;
+        for (int64_t c = 0; c < cols; c++)
+            if (!is_zero(u->out_dt, orow + c * es)) memcpy(nzrow + es * k++, orow + c * es, es);
+        nnz += (int64_t)k;
+        if (nnz > u->nnz) break;
+        rc = st_writer_write(w, nzrow, k * es);
+    }
+    if (!rc && nnz != u->nnz)
+        rc = tb_fail(TB_EDATA, "tensor '%s': %lld nonzeros, planned %lld", u->name, (long long)nnz, (long long)u->nnz);
+    for (int64_t r = 0; r < rows && !rc; r++) { /* pass 2: bitmask */
+        from_f32(u->out_dt, f + r * cols, (size_t)cols, orow);
+        memset(brow, 0, (size_t)rb);
+        for (int64_t c = 0; c < cols; c++)
+            if (!is_zero(u->out_dt, orow + c * es)) brow[c >> 3] |= (uint8_t)(1u << (c & 7));
+        rc = st_writer_write(w, brow, (size_t)rb);
+    }
+    if (!rc) rc = st_writer_write(w, offs, (size_t)rows * 8);
+    *zeros += rows * cols - nnz;
+    free(f);
+    free(orow);
+    free(nzrow);
+    free(brow);
+    free(offs);
+    return rc;
+}
+
+static int write_dense(st_writer *w, const unit *u, int64_t *zeros)
+{
+    write_ctx c = {w, u->out_dt, 0};
+    int rc;
+    if (u->dense) {
+        rc = convert_stream(u->src_dt, u->dense->data, (size_t)u->numel, u->out_dt, sink_write, &c);
+    } else {
+        /* the permutation undone, so the exported layer computes the same
+         * function without permuting its input */
+        int64_t rows = u->shape[0], cols = u->shape[1];
+        float *f = tb_pack_tensor_f32(u->shard, u->name, 1, NULL);
+        if (!f) return TB_EIO;
+        rc = TB_OK;
+        for (int64_t r = 0; r < rows && !rc; r++) /* f32 -> f32 is a copy, others round exactly back */
+            rc = convert_stream(TB_F32, f + r * cols, (size_t)cols, u->out_dt, sink_write, &c);
+        free(f);
+    }
+    *zeros += c.zeros;
+    return rc;
+}
+
+/* ------------------------------------------------ the output directory */
+
+/* Files planned inside the temporary directory: a fatal signal unlinks them
+ * and removes the directory (unlink and rmdir are async-signal-safe). */
+static char *volatile sig_tmpdir;
+static char **volatile sig_files;
+static volatile int sig_nfiles;
+static struct sigaction old_act[4];
+static const int sig_list[4] = {SIGINT, SIGTERM, SIGHUP, SIGPIPE};
+
+static void cleanup_tmp_now(void)
+{
+    char **files = sig_files;
+    for (int i = 0; files && i < sig_nfiles; i++)
+        if (files[i]) unlink(files[i]);
+    if (sig_tmpdir) rmdir(sig_tmpdir);
+}
+
+static void on_signal(int sig)
+{
+    cleanup_tmp_now();
+    for (int i = 0; i < 4; i++)
+        if (sig_list[i] == sig) sigaction(sig, &old_act[i], NULL); /* chain to tb_io's or the default */
+    raise(sig);
+}
+
+static void guard_begin(char *tmpdir, char **files, int n)
+{
+    sig_tmpdir = tmpdir;
+    sig_files = files;
+    sig_nfiles = n;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    for (int i = 0; i < 4; i++) sigaction(sig_list[i], &sa, &old_act[i]);
+}
+
+static void guard_end(void)
+{
+    for (int i = 0; i < 4; i++) sigaction(sig_list[i], &old_act[i], NULL);
+    sig_tmpdir = NULL;
+    sig_files = NULL;
+    sig_nfiles = 0;
+}
+
+/* recursive removal of the replaced output (lstat: never follows a link) */
+static int rm_tree(const char *path)
+{
+    struct stat st;
+    if (lstat(path, &st) != 0) return -1;
+    if (!S_ISDIR(st.st_mode)) return unlink(path);
+    DIR *d = opendir(path);
+    if (!d) return -1;
+    struct dirent *e;
+    int r = 0;
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        char *sub = tb_path_join(path, e->d_name);
+        if (!sub || rm_tree(sub) != 0) r = -1;
+        free(sub);
+    }
+    closedir(d);
+    return rmdir(path) != 0 ? -1 : r;
+}
+
+static int fsync_path(const char *path)
+{
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return -1;
+    int r = fsync(fd);
+    close(fd);
+    return r;
+}
+
+/* parent directory and last component of a path ("a/b/" -> "a", "b") */
+static int split_path(const char *path, char **parent, char **base)
+{
+    char *p = tb_strdup(path);
+    if (!p) return TB_EIO;
+    size_t n = strlen(p);
+    while (n > 1 && p[n - 1] == '/') p[--n] = 0;
+    char *slash = strrchr(p, '/');
+    if (!slash) { *base = p; *parent = tb_strdup("."); }
+    else {
+        *base = tb_strdup(slash + 1);
+        if (slash == p) slash[1] = 0;
+        else *slash = 0;
+        *parent = p;
+        p = NULL;
+    }
+    free(p);
+    if (!*parent || !*base) { free(*parent); free(*base); return TB_EIO; }
+    return TB_OK;
+}
+
+static int is_empty_dir(const char *path)
+{
+    DIR *d = opendir(path);
+    if (!d) return 0;
+    struct dirent *e;
+    int empty = 1;
+    while ((e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) { empty = 0; break; }
+    closedir(d);
+    return empty;
+}
+
+/* out_dir must not be the model's directory or hold it: --force would
+ * delete the input */
+static int contains_model(const char *out_dir, const char *model_dir)
+{
+    char *ro = realpath(out_dir, NULL), *rm = realpath(model_dir, NULL);
+    int bad = 0;
+    if (ro && rm) {
+        size_t n = strlen(ro);
+        bad = strncmp(ro, rm, n) == 0 && (rm[n] == 0 || rm[n] == '/' || (n == 1 && ro[0] == '/'));
+    }
+    free(ro);
+    free(rm);
+    return bad;
+}
+
+/* -------------------------------------------------------------- files */
+
+static int write_text(const char *path, const char *label, const char *text)
+{
+    FILE *fp = fopen(path, "wb");
+    if (!fp) return tb_fail(TB_EIO, "%s: cannot create: %s", label, strerror(errno));
+    int rc = tb_write_all(fp, text, strlen(text), label);
+    if (!rc && (fflush(fp) || fsync(fileno(fp)))) rc = tb_fail(TB_EIO, "%s: write error: %s", label, strerror(errno));
+    if (fclose(fp) && !rc) rc = tb_fail(TB_EIO, "%s: close: %s", label, strerror(errno));
+    return rc;
+}
+
+/* the side files the .tbm lists, checked against their recorded SHA-256 */
+static int copy_side_files(const tb_tbm *t, const char *tmp, const char *out_dir)
+{
+    const cJSON *files = cJSON_GetObjectItemCaseSensitive((const cJSON *)t->json, "files");
+    int rc = TB_OK;
+    for (const cJSON *e = cJSON_IsObject(files) ? files->child : NULL; e && !rc; e = e->next) {
+        if (strchr(e->string, '/') || !strcmp(e->string, "config.json") || !strcmp(e->string, "..") ||
+            !strcmp(e->string, "."))
+            return tb_fail(TB_EDATA, "%s: side file name '%s' not allowed", t->path, e->string);
+        char *src = tb_path_join(t->dir, e->string), *dst = tb_path_join(tmp, e->string);
+        char *label = tb_path_join(out_dir, e->string);
+        tb_mapped m = {0};
+        if (!src || !dst || !label) rc = TB_EIO;
+        else rc = tb_map_file(src, &m);
+        if (!rc) {
+            const cJSON *sha = cJSON_GetObjectItemCaseSensitive(e, "sha256");
+            if (cJSON_IsString(sha)) {
+                tb_sha256 h;
+                uint8_t dig[32];
+                char hex[65];
+                tb_sha256_init(&h);
+                tb_sha256_update(&h, m.data, m.size);
+                tb_sha256_final(&h, dig);
+                tb_sha256_hex(dig, hex);
+                if (strcmp(hex, sha->valuestring))
+                    rc = tb_fail(TB_EDATA, "%s: SHA-256 %s does not match the index (%s)", src, hex, sha->valuestring);
+            }
+        }
+        if (!rc) {
+            FILE *fp = fopen(dst, "wb");
+            if (!fp) rc = tb_fail(TB_EIO, "%s: cannot create: %s", label, strerror(errno));
+            else {
+                rc = tb_write_all(fp, m.data, m.size, label);
+                if (!rc && (fflush(fp) || fsync(fileno(fp)))) rc = tb_fail(TB_EIO, "%s: write error: %s", label, strerror(errno));
+                if (fclose(fp) && !rc) rc = tb_fail(TB_EIO, "%s: close: %s", label, strerror(errno));
+            }
+        }
+        tb_unmap(&m);
+        free(src);
+        free(dst);
+        free(label);
+    }
+    return rc;
+}
+
+static const char *torch_dtype_name(tb_dtype dt)
+{
+    return dt == TB_BF16 ? "bfloat16" : dt == TB_F16 ? "float16" : "float32";
+}
+
+/* the .tbm's config; with --dtype, its dtype keys follow; compressed output
+ * adds the compressed-tensors block ModelCompressor.update_config writes */
+static char *config_text(const plan *pl, const tb_export_summary *s)
+{
+    const cJSON *src = cJSON_GetObjectItemCaseSensitive((const cJSON *)pl->t->json, "config");
+    cJSON *cfg = cJSON_Duplicate(src, 1);
+    if (!cfg) { tb_fail(TB_EIO, "out of memory"); return NULL; }
+    if (pl->o->dtype >= 0) {
+        const char *name = torch_dtype_name((tb_dtype)pl->o->dtype);
+        int had = 0;
+        static const char *const keys[] = {"torch_dtype", "dtype"};
+        for (int k = 0; k < 2; k++)
+            if (cJSON_GetObjectItemCaseSensitive(cfg, keys[k])) {
+                cJSON_ReplaceItemInObjectCaseSensitive(cfg, keys[k], cJSON_CreateString(name));
+                had = 1;
+            }
+        if (!had) cJSON_AddStringToObject(cfg, "torch_dtype", name);
+    }
+    int ok = 1;
+    if (s->sparsity_format[0]) {
+        cJSON *q = cJSON_AddObjectToObject(cfg, "quantization_config"), *sp = NULL, *targets = NULL;
+        ok = q && cJSON_AddStringToObject(q, "quant_method", "compressed-tensors") &&
+             cJSON_AddStringToObject(q, "version", CT_VERSION) && (sp = cJSON_AddObjectToObject(q, "sparsity_config")) &&
+             cJSON_AddObjectToObject(q, "transform_config") &&
+             cJSON_AddStringToObject(sp, "format", s->sparsity_format) &&
+             cJSON_AddNumberToObject(sp, "global_sparsity", s->global_sparsity) &&
+             cJSON_AddArrayToObject(sp, "ignore") && cJSON_AddFalseToObject(sp, "registry_requires_subclass") &&
+             cJSON_AddStringToObject(sp, "sparsity_structure",
+                                     strcmp(s->sparsity_format, "sparse-24-bitmask") ? "unstructured" : "2:4") &&
+             (targets = cJSON_AddArrayToObject(sp, "targets"));
+        for (int i = 0; ok && i < pl->n; i++)
+            if (pl->u[i].how != H_DENSE) ok = cJSON_AddItemToArray(targets, cJSON_CreateString(pl->u[i].module));
+    }
+    char *text = ok ? cJSON_Print(cfg) : NULL;
+    cJSON_Delete(cfg);
+    if (!text) { tb_fail(TB_EIO, "out of memory"); return NULL; }
+    char *withnl = joined(text, "\n");
+    free(text);
+    return withnl;
+}
+
+static char *index_text(const plan *pl, uint64_t total)
+{
+    cJSON *root = cJSON_CreateObject(), *meta = NULL, *map = NULL;
+    char num[32];
+    snprintf(num, sizeof num, "%llu", (unsigned long long)total);
+    int ok = root && (meta = cJSON_AddObjectToObject(root, "metadata")) &&
+             cJSON_AddItemToObject(meta, "total_size", cJSON_CreateRaw(num)) &&
+             (map = cJSON_AddObjectToObject(root, "weight_map"));
+    static const char *const parts[] = {".shape", ".compressed", ".bitmask", ".row_offsets"};
+    for (int i = 0; ok && i < pl->n; i++) {
+        const unit *u = &pl->u[i];
+        const char *file = pl->file_names[u->file];
+        if (u->how == H_DENSE) { ok = cJSON_AddStringToObject(map, u->name, file) != NULL; continue; }
+        for (int k = 0; ok && k < (u->how == H_CTBM ? 4 : 3); k++) {
+            char *nm = joined(u->module, parts[k]);
+            ok = nm && cJSON_AddStringToObject(map, nm, file);
+            free(nm);
+        }
+    }
+    char *text = ok ? cJSON_Print(root) : NULL;
+    cJSON_Delete(root);
+    if (!text) { tb_fail(TB_EIO, "out of memory"); return NULL; }
+    char *withnl = joined(text, "\n");
+    free(text);
+    return withnl;
+}
+
+static int write_file(plan *pl, int f, const char *tmp, const char *out_dir, int *done)
+{
+    char *path = tb_path_join(tmp, pl->file_names[f]), *label = tb_path_join(out_dir, pl->file_names[f]);
+    st_writer *w = st_writer_new();
+    FILE *fp = NULL;
+    int rc = path && label && w ? st_writer_meta(w, "format", "pt") : TB_EIO; /* transformers wants "pt" */
+    for (int i = 0; i < pl->n && !rc; i++)
+        if (pl->u[i].file == f) rc = declare_unit(w, &pl->u[i]);
+    if (!rc && !(fp = fopen(path, "wb"))) rc = tb_fail(TB_EIO, "%s: cannot create: %s", label, strerror(errno));
+    if (!rc) rc = st_writer_begin(w, fp, label);
+    for (int i = 0; i < pl->n && !rc; i++) {
+        unit *u = &pl->u[i];
+        if (u->file != f) continue;
+        switch (u->how) {
+        case H_CT24: rc = write_ct24(w, u, &pl->zeros); break;
+        case H_CTBM: rc = write_ctbm(w, u, &pl->zeros); break;
+        default: rc = write_dense(w, u, &pl->zeros);
+        }
+        if (rc) tb_err_context("%s: tensor '%s'", label, u->name);
+        else if (pl->o->on_tensor) pl->o->on_tensor(pl->o->ctx, u->name, ++*done, pl->n);
+    }
+    if (!rc) rc = st_writer_finish(w);
+    if (fp) {
+        if (!rc && (fflush(fp) || fsync(fileno(fp)))) rc = tb_fail(TB_EIO, "%s: write error: %s", label, strerror(errno));
+        if (fclose(fp) && !rc) rc = tb_fail(TB_EIO, "%s: close: %s", label, strerror(errno));
+    }
+    st_writer_free(w);
+    free(path);
+    free(label);
+    return rc;
+}
+
+int tb_export_model(const tb_tbm *t, const char *out_dir, const tb_export_opts *o, tb_export_summary *s)
+{
+    memset(s, 0, sizeof *s);
+    if (o->dtype >= 0 && o->dtype != TB_F32 && o->dtype != TB_F16 && o->dtype != TB_BF16)
+        return tb_fail(TB_EUSAGE, "export dtype must be F32, F16 or BF16");
+    struct stat st;
+    int exists = stat(out_dir, &st) == 0;
+    if (exists && !S_ISDIR(st.st_mode)) return tb_fail(TB_EUSAGE, "%s: exists and is not a directory", out_dir);
+    if (exists && contains_model(out_dir, t->dir))
+        return tb_fail(TB_EUSAGE, "%s: holds the model being exported; choose another directory", out_dir);
+    int replace = exists && !is_empty_dir(out_dir);
+    if (replace && !o->force) return tb_fail(TB_EUSAGE, "%s: exists and is not empty (--force replaces it)", out_dir);
+
+    plan pl;
+    char *parent = NULL, *base = NULL, *tmp = NULL, *old = NULL, *cfg = NULL, *idx = NULL;
+    char **paths = NULL;
+    int n_paths = 0, made_tmp = 0;
+    int rc = build_plan(&pl, t, o, s);
+    const cJSON *src_cfg = cJSON_GetObjectItemCaseSensitive((const cJSON *)t->json, "config");
+    if (!rc && s->sparsity_format[0] && cJSON_GetObjectItemCaseSensitive(src_cfg, "quantization_config"))
+        rc = tb_fail(TB_EDATA, "%s: the config already has a quantization_config; compressed-tensors output would "
+                               "replace it (export --format dense)", t->path);
+    if (!rc) rc = split_path(out_dir, &parent, &base);
+    if (!rc) {
+        char suffix[48];
+        snprintf(suffix, sizeof suffix, ".tmp.%ld", (long)getpid());
+        char *dotbase = joined(".", base), *name = dotbase ? joined(dotbase, suffix) : NULL;
+        snprintf(suffix, sizeof suffix, ".old.%ld", (long)getpid());
+        char *oname = dotbase ? joined(dotbase, suffix) : NULL;
+        tmp = name ? tb_path_join(parent, name) : NULL;
+        old = oname ? tb_path_join(parent, oname) : NULL;
+        free(dotbase);
+        free(name);
+        free(oname);
+        if (!tmp || !old) rc = TB_EIO;
+    }
+    if (!rc) {
+        /* the space check counts tensor bytes; headers and side files are small */
+        int64_t free_b = tb_free_bytes(parent);
+        if (free_b >= 0 && (uint64_t)free_b < s->bytes + (16u << 20))
+            rc = tb_fail(TB_EIO, "%s: needs %.1f MiB, %.1f MiB free", parent, (s->bytes + (16u << 20)) / 1048576.0,
+                         free_b / 1048576.0);
+    }
+    if (!rc && mkdir(tmp, 0755) != 0) rc = tb_fail(TB_EIO, "%s: cannot create: %s", out_dir, strerror(errno));
+    else if (!rc) made_tmp = 1;
+
+    /* every path that may appear inside tmp, for the signal guard */
+    const cJSON *files = cJSON_GetObjectItemCaseSensitive((const cJSON *)t->json, "files");
+    int n_side = cJSON_IsObject(files) ? cJSON_GetArraySize(files) : 0;
+    if (!rc && !(paths = tb_calloc((size_t)(pl.n_files + n_side + 2), sizeof *paths))) rc = TB_EIO;
+    for (int f = 0; !rc && f < pl.n_files; f++)
+        if (!(paths[n_paths++] = tb_path_join(tmp, pl.file_names[f]))) rc = TB_EIO;
+    for (const cJSON *e = !rc && n_side ? files->child : NULL; e && !rc; e = e->next)
+        if (!(paths[n_paths++] = tb_path_join(tmp, e->string))) rc = TB_EIO;
+    char *cfg_path = NULL, *idx_path = NULL;
+    if (!rc && !(cfg_path = paths[n_paths++] = tb_path_join(tmp, "config.json"))) rc = TB_EIO;
+    if (!rc && !(idx_path = paths[n_paths++] = tb_path_join(tmp, "model.safetensors.index.json"))) rc = TB_EIO;
+    if (made_tmp) guard_begin(tmp, paths, n_paths);
+
+    int done = 0;
+    for (int f = 0; f < pl.n_files && !rc; f++) rc = write_file(&pl, f, tmp, out_dir, &done);
+    if (!rc) {
+        s->global_sparsity = pl.params ? (double)pl.zeros / (double)pl.params : 0;
+        rc = copy_side_files(t, tmp, out_dir);
+    }
+    if (!rc && !(cfg = config_text(&pl, s))) rc = TB_EIO;
+    if (!rc) {
+        char *label = tb_path_join(out_dir, "config.json");
+        rc = label ? write_text(cfg_path, label, cfg) : TB_EIO;
+        free(label);
+    }
+    if (!rc && pl.n_files > 1) {
+        char *label = tb_path_join(out_dir, "model.safetensors.index.json");
+        if (!(idx = index_text(&pl, s->bytes))) rc = TB_EIO;
+        else rc = label ? write_text(idx_path, label, idx) : TB_EIO;
+        free(label);
+    }
+    if (!rc && fsync_path(tmp) != 0) rc = tb_fail(TB_EIO, "%s: fsync: %s", out_dir, strerror(errno));
+
+    /* into place: an existing empty directory is replaced by rename(2)
+     * itself; a non-empty one (--force) is moved aside first, so until the
+     * last rename the old output is intact */
+    if (!rc && replace && rename(out_dir, old) != 0) rc = tb_fail(TB_EIO, "%s: rename: %s", out_dir, strerror(errno));
+    if (!rc && rename(tmp, out_dir) != 0) {
+        rc = tb_fail(TB_EIO, "%s: rename: %s", out_dir, strerror(errno));
+        if (replace) rename(old, out_dir);
+    }
+    if (made_tmp) guard_end();
+    if (!rc) {
+        made_tmp = 0;
+        fsync_path(parent);
+        if (replace) rm_tree(old);
+    }
+    if (made_tmp) {
+        for (int i = 0; i < n_paths; i++) unlink(paths[i]);
+        rmdir(tmp);
+    }
+    for (int i = 0; i < n_paths; i++) free(paths[i]);
+    free(paths);
+    free_plan(&pl);
+    free(parent);
+    free(base);
+    free(tmp);
+    free(old);
+    free(cfg);
+    free(idx);
+    return rc;
+}
