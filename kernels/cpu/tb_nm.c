@@ -76,6 +76,13 @@ uint32_t tb_nm_topn_group(const float *v, int m, int n)
 /* The C(m, n) keep sets of a group, listed once per (m, n) by Gosper's hack
  * (the next larger integer with the same popcount), in increasing numeric
  * order. Built on first use under a lock; read lock-free after. */
+/* Gosper's hack: the next larger integer with the same number of set bits */
+static inline uint32_t next_subset(uint32_t x)
+{
+    uint32_t lo = x & (~x + 1), r = x + lo;
+    return (((r ^ x) >> 2) / lo) | r;
+}
+
 static _Atomic(uint16_t *) subset_lists[TB_NM_MAX_M + 1][TB_NM_MAX_M + 1];
 static int subset_counts[TB_NM_MAX_M + 1][TB_NM_MAX_M + 1];
 static pthread_mutex_t subset_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -90,12 +97,7 @@ static const uint16_t *subsets(int m, int n, int *count)
             int c = 0;
             uint16_t *nl = malloc(12870 * sizeof *nl); /* C(16, 8), the largest */
             if (nl) {
-                uint32_t x = (1u << n) - 1, limit = 1u << m;
-                while (x < limit) {
-                    nl[c++] = (uint16_t)x;
-                    uint32_t lo = x & (~x + 1), r = x + lo;
-                    x = (((r ^ x) >> 2) / lo) | r;
-                }
+                for (uint32_t x = (1u << n) - 1; x < 1u << m; x = next_subset(x)) nl[c++] = (uint16_t)x;
                 subset_counts[m][n] = c;
                 atomic_store_explicit(&subset_lists[m][n], nl, memory_order_release);
             }
@@ -111,7 +113,6 @@ uint32_t tb_nm_optimal_group(const float *v, int m, int n, tb_nm_objective obj, 
 {
     int count;
     const uint16_t *list = subsets(m, n, &count);
-    if (!list) return tb_nm_topn_group(v, m, n); /* out of memory: same answer for scores */
     /* separable objective: sum of kept scores from two 256-entry tables of
      * partial sums (elements 0-7 and 8-15), O(1) per subset */
     double lo[256], hi[256];
@@ -123,20 +124,23 @@ uint32_t tb_nm_optimal_group(const float *v, int m, int n, tb_nm_objective obj, 
             hi[x] = hi[x & (x - 1)] + (t + 8 < m ? v[t + 8] : 0.0);
         }
     }
-    uint32_t best_keep = list[0];
-    double best = obj ? obj(ctx, v, list[0]) : lo[list[0] & 255] + hi[list[0] >> 8];
     /* a later set must beat the best by a relative 1e-12: sets whose values
      * differ only by rounding (equal scores summed in another order) count
      * as equal, and the earlier, lower-index one stays, as in topn */
+    uint32_t first = (1u << n) - 1, best_keep = first;
+    double best = obj ? obj(ctx, v, first) : lo[first & 255] + hi[first >> 8];
     double bar = best + 1e-12 * fabs(best);
+    if (!list) { /* no memory for the list: the same sets, enumerated here */
+        for (uint32_t x = next_subset(first); x < 1u << m; x = next_subset(x)) {
+            double val = obj ? obj(ctx, v, x) : lo[x & 255] + hi[x >> 8];
+            if (val > bar) { best = val; best_keep = x; bar = best + 1e-12 * fabs(best); }
+        }
+        return best_keep;
+    }
     for (int i = 1; i < count; i++) {
         uint32_t x = list[i];
         double val = obj ? obj(ctx, v, x) : lo[x & 255] + hi[x >> 8];
-        if (val > bar) {
-            best = val;
-            best_keep = x;
-            bar = best + 1e-12 * fabs(best);
-        }
+        if (val > bar) { best = val; best_keep = x; bar = best + 1e-12 * fabs(best); }
     }
     return best_keep;
 }
