@@ -159,6 +159,7 @@ typedef struct {
     char **file_names;        /* n_files */
     int64_t zeros;            /* exact zeros of the dense model, as written */
     int64_t params;
+    tb_ckpt base;             /* a partial index's base checkpoint, or zeroed */
 } plan;
 
 static int cmp_units(const void *a, const void *b)
@@ -238,7 +239,13 @@ static int build_plan(plan *pl, const tb_tbm *t, const tb_export_opts *o, tb_exp
     pl->t = t;
     pl->o = o;
     const cJSON *tensors = cJSON_GetObjectItemCaseSensitive((const cJSON *)t->json, "tensors");
-    int n = cJSON_GetArraySize(tensors);
+    int n = cJSON_GetArraySize(tensors), rc;
+    /* a partial index (tb-merge --partial) takes the tensors in no shard from
+     * its base checkpoint: the export is the whole model either way */
+    if (t->base) {
+        if ((rc = tb_ckpt_open(&pl->base, t->base))) return rc;
+        n += tb_ckpt_count(&pl->base);
+    }
     if (n <= 0) return tb_fail(TB_EDATA, "%s: no tensors", t->path);
     if (!(pl->u = tb_calloc((size_t)n, sizeof *pl->u))) return TB_EIO;
     for (const cJSON *e = tensors->child; e; e = e->next) {
@@ -257,6 +264,20 @@ static int build_plan(plan *pl, const tb_tbm *t, const tb_export_opts *o, tb_exp
         } else {
             return tb_fail(TB_EDATA, "%s: tensor '%s' is in no shard", t->path, u->name);
         }
+    }
+    for (int sh = 0; sh < pl->base.n_shards; sh++)
+        for (int i = 0; i < pl->base.shards[sh].n_tensors; i++) {
+            const st_tensor *b = &pl->base.shards[sh].tensors[i];
+            if (cJSON_GetObjectItemCaseSensitive(tensors, b->name)) continue;
+            unit *u = &pl->u[pl->n++];
+            u->name = b->name;
+            u->dense = b;
+            u->src_dt = b->dtype;
+            u->ndim = b->ndim;
+            memcpy(u->shape, b->shape, sizeof u->shape);
+        }
+    for (int i = 0; i < pl->n; i++) {
+        unit *u = &pl->u[i];
         u->numel = 1;
         for (int d = 0; d < u->ndim; d++) u->numel *= u->shape[d];
         u->out_dt = o->dtype >= 0 && is_float_convertible(u->src_dt) ? (tb_dtype)o->dtype : u->src_dt;
@@ -322,6 +343,7 @@ static int build_plan(plan *pl, const tb_tbm *t, const tb_export_opts *o, tb_exp
 
 static void free_plan(plan *pl)
 {
+    if (pl->base.path) tb_ckpt_close(&pl->base);
     for (int i = 0; i < pl->n; i++) free(pl->u[i].module);
     free(pl->u);
     for (int f = 0; f < pl->n_files && pl->file_names; f++) free(pl->file_names[f]);
