@@ -239,20 +239,20 @@ static int preflight(const options *o, job *j)
     return rc;
 }
 
-/* The Gram in the mask's column order, f64: gp[i][j] = G[perm[i]][perm[j]]. */
+/* The Gram in the mask's column order, f64: gp[i][k] = G[perm[i]][perm[k]],
+ * converted one source row at a time so the matrix exists once in memory. */
 static double *load_gram(const st_tensor *g, const int32_t *perm)
 {
     int64_t n = g->shape[0];
-    double *a = tb_malloc((size_t)(n * n) * sizeof *a + 1);
-    if (!a) return NULL;
-    tb_to_f64(g->dtype, g->data, 0, (size_t)(n * n), a);
-    if (!perm) return a;
-    double *p = tb_malloc((size_t)(n * n) * sizeof *p + 1);
-    if (p)
-        for (int64_t i = 0; i < n; i++)
-            for (int64_t k = 0; k < n; k++) p[i * n + k] = a[(int64_t)perm[i] * n + perm[k]];
-    free(a);
-    return p;
+    double *a = tb_malloc((size_t)(n * n) * sizeof *a + 1), *row = perm ? tb_malloc((size_t)n * sizeof *row) : NULL;
+    if (!a || (perm && !row)) { free(a); free(row); return NULL; }
+    if (!perm) tb_to_f64(g->dtype, g->data, 0, (size_t)(n * n), a);
+    for (int64_t i = 0; perm && i < n; i++) {
+        tb_to_f64(g->dtype, g->data, (size_t)((int64_t)perm[i] * n), (size_t)n, row);
+        for (int64_t k = 0; k < n; k++) a[i * n + k] = row[perm[k]];
+    }
+    free(row);
+    return a;
 }
 
 /* Columns of w [rows, cols] in the mask's order: w'[r][j] = w[r][perm[j]]. */
@@ -317,6 +317,10 @@ static int pack_one(const options *o, const job *j, const item *it, tb_pack_writ
         tb_err_context("%s: tensor '%s'", o->method >= M_OBS ? o->stats : o->model, t->name);
         goto out;
     }
+    /* round to the stored dtype now, so the error reported is the stored weight's */
+    if (t->dtype != TB_F32)
+        for (int64_t i = 0; i < rows * cols; i++)
+            w[i] = t->dtype == TB_BF16 ? tb_bf16_to_f32(tb_f32_to_bf16(w[i])) : tb_f16_to_f32(tb_f32_to_f16(w[i]));
     if ((rc = tb_pack_write(pw, w, &mk))) goto out;
 
     char err[128] = "", extra[96] = "";

@@ -27,61 +27,9 @@ st_header() {
     python3 -c 'import struct, sys; f = open(sys.argv[1], "rb"); print(f.read(struct.unpack("<Q", f.read(8))[0]).decode())' "$1"
 }
 
-# decode every N:M weight of a .tb with numpy, independently of the C code,
-# and compare with the model masked by the mask file (bit for bit, bf16)
-py_check() { # py_check SHARD MASKS
-    python3 - "$TB_MODEL/model.safetensors" "$2" "$1" <<'EOF'
-import json, sys
-import numpy as np
-from safetensors import safe_open
-model, masks, shard = sys.argv[1:]
-def load(path):
-    with safe_open(path, "np") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
-import struct
-def raw(path):  # bf16 tensors as uint16 (numpy has no bfloat16)
-    with open(path, "rb") as fp:
-        n = struct.unpack("<Q", fp.read(8))[0]
-        h = json.loads(fp.read(n)); data = fp.read()
-    out = {}
-    for k, v in h.items():
-        if k == "__metadata__": continue
-        b, e = v["data_offsets"]
-        dt = {"BF16": np.uint16, "F32": np.float32, "U8": np.uint8, "I32": np.int32}[v["dtype"]]
-        out[k] = np.frombuffer(data[b:e], dtype=dt).reshape(v["shape"])
-    return out, h.get("__metadata__", {})
-W, _ = raw(model)
-M, mmeta = raw(masks)
-S, smeta = raw(shard)
-info = json.loads(smeta["tensorbit.tensors"])
-checked = 0
-for name, t in info.items():
-    rows, cols = t["shape"]
-    w = W[name]
-    keep = np.unpackbits(M[name], axis=1, bitorder="little")[:, :cols].astype(bool)
-    if t["permuted"]:
-        perm = S[name + ".perm"]
-        assert (perm == M[name + ".perm"]).all()
-        w = w[:, perm]
-    want = np.where(keep, w, 0)
-    if t["format"] == "nm":
-        n, m = map(int, t["pattern"].split(":"))
-        b = int(np.ceil(np.log2(m)))
-        bits = np.unpackbits(S[name + ".indices"], axis=1, bitorder="little")
-        k = cols // m * n
-        idx = (bits[:, :k * b].reshape(rows, k, b) * (1 << np.arange(b))).sum(axis=2)
-        assert not bits[:, k * b:].any(), "padding bits"
-        col = (np.arange(k) // n * m)[None, :] + idx
-        got = np.zeros_like(w)
-        np.put_along_axis(got, col, S[name + ".values"], axis=1)
-        assert (got == want).all(), name
-        assert (np.diff(idx.reshape(rows, -1, n), axis=2) > 0).all(), "ascending"
-    else:
-        assert (S[name] == want).all(), name
-        assert (S[name + ".mask"] == M[name]).all()
-    checked += 1
-print("checked", checked)
-EOF
+# tests/py/tb_pack_check.py: an independent numpy decoder of the shard
+py_check() { # py_check SHARD MASKS: decoded == model * mask, bit for bit
+    python3 "$BATS_TEST_DIRNAME/../py/tb_pack_check.py" check "$1" "$2" "$TB_MODEL/model.safetensors"
 }
 
 @test "--help, and usage errors are one line with exit 1" {
@@ -121,7 +69,7 @@ print(len(t), len(info), m['tensorbit.kind'], m['pattern'], m['compensation'],
 }
 
 @test "python decodes the 2:4 indices and values to the masked model, bit for bit" {
-    has_python_module safetensors || skip "no python safetensors"
+    has_python_module numpy || skip "no numpy"
     fixture "$TMP/masks" 2:4
     tb-pack --quiet -m "$TB_MODEL" --masks "$TMP/masks" -o "$TMP/p.tb"
     run py_check "$TMP/p.tb" "$TMP/masks"
@@ -130,7 +78,7 @@ print(len(t), len(info), m['tensorbit.kind'], m['pattern'], m['compensation'],
 }
 
 @test "4:8 with a channel permutation: .perm stored, values in permuted order" {
-    has_python_module safetensors || skip "no python safetensors"
+    has_python_module numpy || skip "no numpy"
     fixture "$TMP/masks" 4:8 --layer 1 --perm
     tb-pack --quiet -m "$TB_MODEL" --masks "$TMP/masks" -o "$TMP/p.tb" --layers 1
     run st_header "$TMP/p.tb"
@@ -151,7 +99,7 @@ print(p['kind'], p['pattern'], p['sparsity'])" "$output"
     run python3 -c "import json,sys; t=json.loads(sys.argv[1]); print([(t[k]['dtype'], t[k]['shape']) for k in
         ('model.layers.2.mlp.gate_proj.weight', 'model.layers.2.mlp.gate_proj.weight.mask')])" "$(st_header "$TMP/p.tb")"
     [ "$output" = "[('BF16', [768, 256]), ('U8', [768, 32])]" ]
-    if has_python_module safetensors; then
+    if has_python_module numpy; then
         run py_check "$TMP/p.tb" "$TMP/masks"
         [ "$output" = "checked 7" ]
     fi
@@ -184,6 +132,18 @@ print(p['kind'], p['pattern'], p['sparsity'])" "$output"
     [[ "${lines[-1]}" == *"wrote $TMP/r.tb: 9 tensors, 3 pruned (2:4, recon)"* ]]
 }
 
+@test "recon with permuted masks: the reported ||dW X|| is the stored, un-permuted weight's" {
+    has_python_module numpy || skip "no numpy"
+    fixture "$TMP/masks" 2:4 --layer 0 --only q_proj --only v_proj --perm
+    run tb-pack -m "$TB_MODEL" --masks "$TMP/masks" -f "$GRAM" --compensate recon --layers 0 -o "$TMP/r.tb"
+    [ "$status" -eq 0 ]
+    reported=$(printf '%s\n' "${lines[@]}" | sed -nE 's/.*\] ([^ ]+) recon, \|\|dW X\|\|\/\|\|W X\|\| ([0-9.]+) .*/\1 \2/p')
+    recomputed=$(python3 "$BATS_TEST_DIRNAME/../py/tb_pack_check.py" error "$TMP/r.tb" "$GRAM" "$TB_MODEL/model.safetensors")
+    echo "reported:"; echo "$reported"; echo "recomputed:"; echo "$recomputed"
+    [ "$(wc -l <<<"$reported")" -eq 2 ]
+    [ "$reported" = "$recomputed" ]
+}
+
 @test "every method runs on tb-fisher statistics, with permuted masks" {
     [ -x "$TB_BIN/tb-fisher" ] || skip "no tb-fisher"
     [ -f "$TB_SHARED/data/calib-tiny-llama-6m-128x512.safetensors" ] || skip "no ../shared calibration windows"
@@ -194,7 +154,7 @@ print(p['kind'], p['pattern'], p['sparsity'])" "$output"
         run tb-pack -m "$TB_MODEL" --masks "$TMP/masks" -f "$TMP/s.fisher" --compensate $c --layers 5 -o "$TMP/$c.tb"
         [ "$status" -eq 0 ] || { echo "$c: $output"; false; }
         [[ "${lines[-1]}" == *"7 pruned (2:4, $c"* ]]
-        if has_python_module safetensors && [ $c = none ]; then
+        if has_python_module numpy && [ $c = none ]; then
             run py_check "$TMP/$c.tb" "$TMP/masks"
             [ "$output" = "checked 7" ]
         fi
@@ -214,7 +174,7 @@ print(p['kind'], p['pattern'], p['sparsity'])" "$output"
     rm "$TMP/scores"
     run tb-pack --quiet -m "$TB_MODEL" --masks "$TMP/masks" -o "$TMP/p.tb"
     [ "$status" -eq 0 ]
-    if has_python_module safetensors; then
+    if has_python_module numpy; then
         run py_check "$TMP/p.tb" "$TMP/masks"
         [ "$output" = "checked 42" ]
     fi
