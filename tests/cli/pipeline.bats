@@ -1,0 +1,79 @@
+#!/usr/bin/env bats
+# The whole pipeline on the bundled model (small calibration to stay fast):
+# examples/prune-model.sh, then the pruned model runs, conforms and inspects.
+
+load helpers
+
+setup_file() {
+    export OUTD=$BATS_FILE_TMPDIR/out
+    # 8 windows of 128 tokens: seconds, not minutes; quality is measured by bench/
+    WINDOWS=8 SEQLEN=128 TB=$TB_BIN JOBS=2 \
+        "$BATS_TEST_DIRNAME/../../examples/prune-model.sh" "$TB_MODEL" "$OUTD" 2:4 >"$BATS_FILE_TMPDIR/log" 2>&1 ||
+        { cat "$BATS_FILE_TMPDIR/log"; return 1; }
+}
+
+@test "prune-model.sh leaves model.tbm and every intermediate file" {
+    [ -f "$OUTD/model.tbm" ]
+    for l in 0 5; do
+        for f in gram.$l.fisher scores.$l.st masks.$l.st layer.$l.tb; do [ -f "$OUTD/$f" ]; done
+    done
+    # the last layer's output feeds nothing, so its partial model is never built
+    [ -f "$OUTD/partial.4.tbm" ] && [ -f "$OUTD/stream.5.st" ] && [ ! -e "$OUTD/partial.5.tbm" ]
+    [ -f "$OUTD/tokenizer.json" ]
+}
+
+@test "every pruned weight is 2:4 and 42 of them are pruned" {
+    run tb-inspect --json "$OUTD/model.tbm"
+    [ "$status" -eq 0 ]
+    run python3 -c "
+import json, sys
+d = json.loads(sys.argv[1]); p = d['pruned']
+print(len(p), min(t['conforming_fraction'] for t in p), round(sum(t['sparsity'] for t in p) / len(p), 4))" "$output"
+    [ "$output" = "42 1 0.5" ]
+}
+
+@test "the recipe records every stage with its command line" {
+    run tb-inspect "$OUTD/model.tbm"
+    [[ "$output" == *"recipe: tb "*"tb-pack"*"--compensate sparsegpt"* ]]
+    [[ "$output" == *"recipe: mask "*"tb-nm"*"--pattern 2:4"* ]]
+    [[ "$output" == *"recipe: fisher "*"--stats gram"* ]]
+}
+
+@test "the pruned model runs: perplexity and generation" {
+    head -c 40000 "$BATS_TEST_DIRNAME/../../examples/data/wikitext2-test.txt" >"$BATS_TEST_TMPDIR/t.txt"
+    run tb-run -m "$OUTD/model.tbm" --ppl "$BATS_TEST_TMPDIR/t.txt" --seq-len 128 --quiet
+    [ "$status" -eq 0 ]
+    [[ "${lines[-1]}" == "ppl: "* ]]
+    run tb-run -m "$OUTD/model.tbm" --prompt "The history of" -n 8 --quiet
+    [ "$status" -eq 0 ]
+}
+
+@test "--plot draws an SVG with a bar per layer" {
+    run tb-inspect "$OUTD/model.tbm" --plot "$BATS_TEST_TMPDIR/p.svg"
+    [ "$status" -eq 0 ]
+    [ "$(grep -c '<rect x=' "$BATS_TEST_TMPDIR/p.svg")" -eq 6 ]
+    grep -q '<polyline' "$BATS_TEST_TMPDIR/p.svg"
+}
+
+@test "a shard whose checksum does not match is refused in one line" {
+    cp -r "$OUTD" "$BATS_TEST_TMPDIR/bad"
+    f=$BATS_TEST_TMPDIR/bad/layer.3.tb
+    # flip one byte of tensor data near the end (the header stays valid)
+    size=$(stat -c %s "$f")
+    printf '\x5a' | dd of="$f" bs=1 seek=$((size - 7)) conv=notrunc 2>/dev/null
+    run tb-run -m "$BATS_TEST_TMPDIR/bad/model.tbm" --prompt hi -n 1
+    [ "$status" -eq 2 ]
+    one_line_error tb-run
+    [[ "$output" == *"shard 'layer.3.tb': SHA-256"*"does not match the index"* ]]
+}
+
+@test "a missing tensor needs --partial; a tensor in two shards is refused" {
+    run tb-merge -m "$TB_MODEL" -o "$OUTD/x.tbm" "$OUTD/layer.0.tb"
+    [ "$status" -eq 2 ]
+    one_line_error tb-merge
+    [[ "$output" == *"is in no shard"* ]]
+    [ ! -e "$OUTD/x.tbm" ]
+    run tb-merge -m "$TB_MODEL" -o "$OUTD/x.tbm" "$OUTD/layer.0.tb" "$OUTD/layer.0.tb"
+    [ "$status" -eq 2 ]
+    [[ "$output" == *"in more than one shard"* ]]
+}
