@@ -456,6 +456,36 @@ static void test_recon_random(void **state)
     assert_true(e.recon <= e.sgpt_fixed * 1.0001); /* recon is the optimum for the mask */
     assert_true(e.sgpt < e.none);
 
+    /* unstructured (the larger half of each row kept): SparseGPT re-chooses
+     * per row and block as many as the given mask keeps there */
+    tb_mask mu;
+    assert_int_equal(tb_mask_alloc(&mu, rows, cols), TB_OK);
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++) tb_mask_set(&mu, r, c, (r * 13 + c * 7) % 5 < 3); /* 60% kept, uneven */
+    float *wu = malloc((size_t)rows * cols * sizeof *wu), *wm = malloc((size_t)rows * cols * sizeof *wm);
+    memcpy(wu, w0, (size_t)rows * cols * sizeof *wu);
+    memcpy(wm, w0, (size_t)rows * cols * sizeof *wm);
+    tb_comp_mask(wm, &mu);
+    int64_t kept_before[32][2] = {{0}};
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++) kept_before[r][c / 32] += tb_mask_get(&mu, r, c);
+    assert_int_equal(tb_comp_sparsegpt(wu, &mu, 0, 0, g, 0.01, 32, 1, THREADS, NULL), TB_OK);
+    for (int r = 0; r < rows; r++)
+        for (int b = 0; b < 2; b++) {
+            int64_t k = 0;
+            for (int c = b * 32; c < b * 32 + 32; c++) {
+                k += tb_mask_get(&mu, r, c);
+                if (!tb_mask_get(&mu, r, c)) assert_true(wu[r * cols + c] == 0.0f);
+            }
+            assert_int_equal(k, kept_before[r][b]);
+        }
+    double eu = tb_comp_output_error(w0, wu, rows, cols, g, THREADS), em = tb_comp_output_error(w0, wm, rows, cols, g, THREADS);
+    printf("    unstructured 60%%, sparsegpt: ||dW X||^2 %.3f vs mask only %.3f\n", eu, em);
+    assert_true(eu < em);
+    tb_mask_free(&mu);
+    free(wu);
+    free(wm);
+
     /* optimality: with (almost) no damping, G e vanishes on the kept set */
     tb_mask mk;
     magnitude_mask(&mk, w0, rows, cols, 2, 4);
