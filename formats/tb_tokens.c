@@ -2,6 +2,7 @@
 #include "tb_error.h"
 #include "tb_safetensors.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -47,6 +48,34 @@ int tb_tokens_load(tb_tokens *t, const char *path, int vocab, int max_seq)
     st_close(&f);
     if (rc) tb_tokens_free(t);
     return rc;
+}
+
+static uint64_t splitmix64(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+int tb_tokens_draw(tb_tokens *t, const int32_t *ids, size_t n, int64_t windows, int seq_len, uint64_t seed,
+                   const char *label)
+{
+    memset(t, 0, sizeof *t);
+    if (windows < 1 || seq_len < 1) return tb_fail(TB_EUSAGE, "windows and seq_len must be positive");
+    if (n < (size_t)seq_len) return tb_fail(TB_EDATA, "%s: %zu tokens, fewer than one window of %d (--seq-len)", label, n, seq_len);
+    if ((uint64_t)windows > SIZE_MAX / sizeof(int32_t) / (uint64_t)seq_len)
+        return tb_fail(TB_EUSAGE, "%lld windows x %d tokens is too large", (long long)windows, seq_len);
+    if (!(t->ids = tb_malloc((size_t)windows * (size_t)seq_len * sizeof(int32_t)))) return TB_EIO;
+    uint64_t state = seed, range = (uint64_t)(n - (size_t)seq_len + 1);
+    for (int64_t i = 0; i < windows; i++) {
+        /* floor(r * range / 2^64): uniform enough for range << 2^64, easy to reproduce */
+        uint64_t start = (uint64_t)(((unsigned __int128)splitmix64(&state) * range) >> 64);
+        memcpy(t->ids + (size_t)i * (size_t)seq_len, ids + start, (size_t)seq_len * sizeof(int32_t));
+    }
+    t->windows = windows;
+    t->seq_len = seq_len;
+    return TB_OK;
 }
 
 void tb_tokens_free(tb_tokens *t)

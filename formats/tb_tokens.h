@@ -3,6 +3,7 @@
 #ifndef TB_TOKENS_H
 #define TB_TOKENS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct {
@@ -15,6 +16,14 @@ typedef struct {
  * [0, vocab) (vocab <= 0: unchecked), seq_len <= max_seq (max_seq <= 0:
  * unchecked). TB_EDATA errors name file, window and position. */
 int tb_tokens_load(tb_tokens *t, const char *path, int vocab, int max_seq);
+
+/* Draw `windows` windows of seq_len consecutive ids from ids[0..n): window i
+ * starts at floor(r_i * (n - seq_len + 1) / 2^64), r_i the i-th output of
+ * splitmix64 seeded with `seed` (state += 0x9E3779B97F4A7C15, then the
+ * splitmix64 mix) - documented so other tools can reproduce the windows.
+ * Windows may overlap. TB_EDATA "label: N tokens, fewer than one window of T". */
+int tb_tokens_draw(tb_tokens *t, const int32_t *ids, size_t n, int64_t windows, int seq_len, uint64_t seed,
+                   const char *label);
 void tb_tokens_free(tb_tokens *t);
 
 #endif

@@ -14,6 +14,7 @@
 #include "tb_model.h"
 #include "tb_opts.h"
 #include "tb_threads.h"
+#include "tb_tokenizer.h"
 #include "tb_tokens.h"
 
 static const char usage[] =
@@ -32,6 +33,10 @@ static const char usage[] =
     "  -m, --model DIR       HF checkpoint directory (config.json + safetensors)\n"
     "  -t, --tokens FILE     token windows: safetensors 'input_ids' [windows, seq_len]\n"
     "                        (I32 or I64), e.g. from tb-tokenize --windows\n"
+    "  --text FILE           or calibration text, tokenized here (BOS first) and cut\n"
+    "                        into --windows N (128) windows of --seq-len T (512)\n"
+    "                        with --seed S (0), exactly as tb-tokenize --bos\n"
+    "                        --windows N --seq-len T --seed S draws them\n"
     "  -o, --output FILE     the .fisher file (written atomically)\n"
     "  --stats LIST          comma-separated: fisher, gram, or none (default:\n"
     "                        fisher,gram; none only with --acts-out)\n"
@@ -59,8 +64,9 @@ static const char usage[] =
     "named by tensor and window), 3 I/O error\n";
 
 typedef struct {
-    const char *model, *tokens, *output, *acts_in, *acts_out;
-    int fisher, gram, grad_samples, threads, layer_a, layer_b;
+    const char *model, *tokens, *text, *output, *acts_in, *acts_out;
+    int fisher, gram, grad_samples, threads, layer_a, layer_b, text_windows, text_seq_len;
+    uint64_t text_seed;
     long max_windows;
 } options;
 
@@ -76,6 +82,27 @@ static int parse_stats(const char *s, options *o)
         else return tb_fail(TB_EUSAGE, "--stats: unknown statistic '%s' (fisher, gram)", tok);
     }
     return TB_OK;
+}
+
+/* --text: tokenize (BOS first) and draw windows, as tb-tokenize would. */
+static int text_windows(const options *o, const tb_model *m, tb_tokens *tk)
+{
+    tb_tokenizer *tok;
+    int rc = tb_tok_load(&tok, tb_model_tokenizer_path(m));
+    if (rc) return rc;
+    char *text = NULL;
+    size_t len = 0, n = 0;
+    int32_t *ids = NULL;
+    if (!(rc = tb_read_text(o->text, &text, &len)) && !(rc = tb_tok_encode(tok, text, len, 1, &ids, &n)))
+        rc = tb_tokens_draw(tk, ids, n, o->text_windows, o->text_seq_len, o->text_seed, o->text);
+    if (rc == TB_EDATA && !strstr(tb_errmsg(), o->text)) tb_err_context("%s", o->text);
+    free(ids);
+    free(text);
+    tb_tok_free(tok);
+    if (!rc && tk->seq_len > m->cfg.max_position_embeddings)
+        rc = tb_fail(TB_EDATA, "%s: windows of %d tokens exceed max_position_embeddings (%d)", o->text, tk->seq_len,
+                     m->cfg.max_position_embeddings);
+    return rc;
 }
 
 /* The residual stream entering layer A, from --acts-in. */
@@ -120,7 +147,9 @@ static int run(const options *o, const char *cmdline)
         windows = sin.hidden->shape[0];
         seq_len = (int)sin.hidden->shape[1];
     } else {
-        if ((rc = tb_tokens_load(&tk, o->tokens, m.cfg.vocab_size, m.cfg.max_position_embeddings))) goto done_model;
+        if (o->text) rc = text_windows(o, &m, &tk);
+        else rc = tb_tokens_load(&tk, o->tokens, m.cfg.vocab_size, m.cfg.max_position_embeddings);
+        if (rc) goto done_model;
         windows = tk.windows;
         seq_len = tk.seq_len;
     }
@@ -190,7 +219,7 @@ static int run(const options *o, const char *cmdline)
         snprintf(la, sizeof la, "%d", o->layer_a);
         snprintf(lb, sizeof lb, "%d", layer_b);
         const char *meta[] = {"tensorbit.kind", "fisher",   "tensorbit.version", TB_VERSION, "model", o->model,
-                              "model_sha256",   sha,        "tokens_file", o->tokens ? o->tokens : o->acts_in,
+                              "model_sha256",   sha,        "tokens_file", o->tokens ? o->tokens : o->text ? o->text : o->acts_in,
                               "windows",        nwin,       "seq_len",           seq,        "tokens", ntok,
                               "grad_samples",   kk,         "mean_nll",          loss_s,     "seconds", secs_s,
                               "layer_begin",    la,         "layer_end",         lb,         "command", cmdline};
@@ -217,8 +246,8 @@ done_model:
 int main(int argc, char **argv)
 {
     tb_log_init("tb-fisher");
-    options o = {.fisher = 1, .gram = 1, .threads = tb_default_threads()};
-    enum { OPT_ACTS_IN = 300, OPT_ACTS_OUT };
+    options o = {.fisher = 1, .gram = 1, .threads = tb_default_threads(), .text_windows = 128, .text_seq_len = 512};
+    enum { OPT_ACTS_IN = 300, OPT_ACTS_OUT, OPT_TEXT, OPT_WINDOWS, OPT_SEQLEN, OPT_SEED };
     enum { OPT_STATS = 256, OPT_SAMPLES, OPT_MAXWIN, OPT_LAYERS, OPT_THREADS, OPT_QUIET, OPT_PROGRESS, OPT_VERSION };
     static const struct option longopts[] = {
         {"model", required_argument, 0, 'm'},          {"tokens", required_argument, 0, 't'},
@@ -228,6 +257,8 @@ int main(int argc, char **argv)
         {"quiet", no_argument, 0, OPT_QUIET},          {"progress", no_argument, 0, OPT_PROGRESS},
         {"help", no_argument, 0, 'h'},                 {"version", no_argument, 0, OPT_VERSION},
         {"acts-in", required_argument, 0, OPT_ACTS_IN}, {"acts-out", required_argument, 0, OPT_ACTS_OUT},
+        {"text", required_argument, 0, OPT_TEXT},       {"windows", required_argument, 0, OPT_WINDOWS},
+        {"seq-len", required_argument, 0, OPT_SEQLEN},  {"seed", required_argument, 0, OPT_SEED},
         {0, 0, 0, 0},
     };
     int ch;
@@ -249,6 +280,15 @@ int main(int argc, char **argv)
         case OPT_QUIET: tb_log_set_quiet(1); tb_log_set_progress(0); break;
         case OPT_PROGRESS: tb_log_set_progress(1); break;
         case OPT_ACTS_IN: o.acts_in = optarg; break;
+        case OPT_TEXT: o.text = optarg; break;
+        case OPT_WINDOWS: rc = tb_parse_int("--windows", optarg, 1, 1 << 20, &o.text_windows); break;
+        case OPT_SEQLEN: rc = tb_parse_int("--seq-len", optarg, 2, 1 << 20, &o.text_seq_len); break;
+        case OPT_SEED: {
+            long seed;
+            rc = tb_parse_long("--seed", optarg, 0, 0x7fffffffffffffffL, &seed);
+            o.text_seed = (uint64_t)seed;
+            break;
+        }
         case OPT_ACTS_OUT: o.acts_out = optarg; break;
         case 'h': fputs(usage, stdout); return 0;
         case OPT_VERSION: printf("tb-fisher %s\n", TB_VERSION); return 0;
@@ -258,7 +298,8 @@ int main(int argc, char **argv)
     }
     if (optind != argc) return tb_usage_error("unexpected argument '%s'", argv[optind]);
     if (!o.model) return tb_usage_error("-m MODEL is required");
-    if (!o.tokens && !o.acts_in) return tb_usage_error("-t TOKENS (or --acts-in) is required");
+    if (!o.tokens && !o.text && !o.acts_in) return tb_usage_error("-t TOKENS, --text FILE or --acts-in is required");
+    if (o.tokens && o.text) return tb_usage_error("-t and --text exclude each other");
     if (o.acts_in || o.acts_out) {
         if (o.fisher || o.grad_samples) return tb_usage_error("sequential mode computes --stats gram or none, not the Fisher");
         if (o.layer_b == 0) return tb_usage_error("sequential mode needs --layers A:B");

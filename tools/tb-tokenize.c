@@ -16,6 +16,7 @@
 #include "tb_opts.h"
 #include "tb_safetensors.h"
 #include "tb_tokenizer.h"
+#include "tb_tokens.h"
 
 static const char usage[] =
     "usage: tb-tokenize -m MODEL [options] [FILE...]\n"
@@ -162,23 +163,6 @@ static int write_json_string(FILE *fp, const char *s, size_t n)
     return fputc('\n', fp) == EOF ? -1 : 0;
 }
 
-/* ---- window sampling ---- */
-
-static uint64_t splitmix64(uint64_t *state)
-{
-    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-/* floor(r * range / 2^64): uniform enough for range << 2^64, and easy to
- * reproduce elsewhere */
-static uint64_t scale(uint64_t r, uint64_t range)
-{
-    return (uint64_t)(((unsigned __int128)r * range) >> 64);
-}
-
 /* ---- progress ---- */
 
 static void on_progress(void *user, size_t done, size_t total)
@@ -220,21 +204,9 @@ static int encode_mode(const options *o, const tb_tokenizer *t, char **files, in
             rc = tb_fail(TB_EDATA, "%s: empty input", in.label);
             goto done;
         }
-        if (n < (size_t)o->seq_len) {
-            rc = tb_fail(TB_EDATA, "%s: %zu tokens, fewer than --seq-len %ld", in.label, n, o->seq_len);
-            goto done;
-        }
-        if ((size_t)o->windows > SIZE_MAX / sizeof *win / (size_t)o->seq_len) {
-            rc = tb_fail(TB_EUSAGE, "--windows %ld x --seq-len %ld is too large", o->windows, o->seq_len);
-            goto done;
-        }
-        win = tb_malloc((size_t)o->windows * (size_t)o->seq_len * sizeof *win);
-        if (!win) { rc = TB_EIO; goto done; }
-        uint64_t state = o->seed, range = (uint64_t)(n - (size_t)o->seq_len + 1);
-        for (long i = 0; i < o->windows; i++) {
-            uint64_t start = scale(splitmix64(&state), range);
-            memcpy(win + (size_t)i * (size_t)o->seq_len, ids + start, (size_t)o->seq_len * sizeof *win);
-        }
+        tb_tokens drawn;
+        if ((rc = tb_tokens_draw(&drawn, ids, n, o->windows, (int)o->seq_len, o->seed, in.label))) goto done;
+        win = drawn.ids; /* owned here from now on */
         data = win;
         rows = o->windows;
         cols = o->seq_len;

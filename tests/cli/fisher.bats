@@ -120,3 +120,22 @@ print(n)"
     run tb-fisher -m "$TB_MODEL" --acts-in s3.st --stats fisher --layers 3:4 -o x.fisher
     [ "$status" -eq 1 ]
 }
+
+@test "--text tokenizes and draws the same windows as tb-tokenize --bos --windows" {
+    has_python_module numpy && has_python_module safetensors || skip "python3 numpy/safetensors missing"
+    text=$BATS_TEST_DIRNAME/../../examples/data/calib.txt
+    tb-tokenize -m "$TB_MODEL" --bos --windows 3 --seq-len 64 --seed 5 --quiet -o "$TMP/w.st" "$text"
+    tb-fisher -m "$TB_MODEL" -t "$TMP/w.st" -o "$TMP/a.fisher" --quiet
+    tb-fisher -m "$TB_MODEL" --text "$text" --windows 3 --seq-len 64 --seed 5 -o "$TMP/b.fisher" --quiet
+    run python3 -c "
+from safetensors import safe_open
+import numpy as np
+a = safe_open('$TMP/a.fisher', 'np'); b = safe_open('$TMP/b.fisher', 'np')
+print(all(np.array_equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys()))"
+    [ "$output" = "True" ]
+    printf 'too short' >"$TMP/s.txt"
+    run tb-fisher -m "$TB_MODEL" --text "$TMP/s.txt" --seq-len 64 -o "$TMP/c.fisher"
+    [ "$status" -eq 2 ]
+    one_line_error tb-fisher
+    [[ "$output" == *"fewer than one window of 64"* ]]
+}

@@ -226,7 +226,7 @@ EOF
     : >"$TMP/empty.txt"
     refuse 2 "empty input" -m "$LLAMA" --windows 2 --seq-len 8 "$TMP/empty.txt"
     printf 'only a few words' >"$TMP/short.txt"
-    refuse 2 "$TMP/short.txt: 5 tokens, fewer than --seq-len 64" -m "$LLAMA" --windows 2 --seq-len 64 "$TMP/short.txt"
+    refuse 2 "$TMP/short.txt: 5 tokens, fewer than one window of 64 (--seq-len)" -m "$LLAMA" --windows 2 --seq-len 64 "$TMP/short.txt"
 }
 
 @test "--decode of ids out of the vocabulary: exit 2" {
