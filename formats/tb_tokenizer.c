@@ -513,7 +513,7 @@ static void pm_put(pairmap *m, int32_t a, int32_t b, uint32_t rank, int32_t new_
 /* ------------------------------------------------------------------ */
 /* the tokenizer                                                        */
 
-enum { NORM_PREPEND, NORM_REPLACE };
+enum { NORM_PREPEND, NORM_REPLACE, NORM_NFC };
 typedef struct {
     int kind;
     char *a, *b; /* prepend text / pattern, replacement */
@@ -741,6 +741,134 @@ static int split_added(const tb_tokenizer *t, const trie *tr, const char *str, s
     return TB_OK;
 }
 
+/* ---- NFC (Unicode 9.0 data, like the reference's normalization crate) ---- */
+
+static unsigned ccc_of(uint32_t cp)
+{
+    if (cp < tb_ccc_ranges[0].lo) return 0;
+    size_t lo = 0, hi = TB_CCC_RANGES_N;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (cp < tb_ccc_ranges[mid].lo) hi = mid;
+        else if (cp > tb_ccc_ranges[mid].hi) lo = mid + 1;
+        else return tb_ccc_ranges[mid].flags;
+    }
+    return 0;
+}
+
+static int nfc_unsafe(uint32_t cp)
+{
+    if (cp < tb_nfc_unsafe[0].lo) return 0;
+    size_t lo = 0, hi = TB_NFC_UNSAFE_N;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (cp < tb_nfc_unsafe[mid].lo) hi = mid;
+        else if (cp > tb_nfc_unsafe[mid].hi) lo = mid + 1;
+        else return 1;
+    }
+    return 0;
+}
+
+#define HANGUL_S 0xAC00u
+#define HANGUL_L 0x1100u
+#define HANGUL_V 0x1161u
+#define HANGUL_T 0x11A7u
+#define HANGUL_VN 21u
+#define HANGUL_TN 28u
+#define HANGUL_SN (19u * 21u * 28u)
+
+static int nfc_decompose(ivec *d, uint32_t cp)
+{
+    if (cp >= HANGUL_S && cp < HANGUL_S + HANGUL_SN) { /* algorithmic, not in the table */
+        uint32_t k = cp - HANGUL_S, t = k % HANGUL_TN;
+        if (iv_push(d, (int32_t)(HANGUL_L + k / (HANGUL_VN * HANGUL_TN))) ||
+            iv_push(d, (int32_t)(HANGUL_V + (k % (HANGUL_VN * HANGUL_TN)) / HANGUL_TN)))
+            return TB_EIO;
+        return t ? iv_push(d, (int32_t)(HANGUL_T + t)) : TB_OK;
+    }
+    size_t lo = 0, hi = TB_NFC_DECOMP_N;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (cp < tb_nfc_decomp[mid].cp) hi = mid;
+        else if (cp > tb_nfc_decomp[mid].cp) lo = mid + 1;
+        else {
+            if (nfc_decompose(d, tb_nfc_decomp[mid].a)) return TB_EIO;
+            return tb_nfc_decomp[mid].b ? nfc_decompose(d, tb_nfc_decomp[mid].b) : TB_OK;
+        }
+    }
+    return iv_push(d, (int32_t)cp);
+}
+
+static uint32_t nfc_compose(uint32_t a, uint32_t b)
+{
+    if (a >= HANGUL_L && a < HANGUL_L + 19 && b >= HANGUL_V && b < HANGUL_V + HANGUL_VN)
+        return HANGUL_S + ((a - HANGUL_L) * HANGUL_VN + (b - HANGUL_V)) * HANGUL_TN;
+    if (a >= HANGUL_S && a < HANGUL_S + HANGUL_SN && (a - HANGUL_S) % HANGUL_TN == 0 && b > HANGUL_T &&
+        b < HANGUL_T + HANGUL_TN)
+        return a + (b - HANGUL_T);
+    size_t lo = 0, hi = TB_NFC_COMP_N;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        const tb_nfc_map *m = &tb_nfc_comp[mid];
+        if (a < m->cp || (a == m->cp && b < m->a)) hi = mid;
+        else if (a > m->cp || b > m->a) lo = mid + 1;
+        else return m->b;
+    }
+    return 0;
+}
+
+/* NFC of valid UTF-8 s[0..n) into o: canonical decomposition, canonical
+ * ordering of combining marks, canonical composition. Text without any
+ * character that NFC can change is copied as it is. */
+static int nfc(const char *s, size_t n, sbuf *o)
+{
+    const uint8_t *u = (const uint8_t *)s;
+    size_t i = 0, j;
+    while (i < n && (u[i] < 0x80 || !nfc_unsafe(u8_dec(u, i, &j)))) i = u[i] < 0x80 ? i + 1 : j;
+    if (i == n) return sb_put(o, s, n);
+    ivec d = {0}, cc = {0};
+    int rc = TB_OK;
+    for (i = 0; i < n && !rc; i = j) rc = nfc_decompose(&d, u8_dec(u, i, &j));
+    for (size_t k = 0; k < d.n && !rc; k++) rc = iv_push(&cc, (int32_t)ccc_of((uint32_t)d.v[k]));
+    if (rc) goto out;
+    for (size_t k = 1; k < d.n; k++) /* stable insertion sort of each run of marks */
+        for (size_t m = k; m > 0 && cc.v[m] && cc.v[m - 1] > cc.v[m]; m--) {
+            int32_t t1 = d.v[m], t2 = cc.v[m];
+            d.v[m] = d.v[m - 1];
+            cc.v[m] = cc.v[m - 1];
+            d.v[m - 1] = t1;
+            cc.v[m - 1] = t2;
+        }
+    /* compose in place: w is the output length, st the last starter */
+    size_t w = 0;
+    long st = -1;
+    for (size_t k = 0; k < d.n; k++) {
+        uint32_t c = (uint32_t)d.v[k];
+        int32_t cl = cc.v[k];
+        if (st >= 0) {
+            int32_t last = cc.v[w - 1];
+            int adjacent = (size_t)st == w - 1;
+            if (adjacent || (last != 0 && last < cl)) {
+                uint32_t comp = nfc_compose((uint32_t)d.v[st], c);
+                if (comp) {
+                    d.v[st] = (int32_t)comp;
+                    continue;
+                }
+            }
+        }
+        if (cl == 0) st = (long)w;
+        d.v[w] = (int32_t)c;
+        cc.v[w] = cl;
+        w++;
+    }
+    if ((rc = sb_reserve(o, 4 * w))) goto out;
+    for (size_t k = 0; k < w; k++) o->n += u8_enc((uint32_t)d.v[k], o->p + o->n);
+out:
+    free(d.v);
+    free(cc.v);
+    return rc;
+}
+
 /* ---- normalizer ---- */
 
 /* Apply the normalizer steps to s[0..n); result in *res (pointing into one
@@ -759,6 +887,8 @@ static int normalize(const tb_tokenizer *t, const char *s, size_t n, sbuf *b0, s
         if (st->kind == NORM_PREPEND) {
             if (cn == 0) continue;
             if (sb_put(o, st->a, st->alen) || sb_put(o, cur, cn)) return TB_EIO;
+        } else if (st->kind == NORM_NFC) {
+            if (nfc(cur, cn, o)) return TB_EIO;
         } else {
             size_t i = 0;
             while (i < cn) {
@@ -1619,6 +1749,8 @@ static int parse_normalizer(tb_tokenizer *t, const cJSON *o)
         if (!(st->a = tb_strdup(pat)) || !(st->b = tb_strdup(content))) return TB_EIO;
         st->alen = strlen(pat);
         st->blen = strlen(content);
+    } else if (!strcmp(type, "NFC")) {
+        st->kind = NORM_NFC;
     } else {
         return tb_fail(TB_EDATA, "unsupported normalizer '%s'", type);
     }

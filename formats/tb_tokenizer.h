@@ -10,7 +10,8 @@
  *    Metaspace.
  *  - byte-level (GPT-2, Llama-3, Qwen2): ByteLevel pre-tokenizer with the GPT-2
  *    split regex, or a Split pre-tokenizer with the Llama-3 (or Qwen2) regex
- *    followed by ByteLevel(use_regex=false); ignore_merges; ByteLevel decoder.
+ *    followed by ByteLevel(use_regex=false); ignore_merges; ByteLevel decoder;
+ *    the NFC normalizer (Qwen2), with the reference's Unicode 9.0 data.
  *
  * Added tokens (special or not, with their lstrip/rstrip/single_word/
  * normalized flags) are matched in the text before normalization, exactly
@@ -20,7 +21,7 @@
  * regexes or decoders) is refused at load time with a TB_EDATA error naming it.
  *
  * Text is taken exactly as given (no CRLF translation, no Unicode
- * normalization); it must be valid UTF-8.
+ * normalization unless the file asks for NFC); it must be valid UTF-8.
  *
  * Errors: every int-returning function returns TB_OK or a tb_status code and
  * records a message (tb_errmsg()). A loaded tokenizer is read-only: encode and

@@ -22,7 +22,18 @@ Classes (bit flags):
      Alphabetic, M*, Nd, Pc, Join_Control. Alphabetic is not in unicodedata;
      it is L* + Nl + Other_Alphabetic, and Other_Alphabetic outside M* is
      only the circled/squared Latin letters listed below.
+
+NFC data (the NFC normalizer, used by Qwen2's tokenizer.json): tokenizers does
+NFC with the unicode-normalization-alignments crate, whose data is Unicode
+9.0 (it does not reorder U+1DF6, a mark of 10.0, nor compose U+11935 U+11930
+of 13.0). Normalization data of an assigned character never changes, so the
+9.0 tables are the current ones restricted to characters assigned by 9.0; the
+age of each character comes from perl's Unicode::UCD (Debian's perl-modules).
+Emitted: canonical combining classes, one-step canonical decompositions,
+primary composites, and the characters that may change under NFC (the quick
+check: text without them is already NFC).
 """
+import subprocess
 import sys
 
 try:
@@ -60,6 +71,63 @@ def flags(cp):
     return f
 
 
+NFC_AGE = (9, 0)
+
+
+def ages(cps):
+    """Unicode age (major, minor) of each code point, None if unassigned."""
+    script = 'use Unicode::UCD qw(charprop); while (<STDIN>) { chomp; print charprop(hex($_), "Age"), "\\n" }'
+    out = subprocess.run(["perl", "-e", script], input="".join("%X\n" % c for c in cps), capture_output=True,
+                         text=True, check=True).stdout.split()
+    res = {}
+    for c, a in zip(cps, out):
+        res[c] = tuple(int(x) for x in a[1:].split("_")) if a.startswith("V") else None
+    return res
+
+
+def nfc_tables():
+    canon = {}
+    for cp in range(0x110000):
+        d = ud.decomposition(chr(cp))
+        if d and not d.startswith("<"):
+            canon[cp] = [int(x, 16) for x in d.split()]
+    relevant = set(canon) | {c for v in canon.values() for c in v}
+    relevant |= {cp for cp in range(0x110000) if ud.combining(chr(cp))}
+    age = ages(sorted(relevant))
+    old = {c for c in relevant if age[c] is not None and age[c] <= NFC_AGE}
+    ccc = [(cp, ud.combining(chr(cp))) for cp in sorted(old) if ud.combining(chr(cp))]
+    decomp = [(cp, v[0], v[1] if len(v) > 1 else 0) for cp, v in sorted(canon.items()) if cp in old]
+    comp = []
+    for cp, a, b in decomp:
+        if b and ud.normalize("NFC", chr(a) + chr(b)) == chr(cp):
+            comp.append((a, b, cp))
+    comp.sort()
+    unsafe = {cp for cp, _ in ccc} | {b for _, b, _ in comp}
+    unsafe |= {cp for cp, _, _ in decomp if ud.normalize("NFC", chr(cp)) != chr(cp)}
+    # Hangul vowel and trailing jamo compose algorithmically (not in `comp`)
+    unsafe |= set(range(0x1161, 0x1176)) | set(range(0x11A8, 0x11C3))
+    return ccc, decomp, comp, sorted(unsafe)
+
+
+def ranges_of(items):
+    """[(cp, value)] sorted -> [[lo, hi, value]] merging runs"""
+    r = []
+    for cp, v in items:
+        if r and r[-1][1] == cp - 1 and r[-1][2] == v:
+            r[-1][1] = cp
+        else:
+            r.append([cp, cp, v])
+    return r
+
+
+def emit_table(out, ctype, name, rows, fmt):
+    out.write(f"#define {name.upper()}_N {len(rows)}\n")
+    out.write(f"static const {ctype} {name}[{name.upper()}_N] = {{\n")
+    for i in range(0, len(rows), 4):
+        out.write("    " + " ".join(fmt % tuple(r) for r in rows[i:i + 4]) + "\n")
+    out.write("};\n\n")
+
+
 def main():
     ranges = []  # [lo, hi, flags] for cp >= 0x80, flags != 0
     for cp in range(0x80, 0x110000):
@@ -90,7 +158,21 @@ def main():
     for i in range(0, len(ranges), 4):
         chunk = ranges[i:i + 4]
         out.write("    " + " ".join("{0x%X, 0x%X, %d}," % (lo, hi, f) for lo, hi, f in chunk) + "\n")
-    out.write("};\n\n#endif\n")
+    out.write("};\n\n")
+
+    ccc, decomp, comp, unsafe = nfc_tables()
+    out.write("/* ---- NFC, with Unicode %d.%d data (see the script) ---- */\n" % NFC_AGE)
+    out.write('#define TB_NFC_UNICODE_VERSION "%d.%d.0"\n' % NFC_AGE)
+    out.write("typedef struct { uint32_t cp, a, b; } tb_nfc_map;\n")
+    out.write("/* canonical combining class != 0, as {lo, hi, class} */\n")
+    emit_table(out, "tb_uc_range", "tb_ccc_ranges", ranges_of(ccc), "{0x%X, 0x%X, %d},")
+    out.write("/* one step of canonical decomposition {cp, first, second or 0}, by cp */\n")
+    emit_table(out, "tb_nfc_map", "tb_nfc_decomp", decomp, "{0x%X, 0x%X, 0x%X},")
+    out.write("/* primary composites as {first, second, composite}, by (first, second) */\n")
+    emit_table(out, "tb_nfc_map", "tb_nfc_comp", comp, "{0x%X, 0x%X, 0x%X},")
+    out.write("/* characters that may change under NFC (quick check No/Maybe, or a mark) */\n")
+    emit_table(out, "tb_uc_range", "tb_nfc_unsafe", ranges_of([(c, 0) for c in unsafe]), "{0x%X, 0x%X, %d},")
+    out.write("#endif\n")
 
 
 if __name__ == "__main__":

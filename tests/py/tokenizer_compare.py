@@ -76,12 +76,16 @@ POOLS = {
                      "'d", "'D", "'ſ", "'ﬆ", "''", "'", "n't", "'x", "' s", "'r", "'l"],
     "special": ["<s>", "</s>", "<unk>", "<|begin_of_text|>", "<|end_of_text|>", "<0x41>", "<0x0A>", "<0xZZ>",
                 "<|", "|>", "<s", "s>", "▁", "▁▁", "Ġ", "Ċ", "\ufffd", "<tool>", "zzq", "word", "Word"],
+    "nfc": ["e\u0301", "A\u030a", "\u212b", "\u2126", "\u1e9b\u0323", "\u0344", "\u0f73", "\u1100\u1161",
+            "\u1100\u1161\u11a8", "\uac00\u11a8", "a\u0323\u0302", "a\u0302\u0323", "\u0958", "\U0001d15e",
+            "\u1df6", "\U00011935\U00011930", "\u0b47\u0b3e", "\u09c7\u09be", "\u1161", "\u11a8", "\u0301",
+            "o\u0308\u0304", "\u00f6\u0304", "\u1ea1\u0306", "\u0340", "\u0374", "\u037e", "\u0387"],
     "words": ["the", "The", "of", "and", "hello", "world", "café", "naïve", "résumé", "don", "won", "it",
               "HTTP", "camelCase", "snake_case", "x86", "3.14", "1,000", "10000000", "@-@", "@,@", "@.@"],
 }
 WEIGHTS = {"ascii": 6, "digits": 3, "latin1": 2, "greek": 1, "cyrillic": 1, "arabic": 1, "hebrew": 1,
            "devanagari": 1, "thai": 1, "cjk": 2, "emoji": 1, "combining": 1, "ws": 5, "punct": 3, "numbers": 1,
-           "contractions": 2, "special": 1, "words": 4}
+           "contractions": 2, "special": 1, "nfc": 2, "words": 4}
 POOL_NAMES = list(WEIGHTS)
 POOL_W = [WEIGHTS[k] for k in POOL_NAMES]
 
@@ -99,6 +103,8 @@ CURATED = [
     "123456789", "1234 56", "x1234", "²³", "Ⅻ2", "١٢٣٤", " 12", " ½x", "▁", "▁▁x", " ▁x", "▁ x", "x▁",
     "Ġx", "\ufffd", "😀😀", "a\u0300\u0301b", "\u0915\u094d\u0937", "(word)", "(x", "'", "''", "'''s",
     " 's", " 'x", "x's'", "\u1c89\u1c8a", "\U00011f04x", "\U00010940x", "\ue000", "\U0010fffd", " !!",
+    "e\u0301", "cafe\u0301 na\u0131\u0308ve", "\u1100\u1161\u11a8\u1100\u1161", "a\u0302\u0323\u0301",
+    "\u212b\u2126", "\U00011935\U00011930", "a\u1df6\u0323", "\u0344x", "\u0f73\u0f71\u0f72",
     "!!\n\n", " ?\r\n", "a\u00adb", "\u180ex", "x\ufeff", "  x  y  ", "\t\n\t", "...\n\n\n",
 ]
 
@@ -183,6 +189,12 @@ def variants(llama, mistral):
     t = copy.deepcopy(v[-1][1])
     t["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = GPT2_RE
     v.append(("gpt2-split", t))
+    t = copy.deepcopy(v[1][1])  # Qwen2 layout: NFC normalizer + Qwen2 regex
+    t["normalizer"] = {"type": "NFC"}
+    v.append(("qwen2-nfc", t))
+    t = copy.deepcopy(mistral)
+    t["normalizer"]["normalizers"].insert(0, {"type": "NFC"})
+    v.append(("mistral-nfc", t))
     t = copy.deepcopy(llama)
     t["pre_tokenizer"]["add_prefix_space"] = True
     t["model"]["merges"] = [" ".join(m) for m in t["model"]["merges"]]  # "a b" merge strings

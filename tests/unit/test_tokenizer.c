@@ -2,7 +2,8 @@
  * tokenizer-cases.json (ids, ids with BOS, decoded text, as produced by HF
  * transformers), the split regexes on tricky strings (expected pieces taken
  * from the HF tokenizers library), byte fallback, invalid UTF-8, streaming
- * decode, BOS/EOS lookup and the refusal of unsupported tokenizers.
+ * decode, BOS/EOS lookup, the NFC normalizer and the refusal of unsupported
+ * tokenizers.
  *
  * Data comes from $TB_TEST_DATA (default tests/data; tests run from the repo
  * root), so CI without ../shared runs all of it. */
@@ -404,6 +405,47 @@ static void test_empty_and_bos(void **state)
     tb_tok_free(t);
 }
 
+/* ---- NFC normalizer (Qwen2's): decomposed text encodes like precomposed ---- */
+
+static void test_nfc(void **state)
+{
+    (void)state;
+    char path[1024];
+    snprintf(path, sizeof path, "%s/tiny-mistral-10m/tokenizer.json", data_dir());
+    char *js;
+    assert_int_equal(tb_read_text(path, &js, NULL), TB_OK);
+    cJSON *root = cJSON_Parse(js);
+    free(js);
+    cJSON *seq = cJSON_GetObjectItem(cJSON_GetObjectItem(root, "normalizer"), "normalizers");
+    cJSON *nfc = cJSON_CreateObject();
+    cJSON_AddStringToObject(nfc, "type", "NFC");
+    cJSON_InsertItemInArray(seq, 0, nfc);
+    char *njs = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    tb_tokenizer *tn, *tp = load_model("tiny-mistral-10m");
+    assert_int_equal(tb_tok_load_json(&tn, njs, strlen(njs), "nfc"), TB_OK);
+    free(njs);
+    static const char *pairs[][2] = {
+        {"cafe\xCC\x81", "caf\xC3\xA9"},                   /* e + U+0301 -> é */
+        {"a\xCC\x82\xCC\xA3", "\xE1\xBA\xAD"},             /* marks reordered (ccc 220 < 230), then ậ */
+        {"\xE2\x84\xAB", "\xC3\x85"},                      /* U+212B ANGSTROM SIGN -> Å (singleton) */
+        {"\xE1\x84\x80\xE1\x85\xA1\xE1\x86\xA8", "\xEA\xB0\x81"}, /* Hangul L V T -> 각 */
+        {"a\xE1\xB7\xB6\xCC\xA3", "a\xE1\xB7\xB6\xCC\xA3"}, /* U+1DF6 is Unicode 10: no class in 9.0 data */
+    };
+    for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++) {
+        int32_t *a, *b;
+        size_t na, nb;
+        assert_int_equal(tb_tok_encode(tn, pairs[i][0], strlen(pairs[i][0]), 0, &a, &na), TB_OK);
+        assert_int_equal(tb_tok_encode(tp, pairs[i][1], strlen(pairs[i][1]), 0, &b, &nb), TB_OK);
+        assert_int_equal(na, nb);
+        assert_memory_equal(a, b, na * sizeof *a);
+        free(a);
+        free(b);
+    }
+    tb_tok_free(tn);
+    tb_tok_free(tp);
+}
+
 /* ---- refusals ---- */
 
 static void expect_load_error(const char *json, int code, const char *msg)
@@ -483,7 +525,7 @@ int main(void)
         cmocka_unit_test(test_splitters),     cmocka_unit_test(test_unicode_classes),
         cmocka_unit_test(test_byte_fallback), cmocka_unit_test(test_invalid_utf8),
         cmocka_unit_test(test_empty_and_bos), cmocka_unit_test(test_unsupported),
-        cmocka_unit_test(test_load_paths),
+        cmocka_unit_test(test_load_paths),    cmocka_unit_test(test_nfc),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
