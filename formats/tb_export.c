@@ -600,8 +600,11 @@ static int split_path(const char *path, char **parent, char **base)
     size_t n = strlen(p);
     while (n > 1 && p[n - 1] == '/') p[--n] = 0;
     char *slash = strrchr(p, '/');
-    if (!slash) { *base = p; *parent = tb_strdup("."); }
-    else {
+    if (!slash) {
+        *base = p;
+        p = NULL;
+        *parent = tb_strdup(".");
+    } else {
         *base = tb_strdup(slash + 1);
         if (slash == p) slash[1] = 0;
         else *slash = 0;

@@ -267,3 +267,14 @@ f.seek(-1, 1); f.write(bytes([b[0] ^ 1]))" "$TMP/m/model.tb"
     run tb-export "$FIX/nm/model.tbm" -o "$TMP/no/such/d"
     [ "$status" -eq 3 ]; one_line_error tb-export
 }
+
+@test "a relative DIR, with a trailing slash" {
+    cd "$TMP"
+    run tb-export "$FIX/nm/model.tbm" -o rel/ --quiet
+    [ "$status" -eq 0 ]
+    [ -f rel/model.safetensors ] && [ -f rel/config.json ]
+    [ "$(ls -A)" = rel ]
+    run tb-export "$FIX/nm/model.tbm" -o rel --force --quiet
+    [ "$status" -eq 0 ]
+    [ "$(ls -A)" = rel ]
+}
