@@ -196,14 +196,18 @@ static void refine_unit(solve_ctx *c, int64_t unit, const float *vals, uint32_t 
         wrow[k] = o->w[gidx(&c->g, unit, k)];
         d[k] = keep[k / o->m] >> (k % o->m) & 1 ? 0.0 : wrow[k];
     }
-    double e = 0;
-    for (int64_t i = 0; i < K; i++) {
-        const double *gi = gram + i * K;
-        double acc = 0;
-        for (int64_t k = 0; k < K; k++) acc += gi[k] * d[k];
-        r[i] = acc;
-        e += d[i] * acc;
+    /* r = G d as a sum of rows of G (G symmetric) over the pruned channels
+     * only: half the work of a dense product at 50%, and an axpy, which
+     * vectorises where a dot-product reduction would not */
+    memset(r, 0, (size_t)K * sizeof *r);
+    for (int64_t j = 0; j < K; j++) {
+        if (d[j] == 0) continue;
+        const double *gj = gram + j * K;
+        double dj = d[j];
+        for (int64_t i = 0; i < K; i++) r[i] += dj * gj[i];
     }
+    double e = 0;
+    for (int64_t i = 0; i < K; i++) e += d[i] * r[i];
     c->err0[tid] += e;
     int sweeps = o->max_sweeps > 0 ? o->max_sweeps : 10;
     joint_group j;
