@@ -2027,6 +2027,9 @@ static int load_json(tb_tokenizer *t, const char *json, size_t len)
     cJSON_Delete(root);
     if (rc) return rc;
 
+    /* ids index dense per-id tables: refuse absurd ids rather than allocate
+     * gigabytes for a malformed file (real vocabularies are < 1M) */
+    if (max_id >= (1u << 24)) return tb_fail(TB_EDATA, "token id %zu is too large (at most 16M ids)", max_id);
     t->n_ids = max_id + 1;
     t->piece_off = tb_malloc(t->n_ids * sizeof *t->piece_off);
     t->piece_len = tb_malloc(t->n_ids * sizeof *t->piece_len);

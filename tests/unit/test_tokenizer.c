@@ -480,6 +480,8 @@ static void test_unsupported(void **state)
     expect_load_error("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [\"a b\"]}}", TB_EDATA,
                       "not in the vocabulary");
     expect_load_error("{\"model\": ", TB_EDATA, "invalid JSON");
+    expect_load_error("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 2000000000}, \"merges\": []}}", TB_EDATA,
+                      "too large");
 
     /* the smallest working BPE, merges as ["a", "b"] pairs */
     static const char ok[] = "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2}, "
