@@ -278,3 +278,20 @@ f.seek(-1, 1); f.write(bytes([b[0] ^ 1]))" "$TMP/m/model.tb"
     [ "$status" -eq 0 ]
     [ "$(ls -A)" = rel ]
 }
+
+@test "transformers computes the .tbm's perplexity from the dense export (TB_HF_PYTHON)" {
+    [ -n "${TB_HF_PYTHON:-}" ] || skip "set TB_HF_PYTHON to a python with torch and transformers >= 5"
+    local m
+    for m in nm perm; do
+        tb-export "$FIX/$m/model.tbm" -o "$TMP/$m" --quiet
+        run "$TB_HF_PYTHON" "$BATS_TEST_DIRNAME/../py/export_check.py" --source "$TB_MODEL" --tbm "$FIX/$m/model.tbm" \
+            --dense "$TMP/$m" --ppl "$TEXT" --seq-len 64 --max-windows 4
+        echo "$output"
+        [ "$status" -eq 0 ]
+        hf=$(echo "$output" | sed -n 's/^transformers .* ppl: //p')
+        tb=$(ppl "$FIX/$m/model.tbm") || skip "tb-run cannot read a .tbm yet: $tb"
+        echo "$m: transformers $hf, tb-run on the .tbm ${tb#ppl: }"
+        # f32 both; the sums run in different orders
+        python3 -c "import sys; a,b=map(float,sys.argv[1:]); sys.exit(abs(a-b) > 1e-5*b)" "$hf" "${tb#ppl: }"
+    done
+}

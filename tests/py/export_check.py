@@ -29,10 +29,14 @@ Compressed export (--compressed DIR):
 --transformers: AutoModelForCausalLM.from_pretrained on the export(s) must load
 without missing or unexpected keys and hold exactly the dense export's weights
 (sparse-bitmask excepted: compressed-tensors cannot build its meta-device model).
+--ppl TEXT: transformers' fp32 perplexity of the dense export by tb-run's protocol
+(--seq-len, --max-windows), printed as "transformers X ppl: P" for comparison with
+`tb-run -m MODEL.tbm --ppl TEXT` (needs transformers >= 5 for configs that keep
+rope_theta under rope_parameters, as the bundled models do).
 
 usage: export_check.py --tbm MODEL.tbm --source SRC_DIR --dense DIR
                        [--compressed DIR] [--nm N:M] [--dtype source|bf16|f16|f32]
-                       [--ct-library] [--transformers]
+                       [--ct-library] [--transformers] [--ppl TEXT]
 exit 0 when every check passes; prints one "ok:" line per check group."""
 import argparse
 import hashlib
@@ -372,6 +376,27 @@ def transformers_load(d, dense, label):
     print(f"ok: transformers {transformers.__version__} loads the {label} export: {n} tensors equal the dense export")
 
 
+def transformers_ppl(d, text_path, seq_len, windows):
+    """Perplexity of the dense export in transformers, fp32, by tb-run's protocol: the file's text
+    tokenized in one call with BOS once, non-overlapping windows from position 0, the first `windows`."""
+    import math
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(d)
+    text = open(text_path, encoding="utf-8", newline="").read()
+    ids = tok(text)["input_ids"]
+    if tok.bos_token_id is not None and ids[:1] != [tok.bos_token_id]:
+        ids = [tok.bos_token_id] + ids
+    model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+    nll = []
+    with torch.no_grad():
+        for w in range(min(windows, len(ids) // seq_len)):
+            x = torch.tensor([ids[w * seq_len:(w + 1) * seq_len]])
+            nll.append(model(x, labels=x).loss.item())
+    print(f"transformers {transformers.__version__} ppl: {math.exp(sum(nll) / len(nll)):.4f}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tbm", required=True)
@@ -382,6 +407,9 @@ def main():
     ap.add_argument("--dtype", default="source", choices=["source", "bf16", "f16", "f32"])
     ap.add_argument("--ct-library", action="store_true")
     ap.add_argument("--transformers", action="store_true")
+    ap.add_argument("--ppl", metavar="TEXT", help="print transformers' perplexity of the dense export (fp32)")
+    ap.add_argument("--seq-len", type=int, default=64)
+    ap.add_argument("--max-windows", type=int, default=4)
     a = ap.parse_args()
     tbm = json.load(open(a.tbm))
     dense = check_dense(a, tbm, a.source, a.dense)
@@ -416,6 +444,8 @@ def main():
             transformers_load(a.compressed, dense, "compressed")
     if a.transformers:
         transformers_load(a.dense, dense, "dense")
+    if a.ppl:
+        transformers_ppl(a.dense, a.ppl, a.seq_len, a.max_windows)
     return finish()
 
 
