@@ -295,3 +295,21 @@ f.seek(-1, 1); f.write(bytes([b[0] ^ 1]))" "$TMP/m/model.tb"
         python3 -c "import sys; a,b=map(float,sys.argv[1:]); sys.exit(abs(a-b) > 1e-5*b)" "$hf" "${tb#ppl: }"
     done
 }
+
+@test "tiny-mistral-10m (sharded source, GQA, untied lm_head): sharded export, same perplexity" {
+    local M=$TB_SHARED/models/tiny-mistral-10m
+    [ -d "$M" ] || skip "no ../shared"
+    mkdir "$TMP/p"
+    tb-score -m "$M" --method magnitude -o "$TMP/s" --quiet
+    tb-nm -s "$TMP/s" --pattern 2:4 -o "$TMP/m" --quiet
+    tb-pack -m "$M" --masks "$TMP/m" -o "$TMP/p/model.tb" --quiet
+    tb-merge -m "$M" -o "$TMP/p/model.tbm" "$TMP/p/model.tb" --quiet
+    run tb-export "$TMP/p/model.tbm" -o "$TMP/d" --max-shard-size 8MB
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"75 tensors (56 pruned), "*"(4 files, "* ]]
+    run tb-export "$TMP/p/model.tbm" -o "$TMP/c" --format compressed-tensors --quiet
+    [ "$status" -eq 0 ]
+    same_ppl "$TMP/p/model.tbm" "$TMP/d"
+    have_py || skip "python3 numpy/safetensors missing"
+    TB_MODEL=$M export_check --tbm "$TMP/p/model.tbm" --dense "$TMP/d" --compressed "$TMP/c" --nm 2:4
+}
