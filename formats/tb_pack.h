@@ -44,8 +44,10 @@
  * byte for byte under their own names.
  *
  * File metadata (strings): "tensorbit.kind" = "tb", "tensorbit.version",
- * "format_version" = "1", "pattern", "compensation", "model", "masks",
- * "stats", "layers" (when a subset), the command line, and
+ * "format_version" = "1", "pattern", "compensation", "damp",
+ * "obs_block_size", "model", "masks", "stats", "layers" ("A-B" inclusive, or
+ * "all"), "command" (tb_pack_writer sets "tensorbit.kind", "format_version"
+ * and "tensorbit.tensors"; tb-pack adds the rest), and
  * "tensorbit.tensors": one JSON object (built with cJSON) mapping each
  * pruned weight name to
  *   {"format": "nm" | "masked", "dtype": "BF16", "shape": [rows, cols],
