@@ -117,6 +117,26 @@ def nonzero(a, dt):
     return a != 0
 
 
+def to_f32(a, dt):
+    if dt == "BF16":
+        return (a.astype(np.uint32) << 16).view(np.float32)
+    return a.astype(np.float32)
+
+
+def as_dtype(a, src_dt, dst_dt):
+    """src_dt raw elements converted as tb-export --dtype does: through f32, round to nearest even."""
+    f = to_f32(a, src_dt)
+    if dst_dt == "F32":
+        return f
+    if dst_dt == "F16":
+        return f.astype(np.float16)
+    u = f.view(np.uint32).astype(np.uint64)
+    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    nan = np.isnan(f)
+    r[nan] = ((u[nan] >> 16) | 0x40).astype(np.uint16)
+    return r
+
+
 def same_bits(a, b):
     return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a.view(np.uint8), b.view(np.uint8))
 
@@ -207,19 +227,23 @@ def check_dense(a, tbm, src_dir, dense_dir):
         # a partial .tbm (tb-merge --partial) takes the tensors in no shard from its base, the source
         entry = tbm["tensors"].get(nm, {"kind": "dense"})
         if entry["kind"] == "dense":
-            if a.dtype == "source" and not same_bits(out[nm].raw(nm), src[nm].raw(nm)):
-                fail(f"{nm}: not pruned, but not bit-identical to the source")
+            want = src[nm].raw(nm) if odt == sdt else as_dtype(src[nm].raw(nm), sdt, odt)
+            if not same_bits(out[nm].raw(nm), want):
+                fail(f"{nm}: not pruned, but not bit-identical to the source" + ("" if odt == sdt else f" in {odt}"))
             n_same += 1
             continue
         n_pruned += 1
         ref, _ = decode_tb(entry, tbm_dir, shards)
         got = out[nm].raw(nm)
-        if a.dtype == "source" and not same_bits(got, ref):
+        if odt != sdt:
+            ref = as_dtype(ref, sdt, odt)
+        if not same_bits(got, ref):
             bad = np.argwhere(got != ref)
             fail(f"{nm}: differs from the .tb decode at {len(bad)} places, first {bad[0].tolist()}")
-        if (nonzero(got, odt) & ~nonzero(ref, sdt)).any() if a.dtype == "source" else False:
+        if (nonzero(got, odt) & ~nonzero(ref, odt)).any():
             fail(f"{nm}: nonzero where the .tb has none")
-    print(f"ok: {len(out)} tensors: names, shapes, dtypes; {n_same} not pruned bit-identical to the source; "
+    conv = "" if a.dtype == "source" else f" (after conversion to {TORCH_NAME[a.dtype][0]})"
+    print(f"ok: {len(out)} tensors: names, shapes, dtypes; {n_same} not pruned bit-identical to the source{conv}; "
           f"{n_pruned} pruned equal to the .tb decode")
 
     # the acceptance check of the issue
