@@ -813,7 +813,7 @@ int tb_export_model(const tb_tbm *t, const char *out_dir, const tb_export_opts *
     struct stat st;
     int exists = stat(out_dir, &st) == 0;
     if (exists && !S_ISDIR(st.st_mode)) return tb_fail(TB_EUSAGE, "%s: exists and is not a directory", out_dir);
-    if (exists && contains_model(out_dir, t->dir))
+    if (exists && (contains_model(out_dir, t->dir) || (t->base && contains_model(out_dir, t->base))))
         return tb_fail(TB_EUSAGE, "%s: holds the model being exported; choose another directory", out_dir);
     int replace = exists && !is_empty_dir(out_dir);
     if (replace && !o->force) return tb_fail(TB_EUSAGE, "%s: exists and is not empty (--force replaces it)", out_dir);

@@ -257,6 +257,15 @@ f.seek(-1, 1); f.write(bytes([b[0] ^ 1]))" "$TMP/m/model.tb"
     [ -f "$TMP/m/model.tb" ]
     run tb-export "$TMP/m/model.tbm" -o "$TMP" --force
     [ "$status" -eq 1 ]; one_line_error tb-export
+    # a partial index reads its base model: that directory is refused too
+    mkdir "$TMP/base" "$TMP/pm"
+    cp "$TB_MODEL/config.json" "$TB_MODEL/model.safetensors" "$TMP/base/"
+    cp "$FIX/part/a.tb" "$TMP/pm/"
+    tb-merge --partial -m "$TMP/base" -o "$TMP/pm/model.tbm" "$TMP/pm/a.tb" --quiet
+    run tb-export "$TMP/pm/model.tbm" -o "$TMP/base" --force
+    [ "$status" -eq 1 ]; one_line_error tb-export
+    [[ "$output" == *"holds the model being exported"* ]]
+    [ -f "$TMP/base/model.safetensors" ]
     touch "$TMP/file"
     run tb-export "$TMP/m/model.tbm" -o "$TMP/file"
     [ "$status" -eq 1 ]; one_line_error tb-export
