@@ -16,6 +16,9 @@
  * .row_offsets). config.json gains "quantization_config" with the
  * "sparsity_config" block. A model with nothing to compress is TB_EDATA.
  *
+ * A partial index (tb-merge --partial) exports whole: the tensors in no
+ * shard come from its base checkpoint, byte for byte.
+ *
  * The directory is built beside out_dir under a temporary name and renamed
  * into place at the end, so a failure (or a fatal signal) leaves no output.
  * Tensors are streamed: one weight in memory at a time.
@@ -58,7 +61,7 @@ typedef struct {
 
 /* Export the opened model into out_dir. Errors: TB_EUSAGE for an out_dir that
  * exists and is not empty (without force) or is not a directory, or that
- * would hold the model itself; TB_EDATA for bad input (a side file whose
+ * holds the model itself or a partial index's base; TB_EDATA for bad input (a side file whose
  * checksum differs from the .tbm, a config that already has a
  * quantization_config for compressed output); TB_EIO for I/O or space. */
 int tb_export_model(const tb_tbm *t, const char *out_dir, const tb_export_opts *o, tb_export_summary *s);
