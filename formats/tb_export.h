@@ -61,9 +61,10 @@ typedef struct {
 
 /* Export the opened model into out_dir. Errors: TB_EUSAGE for an out_dir that
  * exists and is not empty (without force) or is not a directory, or that
- * holds the model itself or a partial index's base; TB_EDATA for bad input (a side file whose
- * checksum differs from the .tbm, a config that already has a
- * quantization_config for compressed output); TB_EIO for I/O or space. */
+ * holds the model itself or a partial index's base; TB_EDATA for bad input
+ * (a side file whose checksum differs from the .tbm, nothing to compress, a
+ * config that already has a quantization_config for compressed output);
+ * TB_EIO for I/O or space. */
 int tb_export_model(const tb_tbm *t, const char *out_dir, const tb_export_opts *o, tb_export_summary *s);
 
 /* "5GB", "500MB", "2GiB", "1048576" -> bytes (K/M/G/T = 10^3.., Ki/Mi/Gi/Ti =
