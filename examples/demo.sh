@@ -14,7 +14,8 @@ text=$here/data/wikitext2-test.txt
 cap=""
 [ "$windows" -gt 0 ] && cap="--max-windows $windows"
 
-TB=$bin "$here/prune-model.sh" "$model" "$out" 2:4
+# the bundled windows are the calibration set of the reference baselines
+TB=$bin "$here/prune-model.sh" "$model" "$out" 2:4 "$model/calib-128x512.safetensors"
 echo "demo: checking the 2:4 pattern of every pruned weight"
 "$bin/tb-inspect" --nm 2:4 "$out/model.tbm" | tail -n 3
 dense=$("$bin/tb-run" -m "$model" --ppl "$text" $cap --quiet | tail -n 1)
