@@ -102,12 +102,12 @@ static void add_stage(cJSON *stages, const char *path, int depth)
         if (strcmp(f.meta_keys[i], "tensorbit.tensors")) cJSON_AddStringToObject(meta, f.meta_keys[i], f.meta_vals[i]);
     cJSON_AddItemToObject(stage, "metadata", meta);
     cJSON_AddItemToArray(stages, stage);
-    static const char *const upstream[] = {"masks", "scores", "stats", "fisher", "tokens_file"};
-    char paths[5][1024];
+    static const char *const upstream[] = {"packed_from", "masks", "scores", "stats", "fisher", "tokens_file"};
+    char paths[6][1024];
     int np = 0;
     for (size_t i = 0; i < sizeof upstream / sizeof upstream[0]; i++) {
         const char *p = st_meta(&f, upstream[i]);
-        if (p && np < 5) snprintf(paths[np++], sizeof paths[0], "%s", p);
+        if (p && np < 6) snprintf(paths[np++], sizeof paths[0], "%s", p);
     }
     st_close(&f);
     for (int i = 0; i < np; i++) add_stage(stages, paths[i], depth + 1);

@@ -305,3 +305,14 @@ int tb_backward_run(tb_backward *b, const int32_t *tokens, int n, int want_lm_he
         if ((rc = layer_backward(b, l, n, grad, ctx))) return rc;
     return TB_OK;
 }
+
+int tb_backward_layers(tb_backward *b, int n, int l0, int l1, tb_grad_fn grad, void *ctx)
+{
+    if (n < 1 || n != b->f->n || l0 < 0 || l1 > b->f->m->cfg.n_layers || l0 >= l1)
+        return tb_fail(TB_EUSAGE, "backward: layers %d:%d on %d tokens do not match the forward", l0, l1, n);
+    for (int l = l1 - 1; l >= l0; l--) {
+        int rc = layer_backward(b, l, n, grad, ctx);
+        if (rc) return rc;
+    }
+    return TB_OK;
+}

@@ -46,4 +46,11 @@ void tb_backward_free(tb_backward *b);
 int tb_backward_run(tb_backward *b, const int32_t *tokens, int n, int want_lm_head, tb_grad_fn grad, void *ctx,
                     double *loss);
 
+/* Back-propagate through decoder layers [l0, l1) only, after the forward ran
+ * them (tb_forward_layers with keep_acts) on n tokens from position 0: on
+ * entry b->d_res holds dloss/d(stream leaving layer l1-1), on return
+ * dloss/d(stream entering layer l0); grad receives every linear weight's
+ * gradient on the way. For layer-wise reconstruction. */
+int tb_backward_layers(tb_backward *b, int n, int l0, int l1, tb_grad_fn grad, void *ctx);
+
 #endif

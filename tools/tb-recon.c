@@ -1,0 +1,342 @@
+/* tb-recon - train a pruned layer's kept weights to reproduce the dense
+ * layer's output on the pruned model's own hidden states (tb_recon.h). */
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tb_error.h"
+#include "tb_io.h"
+#include "tb_log.h"
+#include "tb_model.h"
+#include "tb_opts.h"
+#include "tb_pack.h"
+#include "tb_recon.h"
+#include "tb_threads.h"
+#include "tb_tokens.h"
+
+static const char usage[] =
+    "usage: tb-recon -m MODEL --shard LAYER.tb --layer L (-t TOKENS | --acts-in STREAM) -o OUT.tb [options]\n"
+    "\n"
+    "Layer-wise reconstruction: train the kept weights of decoder layer L (the\n"
+    "pruned weights of LAYER.tb, a tb-pack --layers L:L+1 shard) with Adam so that\n"
+    "the layer, fed the pruned model's own hidden states (STREAM, the stream\n"
+    "entering layer L from tb-fisher --acts-out; for layer 0 the token windows),\n"
+    "reproduces what the dense layer of MODEL outputs for the same states (mean\n"
+    "squared error). Masks stay fixed and pruned weights exact zeros. Writes\n"
+    "LAYER.tb again with the trained values (same masks, permutations, other\n"
+    "tensors copied). After arXiv 2510.14444, 'A Free Lunch in LLM Compression'.\n"
+    "\n"
+    "options:\n"
+    "  -m, --model DIR       the dense HF checkpoint the shard was pruned from\n"
+    "      --shard FILE      the layer's .tb shard (tb-pack)\n"
+    "      --layer L         the decoder layer\n"
+    "  -t, --tokens FILE     token windows (layer 0)\n"
+    "      --acts-in FILE    the stream entering layer L (layers > 0)\n"
+    "  -o, --output FILE     the reconstructed .tb shard (written atomically)\n"
+    "      --steps N         Adam steps, one window each (default 300)\n"
+    "      --lr X            peak learning rate, cosine decay (default 1e-3)\n"
+    "      --seed S          window order (default 0)\n"
+    "      --max-windows N   use the first N windows\n"
+    "      --threads N       threads (default $TB_THREADS or all cores)\n"
+    "      --quiet, --progress\n"
+    "  -h, --help, --version\n"
+    "\n"
+    "memory: the model's mapping, inputs and targets of every window (2 x 4 x\n"
+    "windows x seq_len x hidden bytes), one window's activations and gradients,\n"
+    "and 16 bytes per weight of the layer (master, gradient, 2 Adam moments).\n"
+    "exit status: 0 ok, 1 usage, 2 bad input data, 3 I/O error\n";
+
+typedef struct {
+    const char *model, *shard, *tokens, *acts_in, *output;
+    int layer, threads;
+    long max_windows;
+    tb_recon_opts ro;
+} options;
+
+static void on_step(void *ctx, int64_t done, int64_t total)
+{
+    (void)total;
+    tb_progress_set(ctx, (uint64_t)done);
+}
+
+/* inputs [W, T, D] of layer L: the saved stream, or the token embeddings */
+static int load_inputs(const options *o, tb_model *m, float **out, int64_t *windows, int *seq_len)
+{
+    const int D = m->cfg.hidden_size;
+    int rc;
+    if (o->acts_in) {
+        st_file f;
+        if ((rc = st_open(&f, o->acts_in))) return rc;
+        const st_tensor *h = st_find(&f, "hidden");
+        const char *lay = st_meta(&f, "layer");
+        if (!h || h->ndim != 3 || h->dtype != TB_F32 || h->shape[2] != D)
+            rc = tb_fail(TB_EDATA, "%s: no F32 tensor 'hidden' [windows, seq_len, %d]", o->acts_in, D);
+        else if (!lay || atoi(lay) != o->layer)
+            rc = tb_fail(TB_EDATA, "%s: holds the stream entering layer %s, not layer %d", o->acts_in, lay ? lay : "?",
+                         o->layer);
+        if (!rc) {
+            *windows = h->shape[0];
+            *seq_len = (int)h->shape[1];
+            if (o->max_windows > 0 && o->max_windows < *windows) *windows = o->max_windows;
+            size_t n = (size_t)*windows * (size_t)*seq_len * D;
+            if (!(*out = tb_malloc(n * sizeof(float)))) rc = TB_EIO;
+            else tb_to_f32(TB_F32, h->data, 0, n, *out);
+        }
+        st_close(&f);
+        return rc;
+    }
+    if (o->layer != 0) return tb_fail(TB_EUSAGE, "layer %d needs --acts-in (the stream entering it)", o->layer);
+    tb_tokens tk;
+    if ((rc = tb_tokens_load(&tk, o->tokens, m->cfg.vocab_size, m->cfg.max_position_embeddings))) return rc;
+    *windows = o->max_windows > 0 && o->max_windows < tk.windows ? o->max_windows : tk.windows;
+    *seq_len = tk.seq_len;
+    size_t nd = (size_t)tk.seq_len * D;
+    if (!(*out = tb_malloc((size_t)*windows * nd * sizeof(float)))) rc = TB_EIO;
+    for (int64_t w = 0; !rc && w < *windows; w++)
+        for (int t = 0; t < tk.seq_len; t++)
+            tb_linear_row(&m->embed, tk.ids[w * tk.seq_len + t], *out + (size_t)w * nd + (size_t)t * D);
+    tb_tokens_free(&tk);
+    return rc;
+}
+
+/* targets: the dense layer's output for each input window */
+static int dense_targets(tb_model *m, int l, const float *in, int64_t windows, int T, int threads, float **out)
+{
+    tb_forward f;
+    tb_forward_opts fo = {.max_seq = T, .max_tokens = T, .keep_acts = 0, .n_threads = threads};
+    int rc = tb_forward_init(&f, m, &fo);
+    if (rc) return rc;
+    size_t nd = (size_t)T * m->cfg.hidden_size;
+    if (!(*out = tb_malloc((size_t)windows * nd * sizeof(float)))) rc = TB_EIO;
+    for (int64_t w = 0; !rc && w < windows; w++) {
+        memcpy(tb_forward_stream(&f, l), in + (size_t)w * nd, nd * sizeof(float));
+        if (!(rc = tb_forward_layers(&f, T, l, l + 1)))
+            memcpy(*out + (size_t)w * nd, tb_forward_stream(&f, l + 1), nd * sizeof(float));
+    }
+    tb_forward_free(&f);
+    return rc;
+}
+
+/* Write the shard again: trained values under the original keep sets (the
+ * nonzeros of the packed weight, in stored column order), the rest copied. */
+static int write_shard(const options *o, const tb_pack_file *p, float *const w[TB_LIN_PER_LAYER],
+                       const tb_packed *const pk[TB_LIN_PER_LAYER], const float *const orig[TB_LIN_PER_LAYER],
+                       const tb_recon_report *rep, const char *cmdline)
+{
+    tb_pack_writer *pw = tb_pack_writer_new();
+    if (!pw) return TB_EIO;
+    int rc = TB_OK;
+    static const char *const own[] = {"tensorbit.kind", "format_version", "tensorbit.tensors", "command"};
+    for (int i = 0; i < p->f.n_meta && !rc; i++) {
+        int skip = 0;
+        for (size_t k = 0; k < sizeof own / sizeof own[0]; k++) skip |= !strcmp(p->f.meta_keys[i], own[k]);
+        if (!skip) rc = tb_pack_writer_meta(pw, p->f.meta_keys[i], p->f.meta_vals[i]);
+    }
+    char num[64];
+    if (!rc) rc = tb_pack_writer_meta(pw, "command", cmdline);
+    if (!rc) rc = tb_pack_writer_meta(pw, "packed_from", o->shard);
+    snprintf(num, sizeof num, "%d", o->ro.steps);
+    if (!rc) rc = tb_pack_writer_meta(pw, "recon_steps", num);
+    snprintf(num, sizeof num, "%g", o->ro.lr);
+    if (!rc) rc = tb_pack_writer_meta(pw, "recon_lr", num);
+    snprintf(num, sizeof num, "%.6g -> %.6g (target power %.6g)", rep->mse_before, rep->mse_after, rep->target_power);
+    if (!rc) rc = tb_pack_writer_meta(pw, "recon_mse", num);
+
+    /* declare: the layer's pruned weights, then every stored tensor that is not a part of them */
+    char comp[7][96];
+    for (int k = 0; k < TB_LIN_PER_LAYER && !rc; k++) {
+        snprintf(comp[k], sizeof comp[k], "%s+recon", pk[k]->compensation ? pk[k]->compensation : "none");
+        rc = tb_pack_declare(pw, pk[k]->name, pk[k]->dtype, pk[k]->rows, pk[k]->cols, pk[k]->n, pk[k]->m,
+                             pk[k]->perm != NULL, comp[k], "given");
+    }
+    char *part = tb_calloc((size_t)p->f.n_tensors + 1, 1);
+    if (!part) rc = TB_EIO;
+    for (int k = 0; k < TB_LIN_PER_LAYER && !rc; k++) {
+        const st_tensor *parts[5] = {pk[k]->values, pk[k]->indices, pk[k]->dense, pk[k]->mask, pk[k]->perm};
+        for (int q = 0; q < 5; q++)
+            if (parts[q]) part[parts[q] - p->f.tensors] = 1;
+    }
+    for (int i = 0; i < p->f.n_tensors && !rc; i++)
+        if (!part[i]) rc = tb_pack_declare_copy(pw, p->f.tensors[i].name, p->f.tensors[i].dtype, p->f.tensors[i].ndim,
+                                                p->f.tensors[i].shape);
+    tb_outfile out;
+    if (!rc) rc = tb_out_open(&out, o->output);
+    if (rc) {
+        free(part);
+        tb_pack_writer_free(pw);
+        return rc;
+    }
+    rc = tb_pack_writer_begin(pw, out.fp, o->output);
+    for (int k = 0; k < TB_LIN_PER_LAYER && !rc; k++) {
+        const tb_packed *q = pk[k];
+        const int64_t R = q->rows, C = q->cols;
+        tb_mask mask;
+        float *stored = tb_malloc((size_t)(R * C) * sizeof(float));
+        if (!stored || (rc = tb_mask_alloc(&mask, R, C))) {
+            free(stored);
+            rc = rc ? rc : TB_EIO;
+            break;
+        }
+        const int32_t *perm = NULL;
+        if (q->perm) { /* stored column j is model column perm[j] */
+            if (!(mask.perm = tb_malloc((size_t)C * sizeof(int32_t)))) rc = TB_EIO;
+            else memcpy(mask.perm, q->perm->data, (size_t)C * sizeof(int32_t));
+            perm = mask.perm;
+        }
+        for (int64_t r = 0; r < R && !rc; r++)
+            for (int64_t j = 0; j < C; j++) {
+                int64_t src = r * C + (perm ? perm[j] : j);
+                stored[r * C + j] = w[k][src];
+                tb_mask_set(&mask, r, j, orig[k][src] != 0.0f);
+            }
+        if (!rc) rc = tb_pack_write(pw, stored, &mask);
+        tb_mask_free(&mask);
+        free(stored);
+    }
+    for (int i = 0; i < p->f.n_tensors && !rc; i++)
+        if (!part[i]) rc = tb_pack_write_copy(pw, p->f.tensors[i].data, p->f.tensors[i].nbytes);
+    if (!rc) rc = tb_pack_writer_finish(pw);
+    if (!rc) rc = tb_out_commit(&out);
+    else tb_out_abort(&out);
+    free(part);
+    tb_pack_writer_free(pw);
+    return rc;
+}
+
+static int run(options *o, const char *cmdline)
+{
+    tb_model m;
+    int rc = tb_model_open(&m, o->model);
+    if (rc) return rc;
+    if (m.is_tbm) {
+        tb_model_close(&m);
+        return tb_fail(TB_EUSAGE, "%s: -m takes the dense checkpoint, not a pruned model", o->model);
+    }
+    if (o->layer < 0 || o->layer >= m.cfg.n_layers) {
+        tb_model_close(&m);
+        return tb_fail(TB_EUSAGE, "--layer %d outside the model's %d layers", o->layer, m.cfg.n_layers);
+    }
+    tb_pack_file p;
+    if ((rc = tb_pack_open(&p, o->shard))) {
+        tb_model_close(&m);
+        return rc;
+    }
+    float *inputs = NULL, *targets = NULL, *w[TB_LIN_PER_LAYER] = {0}, *orig[TB_LIN_PER_LAYER] = {0};
+    uint8_t *keep[TB_LIN_PER_LAYER] = {0};
+    const tb_packed *pk[TB_LIN_PER_LAYER] = {0};
+    int64_t windows = 0;
+    int T = 0;
+    /* every pruned weight of the shard must be one of layer L's seven */
+    for (int i = 0; i < p.n_packed && !rc; i++) {
+        int l;
+        if (sscanf(p.packed[i].name, "model.layers.%d.", &l) != 1 || l != o->layer)
+            rc = tb_fail(TB_EDATA, "%s: pruned tensor '%s' is not in layer %d", o->shard, p.packed[i].name, o->layer);
+    }
+    for (int k = 0; k < TB_LIN_PER_LAYER && !rc; k++) {
+        char name[160];
+        snprintf(name, sizeof name, "model.layers.%d.%s.weight", o->layer, tb_lin_name(k));
+        if (!(pk[k] = tb_pack_find(&p, name))) rc = tb_fail(TB_EDATA, "%s: no pruned '%s'", o->shard, name);
+    }
+    tb_outfile probe; /* refuse an unwritable output before the work */
+    if (!rc && !(rc = tb_out_open(&probe, o->output))) tb_out_abort(&probe);
+    if (!rc) rc = load_inputs(o, &m, &inputs, &windows, &T);
+    if (!rc) rc = dense_targets(&m, o->layer, inputs, windows, T, o->threads, &targets);
+    for (int k = 0; k < TB_LIN_PER_LAYER && !rc; k++) {
+        int64_t n;
+        if (!(orig[k] = tb_pack_tensor_f32(&p, pk[k]->name, 1, &n)) || !(w[k] = tb_malloc((size_t)n * sizeof(float))) ||
+            !(keep[k] = tb_malloc((size_t)n))) {
+            rc = TB_EIO;
+            break;
+        }
+        memcpy(w[k], orig[k], (size_t)n * sizeof(float));
+        for (int64_t i = 0; i < n; i++) keep[k][i] = orig[k][i] != 0.0f;
+        tb_linear *L = &m.layers[o->layer].lin[k];
+        L->format = TB_LINEAR_DENSE;
+        L->dtype = TB_F32;
+        L->data = w[k];
+        L->perm = NULL;
+        L->indices = NULL;
+    }
+    tb_recon_report rep = {0};
+    if (!rc) {
+        tb_progress prog;
+        char label[32];
+        snprintf(label, sizeof label, "layer %d steps", o->layer);
+        tb_progress_begin(&prog, label, (uint64_t)o->ro.steps);
+        o->ro.n_threads = o->threads;
+        rc = tb_recon_layer(&m, o->layer, w, (const uint8_t *const *)keep, inputs, targets, windows, T, &o->ro, on_step,
+                            &prog, &rep);
+        tb_progress_end(&prog);
+    }
+    if (!rc) rc = write_shard(o, &p, w, pk, (const float *const *)orig, &rep, cmdline);
+    if (!rc)
+        tb_info("layer %d: output MSE %.4g -> %.4g (%.1f%% of the error kept; layer's own signal %.4g), %d steps in %.1f s -> %s",
+                o->layer, rep.mse_before, rep.mse_after, 100.0 * rep.mse_after / rep.mse_before, rep.target_power,
+                o->ro.steps, rep.seconds, o->output);
+    for (int k = 0; k < TB_LIN_PER_LAYER; k++) {
+        free(w[k]);
+        free(orig[k]);
+        free(keep[k]);
+    }
+    free(inputs);
+    free(targets);
+    tb_pack_close(&p);
+    tb_model_close(&m);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    tb_log_init("tb-recon");
+    options o = {.layer = -1, .threads = tb_default_threads()};
+    tb_recon_defaults(&o.ro);
+    enum { OPT_SHARD = 256, OPT_LAYER, OPT_ACTS, OPT_STEPS, OPT_LR, OPT_SEED, OPT_MAXWIN, OPT_THREADS, OPT_QUIET,
+           OPT_PROGRESS, OPT_VERSION };
+    static const struct option longopts[] = {
+        {"model", required_argument, 0, 'm'},         {"shard", required_argument, 0, OPT_SHARD},
+        {"layer", required_argument, 0, OPT_LAYER},   {"tokens", required_argument, 0, 't'},
+        {"acts-in", required_argument, 0, OPT_ACTS},  {"output", required_argument, 0, 'o'},
+        {"steps", required_argument, 0, OPT_STEPS},   {"lr", required_argument, 0, OPT_LR},
+        {"seed", required_argument, 0, OPT_SEED},     {"max-windows", required_argument, 0, OPT_MAXWIN},
+        {"threads", required_argument, 0, OPT_THREADS}, {"quiet", no_argument, 0, OPT_QUIET},
+        {"progress", no_argument, 0, OPT_PROGRESS},   {"help", no_argument, 0, 'h'},
+        {"version", no_argument, 0, OPT_VERSION},     {0, 0, 0, 0},
+    };
+    int ch;
+    opterr = 0;
+    while ((ch = getopt_long(argc, argv, "m:t:o:h", longopts, NULL)) != -1) {
+        int rc = TB_OK;
+        long v;
+        switch (ch) {
+        case 'm': o.model = optarg; break;
+        case 't': o.tokens = optarg; break;
+        case 'o': o.output = optarg; break;
+        case OPT_SHARD: o.shard = optarg; break;
+        case OPT_ACTS: o.acts_in = optarg; break;
+        case OPT_LAYER: rc = tb_parse_int("--layer", optarg, 0, 100000, &o.layer); break;
+        case OPT_STEPS: rc = tb_parse_int("--steps", optarg, 0, 10000000, &o.ro.steps); break;
+        case OPT_LR: rc = tb_parse_double("--lr", optarg, 0, 1, &o.ro.lr); break;
+        case OPT_SEED: rc = tb_parse_long("--seed", optarg, 0, 0x7fffffffffffffffL, &v); o.ro.seed = (uint64_t)v; break;
+        case OPT_MAXWIN: rc = tb_parse_long("--max-windows", optarg, 1, 1L << 40, &o.max_windows); break;
+        case OPT_THREADS: rc = tb_parse_int("--threads", optarg, 1, 256, &o.threads); break;
+        case OPT_QUIET: tb_log_set_quiet(1); tb_log_set_progress(0); break;
+        case OPT_PROGRESS: tb_log_set_progress(1); break;
+        case 'h': fputs(usage, stdout); return 0;
+        case OPT_VERSION: printf("tb-recon %s\n", TB_VERSION); return 0;
+        default: return tb_usage_error("unknown option '%s'", argv[optind - 1]);
+        }
+        if (rc) return tb_usage_error("%s", tb_errmsg());
+    }
+    if (optind != argc) return tb_usage_error("unexpected argument '%s'", argv[optind]);
+    if (!o.model || !o.shard || !o.output || o.layer < 0)
+        return tb_usage_error("-m MODEL, --shard, --layer and -o are required");
+    if (!o.tokens == !o.acts_in) return tb_usage_error("give exactly one of -t TOKENS (layer 0) and --acts-in STREAM");
+    char cmdline[2048] = "";
+    for (int i = 0; i < argc; i++) {
+        size_t k = strlen(cmdline);
+        snprintf(cmdline + k, sizeof cmdline - k, "%s%s", i ? " " : "", argv[i]);
+    }
+    return run(&o, cmdline) ? tb_report_error() : 0;
+}
