@@ -70,6 +70,9 @@ int tb_config_parse(tb_config *c, const char *label, const char *json_text)
                      label, c->n_heads, c->n_kv_heads);
         goto done;
     }
+    /* qwen2 carries sliding_window with use_sliding_window: false (not in effect) */
+    const cJSON *use_sw = cJSON_GetObjectItemCaseSensitive(root, "use_sliding_window");
+    if (cJSON_IsBool(use_sw) && !cJSON_IsTrue(use_sw)) c->sliding_window = 0;
     if ((rc = get_int(root, "head_dim", 0, c->hidden_size / c->n_heads, &c->head_dim, label))) goto done;
     if (c->head_dim == 0 || c->head_dim % 2) {
         rc = tb_fail(TB_EDATA, "%s: head_dim %d must be even and positive", label, c->head_dim);

@@ -240,6 +240,15 @@ static void test_config_variants(void **state)
     assert_int_equal(c.n_eos, 1);
     assert_true(tb_config_param_count(&c) == 10490112LL);
 
+    const char *qwen2 = "{\"model_type\":\"qwen2\",\"hidden_size\":896,\"intermediate_size\":4864,"
+                        "\"num_hidden_layers\":24,\"num_attention_heads\":14,\"num_key_value_heads\":2,"
+                        "\"vocab_size\":151936,\"sliding_window\":32768,\"use_sliding_window\":false,"
+                        "\"tie_word_embeddings\":true,\"rope_theta\":1000000.0}";
+    assert_int_equal(tb_config_parse(&c, "c.json", qwen2), TB_OK);
+    assert_int_equal(c.sliding_window, 0); /* present but not in use */
+    assert_int_equal(c.attention_bias, 1);
+    assert_true(tb_config_param_count(&c) == 494032768LL); /* Qwen2-0.5B */
+
     tb_err_clear();
     assert_int_equal(tb_config_parse(&c, "c.json", "{\"model_type\":\"gpt2\",\"architectures\":[\"GPT2LMHeadModel\"]}"),
                      TB_EDATA);
