@@ -5,7 +5,7 @@
 #
 # Environment: THREADS (default 2), WINDOWS (default 40 windows of 512),
 # MODEL (default tests/data/tiny-llama-6m), TEXT (default
-# ../shared/data/wikitext2-test.txt; without it, the bundled 40-line slice
+# examples/data/wikitext2-test.txt; without it, the 40-line test slice
 # repeated until it holds enough windows).
 #
 # Prints one block of key: value lines (also appended to
@@ -18,7 +18,7 @@ BIN=${TB_BIN:-build/bin}
 THREADS=${THREADS:-2}
 WINDOWS=${WINDOWS:-40}
 MODEL=${MODEL:-tests/data/tiny-llama-6m}
-TEXT=${TEXT:-../shared/data/wikitext2-test.txt}
+TEXT=${TEXT:-examples/data/wikitext2-test.txt}
 OUT=bench/results
 mkdir -p "$OUT"
 TMP=$(mktemp -d)
