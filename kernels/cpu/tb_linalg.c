@@ -179,18 +179,25 @@ int tb_woodbury_inverse(const double *g, int k, int n, double lambda, double s, 
     return TB_OK;
 }
 
+/* y -= a x over distinct rows: restrict lets the compiler vectorise it */
+static void row_axpy(double *restrict y, const double *restrict x, double a, int n)
+{
+    for (int j = 0; j < n; j++) y[j] -= a * x[j];
+}
+
 int tb_sm_downdate(double *hinv, int n, int q)
 {
     const double *rq = hinv + (size_t)q * n;
     double hqq = rq[q];
     if (!(hqq > 0)) return -1;
-    /* row q is read, never written, until the end, so no copy is needed */
+    /* row q is read, never written, until the end, so no copy is needed;
+     * rows of variables removed earlier are 0 and skipped */
     for (int i = 0; i < n; i++) {
         if (i == q) continue;
         double *ri = hinv + (size_t)i * n;
         double f = ri[q] / hqq;
         if (f == 0) continue;
-        for (int j = 0; j < n; j++) ri[j] -= f * rq[j];
+        row_axpy(ri, rq, f, n);
         ri[q] = 0; /* = ri[q] - f * hqq, exactly 0 in exact arithmetic */
     }
     memset(hinv + (size_t)q * n, 0, (size_t)n * sizeof *hinv);
