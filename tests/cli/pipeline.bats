@@ -7,7 +7,7 @@ load helpers
 setup_file() {
     export OUTD=$BATS_FILE_TMPDIR/out
     # 8 windows of 128 tokens: seconds, not minutes; quality is measured by bench/
-    WINDOWS=8 SEQLEN=128 TB=$TB_BIN JOBS=2 \
+    WINDOWS=8 SEQLEN=128 RECON_STEPS=40 TB=$TB_BIN JOBS=2 \
         "$BATS_TEST_DIRNAME/../../examples/prune-model.sh" "$TB_MODEL" "$OUTD" 2:4 >"$BATS_FILE_TMPDIR/log" 2>&1 ||
         { cat "$BATS_FILE_TMPDIR/log"; return 1; }
 }
@@ -15,7 +15,7 @@ setup_file() {
 @test "prune-model.sh leaves model.tbm and every intermediate file" {
     [ -f "$OUTD/model.tbm" ]
     for l in 0 5; do
-        for f in gram.$l.fisher scores.$l.st masks.$l.st layer.$l.tb; do [ -f "$OUTD/$f" ]; done
+        for f in gram.$l.fisher scores.$l.st masks.$l.st packed.$l.tb layer.$l.tb; do [ -f "$OUTD/$f" ]; done
     done
     # the last layer's output feeds nothing, so its partial model is never built
     [ -f "$OUTD/partial.4.tbm" ] && [ -f "$OUTD/stream.5.st" ] && [ ! -e "$OUTD/partial.5.tbm" ]
@@ -34,7 +34,8 @@ print(len(p), min(t['conforming_fraction'] for t in p), round(sum(t['sparsity'] 
 
 @test "the recipe records every stage with its command line" {
     run tb-inspect "$OUTD/model.tbm"
-    [[ "$output" == *"recipe: tb "*"tb-pack"*"--compensate sparsegpt"* ]]
+    [[ "$output" == *"recipe: tb "*"tb-recon"*"--steps 40"* ]]
+    [[ "$output" == *"recipe: tb "*"tb-pack"*"--compensate recon"* ]]
     [[ "$output" == *"recipe: mask "*"tb-nm"*"--pattern 2:4"* ]]
     [[ "$output" == *"recipe: fisher "*"--stats gram"* ]]
 }
