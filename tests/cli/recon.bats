@@ -1,0 +1,73 @@
+#!/usr/bin/env bats
+# tb-recon: the layer's output error falls, masks and zeros stay, bad inputs.
+
+load helpers
+
+setup_file() {
+    export D=$BATS_FILE_TMPDIR/p M=$TB_MODEL
+    mkdir -p "$D"
+    cd "$D"
+    # a 2:4 layer 0 and layer 1, each calibrated on 6 windows of 128 tokens
+    tb-tokenize -m "$M" --bos --windows 6 --seq-len 128 --quiet -o calib.st "$BATS_TEST_DIRNAME/../../examples/data/calib.txt"
+    tb-fisher -m "$M" -t calib.st --stats gram --layers 0:1 --acts-out s1.st -o g0.fisher --quiet
+    tb-fisher -m "$M" --acts-in s1.st --stats gram --layers 1:2 -o g1.fisher --quiet
+    for l in 0 1; do
+        tb-score -m "$M" -f g$l.fisher --method wanda --tensors "model.layers.$l.*" --quiet -o sc$l.st
+        tb-nm -s sc$l.st --pattern 2:4 --quiet -o m$l.st
+        tb-pack -m "$M" --masks m$l.st -f g$l.fisher --compensate recon --layers $l:$((l + 1)) --quiet -o p$l.tb
+    done
+}
+
+@test "layer 0: the output error falls, every weight stays 2:4 with the same keep set" {
+    cd "$D"
+    run tb-recon -m "$M" --shard p0.tb --layer 0 -t calib.st --steps 30 -o r0.tb
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"layer 0: output MSE "* ]]
+    before=$(echo "$output" | sed -n 's/.*output MSE \([0-9.e+-]*\) -> \([0-9.e+-]*\) .*/\1/p')
+    after=$(echo "$output" | sed -n 's/.*output MSE \([0-9.e+-]*\) -> \([0-9.e+-]*\) .*/\2/p')
+    awk -v a="$after" -v b="$before" 'BEGIN { exit !(a < 0.95 * b) }'
+    run tb-inspect --json r0.tb
+    run python3 -c "
+import json, sys; p = json.loads(sys.argv[1])['pruned']
+print(len(p), min(t['conforming_fraction'] for t in p), all(t['compensation'] == 'recon+recon' for t in p))" "$output"
+    [ "$output" = "7 1 True" ]
+    # the kept positions are the packed ones: the indices did not change
+    has_python_module safetensors || skip "python3 safetensors missing"
+    run python3 -c "
+from safetensors import deserialize
+a = dict(deserialize(open('p0.tb', 'rb').read())); b = dict(deserialize(open('r0.tb', 'rb').read()))
+idx = [k for k in a if k.endswith('.indices')]
+print(len(idx), all(a[k]['data'] == b[k]['data'] for k in idx),
+      all(a[k.replace('.indices', '.values')]['data'] != b[k.replace('.indices', '.values')]['data'] for k in idx))"
+    [ "$output" = "7 True True" ]
+}
+
+@test "a reconstructed layer merges and runs; the recipe names tb-pack through packed_from" {
+    cd "$D"
+    tb-recon -m "$M" --shard p1.tb --layer 1 --acts-in s1.st --steps 5 --quiet -o r1.tb
+    tb-merge --partial -m "$M" -o part.tbm r1.tb
+    run tb-run -m part.tbm --prompt "The" -n 4 --quiet
+    [ "$status" -eq 0 ]
+    run tb-inspect part.tbm
+    [[ "$output" == *"recipe: tb "*"tb-recon"* ]]
+    [[ "$output" == *"recipe: tb "*"tb-pack"*"--compensate recon"* ]]
+}
+
+@test "bad inputs: a stream of another layer, a shard of another layer, a pruned -m, layer > 0 without a stream" {
+    cd "$D"
+    run tb-recon -m "$M" --shard p1.tb --layer 1 --acts-in s1.st -o x.tb --steps 1 --layer 2
+    [ "$status" -eq 2 ]
+    one_line_error tb-recon
+    [[ "$output" == *"holds the stream entering layer 1, not layer 2"* ]] || [[ "$output" == *"is not in layer 2"* ]]
+    run tb-recon -m "$M" --shard p1.tb --layer 0 -t calib.st -o x.tb --steps 1
+    [ "$status" -eq 2 ]
+    one_line_error tb-recon
+    [[ "$output" == *"pruned tensor 'model.layers.1."*"is not in layer 0"* ]]
+    tb-merge --partial -m "$M" -o pp.tbm p0.tb
+    run tb-recon -m pp.tbm --shard p0.tb --layer 0 -t calib.st -o x.tb
+    [ "$status" -eq 1 ]
+    run tb-recon -m "$M" --shard p1.tb --layer 1 -t calib.st -o x.tb
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"needs --acts-in"* ]]
+    [ ! -e x.tb ]
+}
