@@ -5,6 +5,7 @@
 #include <limits.h>
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 int tb_parse_long(const char *opt, const char *s, long min, long max, long *out)
 {
@@ -53,4 +54,20 @@ int tb_parse_nm(const char *opt, const char *s, int max_m, int *n, int *m)
     *n = (int)a;
     *m = (int)b;
     return TB_OK;
+}
+
+char *tb_join_args(int argc, char **argv)
+{
+    size_t len = 1;
+    for (int i = 0; i < argc; i++) len += strlen(argv[i]) + 1;
+    char *s = tb_malloc(len), *p = s;
+    if (!s) return NULL;
+    for (int i = 0; i < argc; i++) {
+        size_t n = strlen(argv[i]);
+        if (i) *p++ = ' ';
+        memcpy(p, argv[i], n);
+        p += n;
+    }
+    *p = 0;
+    return s;
 }

@@ -11,4 +11,8 @@ int tb_parse_double(const char *opt, const char *s, double min, double max, doub
 /* "N:M" with 1 <= N < M <= max_m */
 int tb_parse_nm(const char *opt, const char *s, int max_m, int *n, int *m);
 
+/* The command line as one string ("tb-nm -s x --pattern 2:4"), recorded in
+ * output metadata so every file says how it was made. Caller frees. */
+char *tb_join_args(int argc, char **argv);
+
 #endif

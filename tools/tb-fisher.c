@@ -309,10 +309,9 @@ int main(int argc, char **argv)
     }
     if (!o.output && !o.acts_out) return tb_usage_error("-o OUT (or --acts-out) is required");
     if (!o.gram && o.output && !o.fisher) return tb_usage_error("--stats none writes no -o file");
-    char cmdline[2048] = "";
-    for (int i = 0; i < argc; i++) {
-        size_t k = strlen(cmdline);
-        snprintf(cmdline + k, sizeof cmdline - k, "%s%s", i ? " " : "", argv[i]);
-    }
-    return run(&o, cmdline) ? tb_report_error() : 0;
+    char *cmdline = tb_join_args(argc, argv);
+    if (!cmdline) return tb_report_error();
+    int rc = run(&o, cmdline);
+    free(cmdline);
+    return rc ? tb_report_error() : 0;
 }

@@ -1,10 +1,12 @@
 /* tb-merge - join .tb shards into a .tbm model index (see tb_tbm.h). */
 #include <getopt.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "tb_error.h"
 #include "tb_log.h"
+#include "tb_opts.h"
 #include "tb_tbm.h"
 
 static const char usage[] =
@@ -55,13 +57,11 @@ int main(int argc, char **argv)
     }
     if (!model || !out) return tb_usage_error("-m MODEL_DIR and -o OUT.tbm are required");
     if (optind >= argc) return tb_usage_error("no shards given");
-    char cmdline[4096] = "";
-    for (int i = 0; i < argc; i++) {
-        size_t k = strlen(cmdline);
-        snprintf(cmdline + k, sizeof cmdline - k, "%s%s", i ? " " : "", argv[i]);
-    }
-    if (tb_tbm_merge(out, model, (const char *const *)(argv + optind), argc - optind, cmdline, partial))
-        return tb_report_error();
+    char *cmdline = tb_join_args(argc, argv);
+    if (!cmdline) return tb_report_error();
+    int rc = tb_tbm_merge(out, model, (const char *const *)(argv + optind), argc - optind, cmdline, partial);
+    free(cmdline);
+    if (rc) return tb_report_error();
     tb_info("%d shard%s -> %s", argc - optind, argc - optind == 1 ? "" : "s", out);
     return 0;
 }

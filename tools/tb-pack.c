@@ -405,20 +405,6 @@ done:
     return rc;
 }
 
-static char *join_args(int argc, char **argv)
-{
-    size_t len = 1;
-    for (int i = 0; i < argc; i++) len += strlen(argv[i]) + 1;
-    char *s = tb_malloc(len);
-    if (!s) return NULL;
-    s[0] = 0;
-    for (int i = 0; i < argc; i++) {
-        if (i) strcat(s, " ");
-        strcat(s, argv[i]);
-    }
-    return s;
-}
-
 int main(int argc, char **argv)
 {
     tb_log_init("tb-pack");
@@ -485,7 +471,7 @@ int main(int argc, char **argv)
     if (o.include_dense && o.layer_lo < 0) return tb_usage_error("--include-dense goes with --layers");
     if (o.keep_mask && o.method != M_SPARSEGPT) return tb_usage_error("--keep-mask goes with --compensate sparsegpt");
     tb_blas_single_thread(); /* our threads split the rows */
-    if (!(o.command = join_args(argc, argv))) return tb_report_error();
+    if (!(o.command = tb_join_args(argc, argv))) return tb_report_error();
     int rc = run(&o);
     free(o.command);
     return rc ? tb_report_error() : 0;

@@ -333,10 +333,9 @@ int main(int argc, char **argv)
     if (!o.model || !o.shard || !o.output || o.layer < 0)
         return tb_usage_error("-m MODEL, --shard, --layer and -o are required");
     if (!o.tokens == !o.acts_in) return tb_usage_error("give exactly one of -t TOKENS (layer 0) and --acts-in STREAM");
-    char cmdline[2048] = "";
-    for (int i = 0; i < argc; i++) {
-        size_t k = strlen(cmdline);
-        snprintf(cmdline + k, sizeof cmdline - k, "%s%s", i ? " " : "", argv[i]);
-    }
-    return run(&o, cmdline) ? tb_report_error() : 0;
+    char *cmdline = tb_join_args(argc, argv);
+    if (!cmdline) return tb_report_error();
+    int rc = run(&o, cmdline);
+    free(cmdline);
+    return rc ? tb_report_error() : 0;
 }

@@ -362,20 +362,6 @@ done:
     return rc;
 }
 
-static char *join_args(int argc, char **argv)
-{
-    size_t len = 1;
-    for (int i = 0; i < argc; i++) len += strlen(argv[i]) + 1;
-    char *s = tb_malloc(len);
-    if (!s) return NULL;
-    s[0] = 0;
-    for (int i = 0; i < argc; i++) {
-        if (i) strcat(s, " ");
-        strcat(s, argv[i]);
-    }
-    return s;
-}
-
 int main(int argc, char **argv)
 {
     tb_log_init("tb-score");
@@ -443,7 +429,7 @@ int main(int argc, char **argv)
                               tb_score_method_name(o.so.method));
     if (strcmp(o.out, "-") == 0 && isatty(STDOUT_FILENO))
         return tb_usage_error("refusing to write binary scores to a terminal (use -o FILE or a pipe)");
-    o.command = join_args(argc, argv);
+    o.command = tb_join_args(argc, argv);
     if (!o.command) return tb_report_error();
     int rc = score(&o);
     free(o.command);
