@@ -34,6 +34,12 @@ static const char usage[] =
     "                      'ppl: X' on the last line of stdout\n"
     "  --seq-len N         window length in tokens (default 512)\n"
     "  --max-windows K     evaluate only the first K windows (default all)\n"
+    "  --compare REF       with --ppl: also run the reference model REF (the dense\n"
+    "                      model) on the same windows and print its fidelity:\n"
+    "                      'kl: X' (mean KL(REF || MODEL) of the next-token\n"
+    "                      distributions over every position, nats), 'top1: Y'\n"
+    "                      (fraction of positions whose most likely tokens agree)\n"
+    "                      and 'ppl_ref: Z' before 'ppl: X'\n"
     "  --json              print one JSON object instead: ppl, mean_nll, windows,\n"
     "                      tokens, seq_len, tokens_per_second, seconds\n"
     "\n"
@@ -64,6 +70,7 @@ static const char usage[] =
 typedef struct {
     const char *model, *ppl_file, *prompt;
     int seq_len, n_gen, json, threads;
+    const char *compare;
     long max_windows;
     double temp, top_p;
     long seed;
@@ -98,10 +105,15 @@ static int tokenize_file(const tb_tokenizer *tok, const char *path, int32_t **id
     return rc;
 }
 
-static int print_json(const options *o, const tb_ppl_result *r)
+static int print_json(const options *o, const tb_ppl_result *r, const tb_fidelity *fid)
 {
     cJSON *j = cJSON_CreateObject();
     cJSON_AddNumberToObject(j, "ppl", r->ppl);
+    if (fid) {
+        cJSON_AddNumberToObject(j, "kl", fid->kl);
+        cJSON_AddNumberToObject(j, "top1", fid->top1);
+        cJSON_AddNumberToObject(j, "ppl_ref", fid->ppl_ref);
+    }
     cJSON_AddNumberToObject(j, "mean_nll", r->mean_nll);
     cJSON_AddNumberToObject(j, "windows", (double)r->windows);
     cJSON_AddNumberToObject(j, "tokens", (double)r->tokens);
@@ -133,15 +145,38 @@ static int run_ppl(const options *o, const tb_model *m, const tb_tokenizer *tok)
     }
     tb_progress p = {0};
     tb_ppl_result r;
-    rc = tb_eval_ppl(&f, ids, (int64_t)n, o->seq_len, o->max_windows, window_progress, &p, &r);
+    tb_fidelity fid;
+    tb_model ref_model;
+    tb_forward ref;
+    int have_ref = 0;
+    if (o->compare) {
+        if ((rc = tb_model_open(&ref_model, o->compare))) goto done;
+        if ((rc = tb_forward_init(&ref, &ref_model, &fo))) {
+            tb_model_close(&ref_model);
+            goto done;
+        }
+        have_ref = 1;
+        rc = tb_eval_ppl_compare(&f, &ref, ids, (int64_t)n, o->seq_len, o->max_windows, window_progress, &p, &r, &fid);
+    } else {
+        rc = tb_eval_ppl(&f, ids, (int64_t)n, o->seq_len, o->max_windows, window_progress, &p, &r);
+    }
     tb_progress_end(&p);
     if (rc) tb_err_context("%s", o->ppl_file);
     if (!rc) {
         tb_info("%s: %zu tokens, %lld windows of %d, %.1f s, %.0f tokens/s (%d threads)", o->ppl_file, n,
                 (long long)r.windows, o->seq_len, r.seconds, (double)r.tokens / r.seconds, o->threads);
-        if (o->json) rc = print_json(o, &r);
-        else printf("ppl: %.4f\n", r.ppl);
+        if (o->json) {
+            rc = print_json(o, &r, have_ref ? &fid : NULL);
+        } else {
+            if (have_ref) printf("kl: %.4f\ntop1: %.4f\nppl_ref: %.4f\n", fid.kl, fid.top1, fid.ppl_ref);
+            printf("ppl: %.4f\n", r.ppl);
+        }
     }
+    if (have_ref) {
+        tb_forward_free(&ref);
+        tb_model_close(&ref_model);
+    }
+done:
     tb_forward_free(&f);
     free(ids);
     return rc;
@@ -232,7 +267,7 @@ int main(int argc, char **argv)
     tb_log_init("tb-run");
     options o = {.seq_len = 512, .n_gen = 128, .threads = tb_default_threads(), .top_p = 1.0};
     enum { OPT_PPL = 256, OPT_SEQ, OPT_MAXW, OPT_JSON, OPT_THREADS, OPT_PROMPT, OPT_TEMP, OPT_TOPP, OPT_SEED,
-           OPT_QUIET, OPT_PROGRESS, OPT_VERSION };
+           OPT_QUIET, OPT_PROGRESS, OPT_VERSION, OPT_COMPARE };
     static const struct option longopts[] = {
         {"model", required_argument, 0, 'm'},       {"ppl", required_argument, 0, OPT_PPL},
         {"seq-len", required_argument, 0, OPT_SEQ}, {"max-windows", required_argument, 0, OPT_MAXW},
@@ -241,6 +276,7 @@ int main(int argc, char **argv)
         {"top-p", required_argument, 0, OPT_TOPP},  {"seed", required_argument, 0, OPT_SEED},
         {"quiet", no_argument, 0, OPT_QUIET},       {"progress", no_argument, 0, OPT_PROGRESS},
         {"help", no_argument, 0, 'h'},              {"version", no_argument, 0, OPT_VERSION},
+        {"compare", required_argument, 0, OPT_COMPARE},
         {0, 0, 0, 0},
     };
     int c, bad = 0;
@@ -249,6 +285,7 @@ int main(int argc, char **argv)
         switch (c) {
         case 'm': o.model = optarg; break;
         case OPT_PPL: o.ppl_file = optarg; break;
+        case OPT_COMPARE: o.compare = optarg; break;
         case OPT_SEQ: bad = tb_parse_int("--seq-len", optarg, 2, 1 << 20, &o.seq_len); break;
         case OPT_MAXW: bad = tb_parse_long("--max-windows", optarg, 1, 1L << 40, &o.max_windows); break;
         case OPT_JSON: o.json = 1; break;
@@ -270,8 +307,8 @@ int main(int argc, char **argv)
     if (optind < argc) return tb_usage_error("unexpected argument '%s'", argv[optind]);
     if (!o.model) return tb_usage_error("-m MODEL is required");
     if (!o.ppl_file == !o.prompt) return tb_usage_error("give one of --ppl FILE or --prompt TEXT");
-    if (o.prompt && (o.json || o.max_windows))
-        return tb_usage_error("--json and --max-windows go with --ppl");
+    if (o.prompt && (o.json || o.max_windows || o.compare))
+        return tb_usage_error("--json, --max-windows and --compare go with --ppl");
 
     tb_model m;
     tb_tokenizer *tok = NULL;

@@ -70,6 +70,85 @@ int tb_eval_ppl(tb_forward *f, const int32_t *ids, int64_t n_ids, int seq_len, i
     return TB_OK;
 }
 
+double tb_eval_kl_row(const float *ref_logits, const float *logits, int n, int *same_top1)
+{
+    double lp = tb_logsumexp(ref_logits, n), lq = tb_logsumexp(logits, n), kl = 0;
+    int ap = 0, aq = 0;
+    for (int v = 0; v < n; v++) {
+        double a = (double)ref_logits[v] - lp, b = (double)logits[v] - lq;
+        kl += exp(a) * (a - b);
+        if (ref_logits[v] > ref_logits[ap]) ap = v;
+        if (logits[v] > logits[aq]) aq = v;
+    }
+    *same_top1 = ap == aq;
+    return kl > 0 ? kl : 0; /* rounding can take an exact 0 slightly negative */
+}
+
+typedef struct {
+    const float *ref, *cur;
+    int vocab;
+    double kl[256];
+    int64_t same[256];
+} kl_job;
+
+static void kl_rows(void *ctx, int64_t begin, int64_t end, int tid)
+{
+    kl_job *j = ctx;
+    double kl = 0;
+    int64_t same = 0;
+    for (int64_t t = begin; t < end; t++) {
+        int s;
+        kl += tb_eval_kl_row(j->ref + (size_t)t * j->vocab, j->cur + (size_t)t * j->vocab, j->vocab, &s);
+        same += s;
+    }
+    j->kl[tid] = kl;
+    j->same[tid] = same;
+}
+
+int tb_eval_ppl_compare(tb_forward *f, tb_forward *ref, const int32_t *ids, int64_t n_ids, int seq_len,
+                        int64_t max_windows, tb_progress_fn progress, void *progress_ctx, tb_ppl_result *r,
+                        tb_fidelity *fid)
+{
+    const int V = f->m->cfg.vocab_size;
+    if (ref->m->cfg.vocab_size != V)
+        return tb_fail(TB_EDATA, "the reference model has %d tokens, this one %d", ref->m->cfg.vocab_size, V);
+    if (seq_len < 2 || seq_len > f->o.max_tokens || seq_len > ref->o.max_tokens)
+        return tb_fail(TB_EUSAGE, "seq-len %d must be in [2, %d]", seq_len, f->o.max_tokens);
+    int64_t windows = n_ids / seq_len;
+    if (windows < 1)
+        return tb_fail(TB_EDATA, "%lld tokens (with BOS), fewer than one window of %d", (long long)n_ids, seq_len);
+    if (max_windows > 0 && windows > max_windows) windows = max_windows;
+    if (progress) progress(progress_ctx, 0, windows);
+    int nt = f->o.n_threads < 1 ? 1 : f->o.n_threads > 256 ? 256 : f->o.n_threads;
+    double t0 = tb_now(), sum = 0, sum_ref = 0, kl = 0;
+    int64_t same = 0;
+    for (int64_t w = 0; w < windows; w++) {
+        const int32_t *win = ids + w * seq_len;
+        int rc = tb_forward_run(ref, win, seq_len, 0);
+        if (!rc) rc = tb_forward_run(f, win, seq_len, 0);
+        if (rc) return rc;
+        sum_ref += tb_eval_window_nll_mt(ref->logits, win, seq_len, V, nt);
+        sum += tb_eval_window_nll_mt(f->logits, win, seq_len, V, nt);
+        kl_job j = {ref->logits, f->logits, V, {0}, {0}};
+        int k = nt < seq_len ? nt : seq_len;
+        tb_parallel_for(k, seq_len, kl_rows, &j);
+        for (int t = 0; t < k; t++) { /* thread order: reproducible */
+            kl += j.kl[t];
+            same += j.same[t];
+        }
+        if (progress) progress(progress_ctx, w + 1, windows);
+    }
+    r->windows = windows;
+    r->tokens = windows * seq_len;
+    r->mean_nll = sum / (double)windows;
+    r->ppl = exp(r->mean_nll);
+    r->seconds = tb_now() - t0;
+    fid->kl = kl / (double)r->tokens;
+    fid->top1 = (double)same / (double)r->tokens;
+    fid->ppl_ref = exp(sum_ref / (double)windows);
+    return TB_OK;
+}
+
 /* ---- sampling ---- */
 
 void tb_rng_seed(tb_rng *r, uint64_t seed)

@@ -167,6 +167,26 @@ typedef void (*tb_progress_fn)(void *ctx, int64_t done, int64_t total);
 int tb_eval_ppl(tb_forward *f, const int32_t *ids, int64_t n_ids, int seq_len, int64_t max_windows,
                 tb_progress_fn progress, void *progress_ctx, tb_ppl_result *r);
 
+/* Fidelity to a reference (dense) model on the same windows, REFERENCE.md's
+ * robust measure: perplexity alone rewards a model that merely softens its
+ * output distribution. Over every position of every window (all seq_len logit
+ * rows), in f64: */
+typedef struct {
+    double kl;       /* mean KL(reference || model) of the next-token distributions, nats */
+    double top1;     /* fraction of positions whose argmax tokens agree */
+    double ppl_ref;  /* the reference's perplexity on the same windows */
+} tb_fidelity;
+
+/* KL(p || q) with p = softmax(ref_logits), q = softmax(logits), and whether
+ * the argmaxes agree (lowest index on ties), for one row of n logits. */
+double tb_eval_kl_row(const float *ref_logits, const float *logits, int n, int *same_top1);
+
+/* tb_eval_ppl for f, running ref (same seq_len buffers, same vocabulary) on
+ * each window too, and filling fid. */
+int tb_eval_ppl_compare(tb_forward *f, tb_forward *ref, const int32_t *ids, int64_t n_ids, int seq_len,
+                        int64_t max_windows, tb_progress_fn progress, void *progress_ctx, tb_ppl_result *r,
+                        tb_fidelity *fid);
+
 /* ---- sampling ---- */
 typedef struct {
     uint64_t state;

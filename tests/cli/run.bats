@@ -128,3 +128,16 @@ same_within() { python3 -c "import sys; a,b,r=map(float,sys.argv[1:]); sys.exit(
         [[ "$output" == *"$opt"* ]] || { echo "missing $opt"; return 1; }
     done
 }
+
+@test "--compare: a model against itself has KL 0 and full top-1 agreement; JSON carries the fidelity" {
+    run tb-run -m "$TB_MODEL" --compare "$TB_MODEL" --ppl "$TB_TEST_DATA/wikitext2-test-head.txt" --seq-len 64 --max-windows 3 --quiet
+    [ "$status" -eq 0 ]
+    [ "${lines[0]}" = "kl: 0.0000" ]
+    [ "${lines[1]}" = "top1: 1.0000" ]
+    [[ "${lines[3]}" == "ppl: "* ]]
+    [ "${lines[2]#ppl_ref: }" = "${lines[3]#ppl: }" ]
+    run tb-run -m "$TB_MODEL" --compare "$TB_MODEL" --ppl "$TB_TEST_DATA/wikitext2-test-head.txt" --seq-len 64 --max-windows 3 --json --quiet
+    python3 -c "import json,sys; d=json.loads(sys.argv[1]); assert d['kl'] == 0 and d['top1'] == 1 and d['ppl_ref'] == d['ppl']" "$output"
+    run tb-run -m "$TB_MODEL" --compare "$TB_MODEL" --prompt hi
+    [ "$status" -eq 1 ]
+}
