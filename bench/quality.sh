@@ -1,7 +1,9 @@
 #!/bin/sh
 # Quality of a pruning recipe: prune the bundled tiny-llama-6m with
 # examples/Makefile settings and measure WikiText-2 perplexity by the protocol
-# (all 785 windows), appending one line to bench/results/quality.txt.
+# (all 785 windows) and the fidelity to the dense model on the same windows
+# (tb-run --compare: mean KL, top-1 agreement), appending one line to
+# bench/results/quality.txt.
 #   bench/quality.sh NAME [VAR=VALUE ...]     e.g.
 #   bench/quality.sh sparsegpt-seq PATTERN=2:4 COMPENSATE=sparsegpt
 # Calibration: the reference 128 x 512 windows (tests/data/.../calib-128x512),
@@ -19,7 +21,9 @@ t0=$(date +%s)
 make --no-print-directory -s -f examples/Makefile MODEL="$model" OUT="$out" TB="$bin" \
     CALIB="$model/calib-128x512.safetensors" "$@" >"$out.log" 2>&1
 t1=$(date +%s)
-ppl=$("$bin/tb-run" -m "$out/model.tbm" --ppl examples/data/wikitext2-test.txt --quiet --threads "${THREADS:-2}" | tail -n 1)
-line="$(date +%F) $name [$*]: $ppl (prune $((t1 - t0)) s)"
+# perplexity and fidelity to the dense model (KL, top-1) on the same windows
+fid=$("$bin/tb-run" -m "$out/model.tbm" --compare "$model" --ppl examples/data/wikitext2-test.txt --quiet \
+    --threads "${THREADS:-2}" | tr '\n' ' ')
+line="$(date +%F) $name [$*]: $fid(prune $((t1 - t0)) s)"
 echo "$line"
 echo "$line" >>bench/results/quality.txt
