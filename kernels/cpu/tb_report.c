@@ -1,0 +1,163 @@
+/* tb_report.c - per-weight analysis of pruned shards and its SVG plot. */
+#include "tb_report.h"
+#include "tb_compensate.h"
+#include "tb_error.h"
+#include "tb_fisher.h"
+#include "tb_io.h"
+#include "tb_threads.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int layer_of(const char *name)
+{
+    int l;
+    return sscanf(name, "model.layers.%d.", &l) == 1 ? l : -1;
+}
+
+/* The relative output error needs the dense source weight and its Gram: both
+ * are named by the recipe (tb-pack's "model" and "stats" metadata). */
+static double output_error(const tb_pack_file *shard, const tb_packed *p, const float *w_hat)
+{
+    const char *model = st_meta(&shard->f, "model"), *stats = st_meta(&shard->f, "stats");
+    char module[192], gname[256];
+    if (!model || !stats || !*stats || tb_fisher_gram_module(p->name, module, sizeof module)) return -1;
+    tb_ckpt ck;
+    st_file sf;
+    double e = -1;
+    if (tb_ckpt_open(&ck, model)) { tb_err_clear(); return -1; }
+    if (st_open(&sf, stats)) { tb_err_clear(); tb_ckpt_close(&ck); return -1; }
+    snprintf(gname, sizeof gname, "gram.%s.input", module);
+    const st_tensor *w = tb_ckpt_find(&ck, p->name), *g = st_find(&sf, gname);
+    if (w && g && w->numel == p->rows * p->cols && g->numel == p->cols * p->cols) {
+        float *w0 = st_tensor_f32(w);
+        double *gd = tb_malloc((size_t)g->numel * sizeof(double));
+        if (w0 && gd) {
+            tb_to_f64(g->dtype, g->data, 0, (size_t)g->numel, gd);
+            double base = tb_comp_output_error(w0, NULL, p->rows, p->cols, gd, tb_default_threads());
+            double d = tb_comp_output_error(w0, w_hat, p->rows, p->cols, gd, tb_default_threads());
+            e = base > 0 ? sqrt(d / base) : -1;
+        }
+        free(w0);
+        free(gd);
+    }
+    st_close(&sf);
+    tb_ckpt_close(&ck);
+    return e;
+}
+
+int tb_report_plot_svg(const char *path, const tb_pruned_row *rows, int n)
+{
+    int n_layers = 0;
+    for (int i = 0; i < n; i++) n_layers = rows[i].layer + 1 > n_layers ? rows[i].layer + 1 : n_layers;
+    if (n_layers == 0) return tb_fail(TB_EDATA, "%s: no decoder-layer weights to plot", path);
+    double sp[1024] = {0}, er[1024] = {0}, cnt[1024] = {0}, ecnt[1024] = {0}, emax = 0;
+    if (n_layers > 1024) n_layers = 1024;
+    for (int i = 0; i < n; i++) {
+        int l = rows[i].layer;
+        if (l < 0 || l >= n_layers) continue;
+        double numel = (double)rows[i].p->rows * rows[i].p->cols;
+        sp[l] += rows[i].sparsity * numel;
+        cnt[l] += numel;
+        if (rows[i].rel_err >= 0) { er[l] += rows[i].rel_err; ecnt[l] += 1; }
+    }
+    for (int l = 0; l < n_layers; l++) {
+        sp[l] = cnt[l] ? sp[l] / cnt[l] : 0;
+        er[l] = ecnt[l] ? er[l] / ecnt[l] : -1;
+        if (er[l] > emax) emax = er[l];
+    }
+    const int W = 760, H = 360, L = 60, R = 60, T = 40, B = 50;
+    double bw = (double)(W - L - R) / n_layers;
+    double ytop = emax > 1 ? emax * 1.1 : 1.0;
+    tb_outfile o;
+    int rc = tb_out_open(&o, path);
+    if (rc) return rc;
+    FILE *fp = o.fp;
+    fprintf(fp, "<svg xmlns='http://www.w3.org/2000/svg' width='%d' height='%d' font-family='sans-serif' font-size='12'>\n", W, H);
+    fprintf(fp, "<rect width='100%%' height='100%%' fill='white'/>\n");
+    fprintf(fp, "<text x='%d' y='22' font-size='15'>Per-layer sparsity (bars) and relative output error ||(W-W&#770;)X||/||WX|| (line)</text>\n", L);
+    fprintf(fp, "<line x1='%d' y1='%d' x2='%d' y2='%d' stroke='black'/>\n", L, H - B, W - R, H - B);
+    fprintf(fp, "<line x1='%d' y1='%d' x2='%d' y2='%d' stroke='black'/>\n", L, T, L, H - B);
+    for (int k = 0; k <= 4; k++) {
+        double f = k / 4.0;
+        int y = (int)(H - B - f * (H - T - B));
+        fprintf(fp, "<line x1='%d' y1='%d' x2='%d' y2='%d' stroke='#ddd'/>\n", L, y, W - R, y);
+        fprintf(fp, "<text x='%d' y='%d' text-anchor='end'>%.0f%%</text>\n", L - 6, y + 4, 100 * f);
+        fprintf(fp, "<text x='%d' y='%d' fill='#c0392b'>%.3g</text>\n", W - R + 6, y + 4, f * ytop);
+    }
+    for (int l = 0; l < n_layers; l++) {
+        double x = L + l * bw, h = sp[l] * (H - T - B);
+        fprintf(fp, "<rect x='%.1f' y='%.1f' width='%.1f' height='%.1f' fill='#5b8def'><title>layer %d: %.2f%% zeros</title></rect>\n",
+                x + bw * 0.15, H - B - h, bw * 0.7, h, l, 100 * sp[l]);
+        if (n_layers <= 40 || l % (n_layers / 20 + 1) == 0)
+            fprintf(fp, "<text x='%.1f' y='%d' text-anchor='middle'>%d</text>\n", x + bw / 2, H - B + 16, l);
+    }
+    fprintf(fp, "<text x='%d' y='%d' text-anchor='middle'>decoder layer</text>\n", (W + L - R) / 2, H - 12);
+    int have = 0;
+    for (int l = 0; l < n_layers; l++) have |= er[l] >= 0;
+    if (have) {
+        fprintf(fp, "<polyline fill='none' stroke='#c0392b' stroke-width='2' points='");
+        for (int l = 0; l < n_layers; l++)
+            if (er[l] >= 0) fprintf(fp, "%.1f,%.1f ", L + (l + 0.5) * bw, H - B - er[l] / ytop * (H - T - B));
+        fprintf(fp, "'/>\n");
+        for (int l = 0; l < n_layers; l++)
+            if (er[l] >= 0)
+                fprintf(fp, "<circle cx='%.1f' cy='%.1f' r='3' fill='#c0392b'><title>layer %d: mean relative output error %.4f</title></circle>\n",
+                        L + (l + 0.5) * bw, H - B - er[l] / ytop * (H - T - B), l, er[l]);
+    } else {
+        fprintf(fp, "<text x='%d' y='%d' fill='#c0392b'>output error unknown: source model or Gram statistics not found</text>\n", L + 10, T + 16);
+    }
+    fprintf(fp, "</svg>\n");
+    return tb_out_commit(&o);
+}
+
+
+int tb_report_pruned(const tb_pack_file *shards, int n_shards, int nm_n, int nm_m, int with_error,
+                     tb_progress_fn progress, void *ctx, tb_pruned_row **rows_out, int *n_out)
+{
+    int n = 0, rc = TB_OK, k = 0;
+    for (int s = 0; s < n_shards; s++) n += shards[s].n_packed;
+    tb_pruned_row *rows = tb_calloc((size_t)(n ? n : 1), sizeof *rows);
+    if (!rows) return TB_EIO;
+    if (progress) progress(ctx, 0, n);
+    for (int s = 0; s < n_shards && !rc; s++)
+        for (int i = 0; i < shards[s].n_packed && !rc; i++, k++) {
+            const tb_packed *p = &shards[s].packed[i];
+            tb_pruned_row *r = &rows[k];
+            snprintf(r->name, sizeof r->name, "%s", p->name);
+            r->layer = layer_of(p->name);
+            r->p = p;
+            float *w = tb_pack_tensor_f32(&shards[s], p->name, 1, &r->numel);
+            if (!w) { rc = TB_EIO; break; }
+            for (int64_t q = 0; q < r->numel; q++) r->zeros += w[q] == 0.0f;
+            int64_t groups = 0, ok = 0;
+            int gn = nm_m ? nm_n : p->n, gm = nm_m ? nm_m : p->m;
+            if (gm > 0 && p->cols % gm == 0) {
+                /* groups in stored column order: a permutation reorders whole
+                 * groups' members, and the pattern holds where the kernel reads */
+                float *ws = tb_pack_tensor_f32(&shards[s], p->name, 0, NULL);
+                if (!ws) { free(w); rc = TB_EIO; break; }
+                for (int64_t g = 0; g < r->numel / gm; g++) {
+                    int nz = 0;
+                    for (int j = 0; j < gm; j++) nz += ws[g * gm + j] != 0.0f;
+                    ok += nz <= gn;
+                    groups++;
+                }
+                free(ws);
+            }
+            r->sparsity = r->numel ? (double)r->zeros / (double)r->numel : 0;
+            r->conform = groups ? (double)ok / (double)groups : -1;
+            r->rel_err = with_error ? output_error(&shards[s], p, w) : -1;
+            free(w);
+            if (progress) progress(ctx, k + 1, n);
+        }
+    if (rc) {
+        free(rows);
+        return rc;
+    }
+    *rows_out = rows;
+    *n_out = n;
+    return TB_OK;
+}
