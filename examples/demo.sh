@@ -16,8 +16,12 @@ cap=""
 
 # the bundled windows are the calibration set of the reference baselines
 TB=$bin "$here/prune-model.sh" "$model" "$out" 2:4 "$model/calib-128x512.safetensors"
-echo "demo: checking the 2:4 pattern of every pruned weight"
-"$bin/tb-inspect" --nm 2:4 "$out/model.tbm" | tail -n 3
+# the table's columns: weight, kind, pattern, sparsity, conformity, ...
+"$bin/tb-inspect" --nm 2:4 "$out/model.tbm" | awk '
+    $2 == "nm" || $2 == "masked" { n++; if ($5 == "100.00%") ok++ }
+    /^pruned weights:/ { summary = $0 }
+    END { printf "demo: %d of %d pruned weights are 2:4 in every group; %s\n", ok, n, summary }'
+
 dense=$("$bin/tb-run" -m "$model" --ppl "$text" $cap --quiet | tail -n 1)
 pruned=$("$bin/tb-run" -m "$out/model.tbm" --ppl "$text" $cap --quiet | tail -n 1)
 echo "demo: WikiText-2 test, ${windows:-all} windows of 512 tokens"
