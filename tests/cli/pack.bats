@@ -146,8 +146,7 @@ print(p['kind'], p['pattern'], p['sparsity'])" "$output"
 
 @test "every method runs on tb-fisher statistics, with permuted masks" {
     [ -x "$TB_BIN/tb-fisher" ] || skip "no tb-fisher"
-    [ -f "$TB_SHARED/data/calib-tiny-llama-6m-128x512.safetensors" ] || skip "no ../shared calibration windows"
-    tb-fisher --quiet -m "$TB_MODEL" -t "$TB_SHARED/data/calib-tiny-llama-6m-128x512.safetensors" --max-windows 2 \
+    tb-fisher --quiet -m "$TB_MODEL" -t "$TB_MODEL/calib-128x512.safetensors" --max-windows 2 \
         --grad-samples 2 -o "$TMP/s.fisher"
     fixture "$TMP/masks" 2:4 --layer 5 --perm
     for c in none redist obs recon sparsegpt; do

@@ -9,7 +9,7 @@ load helpers
 setup() { TMP=$(mktemp -d); }
 teardown() { rm -rf "$TMP"; }
 
-GOLDEN=$TB_SHARED/golden/tiny-llama-6m/fisher-gram-16win.safetensors
+GOLDEN=$TB_TEST_DATA/tiny-llama-6m/fisher-gram-16win.safetensors  # bundled copy of the golden
 
 # F32 little-endian bytes of a few values, for hand-made files
 F5='\x00\x00\xa0\x40'; F1='\x00\x00\x80\x3f'; F4='\x00\x00\x80\x40'; F2='\x00\x00\x00\x40'

@@ -159,14 +159,11 @@ print(a == b)"
     [[ "$output" == *"total: "*" snippets, 0 mismatches"* ]]
 }
 
-@test "encoding WikiText-2 test (1.3 MB) is fast and gives the reference token counts" {
-    [ -f "$TB_SHARED/data/wikitext2-test.txt" ] || skip "no ../shared"
-    start=$(date +%s%N)
-    tb-tokenize -m "$LLAMA" --bos "$TB_SHARED/data/wikitext2-test.txt" -o "$TMP/l.st"
-    tb-tokenize -m "$MISTRAL" --bos "$TB_SHARED/data/wikitext2-test.txt" -o "$TMP/m.st"
-    ms=$((($(date +%s%N) - start) / 1000000))
-    echo "both models: $ms ms"
-    [ "$ms" -lt 5000 ]
+# speed is a benchmark (BENCHMARKS.md), not asserted here: only the counts are
+@test "encoding WikiText-2 test (1.3 MB, bundled) gives the reference token counts" {
+    wiki=$BATS_TEST_DIRNAME/../../examples/data/wikitext2-test.txt
+    tb-tokenize -m "$LLAMA" --bos "$wiki" -o "$TMP/l.st"
+    tb-tokenize -m "$MISTRAL" --bos "$wiki" -o "$TMP/m.st"
     run tb-inspect "$TMP/l.st"
     [[ "$output" == *"[1, 402094]"* ]]
     run tb-inspect "$TMP/m.st"
