@@ -44,32 +44,6 @@ double tb_eval_window_nll(const float *logits, const int32_t *tokens, int n, int
     return tb_eval_window_nll_mt(logits, tokens, n, vocab, 1);
 }
 
-int tb_eval_ppl(tb_forward *f, const int32_t *ids, int64_t n_ids, int seq_len, int64_t max_windows,
-                tb_progress_fn progress, void *progress_ctx, tb_ppl_result *r)
-{
-    if (seq_len < 2 || seq_len > f->o.max_tokens)
-        return tb_fail(TB_EUSAGE, "seq-len %d must be in [2, %d]", seq_len, f->o.max_tokens);
-    int64_t windows = n_ids / seq_len;
-    if (windows < 1)
-        return tb_fail(TB_EDATA, "%lld tokens (with BOS), fewer than one window of %d", (long long)n_ids, seq_len);
-    if (max_windows > 0 && windows > max_windows) windows = max_windows;
-    if (progress) progress(progress_ctx, 0, windows);
-    double t0 = tb_now(), sum = 0;
-    for (int64_t w = 0; w < windows; w++) {
-        const int32_t *win = ids + w * seq_len;
-        int rc = tb_forward_run(f, win, seq_len, 0);
-        if (rc) return rc;
-        sum += tb_eval_window_nll_mt(f->logits, win, seq_len, f->m->cfg.vocab_size, f->o.n_threads);
-        if (progress) progress(progress_ctx, w + 1, windows);
-    }
-    r->windows = windows;
-    r->tokens = windows * seq_len;
-    r->mean_nll = sum / (double)windows;
-    r->ppl = exp(r->mean_nll);
-    r->seconds = tb_now() - t0;
-    return TB_OK;
-}
-
 double tb_eval_kl_row(const float *ref_logits, const float *logits, int n, int *same_top1)
 {
     double lp = tb_logsumexp(ref_logits, n), lq = tb_logsumexp(logits, n), kl = 0;
@@ -110,9 +84,9 @@ int tb_eval_ppl_compare(tb_forward *f, tb_forward *ref, const int32_t *ids, int6
                         tb_fidelity *fid)
 {
     const int V = f->m->cfg.vocab_size;
-    if (ref->m->cfg.vocab_size != V)
+    if (ref && ref->m->cfg.vocab_size != V)
         return tb_fail(TB_EDATA, "the reference model has %d tokens, this one %d", ref->m->cfg.vocab_size, V);
-    if (seq_len < 2 || seq_len > f->o.max_tokens || seq_len > ref->o.max_tokens)
+    if (seq_len < 2 || seq_len > f->o.max_tokens || (ref && seq_len > ref->o.max_tokens))
         return tb_fail(TB_EUSAGE, "seq-len %d must be in [2, %d]", seq_len, f->o.max_tokens);
     int64_t windows = n_ids / seq_len;
     if (windows < 1)
@@ -124,17 +98,19 @@ int tb_eval_ppl_compare(tb_forward *f, tb_forward *ref, const int32_t *ids, int6
     int64_t same = 0;
     for (int64_t w = 0; w < windows; w++) {
         const int32_t *win = ids + w * seq_len;
-        int rc = tb_forward_run(ref, win, seq_len, 0);
+        int rc = ref ? tb_forward_run(ref, win, seq_len, 0) : TB_OK;
         if (!rc) rc = tb_forward_run(f, win, seq_len, 0);
         if (rc) return rc;
-        sum_ref += tb_eval_window_nll_mt(ref->logits, win, seq_len, V, nt);
         sum += tb_eval_window_nll_mt(f->logits, win, seq_len, V, nt);
-        kl_job j = {ref->logits, f->logits, V, {0}, {0}};
-        int k = nt < seq_len ? nt : seq_len;
-        tb_parallel_for(k, seq_len, kl_rows, &j);
-        for (int t = 0; t < k; t++) { /* thread order: reproducible */
-            kl += j.kl[t];
-            same += j.same[t];
+        if (ref) {
+            sum_ref += tb_eval_window_nll_mt(ref->logits, win, seq_len, V, nt);
+            kl_job j = {ref->logits, f->logits, V, {0}, {0}};
+            int k = nt < seq_len ? nt : seq_len;
+            tb_parallel_for(k, seq_len, kl_rows, &j);
+            for (int t = 0; t < k; t++) { /* thread order: reproducible */
+                kl += j.kl[t];
+                same += j.same[t];
+            }
         }
         if (progress) progress(progress_ctx, w + 1, windows);
     }
@@ -143,10 +119,18 @@ int tb_eval_ppl_compare(tb_forward *f, tb_forward *ref, const int32_t *ids, int6
     r->mean_nll = sum / (double)windows;
     r->ppl = exp(r->mean_nll);
     r->seconds = tb_now() - t0;
-    fid->kl = kl / (double)r->tokens;
-    fid->top1 = (double)same / (double)r->tokens;
-    fid->ppl_ref = exp(sum_ref / (double)windows);
+    if (ref) {
+        fid->kl = kl / (double)r->tokens;
+        fid->top1 = (double)same / (double)r->tokens;
+        fid->ppl_ref = exp(sum_ref / (double)windows);
+    }
     return TB_OK;
+}
+
+int tb_eval_ppl(tb_forward *f, const int32_t *ids, int64_t n_ids, int seq_len, int64_t max_windows,
+                tb_progress_fn progress, void *progress_ctx, tb_ppl_result *r)
+{
+    return tb_eval_ppl_compare(f, NULL, ids, n_ids, seq_len, max_windows, progress, progress_ctx, r, NULL);
 }
 
 /* ---- sampling ---- */

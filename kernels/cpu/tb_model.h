@@ -182,7 +182,7 @@ typedef struct {
 double tb_eval_kl_row(const float *ref_logits, const float *logits, int n, int *same_top1);
 
 /* tb_eval_ppl for f, running ref (same seq_len buffers, same vocabulary) on
- * each window too, and filling fid. */
+ * each window too, and filling fid; ref == NULL (fid unused) is tb_eval_ppl. */
 int tb_eval_ppl_compare(tb_forward *f, tb_forward *ref, const int32_t *ids, int64_t n_ids, int seq_len,
                         int64_t max_windows, tb_progress_fn progress, void *progress_ctx, tb_ppl_result *r,
                         tb_fidelity *fid);
