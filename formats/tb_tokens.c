@@ -6,6 +6,34 @@
 #include <stdlib.h>
 #include <string.h>
 
+int tb_tokens_convert(const st_tensor *x, const char *label, int vocab, int32_t *out)
+{
+    if (x->dtype != TB_I32 && x->dtype != TB_I64)
+        return tb_fail(TB_EDATA, "%s: tensor '%s': dtype %s, expected I32 or I64", label, x->name,
+                       tb_dtype_name(x->dtype));
+    int64_t row = x->ndim ? x->shape[x->ndim - 1] : 1;
+    if (row < 1) row = 1;
+    for (int64_t i = 0; i < x->numel; i++) {
+        int64_t v;
+        if (x->dtype == TB_I32) {
+            int32_t v32;
+            memcpy(&v32, (const char *)x->data + 4 * i, 4);
+            v = v32;
+        } else {
+            memcpy(&v, (const char *)x->data + 8 * i, 8);
+        }
+        if (v < 0 || (vocab > 0 && v >= vocab) || v > INT32_MAX) {
+            if (vocab > 0)
+                return tb_fail(TB_EDATA, "%s: window %lld, position %lld: token id %lld outside the vocabulary [0, %d)",
+                               label, (long long)(i / row), (long long)(i % row), (long long)v, vocab);
+            return tb_fail(TB_EDATA, "%s: window %lld, position %lld: token id %lld is not a valid id", label,
+                           (long long)(i / row), (long long)(i % row), (long long)v);
+        }
+        out[i] = (int32_t)v;
+    }
+    return TB_OK;
+}
+
 int tb_tokens_load(tb_tokens *t, const char *path, int vocab, int max_seq)
 {
     memset(t, 0, sizeof *t);
@@ -30,21 +58,7 @@ int tb_tokens_load(tb_tokens *t, const char *path, int vocab, int max_seq)
         t->seq_len = (int)x->shape[1];
         if (!(t->ids = tb_malloc((size_t)x->numel * sizeof(int32_t)))) rc = TB_EIO;
     }
-    for (int64_t i = 0; !rc && i < x->numel; i++) {
-        int64_t v;
-        if (x->dtype == TB_I32) {
-            int32_t v32;
-            memcpy(&v32, (const char *)x->data + 4 * i, 4);
-            v = v32;
-        } else {
-            memcpy(&v, (const char *)x->data + 8 * i, 8);
-        }
-        if (v < 0 || (vocab > 0 && v >= vocab))
-            rc = tb_fail(TB_EDATA, "%s: window %lld, position %lld: token id %lld outside the vocabulary [0, %d)", label,
-                         (long long)(i / t->seq_len), (long long)(i % t->seq_len), (long long)v, vocab);
-        else
-            t->ids[i] = (int32_t)v;
-    }
+    if (!rc) rc = tb_tokens_convert(x, label, vocab, t->ids);
     st_close(&f);
     if (rc) tb_tokens_free(t);
     return rc;

@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "tb_safetensors.h"
+
 typedef struct {
     int32_t *ids;     /* [windows * seq_len], owned */
     int64_t windows;
@@ -25,5 +27,11 @@ int tb_tokens_load(tb_tokens *t, const char *path, int vocab, int max_seq);
 int tb_tokens_draw(tb_tokens *t, const int32_t *ids, size_t n, int64_t windows, int seq_len, uint64_t seed,
                    const char *label);
 void tb_tokens_free(tb_tokens *t);
+
+/* Convert an id tensor (I32 or I64, any shape, rows along its last dim) into
+ * out[numel], checking each id against [0, vocab) (vocab <= 0: against the
+ * int32 range). TB_EDATA names label, row and position of a bad id. The one
+ * reader of token ids: tb_tokens_load and tb-tokenize --decode use it. */
+int tb_tokens_convert(const st_tensor *x, const char *label, int vocab, int32_t *out);
 
 #endif

@@ -294,31 +294,14 @@ static int decode_mode(const options *o, const tb_tokenizer *t, char **files, in
         if ((rc = st_open(&f, path))) return rc;
         const st_tensor *x = st_find(&f, "input_ids");
         if (!x) rc = tb_fail(TB_EDATA, "%s: no tensor 'input_ids' (use --format text for text ids)", label);
-        else if (x->dtype != TB_I32 && x->dtype != TB_I64)
-            rc = tb_fail(TB_EDATA, "%s: input_ids is %s, not I32 or I64", label, tb_dtype_name(x->dtype));
         else if (x->ndim != 1 && x->ndim != 2)
             rc = tb_fail(TB_EDATA, "%s: input_ids has %d dimensions, not 1 or 2", label, x->ndim);
         if (!rc) {
             rows = x->ndim == 2 ? (size_t)x->shape[0] : 1;
             cols = x->ndim == 2 ? (size_t)x->shape[1] : (size_t)x->shape[0];
             ids = tb_malloc((size_t)x->numel * sizeof *ids + 1);
-            if (!ids) rc = TB_EIO;
-            for (int64_t i = 0; !rc && i < x->numel; i++) {
-                int64_t v;
-                if (x->dtype == TB_I32) {
-                    int32_t v32;
-                    memcpy(&v32, (const char *)x->data + 4 * i, 4);
-                    v = v32;
-                } else {
-                    memcpy(&v, (const char *)x->data + 8 * i, 8);
-                }
-                if (v < 0 || v > INT32_MAX) {
-                    rc = tb_fail(TB_EDATA, "%s: token id %lld is not in the vocabulary (size %zu)", label,
-                                 (long long)v, tb_tok_vocab_size(t));
-                    break;
-                }
-                ids[i] = (int32_t)v;
-            }
+            /* ids beyond this tokenizer's vocabulary are refused by tb_tok_decode */
+            rc = ids ? tb_tokens_convert(x, label, 0, ids) : TB_EIO;
         }
         st_close(&f);
         if (rc) goto done;
