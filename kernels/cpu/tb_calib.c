@@ -176,66 +176,76 @@ int tb_calib_layers(tb_calib *c, tb_forward *f, int n, int l0, int l1)
     return TB_OK;
 }
 
-int tb_calib_write(tb_calib *c, const char *path, const char *const *meta_kv, int n_meta)
+/* Every output tensor in file order (Fisher, then Gram, then samples, each in
+ * layer order), declared (write == 0) or written (write == 1) by the one walk,
+ * so the header and the data can never disagree. Writing finalises the sums:
+ * Fisher sums become means, Gram upper triangles are mirrored. */
+static int walk_outputs(tb_calib *c, st_writer *w, int write)
 {
     const tb_model *m = c->m;
     const int L = m->cfg.n_layers;
-    char name[256], module[192];
-    st_writer *w = st_writer_new();
-    if (!w) return TB_EIO;
+    const double inv = c->windows ? 1.0 / (double)c->windows : 0.0;
+    char name[256], module[192], full[320];
     int rc = TB_OK;
-    for (int i = 0; !rc && i < n_meta; i++) rc = st_writer_meta(w, meta_kv[2 * i], meta_kv[2 * i + 1]);
-    /* declare: Fisher, then Gram, then samples, each in layer order */
     for (int pass = 0; pass < 3 && !rc; pass++)
         for (int l = 0; l <= L && !rc; l++)
             for (int i = 0; i < TB_LIN_PER_LAYER && !rc; i++) {
                 if (l == L && (i > 0 || !c->with_lm_head)) continue;
                 const tb_linear *W = lin_of(m, l, i);
-                int idx = l * TB_LIN_PER_LAYER + i;
+                const int idx = l * TB_LIN_PER_LAYER + i, g = l * TB_GRAM_PER_LAYER + gram_slot(i);
+                const size_t sz = (size_t)W->rows * W->cols;
                 tb_calib_weight_name(m, l, i, name, sizeof name);
-                char full[320];
-                if (pass == 0 && c->fisher && c->fisher[idx]) {
-                    snprintf(full, sizeof full, "fisher.%s", name);
-                    rc = st_writer_add(w, full, TB_F32, 2, (int64_t[]){W->rows, W->cols});
-                } else if (pass == 1 && c->gram && l < L && gram_slot(i) >= 0 && c->gram[l * TB_GRAM_PER_LAYER + gram_slot(i)]) {
-                    tb_fisher_gram_module(name, module, sizeof module);
-                    int64_t d = W->cols;
-                    snprintf(full, sizeof full, "gram.%s.input", module);
-                    rc = st_writer_add(w, full, TB_F64, 2, (int64_t[]){d, d});
-                    snprintf(full, sizeof full, "gram.%s.count", module);
-                    if (!rc) rc = st_writer_add(w, full, TB_I64, 1, (int64_t[]){1});
-                } else if (pass == 2 && c->samples && c->samples[idx]) {
-                    snprintf(full, sizeof full, "grad.%s", name);
-                    rc = st_writer_add(w, full, TB_BF16, 3, (int64_t[]){c->o.grad_samples, W->rows, W->cols});
-                }
-            }
-    tb_outfile out;
-    if (!rc) rc = tb_out_open(&out, path);
-    if (rc) { st_writer_free(w); return rc; }
-    rc = st_writer_begin(w, out.fp, path);
-    double inv = c->windows ? 1.0 / (double)c->windows : 0.0;
-    for (int pass = 0; pass < 3 && !rc; pass++)
-        for (int l = 0; l <= L && !rc; l++)
-            for (int i = 0; i < TB_LIN_PER_LAYER && !rc; i++) {
-                if (l == L && (i > 0 || !c->with_lm_head)) continue;
-                const tb_linear *W = lin_of(m, l, i);
-                int idx = l * TB_LIN_PER_LAYER + i;
-                size_t sz = (size_t)W->rows * W->cols;
                 if (pass == 0 && c->fisher && c->fisher[idx]) {
                     float *F = c->fisher[idx];
-                    for (size_t k = 0; k < sz; k++) F[k] = (float)(F[k] * inv); /* sum -> mean; final */
+                    if (!write) {
+                        snprintf(full, sizeof full, "fisher.%s", name);
+                        rc = st_writer_add(w, full, TB_F32, 2, (int64_t[]){W->rows, W->cols});
+                        continue;
+                    }
+                    for (size_t k = 0; k < sz; k++) F[k] = (float)(F[k] * inv);
                     rc = st_writer_write(w, F, sz * sizeof(float));
-                } else if (pass == 1 && c->gram && l < L && gram_slot(i) >= 0 && c->gram[l * TB_GRAM_PER_LAYER + gram_slot(i)]) {
-                    int g = l * TB_GRAM_PER_LAYER + gram_slot(i), d = W->cols;
+                } else if (pass == 1 && c->gram && l < L && gram_slot(i) >= 0 && c->gram[g]) {
+                    const int d = W->cols;
+                    if (!write) {
+                        tb_fisher_gram_module(name, module, sizeof module);
+                        snprintf(full, sizeof full, "gram.%s.input", module);
+                        rc = st_writer_add(w, full, TB_F64, 2, (int64_t[]){d, d});
+                        snprintf(full, sizeof full, "gram.%s.count", module);
+                        if (!rc) rc = st_writer_add(w, full, TB_I64, 1, (int64_t[]){1});
+                        continue;
+                    }
                     double *G = c->gram[g];
                     for (int r = 0; r < d; r++) /* dsyrk filled the upper triangle */
                         for (int q = 0; q < r; q++) G[(size_t)r * d + q] = G[(size_t)q * d + r];
                     rc = st_writer_write(w, G, (size_t)d * d * sizeof(double));
                     if (!rc) rc = st_writer_write(w, &c->gram_tokens[g], sizeof(int64_t));
                 } else if (pass == 2 && c->samples && c->samples[idx]) {
+                    if (!write) {
+                        snprintf(full, sizeof full, "grad.%s", name);
+                        rc = st_writer_add(w, full, TB_BF16, 3, (int64_t[]){c->o.grad_samples, W->rows, W->cols});
+                        continue;
+                    }
                     rc = st_writer_write(w, c->samples[idx], sz * (size_t)c->o.grad_samples * sizeof(uint16_t));
                 }
             }
+    return rc;
+}
+
+int tb_calib_write(tb_calib *c, const char *path, const char *const *meta_kv, int n_meta)
+{
+    st_writer *w = st_writer_new();
+    if (!w) return TB_EIO;
+    int rc = TB_OK;
+    for (int i = 0; !rc && i < n_meta; i++) rc = st_writer_meta(w, meta_kv[2 * i], meta_kv[2 * i + 1]);
+    if (!rc) rc = walk_outputs(c, w, 0);
+    tb_outfile out;
+    if (!rc) rc = tb_out_open(&out, path);
+    if (rc) {
+        st_writer_free(w);
+        return rc;
+    }
+    rc = st_writer_begin(w, out.fp, path);
+    if (!rc) rc = walk_outputs(c, w, 1);
     if (!rc) rc = st_writer_finish(w);
     if (!rc) rc = tb_out_commit(&out);
     else tb_out_abort(&out);
