@@ -1,6 +1,8 @@
 #include "tb_fisher.h"
+#include "tb_error.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static int ends_with(const char *s, size_t n, const char *suffix)
@@ -29,4 +31,19 @@ int tb_fisher_gram_module(const char *weight_name, char *buf, size_t n)
     }
     int w = snprintf(buf, n, "%.*s", (int)len, weight_name);
     return w < 0 || (size_t)w >= n ? -1 : 0;
+}
+
+int tb_stream_open(st_file *f, const char *path, int hidden, int layer, const st_tensor **h)
+{
+    int rc = st_open(f, path);
+    if (rc) return rc;
+    const st_tensor *t = st_find(f, "hidden");
+    const char *lay = st_meta(f, "layer");
+    if (!t || t->ndim != 3 || t->dtype != TB_F32 || t->shape[2] != hidden || t->shape[1] < 2)
+        rc = tb_fail(TB_EDATA, "%s: no F32 tensor 'hidden' [windows, seq_len, %d]", path, hidden);
+    else if (!lay || atoi(lay) != layer)
+        rc = tb_fail(TB_EDATA, "%s: holds the stream entering layer %s, not layer %d", path, lay ? lay : "?", layer);
+    if (rc) st_close(f);
+    else *h = t;
+    return rc;
 }

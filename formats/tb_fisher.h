@@ -22,10 +22,20 @@
 
 #include <stddef.h>
 
+#include "tb_safetensors.h"
+
 /* Module whose Gram matrix serves `weight_name` ("...q_proj.weight" ->
  * "...q_proj", "...k_proj.weight" -> "...q_proj", "...up_proj.weight" ->
  * "...gate_proj"), written into buf. Returns 0, or -1 if the name is not a
  * "<module>.weight" name or does not fit. */
 int tb_fisher_gram_module(const char *weight_name, char *buf, size_t n);
+
+/* A stream file (tb-fisher --acts-out, read by tb-fisher and tb-recon
+ * --acts-in): F32 "hidden" [windows, seq_len, hidden], the residual stream
+ * entering decoder layer L, with metadata "tensorbit.kind" = "stream" and
+ * "layer" = L. Opens `path` and checks it is the stream entering `layer` of a
+ * model of width `hidden` (TB_EDATA otherwise); *h points into f, which the
+ * caller closes with st_close. */
+int tb_stream_open(st_file *f, const char *path, int hidden, int layer, const st_tensor **h);
 
 #endif

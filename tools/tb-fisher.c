@@ -9,6 +9,7 @@
 #include "tb_backward.h"
 #include "tb_calib.h"
 #include "tb_error.h"
+#include "tb_fisher.h"
 #include "tb_io.h"
 #include "tb_log.h"
 #include "tb_model.h"
@@ -105,26 +106,6 @@ static int text_windows(const options *o, const tb_model *m, tb_tokens *tk)
     return rc;
 }
 
-/* The residual stream entering layer A, from --acts-in. */
-typedef struct {
-    st_file file;
-    const st_tensor *hidden;
-} stream_in;
-
-static int open_stream_in(stream_in *s, const char *path, const tb_model *m, int layer)
-{
-    int rc = st_open(&s->file, path);
-    if (rc) return rc;
-    const st_tensor *h = s->hidden = st_find(&s->file, "hidden");
-    const char *lay = st_meta(&s->file, "layer");
-    if (!h || h->ndim != 3 || h->dtype != TB_F32 || h->shape[2] != m->cfg.hidden_size || h->shape[1] < 2)
-        rc = tb_fail(TB_EDATA, "%s: no F32 tensor 'hidden' [windows, seq_len, %d]", path, m->cfg.hidden_size);
-    else if (!lay || atoi(lay) != layer)
-        rc = tb_fail(TB_EDATA, "%s: holds the stream entering layer %s, not layer %d", path, lay ? lay : "?", layer);
-    if (rc) st_close(&s->file);
-    return rc;
-}
-
 static int run(const options *o, const char *cmdline)
 {
     const int sequential = o->acts_in || o->acts_out;
@@ -132,7 +113,8 @@ static int run(const options *o, const char *cmdline)
     int rc = tb_model_open(&m, o->model);
     if (rc) return rc;
     tb_tokens tk = {0};
-    stream_in sin = {0};
+    st_file stream_file;
+    const st_tensor *stream = NULL; /* the stream entering layer A (--acts-in) */
     st_writer *sout = NULL;
     tb_outfile out_acts = {0};
     int64_t windows = 0;
@@ -143,9 +125,9 @@ static int run(const options *o, const char *cmdline)
         goto done_model;
     }
     if (o->acts_in) {
-        if ((rc = open_stream_in(&sin, o->acts_in, &m, o->layer_a))) goto done_model;
-        windows = sin.hidden->shape[0];
-        seq_len = (int)sin.hidden->shape[1];
+        if ((rc = tb_stream_open(&stream_file, o->acts_in, m.cfg.hidden_size, o->layer_a, &stream))) goto done_model;
+        windows = stream->shape[0];
+        seq_len = (int)stream->shape[1];
     } else {
         if (o->text) rc = text_windows(o, &m, &tk);
         else rc = tb_tokens_load(&tk, o->tokens, m.cfg.vocab_size, m.cfg.max_position_embeddings);
@@ -196,7 +178,7 @@ static int run(const options *o, const char *cmdline)
             loss_sum += loss;
         } else {
             if (o->acts_in)
-                tb_to_f32(TB_F32, sin.hidden->data, (size_t)w * window_floats, window_floats,
+                tb_to_f32(TB_F32, stream->data, (size_t)w * window_floats, window_floats,
                           tb_forward_stream(&f, o->layer_a));
             else
                 rc = tb_forward_embed(&f, tk.ids + w * seq_len, seq_len);
@@ -236,7 +218,7 @@ done_forward:
 done_inputs:
     if (out_acts.fp) tb_out_abort(&out_acts);
     st_writer_free(sout);
-    if (sin.hidden) st_close(&sin.file);
+    if (stream) st_close(&stream_file);
     tb_tokens_free(&tk);
 done_model:
     tb_model_close(&m);

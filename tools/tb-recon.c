@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "tb_error.h"
+#include "tb_fisher.h"
 #include "tb_io.h"
 #include "tb_log.h"
 #include "tb_model.h"
@@ -68,22 +69,14 @@ static int load_inputs(const options *o, tb_model *m, float **out, int64_t *wind
     int rc;
     if (o->acts_in) {
         st_file f;
-        if ((rc = st_open(&f, o->acts_in))) return rc;
-        const st_tensor *h = st_find(&f, "hidden");
-        const char *lay = st_meta(&f, "layer");
-        if (!h || h->ndim != 3 || h->dtype != TB_F32 || h->shape[2] != D)
-            rc = tb_fail(TB_EDATA, "%s: no F32 tensor 'hidden' [windows, seq_len, %d]", o->acts_in, D);
-        else if (!lay || atoi(lay) != o->layer)
-            rc = tb_fail(TB_EDATA, "%s: holds the stream entering layer %s, not layer %d", o->acts_in, lay ? lay : "?",
-                         o->layer);
-        if (!rc) {
-            *windows = h->shape[0];
-            *seq_len = (int)h->shape[1];
-            if (o->max_windows > 0 && o->max_windows < *windows) *windows = o->max_windows;
-            size_t n = (size_t)*windows * (size_t)*seq_len * D;
-            if (!(*out = tb_malloc(n * sizeof(float)))) rc = TB_EIO;
-            else tb_to_f32(TB_F32, h->data, 0, n, *out);
-        }
+        const st_tensor *h;
+        if ((rc = tb_stream_open(&f, o->acts_in, D, o->layer, &h))) return rc;
+        *windows = h->shape[0];
+        *seq_len = (int)h->shape[1];
+        if (o->max_windows > 0 && o->max_windows < *windows) *windows = o->max_windows;
+        size_t n = (size_t)*windows * (size_t)*seq_len * D;
+        if (!(*out = tb_malloc(n * sizeof(float)))) rc = TB_EIO;
+        else tb_to_f32(TB_F32, h->data, 0, n, *out); /* copied: the mapping gives no f32 alignment */
         st_close(&f);
         return rc;
     }
