@@ -525,3 +525,12 @@ float *tb_pack_tensor_f32(const tb_pack_file *p, const char *name, int unpermute
     if (numel) *numel = t->rows * t->cols;
     return out;
 }
+
+int tb_pack_is_part(const tb_pack_file *p, const st_tensor *t)
+{
+    for (int i = 0; i < p->n_packed; i++) {
+        const tb_packed *w = &p->packed[i];
+        if (t == w->values || t == w->indices || t == w->dense || t == w->mask || t == w->perm) return 1;
+    }
+    return 0;
+}

@@ -160,6 +160,11 @@ typedef struct {
 int tb_pack_open(tb_pack_file *p, const char *path);
 void tb_pack_close(tb_pack_file *p);
 
+/* Is stored tensor t (one of p->f.tensors) a part of a pruned weight (values,
+ * indices, perm, or a masked weight's dense data and mask)? The other stored
+ * tensors are model tensors copied as they were. */
+int tb_pack_is_part(const tb_pack_file *p, const st_tensor *t);
+
 /* The pruned weight `name`, or NULL (not pruned, or not in the file). */
 const tb_packed *tb_pack_find(const tb_pack_file *p, const char *name);
 

@@ -216,9 +216,6 @@ int tb_tbm_merge(const char *out_path, const char *model_dir, const char *const 
         cJSON_AddStringToObject(js, "sha256", hex);
         cJSON_AddItemToArray(jshards, js);
 
-        /* stored tensors that are parts of a pruned weight are not model tensors */
-        char *used = tb_calloc((size_t)p->f.n_tensors + 1, 1);
-        if (!used) { rc = TB_EIO; break; }
         for (int i = 0; i < p->n_packed && !rc; i++) {
             const tb_packed *w = &p->packed[i];
             if (cJSON_GetObjectItemCaseSensitive(tensors, w->name)) {
@@ -241,7 +238,6 @@ int tb_tbm_merge(const char *out_path, const char *model_dir, const char *const 
             for (int k = 0; k < 3; k++) {
                 if (!pp[k]) continue;
                 cJSON_AddItemToObject(parts, pn[k], part(&p->f, pp[k]));
-                used[pp[k] - p->f.tensors] = 1;
             }
             cJSON_AddItemToObject(jt, "parts", parts);
             if (w->compensation) cJSON_AddStringToObject(jt, "compensation", w->compensation);
@@ -249,7 +245,7 @@ int tb_tbm_merge(const char *out_path, const char *model_dir, const char *const 
         }
         for (int i = 0; i < p->f.n_tensors && !rc; i++) {
             const st_tensor *t = &p->f.tensors[i];
-            if (used[i]) continue;
+            if (tb_pack_is_part(p, t)) continue; /* not a model tensor */
             if (cJSON_GetObjectItemCaseSensitive(tensors, t->name)) {
                 rc = tb_fail(TB_EDATA, "tensor '%s' is in more than one shard (again in %s)", t->name, shard_paths[s]);
                 break;
@@ -263,7 +259,6 @@ int tb_tbm_merge(const char *out_path, const char *model_dir, const char *const 
             cJSON_AddItemToObject(jt, "parts", parts);
             cJSON_AddItemToObject(tensors, t->name, jt);
         }
-        free(used);
     }
     if (rc) goto done;
 

@@ -144,20 +144,12 @@ static int write_shard(const options *o, const tb_pack_file *p, float *const w[T
         rc = tb_pack_declare(pw, pk[k]->name, pk[k]->dtype, pk[k]->rows, pk[k]->cols, pk[k]->n, pk[k]->m,
                              pk[k]->perm != NULL, comp[k], "given");
     }
-    char *part = tb_calloc((size_t)p->f.n_tensors + 1, 1);
-    if (!part) rc = TB_EIO;
-    for (int k = 0; k < TB_LIN_PER_LAYER && !rc; k++) {
-        const st_tensor *parts[5] = {pk[k]->values, pk[k]->indices, pk[k]->dense, pk[k]->mask, pk[k]->perm};
-        for (int q = 0; q < 5; q++)
-            if (parts[q]) part[parts[q] - p->f.tensors] = 1;
-    }
     for (int i = 0; i < p->f.n_tensors && !rc; i++)
-        if (!part[i]) rc = tb_pack_declare_copy(pw, p->f.tensors[i].name, p->f.tensors[i].dtype, p->f.tensors[i].ndim,
+        if (!tb_pack_is_part(p, &p->f.tensors[i])) rc = tb_pack_declare_copy(pw, p->f.tensors[i].name, p->f.tensors[i].dtype, p->f.tensors[i].ndim,
                                                 p->f.tensors[i].shape);
     tb_outfile out;
     if (!rc) rc = tb_out_open(&out, o->output);
     if (rc) {
-        free(part);
         tb_pack_writer_free(pw);
         return rc;
     }
@@ -189,11 +181,10 @@ static int write_shard(const options *o, const tb_pack_file *p, float *const w[T
         free(stored);
     }
     for (int i = 0; i < p->f.n_tensors && !rc; i++)
-        if (!part[i]) rc = tb_pack_write_copy(pw, p->f.tensors[i].data, p->f.tensors[i].nbytes);
+        if (!tb_pack_is_part(p, &p->f.tensors[i])) rc = tb_pack_write_copy(pw, p->f.tensors[i].data, p->f.tensors[i].nbytes);
     if (!rc) rc = tb_pack_writer_finish(pw);
     if (!rc) rc = tb_out_commit(&out);
     else tb_out_abort(&out);
-    free(part);
     tb_pack_writer_free(pw);
     return rc;
 }
