@@ -7,12 +7,14 @@
 
 static const char *tool_name = "tensorbit";
 static int progress_mode = -1;
-static int quiet;
+static int quiet, verbose;
 
 void tb_log_init(const char *name) { tool_name = name; }
 const char *tb_tool_name(void) { return tool_name; }
 void tb_log_set_progress(int mode) { progress_mode = mode; }
 void tb_log_set_quiet(int q) { quiet = q; }
+void tb_log_set_verbose(int level) { verbose = level; }
+int tb_log_verbose(void) { return verbose; }
 
 int tb_progress_enabled(void)
 {
@@ -22,7 +24,7 @@ int tb_progress_enabled(void)
 
 void tb_info(const char *fmt, ...)
 {
-    if (quiet) return;
+    if (!verbose) return;
     va_list ap;
     va_start(ap, fmt);
     fprintf(stderr, "%s: ", tool_name);

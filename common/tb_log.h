@@ -11,10 +11,13 @@
 void tb_log_init(const char *tool_name);      /* name used in messages */
 const char *tb_tool_name(void);
 void tb_log_set_progress(int mode);           /* -1 auto (isatty), 0 off, 1 on */
-void tb_log_set_quiet(int quiet);             /* 1: info() prints nothing */
+void tb_log_set_quiet(int quiet);             /* 1: no progress bars */
+void tb_log_set_verbose(int level);           /* -v: 1 and more: tb_info() prints */
+int tb_log_verbose(void);
 int tb_progress_enabled(void);
 
-/* "tool: message" on stderr unless quiet */
+/* "tool: message" on stderr under -v only: every tool is quiet on success by
+ * default (summaries and per-weight lines are for -v) */
 void tb_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* "tool: warning: message" on stderr, always */
 void tb_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

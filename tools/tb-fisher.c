@@ -1,6 +1,5 @@
 /* tb-fisher - calibration statistics: empirical Fisher diagonal, Gram matrices
  * of linear inputs, and per-window gradient samples (see tb_calib.h). */
-#include <getopt.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,9 +17,7 @@
 #include "tb_tokenizer.h"
 #include "tb_tokens.h"
 
-static const char usage[] =
-    "usage: tb-fisher -m MODEL -t TOKENS -o OUT.fisher [options]\n"
-    "\n"
+static const char description[] =
     "Calibration statistics of a Llama/Mistral decoder on token windows, written\n"
     "as safetensors (layout in tb_fisher.h and tb-fisher(1)):\n"
     "  fisher.<W>           empirical Fisher diagonal: mean over windows of the\n"
@@ -28,41 +25,13 @@ static const char usage[] =
     "  gram.<module>.input  sum over all tokens of x x^T (f64) for each distinct\n"
     "                       linear input (q/k/v share one, gate/up share one)\n"
     "  grad.<W>             --grad-samples K: the gradients of K windows spread\n"
-    "                       evenly over the run, bf16 [K, rows, cols]\n"
-    "\n"
-    "options:\n"
-    "  -m, --model DIR       HF checkpoint directory (config.json + safetensors)\n"
-    "  -t, --tokens FILE     token windows: safetensors 'input_ids' [windows, seq_len]\n"
-    "                        (I32 or I64), e.g. from tb-tokenize --windows\n"
-    "  --text FILE           or calibration text, tokenized here (BOS first) and cut\n"
-    "                        into --windows N (128) windows of --seq-len T (512)\n"
-    "                        with --seed S (0), exactly as tb-tokenize --bos\n"
-    "                        --windows N --seq-len T --seed S draws them\n"
-    "  -o, --output FILE     the .fisher file (written atomically)\n"
-    "  --stats LIST          comma-separated: fisher, gram, or none (default:\n"
-    "                        fisher,gram; none only with --acts-out)\n"
-    "  --grad-samples K      gradient samples to keep, 0..256 (default 0; tb-pack\n"
-    "                        --compensate obs wants 8-32)\n"
-    "  --max-windows N       use only the first N windows\n"
-    "  --layers A:B          Gram matrices of decoder layers A..B-1 only\n"
-    "\n"
-    "sequential (layer-wise) mode, so each layer is calibrated on what the pruned\n"
-    "layers before it produce, one Makefile step per layer:\n"
-    "  --acts-in FILE        residual stream entering layer A (F32 'hidden'\n"
-    "                        [windows, seq_len, hidden], from an earlier --acts-out);\n"
-    "                        without it layer A must be 0 and -t gives the tokens\n"
-    "  --acts-out FILE       save the stream leaving layer B-1 (entering B)\n"
-    "  Only layers A..B-1 run; --stats gram or none (Fisher needs the whole model).\n"
-    "  --threads N           threads (default: $TB_THREADS or all cores)\n"
-    "  --quiet, --progress   progress bar off / on even when stderr is no terminal\n"
-    "  -h, --help, --version\n"
-    "\n"
+    "                       evenly over the run, bf16 [K, rows, cols]\n";
+
+static const char notes[] =
     "memory: the model's mapping, one window's activations and their gradients,\n"
     "plus the statistics: 4 bytes x linear parameters (Fisher), 8 bytes x in^2\n"
     "per distinct linear input (Gram), 2 bytes x K x linear parameters (samples).\n"
-    "\n"
-    "exit status: 0 ok, 1 usage, 2 bad input data (incl. a NaN/Inf gradient,\n"
-    "named by tensor and window), 3 I/O error\n";
+    "A NaN/Inf gradient is bad data (2), named by tensor and window.\n";
 
 typedef struct {
     const char *model, *tokens, *text, *output, *acts_in, *acts_out;
@@ -71,8 +40,9 @@ typedef struct {
     long max_windows;
 } options;
 
-static int parse_stats(const char *s, options *o)
+static int parse_stats(const char *opt, const char *s, void *value)
 {
+    options *o = value;
     o->fisher = o->gram = 0;
     char buf[64];
     snprintf(buf, sizeof buf, "%s", s);
@@ -80,7 +50,7 @@ static int parse_stats(const char *s, options *o)
         if (!strcmp(tok, "fisher")) o->fisher = 1;
         else if (!strcmp(tok, "gram")) o->gram = 1;
         else if (!strcmp(tok, "none")) continue;
-        else return tb_fail(TB_EUSAGE, "--stats: unknown statistic '%s' (fisher, gram)", tok);
+        else return tb_fail(TB_EUSAGE, "%s: '%s' is not one of fisher, gram, none", opt, tok);
     }
     return TB_OK;
 }
@@ -229,67 +199,63 @@ int main(int argc, char **argv)
 {
     tb_log_init("tb-fisher");
     options o = {.fisher = 1, .gram = 1, .threads = tb_default_threads(), .text_windows = 128, .text_seq_len = 512};
-    enum { OPT_ACTS_IN = 300, OPT_ACTS_OUT, OPT_TEXT, OPT_WINDOWS, OPT_SEQLEN, OPT_SEED };
-    enum { OPT_STATS = 256, OPT_SAMPLES, OPT_MAXWIN, OPT_LAYERS, OPT_THREADS, OPT_QUIET, OPT_PROGRESS, OPT_VERSION };
-    static const struct option longopts[] = {
-        {"model", required_argument, 0, 'm'},          {"tokens", required_argument, 0, 't'},
-        {"output", required_argument, 0, 'o'},         {"stats", required_argument, 0, OPT_STATS},
-        {"grad-samples", required_argument, 0, OPT_SAMPLES}, {"max-windows", required_argument, 0, OPT_MAXWIN},
-        {"layers", required_argument, 0, OPT_LAYERS},  {"threads", required_argument, 0, OPT_THREADS},
-        {"quiet", no_argument, 0, OPT_QUIET},          {"progress", no_argument, 0, OPT_PROGRESS},
-        {"help", no_argument, 0, 'h'},                 {"version", no_argument, 0, OPT_VERSION},
-        {"acts-in", required_argument, 0, OPT_ACTS_IN}, {"acts-out", required_argument, 0, OPT_ACTS_OUT},
-        {"text", required_argument, 0, OPT_TEXT},       {"windows", required_argument, 0, OPT_WINDOWS},
-        {"seq-len", required_argument, 0, OPT_SEQLEN},  {"seed", required_argument, 0, OPT_SEED},
-        {0, 0, 0, 0},
+    tb_layer_range layers = {0};
+    long seed = 0;
+    const tb_option table[] = {
+        TB_OPT_MODEL(&o.model, "HF checkpoint directory (config.json + safetensors)"),
+        TB_OPT_TOKENS(&o.tokens, "token windows: safetensors 'input_ids' [windows, seq_len]\n"
+                                 "(I32 or I64), e.g. from tb-tokenize --windows"),
+        TB_OPT_FILE(0, "text", &o.text, "FILE", "or calibration text, tokenized here (BOS first) and cut\n"
+                                               "into --windows N (128) windows of --seq-len T (512)\n"
+                                               "with --seed S (0), exactly as tb-tokenize --bos\n"
+                                               "--windows N --seq-len T --seed S draws them"),
+        TB_OPT_INT(0, "windows", &o.text_windows, "N", 1, 1 << 20, "with --text: how many windows (default 128)"),
+        TB_OPT_INT(0, "seq-len", &o.text_seq_len, "T", 2, 1 << 20, "with --text: window length (default 512)"),
+        TB_OPT_LONG(0, "seed", &seed, "S", 0, 9.3e18, "with --text: the windows' random seed (default 0)"),
+        TB_OPT_OUTPUT(&o.output, "FILE", 0, "the .fisher file (written atomically; - for stdout)"),
+        TB_OPT_CALLBACK(0, "stats", &o, "LIST", parse_stats, "comma-separated: fisher, gram, or none (default:\n"
+                                                              "fisher,gram; none only with --acts-out)"),
+        TB_OPT_INT(0, "grad-samples", &o.grad_samples, "K", 0, 256, "gradient samples to keep, 0..256 (default 0; tb-pack\n"
+                                                                    "--compensate obs wants 8-32)"),
+        TB_OPT_LONG(0, "max-windows", &o.max_windows, "N", 1, 1L << 40, "use only the first N windows"),
+        TB_OPT_LAYERS(&layers, "decoder layers A..B only (A-B inclusive, A:B = A..B-1, or A):\n"
+                               "their Gram matrices; in sequential mode the layers that run"),
+        TB_OPT_GROUP("sequential (layer-wise) mode, so each layer is calibrated on what the pruned\n"
+                     "layers before it produce, one Makefile step per layer; only the --layers run,\n"
+                     "--stats gram or none (the Fisher needs the whole model):"),
+        TB_OPT_FILE(0, "acts-in", &o.acts_in, "FILE", "residual stream entering the first layer (F32 'hidden'\n"
+                                                     "[windows, seq_len, hidden], from an earlier --acts-out);\n"
+                                                     "without it the first layer must be 0 and -t gives the tokens"),
+        TB_OPT_FILE(0, "acts-out", &o.acts_out, "FILE", "save the stream leaving the last layer"),
+        TB_OPT_GROUP(""),
+        TB_OPT_THREADS(&o.threads),
+        TB_OPT_COMMON(),
+        TB_OPT_END(),
     };
-    int ch;
-    opterr = 0;
-    while ((ch = getopt_long(argc, argv, "m:t:o:h", longopts, NULL)) != -1) {
-        int rc = TB_OK;
-        switch (ch) {
-        case 'm': o.model = optarg; break;
-        case 't': o.tokens = optarg; break;
-        case 'o': o.output = optarg; break;
-        case OPT_STATS: rc = parse_stats(optarg, &o); break;
-        case OPT_SAMPLES: rc = tb_parse_int("--grad-samples", optarg, 0, 256, &o.grad_samples); break;
-        case OPT_MAXWIN: rc = tb_parse_long("--max-windows", optarg, 1, 1L << 40, &o.max_windows); break;
-        case OPT_LAYERS:
-            if (sscanf(optarg, "%d:%d", &o.layer_a, &o.layer_b) != 2 || o.layer_a < 0 || o.layer_b <= o.layer_a)
-                rc = tb_fail(TB_EUSAGE, "--layers: '%s' is not A:B with 0 <= A < B", optarg);
-            break;
-        case OPT_THREADS: rc = tb_parse_int("--threads", optarg, 1, 256, &o.threads); break;
-        case OPT_QUIET: tb_log_set_quiet(1); tb_log_set_progress(0); break;
-        case OPT_PROGRESS: tb_log_set_progress(1); break;
-        case OPT_ACTS_IN: o.acts_in = optarg; break;
-        case OPT_TEXT: o.text = optarg; break;
-        case OPT_WINDOWS: rc = tb_parse_int("--windows", optarg, 1, 1 << 20, &o.text_windows); break;
-        case OPT_SEQLEN: rc = tb_parse_int("--seq-len", optarg, 2, 1 << 20, &o.text_seq_len); break;
-        case OPT_SEED: {
-            long seed;
-            rc = tb_parse_long("--seed", optarg, 0, 0x7fffffffffffffffL, &seed);
-            o.text_seed = (uint64_t)seed;
-            break;
-        }
-        case OPT_ACTS_OUT: o.acts_out = optarg; break;
-        case 'h': fputs(usage, stdout); return 0;
-        case OPT_VERSION: printf("tb-fisher %s\n", TB_VERSION); return 0;
-        default: return tb_usage_error("unknown option '%s'", argv[optind - 1]);
-        }
-        if (rc) return tb_usage_error("%s", tb_errmsg());
+    const tb_command cmd = {.name = "tb-fisher", .usage = "tb-fisher -m MODEL -t TOKENS -o OUT.fisher [options]",
+                            .description = description, .options = table, .notes = notes};
+    char **args;
+    int n_args, done = tb_opts_parse(&cmd, argc, argv, &args, &n_args);
+    if (done != TB_OPTS_CONTINUE) return done;
+    o.text_seed = (uint64_t)seed;
+    if (layers.set) {
+        o.layer_a = layers.lo;
+        o.layer_b = layers.hi + 1;
     }
-    if (optind != argc) return tb_usage_error("unexpected argument '%s'", argv[optind]);
-    if (!o.model) return tb_usage_error("-m MODEL is required");
+    if ((tb_opt_given(&cmd, &o.text_windows) || tb_opt_given(&cmd, &o.text_seq_len) || tb_opt_given(&cmd, &seed)) && !o.text)
+        return tb_usage_error("--windows, --seq-len and --seed go with --text");
     if (!o.tokens && !o.text && !o.acts_in) return tb_usage_error("-t TOKENS, --text FILE or --acts-in is required");
     if (o.tokens && o.text) return tb_usage_error("-t and --text exclude each other");
     if (o.acts_in || o.acts_out) {
         if (o.fisher || o.grad_samples) return tb_usage_error("sequential mode computes --stats gram or none, not the Fisher");
-        if (o.layer_b == 0) return tb_usage_error("sequential mode needs --layers A:B");
-        if (!o.acts_in && o.layer_a != 0) return tb_usage_error("--layers %d:%d needs --acts-in (the stream entering layer %d)", o.layer_a, o.layer_b, o.layer_a);
+        if (o.layer_b == 0) return tb_usage_error("sequential mode (--acts-in, --acts-out) needs --layers A-B");
+        if (!o.acts_in && o.layer_a != 0)
+            return tb_usage_error("--layers %d-%d needs --acts-in (the stream entering layer %d)", o.layer_a,
+                                  o.layer_b - 1, o.layer_a);
     } else if (!o.fisher && !o.gram) {
         return tb_usage_error("--stats: nothing to compute");
     }
-    if (!o.output && !o.acts_out) return tb_usage_error("-o OUT (or --acts-out) is required");
+    if (!o.output && !o.acts_out) return tb_usage_error("missing -o/--output FILE (or --acts-out FILE)");
     if (!o.gram && o.output && !o.fisher) return tb_usage_error("--stats none writes no -o file");
     char *cmdline = tb_join_args(argc, argv);
     if (!cmdline) return tb_report_error();

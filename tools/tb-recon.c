@@ -1,6 +1,6 @@
 /* tb-recon - train a pruned layer's kept weights to reproduce the dense
  * layer's output on the pruned model's own hidden states (tb_recon.h). */
-#include <getopt.h>
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,41 +17,24 @@
 #include "tb_threads.h"
 #include "tb_tokens.h"
 
-static const char usage[] =
-    "usage: tb-recon -m MODEL --shard LAYER.tb --layer L (-t TOKENS | --acts-in STREAM) -o OUT.tb [options]\n"
-    "\n"
+static const char description[] =
     "Layer-wise reconstruction: train the kept weights of decoder layer L (the\n"
-    "pruned weights of LAYER.tb, a tb-pack --layers L:L+1 shard) with Adam so that\n"
+    "pruned weights of LAYER.tb, a tb-pack --layers L shard) with Adam so that\n"
     "the layer, fed the pruned model's own hidden states (STREAM, the stream\n"
     "entering layer L from tb-fisher --acts-out; for layer 0 the token windows),\n"
     "reproduces what the dense layer of MODEL outputs for the same states (mean\n"
     "squared error). Masks stay fixed and pruned weights exact zeros. Writes\n"
     "LAYER.tb again with the trained values (same masks, permutations, other\n"
-    "tensors copied). After arXiv 2510.14444, 'A Free Lunch in LLM Compression'.\n"
-    "\n"
-    "options:\n"
-    "  -m, --model DIR       the dense HF checkpoint the shard was pruned from\n"
-    "      --shard FILE      the layer's .tb shard (tb-pack)\n"
-    "      --layer L         the decoder layer\n"
-    "  -t, --tokens FILE     token windows (layer 0)\n"
-    "      --acts-in FILE    the stream entering layer L (layers > 0)\n"
-    "  -o, --output FILE     the reconstructed .tb shard (written atomically)\n"
-    "      --steps N         Adam steps, one window each (default 300)\n"
-    "      --lr X            peak learning rate, cosine decay (default 1e-3)\n"
-    "      --seed S          window order (default 0)\n"
-    "      --max-windows N   use the first N windows\n"
-    "      --threads N       threads (default $TB_THREADS or all cores)\n"
-    "      --quiet, --progress\n"
-    "  -h, --help, --version\n"
-    "\n"
+    "tensors copied). After arXiv 2510.14444, 'A Free Lunch in LLM Compression'.\n";
+
+static const char notes[] =
     "memory: the model's mapping, inputs and targets of every window (2 x 4 x\n"
     "windows x seq_len x hidden bytes), one window's activations and gradients,\n"
-    "and 16 bytes per weight of the layer (master, gradient, 2 Adam moments).\n"
-    "exit status: 0 ok, 1 usage, 2 bad input data, 3 I/O error\n";
+    "and 16 bytes per weight of the layer (master, gradient, 2 Adam moments).\n";
 
 typedef struct {
     const char *model, *shard, *tokens, *acts_in, *output;
-    int layer, threads;
+    int layer, threads, json;
     long max_windows;
     tb_recon_opts ro;
 } options;
@@ -214,8 +197,7 @@ static int run(options *o, const char *cmdline)
     int T = 0;
     /* every pruned weight of the shard must be one of layer L's seven */
     for (int i = 0; i < p.n_packed && !rc; i++) {
-        int l;
-        if (sscanf(p.packed[i].name, "model.layers.%d.", &l) != 1 || l != o->layer)
+        if (tb_layer_of(p.packed[i].name) != o->layer)
             rc = tb_fail(TB_EDATA, "%s: pruned tensor '%s' is not in layer %d", o->shard, p.packed[i].name, o->layer);
     }
     for (int k = 0; k < TB_LIN_PER_LAYER && !rc; k++) {
@@ -255,6 +237,17 @@ static int run(options *o, const char *cmdline)
         tb_progress_end(&prog);
     }
     if (!rc) rc = write_shard(o, &p, w, pk, (const float *const *)orig, &rep, cmdline);
+    if (!rc && o->json) {
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddNumberToObject(j, "layer", o->layer);
+        cJSON_AddNumberToObject(j, "mse_before", rep.mse_before);
+        cJSON_AddNumberToObject(j, "mse_after", rep.mse_after);
+        cJSON_AddNumberToObject(j, "error_kept", rep.mse_before > 0 ? rep.mse_after / rep.mse_before : 0.0);
+        cJSON_AddNumberToObject(j, "target_power", rep.target_power);
+        cJSON_AddNumberToObject(j, "steps", o->ro.steps);
+        cJSON_AddNumberToObject(j, "seconds", rep.seconds);
+        rc = tb_json_print(j);
+    }
     if (!rc)
         tb_info("layer %d: output MSE %.4g -> %.4g (%.1f%% of the error kept; layer's own signal %.4g), %d steps in %.1f s -> %s",
                 o->layer, rep.mse_before, rep.mse_after, 100.0 * rep.mse_after / rep.mse_before, rep.target_power,
@@ -276,46 +269,34 @@ int main(int argc, char **argv)
     tb_log_init("tb-recon");
     options o = {.layer = -1, .threads = tb_default_threads()};
     tb_recon_defaults(&o.ro);
-    enum { OPT_SHARD = 256, OPT_LAYER, OPT_ACTS, OPT_STEPS, OPT_LR, OPT_SEED, OPT_MAXWIN, OPT_THREADS, OPT_QUIET,
-           OPT_PROGRESS, OPT_VERSION };
-    static const struct option longopts[] = {
-        {"model", required_argument, 0, 'm'},         {"shard", required_argument, 0, OPT_SHARD},
-        {"layer", required_argument, 0, OPT_LAYER},   {"tokens", required_argument, 0, 't'},
-        {"acts-in", required_argument, 0, OPT_ACTS},  {"output", required_argument, 0, 'o'},
-        {"steps", required_argument, 0, OPT_STEPS},   {"lr", required_argument, 0, OPT_LR},
-        {"seed", required_argument, 0, OPT_SEED},     {"max-windows", required_argument, 0, OPT_MAXWIN},
-        {"threads", required_argument, 0, OPT_THREADS}, {"quiet", no_argument, 0, OPT_QUIET},
-        {"progress", no_argument, 0, OPT_PROGRESS},   {"help", no_argument, 0, 'h'},
-        {"version", no_argument, 0, OPT_VERSION},     {0, 0, 0, 0},
+    long seed = 0;
+    const tb_option table[] = {
+        TB_OPT_MODEL(&o.model, "the dense HF checkpoint the shard was pruned from"),
+        {.type = TB_OPTT_STRING, .long_name = "shard", .value = &o.shard, .argh = "FILE",
+         .help = "the layer's .tb shard (tb-pack)", .flags = TB_OPTF_FILE | TB_OPTF_REQUIRED | TB_OPTF_NO_DASH},
+        {.type = TB_OPTT_INT, .long_name = "layer", .value = &o.layer, .argh = "L", .help = "the decoder layer",
+         .min = 0, .max = 100000, .flags = TB_OPTF_REQUIRED},
+        TB_OPT_TOKENS(&o.tokens, "token windows (layer 0)"),
+        TB_OPT_FILE(0, "acts-in", &o.acts_in, "FILE", "the stream entering layer L (layers > 0)"),
+        TB_OPT_OUTPUT(&o.output, "FILE", TB_OPTF_REQUIRED, "the reconstructed .tb shard (written atomically)"),
+        TB_OPT_INT(0, "steps", &o.ro.steps, "N", 0, 10000000, "Adam steps, one window each (default 300)"),
+        TB_OPT_DOUBLE(0, "lr", &o.ro.lr, "X", 0, 1, "peak learning rate, cosine decay (default 1e-3)"),
+        TB_OPT_LONG(0, "seed", &seed, "S", 0, 9.3e18, "window order (default 0)"),
+        TB_OPT_LONG(0, "max-windows", &o.max_windows, "N", 1, 1L << 40, "use the first N windows"),
+        TB_OPT_JSON(&o.json, "print the result as one JSON object on stdout: layer,\n"
+                             "mse_before, mse_after, error_kept, target_power, steps, seconds"),
+        TB_OPT_THREADS(&o.threads),
+        TB_OPT_COMMON(),
+        TB_OPT_END(),
     };
-    int ch;
-    opterr = 0;
-    while ((ch = getopt_long(argc, argv, "m:t:o:h", longopts, NULL)) != -1) {
-        int rc = TB_OK;
-        long v;
-        switch (ch) {
-        case 'm': o.model = optarg; break;
-        case 't': o.tokens = optarg; break;
-        case 'o': o.output = optarg; break;
-        case OPT_SHARD: o.shard = optarg; break;
-        case OPT_ACTS: o.acts_in = optarg; break;
-        case OPT_LAYER: rc = tb_parse_int("--layer", optarg, 0, 100000, &o.layer); break;
-        case OPT_STEPS: rc = tb_parse_int("--steps", optarg, 0, 10000000, &o.ro.steps); break;
-        case OPT_LR: rc = tb_parse_double("--lr", optarg, 0, 1, &o.ro.lr); break;
-        case OPT_SEED: rc = tb_parse_long("--seed", optarg, 0, 0x7fffffffffffffffL, &v); o.ro.seed = (uint64_t)v; break;
-        case OPT_MAXWIN: rc = tb_parse_long("--max-windows", optarg, 1, 1L << 40, &o.max_windows); break;
-        case OPT_THREADS: rc = tb_parse_int("--threads", optarg, 1, 256, &o.threads); break;
-        case OPT_QUIET: tb_log_set_quiet(1); tb_log_set_progress(0); break;
-        case OPT_PROGRESS: tb_log_set_progress(1); break;
-        case 'h': fputs(usage, stdout); return 0;
-        case OPT_VERSION: printf("tb-recon %s\n", TB_VERSION); return 0;
-        default: return tb_usage_error("unknown option '%s'", argv[optind - 1]);
-        }
-        if (rc) return tb_usage_error("%s", tb_errmsg());
-    }
-    if (optind != argc) return tb_usage_error("unexpected argument '%s'", argv[optind]);
-    if (!o.model || !o.shard || !o.output || o.layer < 0)
-        return tb_usage_error("-m MODEL, --shard, --layer and -o are required");
+    const tb_command cmd = {
+        .name = "tb-recon",
+        .usage = "tb-recon -m MODEL --shard LAYER.tb --layer L (-t TOKENS | --acts-in STREAM) -o OUT.tb [options]",
+        .description = description, .options = table, .notes = notes};
+    char **args;
+    int n_args, done = tb_opts_parse(&cmd, argc, argv, &args, &n_args);
+    if (done != TB_OPTS_CONTINUE) return done;
+    if (tb_opt_given(&cmd, &seed)) o.ro.seed = (uint64_t)seed;
     if (!o.tokens == !o.acts_in) return tb_usage_error("give exactly one of -t TOKENS (layer 0) and --acts-in STREAM");
     char *cmdline = tb_join_args(argc, argv);
     if (!cmdline) return tb_report_error();

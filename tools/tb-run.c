@@ -5,7 +5,6 @@
  * parses options, reads the text, reports progress and prints results.
  */
 #include <cjson/cJSON.h>
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,63 +17,43 @@
 #include "tb_threads.h"
 #include "tb_tokenizer.h"
 
-static const char usage[] =
-    "usage: tb-run -m MODEL --ppl FILE [--seq-len N] [--max-windows K] [--json]\n"
-    "       tb-run -m MODEL --prompt TEXT [-n N] [--temp T] [--top-p P] [--seed S]\n"
-    "\n"
+static const char description[] =
     "Run a Llama-family model (llama, mistral, qwen2) on the CPU in f32 arithmetic,\n"
-    "weights read in their stored dtype.\n"
-    "\n"
-    "  -m, --model MODEL   HF checkpoint directory (config.json, model.safetensors or\n"
-    "                      a sharded index, tokenizer.json), or a pruned model's\n"
-    "                      .tbm index from tb-merge (N:M weights run packed)\n"
-    "\n"
-    "perplexity:\n"
-    "  --ppl FILE          perplexity of the text in FILE (- for stdin), printed as\n"
-    "                      'ppl: X' on the last line of stdout\n"
-    "  --seq-len N         window length in tokens (default 512)\n"
-    "  --max-windows K     evaluate only the first K windows (default all)\n"
-    "  --compare REF       with --ppl: also run the reference model REF (the dense\n"
-    "                      model) on the same windows and print its fidelity:\n"
-    "                      'kl: X' (mean KL(REF || MODEL) of the next-token\n"
-    "                      distributions over every position, nats), 'top1: Y'\n"
-    "                      (fraction of positions whose most likely tokens agree)\n"
-    "                      and 'ppl_ref: Z' before 'ppl: X'\n"
-    "  --json              print one JSON object instead: ppl, mean_nll, windows,\n"
-    "                      tokens, seq_len, tokens_per_second, seconds\n"
-    "\n"
-    "  Protocol (the standard one of LLM pruning papers): the file's bytes are\n"
-    "  tokenized as they are (UTF-8, no line-ending translation) in one call with\n"
-    "  BOS prepended once; the ids are cut into non-overlapping windows of N tokens,\n"
-    "  the final partial window dropped; each window runs on its own from position\n"
-    "  0; ppl = exp(mean over windows of the window's mean next-token NLL), sums in\n"
-    "  double precision.\n"
-    "\n"
-    "generation:\n"
-    "  --prompt TEXT       continue TEXT (BOS prepended), streaming the text to stdout\n"
-    "  -n N                tokens to generate (default 128); stops early at EOS\n"
-    "  --temp T            temperature (default 0: greedy, deterministic)\n"
-    "  --top-p P           nucleus sampling: draw from the most likely tokens\n"
-    "                      holding mass P (default 1: all)\n"
-    "  --seed S            random seed for sampling (default 0): same seed, same text\n"
-    "\n"
-    "  --threads N         worker threads (default $TB_THREADS, else all CPUs)\n"
-    "  --quiet             no progress or summary on stderr\n"
-    "  --progress          progress bars even when stderr is not a terminal\n"
-    "  -h, --help          this help\n"
-    "  --version           print the version\n"
-    "\n"
-    "exit status: 0 ok, 1 usage, 2 bad input data (e.g. a text shorter than one\n"
-    "window, invalid UTF-8, a malformed model), 3 I/O error\n";
+    "weights read in their stored dtype.\n";
 
+static const char notes[] =
+    "Perplexity protocol (the standard one of LLM pruning papers, PROTOCOL.md): the\n"
+    "file's bytes are tokenized as they are (UTF-8, no line-ending translation) in\n"
+    "one call with BOS prepended once; the ids are cut into non-overlapping windows\n"
+    "of N tokens, the final partial window dropped; each window runs on its own from\n"
+    "position 0; ppl = exp(mean over windows of the window's mean next-token NLL),\n"
+    "sums in double precision. A window longer than the model's\n"
+    "max_position_embeddings is refused.\n"
+    "\n"
+    "Sampling (as llama.cpp): the repetition penalty over the last 64 tokens, then,\n"
+    "with --temp T > 0, top-k, top-p within those and min-p; without --temp the\n"
+    "most likely token (greedy), so --top-k, --top-p and --min-p need --temp.\n";
+
+#define MAX_STOPS 16
 typedef struct {
-    const char *model, *ppl_file, *prompt;
+    const char *model, *ppl_file, *prompt, *prompt_file;
     int seq_len, n_gen, json, threads;
     const char *compare;
     long max_windows;
-    double temp, top_p;
+    tb_sampling sampling;
     long seed;
+    const char *stops[MAX_STOPS];
+    int n_stops;
 } options;
+
+static int add_stop(const char *opt, const char *arg, void *value)
+{
+    options *o = value;
+    if (!*arg) return tb_fail(TB_EUSAGE, "%s: an empty stop string", opt);
+    if (o->n_stops == MAX_STOPS) return tb_fail(TB_EUSAGE, "%s: at most %d stop strings", opt, MAX_STOPS);
+    o->stops[o->n_stops++] = arg;
+    return TB_OK;
+}
 
 static void encode_progress(void *ctx, size_t done, size_t total)
 {
@@ -130,13 +109,13 @@ static int print_json(const options *o, const tb_ppl_result *r, const tb_fidelit
 
 static int run_ppl(const options *o, const tb_model *m, const tb_tokenizer *tok)
 {
+    if (o->seq_len > m->cfg.max_position_embeddings)
+        return tb_fail(TB_EUSAGE, "--seq-len %d exceeds the model's max_position_embeddings (%d): use --seq-len %d",
+                       o->seq_len, m->cfg.max_position_embeddings, m->cfg.max_position_embeddings);
     int32_t *ids = NULL;
     size_t n = 0;
     int rc = tokenize_file(tok, o->ppl_file, &ids, &n);
     if (rc) return rc;
-    if (o->seq_len > m->cfg.max_position_embeddings)
-        tb_warn("--seq-len %d exceeds the model's max_position_embeddings (%d)", o->seq_len,
-                m->cfg.max_position_embeddings);
     tb_forward f;
     tb_forward_opts fo = {.max_seq = o->seq_len, .max_tokens = o->seq_len, .n_threads = o->threads};
     if ((rc = tb_forward_init(&f, m, &fo))) {
@@ -189,23 +168,70 @@ static int emit(const char *s, size_t n)
     return TB_OK;
 }
 
+/* Generated text waits here only while its end could begin a stop string, so
+ * that a stop string is never printed and everything else streams. */
+typedef struct {
+    char *buf;
+    size_t len, cap;
+    int stopped;
+} stop_filter;
+
+static int filter_push(stop_filter *f, const options *o, const char *s, size_t n)
+{
+    if (!o->n_stops) return emit(s, n);
+    if (f->len + n + 1 > f->cap) {
+        size_t cap = (f->len + n + 1) * 2;
+        char *b = tb_realloc(f->buf, cap);
+        if (!b) return TB_EIO;
+        f->buf = b;
+        f->cap = cap;
+    }
+    memcpy(f->buf + f->len, s, n);
+    f->len += n;
+    f->buf[f->len] = 0;
+    size_t hold = 0; /* the longest tail that is a prefix of a stop string */
+    for (int i = 0; i < o->n_stops; i++) {
+        const char *hit = strstr(f->buf, o->stops[i]);
+        if (hit) {
+            f->stopped = 1;
+            f->len = (size_t)(hit - f->buf);
+            int rc = emit(f->buf, f->len);
+            f->len = 0;
+            return rc;
+        }
+        size_t sl = strlen(o->stops[i]);
+        for (size_t k = sl - 1; k > hold; k--)
+            if (k <= f->len && !memcmp(f->buf + f->len - k, o->stops[i], k)) {
+                hold = k;
+                break;
+            }
+    }
+    int rc = emit(f->buf, f->len - hold);
+    memmove(f->buf, f->buf + f->len - hold, hold);
+    f->len = hold;
+    return rc;
+}
+
+#define REPEAT_LAST_N 64
+
 static int run_generate(const options *o, const tb_model *m, const tb_tokenizer *tok)
 {
     int32_t *ids = NULL;
     size_t n_prompt = 0;
     int32_t bos = tb_tok_bos(tok);
+    const char *label = o->prompt_file ? o->prompt_file : "--prompt";
     int rc = tb_tok_encode(tok, o->prompt, strlen(o->prompt), bos >= 0, &ids, &n_prompt);
-    if (rc) return tb_err_context("--prompt");
+    if (rc) return tb_err_context("%s", label);
     if (n_prompt == 0) {
         free(ids);
-        return tb_fail(TB_EDATA, "--prompt: empty, and the model has no BOS token to start from");
+        return tb_fail(TB_EDATA, "%s: empty, and the model has no BOS token to start from", label);
     }
     int n_gen = o->n_gen;
     int limit = m->cfg.max_position_embeddings;
     if ((int64_t)n_prompt + n_gen > limit) {
         if ((int64_t)n_prompt >= limit) {
             free(ids);
-            return tb_fail(TB_EDATA, "--prompt: %zu tokens, the model's max_position_embeddings is %d", n_prompt, limit);
+            return tb_fail(TB_EDATA, "%s: %zu tokens, the model's max_position_embeddings is %d", label, n_prompt, limit);
         }
         n_gen = limit - (int)n_prompt;
         tb_warn("generating %d tokens: the model has %d positions", n_gen, limit);
@@ -228,6 +254,7 @@ static int run_generate(const options *o, const tb_model *m, const tb_tokenizer 
     tb_rng_seed(&rng, (uint64_t)o->seed);
     tb_tok_stream st;
     tb_tok_stream_init(&st);
+    stop_filter sf = {0};
     const char *piece;
     size_t len;
     /* echo the prompt through the same stream, so that the decoder's spacing
@@ -239,22 +266,31 @@ static int run_generate(const options *o, const tb_model *m, const tb_tokenizer 
     int made = 0;
     int pos = (int)n_prompt;
     if (!rc) rc = tb_forward_run(&f, all, (int)n_prompt, 0);
+    double t_prompt = tb_now() - t0;
     const float *logits = f.logits + (size_t)(n_prompt - 1) * m->cfg.vocab_size;
-    while (!rc && made < n_gen) {
-        int32_t next = tb_sample(logits, m->cfg.vocab_size, o->temp, o->top_p, &rng, work);
+    while (!rc && made < n_gen && !sf.stopped) {
+        int n_recent = pos < REPEAT_LAST_N ? pos : REPEAT_LAST_N;
+        int32_t next = tb_sample_with(logits, m->cfg.vocab_size, &o->sampling, all + pos - n_recent, n_recent, &rng, work);
         if (tb_tok_is_eos(tok, next)) break;
         all[pos] = next;
         made++;
-        if ((rc = tb_tok_stream_push(tok, &st, next, &piece, &len)) || (rc = emit(piece, len))) break;
-        if (made == n_gen) break;
+        if ((rc = tb_tok_stream_push(tok, &st, next, &piece, &len)) || (rc = filter_push(&sf, o, piece, len))) break;
+        if (made == n_gen || sf.stopped) break;
         rc = tb_forward_run(&f, &all[pos], 1, pos);
         logits = f.logits;
         pos++;
     }
-    if (!rc && !(rc = tb_tok_stream_flush(tok, &st, &piece, &len)) && !(rc = emit(piece, len))) rc = emit("\n", 1);
-    double dt = tb_now() - t0;
-    if (!rc) tb_info("%zu prompt tokens, %d generated in %.2f s (%.1f tokens/s)", n_prompt, made, dt,
-                     dt > 0 ? made / dt : 0.0);
+    if (!rc && !sf.stopped && !(rc = tb_tok_stream_flush(tok, &st, &piece, &len)) && !(rc = filter_push(&sf, o, piece, len)))
+        rc = emit(sf.buf, sf.len);
+    if (!rc) rc = emit("\n", 1);
+    double t_gen = tb_now() - t0 - t_prompt;
+    if (!rc) {
+        tb_info("prompt: %zu tokens in %.3f s (%.1f tokens/s)", n_prompt, t_prompt,
+                t_prompt > 0 ? (double)n_prompt / t_prompt : 0.0);
+        tb_info("generation: %d tokens in %.3f s (%.1f tokens/s)%s", made, t_gen, t_gen > 0 ? made / t_gen : 0.0,
+                sf.stopped ? ", ended by a stop string" : "");
+    }
+    free(sf.buf);
     tb_tok_stream_free(&st);
     tb_forward_free(&f);
     free(all);
@@ -265,60 +301,87 @@ static int run_generate(const options *o, const tb_model *m, const tb_tokenizer 
 int main(int argc, char **argv)
 {
     tb_log_init("tb-run");
-    options o = {.seq_len = 512, .n_gen = 128, .threads = tb_default_threads(), .top_p = 1.0};
-    enum { OPT_PPL = 256, OPT_SEQ, OPT_MAXW, OPT_JSON, OPT_THREADS, OPT_PROMPT, OPT_TEMP, OPT_TOPP, OPT_SEED,
-           OPT_QUIET, OPT_PROGRESS, OPT_VERSION, OPT_COMPARE };
-    static const struct option longopts[] = {
-        {"model", required_argument, 0, 'm'},       {"ppl", required_argument, 0, OPT_PPL},
-        {"seq-len", required_argument, 0, OPT_SEQ}, {"max-windows", required_argument, 0, OPT_MAXW},
-        {"json", no_argument, 0, OPT_JSON},         {"threads", required_argument, 0, OPT_THREADS},
-        {"prompt", required_argument, 0, OPT_PROMPT}, {"temp", required_argument, 0, OPT_TEMP},
-        {"top-p", required_argument, 0, OPT_TOPP},  {"seed", required_argument, 0, OPT_SEED},
-        {"quiet", no_argument, 0, OPT_QUIET},       {"progress", no_argument, 0, OPT_PROGRESS},
-        {"help", no_argument, 0, 'h'},              {"version", no_argument, 0, OPT_VERSION},
-        {"compare", required_argument, 0, OPT_COMPARE},
-        {0, 0, 0, 0},
+    options o = {.seq_len = 512, .n_gen = 128, .threads = tb_default_threads(),
+                 .sampling = {.top_p = 1.0, .repeat_penalty = 1.0}};
+    const tb_option table[] = {
+        TB_OPT_MODEL(&o.model, "HF checkpoint directory (config.json, model.safetensors or\n"
+                               "a sharded index, tokenizer.json), or a pruned model's\n"
+                               ".tbm index from tb-merge (N:M weights run packed)"),
+        TB_OPT_GROUP("perplexity:"),
+        TB_OPT_FILE(0, "ppl", &o.ppl_file, "FILE", "perplexity of the text in FILE (- for stdin), printed as\n"
+                                                  "'ppl: X' on the last line of stdout"),
+        TB_OPT_INT(0, "seq-len", &o.seq_len, "N", 2, 1 << 20, "window length in tokens (default 512)"),
+        TB_OPT_LONG(0, "max-windows", &o.max_windows, "K", 1, 1L << 40, "evaluate only the first K windows (default all)"),
+        TB_OPT_FILE(0, "compare", &o.compare, "REF", "also run the reference model REF (the dense model) on the\n"
+                                                    "same windows and print its fidelity: 'kl: X' (mean\n"
+                                                    "KL(REF || MODEL) of the next-token distributions over every\n"
+                                                    "position, nats), 'top1: Y' (fraction of positions whose\n"
+                                                    "most likely tokens agree) and 'ppl_ref: Z' before 'ppl: X'"),
+        TB_OPT_JSON(&o.json, "print one JSON object instead: ppl, mean_nll, windows,\n"
+                             "tokens, seq_len, tokens_per_second, seconds (and kl,\n"
+                             "top1, ppl_ref with --compare)"),
+        TB_OPT_GROUP("generation:"),
+        TB_OPT_STRING('p', "prompt", &o.prompt, "TEXT", "continue TEXT (BOS prepended), streaming the text to\n"
+                                                      "stdout; - reads the prompt from stdin"),
+        TB_OPT_FILE('f', "file", &o.prompt_file, "FILE", "the prompt is the text of FILE (- for stdin)"),
+        TB_OPT_INT('n', "n-predict", &o.n_gen, "N", 0, 1 << 20, "tokens to generate (default 128); stops early at EOS"),
+        TB_OPT_DOUBLE(0, "temp", &o.sampling.temp, "T", 0, 100, "temperature (default 0: greedy, deterministic)"),
+        TB_OPT_INT(0, "top-k", &o.sampling.top_k, "K", 0, 1 << 30, "draw from the K most likely tokens (default 0: all)"),
+        TB_OPT_DOUBLE(0, "top-p", &o.sampling.top_p, "P", 1e-9, 1, "nucleus: draw from the most likely tokens holding mass P\n"
+                                                                    "(default 1: all)"),
+        TB_OPT_DOUBLE(0, "min-p", &o.sampling.min_p, "P", 0, 1, "drop tokens less likely than P times the most likely\n"
+                                                                 "(default 0: off)"),
+        TB_OPT_DOUBLE(0, "repeat-penalty", &o.sampling.repeat_penalty, "R", 1e-3, 100,
+                      "divide the logits of the last 64 tokens by R (default 1: off)"),
+        TB_OPT_CALLBACK(0, "stop", &o, "STR", add_stop, "stop when the text generated ends with STR (which is not\n"
+                                                         "printed); repeat for several"),
+        TB_OPT_LONG(0, "seed", &o.seed, "S", 0, 0x7fffffffffffffffL, "random seed for sampling (default 0): same seed, same text"),
+        TB_OPT_GROUP(""),
+        TB_OPT_THREADS(&o.threads),
+        TB_OPT_COMMON(),
+        TB_OPT_END(),
     };
-    int c, bad = 0;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, ":m:n:h", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'm': o.model = optarg; break;
-        case OPT_PPL: o.ppl_file = optarg; break;
-        case OPT_COMPARE: o.compare = optarg; break;
-        case OPT_SEQ: bad = tb_parse_int("--seq-len", optarg, 2, 1 << 20, &o.seq_len); break;
-        case OPT_MAXW: bad = tb_parse_long("--max-windows", optarg, 1, 1L << 40, &o.max_windows); break;
-        case OPT_JSON: o.json = 1; break;
-        case OPT_THREADS: bad = tb_parse_int("--threads", optarg, 1, 256, &o.threads); break;
-        case OPT_PROMPT: o.prompt = optarg; break;
-        case 'n': bad = tb_parse_int("-n", optarg, 0, 1 << 20, &o.n_gen); break;
-        case OPT_TEMP: bad = tb_parse_double("--temp", optarg, 0, 100, &o.temp); break;
-        case OPT_TOPP: bad = tb_parse_double("--top-p", optarg, 1e-9, 1, &o.top_p); break;
-        case OPT_SEED: bad = tb_parse_long("--seed", optarg, 0, 0x7fffffffffffffffL, &o.seed); break;
-        case OPT_QUIET: tb_log_set_quiet(1); tb_log_set_progress(0); break;
-        case OPT_PROGRESS: tb_log_set_progress(1); break;
-        case 'h': fputs(usage, stdout); return 0;
-        case OPT_VERSION: printf("tb-run %s\n", TB_VERSION); return 0;
-        case ':': return tb_usage_error("option '%s' needs a value", argv[optind - 1]);
-        default: return tb_usage_error("unknown option '%s'", argv[optind - 1]);
-        }
-        if (bad) return tb_usage_error("%s", tb_errmsg());
+    const tb_command cmd = {
+        .name = "tb-run",
+        .usage = "tb-run -m MODEL --ppl FILE [--seq-len N] [--max-windows K] [--compare REF] [--json]\n"
+                 "tb-run -m MODEL (-p TEXT | -f FILE) [-n N] [--temp T [--top-k K] [--top-p P] [--min-p P]]",
+        .description = description, .options = table, .notes = notes};
+    char **args;
+    int n_args, done = tb_opts_parse(&cmd, argc, argv, &args, &n_args);
+    if (done != TB_OPTS_CONTINUE) return done;
+    if (o.prompt && o.prompt_file) return tb_usage_error("-p/--prompt and -f/--file exclude each other");
+    if (!o.ppl_file == !(o.prompt || o.prompt_file)) return tb_usage_error("give one of --ppl FILE, -p TEXT or -f FILE");
+    if (!o.ppl_file && (o.json || o.max_windows || o.compare || tb_opt_given(&cmd, &o.seq_len)))
+        return tb_usage_error("--json, --seq-len, --max-windows and --compare go with --ppl");
+    if (o.ppl_file && (o.n_stops || tb_opt_given(&cmd, &o.n_gen) || tb_opt_given(&cmd, &o.sampling.temp)))
+        return tb_usage_error("-n, --temp and --stop go with -p or -f (generation)");
+    if (o.sampling.temp <= 0) {
+        const char *needs = o.sampling.top_k ? "--top-k" : o.sampling.top_p < 1 ? "--top-p"
+                          : o.sampling.min_p > 0 ? "--min-p" : NULL;
+        if (needs) return tb_usage_error("%s samples, but without --temp T (> 0) generation is greedy: add --temp 0.8", needs);
     }
-    if (optind < argc) return tb_usage_error("unexpected argument '%s'", argv[optind]);
-    if (!o.model) return tb_usage_error("-m MODEL is required");
-    if (!o.ppl_file == !o.prompt) return tb_usage_error("give one of --ppl FILE or --prompt TEXT");
-    if (o.prompt && (o.json || o.max_windows || o.compare))
-        return tb_usage_error("--json, --max-windows and --compare go with --ppl");
+    char *prompt_text = NULL;
+    if (o.prompt_file || (o.prompt && !strcmp(o.prompt, "-"))) {
+        size_t len;
+        const char *path = o.prompt_file ? o.prompt_file : "-";
+        if (tb_read_text(path, &prompt_text, &len)) return tb_report_error();
+        o.prompt = prompt_text;
+    }
 
     tb_model m;
     tb_tokenizer *tok = NULL;
     int rc = tb_model_open(&m, o.model);
-    if (rc) return tb_report_error();
+    if (rc) {
+        free(prompt_text);
+        return tb_report_error();
+    }
     if ((rc = tb_tok_load(&tok, tb_model_tokenizer_path(&m)))) {
         tb_model_close(&m);
+        free(prompt_text);
         return tb_report_error();
     }
     rc = o.ppl_file ? run_ppl(&o, &m, tok) : run_generate(&o, &m, tok);
+    free(prompt_text);
     tb_tok_free(tok);
     tb_model_close(&m);
     return rc ? tb_report_error() : 0;

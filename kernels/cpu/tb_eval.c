@@ -164,27 +164,60 @@ static int by_prob_desc(const void *pa, const void *pb)
     return (a->id > b->id) - (a->id < b->id); /* ties by id: the order is deterministic */
 }
 
-int tb_sample(const float *logits, int n, double temp, double top_p, tb_rng *rng, tb_prob *work)
+/* The repetition penalty of CTRL (Keskar et al. 2019), as llama.cpp applies it:
+ * a recent token's logit is divided by the penalty when positive, multiplied
+ * when negative. work[i].p holds the adjusted logits; ids mark what is done. */
+static void penalised_logits(const float *logits, int n, const tb_sampling *s, const int32_t *recent, int n_recent,
+                             tb_prob *work)
 {
+    for (int i = 0; i < n; i++) {
+        work[i].p = logits[i];
+        work[i].id = i;
+    }
+    if (s->repeat_penalty == 1.0) return;
+    for (int k = 0; k < n_recent; k++) {
+        int t = recent[k];
+        if (t < 0 || t >= n || work[t].id < 0) continue; /* once per token */
+        work[t].p = work[t].p > 0 ? (float)(work[t].p / s->repeat_penalty) : (float)(work[t].p * s->repeat_penalty);
+        work[t].id = -1;
+    }
+    for (int k = 0; k < n_recent; k++)
+        if (recent[k] >= 0 && recent[k] < n) work[recent[k]].id = recent[k];
+}
+
+int tb_sample_with(const float *logits, int n, const tb_sampling *s, const int32_t *recent, int n_recent, tb_rng *rng,
+                   tb_prob *work)
+{
+    penalised_logits(logits, n, s, recent, n_recent, work);
     int best = 0;
     for (int i = 1; i < n; i++)
-        if (logits[i] > logits[best]) best = i;
-    if (temp <= 0) return best;
+        if (work[i].p > work[best].p) best = i;
+    if (s->temp <= 0) return best;
 
-    double sum = 0;
+    /* softmax(l / temp), relative to the largest */
+    double sum = 0, lmax = work[best].p;
     for (int i = 0; i < n; i++) {
-        work[i].id = i;
-        work[i].p = (float)exp(((double)logits[i] - logits[best]) / temp);
+        work[i].p = (float)exp(((double)work[i].p - lmax) / s->temp);
         sum += work[i].p;
     }
     int kept = n;
     double mass = sum;
-    if (top_p < 1.0) {
+    int top_k = s->top_k > 0 && s->top_k < n ? s->top_k : n;
+    if (top_k < n || s->top_p < 1.0 || s->min_p > 0) {
         qsort(work, (size_t)n, sizeof *work, by_prob_desc);
+        kept = top_k;
         mass = 0;
-        for (kept = 0; kept < n;) {
-            mass += work[kept++].p;
-            if (mass >= top_p * sum) break;
+        for (int i = 0; i < kept; i++) mass += work[i].p;
+        if (s->top_p < 1.0) { /* nucleus within the top k */
+            double target = s->top_p * mass;
+            mass = 0;
+            for (kept = 0; kept < top_k;) {
+                mass += work[kept++].p;
+                if (mass >= target) break;
+            }
+        }
+        if (s->min_p > 0) { /* min-p: drop tokens below min_p times the most likely (work[0].p = 1) */
+            while (kept > 1 && work[kept - 1].p < s->min_p * work[0].p) mass -= work[--kept].p;
         }
     }
     double u = tb_rng_uniform(rng) * mass, acc = 0;
@@ -193,4 +226,16 @@ int tb_sample(const float *logits, int n, double temp, double top_p, tb_rng *rng
         if (u < acc) return work[i].id;
     }
     return work[kept - 1].id; /* u within rounding of the total */
+}
+
+int tb_sample(const float *logits, int n, double temp, double top_p, tb_rng *rng, tb_prob *work)
+{
+    if (temp <= 0 || !work) { /* greedy needs no work space */
+        int best = 0;
+        for (int i = 1; i < n; i++)
+            if (logits[i] > logits[best]) best = i;
+        return best;
+    }
+    tb_sampling s = {.temp = temp, .top_p = top_p, .repeat_penalty = 1.0};
+    return tb_sample_with(logits, n, &s, NULL, 0, rng, work);
 }

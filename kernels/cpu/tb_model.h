@@ -206,4 +206,17 @@ typedef struct {
  * all). work: n entries, so that sampling allocates nothing. */
 int tb_sample(const float *logits, int n, double temp, double top_p, tb_rng *rng, tb_prob *work);
 
+/* The samplers users know from llama.cpp, applied in its order: the
+ * repetition penalty over the recent tokens, then (temp > 0) top-k, top-p
+ * within those, min-p; temp <= 0 is the argmax of the penalised logits. */
+typedef struct {
+    double temp;           /* <= 0: greedy */
+    int top_k;             /* 0: every token */
+    double top_p;          /* 1: off */
+    double min_p;          /* 0: off; else keep p >= min_p * p_max */
+    double repeat_penalty; /* 1: off; > 1 discourages the recent tokens */
+} tb_sampling;
+int tb_sample_with(const float *logits, int n, const tb_sampling *s, const int32_t *recent, int n_recent, tb_rng *rng,
+                   tb_prob *work);
+
 #endif

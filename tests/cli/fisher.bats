@@ -91,7 +91,7 @@ refuse() { # refuse STATUS SUBSTRING ARGS...: one-line error, that status, no ou
     [ "$status" -eq 1 ]
     run tb-fisher -m "$TB_MODEL" -t "$CALIB" -o "$TMP/x" --stats hessian
     [ "$status" -eq 1 ]
-    [[ "$output" == *"unknown statistic 'hessian'"* ]]
+    [[ "$output" == *"--stats: 'hessian' is not one of fisher, gram, none"* ]]
     run tb-fisher --help
     [ "$status" -eq 0 ]
 }

@@ -124,7 +124,7 @@ same_within() { python3 -c "import sys; a,b,r=map(float,sys.argv[1:]); sys.exit(
 @test "--help documents every option" {
     run tb-run --help
     [ "$status" -eq 0 ]
-    for opt in --model --ppl --seq-len --max-windows --json --prompt " -n " --temp --top-p --seed --threads --quiet --progress --version; do
+    for opt in --model --ppl --seq-len --max-windows --json --prompt "-n, --n-predict" --temp --top-k --min-p --repeat-penalty --stop "-f, --file" --top-p --seed --threads --quiet --progress --version; do
         [[ "$output" == *"$opt"* ]] || { echo "missing $opt"; return 1; }
     done
 }
