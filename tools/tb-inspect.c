@@ -5,7 +5,6 @@
  * all safetensors-compatible or JSON and are read through formats/.
  */
 #include <cjson/cJSON.h>
-#include <getopt.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,32 +27,12 @@
 #include "tb_cuda.h"
 #endif
 
-static const char usage[] =
-    "usage: tb-inspect [options] FILE|DIR\n"
-    "\n"
+static const char description[] =
     "Show the tensors of a safetensors file (or of every shard of an HF model\n"
     "directory, read through model.safetensors.index.json), the model config and\n"
     "parameter counts by kind. FILE may be - for a stream on stdin. A pruned\n"
     "model (.tbm index, or one .tb shard) is shown per weight: kind, pattern,\n"
-    "sparsity, conformity, permutation, compensation, and the recipe.\n"
-    "\n"
-    "options:\n"
-    "  --json          one JSON object on stdout instead of the table\n"
-    "  --stats         per tensor: min, max, mean, std, zero fraction, NaN/Inf count\n"
-    "  --nm N:M        per 2-D+ tensor: fraction of groups of M along the last\n"
-    "                  (input) dimension with at most N nonzeros\n"
-    "  --tensor NAME   dump the values of one tensor (one row of the last dim per line)\n"
-    "  --plot FILE.svg (.tb/.tbm) draw per-layer sparsity and, when the recipe's\n"
-    "                  source model and Gram statistics are at hand, the relative\n"
-    "                  output error ||(W - W_hat) X|| / ||W X|| of every layer\n"
-    "  --doctor [DIR]  environment check: build, libraries, CUDA and GPUs, and the\n"
-    "                  free space of the filesystem holding DIR (default .)\n"
-    "  --quiet         no progress output\n"
-    "  --progress      progress output even when stderr is not a terminal\n"
-    "  -h, --help      this help\n"
-    "  --version       print the version\n"
-    "\n"
-    "exit status: 0 ok, 1 usage, 2 bad input data, 3 I/O error\n";
+    "sparsity, conformity, permutation, compensation, and the recipe.\n";
 
 typedef struct {
     int json, stats, nm_n, nm_m;
@@ -439,69 +418,93 @@ static int is_tb_shard(const char *path)
 }
 
 /* What this build can use here; exit 0 even without a GPU (CPU path works). */
-static int doctor(const char *out_dir)
+/* The environment check, as text or (--json) one object a CI step can gate on. */
+static int doctor(const char *out_dir, int json)
 {
-    printf("tensorbit %s\n", TB_VERSION);
-    printf("compiler:  %s\n", __VERSION__);
-    printf("cJSON:     %s\n", cJSON_Version());
-    printf("OpenBLAS:  %s (%d threads)\n", openblas_get_config(), openblas_get_num_threads());
-    /* a 1x1 Cholesky proves LAPACKE links and runs */
-    double a = 4.0;
-    printf("LAPACKE:   %s\n", LAPACKE_dpotrf(LAPACK_ROW_MAJOR, 'L', 1, &a, 1) == 0 && a == 2.0 ? "ok" : "FAILED");
+    double a = 4.0; /* a 1x1 Cholesky proves LAPACKE links and runs */
+    int lapacke_ok = LAPACKE_dpotrf(LAPACK_ROW_MAJOR, 'L', 1, &a, 1) == 0 && a == 2.0;
+    int64_t free_b = tb_free_bytes(out_dir);
+    if (free_b < 0) return tb_fail(TB_EIO, "%s: cannot stat its filesystem", out_dir);
+    cJSON *j = cJSON_CreateObject(), *gpus = NULL;
+    cJSON_AddStringToObject(j, "version", TB_VERSION);
+    cJSON_AddStringToObject(j, "compiler", __VERSION__);
+    cJSON_AddStringToObject(j, "cjson", cJSON_Version());
+    cJSON_AddStringToObject(j, "openblas", openblas_get_config());
+    cJSON_AddNumberToObject(j, "openblas_threads", openblas_get_num_threads());
+    cJSON_AddBoolToObject(j, "lapacke_ok", lapacke_ok);
 #ifdef TB_HAVE_CUDA
     char buf[256];
     tb_cuda_versions(buf, sizeof buf);
     int n = tb_cuda_device_count();
-    printf("CUDA:      compiled in (%s), %d GPU%s\n", buf, n, n == 1 ? "" : "s");
+    cJSON_AddBoolToObject(j, "cuda", 1);
+    cJSON_AddStringToObject(j, "cuda_versions", buf);
+    gpus = cJSON_AddArrayToObject(j, "gpus");
     for (int i = 0; i < n; i++)
-        if (tb_cuda_device_describe(i, buf, sizeof buf) == 0) printf("  gpu %d:   %s\n", i, buf);
+        if (tb_cuda_device_describe(i, buf, sizeof buf) == 0) cJSON_AddItemToArray(gpus, cJSON_CreateString(buf));
 #else
-    printf("CUDA:      not compiled in (rebuild with make CUDA=1)\n");
+    cJSON_AddBoolToObject(j, "cuda", 0);
 #endif
-    int64_t free_b = tb_free_bytes(out_dir);
-    if (free_b < 0) return tb_fail(TB_EIO, "%s: cannot stat its filesystem", out_dir);
+    cJSON_AddStringToObject(j, "free_dir", out_dir);
+    cJSON_AddNumberToObject(j, "free_bytes", (double)free_b);
+    if (json) return tb_json_print(j);
+    printf("tensorbit %s\n", TB_VERSION);
+    printf("compiler:  %s\n", __VERSION__);
+    printf("cJSON:     %s\n", cJSON_Version());
+    printf("OpenBLAS:  %s (%d threads)\n", openblas_get_config(), openblas_get_num_threads());
+    printf("LAPACKE:   %s\n", lapacke_ok ? "ok" : "FAILED");
+    if (!gpus) {
+        printf("CUDA:      not compiled in (rebuild with make CUDA=1)\n");
+    } else {
+        int n = cJSON_GetArraySize(gpus);
+        printf("CUDA:      compiled in (%s), %d GPU%s\n", cJSON_GetObjectItem(j, "cuda_versions")->valuestring, n,
+               n == 1 ? "" : "s");
+        for (int i = 0; i < n; i++) printf("  gpu %d:   %s\n", i, cJSON_GetArrayItem(gpus, i)->valuestring);
+    }
     printf("free:      %.1f GiB on the filesystem of %s\n", free_b / 1073741824.0, out_dir);
+    cJSON_Delete(j);
     return TB_OK;
+}
+
+static int parse_nm(const char *opt, const char *arg, void *value)
+{
+    options *o = value;
+    return tb_parse_nm(opt, arg, 16, &o->nm_n, &o->nm_m);
 }
 
 int main(int argc, char **argv)
 {
     tb_log_init("tb-inspect");
     options o = {0};
-    enum { OPT_JSON = 256, OPT_STATS, OPT_NM, OPT_TENSOR, OPT_QUIET, OPT_PROGRESS, OPT_VERSION, OPT_DOCTOR, OPT_PLOT };
     int want_doctor = 0;
-    static const struct option longopts[] = {
-        {"json", no_argument, 0, OPT_JSON},         {"stats", no_argument, 0, OPT_STATS},
-        {"nm", required_argument, 0, OPT_NM},       {"tensor", required_argument, 0, OPT_TENSOR},
-        {"quiet", no_argument, 0, OPT_QUIET},       {"progress", no_argument, 0, OPT_PROGRESS},
-        {"help", no_argument, 0, 'h'},              {"version", no_argument, 0, OPT_VERSION},
-        {"doctor", no_argument, 0, OPT_DOCTOR},     {"plot", required_argument, 0, OPT_PLOT},
-        {0, 0, 0, 0},
+    const char *model = NULL;
+    const tb_option table[] = {
+        TB_OPT_MODEL_OPTIONAL(&model, "the file or directory to show; or give it as the argument"),
+        TB_OPT_JSON(&o.json, "one JSON object on stdout instead of the table (also with\n"
+                             "--doctor)"),
+        TB_OPT_FLAG(0, "stats", &o.stats, "per tensor: min, max, mean, std, zero fraction, NaN/Inf count"),
+        {.type = TB_OPTT_CALLBACK, .long_name = "nm", .value = &o, .argh = "N:M", .callback = parse_nm,
+         .help = "per 2-D+ tensor: fraction of groups of M along the last\n"
+                 "(input) dimension with at most N nonzeros"},
+        TB_OPT_STRING(0, "tensor", &o.tensor, "NAME", "dump the values of one tensor (one row of the last dim per line)"),
+        {.type = TB_OPTT_STRING, .long_name = "plot", .value = &o.plot, .argh = "FILE.svg",
+         .flags = TB_OPTF_FILE | TB_OPTF_NO_DASH,
+         .help = "(.tb/.tbm) draw per-layer sparsity and, when the recipe's\n"
+                 "source model and Gram statistics are at hand, the relative\n"
+                 "output error ||(W - W_hat) X|| / ||W X|| of every layer"},
+        TB_OPT_FLAG(0, "doctor", &want_doctor, "environment check: build, libraries, CUDA and GPUs, and the\n"
+                                               "free space of the filesystem holding DIR (default .)"),
+        TB_OPT_COMMON(),
+        TB_OPT_END(),
     };
-    int c;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-        switch (c) {
-        case OPT_JSON: o.json = 1; break;
-        case OPT_STATS: o.stats = 1; break;
-        case OPT_NM:
-            if (tb_parse_nm("--nm", optarg, 16, &o.nm_n, &o.nm_m)) return tb_usage_error("%s", tb_errmsg());
-            break;
-        case OPT_TENSOR: o.tensor = optarg; break;
-        case OPT_QUIET: tb_log_set_quiet(1); tb_log_set_progress(0); break;
-        case OPT_PROGRESS: tb_log_set_progress(1); break;
-        case OPT_DOCTOR: want_doctor = 1; break;
-        case OPT_PLOT: o.plot = optarg; break;
-        case 'h': fputs(usage, stdout); return 0;
-        case OPT_VERSION: printf("tb-inspect %s\n", TB_VERSION); return 0;
-        default: return tb_usage_error("unknown option '%s'", argv[optind - 1]);
-        }
-    }
-    if (want_doctor) {
-        if (argc - optind > 1) return tb_usage_error("--doctor takes at most one DIR");
-        return doctor(optind < argc ? argv[optind] : ".") ? tb_report_error() : 0;
-    }
-    if (optind != argc - 1) return tb_usage_error("expected one FILE or DIR");
-    if (inspect(&o, argv[optind])) return tb_report_error();
+    const tb_command cmd = {.name = "tb-inspect", .usage = "tb-inspect [options] FILE|DIR\ntb-inspect --doctor [--json] [DIR]",
+                            .description = description, .options = table, .args = "FILE|DIR", .max_args = 1};
+    char **args;
+    int n_args, done = tb_opts_parse(&cmd, argc, argv, &args, &n_args);
+    if (done != TB_OPTS_CONTINUE) return done;
+    if (model && n_args) return tb_usage_error("give the file once: -m FILE or FILE");
+    if (model) args[n_args++] = (char *)model;
+    if (want_doctor) return doctor(n_args ? args[0] : ".", o.json) ? tb_report_error() : 0;
+    if (n_args != 1) return tb_usage_error("missing FILE|DIR");
+    if (inspect(&o, args[0])) return tb_report_error();
     return 0;
 }

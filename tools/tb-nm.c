@@ -5,7 +5,7 @@
  * reduction dimension or unstructured, optionally after permuting the input
  * channels, and writes the masks in the tb_mask.h layout.
  */
-#include <getopt.h>
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,51 +22,15 @@
 #include "tb_safetensors.h"
 #include "tb_threads.h"
 
-static const char usage[] =
-    "usage: tb-nm -s SCORES (--pattern N:M | --sparsity F) [options]\n"
-    "\n"
+static const char description[] =
     "Choose which weights to keep from importance scores (tb-score) and write\n"
-    "masks (safetensors: U8 keep bits per weight, I32 '<W>.perm' with --permute).\n"
-    "\n"
-    "options:\n"
-    "  -s, --scores FILE      scores, - for stdin (default -)\n"
-    "  -o, --output FILE      masks, - for stdout (default -)\n"
-    "      --pattern N:M      keep N of every M consecutive weights along the reduction\n"
-    "                         dimension (M <= 16: 2:4, 4:8, 1:4, 2:8, ...)\n"
-    "      --sparsity F       unstructured: prune the fraction F (exact count) instead\n"
-    "      --per row|tensor|layer  unstructured: where the count is exact (default row:\n"
-    "                         each output unit; layer: all tensors of a decoder layer)\n"
-    "      --solver S         N:M solver (default topn):\n"
-    "                           topn       the N largest scores of each group\n"
-    "                           optimal    exhaustive over the C(M,N) keep sets (= topn\n"
-    "                                      for scores; the engine of iterative)\n"
-    "                           iterative  start from topn, then re-solve each group\n"
-    "                                      exactly to lower the joint error\n"
-    "                                      sum over output units of d^T G d, d the pruned\n"
-    "                                      weights (needs -m and -f)\n"
-    "      --sweeps S         iterative: sweeps over each unit's groups (default 10)\n"
-    "  -m, --model PATH       iterative: the weights the scores came from\n"
-    "  -f, --stats FILE       iterative: .fisher with gram.<module>.input\n"
-    "      --k-dim 0|1        reduction dimension (default: the scores' k_dim, else 1 =\n"
-    "                         [out, in] as nn.Linear; 0 for weights stored [in, out])\n"
-    "      --permute          reorder input channels first to keep more importance\n"
-    "                         under N:M (Pool & Yu 2021); stored as '<W>.perm'\n"
-    "      --permute-rounds R swap rounds bound (default 100)\n"
-    "      --seed S           seed of the permutation search's group pairing (default 0)\n"
-    "      --threads N        worker threads (default $TB_THREADS or all CPUs)\n"
-    "  -v, --verbose          one line per tensor on stderr\n"
-    "      --quiet            no progress or summary\n"
-    "      --progress         progress even when stderr is not a terminal\n"
-    "  -h, --help             this help\n"
-    "      --version          print the version\n"
-    "\n"
-    "exit status: 0 ok, 1 usage, 2 bad input data, 3 I/O error\n";
+    "masks (safetensors: U8 keep bits per weight, I32 '<W>.perm' with --permute).\n";
 
 enum per { PER_ROW, PER_TENSOR, PER_LAYER };
 
 typedef struct {
     const char *scores, *out, *model, *stats;
-    int n, m, k_dim, permute, rounds, sweeps, threads, verbose;
+    int n, m, k_dim, permute, rounds, sweeps, threads, verbose, json;
     double sparsity; /* < 0: N:M */
     enum per per;
     tb_nm_solver solver;
@@ -400,6 +364,29 @@ static int run(options *o)
         snprintf(line + k, sizeof line - (size_t)k, ", %.2f s", tb_now() - t0);
         tb_info("%s", line);
     }
+    if (!rc && o->json) {
+        cJSON *js = cJSON_CreateObject();
+        cJSON_AddStringToObject(js, "output", o->out);
+        cJSON_AddNumberToObject(js, "tensors", n);
+        if (o->sparsity < 0) {
+            char nm[32];
+            snprintf(nm, sizeof nm, "%d:%d", o->n, o->m);
+            cJSON_AddStringToObject(js, "pattern", nm);
+            cJSON_AddStringToObject(js, "solver", tb_nm_solver_name(o->solver));
+        } else {
+            cJSON_AddNumberToObject(js, "sparsity", o->sparsity);
+        }
+        cJSON_AddNumberToObject(js, "pruned_fraction", tt.elems ? (double)tt.pruned / (double)tt.elems : 0.0);
+        if (tt.total > 0) cJSON_AddNumberToObject(js, "kept_importance", tt.kept / tt.total);
+        else cJSON_AddNullToObject(js, "kept_importance");
+        if (o->permute && tt.kept_plain > 0) cJSON_AddNumberToObject(js, "permutation_gain", tt.kept_perm / tt.kept_plain - 1);
+        if (o->sparsity < 0 && o->solver == TB_NM_ITERATIVE) {
+            cJSON_AddNumberToObject(js, "joint_error_start", tt.err_start);
+            cJSON_AddNumberToObject(js, "joint_error", tt.err);
+        }
+        cJSON_AddNumberToObject(js, "seconds", tb_now() - t0);
+        rc = tb_json_print(js);
+    }
 done:
     if (rc && out_open) tb_out_abort(&out);
     tb_mask_free(&mask);
@@ -416,6 +403,18 @@ done:
     return rc;
 }
 
+static int parse_pattern(const char *opt, const char *arg, void *value)
+{
+    options *o = value;
+    return tb_parse_nm(opt, arg, TB_NM_MAX_M, &o->n, &o->m);
+}
+
+static int parse_solver(const char *opt, const char *arg, void *value)
+{
+    if (tb_nm_solver_parse(arg, value)) return tb_fail(TB_EUSAGE, "%s: %s", opt, tb_errmsg());
+    return TB_OK;
+}
+
 int main(int argc, char **argv)
 {
     tb_log_init("tb-nm");
@@ -428,76 +427,55 @@ int main(int argc, char **argv)
     o.sweeps = 10;
     o.threads = tb_default_threads();
     o.solver = TB_NM_TOPN;
-    int have_pattern = 0, have_solver = 0, have_per = 0, have_rounds = 0;
-    enum { OPT_PATTERN = 256, OPT_SPARSITY, OPT_PER, OPT_SOLVER, OPT_SWEEPS, OPT_KDIM, OPT_PERMUTE, OPT_ROUNDS, OPT_SEED,
-           OPT_THREADS, OPT_QUIET, OPT_PROGRESS, OPT_VERSION };
-    static const struct option longopts[] = {
-        {"scores", required_argument, 0, 's'},          {"output", required_argument, 0, 'o'},
-        {"pattern", required_argument, 0, OPT_PATTERN}, {"sparsity", required_argument, 0, OPT_SPARSITY},
-        {"per", required_argument, 0, OPT_PER},         {"solver", required_argument, 0, OPT_SOLVER},
-        {"sweeps", required_argument, 0, OPT_SWEEPS},   {"model", required_argument, 0, 'm'},
-        {"stats", required_argument, 0, 'f'},           {"k-dim", required_argument, 0, OPT_KDIM},
-        {"permute", no_argument, 0, OPT_PERMUTE},       {"permute-rounds", required_argument, 0, OPT_ROUNDS},
-        {"seed", required_argument, 0, OPT_SEED},       {"threads", required_argument, 0, OPT_THREADS},
-        {"verbose", no_argument, 0, 'v'},               {"quiet", no_argument, 0, OPT_QUIET},
-        {"progress", no_argument, 0, OPT_PROGRESS},     {"help", no_argument, 0, 'h'},
-        {"version", no_argument, 0, OPT_VERSION},       {0, 0, 0, 0},
+    int per = PER_ROW;
+    long seed = 0;
+    static const char *const per_choices[] = {"row", "tensor", "layer", NULL};
+    const tb_option table[] = {
+        TB_OPT_FILE('s', "scores", &o.scores, "FILE", "scores, - for stdin (default -)"),
+        TB_OPT_OUTPUT(&o.out, "FILE", 0, "masks, - for stdout (default -)"),
+        {.type = TB_OPTT_CALLBACK, .long_name = "pattern", .value = &o, .argh = "N:M", .callback = parse_pattern,
+         .help = "keep N of every M consecutive weights along the reduction\n"
+                 "dimension (M <= 16: 2:4, 4:8, 1:4, 2:8, ...)"},
+        TB_OPT_DOUBLE(0, "sparsity", &o.sparsity, "F", 0, 1, "unstructured: prune the fraction F (exact count) instead"),
+        TB_OPT_CHOICE(0, "per", &per, per_choices, "unstructured: where the count is exact (default row:\n"
+                                                    "each output unit; layer: all tensors of a decoder layer)"),
+        TB_OPT_CALLBACK(0, "solver", &o.solver, "S", parse_solver,
+                        "N:M solver (default topn):\n"
+                        "  topn       the N largest scores of each group\n"
+                        "  optimal    exhaustive over the C(M,N) keep sets (= topn\n"
+                        "             for scores; the engine of iterative)\n"
+                        "  iterative  start from topn, then re-solve each group\n"
+                        "             exactly to lower the joint error\n"
+                        "             sum over output units of d^T G d, d the pruned\n"
+                        "             weights (needs -m and -f)"),
+        TB_OPT_INT(0, "sweeps", &o.sweeps, "S", 1, 1000000, "iterative: sweeps over each unit's groups (default 10)"),
+        TB_OPT_MODEL_OPTIONAL(&o.model, "iterative: the weights the scores came from"),
+        TB_OPT_FILE('f', "stats", &o.stats, "FILE", "iterative: .fisher with gram.<module>.input"),
+        TB_OPT_INT(0, "k-dim", &o.k_dim, "0|1", 0, 1, "reduction dimension (default: the scores' k_dim, else 1 =\n"
+                                                     "[out, in] as nn.Linear; 0 for weights stored [in, out])"),
+        TB_OPT_FLAG(0, "permute", &o.permute, "reorder input channels first to keep more importance\n"
+                                              "under N:M (Pool & Yu 2021); stored as '<W>.perm'"),
+        TB_OPT_INT(0, "permute-rounds", &o.rounds, "R", 1, 1000000, "swap rounds bound (default 100)"),
+        TB_OPT_LONG(0, "seed", &seed, "S", 0, 2147483647L, "seed of the permutation search's group pairing (default 0)"),
+        TB_OPT_JSON(&o.json, "print a summary as one JSON object on stdout (needs -o FILE):\n"
+                             "tensors, pattern or sparsity, pruned_fraction,\n"
+                             "kept_importance (the fraction of the scores' sum kept),\n"
+                             "permutation_gain, joint_error (iterative), seconds"),
+        TB_OPT_THREADS(&o.threads),
+        TB_OPT_COMMON(),
+        TB_OPT_END(),
     };
-    int c;
-    long seed;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, ":s:o:m:f:vh", longopts, NULL)) != -1) {
-        switch (c) {
-        case 's': o.scores = optarg; break;
-        case 'o': o.out = optarg; break;
-        case 'm': o.model = optarg; break;
-        case 'f': o.stats = optarg; break;
-        case OPT_PATTERN:
-            if (tb_parse_nm("--pattern", optarg, TB_NM_MAX_M, &o.n, &o.m)) return tb_usage_error("%s", tb_errmsg());
-            have_pattern = 1;
-            break;
-        case OPT_SPARSITY:
-            if (tb_parse_double("--sparsity", optarg, 0, 1, &o.sparsity)) return tb_usage_error("%s", tb_errmsg());
-            break;
-        case OPT_PER:
-            if (!strcmp(optarg, "row")) o.per = PER_ROW;
-            else if (!strcmp(optarg, "tensor")) o.per = PER_TENSOR;
-            else if (!strcmp(optarg, "layer")) o.per = PER_LAYER;
-            else return tb_usage_error("--per: '%s' is not row, tensor or layer", optarg);
-            have_per = 1;
-            break;
-        case OPT_SOLVER:
-            if (tb_nm_solver_parse(optarg, &o.solver)) return tb_usage_error("--solver: %s", tb_errmsg());
-            have_solver = 1;
-            break;
-        case OPT_SWEEPS:
-            if (tb_parse_int("--sweeps", optarg, 1, 1000000, &o.sweeps)) return tb_usage_error("%s", tb_errmsg());
-            break;
-        case OPT_KDIM:
-            if (tb_parse_int("--k-dim", optarg, 0, 1, &o.k_dim)) return tb_usage_error("%s", tb_errmsg());
-            break;
-        case OPT_PERMUTE: o.permute = 1; break;
-        case OPT_ROUNDS:
-            if (tb_parse_int("--permute-rounds", optarg, 1, 1000000, &o.rounds)) return tb_usage_error("%s", tb_errmsg());
-            have_rounds = 1;
-            break;
-        case OPT_SEED:
-            if (tb_parse_long("--seed", optarg, 0, 2147483647L, &seed)) return tb_usage_error("%s", tb_errmsg());
-            o.seed = (uint64_t)seed;
-            break;
-        case OPT_THREADS:
-            if (tb_parse_int("--threads", optarg, 1, 256, &o.threads)) return tb_usage_error("%s", tb_errmsg());
-            break;
-        case 'v': o.verbose = 1; break;
-        case OPT_QUIET: tb_log_set_quiet(1); tb_log_set_progress(0); break;
-        case OPT_PROGRESS: tb_log_set_progress(1); break;
-        case 'h': fputs(usage, stdout); return 0;
-        case OPT_VERSION: printf("tb-nm %s\n", TB_VERSION); return 0;
-        case ':': return tb_usage_error("option '%s' needs a value", argv[optind - 1]);
-        default: return tb_usage_error("unknown option '%s'", argv[optind - 1]);
-        }
-    }
-    if (optind != argc) return tb_usage_error("unexpected argument '%s'", argv[optind]);
+    const tb_command cmd = {.name = "tb-nm", .usage = "tb-nm -s SCORES (--pattern N:M | --sparsity F) [options]",
+                            .description = description, .options = table};
+    char **args;
+    int n_args, done = tb_opts_parse(&cmd, argc, argv, &args, &n_args);
+    if (done != TB_OPTS_CONTINUE) return done;
+    int have_pattern = o.m > 0, have_solver = tb_opt_given(&cmd, &o.solver), have_per = tb_opt_given(&cmd, &per),
+        have_rounds = tb_opt_given(&cmd, &o.rounds);
+    o.per = (enum per)per;
+    o.seed = (uint64_t)seed;
+    o.verbose = tb_log_verbose() || o.json;
+    if (o.json && !strcmp(o.out, "-")) return tb_usage_error("--json prints to stdout, so the masks need -o FILE");
     if (have_pattern == (o.sparsity >= 0)) return tb_usage_error("give exactly one of --pattern N:M and --sparsity F");
     if (o.sparsity >= 0 && (have_solver || o.permute || have_rounds))
         return tb_usage_error("--solver, --permute and --permute-rounds apply to --pattern only");

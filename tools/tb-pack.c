@@ -6,7 +6,7 @@
  * (mask shapes and patterns, missing statistics) is checked before the output
  * is opened, so a bad input is one line on stderr and no file.
  */
-#include <getopt.h>
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,60 +24,23 @@
 #include "tb_safetensors.h"
 #include "tb_threads.h"
 
-static const char usage[] =
-    "usage: tb-pack -m MODEL --masks MASKS [options] -o OUT.tb\n"
-    "\n"
+static const char description[] =
     "Apply pruning masks (tb-nm) to a model, compensate the kept weights for what\n"
     "was pruned, and write a packed .tb shard: per N:M weight '<W>.values' (kept\n"
     "values, original dtype), '<W>.indices' (U8, ceil(log2 M)-bit in-group\n"
     "positions, LSB first) and '<W>.perm' if the mask permuted the input channels\n"
     "(values stay in permuted order); unstructured masks give '<W>' with exact\n"
-    "zeros plus '<W>.mask'. Tensors without a mask are copied as they are.\n"
-    "\n"
-    "options:\n"
-    "  -m, --model PATH        HF model directory or safetensors file\n"
-    "      --masks FILE        masks (tb-nm): which weights to prune, N:M or unstructured\n"
-    "  -f, --stats FILE        .fisher statistics (tb-fisher): grad.<W> for obs,\n"
-    "                          gram.<module>.input for recon and sparsegpt (and, when\n"
-    "                          present, for the per-tensor output error report)\n"
-    "  -o, --output FILE       the .tb shard to write\n"
-    "      --compensate C      what to do with the kept weights (default none):\n"
-    "                            none       mask only\n"
-    "                            redist     move the pruned weights' sum onto the kept\n"
-    "                                       ones of the same group (row if unstructured)\n"
-    "                            obs        Optimal Brain Surgeon per block of a row with\n"
-    "                                       the Fisher from grad.<W> samples (Woodbury)\n"
-    "                            recon      per row, the exact minimiser of\n"
-    "                                       ||(W - W_hat) X||^2 under the mask (Gram)\n"
-    "                            sparsegpt  SparseGPT's column sweep (Gram); re-chooses\n"
-    "                                       the keep bits within the masks' pattern\n"
-    "      --redist R          proportional (to |w|, default) or uniform\n"
-    "      --obs-block-size B  obs: weights per OBS block; sparsegpt: columns per lazy\n"
-    "                          update block, a multiple of M (default 128)\n"
-    "      --keep-mask         sparsegpt: keep the given keep bits instead of re-choosing\n"
-    "      --damp D            relative damping (default 0.01): lambda = D * mean\n"
-    "                          diagonal of the Gram (recon, sparsegpt) or of the Fisher (obs)\n"
-    "      --layers A-B        decoder layers A..B only (also A:B = A..B-1, or A); the\n"
-    "                          shard then holds those layers' tensors, and the tensors\n"
-    "                          outside any layer only with --include-dense\n"
-    "      --include-dense     with --layers: also copy embeddings, final norm, lm_head\n"
-    "  -t, --threads N         worker threads (default $TB_THREADS or all CPUs)\n"
-    "      --quiet             no per-tensor lines or summary\n"
-    "      --progress          progress bar even when stderr is not a terminal\n"
-    "  -h, --help              this help\n"
-    "      --version           print the version\n"
-    "\n"
-    "exit status: 0 ok, 1 usage, 2 bad input data, 3 I/O error\n";
+    "zeros plus '<W>.mask'. Tensors without a mask are copied as they are.\n";
 
 enum method { M_NONE, M_REDIST, M_OBS, M_RECON, M_SPARSEGPT };
-static const char *const method_names[] = {"none", "redist", "obs", "recon", "sparsegpt"};
+static const char *const method_names[] = {"none", "redist", "obs", "recon", "sparsegpt", NULL};
 
 typedef struct {
     const char *model, *masks, *stats, *out;
     enum method method;
-    int uniform, block, keep_mask, include_dense, threads;
+    int uniform, block, keep_mask, include_dense, threads, json;
     double damp;
-    int layer_lo, layer_hi; /* inclusive; lo < 0: every layer */
+    tb_layer_range layers;
     char *command;
 } options;
 
@@ -95,33 +58,6 @@ typedef struct {
     item *items;
     int n_items, n_pruned;
 } job;
-
-/* decoder layer of a tensor name ("model.layers.12.mlp..." -> 12), -1 if none */
-static int layer_of(const char *name)
-{
-    for (const char *p = name; (p = strstr(p, "layers.")) != NULL; p += strlen("layers.")) {
-        const char *d = p + strlen("layers.");
-        char *end;
-        long v = strtol(d, &end, 10);
-        if (end > d && *end == '.' && *d >= '0' && *d <= '9') return (int)v;
-    }
-    return -1;
-}
-
-/* "A-B" (inclusive), "A:B" (half-open, as tb-fisher's --layers) or "A" */
-static int parse_layers(const char *s, int *lo, int *hi)
-{
-    char sep = 0, tail;
-    int a, b;
-    int k = sscanf(s, "%d%c%d%c", &a, &sep, &b, &tail);
-    if (k == 1) b = a;
-    else if (k == 3 && sep == ':') b = b - 1;
-    else if (!(k == 3 && sep == '-')) return tb_fail(TB_EUSAGE, "--layers '%s': expected A-B, A:B or A", s);
-    if (a < 0 || b < a) return tb_fail(TB_EUSAGE, "--layers '%s': empty or negative range", s);
-    *lo = a;
-    *hi = b;
-    return TB_OK;
-}
 
 static int cmp_tensor_name(const void *a, const void *b)
 {
@@ -191,8 +127,8 @@ static int preflight(const options *o, job *j)
     qsort(all, (size_t)total, sizeof *all, cmp_tensor_name);
     for (int i = 0; i < total && !rc; i++) {
         const st_tensor *t = all[i];
-        int layer = layer_of(t->name);
-        if (o->layer_lo >= 0 && (layer < 0 ? !o->include_dense : layer < o->layer_lo || layer > o->layer_hi)) continue;
+        int layer = tb_layer_of(t->name);
+        if (o->layers.set && (layer < 0 ? !o->include_dense : !tb_layers_has(&o->layers, layer))) continue;
         item *it = &j->items[j->n_items++];
         it->t = t;
         if (!st_find(&j->masks, t->name)) continue;
@@ -234,8 +170,8 @@ static int preflight(const options *o, job *j)
             rc = tb_fail(TB_EUSAGE, "--obs-block-size %d is not a multiple of M=%d", o->block, j->m);
     }
     free(all);
-    if (!rc && o->layer_lo >= 0 && j->n_items == 0)
-        rc = tb_fail(TB_EDATA, "%s: no tensors in layers %d-%d", o->model, o->layer_lo, o->layer_hi);
+    if (!rc && o->layers.set && j->n_items == 0)
+        rc = tb_fail(TB_EDATA, "%s: no tensors in layers %d-%d", o->model, o->layers.lo, o->layers.hi);
     return rc;
 }
 
@@ -358,13 +294,13 @@ static int run(const options *o)
     char damp[32], block[32], layers[64];
     snprintf(damp, sizeof damp, "%g", o->damp);
     snprintf(block, sizeof block, "%d", o->block);
-    snprintf(layers, sizeof layers, "%d-%d", o->layer_lo, o->layer_hi);
+    snprintf(layers, sizeof layers, "%d-%d", o->layers.lo, o->layers.hi);
     const char *meta[][2] = {
         {"tensorbit.version", TB_VERSION}, {"pattern", st_meta(&j.masks, "pattern")},
         {"compensation", comp_label(o)},   {"damp", damp},
         {"obs_block_size", block},         {"model", o->model},
         {"masks", o->masks},               {"stats", o->stats ? o->stats : ""},
-        {"layers", o->layer_lo >= 0 ? layers : "all"}, {"command", o->command},
+        {"layers", o->layers.set ? layers : "all"}, {"command", o->command},
     };
     for (size_t i = 0; !rc && i < sizeof meta / sizeof meta[0]; i++) rc = tb_pack_writer_meta(pw, meta[i][0], meta[i][1]);
     const char *mask_src = o->method == M_SPARSEGPT && !o->keep_mask ? "sparsegpt" : "given";
@@ -387,6 +323,24 @@ static int run(const options *o)
     tb_progress_end(&prog);
     if (!rc) rc = tb_pack_writer_finish(pw);
     if (!rc) rc = tb_out_commit(&out);
+    if (!rc && o->json) {
+        cJSON *js = cJSON_CreateObject();
+        cJSON_AddStringToObject(js, "output", o->out);
+        cJSON_AddNumberToObject(js, "tensors", j.n_items);
+        cJSON_AddNumberToObject(js, "pruned", j.n_pruned);
+        cJSON_AddStringToObject(js, "pattern", st_meta(&j.masks, "pattern"));
+        cJSON_AddStringToObject(js, "compensation", comp_label(o));
+        cJSON_AddNumberToObject(js, "weights_with_gram", es.n);
+        if (es.n && es.base > 0) { /* relative output error ||dW X|| / ||W X|| over those weights */
+            cJSON_AddNumberToObject(js, "output_error", sqrt(es.comp / es.base));
+            cJSON_AddNumberToObject(js, "output_error_mask_only", sqrt(es.masked / es.base));
+        } else {
+            cJSON_AddNullToObject(js, "output_error");
+            cJSON_AddNullToObject(js, "output_error_mask_only");
+        }
+        cJSON_AddNumberToObject(js, "seconds", tb_now() - t0);
+        rc = tb_json_print(js);
+    }
     if (!rc) {
         char err[160] = "";
         if (es.n)
@@ -408,67 +362,58 @@ done:
 int main(int argc, char **argv)
 {
     tb_log_init("tb-pack");
-    options o = {.block = 128, .damp = 0.01, .layer_lo = -1, .layer_hi = -1, .threads = tb_default_threads()};
-    enum { OPT_MASKS = 256, OPT_COMP, OPT_REDIST, OPT_BLOCK, OPT_KEEP, OPT_DAMP, OPT_LAYERS, OPT_DENSE, OPT_QUIET,
-           OPT_PROGRESS, OPT_VERSION };
-    static const struct option longopts[] = {
-        {"model", required_argument, 0, 'm'},      {"masks", required_argument, 0, OPT_MASKS},
-        {"stats", required_argument, 0, 'f'},      {"output", required_argument, 0, 'o'},
-        {"compensate", required_argument, 0, OPT_COMP}, {"redist", required_argument, 0, OPT_REDIST},
-        {"obs-block-size", required_argument, 0, OPT_BLOCK}, {"keep-mask", no_argument, 0, OPT_KEEP},
-        {"damp", required_argument, 0, OPT_DAMP},  {"layers", required_argument, 0, OPT_LAYERS},
-        {"include-dense", no_argument, 0, OPT_DENSE}, {"threads", required_argument, 0, 't'},
-        {"quiet", no_argument, 0, OPT_QUIET},      {"progress", no_argument, 0, OPT_PROGRESS},
-        {"help", no_argument, 0, 'h'},             {"version", no_argument, 0, OPT_VERSION},
-        {0, 0, 0, 0},
+    options o = {.block = 128, .damp = 0.01, .threads = tb_default_threads()};
+    int method = M_NONE, redist = 0;
+    static const char *const redist_names[] = {"proportional", "uniform", NULL};
+    const tb_option table[] = {
+        TB_OPT_MODEL(&o.model, "HF model directory or safetensors file"),
+        {.type = TB_OPTT_STRING, .long_name = "masks", .value = &o.masks, .argh = "FILE",
+         .help = "masks (tb-nm): which weights to prune, N:M or unstructured", .flags = TB_OPTF_FILE | TB_OPTF_REQUIRED},
+        TB_OPT_FILE('f', "stats", &o.stats, "FILE", ".fisher statistics (tb-fisher): grad.<W> for obs,\n"
+                                                   "gram.<module>.input for recon and sparsegpt (and, when\n"
+                                                   "present, for the per-tensor output error report)"),
+        TB_OPT_OUTPUT(&o.out, "FILE", TB_OPTF_REQUIRED, "the .tb shard to write (- for stdout)"),
+        TB_OPT_CHOICE(0, "compensate", &method, method_names,
+                      "what to do with the kept weights (default none):\n"
+                      "  none       mask only\n"
+                      "  redist     move the pruned weights' sum onto the kept\n"
+                      "             ones of the same group (row if unstructured)\n"
+                      "  obs        Optimal Brain Surgeon per block of a row with\n"
+                      "             the Fisher from grad.<W> samples (Woodbury)\n"
+                      "  recon      per row, the exact minimiser of\n"
+                      "             ||(W - W_hat) X||^2 under the mask (Gram)\n"
+                      "  sparsegpt  SparseGPT's column sweep (Gram); re-chooses\n"
+                      "             the keep bits within the masks' pattern"),
+        TB_OPT_CHOICE(0, "redist", &redist, redist_names, "proportional (to |w|, default) or uniform"),
+        TB_OPT_INT(0, "obs-block-size", &o.block, "B", 1, 1 << 16, "obs: weights per OBS block; sparsegpt: columns per lazy\n"
+                                                                   "update block, a multiple of M (default 128)"),
+        TB_OPT_FLAG(0, "keep-mask", &o.keep_mask, "sparsegpt: keep the given keep bits instead of re-choosing"),
+        TB_OPT_DOUBLE(0, "damp", &o.damp, "D", 0, 1e6, "relative damping (default 0.01): lambda = D * mean\n"
+                                                      "diagonal of the Gram (recon, sparsegpt) or of the Fisher (obs)"),
+        TB_OPT_LAYERS(&o.layers, "decoder layers A..B only (A-B inclusive, A:B = A..B-1, or A);\n"
+                                 "the shard then holds those layers' tensors, and the tensors\n"
+                                 "outside any layer only with --include-dense"),
+        TB_OPT_FLAG(0, "include-dense", &o.include_dense, "with --layers: also copy embeddings, final norm, lm_head"),
+        TB_OPT_JSON(&o.json, "print a summary as one JSON object on stdout: tensors,\n"
+                             "pruned, pattern, compensation, output_error (relative\n"
+                             "||dW X||/||W X|| over the weights with a Gram, null\n"
+                             "without), output_error_mask_only, seconds"),
+        TB_OPT_THREADS(&o.threads),
+        TB_OPT_COMMON(),
+        TB_OPT_END(),
     };
-    int c;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "m:f:o:t:h", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'm': o.model = optarg; break;
-        case OPT_MASKS: o.masks = optarg; break;
-        case 'f': o.stats = optarg; break;
-        case 'o': o.out = optarg; break;
-        case OPT_COMP: {
-            int found = 0;
-            for (int i = 0; i <= M_SPARSEGPT; i++)
-                if (strcmp(optarg, method_names[i]) == 0) { o.method = (enum method)i; found = 1; }
-            if (!found) return tb_usage_error("--compensate '%s': expected none, redist, obs, recon or sparsegpt", optarg);
-            break;
-        }
-        case OPT_REDIST:
-            if (strcmp(optarg, "proportional") && strcmp(optarg, "uniform"))
-                return tb_usage_error("--redist '%s': expected proportional or uniform", optarg);
-            o.uniform = strcmp(optarg, "uniform") == 0;
-            break;
-        case OPT_BLOCK:
-            if (tb_parse_int("--obs-block-size", optarg, 1, 1 << 16, &o.block)) return tb_usage_error("%s", tb_errmsg());
-            break;
-        case OPT_KEEP: o.keep_mask = 1; break;
-        case OPT_DAMP:
-            if (tb_parse_double("--damp", optarg, 0, 1e6, &o.damp)) return tb_usage_error("%s", tb_errmsg());
-            break;
-        case OPT_LAYERS:
-            if (parse_layers(optarg, &o.layer_lo, &o.layer_hi)) return tb_usage_error("%s", tb_errmsg());
-            break;
-        case OPT_DENSE: o.include_dense = 1; break;
-        case 't':
-            if (tb_parse_int("--threads", optarg, 1, 256, &o.threads)) return tb_usage_error("%s", tb_errmsg());
-            break;
-        case OPT_QUIET: tb_log_set_quiet(1); tb_log_set_progress(0); break;
-        case OPT_PROGRESS: tb_log_set_progress(1); break;
-        case 'h': fputs(usage, stdout); return 0;
-        case OPT_VERSION: printf("tb-pack %s\n", TB_VERSION); return 0;
-        default: return tb_usage_error("unknown option or missing value '%s'", argv[optind - 1]);
-        }
-    }
-    if (optind != argc) return tb_usage_error("unexpected argument '%s'", argv[optind]);
-    if (!o.model || !o.masks || !o.out) return tb_usage_error("-m MODEL, --masks MASKS and -o OUT are required");
+    const tb_command cmd = {.name = "tb-pack", .usage = "tb-pack -m MODEL --masks MASKS [options] -o OUT.tb",
+                            .description = description, .options = table};
+    char **args;
+    int n_args, done = tb_opts_parse(&cmd, argc, argv, &args, &n_args);
+    if (done != TB_OPTS_CONTINUE) return done;
+    o.method = (enum method)method;
+    o.uniform = redist == 1;
+    if (o.json && !strcmp(o.out, "-")) return tb_usage_error("--json prints to stdout, so -o - cannot: give -o FILE");
     if (o.method >= M_OBS && !o.stats)
         return tb_usage_error("--compensate %s needs -f STATS.fisher", method_names[o.method]);
     if (o.method == M_OBS && !(o.damp > 0)) return tb_usage_error("--compensate obs needs --damp > 0");
-    if (o.include_dense && o.layer_lo < 0) return tb_usage_error("--include-dense goes with --layers");
+    if (o.include_dense && !o.layers.set) return tb_usage_error("--include-dense goes with --layers");
     if (o.keep_mask && o.method != M_SPARSEGPT) return tb_usage_error("--keep-mask goes with --compensate sparsegpt");
     tb_blas_single_thread(); /* our threads split the rows */
     if (!(o.command = tb_join_args(argc, argv))) return tb_report_error();

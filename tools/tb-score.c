@@ -6,7 +6,6 @@
  * one at a time, to a file or stdout, ready for tb-nm.
  */
 #include <fnmatch.h>
-#include <getopt.h>
 #include <math.h>
 #include <regex.h>
 #include <stdio.h>
@@ -23,9 +22,7 @@
 #include "tb_score.h"
 #include "tb_threads.h"
 
-static const char usage[] =
-    "usage: tb-score -m MODEL --method M [-f STATS] [options]\n"
-    "\n"
+static const char description[] =
     "Score every element of the selected weights (default: every decoder-layer\n"
     "*proj.weight; embeddings, norms and lm_head are left out) and write F32\n"
     "tensors of the same names and shapes (safetensors) to OUT or stdout.\n"
@@ -39,27 +36,9 @@ static const char usage[] =
     "              (Cholesky in f64; lambda raised x10 up to 4 times, then an\n"
     "              eigen fallback); otherwise H = diag(F + lambda) and obs = obd\n"
     "  normalized  the --base score divided by its output unit's maximum: in [0, 1],\n"
-    "              comparable across tensors for a per-layer threshold\n"
-    "\n"
-    "options:\n"
-    "  -m, --model PATH     HF model directory or safetensors file\n"
-    "  -f, --stats FILE     .fisher statistics (tb-fisher): fisher.<W>, gram.<module>.input\n"
-    "      --method M       magnitude, wanda, obd, obs or normalized\n"
-    "      --base M         the score 'normalized' normalises (default obs)\n"
-    "  -o, --output FILE    output file (default -: stdout)\n"
-    "      --lambda L       absolute damping (obd, obs); default relative, see --damp\n"
-    "      --damp F         relative damping: lambda = F * mean of the diagonal of F (obd)\n"
-    "                       or of 2G/n (obs), per tensor (default 0.01)\n"
-    "      --tensors PAT    weights to score: a shell glob ('*.mlp.*proj.weight'), or\n"
-    "                       re:REGEX (POSIX extended, unanchored)\n"
-    "      --k-dim 0|1      reduction dimension of the stored weights (default 1: [out, in])\n"
-    "      --threads N      worker threads (default $TB_THREADS or all CPUs)\n"
-    "      --quiet          no progress or summary\n"
-    "      --progress       progress even when stderr is not a terminal\n"
-    "  -h, --help           this help\n"
-    "      --version        print the version\n"
-    "\n"
-    "exit status: 0 ok, 1 usage, 2 bad input data, 3 I/O error\n";
+    "              comparable across tensors for a per-layer threshold\n";
+
+static const char *const method_names[] = {"magnitude", "wanda", "obd", "obs", "normalized", NULL};
 
 typedef struct {
     const char *model, *stats, *out, *tensors;
@@ -372,57 +351,32 @@ int main(int argc, char **argv)
     o.so.k_dim = 1;
     o.so.base = TB_SCORE_OBS;
     o.so.n_threads = tb_default_threads();
-    int have_method = 0;
-    enum { OPT_METHOD = 256, OPT_BASE, OPT_LAMBDA, OPT_DAMP, OPT_TENSORS, OPT_KDIM, OPT_THREADS, OPT_QUIET, OPT_PROGRESS, OPT_VERSION };
-    static const struct option longopts[] = {
-        {"model", required_argument, 0, 'm'},       {"stats", required_argument, 0, 'f'},
-        {"output", required_argument, 0, 'o'},      {"method", required_argument, 0, OPT_METHOD},
-        {"base", required_argument, 0, OPT_BASE},   {"lambda", required_argument, 0, OPT_LAMBDA},
-        {"damp", required_argument, 0, OPT_DAMP},   {"tensors", required_argument, 0, OPT_TENSORS},
-        {"k-dim", required_argument, 0, OPT_KDIM},  {"threads", required_argument, 0, OPT_THREADS},
-        {"quiet", no_argument, 0, OPT_QUIET},       {"progress", no_argument, 0, OPT_PROGRESS},
-        {"help", no_argument, 0, 'h'},              {"version", no_argument, 0, OPT_VERSION},
-        {0, 0, 0, 0},
+    int method = 0, base_method = TB_SCORE_OBS;
+    const tb_option table[] = {
+        TB_OPT_MODEL(&o.model, "HF model directory or safetensors file"),
+        TB_OPT_FILE('f', "stats", &o.stats, "FILE", ".fisher statistics (tb-fisher): fisher.<W>, gram.<module>.input"),
+        {.type = TB_OPTT_CHOICE, .long_name = "method", .value = &method, .argh = "M", .choices = method_names,
+         .flags = TB_OPTF_REQUIRED, .help = "magnitude, wanda, obd, obs or normalized"},
+        TB_OPT_CHOICE(0, "base", &base_method, method_names, "the score 'normalized' normalises (default obs)"),
+        TB_OPT_OUTPUT(&o.out, "FILE", 0, "output file (default -: stdout)"),
+        TB_OPT_DOUBLE(0, "lambda", &o.so.lambda, "L", 0, 1e300, "absolute damping (obd, obs); default relative, see --damp"),
+        TB_OPT_DOUBLE(0, "damp", &o.so.damp, "F", 0, 1e6, "relative damping: lambda = F * mean of the diagonal of F (obd)\n"
+                                                          "or of 2G/n (obs), per tensor (default 0.01)"),
+        TB_OPT_STRING(0, "tensors", &o.tensors, "PAT", "weights to score: a shell glob ('*.mlp.*proj.weight'), or\n"
+                                                       "re:REGEX (POSIX extended, unanchored)"),
+        TB_OPT_INT(0, "k-dim", &o.so.k_dim, "0|1", 0, 1, "reduction dimension of the stored weights (default 1: [out, in])"),
+        TB_OPT_THREADS(&o.so.n_threads),
+        TB_OPT_COMMON(),
+        TB_OPT_END(),
     };
-    int c;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, ":m:f:o:h", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'm': o.model = optarg; break;
-        case 'f': o.stats = optarg; break;
-        case 'o': o.out = optarg; break;
-        case OPT_METHOD:
-            if (tb_score_method_parse(optarg, &o.so.method)) return tb_usage_error("--method: %s", tb_errmsg());
-            have_method = 1;
-            break;
-        case OPT_BASE:
-            if (tb_score_method_parse(optarg, &o.so.base)) return tb_usage_error("--base: %s", tb_errmsg());
-            if (o.so.base == TB_SCORE_NORMALIZED) return tb_usage_error("--base: normalized cannot be its own base");
-            break;
-        case OPT_LAMBDA:
-            if (tb_parse_double("--lambda", optarg, 0, 1e300, &o.so.lambda)) return tb_usage_error("%s", tb_errmsg());
-            break;
-        case OPT_DAMP:
-            if (tb_parse_double("--damp", optarg, 0, 1e6, &o.so.damp)) return tb_usage_error("%s", tb_errmsg());
-            break;
-        case OPT_TENSORS: o.tensors = optarg; break;
-        case OPT_KDIM:
-            if (tb_parse_int("--k-dim", optarg, 0, 1, &o.so.k_dim)) return tb_usage_error("%s", tb_errmsg());
-            break;
-        case OPT_THREADS:
-            if (tb_parse_int("--threads", optarg, 1, 256, &o.so.n_threads)) return tb_usage_error("%s", tb_errmsg());
-            break;
-        case OPT_QUIET: tb_log_set_quiet(1); tb_log_set_progress(0); break;
-        case OPT_PROGRESS: tb_log_set_progress(1); break;
-        case 'h': fputs(usage, stdout); return 0;
-        case OPT_VERSION: printf("tb-score %s\n", TB_VERSION); return 0;
-        case ':': return tb_usage_error("option '%s' needs a value", argv[optind - 1]);
-        default: return tb_usage_error("unknown option '%s'", argv[optind - 1]);
-        }
-    }
-    if (optind != argc) return tb_usage_error("unexpected argument '%s'", argv[optind]);
-    if (!o.model) return tb_usage_error("-m MODEL is required");
-    if (!have_method) return tb_usage_error("--method is required (magnitude, wanda, obd, obs, normalized)");
+    const tb_command cmd = {.name = "tb-score", .usage = "tb-score -m MODEL --method M [-f STATS] [options]",
+                            .description = description, .options = table};
+    char **args;
+    int n_args, done = tb_opts_parse(&cmd, argc, argv, &args, &n_args);
+    if (done != TB_OPTS_CONTINUE) return done;
+    o.so.method = (tb_score_method)method;
+    o.so.base = (tb_score_method)base_method;
+    if (o.so.base == TB_SCORE_NORMALIZED) return tb_usage_error("--base: normalized cannot be its own base");
     tb_score_method base = o.so.method == TB_SCORE_NORMALIZED ? o.so.base : o.so.method;
     if (base != TB_SCORE_MAGNITUDE && !o.stats)
         return tb_usage_error("--method %s needs -f STATS (Fisher diagonal / Gram matrices from tb-fisher)",

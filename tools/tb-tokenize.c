@@ -4,7 +4,7 @@
  * inputs, window sampling and the output formats. See man/tb-tokenize.1.
  */
 #include <cjson/cJSON.h>
-#include <getopt.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,48 +18,27 @@
 #include "tb_tokenizer.h"
 #include "tb_tokens.h"
 
-static const char usage[] =
-    "usage: tb-tokenize -m MODEL [options] [FILE...]\n"
-    "       tb-tokenize -m MODEL --decode [options] [FILE]\n"
-    "\n"
+static const char description[] =
     "Encode UTF-8 text to token ids with the model's HF tokenizer.json, the same\n"
     "ids as the HF tokenizers library. The text is the concatenation of the FILEs\n"
-    "(- or none: standard input), taken byte for byte (no line-ending changes).\n"
-    "\n"
-    "options:\n"
-    "  -m, --model PATH   model directory (tokenizer.json; BOS/EOS from config.json\n"
-    "                     or tokenizer_config.json) or a tokenizer.json file\n"
-    "  -o, --output FILE  output file, - for standard output (the default; binary\n"
-    "                     safetensors output to a terminal is refused)\n"
-    "  --format F         safetensors (default): I32 tensor input_ids of shape [1, n]\n"
-    "                     ([N, T] with --windows); text: the ids on one line\n"
-    "                     separated by spaces (one line per window)\n"
-    "  --bos              prepend the BOS token once, at the start of the text\n"
-    "  --windows N        draw N windows of --seq-len T consecutive tokens from the\n"
-    "                     token stream (after --bos). Window i starts at\n"
-    "                     floor(r_i * (n - T + 1) / 2^64), where n is the number of\n"
-    "                     tokens and r_i the i-th output of splitmix64 seeded with S\n"
-    "                     (state += 0x9E3779B97F4A7C15, then the splitmix64 mix).\n"
-    "                     Windows may overlap. Empty text or n < T is an error.\n"
-    "  --seq-len T        tokens per window (with --windows)\n"
-    "  --seed S           seed of the window sampler (default 0)\n"
-    "  --decode           ids to text: input is safetensors with input_ids (I32 or\n"
-    "                     I64, [n] or [N, T]: each of N > 1 rows is followed by a\n"
-    "                     newline), or with --format text whitespace-separated ids.\n"
-    "                     The text is written as decoded, special tokens included.\n"
-    "  --jsonl            batch mode, one record per line: each input line is a JSON\n"
-    "                     string and its output line the JSON array of its ids (with\n"
-    "                     --bos if given); with --decode each input line is a JSON\n"
-    "                     array of ids and its output line the decoded JSON string\n"
-    "  --quiet            no progress or summary on stderr\n"
-    "  --progress         progress and summary even when stderr is not a terminal\n"
-    "  -h, --help         this help\n"
-    "  --version          print the version\n"
-    "\n"
-    "Plain encoding of empty text gives zero ids (just BOS with --bos).\n"
-    "exit status: 0 ok, 1 usage, 2 bad input data (missing tokenizer.json,\n"
-    "unsupported tokenizer, invalid UTF-8, id out of vocabulary, too little text\n"
-    "for the windows), 3 I/O error\n";
+    "(- or none: standard input), taken byte for byte (no line-ending changes).\n";
+
+static const char notes[] =
+    "Plain encoding of empty text gives zero ids (just BOS with --bos). Bad data (2)\n"
+    "includes a missing tokenizer.json, an unsupported tokenizer, invalid UTF-8, an\n"
+    "id out of vocabulary and too little text for the windows.\n";
+
+static const char *const format_names[] = {"safetensors", "text", NULL};
+
+static int parse_u64(const char *opt, const char *arg, void *value)
+{
+    char *e;
+    errno = 0;
+    unsigned long long v = strtoull(arg, &e, 10);
+    if (!*arg || *e || *arg == '-' || errno) return tb_fail(TB_EUSAGE, "%s: '%s' is not a non-negative integer", opt, arg);
+    *(unsigned long long *)value = v;
+    return TB_OK;
+}
 
 typedef struct {
     const char *model, *output;
@@ -411,64 +390,52 @@ int main(int argc, char **argv)
 {
     tb_log_init("tb-tokenize");
     options o = {0};
-    const char *format = NULL;
-    const char *windows = NULL, *seq_len = NULL, *seed = NULL;
-    enum { OPT_FORMAT = 256, OPT_BOS, OPT_WINDOWS, OPT_SEQLEN, OPT_SEED, OPT_DECODE, OPT_JSONL, OPT_QUIET,
-           OPT_PROGRESS, OPT_VERSION };
-    static const struct option longopts[] = {
-        {"model", required_argument, 0, 'm'},      {"output", required_argument, 0, 'o'},
-        {"format", required_argument, 0, OPT_FORMAT}, {"bos", no_argument, 0, OPT_BOS},
-        {"windows", required_argument, 0, OPT_WINDOWS}, {"seq-len", required_argument, 0, OPT_SEQLEN},
-        {"seed", required_argument, 0, OPT_SEED}, {"decode", no_argument, 0, OPT_DECODE},
-        {"jsonl", no_argument, 0, OPT_JSONL},      {"quiet", no_argument, 0, OPT_QUIET},
-        {"progress", no_argument, 0, OPT_PROGRESS}, {"help", no_argument, 0, 'h'},
-        {"version", no_argument, 0, OPT_VERSION},  {0, 0, 0, 0},
+    const tb_option table[] = {
+        TB_OPT_MODEL(&o.model, "model directory (tokenizer.json; BOS/EOS from config.json\n"
+                               "or tokenizer_config.json) or a tokenizer.json file"),
+        TB_OPT_OUTPUT(&o.output, "FILE", 0, "output file, - for standard output (the default; binary\n"
+                                            "safetensors output to a terminal is refused)"),
+        TB_OPT_CHOICE(0, "format", &o.text_format, format_names,
+                      "safetensors (default): I32 tensor input_ids of shape [1, n]\n"
+                      "([N, T] with --windows); text: the ids on one line\n"
+                      "separated by spaces (one line per window)"),
+        TB_OPT_FLAG(0, "bos", &o.bos, "prepend the BOS token once, at the start of the text"),
+        TB_OPT_LONG(0, "windows", &o.windows, "N", 1, INT32_MAX,
+                    "draw N windows of --seq-len T consecutive tokens from the\n"
+                    "token stream (after --bos). Window i starts at\n"
+                    "floor(r_i * (n - T + 1) / 2^64), where n is the number of\n"
+                    "tokens and r_i the i-th output of splitmix64 seeded with S\n"
+                    "(state += 0x9E3779B97F4A7C15, then the splitmix64 mix).\n"
+                    "Windows may overlap. Empty text or n < T is an error."),
+        TB_OPT_LONG(0, "seq-len", &o.seq_len, "T", 1, INT32_MAX, "tokens per window (with --windows)"),
+        TB_OPT_CALLBACK(0, "seed", &o.seed, "S", parse_u64, "seed of the window sampler (default 0)"),
+        TB_OPT_FLAG(0, "decode", &o.decode, "ids to text: input is safetensors with input_ids (I32 or\n"
+                                            "I64, [n] or [N, T]: each of N > 1 rows is followed by a\n"
+                                            "newline), or with --format text whitespace-separated ids.\n"
+                                            "The text is written as decoded, special tokens included."),
+        TB_OPT_FLAG(0, "jsonl", &o.jsonl, "batch mode, one record per line: each input line is a JSON\n"
+                                          "string and its output line the JSON array of its ids (with\n"
+                                          "--bos if given); with --decode each input line is a JSON\n"
+                                          "array of ids and its output line the decoded JSON string"),
+        TB_OPT_COMMON(),
+        TB_OPT_END(),
     };
-    int c;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "m:o:h", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'm': o.model = optarg; break;
-        case 'o': o.output = optarg; break;
-        case OPT_FORMAT: format = optarg; break;
-        case OPT_BOS: o.bos = 1; break;
-        case OPT_WINDOWS: windows = optarg; break;
-        case OPT_SEQLEN: seq_len = optarg; break;
-        case OPT_SEED: seed = optarg; break;
-        case OPT_DECODE: o.decode = 1; break;
-        case OPT_JSONL: o.jsonl = 1; break;
-        case OPT_QUIET: tb_log_set_quiet(1); tb_log_set_progress(0); break;
-        case OPT_PROGRESS: tb_log_set_progress(1); break;
-        case 'h': fputs(usage, stdout); return 0;
-        case OPT_VERSION: printf("tb-tokenize %s\n", TB_VERSION); return 0;
-        case ':': return tb_usage_error("option '%s' needs a value", argv[optind - 1]);
-        default: return tb_usage_error("unknown option '%s'", argv[optind - 1]);
-        }
-    }
-    if (!o.model) return tb_usage_error("missing -m MODEL");
-    if (format) {
-        if (!strcmp(format, "text")) o.text_format = 1;
-        else if (strcmp(format, "safetensors")) return tb_usage_error("--format: '%s' is not safetensors or text", format);
-    }
-    if (windows || seq_len) {
-        if (!windows || !seq_len) return tb_usage_error("--windows and --seq-len go together");
-        if (tb_parse_long("--windows", windows, 1, INT32_MAX, &o.windows) ||
-            tb_parse_long("--seq-len", seq_len, 1, INT32_MAX, &o.seq_len))
-            return tb_usage_error("%s", tb_errmsg());
-    }
-    if (seed) {
-        char *e;
-        o.seed = strtoull(seed, &e, 10);
-        if (!*seed || *e || *seed == '-') return tb_usage_error("--seed: '%s' is not a non-negative integer", seed);
-        if (!windows) return tb_usage_error("--seed needs --windows");
-    }
+    const tb_command cmd = {.name = "tb-tokenize",
+                            .usage = "tb-tokenize -m MODEL [options] [FILE...]\n"
+                                     "tb-tokenize -m MODEL --decode [options] [FILE]",
+                            .description = description, .options = table, .notes = notes, .args = "FILE...",
+                            .max_args = -1};
+    char **files;
+    int nfiles, done = tb_opts_parse(&cmd, argc, argv, &files, &nfiles);
+    if (done != TB_OPTS_CONTINUE) return done;
+    int format = tb_opt_given(&cmd, &o.text_format);
+    if (!o.windows != !o.seq_len) return tb_usage_error("--windows and --seq-len go together");
+    if (tb_opt_given(&cmd, &o.seed) && !o.windows) return tb_usage_error("--seed needs --windows");
     if (o.decode && (o.bos || o.windows)) return tb_usage_error("--decode takes no --bos, --windows or --seed");
     if (o.jsonl && (format || o.windows)) return tb_usage_error("--jsonl takes no --format or --windows");
 
     tb_tokenizer *t;
     if (tb_tok_load(&t, o.model)) return tb_report_error();
-    char **files = argv + optind;
-    int nfiles = argc - optind;
     int rc = o.jsonl ? jsonl_mode(&o, t, files, nfiles)
              : o.decode ? decode_mode(&o, t, files, nfiles)
                         : encode_mode(&o, t, files, nfiles);

@@ -118,7 +118,7 @@ print(p['kind'], p['pattern'], p['sparsity'])" "$output"
 
 @test "recon with the bundled layer-0 Gram lowers ||dW X|| below mask-only on every tensor" {
     fixture "$TMP/masks" 2:4 --layer 0 --only q_proj --only k_proj --only v_proj
-    run tb-pack -m "$TB_MODEL" --masks "$TMP/masks" -f "$GRAM" --compensate recon --layers 0 -o "$TMP/r.tb"
+    run tb-pack -v -m "$TB_MODEL" --masks "$TMP/masks" -f "$GRAM" --compensate recon --layers 0 -o "$TMP/r.tb"
     [ "$status" -eq 0 ]
     n=0
     for line in "${lines[@]}"; do
@@ -135,7 +135,7 @@ print(p['kind'], p['pattern'], p['sparsity'])" "$output"
 @test "recon with permuted masks: the reported ||dW X|| is the stored, un-permuted weight's" {
     has_python_module numpy || skip "no numpy"
     fixture "$TMP/masks" 2:4 --layer 0 --only q_proj --only v_proj --perm
-    run tb-pack -m "$TB_MODEL" --masks "$TMP/masks" -f "$GRAM" --compensate recon --layers 0 -o "$TMP/r.tb"
+    run tb-pack -v -m "$TB_MODEL" --masks "$TMP/masks" -f "$GRAM" --compensate recon --layers 0 -o "$TMP/r.tb"
     [ "$status" -eq 0 ]
     reported=$(printf '%s\n' "${lines[@]}" | sed -nE 's/.*\] ([^ ]+) recon, \|\|dW X\|\|\/\|\|W X\|\| ([0-9.]+) .*/\1 \2/p')
     recomputed=$(python3 "$BATS_TEST_DIRNAME/../py/tb_pack_check.py" error "$TMP/r.tb" "$GRAM" "$TB_MODEL/model.safetensors")
@@ -145,12 +145,11 @@ print(p['kind'], p['pattern'], p['sparsity'])" "$output"
 }
 
 @test "every method runs on tb-fisher statistics, with permuted masks" {
-    [ -x "$TB_BIN/tb-fisher" ] || skip "no tb-fisher"
     tb-fisher --quiet -m "$TB_MODEL" -t "$TB_MODEL/calib-128x512.safetensors" --max-windows 2 \
         --grad-samples 2 -o "$TMP/s.fisher"
     fixture "$TMP/masks" 2:4 --layer 5 --perm
     for c in none redist obs recon sparsegpt; do
-        run tb-pack -m "$TB_MODEL" --masks "$TMP/masks" -f "$TMP/s.fisher" --compensate $c --layers 5 -o "$TMP/$c.tb"
+        run tb-pack -v -m "$TB_MODEL" --masks "$TMP/masks" -f "$TMP/s.fisher" --compensate $c --layers 5 -o "$TMP/$c.tb"
         [ "$status" -eq 0 ] || { echo "$c: $output"; false; }
         [[ "${lines[-1]}" == *"7 pruned (2:4, $c"* ]]
         if has_python_module numpy && [ $c = none ]; then
@@ -167,8 +166,7 @@ print(p['kind'], p['pattern'], p['sparsity'])" "$output"
 }
 
 @test "tb-score | tb-nm masks feed tb-pack" {
-    [ -x "$TB_BIN/tb-score" ] && [ -x "$TB_BIN/tb-nm" ] || skip "tb-score or tb-nm not built"
-    tb-score --quiet -m "$TB_MODEL" --method magnitude -o "$TMP/scores" || skip "tb-score failed"
+    tb-score --quiet -m "$TB_MODEL" --method magnitude -o "$TMP/scores"
     tb-nm --quiet -s "$TMP/scores" --pattern 2:4 -o "$TMP/masks"
     rm "$TMP/scores"
     run tb-pack --quiet -m "$TB_MODEL" --masks "$TMP/masks" -o "$TMP/p.tb"
