@@ -372,6 +372,12 @@ int tb_opts_parse(const tb_command *cmd, int argc, char **argv, char ***args, in
                               cmd->min_args, cmd->args ? cmd->args : "arguments", np);
     }
     if (cmd->max_args >= 0 && np > cmd->max_args) return tb_usage_error("unexpected argument '%s'", pos[cmd->max_args]);
+    /* the inputs are what they should be: told from their first bytes */
+    for (const tb_option *o = cmd->options; o->type != TB_OPTT_END; o++) {
+        if (o->type != TB_OPTT_STRING || !o->want || !tb_opt_given(cmd, o->value)) continue;
+        const char *path = *(const char *const *)o->value;
+        if (tb_check_input(path, (tb_want)o->want, o->what, o->fix)) return tb_report_error();
+    }
     *args = pos;
     *n_args = np;
     return TB_OPTS_CONTINUE;

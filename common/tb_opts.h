@@ -29,6 +29,8 @@
 
 #include <stdint.h>
 
+#include "tb_kind.h"
+
 /* ---- value parsers: TB_OK or TB_EUSAGE with a message naming the option ---- */
 int tb_parse_long(const char *opt, const char *s, long min, long max, long *out);
 int tb_parse_int(const char *opt, const char *s, int min, int max, int *out);
@@ -91,6 +93,10 @@ typedef struct tb_option {
     int (*parse_choice)(const char *s); /* CHOICE: name -> value, -1 if none (else the index) */
     int (*callback)(const char *opt, const char *arg, void *value); /* message names opt */
     long flag_value; /* FLAG: the value set (0 means 1) */
+    /* STRING inputs: what the file must be (tb_want), checked from its first
+     * bytes after parsing; what: "token windows (safetensors)"; fix: what to do */
+    int want;
+    const char *what, *fix;
 } tb_option;
 
 #define TB_OPT_END() {.type = TB_OPTT_END}
@@ -102,6 +108,10 @@ typedef struct tb_option {
     {.type = TB_OPTT_STRING, .short_name = (s), .long_name = (l), .value = (v), .argh = (a), .help = (h)}
 #define TB_OPT_FILE(s, l, v, a, h) \
     {.type = TB_OPTT_STRING, .short_name = (s), .long_name = (l), .value = (v), .argh = (a), .help = (h), .flags = TB_OPTF_FILE}
+/* an input file checked to be what it should (tb_kind.h) */
+#define TB_OPT_INPUT(s, l, v, a, w, wh, fx, h)                                                                  \
+    {.type = TB_OPTT_STRING, .short_name = (s), .long_name = (l), .value = (v), .argh = (a), .help = (h),   \
+     .flags = TB_OPTF_FILE, .want = (w), .what = (wh), .fix = (fx)}
 #define TB_OPT_INT(s, l, v, a, lo, hi, h)                                                                       \
     {.type = TB_OPTT_INT, .short_name = (s), .long_name = (l), .value = (v), .argh = (a), .help = (h), .min = (lo), \
      .max = (hi)}
@@ -127,19 +137,21 @@ typedef struct tb_option {
 /* add flags to an entry: TB_OPT_WITH(TB_OPT_OUTPUT(&o, "..."), TB_OPTF_REQUIRED) is not C; use the _REQ forms */
 
 /* ---- the shared names: the same meaning has the same name in every tool ---- */
+#define TB_OPT_WHAT_MODEL "a model (an HF directory with config.json, a .tbm or a safetensors file)"
 #define TB_OPT_MODEL(v, h) \
     {.type = TB_OPTT_STRING, .short_name = 'm', .long_name = "model", .value = (v), .argh = "MODEL", .help = (h), \
-     .flags = TB_OPTF_FILE | TB_OPTF_REQUIRED | TB_OPTF_NO_DASH}
+     .flags = TB_OPTF_FILE | TB_OPTF_REQUIRED | TB_OPTF_NO_DASH, .want = TB_WANT_MODEL, .what = TB_OPT_WHAT_MODEL}
 #define TB_OPT_MODEL_OPTIONAL(v, h) \
     {.type = TB_OPTT_STRING, .short_name = 'm', .long_name = "model", .value = (v), .argh = "MODEL", .help = (h), \
-     .flags = TB_OPTF_FILE | TB_OPTF_NO_DASH}
+     .flags = TB_OPTF_FILE | TB_OPTF_NO_DASH, .want = TB_WANT_MODEL, .what = TB_OPT_WHAT_MODEL}
 /* fl: extra flags (TB_OPTF_REQUIRED, TB_OPTF_NO_DASH) */
 #define TB_OPT_OUTPUT(v, a, fl, h) \
     {.type = TB_OPTT_STRING, .short_name = 'o', .long_name = "output", .value = (v), .argh = (a), .help = (h), \
      .flags = TB_OPTF_FILE | (fl)}
-#define TB_OPT_TOKENS(v, h) \
+/* fix: what to do with a file of another kind ("use --text FILE or tb-tokenize") */
+#define TB_OPT_TOKENS(v, fx, h) \
     {.type = TB_OPTT_STRING, .short_name = 't', .long_name = "tokens", .value = (v), .argh = "FILE", .help = (h), \
-     .flags = TB_OPTF_FILE}
+     .flags = TB_OPTF_FILE, .want = TB_WANT_SAFETENSORS, .what = "token windows (safetensors)", .fix = (fx)}
 #define TB_OPT_THREADS(v)                                                                                         \
     {.type = TB_OPTT_INT, .short_name = 'j', .long_name = "threads", .value = (v), .argh = "N",                 \
      .help = "worker threads (default $TB_THREADS, else every CPU)", .min = 1, .max = 1024}

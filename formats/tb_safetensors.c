@@ -1,5 +1,6 @@
 #include "tb_safetensors.h"
 #include "tb_error.h"
+#include "tb_kind.h"
 #include "tb_sha256.h"
 
 #include <cjson/cJSON.h>
@@ -210,6 +211,12 @@ int st_open_mapped(st_file *f, const char *label, tb_mapped map)
     int rc = parse_header(f);
     if (!rc) rc = check_layout(f);
     if (rc) {
+        /* not a damaged safetensors file but another kind (a stream is not
+         * looked at before it is read): say what it is */
+        tb_kind k = tb_kind_of_bytes(map.data, map.size < 4096 ? map.size : 4096, map.size);
+        if (k != TB_KIND_SAFETENSORS && k != TB_KIND_BINARY)
+            rc = tb_fail(TB_EDATA, "%s, not safetensors%s", tb_kind_name(k),
+                         k == TB_KIND_TBM ? " (a .tbm is read by its path, which its shards are relative to)" : "");
         tb_err_context("%s", label);
         st_close(f);
     }

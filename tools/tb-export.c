@@ -76,6 +76,8 @@ int main(int argc, char **argv)
     if (n_args == 1) model = args[0];
     if (!model) return tb_usage_error("missing MODEL.tbm (-m/--model or the argument)");
     if (!strcmp(model, "-")) return tb_usage_error("MODEL.tbm '-': a .tbm names its shards by path, so it cannot be a stream: give its file");
+    if (tb_check_input(model, TB_WANT_TBM, "a pruned model's .tbm index", "merge the shards with tb-merge first"))
+        return tb_report_error();
     o.format = format == 1 ? TB_EXPORT_CT24 : format == 2 ? TB_EXPORT_CTBITMASK : TB_EXPORT_DENSE;
     o.dtype = dtype_values[dtype];
     int verify = !no_verify;

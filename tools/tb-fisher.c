@@ -203,9 +203,9 @@ int main(int argc, char **argv)
     long seed = 0;
     const tb_option table[] = {
         TB_OPT_MODEL(&o.model, "HF checkpoint directory (config.json + safetensors)"),
-        TB_OPT_TOKENS(&o.tokens, "token windows: safetensors 'input_ids' [windows, seq_len]\n"
+        TB_OPT_TOKENS(&o.tokens, "use --text FILE, or tb-tokenize --windows", "token windows: safetensors 'input_ids' [windows, seq_len]\n"
                                  "(I32 or I64), e.g. from tb-tokenize --windows"),
-        TB_OPT_FILE(0, "text", &o.text, "FILE", "or calibration text, tokenized here (BOS first) and cut\n"
+        TB_OPT_INPUT(0, "text", &o.text, "FILE", TB_WANT_TEXT, "text", "give token windows with -t", "or calibration text, tokenized here (BOS first) and cut\n"
                                                "into --windows N (128) windows of --seq-len T (512)\n"
                                                "with --seed S (0), exactly as tb-tokenize --bos\n"
                                                "--windows N --seq-len T --seed S draws them"),
@@ -223,7 +223,8 @@ int main(int argc, char **argv)
         TB_OPT_GROUP("sequential (layer-wise) mode, so each layer is calibrated on what the pruned\n"
                      "layers before it produce, one Makefile step per layer; only the --layers run,\n"
                      "--stats gram or none (the Fisher needs the whole model):"),
-        TB_OPT_FILE(0, "acts-in", &o.acts_in, "FILE", "residual stream entering the first layer (F32 'hidden'\n"
+        TB_OPT_INPUT(0, "acts-in", &o.acts_in, "FILE", TB_WANT_SAFETENSORS, "a layer stream (safetensors)",
+                     "make it with tb-fisher --acts-out", "residual stream entering the first layer (F32 'hidden'\n"
                                                      "[windows, seq_len, hidden], from an earlier --acts-out);\n"
                                                      "without it the first layer must be 0 and -t gives the tokens"),
         TB_OPT_FILE(0, "acts-out", &o.acts_out, "FILE", "save the stream leaving the last layer"),

@@ -41,6 +41,9 @@ int main(int argc, char **argv)
         if (!strcmp(shards[i], "-"))
             return tb_usage_error("SHARD '-': a shard is indexed by its path, so it cannot be a stream: "
                                   "write it to a file beside OUT.tbm first");
+    for (int i = 0; i < n_shards; i++)
+        if (tb_check_input(shards[i], TB_WANT_SAFETENSORS, "a .tb shard (safetensors)", "make shards with tb-pack"))
+            return tb_report_error();
     char *cmdline = tb_join_args(argc, argv);
     if (!cmdline) return tb_report_error();
     int rc = tb_tbm_merge(out, model, (const char *const *)shards, n_shards, cmdline, partial);

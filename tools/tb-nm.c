@@ -431,7 +431,8 @@ int main(int argc, char **argv)
     long seed = 0;
     static const char *const per_choices[] = {"row", "tensor", "layer", NULL};
     const tb_option table[] = {
-        TB_OPT_FILE('s', "scores", &o.scores, "FILE", "scores, - for stdin (default -)"),
+        TB_OPT_INPUT('s', "scores", &o.scores, "FILE", TB_WANT_SAFETENSORS, "scores (safetensors)", "make them with tb-score",
+                     "scores, - for stdin (default -)"),
         TB_OPT_OUTPUT(&o.out, "FILE", 0, "masks, - for stdout (default -)"),
         {.type = TB_OPTT_CALLBACK, .long_name = "pattern", .value = &o, .argh = "N:M", .callback = parse_pattern,
          .help = "keep N of every M consecutive weights along the reduction\n"
@@ -450,7 +451,7 @@ int main(int argc, char **argv)
                         "             weights (needs -m and -f)"),
         TB_OPT_INT(0, "sweeps", &o.sweeps, "S", 1, 1000000, "iterative: sweeps over each unit's groups (default 10)"),
         TB_OPT_MODEL_OPTIONAL(&o.model, "iterative: the weights the scores came from"),
-        TB_OPT_FILE('f', "stats", &o.stats, "FILE", "iterative: .fisher with gram.<module>.input"),
+        TB_OPT_INPUT('f', "stats", &o.stats, "FILE", TB_WANT_SAFETENSORS, ".fisher statistics (safetensors)", "make them with tb-fisher", "iterative: .fisher with gram.<module>.input"),
         TB_OPT_INT(0, "k-dim", &o.k_dim, "0|1", 0, 1, "reduction dimension (default: the scores' k_dim, else 1 =\n"
                                                      "[out, in] as nn.Linear; 0 for weights stored [in, out])"),
         TB_OPT_FLAG(0, "permute", &o.permute, "reorder input channels first to keep more importance\n"

@@ -368,8 +368,9 @@ int main(int argc, char **argv)
     const tb_option table[] = {
         TB_OPT_MODEL(&o.model, "HF model directory or safetensors file"),
         {.type = TB_OPTT_STRING, .long_name = "masks", .value = &o.masks, .argh = "FILE",
-         .help = "masks (tb-nm): which weights to prune, N:M or unstructured", .flags = TB_OPTF_FILE | TB_OPTF_REQUIRED},
-        TB_OPT_FILE('f', "stats", &o.stats, "FILE", ".fisher statistics (tb-fisher): grad.<W> for obs,\n"
+         .help = "masks (tb-nm): which weights to prune, N:M or unstructured", .flags = TB_OPTF_FILE | TB_OPTF_REQUIRED,
+         .want = TB_WANT_SAFETENSORS, .what = "masks (safetensors)", .fix = "make them with tb-nm"},
+        TB_OPT_INPUT('f', "stats", &o.stats, "FILE", TB_WANT_SAFETENSORS, ".fisher statistics (safetensors)", "make them with tb-fisher", ".fisher statistics (tb-fisher): grad.<W> for obs,\n"
                                                    "gram.<module>.input for recon and sparsegpt (and, when\n"
                                                    "present, for the per-tensor output error report)"),
         TB_OPT_OUTPUT(&o.out, "FILE", TB_OPTF_REQUIRED, "the .tb shard to write (- for stdout)"),

@@ -308,11 +308,12 @@ int main(int argc, char **argv)
                                "a sharded index, tokenizer.json), or a pruned model's\n"
                                ".tbm index from tb-merge (N:M weights run packed)"),
         TB_OPT_GROUP("perplexity:"),
-        TB_OPT_FILE(0, "ppl", &o.ppl_file, "FILE", "perplexity of the text in FILE (- for stdin), printed as\n"
+        TB_OPT_INPUT(0, "ppl", &o.ppl_file, "FILE", TB_WANT_TEXT, "text", "give the text itself (e.g. examples/data/wikitext2-test.txt)",
+                     "perplexity of the text in FILE (- for stdin), printed as\n"
                                                   "'ppl: X' on the last line of stdout"),
         TB_OPT_INT(0, "seq-len", &o.seq_len, "N", 2, 1 << 20, "window length in tokens (default 512)"),
         TB_OPT_LONG(0, "max-windows", &o.max_windows, "K", 1, 1L << 40, "evaluate only the first K windows (default all)"),
-        TB_OPT_FILE(0, "compare", &o.compare, "REF", "also run the reference model REF (the dense model) on the\n"
+        TB_OPT_INPUT(0, "compare", &o.compare, "REF", TB_WANT_MODEL, TB_OPT_WHAT_MODEL, NULL, "also run the reference model REF (the dense model) on the\n"
                                                     "same windows and print its fidelity: 'kl: X' (mean\n"
                                                     "KL(REF || MODEL) of the next-token distributions over every\n"
                                                     "position, nats), 'top1: Y' (fraction of positions whose\n"
@@ -323,7 +324,7 @@ int main(int argc, char **argv)
         TB_OPT_GROUP("generation:"),
         TB_OPT_STRING('p', "prompt", &o.prompt, "TEXT", "continue TEXT (BOS prepended), streaming the text to\n"
                                                       "stdout; - reads the prompt from stdin"),
-        TB_OPT_FILE('f', "file", &o.prompt_file, "FILE", "the prompt is the text of FILE (- for stdin)"),
+        TB_OPT_INPUT('f', "file", &o.prompt_file, "FILE", TB_WANT_TEXT, "a prompt (text)", NULL, "the prompt is the text of FILE (- for stdin)"),
         TB_OPT_INT('n', "n-predict", &o.n_gen, "N", 0, 1 << 20, "tokens to generate (default 128); stops early at EOS"),
         TB_OPT_DOUBLE(0, "temp", &o.sampling.temp, "T", 0, 100, "temperature (default 0: greedy, deterministic)"),
         TB_OPT_INT(0, "top-k", &o.sampling.top_k, "K", 0, 1 << 30, "draw from the K most likely tokens (default 0: all)"),

@@ -354,7 +354,7 @@ int main(int argc, char **argv)
     int method = 0, base_method = TB_SCORE_OBS;
     const tb_option table[] = {
         TB_OPT_MODEL(&o.model, "HF model directory or safetensors file"),
-        TB_OPT_FILE('f', "stats", &o.stats, "FILE", ".fisher statistics (tb-fisher): fisher.<W>, gram.<module>.input"),
+        TB_OPT_INPUT('f', "stats", &o.stats, "FILE", TB_WANT_SAFETENSORS, ".fisher statistics (safetensors)", "make them with tb-fisher", ".fisher statistics (tb-fisher): fisher.<W>, gram.<module>.input"),
         {.type = TB_OPTT_CHOICE, .long_name = "method", .value = &method, .argh = "M", .choices = method_names,
          .flags = TB_OPTF_REQUIRED, .help = "magnitude, wanda, obd, obs or normalized"},
         TB_OPT_CHOICE(0, "base", &base_method, method_names, "the score 'normalized' normalises (default obs)"),
