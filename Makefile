@@ -8,11 +8,13 @@
 #   make test               unit tests (cmocka) and CLI tests (bats)
 #   make bench              benchmarks (figures go to bench/results/, see BENCHMARKS.md)
 #   make install PREFIX=/usr/local
+#   make clean              remove every build tree (needs none of the libraries)
 #
 # Sources are found by directory, so adding a file needs no Makefile edit:
 # common/ formats/ kernels/cpu/ -> library; tools/tb-*.c -> one binary each;
 # tests/unit/test_*.c -> one cmocka binary each.
 
+.DEFAULT_GOAL := all
 PREFIX     ?= /usr/local
 CC         ?= cc
 CUDA       ?= 0
@@ -20,37 +22,59 @@ NVTX       ?= 0
 SANITIZE   ?= 0
 CUDA_ARCHS ?= 75;80;86;89;90
 
-# separate build trees per configuration, so objects never mix
+# a build tree per set of flags, so objects never mix: build, build-cuda,
+# build-san, build-cuda-san, build-clang, ... (make clean removes them all)
 ifeq ($(SANITIZE),1)
-BUILD ?= build-san
 SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
-else ifeq ($(CUDA),1)
-BUILD ?= build-cuda
-SANFLAGS :=
 else
-BUILD ?= build
 SANFLAGS :=
 endif
+CC_NAME := $(notdir $(firstword $(CC)))
+BUILD ?= build$(if $(filter 1,$(CUDA)),-cuda)$(if $(filter 1,$(SANITIZE)),-san)$(if $(filter-out cc gcc,$(CC_NAME)),-$(CC_NAME))
 BIN := $(BUILD)/bin
 V ?= 0
 Q := $(if $(filter 1,$(V)),,@)
 
+# the libraries are looked for only when something is compiled: make clean,
+# uninstall and check-env work on a machine without them
+NO_COMPILE_GOALS := clean uninstall check-env print-build
+COMPILING := $(if $(MAKECMDGOALS),$(filter-out $(NO_COMPILE_GOALS),$(MAKECMDGOALS)),all)
 PKGS := libcjson openblas lapacke
+ifneq ($(COMPILING),)
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 ifeq ($(strip $(PKG_LIBS)),)
 $(error pkg-config cannot find $(PKGS): run scripts/setup.sh)
 endif
+endif
+
+# a baseline every machine of the architecture runs (x86-64-v2: SSE4.2,
+# POPCNT; Armv8.2-A: Graviton 2 and later, Grace); ARCH_FLAGS= to override
+MACHINE := $(shell uname -m)
+ifeq ($(MACHINE),x86_64)
+ARCH_FLAGS ?= -march=x86-64-v2
+else ifneq ($(filter aarch64 arm64,$(MACHINE)),)
+ARCH_FLAGS ?= -march=armv8.2-a
+else
+ARCH_FLAGS ?=
+endif
 
 OPT      ?= -O2 -g
 WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter
 CPPFLAGS += -D_DEFAULT_SOURCE -Icommon -Iformats -Ikernels/cpu -Ikernels/cuda $(PKG_CFLAGS)
-CFLAGS   += -std=c11 $(OPT) $(WARN) -pthread -march=x86-64-v2 $(SANFLAGS)
+CFLAGS   += -std=c11 $(OPT) $(WARN) -pthread $(ARCH_FLAGS) $(SANFLAGS)
 LDFLAGS  += -pthread $(SANFLAGS)
 LDLIBS   += $(PKG_LIBS) -lm
 
+# the version is compiled into common/tb_version.c alone, which is rebuilt
+# when the version changes (the stamp is rewritten only then)
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo unknown)
-CPPFLAGS += -DTB_VERSION=\"$(VERSION)\"
+VERSION_STAMP := $(BUILD)/version.stamp
+ifneq ($(COMPILING),)
+$(shell mkdir -p $(BUILD) && (echo '$(VERSION)' | cmp -s - $(VERSION_STAMP) || echo '$(VERSION)' > $(VERSION_STAMP)))
+endif
+$(BUILD)/obj/common/tb_version.o: $(VERSION_STAMP)
+$(BUILD)/obj/common/tb_version.o: CPPFLAGS += -DTB_VERSION_STRING=\"$(VERSION)\"
 
 LIB_SRC := $(wildcard common/*.c formats/*.c kernels/cpu/*.c)
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
@@ -62,7 +86,7 @@ NVCC ?= $(CUDA_HOME)/bin/nvcc
 else
 NVCC ?= $(shell command -v nvcc 2>/dev/null)
 endif
-ifeq ($(strip $(NVCC)),)
+ifeq ($(strip $(NVCC))$(if $(COMPILING),,none),)
 $(error CUDA=1 but nvcc is neither on PATH nor in $$CUDA_HOME/bin)
 endif
 CUDA_ROOT := $(patsubst %/bin/nvcc,%,$(NVCC))
@@ -84,8 +108,9 @@ UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 HELPERS := $(patsubst tests/helpers/%.c,$(BUILD)/tests/helpers/%,$(wildcard tests/helpers/*.c))
 MANS := $(wildcard man/*.1)
+MANS7 := $(wildcard man/*.7)
 
-.PHONY: all test unit cli bench install uninstall clean demo check-env
+.PHONY: all test unit cli bench install uninstall clean demo check-env print-build
 .SECONDARY:
 all: $(TOOLS)
 
@@ -133,16 +158,25 @@ demo: all
 check-env:
 	scripts/check-env.sh
 
+# the build tree of these flags (make print-build SANITIZE=1 -> build-san)
+print-build:
+	@echo $(BUILD)
+
 install: all
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man7 \
+	    $(DESTDIR)$(PREFIX)/share/bash-completion/completions
 	install -m 755 $(TOOLS) $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 $(MANS) $(DESTDIR)$(PREFIX)/share/man/man1/
+	install -m 644 $(MANS7) $(DESTDIR)$(PREFIX)/share/man/man7/
+	install -m 644 scripts/tensorbit-completion.bash $(DESTDIR)$(PREFIX)/share/bash-completion/completions/tensorbit
 
 uninstall:
 	rm -f $(addprefix $(DESTDIR)$(PREFIX)/bin/,$(notdir $(TOOLS)))
 	rm -f $(addprefix $(DESTDIR)$(PREFIX)/share/man/man1/,$(notdir $(MANS)))
+	rm -f $(addprefix $(DESTDIR)$(PREFIX)/share/man/man7/,$(notdir $(MANS7)))
+	rm -f $(DESTDIR)$(PREFIX)/share/bash-completion/completions/tensorbit
 
 clean:
-	rm -rf build build-san
+	rm -rf build build-*
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

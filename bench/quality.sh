@@ -7,7 +7,7 @@
 #   bench/quality.sh NAME [VAR=VALUE ...]     e.g.
 #   bench/quality.sh sparsegpt-seq PATTERN=2:4 COMPENSATE=sparsegpt
 # Calibration: the reference 128 x 512 windows (tests/data/.../calib-128x512),
-# the set the peer baselines of REFERENCE.md used. Text: examples/data.
+# the set the peer baselines of PROTOCOL.md used. Text: examples/data.
 set -eu
 cd "$(dirname "$0")/.."
 name=$1

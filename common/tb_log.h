@@ -8,6 +8,8 @@
 
 #include <stdint.h>
 
+#include "tb_version.h" /* TB_VERSION, for every tool */
+
 void tb_log_init(const char *tool_name);      /* name used in messages */
 const char *tb_tool_name(void);
 void tb_log_set_progress(int mode);           /* -1 auto (isatty), 0 off, 1 on */

@@ -1,6 +1,7 @@
 #include "tb_opts.h"
 #include "tb_error.h"
 #include "tb_log.h"
+#include "tb_version.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>

@@ -5,7 +5,7 @@
  * "model.layers.0.self_attn.q_proj.weight"):
  *   "fisher.<W>"            F32 shape of W: empirical Fisher diagonal, the mean
  *                           over windows of the squared gradient of the window's
- *                           mean next-token NLL (REFERENCE.md's definition).
+ *                           mean next-token NLL (PROTOCOL.md's definition).
  *   "gram.<module>.input"   F64 [in, in]: sum over all calibration tokens of
  *                           x x^T, x the input of that module. Modules reading
  *                           the same input share one matrix, stored under the

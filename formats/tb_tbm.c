@@ -3,6 +3,7 @@
 #include "tb_error.h"
 #include "tb_io.h"
 #include "tb_sha256.h"
+#include "tb_version.h"
 
 #include <cjson/cJSON.h>
 #include <inttypes.h>

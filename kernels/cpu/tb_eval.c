@@ -1,4 +1,4 @@
-/* tb_eval.c - perplexity by REFERENCE.md's protocol, and token sampling. */
+/* tb_eval.c - perplexity by PROTOCOL.md's protocol, and token sampling. */
 #include "tb_error.h"
 #include "tb_log.h"
 #include "tb_model.h"

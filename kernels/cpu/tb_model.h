@@ -11,7 +11,7 @@
  *               allocates nothing. One call processes n tokens at positions
  *               pos0 .. pos0+n-1 against the cache, so prefill (pos0 = 0, a
  *               whole window) and a decode step (n = 1) are the same code.
- *   tb_eval_*   the perplexity protocol of REFERENCE.md and token sampling.
+ *   tb_eval_*   the perplexity protocol of PROTOCOL.md and token sampling.
  *
  * Activations are public, in the style of llm.c, because the backward pass
  * (empirical Fisher, Gram matrices) reads them: with opts.keep_acts every
@@ -158,7 +158,7 @@ typedef struct {
 
 typedef void (*tb_progress_fn)(void *ctx, int64_t done, int64_t total);
 
-/* REFERENCE.md's protocol on ids (BOS already first): non-overlapping windows
+/* PROTOCOL.md's protocol on ids (BOS already first): non-overlapping windows
  * of seq_len, the last partial window dropped, each run from position 0; ppl =
  * exp(mean over windows of the window's mean NLL). max_windows > 0 caps the
  * count. f needs max_tokens >= seq_len. TB_EDATA if not one full window.
@@ -167,7 +167,7 @@ typedef void (*tb_progress_fn)(void *ctx, int64_t done, int64_t total);
 int tb_eval_ppl(tb_forward *f, const int32_t *ids, int64_t n_ids, int seq_len, int64_t max_windows,
                 tb_progress_fn progress, void *progress_ctx, tb_ppl_result *r);
 
-/* Fidelity to a reference (dense) model on the same windows, REFERENCE.md's
+/* Fidelity to a reference (dense) model on the same windows, PROTOCOL.md's
  * robust measure: perplexity alone rewards a model that merely softens its
  * output distribution. Over every position of every window (all seq_len logit
  * rows), in f64: */
