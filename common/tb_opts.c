@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 int tb_parse_long(const char *opt, const char *s, long min, long max, long *out)
 {
@@ -144,9 +145,8 @@ const char *tb_opt_name(const tb_option *o, char *buf, int len)
     return buf;
 }
 
-int tb_opt_given(const tb_command *cmd, const void *value)
+int tb_opt_given(const void *value)
 {
-    (void)cmd;
     for (int i = 0; i < n_given; i++)
         if (given[i]->value == value) return 1;
     return 0;
@@ -364,7 +364,7 @@ int tb_opts_parse(const tb_command *cmd, int argc, char **argv, char ***args, in
     }
     for (const tb_option *o = cmd->options; o->type != TB_OPTT_END; o++) {
         char name[96];
-        if ((o->flags & TB_OPTF_REQUIRED) && !tb_opt_given(cmd, o->value))
+        if ((o->flags & TB_OPTF_REQUIRED) && !tb_opt_given(o->value))
             return tb_usage_error("missing %s %s", tb_opt_name(o, name, sizeof name), o->argh ? o->argh : "");
     }
     if (np < cmd->min_args) {
@@ -373,14 +373,20 @@ int tb_opts_parse(const tb_command *cmd, int argc, char **argv, char ***args, in
                               cmd->min_args, cmd->args ? cmd->args : "arguments", np);
     }
     if (cmd->max_args >= 0 && np > cmd->max_args) return tb_usage_error("unexpected argument '%s'", pos[cmd->max_args]);
+    for (const tb_option *o = cmd->options; o->type != TB_OPTT_END; o++) {
+        const char *v = o->type == TB_OPTT_STRING ? *(const char *const *)o->value : NULL;
+        if ((o->flags & TB_OPTF_BINARY) && v && !strcmp(v, "-") && isatty(STDOUT_FILENO))
+            return tb_usage_error("refusing to write binary %s to a terminal (use -o FILE or a pipe)",
+                                  o->what ? o->what : "output");
+    }
     /* the inputs are what they should be: told from their first bytes */
     for (const tb_option *o = cmd->options; o->type != TB_OPTT_END; o++) {
-        if (o->type != TB_OPTT_STRING || !o->want || !tb_opt_given(cmd, o->value)) continue;
+        if (o->type != TB_OPTT_STRING || !o->want || !tb_opt_given(o->value)) continue;
         const char *path = *(const char *const *)o->value;
         if (tb_check_input(path, (tb_want)o->want, o->what, o->fix)) return tb_report_error();
     }
-    *args = pos;
-    *n_args = np;
+    if (args) *args = pos;
+    if (n_args) *n_args = np;
     return TB_OPTS_CONTINUE;
 }
 

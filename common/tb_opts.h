@@ -78,6 +78,7 @@ enum {
     TB_OPTF_FILE = 1 << 1,     /* the value is a path: the completion offers files */
     TB_OPTF_NO_DASH = 1 << 2,  /* "-" (stdin/stdout) is refused by name */
     TB_OPTF_HIDDEN = 1 << 3,   /* not in --help */
+    TB_OPTF_BINARY = 1 << 4,   /* a binary output: "-" (also as the default) refused on a terminal */
 };
 
 typedef struct tb_option {
@@ -157,7 +158,8 @@ typedef struct tb_option {
      .help = "worker threads (default $TB_THREADS, else every CPU)", .min = 1, .max = 1024}
 #define TB_OPT_JSON(v, h) {.type = TB_OPTT_FLAG, .long_name = "json", .value = (v), .help = (h)}
 #define TB_OPT_FORCE(v, h) {.type = TB_OPTT_FLAG, .long_name = "force", .value = (v), .help = (h)}
-/* -q/--quiet, -v/--verbose, --progress, -h/--help, --version: in every tool, last */
+/* -q/--quiet, -v/--verbose, --progress, -h/--help, --version: in every tool,
+ * last: it also ends the table */
 #define TB_OPT_COMMON()                                                                                          \
     {.type = TB_OPTT_QUIET, .short_name = 'q', .long_name = "quiet",                                          \
      .help = "no progress bars (warnings and errors still print)"},                                             \
@@ -165,7 +167,7 @@ typedef struct tb_option {
          .help = "say what was done: a summary, and a line per weight or stage"},                             \
         {.type = TB_OPTT_PROGRESS, .long_name = "progress", .help = "progress bars even when stderr is not a terminal"}, \
         {.type = TB_OPTT_HELP, .short_name = 'h', .long_name = "help", .help = "this help"},                   \
-        {.type = TB_OPTT_VERSION, .long_name = "version", .help = "print the version"}
+        {.type = TB_OPTT_VERSION, .long_name = "version", .help = "print the version"}, {.type = TB_OPTT_END}
 
 /* The compute backend (kernels/tb_backend.h), one group for every tool that
  * computes: pass a tb_backend_opts *. Expanded only where tb_backend.h is
@@ -198,12 +200,19 @@ enum { TB_OPTS_CONTINUE = -1 };
  * --list-options, 1 after a usage error (printed). Also sets the log's quiet,
  * verbose and progress modes. */
 int tb_opts_parse(const tb_command *cmd, int argc, char **argv, char ***args, int *n_args);
+/* In main(): parse, or return the exit status (after --help, --version, a
+ * usage error). args, n_args may be NULL for a command without arguments. */
+#define TB_OPTS_PARSE_OR_RETURN(cmd, argc, argv, args, n_args)                  \
+    do {                                                                        \
+        int tb_done_ = tb_opts_parse((cmd), (argc), (argv), (args), (n_args)); \
+        if (tb_done_ != TB_OPTS_CONTINUE) return tb_done_;                      \
+    } while (0)
 
 /* The option's names as messages give them: "-o/--output", "--json", "-n". */
 const char *tb_opt_name(const tb_option *o, char *buf, int len);
 /* Whether the option was on the command line (by its value pointer), for
  * "--x goes with --y" checks after parsing. */
-int tb_opt_given(const tb_command *cmd, const void *value);
+int tb_opt_given(const void *value);
 
 /* --help's text, generated from the table (stdout). */
 void tb_opts_help(const tb_command *cmd);

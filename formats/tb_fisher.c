@@ -33,6 +33,14 @@ int tb_fisher_gram_module(const char *weight_name, char *buf, size_t n)
     return w < 0 || (size_t)w >= n ? -1 : 0;
 }
 
+int tb_fisher_gram_name(const char *weight_name, const char *kind, char *buf, size_t n)
+{
+    char module[512];
+    int rc = tb_fisher_gram_module(weight_name, module, sizeof module);
+    int w = snprintf(buf, n, "gram.%s.%s", rc ? "?" : module, kind);
+    return rc || w < 0 || (size_t)w >= n ? -1 : 0;
+}
+
 int tb_stream_open(st_file *f, const char *path, int hidden, int layer, const st_tensor **h)
 {
     int rc = st_open(f, path);

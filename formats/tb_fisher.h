@@ -30,6 +30,11 @@
  * "<module>.weight" name or does not fit. */
 int tb_fisher_gram_module(const char *weight_name, char *buf, size_t n);
 
+/* The name of the Gram matrix serving a weight, "gram.<module>.input" (kind
+ * "input") or its token count "gram.<module>.count" (kind "count"), into buf;
+ * -1 as tb_fisher_gram_module. "gram.?.input" is written on failure, for messages. */
+int tb_fisher_gram_name(const char *weight_name, const char *kind, char *buf, size_t n);
+
 /* A stream file (tb-fisher --acts-out, read by tb-fisher and tb-recon
  * --acts-in): F32 "hidden" [windows, seq_len, hidden], the residual stream
  * entering decoder layer L, with metadata "tensorbit.kind" = "stream" and

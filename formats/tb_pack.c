@@ -7,6 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+void tb_unpermute_row(const float *in, float *out, int64_t n, const int32_t *perm)
+{
+    for (int64_t j = 0; j < n; j++) out[perm[j]] = in[j];
+}
+
 /* ---------------------------------------------------------------- codec */
 
 int tb_nm_index_bits(int m)
@@ -517,7 +522,7 @@ float *tb_pack_tensor_f32(const tb_pack_file *p, const char *name, int unpermute
         for (int64_t r = 0; r < t->rows; r++) {
             float *o = out + r * t->cols;
             memcpy(row, o, (size_t)t->cols * sizeof *row);
-            for (int64_t j = 0; j < t->cols; j++) o[perm[j]] = row[j];
+            tb_unpermute_row(row, o, t->cols, perm);
         }
         free(row);
         free(perm);

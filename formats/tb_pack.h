@@ -100,6 +100,9 @@ int tb_nm_pack(tb_dtype w_dt, const void *w, const tb_mask *mask, int n, int m, 
  * (pruned entries 0). values and indices point at row 0 of the whole tensor,
  * so this works as the per-tile decoder of a linear layer. It trusts the
  * indices: check them once with tb_nm_check_indices (tb_pack_open does). */
+/* one stored (permuted) row back to model column order: out[perm[j]] = in[j] */
+void tb_unpermute_row(const float *in, float *out, int64_t n, const int32_t *perm);
+
 void tb_nm_unpack_rows(tb_dtype v_dt, const void *values, const uint8_t *indices, int64_t cols, int n, int m,
                        int64_t r0, int64_t nr, float *out);
 

@@ -214,7 +214,7 @@ int st_open_mapped(st_file *f, const char *label, tb_mapped map)
         /* not a damaged safetensors file but another kind (a stream is not
          * looked at before it is read): say what it is */
         tb_kind k = tb_kind_of_bytes(map.data, map.size < 4096 ? map.size : 4096, map.size);
-        if (k != TB_KIND_SAFETENSORS && k != TB_KIND_BINARY)
+        if (k != TB_KIND_SAFETENSORS && k != TB_KIND_BINARY && k != TB_KIND_EMPTY)
             rc = tb_fail(TB_EDATA, "%s, not safetensors%s", tb_kind_name(k),
                          k == TB_KIND_TBM ? " (a .tbm is read by its path, which its shards are relative to)" : "");
         tb_err_context("%s", label);

@@ -63,15 +63,14 @@ int main(int argc, char **argv)
         TB_OPT_FORCE(&o.force, "replace DIR if it exists and is not empty"),
         TB_OPT_FLAG(0, "no-verify", &no_verify, "skip the SHA-256 check of the shards against the index"),
         TB_OPT_COMMON(),
-        TB_OPT_END(),
     };
     const tb_command cmd = {.name = "tb-export", .usage = "tb-export MODEL.tbm -o DIR [options]", .description = description,
                             .options = options, .args = "MODEL.tbm", .min_args = 0, .max_args = 1,
                             .notes = "DIR existing and not empty is a usage error (1) unless --force; a shard\n"
                                      "whose checksum does not match is bad data (2); a missing shard is I/O (3).\n"};
     char **args;
-    int n_args, done = tb_opts_parse(&cmd, argc, argv, &args, &n_args);
-    if (done != TB_OPTS_CONTINUE) return done;
+    int n_args;
+    TB_OPTS_PARSE_OR_RETURN(&cmd, argc, argv, &args, &n_args);
     if (n_args == 1 && model) return tb_usage_error("give the model once: -m MODEL.tbm or MODEL.tbm");
     if (n_args == 1) model = args[0];
     if (!model) return tb_usage_error("missing MODEL.tbm (-m/--model or the argument)");

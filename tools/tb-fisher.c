@@ -231,19 +231,16 @@ int main(int argc, char **argv)
         TB_OPT_GROUP(""),
         TB_OPT_THREADS(&o.threads),
         TB_OPT_COMMON(),
-        TB_OPT_END(),
     };
     const tb_command cmd = {.name = "tb-fisher", .usage = "tb-fisher -m MODEL -t TOKENS -o OUT.fisher [options]",
                             .description = description, .options = table, .notes = notes};
-    char **args;
-    int n_args, done = tb_opts_parse(&cmd, argc, argv, &args, &n_args);
-    if (done != TB_OPTS_CONTINUE) return done;
+    TB_OPTS_PARSE_OR_RETURN(&cmd, argc, argv, NULL, NULL);
     o.text_seed = (uint64_t)seed;
     if (layers.set) {
         o.layer_a = layers.lo;
         o.layer_b = layers.hi + 1;
     }
-    if ((tb_opt_given(&cmd, &o.text_windows) || tb_opt_given(&cmd, &o.text_seq_len) || tb_opt_given(&cmd, &seed)) && !o.text)
+    if ((tb_opt_given(&o.text_windows) || tb_opt_given(&o.text_seq_len) || tb_opt_given(&seed)) && !o.text)
         return tb_usage_error("--windows, --seq-len and --seed go with --text");
     if (!o.tokens && !o.text && !o.acts_in) return tb_usage_error("-t TOKENS, --text FILE or --acts-in is required");
     if (o.tokens && o.text) return tb_usage_error("-t and --text exclude each other");

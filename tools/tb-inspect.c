@@ -494,13 +494,12 @@ int main(int argc, char **argv)
         TB_OPT_FLAG(0, "doctor", &want_doctor, "environment check: build, libraries, CUDA and GPUs, and the\n"
                                                "free space of the filesystem holding DIR (default .)"),
         TB_OPT_COMMON(),
-        TB_OPT_END(),
     };
     const tb_command cmd = {.name = "tb-inspect", .usage = "tb-inspect [options] FILE|DIR\ntb-inspect --doctor [--json] [DIR]",
                             .description = description, .options = table, .args = "FILE|DIR", .max_args = 1};
     char **args;
-    int n_args, done = tb_opts_parse(&cmd, argc, argv, &args, &n_args);
-    if (done != TB_OPTS_CONTINUE) return done;
+    int n_args;
+    TB_OPTS_PARSE_OR_RETURN(&cmd, argc, argv, &args, &n_args);
     if (model && n_args) return tb_usage_error("give the file once: -m FILE or FILE");
     if (model) args[n_args++] = (char *)model;
     if (want_doctor) return doctor(n_args ? args[0] : ".", o.json) ? tb_report_error() : 0;

@@ -29,14 +29,13 @@ int main(int argc, char **argv)
                                             "(recorded as the index's base), for a partially pruned\n"
                                             "model in sequential layer-wise pruning"),
         TB_OPT_COMMON(),
-        TB_OPT_END(),
     };
     const tb_command cmd = {.name = "tb-merge", .usage = "tb-merge -m MODEL -o OUT.tbm SHARD.tb...",
                             .description = description, .options = options, .args = "SHARD.tb...",
                             .min_args = 1, .max_args = -1};
     char **shards;
-    int n_shards, done = tb_opts_parse(&cmd, argc, argv, &shards, &n_shards);
-    if (done != TB_OPTS_CONTINUE) return done;
+    int n_shards;
+    TB_OPTS_PARSE_OR_RETURN(&cmd, argc, argv, &shards, &n_shards);
     for (int i = 0; i < n_shards; i++)
         if (!strcmp(shards[i], "-"))
             return tb_usage_error("SHARD '-': a shard is indexed by its path, so it cannot be a stream: "

@@ -96,10 +96,9 @@ static int validate(const options *o, const st_file *sf, tb_ckpt *ck, const st_f
         if (w->ndim != 2 || w->shape[0] != t->shape[0] || w->shape[1] != t->shape[1] || !tb_dtype_is_float(w->dtype))
             return tb_fail(TB_EDATA, "%s: tensor '%s': weight shape differs from the scores' [%lld, %lld]", o->model, t->name,
                            (long long)t->shape[0], (long long)t->shape[1]);
-        char module[512], gname[600];
-        if (tb_fisher_gram_module(t->name, module, sizeof module))
+        char gname[600];
+        if (tb_fisher_gram_name(t->name, "input", gname, sizeof gname))
             return tb_fail(TB_EDATA, "%s: tensor '%s': not a '<module>.weight' name, no Gram matrix for it", sf->path, t->name);
-        snprintf(gname, sizeof gname, "gram.%s.input", module);
         const st_tensor *g = st_find(stats, gname);
         if (!g) return tb_fail(TB_EDATA, "%s: no tensor '%s' (needed by the iterative solver for '%s')", o->stats, gname, t->name);
         if (g->ndim != 2 || g->shape[0] != K || g->shape[1] != K || !tb_dtype_is_float(g->dtype))
@@ -152,12 +151,12 @@ static int nm_tensor(const options *o, const item *it, tb_mask *mask, totals *tt
                 if (!wp || !gp) { free(wp); free(gp); rc = TB_EIO; }
                 else {
                     tb_permute_apply(w, wp, sizeof *w, rows, cols, o->k_dim, mask->perm);
-                    for (int64_t i = 0; i < K; i++)
-                        for (int64_t j = 0; j < K; j++) gp[i * K + j] = g[(int64_t)mask->perm[i] * K + mask->perm[j]];
+                    /* G in the permuted order: rows into gp, then columns back into g */
+                    tb_permute_apply(g, gp, sizeof *g, K, K, 0, mask->perm);
+                    tb_permute_apply(gp, g, sizeof *g, K, K, 1, mask->perm);
                     free(w);
-                    free(g);
+                    free(gp);
                     w = wp;
-                    g = gp;
                 }
             }
         }
@@ -433,7 +432,8 @@ int main(int argc, char **argv)
     const tb_option table[] = {
         TB_OPT_INPUT('s', "scores", &o.scores, "FILE", TB_WANT_SAFETENSORS, "scores (safetensors)", "make them with tb-score",
                      "scores, - for stdin (default -)"),
-        TB_OPT_OUTPUT(&o.out, "FILE", 0, "masks, - for stdout (default -)"),
+        {.type = TB_OPTT_STRING, .short_name = 'o', .long_name = "output", .value = &o.out, .argh = "FILE",
+         .flags = TB_OPTF_FILE | TB_OPTF_BINARY, .what = "masks", .help = "masks, - for stdout (default -)"},
         {.type = TB_OPTT_CALLBACK, .long_name = "pattern", .value = &o, .argh = "N:M", .callback = parse_pattern,
          .help = "keep N of every M consecutive weights along the reduction\n"
                  "dimension (M <= 16: 2:4, 4:8, 1:4, 2:8, ...)"},
@@ -458,21 +458,18 @@ int main(int argc, char **argv)
                                               "under N:M (Pool & Yu 2021); stored as '<W>.perm'"),
         TB_OPT_INT(0, "permute-rounds", &o.rounds, "R", 1, 1000000, "swap rounds bound (default 100)"),
         TB_OPT_LONG(0, "seed", &seed, "S", 0, 2147483647L, "seed of the permutation search's group pairing (default 0)"),
+        TB_OPT_THREADS(&o.threads),
         TB_OPT_JSON(&o.json, "print a summary as one JSON object on stdout (needs -o FILE):\n"
                              "tensors, pattern or sparsity, pruned_fraction,\n"
                              "kept_importance (the fraction of the scores' sum kept),\n"
                              "permutation_gain, joint_error (iterative), seconds"),
-        TB_OPT_THREADS(&o.threads),
         TB_OPT_COMMON(),
-        TB_OPT_END(),
     };
     const tb_command cmd = {.name = "tb-nm", .usage = "tb-nm -s SCORES (--pattern N:M | --sparsity F) [options]",
                             .description = description, .options = table};
-    char **args;
-    int n_args, done = tb_opts_parse(&cmd, argc, argv, &args, &n_args);
-    if (done != TB_OPTS_CONTINUE) return done;
-    int have_pattern = o.m > 0, have_solver = tb_opt_given(&cmd, &o.solver), have_per = tb_opt_given(&cmd, &per),
-        have_rounds = tb_opt_given(&cmd, &o.rounds);
+    TB_OPTS_PARSE_OR_RETURN(&cmd, argc, argv, NULL, NULL);
+    int have_pattern = o.m > 0, have_solver = tb_opt_given(&o.solver), have_per = tb_opt_given(&per),
+        have_rounds = tb_opt_given(&o.rounds);
     o.per = (enum per)per;
     o.seed = (uint64_t)seed;
     o.verbose = tb_log_verbose() || o.json;
@@ -486,8 +483,6 @@ int main(int argc, char **argv)
         return tb_usage_error("--solver iterative needs -m MODEL and -f STATS (weights and Gram matrices)");
     if (o.solver != TB_NM_ITERATIVE && (o.model || o.stats))
         return tb_usage_error("-m and -f are used by --solver iterative only");
-    if (strcmp(o.out, "-") == 0 && isatty(STDOUT_FILENO))
-        return tb_usage_error("refusing to write binary masks to a terminal (use -o FILE or a pipe)");
     o.command = tb_join_args(argc, argv);
     if (!o.command) return tb_report_error();
     int rc = run(&o);

@@ -19,6 +19,7 @@
 #include "tb_linear.h"
 #include "tb_log.h"
 #include "tb_mask.h"
+#include "tb_nm.h"
 #include "tb_opts.h"
 #include "tb_pack.h"
 #include "tb_safetensors.h"
@@ -73,10 +74,9 @@ static const char *comp_label(const options *o)
 /* The Gram matrix serving weight `name`, checked to be [cols, cols]. */
 static int find_gram(const job *j, const char *stats_path, const st_tensor *w, const st_tensor **out)
 {
-    char module[512], gname[600];
+    char gname[600];
     *out = NULL;
-    if (tb_fisher_gram_module(w->name, module, sizeof module)) return TB_OK;
-    snprintf(gname, sizeof gname, "gram.%s.input", module);
+    if (tb_fisher_gram_name(w->name, "input", gname, sizeof gname)) return TB_OK;
     const st_tensor *g = st_find(&j->stats, gname);
     if (!g) return TB_OK;
     if (g->ndim != 2 || g->shape[0] != w->shape[1] || g->shape[1] != w->shape[1] || !tb_dtype_is_float(g->dtype))
@@ -148,10 +148,9 @@ static int preflight(const options *o, job *j)
         if (rc) break;
         if (j->have_stats && (rc = find_gram(j, o->stats, t, &it->gram))) break;
         if ((o->method == M_RECON || o->method == M_SPARSEGPT) && !it->gram) {
-            char module[512];
-            if (tb_fisher_gram_module(t->name, module, sizeof module)) snprintf(module, sizeof module, "?");
-            rc = tb_fail(TB_EDATA, "%s: no 'gram.%s.input' for %s of '%s'", o->stats, module, method_names[o->method],
-                         t->name);
+            char gname[600];
+            tb_fisher_gram_name(t->name, "input", gname, sizeof gname);
+            rc = tb_fail(TB_EDATA, "%s: no '%s' for %s of '%s'", o->stats, gname, method_names[o->method], t->name);
             break;
         }
         if (o->method == M_OBS) {
@@ -191,19 +190,6 @@ static double *load_gram(const st_tensor *g, const int32_t *perm)
     return a;
 }
 
-/* Columns of w [rows, cols] in the mask's order: w'[r][j] = w[r][perm[j]]. */
-static int permute_cols(float *w, int64_t rows, int64_t cols, const int32_t *perm)
-{
-    float *row = tb_malloc((size_t)cols * sizeof *row + 1);
-    if (!row) return TB_EIO;
-    for (int64_t r = 0; r < rows; r++) {
-        memcpy(row, w + r * cols, (size_t)cols * sizeof *row);
-        for (int64_t c = 0; c < cols; c++) w[r * cols + c] = row[perm[c]];
-    }
-    free(row);
-    return TB_OK;
-}
-
 typedef struct {
     double base, masked, comp; /* sums of ||W X||^2, ||dW X||^2 mask only, compensated */
     int n;
@@ -220,7 +206,7 @@ static int pack_one(const options *o, const job *j, const item *it, tb_pack_writ
     double *g = NULL;
     int rc = tb_mask_read(&j->masks, t->name, rows, cols, &mk);
     if (rc) return tb_err_context("%s", o->masks);
-    if (!(w = st_tensor_f32(t)) || (mk.perm && permute_cols(w, rows, cols, mk.perm))) { rc = TB_EIO; goto out; }
+    if (!(w = st_tensor_f32(t)) || (mk.perm && tb_permute_cols_inplace(w, rows, cols, mk.perm, 0))) { rc = TB_EIO; goto out; }
     if (it->gram) {
         /* the reference for the error report: the weight as it was */
         if (!(g = load_gram(it->gram, mk.perm)) || !(w0 = tb_malloc((size_t)(rows * cols) * sizeof *w0))) {
@@ -401,13 +387,10 @@ int main(int argc, char **argv)
                              "without), output_error_mask_only, seconds"),
         TB_OPT_THREADS(&o.threads),
         TB_OPT_COMMON(),
-        TB_OPT_END(),
     };
     const tb_command cmd = {.name = "tb-pack", .usage = "tb-pack -m MODEL --masks MASKS [options] -o OUT.tb",
                             .description = description, .options = table};
-    char **args;
-    int n_args, done = tb_opts_parse(&cmd, argc, argv, &args, &n_args);
-    if (done != TB_OPTS_CONTINUE) return done;
+    TB_OPTS_PARSE_OR_RETURN(&cmd, argc, argv, NULL, NULL);
     o.method = (enum method)method;
     o.uniform = redist == 1;
     if (o.json && !strcmp(o.out, "-")) return tb_usage_error("--json prints to stdout, so -o - cannot: give -o FILE");

@@ -11,6 +11,7 @@
 #include "tb_io.h"
 #include "tb_log.h"
 #include "tb_model.h"
+#include "tb_nm.h"
 #include "tb_opts.h"
 #include "tb_pack.h"
 #include "tb_recon.h"
@@ -153,12 +154,14 @@ static int write_shard(const options *o, const tb_pack_file *p, float *const w[T
             else memcpy(mask.perm, q->perm->data, (size_t)C * sizeof(int32_t));
             perm = mask.perm;
         }
-        for (int64_t r = 0; r < R && !rc; r++)
-            for (int64_t j = 0; j < C; j++) {
-                int64_t src = r * C + (perm ? perm[j] : j);
-                stored[r * C + j] = w[k][src];
-                tb_mask_set(&mask, r, j, orig[k][src] != 0.0f);
-            }
+        /* the kept set is where the packed weight was nonzero, in stored order */
+        if (!rc) {
+            memcpy(stored, orig[k], (size_t)(R * C) * sizeof(float));
+            if (perm) rc = tb_permute_cols_inplace(stored, R, C, perm, 0);
+            for (int64_t i = 0; !rc && i < R * C; i++) tb_mask_set(&mask, i / C, i % C, stored[i] != 0.0f);
+            memcpy(stored, w[k], (size_t)(R * C) * sizeof(float));
+            if (!rc && perm) rc = tb_permute_cols_inplace(stored, R, C, perm, 0);
+        }
         if (!rc) rc = tb_pack_write(pw, stored, &mask);
         tb_mask_free(&mask);
         free(stored);
@@ -289,16 +292,13 @@ int main(int argc, char **argv)
                              "mse_before, mse_after, error_kept, target_power, steps, seconds"),
         TB_OPT_THREADS(&o.threads),
         TB_OPT_COMMON(),
-        TB_OPT_END(),
     };
     const tb_command cmd = {
         .name = "tb-recon",
         .usage = "tb-recon -m MODEL --shard LAYER.tb --layer L (-t TOKENS | --acts-in STREAM) -o OUT.tb [options]",
         .description = description, .options = table, .notes = notes};
-    char **args;
-    int n_args, done = tb_opts_parse(&cmd, argc, argv, &args, &n_args);
-    if (done != TB_OPTS_CONTINUE) return done;
-    if (tb_opt_given(&cmd, &seed)) o.ro.seed = (uint64_t)seed;
+    TB_OPTS_PARSE_OR_RETURN(&cmd, argc, argv, NULL, NULL);
+    if (tb_opt_given(&seed)) o.ro.seed = (uint64_t)seed;
     if (!o.tokens == !o.acts_in) return tb_usage_error("give exactly one of -t TOKENS (layer 0) and --acts-in STREAM");
     char *cmdline = tb_join_args(argc, argv);
     if (!cmdline) return tb_report_error();

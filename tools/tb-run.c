@@ -340,21 +340,18 @@ int main(int argc, char **argv)
         TB_OPT_GROUP(""),
         TB_OPT_THREADS(&o.threads),
         TB_OPT_COMMON(),
-        TB_OPT_END(),
     };
     const tb_command cmd = {
         .name = "tb-run",
         .usage = "tb-run -m MODEL --ppl FILE [--seq-len N] [--max-windows K] [--compare REF] [--json]\n"
                  "tb-run -m MODEL (-p TEXT | -f FILE) [-n N] [--temp T [--top-k K] [--top-p P] [--min-p P]]",
         .description = description, .options = table, .notes = notes};
-    char **args;
-    int n_args, done = tb_opts_parse(&cmd, argc, argv, &args, &n_args);
-    if (done != TB_OPTS_CONTINUE) return done;
+    TB_OPTS_PARSE_OR_RETURN(&cmd, argc, argv, NULL, NULL);
     if (o.prompt && o.prompt_file) return tb_usage_error("-p/--prompt and -f/--file exclude each other");
     if (!o.ppl_file == !(o.prompt || o.prompt_file)) return tb_usage_error("give one of --ppl FILE, -p TEXT or -f FILE");
-    if (!o.ppl_file && (o.json || o.max_windows || o.compare || tb_opt_given(&cmd, &o.seq_len)))
+    if (!o.ppl_file && (o.json || o.max_windows || o.compare || tb_opt_given(&o.seq_len)))
         return tb_usage_error("--json, --seq-len, --max-windows and --compare go with --ppl");
-    if (o.ppl_file && (o.n_stops || tb_opt_given(&cmd, &o.n_gen) || tb_opt_given(&cmd, &o.sampling.temp)))
+    if (o.ppl_file && (o.n_stops || tb_opt_given(&o.n_gen) || tb_opt_given(&o.sampling.temp)))
         return tb_usage_error("-n, --temp and --stop go with -p or -f (generation)");
     if (o.sampling.temp <= 0) {
         const char *needs = o.sampling.top_k ? "--top-k" : o.sampling.top_p < 1 ? "--top-p"

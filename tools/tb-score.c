@@ -103,10 +103,8 @@ static int make_plan(const options *o, const st_file *stats, const st_tensor *w,
     int64_t K = o->so.k_dim ? w->shape[1] : w->shape[0];
     char fname[600], gname[600];
     snprintf(fname, sizeof fname, "fisher.%s", w->name);
-    if (tb_fisher_gram_module(w->name, p->module, sizeof p->module))
-        snprintf(gname, sizeof gname, "gram.?");
-    else
-        snprintf(gname, sizeof gname, "gram.%s.input", p->module);
+    if (tb_fisher_gram_module(w->name, p->module, sizeof p->module)) snprintf(p->module, sizeof p->module, "?");
+    tb_fisher_gram_name(w->name, "input", gname, sizeof gname);
     const st_tensor *f = st_find(stats, fname), *g = st_find(stats, gname);
     if (f && (f->ndim != 2 || f->shape[0] != w->shape[0] || f->shape[1] != w->shape[1] || !tb_dtype_is_float(f->dtype)))
         return tb_fail(TB_EDATA, "%s: tensor '%s': shape or dtype does not match weight [%lld, %lld]", stats->path, fname,
@@ -358,7 +356,8 @@ int main(int argc, char **argv)
         {.type = TB_OPTT_CHOICE, .long_name = "method", .value = &method, .argh = "M", .choices = method_names,
          .flags = TB_OPTF_REQUIRED, .help = "magnitude, wanda, obd, obs or normalized"},
         TB_OPT_CHOICE(0, "base", &base_method, method_names, "the score 'normalized' normalises (default obs)"),
-        TB_OPT_OUTPUT(&o.out, "FILE", 0, "output file (default -: stdout)"),
+        {.type = TB_OPTT_STRING, .short_name = 'o', .long_name = "output", .value = &o.out, .argh = "FILE",
+         .flags = TB_OPTF_FILE | TB_OPTF_BINARY, .what = "scores", .help = "output file (default -: stdout)"},
         TB_OPT_DOUBLE(0, "lambda", &o.so.lambda, "L", 0, 1e300, "absolute damping (obd, obs); default relative, see --damp"),
         TB_OPT_DOUBLE(0, "damp", &o.so.damp, "F", 0, 1e6, "relative damping: lambda = F * mean of the diagonal of F (obd)\n"
                                                           "or of 2G/n (obs), per tensor (default 0.01)"),
@@ -367,13 +366,10 @@ int main(int argc, char **argv)
         TB_OPT_INT(0, "k-dim", &o.so.k_dim, "0|1", 0, 1, "reduction dimension of the stored weights (default 1: [out, in])"),
         TB_OPT_THREADS(&o.so.n_threads),
         TB_OPT_COMMON(),
-        TB_OPT_END(),
     };
     const tb_command cmd = {.name = "tb-score", .usage = "tb-score -m MODEL --method M [-f STATS] [options]",
                             .description = description, .options = table};
-    char **args;
-    int n_args, done = tb_opts_parse(&cmd, argc, argv, &args, &n_args);
-    if (done != TB_OPTS_CONTINUE) return done;
+    TB_OPTS_PARSE_OR_RETURN(&cmd, argc, argv, NULL, NULL);
     o.so.method = (tb_score_method)method;
     o.so.base = (tb_score_method)base_method;
     if (o.so.base == TB_SCORE_NORMALIZED) return tb_usage_error("--base: normalized cannot be its own base");
@@ -381,8 +377,6 @@ int main(int argc, char **argv)
     if (base != TB_SCORE_MAGNITUDE && !o.stats)
         return tb_usage_error("--method %s needs -f STATS (Fisher diagonal / Gram matrices from tb-fisher)",
                               tb_score_method_name(o.so.method));
-    if (strcmp(o.out, "-") == 0 && isatty(STDOUT_FILENO))
-        return tb_usage_error("refusing to write binary scores to a terminal (use -o FILE or a pipe)");
     o.command = tb_join_args(argc, argv);
     if (!o.command) return tb_report_error();
     int rc = score(&o);

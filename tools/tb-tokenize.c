@@ -418,7 +418,6 @@ int main(int argc, char **argv)
                                           "--bos if given); with --decode each input line is a JSON\n"
                                           "array of ids and its output line the decoded JSON string"),
         TB_OPT_COMMON(),
-        TB_OPT_END(),
     };
     const tb_command cmd = {.name = "tb-tokenize",
                             .usage = "tb-tokenize -m MODEL [options] [FILE...]\n"
@@ -426,11 +425,11 @@ int main(int argc, char **argv)
                             .description = description, .options = table, .notes = notes, .args = "FILE...",
                             .max_args = -1};
     char **files;
-    int nfiles, done = tb_opts_parse(&cmd, argc, argv, &files, &nfiles);
-    if (done != TB_OPTS_CONTINUE) return done;
-    int format = tb_opt_given(&cmd, &o.text_format);
+    int nfiles;
+    TB_OPTS_PARSE_OR_RETURN(&cmd, argc, argv, &files, &nfiles);
+    int format = tb_opt_given(&o.text_format);
     if (!o.windows != !o.seq_len) return tb_usage_error("--windows and --seq-len go together");
-    if (tb_opt_given(&cmd, &o.seed) && !o.windows) return tb_usage_error("--seed needs --windows");
+    if (tb_opt_given(&o.seed) && !o.windows) return tb_usage_error("--seed needs --windows");
     if (o.decode && (o.bos || o.windows)) return tb_usage_error("--decode takes no --bos, --windows or --seed");
     if (o.jsonl && (format || o.windows)) return tb_usage_error("--jsonl takes no --format or --windows");
 

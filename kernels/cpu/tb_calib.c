@@ -185,7 +185,7 @@ static int walk_outputs(tb_calib *c, st_writer *w, int write)
     const tb_model *m = c->m;
     const int L = m->cfg.n_layers;
     const double inv = c->windows ? 1.0 / (double)c->windows : 0.0;
-    char name[256], module[192], full[320];
+    char name[256], full[320];
     int rc = TB_OK;
     for (int pass = 0; pass < 3 && !rc; pass++)
         for (int l = 0; l <= L && !rc; l++)
@@ -207,10 +207,9 @@ static int walk_outputs(tb_calib *c, st_writer *w, int write)
                 } else if (pass == 1 && c->gram && l < L && gram_slot(i) >= 0 && c->gram[g]) {
                     const int d = W->cols;
                     if (!write) {
-                        tb_fisher_gram_module(name, module, sizeof module);
-                        snprintf(full, sizeof full, "gram.%s.input", module);
+                        tb_fisher_gram_name(name, "input", full, sizeof full);
                         rc = st_writer_add(w, full, TB_F64, 2, (int64_t[]){d, d});
-                        snprintf(full, sizeof full, "gram.%s.count", module);
+                        tb_fisher_gram_name(name, "count", full, sizeof full);
                         if (!rc) rc = st_writer_add(w, full, TB_I64, 1, (int64_t[]){1});
                         continue;
                     }

@@ -62,8 +62,7 @@ void tb_linear_rows(const tb_linear *L, int r0, int nr, float *out, float *row_b
     /* W_model[:, perm[j]] = W_stored[:, j]: decode a row, scatter it */
     for (int r = 0; r < nr; r++) {
         decode_stored(L, r0 + r, 1, row_buf);
-        float *o = out + (size_t)r * L->cols;
-        for (int j = 0; j < L->cols; j++) o[L->perm[j]] = row_buf[j];
+        tb_unpermute_row(row_buf, out + (size_t)r * L->cols, L->cols, L->perm);
     }
 }
 

@@ -2,6 +2,7 @@
  * See tb_nm.h for the contracts and tb-nm(1) for the method. */
 #include "tb_nm.h"
 #include "tb_error.h"
+#include "tb_pack.h" /* tb_unpermute_row */
 #include "tb_threads.h"
 
 #include <math.h>
@@ -546,6 +547,20 @@ void tb_permute_apply(const void *in, void *out, size_t elem_size, int64_t rows,
         size_t row_bytes = (size_t)cols * elem_size;
         for (int64_t j = 0; j < rows; j++) memcpy(dst + (size_t)j * row_bytes, src + (size_t)perm[j] * row_bytes, row_bytes);
     }
+}
+
+int tb_permute_cols_inplace(float *w, int64_t rows, int64_t cols, const int32_t *perm, int undo)
+{
+    float *row = tb_malloc((size_t)cols * sizeof *row + 1);
+    if (!row) return TB_EIO;
+    for (int64_t r = 0; r < rows; r++) {
+        float *x = w + r * cols;
+        memcpy(row, x, (size_t)cols * sizeof *row);
+        if (undo) tb_unpermute_row(row, x, cols, perm);
+        else tb_permute_apply(row, x, sizeof *row, 1, cols, 1, perm);
+    }
+    free(row);
+    return TB_OK;
 }
 
 void tb_permute_invert(const int32_t *perm, int32_t *inv, int64_t k)

@@ -127,6 +127,9 @@ double tb_nm_kept_topn(const float *s, int64_t rows, int64_t cols, int k_dim, in
  * Apply the inverse (tb_permute_invert) to undo. A vector is rows = 1. */
 void tb_permute_apply(const void *in, void *out, size_t elem_size, int64_t rows, int64_t cols, int k_dim,
                       const int32_t *perm);
+/* w [rows, cols] f32 in place, columns into perm's order (undo = 0:
+ * w'(r, j) = w(r, perm[j])) or back (undo = 1: w(r, perm[j]) = w'(r, j)). */
+int tb_permute_cols_inplace(float *w, int64_t rows, int64_t cols, const int32_t *perm, int undo);
 /* inv[perm[j]] = j */
 void tb_permute_invert(const int32_t *perm, int32_t *inv, int64_t k);
 /* TB_OK if perm is a permutation of 0..k-1, else TB_EDATA naming the index. */

@@ -22,14 +22,13 @@ static int layer_of(const char *name)
 static double output_error(const tb_pack_file *shard, const tb_packed *p, const float *w_hat)
 {
     const char *model = st_meta(&shard->f, "model"), *stats = st_meta(&shard->f, "stats");
-    char module[192], gname[256];
-    if (!model || !stats || !*stats || tb_fisher_gram_module(p->name, module, sizeof module)) return -1;
+    char gname[256];
+    if (!model || !stats || !*stats || tb_fisher_gram_name(p->name, "input", gname, sizeof gname)) return -1;
     tb_ckpt ck;
     st_file sf;
     double e = -1;
     if (tb_ckpt_open(&ck, model)) { tb_err_clear(); return -1; }
     if (st_open(&sf, stats)) { tb_err_clear(); tb_ckpt_close(&ck); return -1; }
-    snprintf(gname, sizeof gname, "gram.%s.input", module);
     const st_tensor *w = tb_ckpt_find(&ck, p->name), *g = st_find(&sf, gname);
     if (w && g && w->numel == p->rows * p->cols && g->numel == p->cols * p->cols) {
         float *w0 = st_tensor_f32(w);

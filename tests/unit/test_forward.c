@@ -339,18 +339,73 @@ static void test_sample(void **state)
     assert_int_equal(tb_sample(logits, 4, 0.0, 1.0, &rng, work), 1); /* first of the tied maxima */
     /* a nucleus this small holds one token: the most likely (lowest id on ties) */
     for (int i = 0; i < 20; i++) assert_int_equal(tb_sample(logits, 4, 1.0, 1e-6, &rng, work), 1);
-    /* at a high temperature every token is drawn, and the same seed repeats */
-    int seen[4] = {0}, first[64];
-    for (int i = 0; i < 64; i++) seen[first[i] = tb_sample(logits, 4, 100.0, 1.0, &rng, work)]++;
-    for (int i = 0; i < 4; i++) assert_true(seen[i] > 0);
-    tb_rng_seed(&rng, 1);
-    tb_rng a = rng;
-    tb_rng_seed(&rng, 1);
-    assert_true(a.state == rng.state);
+    /* the same seed draws the same sequence, another seed another one */
+    int a[64], b[64], c[64], differ = 0;
+    tb_rng_seed(&rng, 7);
+    for (int i = 0; i < 64; i++) a[i] = tb_sample(logits, 4, 100.0, 1.0, &rng, work);
+    tb_rng_seed(&rng, 7);
+    for (int i = 0; i < 64; i++) b[i] = tb_sample(logits, 4, 100.0, 1.0, &rng, work);
+    tb_rng_seed(&rng, 8);
+    for (int i = 0; i < 64; i++) differ += (c[i] = tb_sample(logits, 4, 100.0, 1.0, &rng, work)) != a[i];
+    assert_memory_equal(a, b, sizeof a);
+    assert_true(differ > 16);
     for (int i = 0; i < 1000; i++) {
         double u = tb_rng_uniform(&rng);
         assert_true(u >= 0 && u < 1);
     }
+}
+
+/* Draw n tokens and return their frequencies. */
+static void frequencies(const float *logits, int v, const tb_sampling *s, int n, double *freq)
+{
+    tb_prob work[8];
+    tb_rng rng;
+    tb_rng_seed(&rng, 3);
+    for (int i = 0; i < v; i++) freq[i] = 0;
+    for (int i = 0; i < n; i++) freq[tb_sample_with(logits, v, s, NULL, 0, &rng, work)] += 1.0 / n;
+}
+
+/* The samplers against their definitions: softmax(l / T) probabilities, top-k,
+ * min-p, the repetition penalty; frequencies of 40000 draws within 0.01
+ * (binomial standard deviation <= 0.0025). */
+static void test_samplers(void **state)
+{
+    (void)state;
+    const float logits[4] = {1.0f, 3.0f, 3.0f, 2.0f};
+    double f[4], e[4], z = 0;
+    for (int i = 0; i < 4; i++) z += e[i] = exp(logits[i] / 2.0);
+    tb_sampling s = {.temp = 2.0, .top_p = 1.0, .repeat_penalty = 1.0};
+    frequencies(logits, 4, &s, 40000, f);
+    for (int i = 0; i < 4; i++) assert_true(fabs(f[i] - e[i] / z) < 0.01);
+    /* top-k 2: the two most likely, renormalised (here equal) */
+    s.top_k = 2;
+    frequencies(logits, 4, &s, 40000, f);
+    assert_true(f[0] == 0 && f[3] == 0 && fabs(f[1] - 0.5) < 0.01);
+    /* min-p: p / p_max at T = 1 is e^-2 = 0.135, 1, 1, e^-1 = 0.368 */
+    s = (tb_sampling){.temp = 1.0, .top_p = 1.0, .min_p = 0.2, .repeat_penalty = 1.0};
+    frequencies(logits, 4, &s, 40000, f);
+    z = 2 * exp(3.0) + exp(2.0);
+    assert_true(f[0] == 0 && fabs(f[3] - exp(2.0) / z) < 0.01 && fabs(f[1] - exp(3.0) / z) < 0.01);
+    s.min_p = 0.5;
+    frequencies(logits, 4, &s, 40000, f);
+    assert_true(f[0] == 0 && f[3] == 0);
+    /* top-p after top-k: the nucleus of {1, 2} at P = 0.4 is token 1 alone */
+    s = (tb_sampling){.temp = 1.0, .top_k = 2, .top_p = 0.4, .repeat_penalty = 1.0};
+    frequencies(logits, 4, &s, 1000, f);
+    assert_true(f[0] == 0 && f[2] == 0 && f[3] == 0 && fabs(f[1] - 1.0) < 1e-9);
+
+    /* the repetition penalty divides positive logits, multiplies negative ones, once per token */
+    tb_prob work[4];
+    s = (tb_sampling){.temp = 0, .top_p = 1.0, .repeat_penalty = 2.0};
+    const int32_t recent1[] = {1, 1, 1};
+    assert_int_equal(tb_sample_with(logits, 4, &s, recent1, 3, NULL, work), 2); /* 3 -> 1.5 */
+    const int32_t recent12[] = {1, 2};
+    assert_int_equal(tb_sample_with(logits, 4, &s, recent12, 2, NULL, work), 3); /* 2 beats 1.5, 1.5 */
+    const float neg[2] = {-1.0f, -1.5f};
+    const int32_t recent0[] = {0};
+    assert_int_equal(tb_sample_with(neg, 2, &s, recent0, 1, NULL, work), 1); /* -1 -> -2 */
+    s.repeat_penalty = 1.0;
+    assert_int_equal(tb_sample_with(logits, 4, &s, recent12, 2, NULL, work), 1);
 }
 
 static void test_model_errors(void **state)
@@ -469,7 +524,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rmsnorm),       cmocka_unit_test(test_rope),
         cmocka_unit_test(test_softmax),       cmocka_unit_test(test_attention_small),
-        cmocka_unit_test(test_linear_dtypes), cmocka_unit_test(test_sample),
+        cmocka_unit_test(test_linear_dtypes), cmocka_unit_test(test_sample), cmocka_unit_test(test_samplers),
         cmocka_unit_test(test_model_errors),  cmocka_unit_test(test_golden_llama),
         cmocka_unit_test(test_golden_mistral), cmocka_unit_test(test_decode_llama),
         cmocka_unit_test(test_decode_mistral), cmocka_unit_test(test_qkv_bias),
