@@ -126,6 +126,7 @@ static int wanted(tb_kind k, tb_want want)
 int tb_check_input(const char *path, tb_want want, const char *what, const char *fix)
 {
     tb_kind k = tb_kind_of_path(path);
+    if (k == TB_KIND_HUB_ID && want != TB_WANT_MODEL) k = TB_KIND_MISSING; /* only models live on the hub */
     if (k == TB_KIND_STREAM || k == TB_KIND_MISSING) return TB_OK;
     if (k == TB_KIND_HUB_ID)
         return tb_fail(TB_EIO,

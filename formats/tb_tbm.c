@@ -84,6 +84,54 @@ static cJSON *shape_json(int ndim, const int64_t *shape)
     return a;
 }
 
+#define RECIPE_KEY "tensorbit.recipe"
+
+/* Is this stage (by its command line, else its file) in stages already? */
+static int has_stage(const cJSON *stages, const cJSON *stage)
+{
+    const cJSON *cmd = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(stage, "metadata"), "command");
+    const cJSON *file = cJSON_GetObjectItemCaseSensitive(stage, "file");
+    for (const cJSON *s = stages->child; s; s = s->next) {
+        const cJSON *c = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(s, "metadata"), "command");
+        const cJSON *f = cJSON_GetObjectItemCaseSensitive(s, "file");
+        if (cJSON_IsString(cmd) && cJSON_IsString(c) ? !strcmp(cmd->valuestring, c->valuestring)
+            : cJSON_IsString(file) && cJSON_IsString(f) && !strcmp(file->valuestring, f->valuestring))
+            return 1;
+    }
+    return 0;
+}
+
+/* Append f's own stage, then the stages it carries (RECIPE_KEY), to stages. */
+static void add_file_stages(cJSON *stages, const st_file *f, const char *label)
+{
+    cJSON *stage = cJSON_CreateObject(), *meta = cJSON_CreateObject();
+    const char *kind = st_meta(f, "tensorbit.kind");
+    cJSON_AddStringToObject(stage, "kind", kind ? kind : "safetensors");
+    cJSON_AddStringToObject(stage, "file", label);
+    for (int i = 0; i < f->n_meta; i++)
+        if (strcmp(f->meta_keys[i], "tensorbit.tensors") && strcmp(f->meta_keys[i], RECIPE_KEY))
+            cJSON_AddStringToObject(meta, f->meta_keys[i], f->meta_vals[i]);
+    cJSON_AddItemToObject(stage, "metadata", meta);
+    if (has_stage(stages, stage)) cJSON_Delete(stage);
+    else cJSON_AddItemToArray(stages, stage);
+    const char *carried = st_meta(f, RECIPE_KEY);
+    cJSON *up = carried ? cJSON_Parse(carried) : NULL;
+    for (cJSON *s = cJSON_IsArray(up) ? up->child : NULL; s; s = s->next)
+        if (cJSON_IsObject(s) && !has_stage(stages, s)) cJSON_AddItemToArray(stages, cJSON_Duplicate(s, 1));
+    cJSON_Delete(up);
+}
+
+char *tb_recipe_of_inputs(const st_file *const *inputs, int n)
+{
+    cJSON *stages = cJSON_CreateArray();
+    for (int i = 0; i < n && stages; i++)
+        if (inputs[i] && inputs[i]->path && st_meta(inputs[i], "tensorbit.kind"))
+            add_file_stages(stages, inputs[i], inputs[i]->path);
+    char *s = stages && stages->child ? cJSON_PrintUnformatted(stages) : NULL;
+    cJSON_Delete(stages);
+    return s;
+}
+
 /* Add a stage's metadata to the recipe, then follow the files it names. */
 static void add_stage(cJSON *stages, const char *path, int depth)
 {
@@ -95,14 +143,7 @@ static void add_stage(cJSON *stages, const char *path, int depth)
         tb_err_clear(); /* a missing or foreign upstream file only shortens the recipe */
         return;
     }
-    cJSON *stage = cJSON_CreateObject(), *meta = cJSON_CreateObject();
-    const char *kind = st_meta(&f, "tensorbit.kind");
-    cJSON_AddStringToObject(stage, "kind", kind ? kind : "safetensors");
-    cJSON_AddStringToObject(stage, "file", path);
-    for (int i = 0; i < f.n_meta; i++)
-        if (strcmp(f.meta_keys[i], "tensorbit.tensors")) cJSON_AddStringToObject(meta, f.meta_keys[i], f.meta_vals[i]);
-    cJSON_AddItemToObject(stage, "metadata", meta);
-    cJSON_AddItemToArray(stages, stage);
+    add_file_stages(stages, &f, path);
     static const char *const upstream[] = {"packed_from", "masks", "scores", "stats", "fisher", "tokens_file"};
     char paths[6][1024];
     int np = 0;
@@ -155,8 +196,58 @@ static int expected_names(const tb_config *c, char ***out, int *n_out)
     return TB_OK;
 }
 
+/* The path of file `to` relative to directory `from` (both absolute and
+ * resolved): "../" for each component of `from` past the common prefix,
+ * then the rest of `to`. */
+static char *relative_path(const char *from, const char *to)
+{
+    size_t common = 0; /* length of the common prefix, ending at a component boundary */
+    for (size_t i = 0;; i++) {
+        int fend = from[i] == 0 || from[i] == '/', tend = to[i] == 0 || to[i] == '/';
+        if (fend && tend) common = i;
+        if (from[i] != to[i] || from[i] == 0) break;
+    }
+    int ups = 0;
+    for (const char *p = from + common; *p; p++)
+        if (*p == '/' && p[1]) ups++;
+    const char *rest = to + common;
+    while (*rest == '/') rest++;
+    char *out = tb_malloc((size_t)ups * 3 + strlen(rest) + 1);
+    if (!out) return NULL;
+    char *q = out;
+    for (int i = 0; i < ups; i++, q += 3) memcpy(q, "../", 3);
+    strcpy(q, rest);
+    return out;
+}
+
+/* What the index records for a shard: its name beside the index (copied there
+ * first with copy), else its path relative to the index's directory. */
+static char *shard_entry(const char *shard, const char *out_dir, int copy)
+{
+    char *sdir = dir_of(shard), *rs = sdir ? realpath(sdir, NULL) : NULL, *ro = realpath(out_dir, NULL);
+    char *entry = NULL;
+    if (!rs || !ro) tb_fail(TB_EIO, "%s: cannot resolve its directory", rs ? out_dir : shard);
+    else if (!strcmp(rs, ro)) entry = tb_strdup(base_of(shard));
+    else if (copy) {
+        char *dst = tb_path_join(out_dir, base_of(shard)), hex[65];
+        if (dst && tb_file_exists(dst))
+            tb_fail(TB_EUSAGE, "%s: --copy would replace %s: rename one of them", shard, dst);
+        else if (dst && !copy_file(shard, dst, hex))
+            entry = tb_strdup(base_of(shard));
+        free(dst);
+    } else {
+        char *abs = tb_path_join(rs, base_of(shard));
+        entry = abs ? relative_path(ro, abs) : NULL;
+        free(abs);
+    }
+    free(sdir);
+    free(rs);
+    free(ro);
+    return entry;
+}
+
 int tb_tbm_merge(const char *out_path, const char *model_dir, const char *const *shard_paths, int n,
-                 const char *command, int partial)
+                 const char *command, int partial, int copy)
 {
     int rc = TB_OK;
     char *out_dir = dir_of(out_path), *cfg_path = tb_path_join(model_dir, "config.json"), *cfg_text = NULL;
@@ -198,21 +289,20 @@ int tb_tbm_merge(const char *out_path, const char *model_dir, const char *const 
     cJSON *jshards = cJSON_AddArrayToObject(root, "shards");
     cJSON *tensors = cJSON_AddObjectToObject(root, "tensors");
     for (int s = 0; s < n && !rc; s++) {
-        /* shards live beside the index, so the directory moves as one piece */
-        char *sdir = dir_of(shard_paths[s]);
-        char *rs = sdir ? realpath(sdir, NULL) : NULL, *ro = realpath(out_dir, NULL);
-        int same = rs && ro && !strcmp(rs, ro);
-        free(sdir);
-        free(rs);
-        free(ro);
-        if (!same) { rc = tb_fail(TB_EUSAGE, "%s: shards must be in the directory of %s", shard_paths[s], out_path); break; }
         if ((rc = tb_pack_open(&shards[s], shard_paths[s]))) break;
         opened++;
         const tb_pack_file *p = &shards[s];
         char hex[65];
         sha256_bytes(p->f.map.data, p->f.map.size, hex);
         cJSON *js = cJSON_CreateObject();
-        cJSON_AddStringToObject(js, "file", base_of(shard_paths[s]));
+        char *entry = shard_entry(shard_paths[s], out_dir, copy);
+        if (!entry) {
+            cJSON_Delete(js);
+            rc = tb_errcode() ? tb_errcode() : TB_EIO;
+            break;
+        }
+        cJSON_AddStringToObject(js, "file", entry);
+        free(entry);
         cJSON_AddItemToObject(js, "bytes", raw_u64(p->f.map.size));
         cJSON_AddStringToObject(js, "sha256", hex);
         cJSON_AddItemToArray(jshards, js);
@@ -353,12 +443,13 @@ int tb_tbm_open(tb_tbm *t, const char *path, int verify)
         const cJSON *file = cJSON_GetObjectItemCaseSensitive(js, "file");
         const cJSON *sha = cJSON_GetObjectItemCaseSensitive(js, "sha256");
         uint64_t bytes;
-        if (!cJSON_IsString(file) || strchr(file->valuestring, '/') || !cJSON_IsString(sha) ||
+        if (!cJSON_IsString(file) || !*file->valuestring || !cJSON_IsString(sha) ||
             get_u64(cJSON_GetObjectItemCaseSensitive(js, "bytes"), &bytes)) {
             rc = tb_fail(TB_EDATA, "%s: shard %d: needs file, bytes and sha256", path, s);
             break;
         }
-        char *sp = tb_path_join(t->dir, file->valuestring);
+        /* a name or a path relative to the index's directory, or absolute */
+        char *sp = file->valuestring[0] == '/' ? tb_strdup(file->valuestring) : tb_path_join(t->dir, file->valuestring);
         if (!sp) { rc = TB_EIO; break; }
         tb_mapped m;
         if (!(rc = tb_map_file(sp, &m))) {

@@ -60,12 +60,21 @@ const tb_packed *tb_tbm_find_packed(const tb_tbm *t, const char *name);
 
 /* tb-merge: build the index of `n` shards for the model in model_dir (its
  * config.json and side files are copied beside out_path) and write it
- * atomically. Shards may be given in any order; a tensor in two shards or a
+ * atomically. A shard beside out_path is recorded by its name; one elsewhere
+ * by its path relative to out_path's directory, or, with copy, copied beside
+ * out_path first (so that the directory moves as one piece). Shards may be given in any order; a tensor in two shards or a
  * missing one is TB_EDATA naming it - unless partial, when the index records
  * model_dir as its base and tensors in no shard are read from there (a
  * partially pruned model, for sequential layer-wise pruning). */
 int tb_tbm_merge(const char *out_path, const char *model_dir, const char *const *shard_paths, int n,
-                 const char *command, int partial);
+                 const char *command, int partial, int copy);
+
+/* The recipe an output carries: the stage of each input (its kind, name and
+ * metadata) and the stages the input carries itself, flattened, as the JSON
+ * text of the metadata key "tensorbit.recipe" (caller frees; NULL when no
+ * input is a tensorbit file or out of memory). So a stage fed through a pipe
+ * ("-", no file to follow later) stays in the .tbm's recipe. */
+char *tb_recipe_of_inputs(const st_file *const *inputs, int n);
 
 /* Is `path` a .tbm (by content: a JSON object with "format": "tensorbit.tbm")? */
 int tb_is_tbm(const char *path);

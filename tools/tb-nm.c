@@ -20,6 +20,7 @@
 #include "tb_nm.h"
 #include "tb_opts.h"
 #include "tb_safetensors.h"
+#include "tb_tbm.h"
 #include "tb_threads.h"
 
 static const char description[] =
@@ -199,7 +200,7 @@ static int nm_tensor(const options *o, const item *it, tb_mask *mask, totals *tt
     return rc;
 }
 
-static int write_meta(const options *o, st_writer *w)
+static int write_meta(const options *o, st_writer *w, const st_file *const inputs[2])
 {
     char buf[64];
     int rc = st_writer_meta(w, "tensorbit.kind", "mask");
@@ -219,6 +220,9 @@ static int write_meta(const options *o, st_writer *w)
         rc = st_writer_meta(w, "permute_rounds", buf);
     }
     if (!rc) rc = st_writer_meta(w, "command", o->command);
+    char *recipe = tb_recipe_of_inputs(inputs, 2); /* the scores' stages survive a pipe */
+    if (!rc && recipe) rc = st_writer_meta(w, "tensorbit.recipe", recipe);
+    free(recipe);
     return rc;
 }
 
@@ -293,7 +297,7 @@ static int run(options *o)
 
     w = st_writer_new();
     if (!w) { rc = TB_EIO; goto done; }
-    if ((rc = write_meta(o, w))) goto done;
+    if ((rc = write_meta(o, w, (const st_file *const[2]){&sf, have_stats ? &stats : NULL}))) goto done;
     for (int i = 0; i < n && !rc; i++)
         rc = tb_mask_declare(w, it[i].s->name, it[i].s->shape[0], it[i].s->shape[1], o->permute ? it[i].s->shape[o->k_dim] : 0);
     if (rc) goto done;

@@ -23,6 +23,7 @@
 #include "tb_opts.h"
 #include "tb_pack.h"
 #include "tb_safetensors.h"
+#include "tb_tbm.h"
 #include "tb_threads.h"
 
 static const char description[] =
@@ -289,6 +290,9 @@ static int run(const options *o)
         {"layers", o->layers.set ? layers : "all"}, {"command", o->command},
     };
     for (size_t i = 0; !rc && i < sizeof meta / sizeof meta[0]; i++) rc = tb_pack_writer_meta(pw, meta[i][0], meta[i][1]);
+    char *recipe = tb_recipe_of_inputs((const st_file *const[2]){&j.masks, j.have_stats ? &j.stats : NULL}, 2);
+    if (!rc && recipe) rc = tb_pack_writer_meta(pw, "tensorbit.recipe", recipe);
+    free(recipe);
     const char *mask_src = o->method == M_SPARSEGPT && !o->keep_mask ? "sparsegpt" : "given";
     for (int i = 0; !rc && i < j.n_items; i++) {
         const item *it = &j.items[i];

@@ -15,6 +15,7 @@
 #include "tb_opts.h"
 #include "tb_pack.h"
 #include "tb_recon.h"
+#include "tb_tbm.h"
 #include "tb_threads.h"
 #include "tb_tokens.h"
 
@@ -105,7 +106,8 @@ static int write_shard(const options *o, const tb_pack_file *p, float *const w[T
     tb_pack_writer *pw = tb_pack_writer_new();
     if (!pw) return TB_EIO;
     int rc = TB_OK;
-    static const char *const own[] = {"tensorbit.kind", "format_version", "tensorbit.tensors", "command"};
+    static const char *const own[] = {"tensorbit.kind", "format_version", "tensorbit.tensors", "command",
+                                      "tensorbit.recipe"};
     for (int i = 0; i < p->f.n_meta && !rc; i++) {
         int skip = 0;
         for (size_t k = 0; k < sizeof own / sizeof own[0]; k++) skip |= !strcmp(p->f.meta_keys[i], own[k]);
@@ -114,6 +116,9 @@ static int write_shard(const options *o, const tb_pack_file *p, float *const w[T
     char num[64];
     if (!rc) rc = tb_pack_writer_meta(pw, "command", cmdline);
     if (!rc) rc = tb_pack_writer_meta(pw, "packed_from", o->shard);
+    char *recipe = tb_recipe_of_inputs((const st_file *const[1]){&p->f}, 1);
+    if (!rc && recipe) rc = tb_pack_writer_meta(pw, "tensorbit.recipe", recipe);
+    free(recipe);
     snprintf(num, sizeof num, "%d", o->ro.steps);
     if (!rc) rc = tb_pack_writer_meta(pw, "recon_steps", num);
     snprintf(num, sizeof num, "%g", o->ro.lr);

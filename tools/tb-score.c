@@ -20,6 +20,7 @@
 #include "tb_opts.h"
 #include "tb_safetensors.h"
 #include "tb_score.h"
+#include "tb_tbm.h"
 #include "tb_threads.h"
 
 static const char description[] =
@@ -276,6 +277,9 @@ static int score(const options *o)
     snprintf(buf, sizeof buf, "model=%s%s%s", o->model, o->stats ? ";stats=" : "", o->stats ? o->stats : "");
     if (!rc) rc = st_writer_meta(w, "sources", buf);
     if (!rc) rc = st_writer_meta(w, "command", o->command);
+    char *recipe = tb_recipe_of_inputs((const st_file *const[1]){have_stats ? &stats : NULL}, 1);
+    if (!rc && recipe) rc = st_writer_meta(w, "tensorbit.recipe", recipe);
+    free(recipe);
     for (int i = 0; i < n && !rc; i++) {
         const plan *p = &plans[i];
         if (p->gram || p->fisher) {
