@@ -1,6 +1,8 @@
 #include "tb_threads.h"
+#include "tb_error.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -46,4 +48,48 @@ void tb_parallel_for(int n_threads, int64_t n, tb_range_fn fn, void *ctx)
         if (started[t]) pthread_join(th[t], NULL);
         else run_chunk(&chunks[t]);
     }
+}
+
+void tb_par_error_set(tb_par_error *e, int64_t index)
+{
+    if (e->rc) return;
+    e->rc = tb_errcode() ? tb_errcode() : TB_EIO;
+    e->index = index;
+    snprintf(e->msg, sizeof e->msg, "%s", tb_errmsg());
+}
+
+int tb_par_error_collect(const tb_par_error *first, int n, size_t stride, const char *what)
+{
+    const tb_par_error *best = NULL;
+    for (int t = 0; t < n; t++) {
+        const tb_par_error *e = (const tb_par_error *)((const char *)first + (size_t)t * stride);
+        if (e->rc && (!best || e->index < best->index)) best = e;
+    }
+    if (!best) return TB_OK;
+    if (what && best->index >= 0) return tb_fail(best->rc, "%s %lld: %s", what, (long long)best->index, best->msg);
+    return tb_fail(best->rc, "%s", best->msg);
+}
+
+typedef struct {
+    tb_range_try_fn fn;
+    void *ctx;
+    tb_par_error err[TB_MAX_THREADS];
+} try_job;
+
+static void try_chunk(void *ctx, int64_t begin, int64_t end, int tid)
+{
+    try_job *j = ctx;
+    if (j->fn(j->ctx, begin, end, tid)) tb_par_error_set(&j->err[tid], begin);
+}
+
+int tb_parallel_try(int n_threads, int64_t n, tb_range_try_fn fn, void *ctx)
+{
+    try_job *j = tb_calloc(1, sizeof *j);
+    if (!j) return TB_EIO;
+    j->fn = fn;
+    j->ctx = ctx;
+    tb_parallel_for(n_threads, n, try_chunk, j);
+    int rc = tb_par_error_collect(j->err, TB_MAX_THREADS, sizeof j->err[0], NULL);
+    free(j);
+    return rc;
 }

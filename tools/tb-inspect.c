@@ -345,6 +345,13 @@ static int inspect_pruned(const options *o, const char *path)
         total += rows[i].numel;
         kept += rows[i].numel - rows[i].zeros;
     }
+    if (!rc && o->plot) {
+        /* the subtitle names the model the shards were pruned from */
+        const char *src = n_shards ? st_meta(&shards[0].f, "model") : NULL, *slash = src ? strrchr(src, '/') : NULL;
+        char model[256];
+        snprintf(model, sizeof model, "%s", slash && slash[1] ? slash + 1 : src ? src : path);
+        rc = tb_report_plot_svg(o->plot, rows, n, model);
+    }
     if (!rc && o->json) {
         cJSON *root = cJSON_CreateObject();
         cJSON_AddStringToObject(root, "path", path);
@@ -364,6 +371,7 @@ static int inspect_pruned(const options *o, const char *path)
             if (rows[i].rel_err >= 0) cJSON_AddNumberToObject(e, "relative_output_error", rows[i].rel_err);
             cJSON_AddItemToArray(jt, e);
         }
+        if (o->plot) cJSON_AddStringToObject(root, "plot", o->plot);
         cJSON_AddNumberToObject(root, "pruned_parameters", (double)total);
         cJSON_AddNumberToObject(root, "kept_parameters", (double)kept);
         if (is_tbm) {
@@ -399,7 +407,7 @@ static int inspect_pruned(const options *o, const char *path)
         }
         printf("pruned weights: %d, %lld parameters, %.2f%% zeros\n", n, total, total ? 100.0 * (double)(total - kept) / (double)total : 0);
     }
-    if (!rc && o->plot) rc = tb_report_plot_svg(o->plot, rows, n);
+    if (!rc && o->plot && !o->json) printf("plot: %s (per-layer sparsity and relative output error)\n", o->plot);
     free(rows);
     if (is_tbm) tb_tbm_close(&tbm);
     else tb_pack_close(&single);

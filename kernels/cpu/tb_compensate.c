@@ -2,8 +2,8 @@
  *
  * Threading pattern shared by the solvers: tb_parallel_for over rows; each
  * thread allocates its scratch once, records the first failure of its chunk
- * (tb_fail's message is thread-local, so it is copied out) and its counters in
- * its own slot; the caller then reports the lowest failing row. */
+ * (tb_par_error) and its counters in its own slot; the caller then reports
+ * the lowest failing row (tb_par_error_collect). */
 #include "tb_compensate.h"
 #include "tb_error.h"
 #include "tb_linalg.h"
@@ -16,25 +16,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_THREADS 256 /* tb_parallel_for's own cap */
+#define MAX_THREADS TB_MAX_THREADS
 
 typedef struct {
-    int rc;
-    int64_t row;
-    char msg[256];
+    tb_par_error err;
     int64_t raised, eigen;
     double sum;
 } slot;
 
 static slot *slots_new(void) { return tb_calloc(MAX_THREADS, sizeof(slot)); }
 
-static void slot_fail(slot *s, int64_t row)
-{
-    if (s->rc) return;
-    s->rc = tb_errcode() ? tb_errcode() : TB_EIO;
-    s->row = row;
-    snprintf(s->msg, sizeof s->msg, "%s", tb_errmsg());
-}
+static void slot_fail(slot *s, int64_t row) { tb_par_error_set(&s->err, row); }
 
 static void slot_solved(slot *s, const tb_solve_info *info)
 {
@@ -45,17 +37,11 @@ static void slot_solved(slot *s, const tb_solve_info *info)
 /* fold the slots into st; re-raise the lowest failing row on this thread */
 static int slots_collect(slot *sl, tb_comp_stats *st)
 {
-    int first = -1;
-    for (int t = 0; t < MAX_THREADS; t++) {
-        if (st) {
-            st->raised += sl[t].raised;
-            st->eigen += sl[t].eigen;
-        }
-        if (sl[t].rc && (first < 0 || sl[t].row < sl[first].row)) first = t;
+    for (int t = 0; st && t < MAX_THREADS; t++) {
+        st->raised += sl[t].raised;
+        st->eigen += sl[t].eigen;
     }
-    int rc = TB_OK;
-    if (first >= 0) rc = sl[first].row >= 0 ? tb_fail(sl[first].rc, "row %lld: %s", (long long)sl[first].row, sl[first].msg)
-                                            : tb_fail(sl[first].rc, "%s", sl[first].msg);
+    int rc = tb_par_error_collect(&sl[0].err, MAX_THREADS, sizeof sl[0], "row");
     free(sl);
     return rc;
 }
@@ -159,7 +145,7 @@ static void obs_rows(void *ctx, int64_t begin, int64_t end, int tid)
     double *work = tb_malloc(tb_woodbury_work(k, bmax) * sizeof *work + 1), *wb = tb_malloc((size_t)bmax * sizeof *wb);
     int *pruned = tb_malloc((size_t)bmax * sizeof *pruned);
     if (!g || !hinv || !work || !wb || !pruned) { slot_fail(sl, begin); goto out; }
-    for (int64_t r = begin; r < end && !sl->rc; r++) {
+    for (int64_t r = begin; r < end && !sl->err.rc; r++) {
         float *w = j->w + r * cols;
         for (int64_t c0 = 0; c0 < cols; c0 += bmax) {
             int nb = (int)(cols - c0 < bmax ? cols - c0 : bmax), np = 0;
@@ -198,7 +184,7 @@ static void obs_rows(void *ctx, int64_t begin, int64_t end, int tid)
                 }
                 w[c0 + i] = tb_mask_get(j->mask, r, c0 + i) ? (float)wb[i] : 0.0f;
             }
-            if (sl->rc) break;
+            if (sl->err.rc) break;
         }
     }
 out:

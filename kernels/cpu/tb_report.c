@@ -47,14 +47,31 @@ static double output_error(const tb_pack_file *shard, const tb_packed *p, const 
     return e;
 }
 
-int tb_report_plot_svg(const char *path, const tb_pruned_row *rows, int n)
+/* A round axis top at or above v: 1, 2 or 5 times a power of ten. */
+static double nice_ceiling(double v)
+{
+    if (!(v > 0)) return 1.0;
+    double p = pow(10.0, floor(log10(v)));
+    for (int i = 0; i < 3; i++) {
+        double c = (double[]){1, 2, 5}[i] * p;
+        if (c >= v * (1 - 1e-12)) return c;
+    }
+    return 10 * p;
+}
+
+int tb_report_plot_svg(const char *path, const tb_pruned_row *rows, int n, const char *model)
 {
     int n_layers = 0;
     for (int i = 0; i < n; i++) n_layers = rows[i].layer + 1 > n_layers ? rows[i].layer + 1 : n_layers;
     if (n_layers == 0) return tb_fail(TB_EDATA, "%s: no decoder-layer weights to plot", path);
     double sp[1024] = {0}, er[1024] = {0}, cnt[1024] = {0}, ecnt[1024] = {0}, emax = 0;
     if (n_layers > 1024) n_layers = 1024;
+    char pattern[32] = "";
     for (int i = 0; i < n; i++) {
+        char pat[32] = "unstructured";
+        if (rows[i].p->m) snprintf(pat, sizeof pat, "%d:%d", rows[i].p->n, rows[i].p->m);
+        if (!pattern[0]) snprintf(pattern, sizeof pattern, "%s", pat);
+        else if (strcmp(pattern, pat)) snprintf(pattern, sizeof pattern, "mixed patterns");
         int l = rows[i].layer;
         if (l < 0 || l >= n_layers) continue;
         double numel = (double)rows[i].p->rows * rows[i].p->cols;
@@ -67,51 +84,64 @@ int tb_report_plot_svg(const char *path, const tb_pruned_row *rows, int n)
         er[l] = ecnt[l] ? er[l] / ecnt[l] : -1;
         if (er[l] > emax) emax = er[l];
     }
-    const int W = 760, H = 360, L = 60, R = 60, T = 40, B = 50;
+    const int W = 800, H = 400, L = 70, R = 80, T = 64, B = 56;
+    const int ph = H - T - B; /* plot height */
     double bw = (double)(W - L - R) / n_layers;
-    double ytop = emax > 1 ? emax * 1.1 : 1.0;
+    double ytop = nice_ceiling(emax * 1.05); /* the error axis fits the data, not a fixed 0-1 */
     tb_outfile o;
     int rc = tb_out_open(&o, path);
     if (rc) return rc;
     FILE *fp = o.fp;
     fprintf(fp, "<svg xmlns='http://www.w3.org/2000/svg' width='%d' height='%d' font-family='sans-serif' font-size='12'>\n", W, H);
     fprintf(fp, "<rect width='100%%' height='100%%' fill='white'/>\n");
-    fprintf(fp, "<text x='%d' y='22' font-size='15'>Per-layer sparsity (bars) and relative output error ||(W-W&#770;)X||/||WX|| (line)</text>\n", L);
+    fprintf(fp, "<text x='%d' y='22' font-size='15'>Per-layer sparsity and relative output error</text>\n", L);
+    fprintf(fp, "<text x='%d' y='40' fill='#555'>%s%s%s, %d pruned weights in %d layers</text>\n", L, model ? model : "",
+            model ? ", " : "", pattern, n, n_layers);
+    /* legend */
+    fprintf(fp, "<rect x='%d' y='48' width='12' height='10' fill='#5b8def' class='legend'/>", W - R - 250);
+    fprintf(fp, "<text x='%d' y='57'>sparsity (bars, left)</text>\n", W - R - 234);
+    fprintf(fp, "<line x1='%d' y1='53' x2='%d' y2='53' stroke='#c0392b' stroke-width='2'/>", W - R - 110, W - R - 96);
+    fprintf(fp, "<text x='%d' y='57'>output error (line, right)</text>\n", W - R - 92);
+    /* axes and their titles */
     fprintf(fp, "<line x1='%d' y1='%d' x2='%d' y2='%d' stroke='black'/>\n", L, H - B, W - R, H - B);
     fprintf(fp, "<line x1='%d' y1='%d' x2='%d' y2='%d' stroke='black'/>\n", L, T, L, H - B);
+    fprintf(fp, "<line x1='%d' y1='%d' x2='%d' y2='%d' stroke='#c0392b'/>\n", W - R, T, W - R, H - B);
+    fprintf(fp, "<text transform='translate(18,%d) rotate(-90)' text-anchor='middle'>sparsity (%% of weights zero)</text>\n",
+            T + ph / 2);
+    fprintf(fp, "<text transform='translate(%d,%d) rotate(90)' text-anchor='middle' fill='#c0392b'>relative output error "
+                "||(W-W&#770;)X|| / ||WX||</text>\n", W - 14, T + ph / 2);
     for (int k = 0; k <= 4; k++) {
         double f = k / 4.0;
-        int y = (int)(H - B - f * (H - T - B));
+        int y = (int)(H - B - f * ph);
         fprintf(fp, "<line x1='%d' y1='%d' x2='%d' y2='%d' stroke='#ddd'/>\n", L, y, W - R, y);
         fprintf(fp, "<text x='%d' y='%d' text-anchor='end'>%.0f%%</text>\n", L - 6, y + 4, 100 * f);
         fprintf(fp, "<text x='%d' y='%d' fill='#c0392b'>%.3g</text>\n", W - R + 6, y + 4, f * ytop);
     }
     for (int l = 0; l < n_layers; l++) {
-        double x = L + l * bw, h = sp[l] * (H - T - B);
-        fprintf(fp, "<rect x='%.1f' y='%.1f' width='%.1f' height='%.1f' fill='#5b8def'><title>layer %d: %.2f%% zeros</title></rect>\n",
+        double x = L + l * bw, h = sp[l] * ph;
+        fprintf(fp, "<rect x='%.1f' y='%.1f' width='%.1f' height='%.1f' fill='#5b8def' class='bar'><title>layer %d: %.2f%% zeros</title></rect>\n",
                 x + bw * 0.15, H - B - h, bw * 0.7, h, l, 100 * sp[l]);
         if (n_layers <= 40 || l % (n_layers / 20 + 1) == 0)
             fprintf(fp, "<text x='%.1f' y='%d' text-anchor='middle'>%d</text>\n", x + bw / 2, H - B + 16, l);
     }
-    fprintf(fp, "<text x='%d' y='%d' text-anchor='middle'>decoder layer</text>\n", (W + L - R) / 2, H - 12);
+    fprintf(fp, "<text x='%d' y='%d' text-anchor='middle'>decoder layer</text>\n", (W + L - R) / 2, H - 14);
     int have = 0;
     for (int l = 0; l < n_layers; l++) have |= er[l] >= 0;
     if (have) {
         fprintf(fp, "<polyline fill='none' stroke='#c0392b' stroke-width='2' points='");
         for (int l = 0; l < n_layers; l++)
-            if (er[l] >= 0) fprintf(fp, "%.1f,%.1f ", L + (l + 0.5) * bw, H - B - er[l] / ytop * (H - T - B));
+            if (er[l] >= 0) fprintf(fp, "%.1f,%.1f ", L + (l + 0.5) * bw, H - B - er[l] / ytop * ph);
         fprintf(fp, "'/>\n");
         for (int l = 0; l < n_layers; l++)
             if (er[l] >= 0)
                 fprintf(fp, "<circle cx='%.1f' cy='%.1f' r='3' fill='#c0392b'><title>layer %d: mean relative output error %.4f</title></circle>\n",
-                        L + (l + 0.5) * bw, H - B - er[l] / ytop * (H - T - B), l, er[l]);
+                        L + (l + 0.5) * bw, H - B - er[l] / ytop * ph, l, er[l]);
     } else {
         fprintf(fp, "<text x='%d' y='%d' fill='#c0392b'>output error unknown: source model or Gram statistics not found</text>\n", L + 10, T + 16);
     }
     fprintf(fp, "</svg>\n");
     return tb_out_commit(&o);
 }
-
 
 int tb_report_pruned(const tb_pack_file *shards, int n_shards, int nm_n, int nm_m, int with_error,
                      tb_progress_fn progress, void *ctx, tb_pruned_row **rows_out, int *n_out)

@@ -28,8 +28,9 @@ typedef struct {
 int tb_report_pruned(const tb_pack_file *shards, int n_shards, int nm_n, int nm_m, int with_error,
                      tb_progress_fn progress, void *ctx, tb_pruned_row **rows, int *n_rows);
 
-/* Bars of per-layer sparsity and a line of the mean relative output error,
- * written atomically to path. */
-int tb_report_plot_svg(const char *path, const tb_pruned_row *rows, int n);
+/* Bars of per-layer sparsity and a line of the mean relative output error
+ * (its axis scaled to the data), with axis titles, a legend and a subtitle
+ * naming the model and the pattern; written atomically to path. */
+int tb_report_plot_svg(const char *path, const tb_pruned_row *rows, int n, const char *model);
 
 #endif

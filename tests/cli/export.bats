@@ -81,7 +81,7 @@ nothing_in() {
     [[ "$output" == *"--format NAME"* && "$output" == *"compressed-tensors"* && "$output" == *"--max-shard-size"* ]]
     run tb-export "$FIX/nm/model.tbm"
     [ "$status" -eq 1 ]; one_line_error tb-export
-    [[ "$output" == *"-o DIR"* ]]
+    [[ "$output" == *"missing -o/--output DIR"* ]]
     run tb-export "$FIX/nm/model.tbm" -o "$TMP/x" --format sparse
     [ "$status" -eq 1 ]; one_line_error tb-export
     run tb-export "$FIX/nm/model.tbm" -o "$TMP/x" --dtype int8
