@@ -131,23 +131,55 @@ static char *tmp_registry[TB_MAX_TMP];
 static pthread_mutex_t tmp_lock = PTHREAD_MUTEX_INITIALIZER;
 static int handlers_installed;
 
+/* a temporary directory being built: its planned files, then itself */
+static const char *volatile guard_dir;
+static char *const *volatile guard_files;
+static volatile int guard_nfiles;
+
 static void on_fatal_signal(int sig)
 {
-    /* unlink() is async-signal-safe; the registry is only read here. */
+    /* unlink() and rmdir() are async-signal-safe; the registry is only read here. */
     for (int i = 0; i < TB_MAX_TMP; i++)
         if (tmp_registry[i]) unlink(tmp_registry[i]);
+    char *const *files = guard_files;
+    for (int i = 0; files && i < guard_nfiles; i++)
+        if (files[i]) unlink(files[i]);
+    if (guard_dir) rmdir(guard_dir);
     signal(sig, SIG_DFL);
-    raise(sig);
+    raise(sig); /* the exit status says which signal: 130 for SIGINT */
+}
+
+static void install_handlers(void) /* with tmp_lock held */
+{
+    if (handlers_installed) return;
+    int sigs[] = {SIGINT, SIGTERM, SIGHUP, SIGPIPE};
+    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) signal(sigs[i], on_fatal_signal);
+    handlers_installed = 1;
+}
+
+void tb_tmpdir_guard(const char *dir, char *const *files, int n)
+{
+    pthread_mutex_lock(&tmp_lock);
+    install_handlers();
+    guard_files = files;
+    guard_nfiles = n;
+    guard_dir = dir;
+    pthread_mutex_unlock(&tmp_lock);
+}
+
+void tb_tmpdir_release(void)
+{
+    pthread_mutex_lock(&tmp_lock);
+    guard_dir = NULL;
+    guard_nfiles = 0;
+    guard_files = NULL;
+    pthread_mutex_unlock(&tmp_lock);
 }
 
 static void register_tmp(char *path)
 {
     pthread_mutex_lock(&tmp_lock);
-    if (!handlers_installed) {
-        int sigs[] = {SIGINT, SIGTERM, SIGHUP, SIGPIPE};
-        for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) signal(sigs[i], on_fatal_signal);
-        handlers_installed = 1;
-    }
+    install_handlers();
     for (int i = 0; i < TB_MAX_TMP; i++)
         if (!tmp_registry[i]) { tmp_registry[i] = path; break; }
     pthread_mutex_unlock(&tmp_lock);

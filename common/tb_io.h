@@ -48,6 +48,12 @@ int tb_out_commit(tb_outfile *o);
 /* Close and unlink the temporary file (safe to call after commit: no-op). */
 void tb_out_abort(tb_outfile *o);
 
+/* A temporary directory being built and renamed at the end (tb-export): a
+ * fatal signal also unlinks the listed files in it and removes it. One at a
+ * time; files must stay valid until tb_tmpdir_release(). */
+void tb_tmpdir_guard(const char *dir, char *const *files, int n);
+void tb_tmpdir_release(void);
+
 /* Checked fwrite: TB_EIO with the path on short write. */
 int tb_write_all(FILE *fp, const void *buf, size_t n, const char *label);
 

@@ -11,7 +11,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -519,50 +518,6 @@ static int write_dense(st_writer *w, const unit *u, int64_t *zeros)
 
 /* ------------------------------------------------ the output directory */
 
-/* Files planned inside the temporary directory: a fatal signal unlinks them
- * and removes the directory (unlink and rmdir are async-signal-safe). */
-static char *volatile sig_tmpdir;
-static char **volatile sig_files;
-static volatile int sig_nfiles;
-static struct sigaction old_act[4];
-static const int sig_list[4] = {SIGINT, SIGTERM, SIGHUP, SIGPIPE};
-
-static void cleanup_tmp_now(void)
-{
-    char **files = sig_files;
-    for (int i = 0; files && i < sig_nfiles; i++)
-        if (files[i]) unlink(files[i]);
-    if (sig_tmpdir) rmdir(sig_tmpdir);
-}
-
-static void on_signal(int sig)
-{
-    cleanup_tmp_now();
-    for (int i = 0; i < 4; i++)
-        if (sig_list[i] == sig) sigaction(sig, &old_act[i], NULL); /* chain to tb_io's or the default */
-    raise(sig);
-}
-
-static void guard_begin(char *tmpdir, char **files, int n)
-{
-    sig_tmpdir = tmpdir;
-    sig_files = files;
-    sig_nfiles = n;
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    for (int i = 0; i < 4; i++) sigaction(sig_list[i], &sa, &old_act[i]);
-}
-
-static void guard_end(void)
-{
-    for (int i = 0; i < 4; i++) sigaction(sig_list[i], &old_act[i], NULL);
-    sig_tmpdir = NULL;
-    sig_files = NULL;
-    sig_nfiles = 0;
-}
-
 /* recursive removal of the replaced output (lstat: never follows a link) */
 static int rm_tree(const char *path)
 {
@@ -862,7 +817,7 @@ int tb_export_model(const tb_tbm *t, const char *out_dir, const tb_export_opts *
     char *cfg_path = NULL, *idx_path = NULL;
     if (!rc && !(cfg_path = paths[n_paths++] = tb_path_join(tmp, "config.json"))) rc = TB_EIO;
     if (!rc && !(idx_path = paths[n_paths++] = tb_path_join(tmp, "model.safetensors.index.json"))) rc = TB_EIO;
-    if (made_tmp) guard_begin(tmp, paths, n_paths);
+    if (made_tmp) tb_tmpdir_guard(tmp, paths, n_paths); /* a fatal signal removes it (tb_io) */
 
     int done = 0;
     for (int f = 0; f < pl.n_files && !rc; f++) rc = write_file(&pl, f, tmp, out_dir, &done);
@@ -892,7 +847,7 @@ int tb_export_model(const tb_tbm *t, const char *out_dir, const tb_export_opts *
         rc = tb_fail(TB_EIO, "%s: rename: %s", out_dir, strerror(errno));
         if (replace) rename(old, out_dir);
     }
-    if (made_tmp) guard_end();
+    if (made_tmp) tb_tmpdir_release();
     if (!rc) {
         made_tmp = 0;
         fsync_path(parent);

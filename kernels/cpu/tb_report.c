@@ -4,18 +4,14 @@
 #include "tb_error.h"
 #include "tb_fisher.h"
 #include "tb_io.h"
+#include "tb_opts.h" /* tb_layer_of */
+#include "tb_stats.h"
 #include "tb_threads.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static int layer_of(const char *name)
-{
-    int l;
-    return sscanf(name, "model.layers.%d.", &l) == 1 ? l : -1;
-}
 
 /* The relative output error needs the dense source weight and its Gram: both
  * are named by the recipe (tb-pack's "model" and "stats" metadata). */
@@ -156,7 +152,7 @@ int tb_report_pruned(const tb_pack_file *shards, int n_shards, int nm_n, int nm_
             const tb_packed *p = &shards[s].packed[i];
             tb_pruned_row *r = &rows[k];
             snprintf(r->name, sizeof r->name, "%s", p->name);
-            r->layer = layer_of(p->name);
+            r->layer = tb_layer_of(p->name);
             r->p = p;
             float *w = tb_pack_tensor_f32(&shards[s], p->name, 1, &r->numel);
             if (!w) { rc = TB_EIO; break; }
@@ -168,12 +164,8 @@ int tb_report_pruned(const tb_pack_file *shards, int n_shards, int nm_n, int nm_
                  * groups' members, and the pattern holds where the kernel reads */
                 float *ws = tb_pack_tensor_f32(&shards[s], p->name, 0, NULL);
                 if (!ws) { free(w); rc = TB_EIO; break; }
-                for (int64_t g = 0; g < r->numel / gm; g++) {
-                    int nz = 0;
-                    for (int j = 0; j < gm; j++) nz += ws[g * gm + j] != 0.0f;
-                    ok += nz <= gn;
-                    groups++;
-                }
+                groups = r->numel / gm;
+                ok = tb_nm_groups_within(ws, groups, gn, gm);
                 free(ws);
             }
             r->sparsity = r->numel ? (double)r->zeros / (double)r->numel : 0;

@@ -38,6 +38,17 @@ void tb_stats_compute(const st_tensor *t, tb_tensor_stats *s)
     s->std = sqrt(var > 0 ? var : 0);
 }
 
+int64_t tb_nm_groups_within(const float *x, int64_t n_groups, int n, int m)
+{
+    int64_t ok = 0;
+    for (int64_t g = 0; g < n_groups; g++) {
+        int nz = 0;
+        for (int i = 0; i < m; i++) nz += x[g * m + i] != 0.0f;
+        ok += nz <= n;
+    }
+    return ok;
+}
+
 int tb_nm_conformity(const st_tensor *t, int n, int m, double *fraction, int64_t *groups)
 {
     if (t->ndim < 1) return tb_fail(TB_EDATA, "tensor '%s': a scalar has no N:M groups", t->name);
@@ -51,11 +62,7 @@ int tb_nm_conformity(const st_tensor *t, int n, int m, double *fraction, int64_t
     for (int64_t g = 0; g < n_groups; g += per_chunk) {
         int64_t k = n_groups - g < per_chunk ? n_groups - g : per_chunk;
         tb_to_f32(t->dtype, t->data, (size_t)(g * m), (size_t)(k * m), buf);
-        for (int64_t j = 0; j < k; j++) {
-            int nz = 0;
-            for (int i = 0; i < m; i++) nz += buf[j * m + i] != 0.0f;
-            ok += nz <= n;
-        }
+        ok += tb_nm_groups_within(buf, k, n, m);
     }
     *groups = n_groups;
     *fraction = n_groups ? (double)ok / (double)n_groups : 1.0;

@@ -19,5 +19,7 @@ void tb_stats_compute(const st_tensor *t, tb_tensor_stats *s);
  * reduction) dimension that hold at most N nonzeros. Requires ndim >= 1 and
  * the last dim divisible by M; else TB_EDATA naming the tensor and dim. */
 int tb_nm_conformity(const st_tensor *t, int n, int m, double *fraction, int64_t *groups);
+/* how many of the n_groups consecutive groups of m values in x hold at most n nonzeros */
+int64_t tb_nm_groups_within(const float *x, int64_t n_groups, int n, int m);
 
 #endif

@@ -53,12 +53,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def versions():
-    import tokenizers
-    import torch
-    import transformers
-
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
-            "numpy": np.__version__, "python": sys.version.split()[0]}
+    v = {}
+    for mod in ("torch", "transformers", "tokenizers", "safetensors", "numpy"):
+        try:
+            v[mod] = __import__(mod).__version__
+        except ImportError:
+            v[mod] = "absent"
+    v["python"] = sys.version.split()[0]
+    return v
 
 
 def load_model(model_dir):
@@ -161,6 +163,7 @@ def main():
     ap.add_argument("--text", default=os.path.join(REPO, "examples/data/wikitext2-test.txt"))
     ap.add_argument("--cases", default=None, help="tokenizer-cases.json whose texts to use (default: OUT's)")
     ap.add_argument("--check", action="store_true", help="compare with the files in OUT instead of writing")
+    ap.add_argument("--tokenizer-only", action="store_true", help="only tokenizer-cases.json (needs no torch)")
     a = ap.parse_args()
     out = a.out or a.model
     calib = a.calib or os.path.join(a.model, "calib-128x512.safetensors")
@@ -187,6 +190,12 @@ def main():
         with open(cases_path, "w", encoding="utf-8") as f:
             json.dump(cases, f, ensure_ascii=False, indent=1)
 
+    if a.tokenizer_only:
+        if failures:
+            print("\n".join(failures), file=sys.stderr)
+            sys.exit(1)
+        print("ok" if a.check else "done")
+        return
     model = load_model(a.model)
     goldens = {"forward-fp32.safetensors": (forward_golden(model, a.model, a.text), 1e-5)}
     if os.path.exists(calib):
