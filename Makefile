@@ -44,7 +44,7 @@ endif
 
 OPT      ?= -O2 -g
 WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter
-CPPFLAGS += -D_DEFAULT_SOURCE -Icommon -Iformats -Ikernels/cpu -Ikernels/cuda $(PKG_CFLAGS)
+CPPFLAGS += -D_DEFAULT_SOURCE -Icommon -Iformats -Ikernels -Ikernels/cpu -Ikernels/cuda $(PKG_CFLAGS)
 CFLAGS   += -std=c11 $(OPT) $(WARN) -pthread -march=x86-64-v2 $(SANFLAGS)
 LDFLAGS  += -pthread $(SANFLAGS)
 LDLIBS   += $(PKG_LIBS) -lm
@@ -52,7 +52,7 @@ LDLIBS   += $(PKG_LIBS) -lm
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo unknown)
 CPPFLAGS += -DTB_VERSION=\"$(VERSION)\"
 
-LIB_SRC := $(wildcard common/*.c formats/*.c kernels/cpu/*.c)
+LIB_SRC := $(wildcard common/*.c formats/*.c kernels/*.c kernels/cpu/*.c)
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 
 # ---- optional CUDA ----
@@ -83,9 +83,10 @@ TOOLS := $(patsubst tools/%.c,$(BIN)/%,$(wildcard tools/tb-*.c))
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 HELPERS := $(patsubst tests/helpers/%.c,$(BUILD)/tests/helpers/%,$(wildcard tests/helpers/*.c))
+CUDA_TEST_BIN := $(patsubst tests/cuda/%.c,$(BUILD)/tests/cuda/%,$(wildcard tests/cuda/test_*.c))
 MANS := $(wildcard man/*.1)
 
-.PHONY: all test unit cli bench install uninstall clean demo check-env
+.PHONY: all test unit cli bench install uninstall clean demo check-env test-cuda
 .SECONDARY:
 all: $(TOOLS)
 
@@ -115,6 +116,17 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(LIB)
 $(BUILD)/tests/helpers/%: $(BUILD)/obj/tests/helpers/%.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(Q)$(CC) $(LDFLAGS) $< $(LIB) $(LDLIBS) -o $@
+
+$(BUILD)/tests/cuda/%: $(BUILD)/obj/tests/cuda/%.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(LDFLAGS) $< $(LIB) $(LDLIBS) -o $@
+
+# The backends on the GPU: every op against the CPU backend, the whole models
+# against the goldens (tests/cuda). Each program skips (exit 0) with a message
+# when the build has no CUDA or the machine no GPU.
+test-cuda: $(CUDA_TEST_BIN) $(TOOLS)
+	@set -e; for t in $(CUDA_TEST_BIN); do echo "== $$t"; ./$$t; done
+	@TB_BIN=$(abspath $(BIN)) sh tests/cuda/tools.sh
 
 unit: $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; ./$$t; done

@@ -54,6 +54,7 @@ static const char usage[] =
     "  --acts-out FILE       save the stream leaving layer B-1 (entering B)\n"
     "  Only layers A..B-1 run; --stats gram or none (Fisher needs the whole model).\n"
     "  --threads N           threads (default: $TB_THREADS or all cores)\n"
+    TB_BACKEND_OPTIONS_HELP
     "  --quiet, --progress   progress bar off / on even when stderr is no terminal\n"
     "  -h, --help, --version\n"
     "\n"
@@ -69,6 +70,7 @@ typedef struct {
     int fisher, gram, grad_samples, threads, layer_a, layer_b, text_windows, text_seq_len;
     uint64_t text_seed;
     long max_windows;
+    tb_backend_opts dev;
 } options;
 
 static int parse_stats(const char *s, options *o)
@@ -157,33 +159,46 @@ static int run(const options *o, const char *cmdline)
     }
 
     int need_grad = o->fisher || o->grad_samples > 0;
+    tb_backend be = {0};
+    tb_backend_opts bo = o->dev;
+    bo.n_threads = o->threads;
+    const size_t window_floats = (size_t)seq_len * m.cfg.hidden_size;
+    float *hostwin = NULL; /* a stream window on its way between the file and the backend */
+    if ((rc = tb_backend_open(&be, &bo))) goto done_inputs;
+    if (sequential && !(hostwin = tb_malloc(window_floats * sizeof(float)))) {
+        rc = TB_EIO;
+        goto done_backend;
+    }
     tb_forward f;
-    tb_forward_opts fo = {.max_seq = seq_len, .max_tokens = seq_len, .keep_acts = need_grad, .n_threads = o->threads};
-    if ((rc = tb_forward_init(&f, &m, &fo))) goto done_inputs;
+    tb_forward_opts fo = {.max_seq = seq_len, .max_tokens = seq_len, .keep_acts = need_grad, .n_threads = o->threads,
+                          .backend = &be};
+    if ((rc = tb_forward_init(&f, &m, &fo))) goto done_backend;
     tb_backward b = {0};
     if (need_grad && (rc = tb_backward_init(&b, &f))) goto done_forward;
     tb_calib c;
     tb_calib_opts co = {.fisher = o->fisher, .gram = o->gram, .grad_samples = o->grad_samples,
-                        .total_windows = windows, .layer_begin = o->layer_a, .layer_end = layer_b};
+                        .total_windows = windows, .layer_begin = o->layer_a, .layer_end = layer_b,
+                        .backend = &be};
     if ((rc = tb_calib_init(&c, &m, seq_len, &co))) goto done_backward;
 
     tb_progress prog;
     tb_progress_begin(&prog, "windows", (uint64_t)windows);
     double t0 = tb_now(), loss_sum = 0;
-    const size_t window_floats = (size_t)seq_len * m.cfg.hidden_size;
     for (int64_t w = 0; w < windows && !rc; w++) {
         if (!sequential) {
             double loss;
             rc = tb_calib_window(&c, &f, &b, tk.ids + w * seq_len, seq_len, &loss);
             loss_sum += loss;
         } else {
-            if (o->acts_in)
-                tb_to_f32(TB_F32, stream->data, (size_t)w * window_floats, window_floats,
-                          tb_forward_stream(&f, o->layer_a));
-            else
+            if (o->acts_in) {
+                tb_to_f32(TB_F32, stream->data, (size_t)w * window_floats, window_floats, hostwin);
+                rc = tb_forward_set_stream(&f, o->layer_a, hostwin, seq_len);
+            } else {
                 rc = tb_forward_embed(&f, tk.ids + w * seq_len, seq_len);
+            }
             if (!rc) rc = tb_calib_layers(&c, &f, seq_len, o->layer_a, layer_b);
-            if (!rc && sout) rc = st_writer_write(sout, tb_forward_stream(&f, layer_b), window_floats * sizeof(float));
+            if (!rc && sout && !(rc = tb_forward_get_stream(&f, layer_b, hostwin, seq_len)))
+                rc = st_writer_write(sout, hostwin, window_floats * sizeof(float));
         }
         tb_progress_set(&prog, (uint64_t)w + 1);
     }
@@ -208,13 +223,16 @@ static int run(const options *o, const char *cmdline)
         rc = tb_calib_write(&c, o->output, meta, (int)(sizeof meta / sizeof meta[0] / 2));
     }
     if (!rc)
-        tb_info("%lld windows x %d tokens in %.1f s (%.0f tokens/s)%s", (long long)windows, seq_len, secs,
-                (double)c.tokens / secs, o->output ? "" : ", stream saved");
+        tb_info("%lld windows x %d tokens in %.1f s (%.0f tokens/s, %s)%s", (long long)windows, seq_len, secs,
+                (double)c.tokens / secs, be.desc, o->output ? "" : ", stream saved");
     tb_calib_free(&c);
 done_backward:
     tb_backward_free(&b);
 done_forward:
     tb_forward_free(&f);
+done_backend:
+    free(hostwin);
+    tb_backend_close(&be);
 done_inputs:
     if (out_acts.fp) tb_out_abort(&out_acts);
     st_writer_free(sout);
@@ -228,9 +246,11 @@ done_model:
 int main(int argc, char **argv)
 {
     tb_log_init("tb-fisher");
-    options o = {.fisher = 1, .gram = 1, .threads = tb_default_threads(), .text_windows = 128, .text_seq_len = 512};
+    options o = {.fisher = 1, .gram = 1, .threads = tb_default_threads(), .text_windows = 128, .text_seq_len = 512,
+                 .dev = {.device = TB_DEVICE_AUTO}};
     enum { OPT_ACTS_IN = 300, OPT_ACTS_OUT, OPT_TEXT, OPT_WINDOWS, OPT_SEQLEN, OPT_SEED };
-    enum { OPT_STATS = 256, OPT_SAMPLES, OPT_MAXWIN, OPT_LAYERS, OPT_THREADS, OPT_QUIET, OPT_PROGRESS, OPT_VERSION };
+    enum { OPT_STATS = 256, OPT_SAMPLES, OPT_MAXWIN, OPT_LAYERS, OPT_THREADS, OPT_QUIET, OPT_PROGRESS, OPT_VERSION,
+           OPT_DEVICE, OPT_GPU, OPT_PRECISION };
     static const struct option longopts[] = {
         {"model", required_argument, 0, 'm'},          {"tokens", required_argument, 0, 't'},
         {"output", required_argument, 0, 'o'},         {"stats", required_argument, 0, OPT_STATS},
@@ -241,6 +261,8 @@ int main(int argc, char **argv)
         {"acts-in", required_argument, 0, OPT_ACTS_IN}, {"acts-out", required_argument, 0, OPT_ACTS_OUT},
         {"text", required_argument, 0, OPT_TEXT},       {"windows", required_argument, 0, OPT_WINDOWS},
         {"seq-len", required_argument, 0, OPT_SEQLEN},  {"seed", required_argument, 0, OPT_SEED},
+        {"device", required_argument, 0, OPT_DEVICE},   {"gpu", required_argument, 0, OPT_GPU},
+        {"precision", required_argument, 0, OPT_PRECISION},
         {0, 0, 0, 0},
     };
     int ch;
@@ -272,6 +294,9 @@ int main(int argc, char **argv)
             break;
         }
         case OPT_ACTS_OUT: o.acts_out = optarg; break;
+        case OPT_DEVICE: rc = tb_backend_parse_option(&o.dev, "--device", optarg); break;
+        case OPT_GPU: rc = tb_backend_parse_option(&o.dev, "--gpu", optarg); break;
+        case OPT_PRECISION: rc = tb_backend_parse_option(&o.dev, "--precision", optarg); break;
         case 'h': fputs(usage, stdout); return 0;
         case OPT_VERSION: printf("tb-fisher %s\n", TB_VERSION); return 0;
         default: return tb_usage_error("unknown option '%s'", argv[optind - 1]);

@@ -41,6 +41,7 @@ static const char usage[] =
     "      --seed S          window order (default 0)\n"
     "      --max-windows N   use the first N windows\n"
     "      --threads N       threads (default $TB_THREADS or all cores)\n"
+    TB_BACKEND_OPTIONS_HELP
     "      --quiet, --progress\n"
     "  -h, --help, --version\n"
     "\n"
@@ -54,6 +55,8 @@ typedef struct {
     int layer, threads;
     long max_windows;
     tb_recon_opts ro;
+    tb_backend_opts dev;
+    tb_backend *be;
 } options;
 
 static void on_step(void *ctx, int64_t done, int64_t total)
@@ -95,18 +98,18 @@ static int load_inputs(const options *o, tb_model *m, float **out, int64_t *wind
 }
 
 /* targets: the dense layer's output for each input window */
-static int dense_targets(tb_model *m, int l, const float *in, int64_t windows, int T, int threads, float **out)
+static int dense_targets(tb_model *m, int l, const float *in, int64_t windows, int T, int threads, tb_backend *be,
+                         float **out)
 {
     tb_forward f;
-    tb_forward_opts fo = {.max_seq = T, .max_tokens = T, .keep_acts = 0, .n_threads = threads};
+    tb_forward_opts fo = {.max_seq = T, .max_tokens = T, .keep_acts = 0, .n_threads = threads, .backend = be};
     int rc = tb_forward_init(&f, m, &fo);
     if (rc) return rc;
     size_t nd = (size_t)T * m->cfg.hidden_size;
     if (!(*out = tb_malloc((size_t)windows * nd * sizeof(float)))) rc = TB_EIO;
     for (int64_t w = 0; !rc && w < windows; w++) {
-        memcpy(tb_forward_stream(&f, l), in + (size_t)w * nd, nd * sizeof(float));
-        if (!(rc = tb_forward_layers(&f, T, l, l + 1)))
-            memcpy(*out + (size_t)w * nd, tb_forward_stream(&f, l + 1), nd * sizeof(float));
+        if (!(rc = tb_forward_set_stream(&f, l, in + (size_t)w * nd, T)) && !(rc = tb_forward_layers(&f, T, l, l + 1)))
+            rc = tb_forward_get_stream(&f, l + 1, *out + (size_t)w * nd, T);
     }
     tb_forward_free(&f);
     return rc;
@@ -226,7 +229,7 @@ static int run(options *o, const char *cmdline)
     tb_outfile probe; /* refuse an unwritable output before the work */
     if (!rc && !(rc = tb_out_open(&probe, o->output))) tb_out_abort(&probe);
     if (!rc) rc = load_inputs(o, &m, &inputs, &windows, &T);
-    if (!rc) rc = dense_targets(&m, o->layer, inputs, windows, T, o->threads, &targets);
+    if (!rc) rc = dense_targets(&m, o->layer, inputs, windows, T, o->threads, o->be, &targets);
     for (int k = 0; k < TB_LIN_PER_LAYER && !rc; k++) {
         int64_t n;
         if (!(orig[k] = tb_pack_tensor_f32(&p, pk[k]->name, 1, &n)) || !(w[k] = tb_malloc((size_t)n * sizeof(float))) ||
@@ -250,6 +253,7 @@ static int run(options *o, const char *cmdline)
         snprintf(label, sizeof label, "layer %d steps", o->layer);
         tb_progress_begin(&prog, label, (uint64_t)o->ro.steps);
         o->ro.n_threads = o->threads;
+        o->ro.backend = o->be;
         rc = tb_recon_layer(&m, o->layer, w, (const uint8_t *const *)keep, inputs, targets, windows, T, &o->ro, on_step,
                             &prog, &rep);
         tb_progress_end(&prog);
@@ -259,6 +263,7 @@ static int run(options *o, const char *cmdline)
         tb_info("layer %d: output MSE %.4g -> %.4g (%.1f%% of the error kept; layer's own signal %.4g), %d steps in %.1f s -> %s",
                 o->layer, rep.mse_before, rep.mse_after, 100.0 * rep.mse_after / rep.mse_before, rep.target_power,
                 o->ro.steps, rep.seconds, o->output);
+    if (!rc) tb_info("layer %d trained on %s", o->layer, o->be->desc);
     for (int k = 0; k < TB_LIN_PER_LAYER; k++) {
         free(w[k]);
         free(orig[k]);
@@ -274,10 +279,10 @@ static int run(options *o, const char *cmdline)
 int main(int argc, char **argv)
 {
     tb_log_init("tb-recon");
-    options o = {.layer = -1, .threads = tb_default_threads()};
+    options o = {.layer = -1, .threads = tb_default_threads(), .dev = {.device = TB_DEVICE_AUTO}};
     tb_recon_defaults(&o.ro);
     enum { OPT_SHARD = 256, OPT_LAYER, OPT_ACTS, OPT_STEPS, OPT_LR, OPT_SEED, OPT_MAXWIN, OPT_THREADS, OPT_QUIET,
-           OPT_PROGRESS, OPT_VERSION };
+           OPT_PROGRESS, OPT_VERSION, OPT_DEVICE, OPT_GPU, OPT_PRECISION };
     static const struct option longopts[] = {
         {"model", required_argument, 0, 'm'},         {"shard", required_argument, 0, OPT_SHARD},
         {"layer", required_argument, 0, OPT_LAYER},   {"tokens", required_argument, 0, 't'},
@@ -286,7 +291,9 @@ int main(int argc, char **argv)
         {"seed", required_argument, 0, OPT_SEED},     {"max-windows", required_argument, 0, OPT_MAXWIN},
         {"threads", required_argument, 0, OPT_THREADS}, {"quiet", no_argument, 0, OPT_QUIET},
         {"progress", no_argument, 0, OPT_PROGRESS},   {"help", no_argument, 0, 'h'},
-        {"version", no_argument, 0, OPT_VERSION},     {0, 0, 0, 0},
+        {"version", no_argument, 0, OPT_VERSION},     {"device", required_argument, 0, OPT_DEVICE},
+        {"gpu", required_argument, 0, OPT_GPU},       {"precision", required_argument, 0, OPT_PRECISION},
+        {0, 0, 0, 0},
     };
     int ch;
     opterr = 0;
@@ -307,6 +314,9 @@ int main(int argc, char **argv)
         case OPT_THREADS: rc = tb_parse_int("--threads", optarg, 1, 256, &o.threads); break;
         case OPT_QUIET: tb_log_set_quiet(1); tb_log_set_progress(0); break;
         case OPT_PROGRESS: tb_log_set_progress(1); break;
+        case OPT_DEVICE: rc = tb_backend_parse_option(&o.dev, "--device", optarg); break;
+        case OPT_GPU: rc = tb_backend_parse_option(&o.dev, "--gpu", optarg); break;
+        case OPT_PRECISION: rc = tb_backend_parse_option(&o.dev, "--precision", optarg); break;
         case 'h': fputs(usage, stdout); return 0;
         case OPT_VERSION: printf("tb-recon %s\n", TB_VERSION); return 0;
         default: return tb_usage_error("unknown option '%s'", argv[optind - 1]);
@@ -319,7 +329,14 @@ int main(int argc, char **argv)
     if (!o.tokens == !o.acts_in) return tb_usage_error("give exactly one of -t TOKENS (layer 0) and --acts-in STREAM");
     char *cmdline = tb_join_args(argc, argv);
     if (!cmdline) return tb_report_error();
-    int rc = run(&o, cmdline);
+    tb_backend be;
+    o.dev.n_threads = o.threads;
+    int rc = tb_backend_open(&be, &o.dev);
+    if (!rc) {
+        o.be = &be;
+        rc = run(&o, cmdline);
+        tb_backend_close(&be);
+    }
     free(cmdline);
     return rc ? tb_report_error() : 0;
 }

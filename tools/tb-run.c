@@ -59,6 +59,7 @@ static const char usage[] =
     "  --seed S            random seed for sampling (default 0): same seed, same text\n"
     "\n"
     "  --threads N         worker threads (default $TB_THREADS, else all CPUs)\n"
+    TB_BACKEND_OPTIONS_HELP
     "  --quiet             no progress or summary on stderr\n"
     "  --progress          progress bars even when stderr is not a terminal\n"
     "  -h, --help          this help\n"
@@ -74,6 +75,8 @@ typedef struct {
     long max_windows;
     double temp, top_p;
     long seed;
+    tb_backend_opts dev;
+    tb_backend *be;
 } options;
 
 static void encode_progress(void *ctx, size_t done, size_t total)
@@ -138,7 +141,8 @@ static int run_ppl(const options *o, const tb_model *m, const tb_tokenizer *tok)
         tb_warn("--seq-len %d exceeds the model's max_position_embeddings (%d)", o->seq_len,
                 m->cfg.max_position_embeddings);
     tb_forward f;
-    tb_forward_opts fo = {.max_seq = o->seq_len, .max_tokens = o->seq_len, .n_threads = o->threads};
+    tb_forward_opts fo = {.max_seq = o->seq_len, .max_tokens = o->seq_len, .n_threads = o->threads,
+                          .backend = o->be};
     if ((rc = tb_forward_init(&f, m, &fo))) {
         free(ids);
         return rc;
@@ -163,8 +167,8 @@ static int run_ppl(const options *o, const tb_model *m, const tb_tokenizer *tok)
     tb_progress_end(&p);
     if (rc) tb_err_context("%s", o->ppl_file);
     if (!rc) {
-        tb_info("%s: %zu tokens, %lld windows of %d, %.1f s, %.0f tokens/s (%d threads)", o->ppl_file, n,
-                (long long)r.windows, o->seq_len, r.seconds, (double)r.tokens / r.seconds, o->threads);
+        tb_info("%s: %zu tokens, %lld windows of %d, %.1f s, %.0f tokens/s (%s)", o->ppl_file, n,
+                (long long)r.windows, o->seq_len, r.seconds, (double)r.tokens / r.seconds, o->be->desc);
         if (o->json) {
             rc = print_json(o, &r, have_ref ? &fid : NULL);
         } else {
@@ -212,16 +216,20 @@ static int run_generate(const options *o, const tb_model *m, const tb_tokenizer 
     }
     int32_t *all = tb_realloc(ids, (n_prompt + (size_t)n_gen + 1) * sizeof *all);
     tb_prob *work = tb_malloc((size_t)m->cfg.vocab_size * sizeof *work);
-    if (!all || !work) {
+    float *logits = tb_malloc((size_t)m->cfg.vocab_size * sizeof *logits);
+    if (!all || !work || !logits) {
         free(all ? all : ids);
         free(work);
+        free(logits);
         return TB_EIO;
     }
     tb_forward f;
-    tb_forward_opts fo = {.max_seq = (int)n_prompt + n_gen, .max_tokens = (int)n_prompt, .n_threads = o->threads};
+    tb_forward_opts fo = {.max_seq = (int)n_prompt + n_gen, .max_tokens = (int)n_prompt, .n_threads = o->threads,
+                          .backend = o->be};
     if ((rc = tb_forward_init(&f, m, &fo))) {
         free(all);
         free(work);
+        free(logits);
         return rc;
     }
     tb_rng rng;
@@ -239,7 +247,7 @@ static int run_generate(const options *o, const tb_model *m, const tb_tokenizer 
     int made = 0;
     int pos = (int)n_prompt;
     if (!rc) rc = tb_forward_run(&f, all, (int)n_prompt, 0);
-    const float *logits = f.logits + (size_t)(n_prompt - 1) * m->cfg.vocab_size;
+    if (!rc) rc = tb_forward_get_logits(&f, (int)n_prompt - 1, logits);
     while (!rc && made < n_gen) {
         int32_t next = tb_sample(logits, m->cfg.vocab_size, o->temp, o->top_p, &rng, work);
         if (tb_tok_is_eos(tok, next)) break;
@@ -248,7 +256,7 @@ static int run_generate(const options *o, const tb_model *m, const tb_tokenizer 
         if ((rc = tb_tok_stream_push(tok, &st, next, &piece, &len)) || (rc = emit(piece, len))) break;
         if (made == n_gen) break;
         rc = tb_forward_run(&f, &all[pos], 1, pos);
-        logits = f.logits;
+        if (!rc) rc = tb_forward_get_logits(&f, 0, logits);
         pos++;
     }
     if (!rc && !(rc = tb_tok_stream_flush(tok, &st, &piece, &len)) && !(rc = emit(piece, len))) rc = emit("\n", 1);
@@ -259,15 +267,17 @@ static int run_generate(const options *o, const tb_model *m, const tb_tokenizer 
     tb_forward_free(&f);
     free(all);
     free(work);
+    free(logits);
     return rc;
 }
 
 int main(int argc, char **argv)
 {
     tb_log_init("tb-run");
-    options o = {.seq_len = 512, .n_gen = 128, .threads = tb_default_threads(), .top_p = 1.0};
+    options o = {.seq_len = 512, .n_gen = 128, .threads = tb_default_threads(), .top_p = 1.0,
+                 .dev = {.device = TB_DEVICE_AUTO}};
     enum { OPT_PPL = 256, OPT_SEQ, OPT_MAXW, OPT_JSON, OPT_THREADS, OPT_PROMPT, OPT_TEMP, OPT_TOPP, OPT_SEED,
-           OPT_QUIET, OPT_PROGRESS, OPT_VERSION, OPT_COMPARE };
+           OPT_QUIET, OPT_PROGRESS, OPT_VERSION, OPT_COMPARE, OPT_DEVICE, OPT_GPU, OPT_PRECISION };
     static const struct option longopts[] = {
         {"model", required_argument, 0, 'm'},       {"ppl", required_argument, 0, OPT_PPL},
         {"seq-len", required_argument, 0, OPT_SEQ}, {"max-windows", required_argument, 0, OPT_MAXW},
@@ -277,6 +287,8 @@ int main(int argc, char **argv)
         {"quiet", no_argument, 0, OPT_QUIET},       {"progress", no_argument, 0, OPT_PROGRESS},
         {"help", no_argument, 0, 'h'},              {"version", no_argument, 0, OPT_VERSION},
         {"compare", required_argument, 0, OPT_COMPARE},
+        {"device", required_argument, 0, OPT_DEVICE}, {"gpu", required_argument, 0, OPT_GPU},
+        {"precision", required_argument, 0, OPT_PRECISION},
         {0, 0, 0, 0},
     };
     int c, bad = 0;
@@ -297,6 +309,9 @@ int main(int argc, char **argv)
         case OPT_SEED: bad = tb_parse_long("--seed", optarg, 0, 0x7fffffffffffffffL, &o.seed); break;
         case OPT_QUIET: tb_log_set_quiet(1); tb_log_set_progress(0); break;
         case OPT_PROGRESS: tb_log_set_progress(1); break;
+        case OPT_DEVICE: bad = tb_backend_parse_option(&o.dev, "--device", optarg); break;
+        case OPT_GPU: bad = tb_backend_parse_option(&o.dev, "--gpu", optarg); break;
+        case OPT_PRECISION: bad = tb_backend_parse_option(&o.dev, "--precision", optarg); break;
         case 'h': fputs(usage, stdout); return 0;
         case OPT_VERSION: printf("tb-run %s\n", TB_VERSION); return 0;
         case ':': return tb_usage_error("option '%s' needs a value", argv[optind - 1]);
@@ -318,7 +333,16 @@ int main(int argc, char **argv)
         tb_model_close(&m);
         return tb_report_error();
     }
+    tb_backend be;
+    o.dev.n_threads = o.threads;
+    if ((rc = tb_backend_open(&be, &o.dev))) {
+        tb_tok_free(tok);
+        tb_model_close(&m);
+        return tb_report_error();
+    }
+    o.be = &be;
     rc = o.ppl_file ? run_ppl(&o, &m, tok) : run_generate(&o, &m, tok);
+    tb_backend_close(&be);
     tb_tok_free(tok);
     tb_model_close(&m);
     return rc ? tb_report_error() : 0;
