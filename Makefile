@@ -71,7 +71,7 @@ CU_OBJ    := $(CU_SRC:%.cu=$(BUILD)/obj/%.o)
 GENCODE   := $(foreach a,$(subst ;, ,$(CUDA_ARCHS)),-gencode arch=compute_$(a),code=sm_$(a))
 NVCCFLAGS ?= -O2 -std=c++17 -Xcompiler -Wall,-Werror
 CPPFLAGS  += -DTB_HAVE_CUDA=1 -I$(CUDA_ROOT)/include
-LDLIBS    += -L$(CUDA_ROOT)/lib64 -Wl,-rpath,$(CUDA_ROOT)/lib64 -lcudart -lstdc++
+LDLIBS    += -L$(CUDA_ROOT)/lib64 -Wl,-rpath,$(CUDA_ROOT)/lib64 -lcusolver -lcublas -lcudart -lstdc++
 ifeq ($(NVTX),1)
 CPPFLAGS  += -DTB_HAVE_NVTX=1
 endif
