@@ -36,3 +36,15 @@ int tb_solve_sparsegpt(const tb_backend *be, float *w, tb_mask *mask, int n, int
 #endif
     return tb_comp_sparsegpt(w, mask, n, m, gram, damp, block, reselect, n_threads, st);
 }
+
+double tb_solve_output_error(const tb_backend *be, const float *w0, const float *w, int64_t rows, int64_t cols,
+                             const double *gram, int n_threads)
+{
+#ifdef TB_HAVE_CUDA
+    if (be && be->o.device == TB_DEVICE_CUDA) {
+        double e = tb_cuda_output_error(be->o.gpu, w0, w, rows, cols, gram);
+        if (e == e) return e; /* NaN: the GPU could not; the CPU can */
+    }
+#endif
+    return tb_comp_output_error(w0, w, rows, cols, gram, n_threads);
+}

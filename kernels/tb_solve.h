@@ -14,4 +14,8 @@
 int tb_solve_sparsegpt(const tb_backend *be, float *w, tb_mask *mask, int n, int m, const double *gram, double damp,
                        int block, int reselect, int n_threads, tb_comp_stats *st);
 
+/* tb_comp_output_error on the backend (a DGEMM on CUDA). */
+double tb_solve_output_error(const tb_backend *be, const float *w0, const float *w, int64_t rows, int64_t cols,
+                             const double *gram, int n_threads);
+
 #endif

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "tb_compensate.h"
+#include "tb_solve.h"
 #include "tb_error.h"
 #include "tb_fisher.h"
 #include "tb_io.h"
@@ -62,6 +63,9 @@ static const char usage[] =
     "                          outside any layer only with --include-dense\n"
     "      --include-dense     with --layers: also copy embeddings, final norm, lm_head\n"
     "  -t, --threads N         worker threads (default $TB_THREADS or all CPUs)\n"
+    "      --device D          cpu, cuda or auto: where SparseGPT and the error reports\n"
+    "                          run (default auto; the other solvers run on the CPU)\n"
+    "      --gpu N             which CUDA device (default 0)\n"
     "      --quiet             no per-tensor lines or summary\n"
     "      --progress          progress bar even when stderr is not a terminal\n"
     "  -h, --help              this help\n"
@@ -79,6 +83,8 @@ typedef struct {
     double damp;
     int layer_lo, layer_hi; /* inclusive; lo < 0: every layer */
     char *command;
+    tb_backend_opts dev;
+    tb_backend *be; /* SparseGPT and the error reports run there */
 } options;
 
 typedef struct {
@@ -296,8 +302,8 @@ static int pack_one(const options *o, const job *j, const item *it, tb_pack_writ
     double e_base = 0, e_mask = 0;
     if (w0) {
         tb_comp_mask(w, &mk);
-        e_base = tb_comp_output_error(w0, NULL, rows, cols, g, o->threads);
-        e_mask = tb_comp_output_error(w0, w, rows, cols, g, o->threads);
+        e_base = tb_solve_output_error(o->be, w0, NULL, rows, cols, g, o->threads);
+        e_mask = tb_solve_output_error(o->be, w0, w, rows, cols, g, o->threads);
         memcpy(w, w0, (size_t)(rows * cols) * sizeof *w);
     }
     tb_comp_stats st = {0};
@@ -310,7 +316,7 @@ static int pack_one(const options *o, const job *j, const item *it, tb_pack_writ
         break;
     case M_RECON: rc = tb_comp_recon(w, &mk, g, o->damp, o->threads, &st); break;
     case M_SPARSEGPT:
-        rc = tb_comp_sparsegpt(w, &mk, j->n, j->m, g, o->damp, o->block, !o->keep_mask, o->threads, &st);
+        rc = tb_solve_sparsegpt(o->be, w, &mk, j->n, j->m, g, o->damp, o->block, !o->keep_mask, o->threads, &st);
         break;
     }
     if (rc) {
@@ -325,7 +331,7 @@ static int pack_one(const options *o, const job *j, const item *it, tb_pack_writ
 
     char err[128] = "", extra[96] = "";
     if (w0) {
-        double e = tb_comp_output_error(w0, w, rows, cols, g, o->threads);
+        double e = tb_solve_output_error(o->be, w0, w, rows, cols, g, o->threads);
         snprintf(err, sizeof err, ", ||dW X||/||W X|| %.4f (mask only %.4f)", sqrt(e / e_base), sqrt(e_mask / e_base));
         es->base += e_base;
         es->masked += e_mask;
@@ -408,9 +414,10 @@ done:
 int main(int argc, char **argv)
 {
     tb_log_init("tb-pack");
-    options o = {.block = 128, .damp = 0.01, .layer_lo = -1, .layer_hi = -1, .threads = tb_default_threads()};
+    options o = {.block = 128, .damp = 0.01, .layer_lo = -1, .layer_hi = -1, .threads = tb_default_threads(),
+                 .dev = {.device = TB_DEVICE_AUTO}};
     enum { OPT_MASKS = 256, OPT_COMP, OPT_REDIST, OPT_BLOCK, OPT_KEEP, OPT_DAMP, OPT_LAYERS, OPT_DENSE, OPT_QUIET,
-           OPT_PROGRESS, OPT_VERSION };
+           OPT_PROGRESS, OPT_VERSION, OPT_DEVICE, OPT_GPU };
     static const struct option longopts[] = {
         {"model", required_argument, 0, 'm'},      {"masks", required_argument, 0, OPT_MASKS},
         {"stats", required_argument, 0, 'f'},      {"output", required_argument, 0, 'o'},
@@ -420,6 +427,7 @@ int main(int argc, char **argv)
         {"include-dense", no_argument, 0, OPT_DENSE}, {"threads", required_argument, 0, 't'},
         {"quiet", no_argument, 0, OPT_QUIET},      {"progress", no_argument, 0, OPT_PROGRESS},
         {"help", no_argument, 0, 'h'},             {"version", no_argument, 0, OPT_VERSION},
+        {"device", required_argument, 0, OPT_DEVICE}, {"gpu", required_argument, 0, OPT_GPU},
         {0, 0, 0, 0},
     };
     int c;
@@ -458,6 +466,11 @@ int main(int argc, char **argv)
             break;
         case OPT_QUIET: tb_log_set_quiet(1); tb_log_set_progress(0); break;
         case OPT_PROGRESS: tb_log_set_progress(1); break;
+        case OPT_DEVICE:
+        case OPT_GPU:
+            if (tb_backend_parse_option(&o.dev, c == OPT_DEVICE ? "--device" : "--gpu", optarg))
+                return tb_usage_error("%s", tb_errmsg());
+            break;
         case 'h': fputs(usage, stdout); return 0;
         case OPT_VERSION: printf("tb-pack %s\n", TB_VERSION); return 0;
         default: return tb_usage_error("unknown option or missing value '%s'", argv[optind - 1]);
@@ -472,7 +485,14 @@ int main(int argc, char **argv)
     if (o.keep_mask && o.method != M_SPARSEGPT) return tb_usage_error("--keep-mask goes with --compensate sparsegpt");
     tb_blas_single_thread(); /* our threads split the rows */
     if (!(o.command = tb_join_args(argc, argv))) return tb_report_error();
-    int rc = run(&o);
+    tb_backend be;
+    o.dev.n_threads = o.threads;
+    int rc = tb_backend_open(&be, &o.dev);
+    if (!rc) {
+        o.be = &be;
+        rc = run(&o);
+        tb_backend_close(&be);
+    }
     free(o.command);
     return rc ? tb_report_error() : 0;
 }

@@ -28,6 +28,9 @@ void tb_cuda_versions(char *buf, int n);
 int tb_cuda_sparsegpt(int gpu, float *w, uint8_t *keep, int64_t rows, int64_t cols, int n, int m, const double *gram,
                       double damp, int block, int reselect, double *lambda, int *raised, int *eigen);
 
+/* tb_comp_output_error on GPU `gpu` (NaN when the GPU cannot run it). */
+double tb_cuda_output_error(int gpu, const float *w0, const float *w, int64_t rows, int64_t cols, const double *gram);
+
 #ifdef __cplusplus
 }
 #endif

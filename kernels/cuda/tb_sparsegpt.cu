@@ -383,3 +383,58 @@ extern "C" int tb_cuda_sparsegpt(int gpu, float *w, uint8_t *keep, int64_t rows,
     }
     return TB_OK;
 }
+
+// ||(W0 - W) X||^2 = sum_r e_r^T G e_r (W = NULL: ||W0 X||^2), the measure of
+// every solver (tb_comp_output_error), in f64: E G by DGEMM, then the dot.
+__global__ void rowdot(const double *a, const double *b, int64_t n, double *partial)
+{
+    __shared__ double s[256];
+    double acc = 0;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        acc += a[i] * b[i];
+    s[threadIdx.x] = acc;
+    __syncthreads();
+    for (int k = 128; k > 0; k >>= 1) {
+        if ((int)threadIdx.x < k) s[threadIdx.x] += s[threadIdx.x + k];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) partial[blockIdx.x] = s[0];
+}
+
+extern "C" double tb_cuda_output_error(int gpu, const float *w0, const float *w, int64_t rows, int64_t cols,
+                                       const double *gram)
+{
+    if (cudaSetDevice(gpu) != cudaSuccess) {
+        cudaGetLastError();
+        return NAN;
+    }
+    const size_t ne = (size_t)(rows * cols), ng = (size_t)(cols * cols);
+    double *e = (double *)malloc(ne * 8), *dev = nullptr, *partial = nullptr, result = NAN;
+    cublasHandle_t h = nullptr;
+    if (!e) return NAN;
+    for (size_t i = 0; i < ne; i++) e[i] = (double)w0[i] - (w ? (double)w[i] : 0.0);
+    const int blocks = 1024;
+    if (cudaMalloc(&dev, (2 * ne + ng) * 8) == cudaSuccess && cudaMalloc(&partial, blocks * 8) == cudaSuccess &&
+        cublasCreate(&h) == CUBLAS_STATUS_SUCCESS) {
+        double *ed = dev, *gd = dev + ne, *yd = dev + ne + ng;
+        const double one = 1, zero = 0;
+        cudaMemcpy(ed, e, ne * 8, cudaMemcpyHostToDevice);
+        cudaMemcpy(gd, gram, ng * 8, cudaMemcpyHostToDevice);
+        // row-major Y = E G (G symmetric): column-major Y^T = G E^T
+        if (cublasDgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, (int)cols, (int)rows, (int)cols, &one, gd, (int)cols, ed,
+                        (int)cols, &zero, yd, (int)cols) == CUBLAS_STATUS_SUCCESS) {
+            rowdot<<<blocks, 256>>>(ed, yd, (int64_t)ne, partial);
+            double p[1024];
+            if (cudaMemcpy(p, partial, sizeof p, cudaMemcpyDeviceToHost) == cudaSuccess) {
+                result = 0;
+                for (int i = 0; i < blocks; i++) result += p[i];
+            }
+        }
+    }
+    if (h) cublasDestroy(h);
+    cudaFree(dev);
+    cudaFree(partial);
+    cudaGetLastError();
+    free(e);
+    return result;
+}
