@@ -56,6 +56,7 @@ LIB_SRC := $(wildcard common/*.c formats/*.c kernels/*.c kernels/cpu/*.c)
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 
 # ---- optional CUDA ----
+comma := ,
 ifeq ($(CUDA),1)
 ifneq ($(strip $(CUDA_HOME)),)
 NVCC ?= $(CUDA_HOME)/bin/nvcc
@@ -70,7 +71,7 @@ CU_SRC    := $(wildcard kernels/cuda/*.cu)
 CU_OBJ    := $(CU_SRC:%.cu=$(BUILD)/obj/%.o)
 GENCODE   := $(foreach a,$(subst ;, ,$(CUDA_ARCHS)),-gencode arch=compute_$(a),code=sm_$(a))
 NVCCFLAGS ?= -O2 -std=c++17 -Xcompiler -Wall,-Werror
-CPPFLAGS  += -DTB_HAVE_CUDA=1 -I$(CUDA_ROOT)/include
+CPPFLAGS  += -DTB_HAVE_CUDA=1 -DTB_CUDA_ARCHS=\"$(subst ;,$(comma),$(CUDA_ARCHS))\" -I$(CUDA_ROOT)/include
 LDLIBS    += -L$(CUDA_ROOT)/lib64 -Wl,-rpath,$(CUDA_ROOT)/lib64 -lcusolver -lcublas -lcudart -lstdc++
 ifeq ($(NVTX),1)
 CPPFLAGS  += -DTB_HAVE_NVTX=1

@@ -19,10 +19,14 @@ static float *carve(float **cur, size_t n)
     return p;
 }
 
-static size_t max_linear(const tb_model *m)
+/* the largest weight gradient the run state can produce: its layers', and
+ * lm_head's when it holds the whole model */
+static size_t max_linear(const tb_forward *f)
 {
-    size_t best = (size_t)m->lm_head.rows * m->lm_head.cols;
-    for (int l = 0; l < m->cfg.n_layers; l++)
+    const tb_model *m = f->m;
+    int whole = f->o.layer_begin == 0 && f->o.layer_end == m->cfg.n_layers;
+    size_t best = whole ? (size_t)m->lm_head.rows * m->lm_head.cols : 0;
+    for (int l = f->o.layer_begin; l < f->o.layer_end; l++)
         for (int i = 0; i < TB_LIN_PER_LAYER; i++) {
             const tb_linear *L = &m->layers[l].lin[i];
             size_t s = (size_t)L->rows * L->cols;
@@ -46,7 +50,7 @@ static size_t layout(tb_backward *b, float *base)
     b->d_q = carve(&cur, T * Q);
     b->d_k = carve(&cur, T * KV);
     b->d_v = carve(&cur, T * KV);
-    b->dW = carve(&cur, max_linear(b->f->m));
+    b->dW = carve(&cur, max_linear(b->f));
     return (size_t)(cur - base);
 }
 
@@ -149,6 +153,7 @@ int tb_backward_run(tb_backward *b, const int32_t *tokens, int n, int want_lm_he
     const tb_config *c = &m->cfg;
     const int V = c->vocab_size, D = c->hidden_size;
     if (n < 2 || n != f->n) return tb_fail(TB_EUSAGE, "backward: need the %d-token window just run forward (n=%d)", f->n, n);
+    if (!f->logits) return tb_fail(TB_EUSAGE, "backward: the run state does not hold the whole model");
 
     /* loss and dloss/dlogits, in place: softmax - onehot, over the n-1 targets */
     *loss = be->ops->xent_backward(be, f->logits, tokens, n, V);
@@ -166,7 +171,7 @@ int tb_backward_run(tb_backward *b, const int32_t *tokens, int n, int want_lm_he
 
 int tb_backward_layers(tb_backward *b, int n, int l0, int l1, tb_grad_fn grad, void *ctx)
 {
-    if (n < 1 || n != b->f->n || l0 < 0 || l1 > b->f->m->cfg.n_layers || l0 >= l1)
+    if (n < 1 || n != b->f->n || l0 < b->f->o.layer_begin || l1 > b->f->o.layer_end || l0 >= l1)
         return tb_fail(TB_EUSAGE, "backward: layers %d:%d on %d tokens do not match the forward", l0, l1, n);
     for (int l = l1 - 1; l >= l0; l--) {
         int rc = layer_backward(b, l, n, grad, ctx);

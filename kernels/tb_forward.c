@@ -29,12 +29,19 @@ static size_t layout(tb_forward *f, float *base)
     const tb_attn_shape shape = {c->n_heads, c->n_kv_heads, c->head_dim, c->sliding_window};
     size_t saved = f->o.keep_acts ? f->be->ops->attention_saved(f->be, &shape, (int)T, (int)S) : 0;
     float *cur = base;
+    const int lb = f->o.layer_begin, le = f->o.layer_end;
     for (int l = 0; l < c->n_layers; l++) {
         tb_layer_acts *a = &f->acts[l];
+        memset(a, 0, sizeof *a);
+        if (l < lb || l > le) continue; /* outside the range: nothing */
+        if (l == le) {                  /* only the stream entering it */
+            a->x = f->o.keep_acts ? carve(&cur, T * D) : f->acts[lb].x;
+            continue;
+        }
         float *kc = carve(&cur, S * KV), *vc = carve(&cur, S * KV);
-        if (l > 0 && !f->o.keep_acts) {
+        if (l > lb && !f->o.keep_acts) {
             /* inference: the layers take turns with one set, only the caches are per layer */
-            *a = f->acts[0];
+            *a = f->acts[lb];
         } else {
             a->x = carve(&cur, T * D);
             a->xn1 = carve(&cur, T * D);
@@ -52,10 +59,13 @@ static size_t layout(tb_forward *f, float *base)
         a->k_cache = kc;
         a->v_cache = vc;
     }
-    f->x_final = carve(&cur, T * D);
-    f->xn_final = carve(&cur, T * D);
-    f->rms_final = carve(&cur, T);
-    f->logits = carve(&cur, T * (size_t)c->vocab_size);
+    /* the head's buffers only for a whole-model run state ([T, vocab] logits
+     * are a GB at 128k tokens of vocabulary) */
+    int whole = lb == 0 && le == c->n_layers;
+    f->x_final = le == c->n_layers ? carve(&cur, T * D) : NULL;
+    f->xn_final = whole ? carve(&cur, T * D) : NULL;
+    f->rms_final = whole ? carve(&cur, T) : NULL;
+    f->logits = whole ? carve(&cur, T * (size_t)c->vocab_size) : NULL;
     f->tmp = carve(&cur, T * D);
     f->rope_cos = carve(&cur, S * (size_t)c->head_dim / 2);
     f->rope_sin = carve(&cur, S * (size_t)c->head_dim / 2);
@@ -81,6 +91,9 @@ int tb_forward_init(tb_forward *f, const tb_model *m, const tb_forward_opts *o)
     f->m = m;
     f->o = *o;
     if (f->o.n_threads < 1) f->o.n_threads = 1;
+    if (f->o.layer_end == 0) f->o.layer_end = c->n_layers;
+    if (f->o.layer_begin < 0 || f->o.layer_begin >= f->o.layer_end || f->o.layer_end > c->n_layers)
+        return tb_fail(TB_EUSAGE, "forward: layers %d:%d outside [0, %d]", o->layer_begin, o->layer_end, c->n_layers);
     int rc;
     if (o->backend) {
         f->be = o->backend;
@@ -117,10 +130,6 @@ int tb_forward_init(tb_forward *f, const tb_model *m, const tb_forward_opts *o)
     f->be->ops->upload(f->be, f->rope_neg_sin, tab + 2 * half, half * sizeof(float));
     free(tab);
     f->be->ops->upload(f->be, f->final_norm, m->final_norm, (size_t)c->hidden_size * sizeof(float));
-    if ((rc = f->be->ops->linear_upload(f->be, &f->lm_head, &m->lm_head))) {
-        tb_forward_free(f);
-        return rc;
-    }
     return f->be->ops->sync(f->be);
 }
 
@@ -286,12 +295,24 @@ static int check_tokens(const tb_forward *f, const int32_t *tokens, int n)
     return TB_OK;
 }
 
+/* the output head loads on first use: layer-wise tools never need it */
+static int lm_head_weights(tb_forward *f)
+{
+    if (f->lm_head.host) return TB_OK;
+    int rc = f->be->ops->linear_upload(f->be, &f->lm_head, &f->m->lm_head);
+    return rc ? tb_err_context("lm_head") : TB_OK;
+}
+
 int tb_forward_run(tb_forward *f, const int32_t *tokens, int n, int pos0)
 {
     const tb_model *m = f->m;
     const tb_config *c = &m->cfg;
     int rc = check_range(f, n, pos0);
     if (!rc) rc = check_tokens(f, tokens, n);
+    if (!rc && (f->o.layer_begin != 0 || f->o.layer_end != c->n_layers))
+        rc = tb_fail(TB_EUSAGE, "forward: this run state holds layers %d:%d, not the whole model", f->o.layer_begin,
+                     f->o.layer_end);
+    if (!rc) rc = lm_head_weights(f);
     if (rc) return rc;
     TB_RANGE_PUSH("forward");
     f->n = n;
@@ -311,6 +332,7 @@ int tb_forward_embed(tb_forward *f, const int32_t *tokens, int n)
 {
     int rc = check_range(f, n, 0);
     if (!rc) rc = check_tokens(f, tokens, n);
+    if (!rc && f->o.layer_begin != 0) rc = tb_fail(TB_EUSAGE, "forward: embedding needs layer 0 in the run state");
     if (rc) return rc;
     f->be->ops->embed(f->be, &f->m->embed, tokens, n, f->acts[0].x);
     f->n = n;
@@ -321,8 +343,9 @@ int tb_forward_layers(tb_forward *f, int n, int l0, int l1)
 {
     int rc = check_range(f, n, 0);
     if (rc) return rc;
-    if (l0 < 0 || l1 > f->m->cfg.n_layers || l0 >= l1)
-        return tb_fail(TB_EUSAGE, "forward: layers %d:%d outside [0, %d]", l0, l1, f->m->cfg.n_layers);
+    if (l0 < f->o.layer_begin || l1 > f->o.layer_end || l0 >= l1)
+        return tb_fail(TB_EUSAGE, "forward: layers %d:%d outside the run state's %d:%d", l0, l1, f->o.layer_begin,
+                       f->o.layer_end);
     f->n = n;
     for (int l = l0; l < l1 && !rc; l++) rc = layer_forward(f, l, n, 0);
     return rc ? rc : f->be->ops->sync(f->be);
@@ -330,7 +353,9 @@ int tb_forward_layers(tb_forward *f, int n, int l0, int l1)
 
 static int check_stream(const tb_forward *f, int layer, int n)
 {
-    if (layer < 0 || layer > f->m->cfg.n_layers) return tb_fail(TB_EUSAGE, "forward: no stream %d", layer);
+    if (layer < f->o.layer_begin || layer > f->o.layer_end)
+        return tb_fail(TB_EUSAGE, "forward: no stream %d in the run state's layers %d:%d", layer, f->o.layer_begin,
+                       f->o.layer_end);
     return check_range(f, n, 0);
 }
 

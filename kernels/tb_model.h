@@ -114,6 +114,11 @@ typedef struct {
     int keep_acts;  /* 1: separate buffers per layer, and what attention's backward needs */
     int n_threads;  /* CPU threads when backend is NULL; OpenBLAS is set to one thread per call */
     tb_backend *backend; /* NULL: a CPU backend of n_threads owned by the forward */
+    int layer_begin, layer_end; /* activations, KV caches and weights only for layers in
+                                 * [begin, end) (end 0: every layer); the stream entering
+                                 * layer end is kept too. tb_forward_run needs them all;
+                                 * layer-wise tools (tb-recon, sequential tb-fisher) need
+                                 * one, which keeps a 7B model's memory at one layer's. */
     size_t weight_budget; /* bytes of backend memory for resident layer weights; 0: no limit
                            * (layers load on first use; over the budget the least recently
                            * used layers are released, so a model streams layer by layer) */

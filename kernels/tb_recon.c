@@ -69,7 +69,7 @@ int tb_recon_layer(tb_model *m, int l, float *const w[TB_LIN_PER_LAYER], const u
     }
     tb_forward f;
     tb_forward_opts fo = {.max_seq = T, .max_tokens = T, .keep_acts = 1, .n_threads = o->n_threads,
-                          .backend = o->backend};
+                          .backend = o->backend, .layer_begin = l, .layer_end = l + 1};
     int rc = tb_forward_init(&f, m, &fo);
     if (rc) return rc;
     tb_backend *be = f.be;

@@ -172,6 +172,13 @@ static int run(const options *o, const char *cmdline)
     tb_forward f;
     tb_forward_opts fo = {.max_seq = seq_len, .max_tokens = seq_len, .keep_acts = need_grad, .n_threads = o->threads,
                           .backend = &be};
+    /* Gram matrices of layers [A, B) alone need only the layers up to B:
+     * embed, run [0, B), no head (at 7B that is one layer, not 32) */
+    const int prefix = !sequential && !need_grad && layer_b < m.cfg.n_layers;
+    if (sequential || prefix) { /* only the layers this run goes through */
+        fo.layer_begin = sequential ? o->layer_a : 0;
+        fo.layer_end = layer_b;
+    }
     if ((rc = tb_forward_init(&f, &m, &fo))) goto done_backend;
     tb_backward b = {0};
     if (need_grad && (rc = tb_backward_init(&b, &f))) goto done_forward;
@@ -185,7 +192,10 @@ static int run(const options *o, const char *cmdline)
     tb_progress_begin(&prog, "windows", (uint64_t)windows);
     double t0 = tb_now(), loss_sum = 0;
     for (int64_t w = 0; w < windows && !rc; w++) {
-        if (!sequential) {
+        if (prefix) {
+            rc = tb_forward_embed(&f, tk.ids + w * seq_len, seq_len);
+            if (!rc) rc = tb_calib_layers(&c, &f, seq_len, 0, layer_b);
+        } else if (!sequential) {
             double loss;
             rc = tb_calib_window(&c, &f, &b, tk.ids + w * seq_len, seq_len, &loss);
             loss_sum += loss;
@@ -212,7 +222,7 @@ static int run(const options *o, const char *cmdline)
         snprintf(ntok, sizeof ntok, "%lld", (long long)c.tokens);
         snprintf(kk, sizeof kk, "%d", c.o.grad_samples);
         snprintf(secs_s, sizeof secs_s, "%.3f", secs);
-        snprintf(loss_s, sizeof loss_s, "%.6f", sequential ? 0.0 : loss_sum / (double)windows);
+        snprintf(loss_s, sizeof loss_s, "%.6f", sequential || prefix ? 0.0 : loss_sum / (double)windows);
         snprintf(la, sizeof la, "%d", o->layer_a);
         snprintf(lb, sizeof lb, "%d", layer_b);
         const char *meta[] = {"tensorbit.kind", "fisher",   "tensorbit.version", TB_VERSION, "model", o->model,

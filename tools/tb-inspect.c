@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "tb_config.h"
+#include "tb_backend.h"
 #include "tb_error.h"
 #include "tb_io.h"
 #include "tb_log.h"
@@ -452,12 +453,36 @@ static int doctor(const char *out_dir)
     char buf[256];
     tb_cuda_versions(buf, sizeof buf);
     int n = tb_cuda_device_count();
+#ifdef TB_CUDA_ARCHS
+    printf("CUDA:      compiled in for sm %s (%s), %d GPU%s\n", TB_CUDA_ARCHS, buf, n, n == 1 ? "" : "s");
+#else
     printf("CUDA:      compiled in (%s), %d GPU%s\n", buf, n, n == 1 ? "" : "s");
-    for (int i = 0; i < n; i++)
+#endif
+    for (int i = 0; i < n; i++) {
         if (tb_cuda_device_describe(i, buf, sizeof buf) == 0) printf("  gpu %d:   %s\n", i, buf);
+        /* opening the backend runs a kernel: it proves the build has code for this GPU */
+        tb_backend be;
+        tb_backend_opts bo = {.device = TB_DEVICE_CUDA, .gpu = i, .n_threads = 1};
+        if (tb_backend_open(&be, &bo) == TB_OK) {
+            printf("  backend: %s\n", be.desc);
+            tb_backend_close(&be);
+        } else {
+            printf("  backend: UNUSABLE: %s\n", tb_errmsg());
+        }
+    }
 #else
     printf("CUDA:      not compiled in (rebuild with make CUDA=1)\n");
 #endif
+    {
+        tb_backend be;
+        tb_backend_opts bo = {.device = TB_DEVICE_AUTO};
+        if (tb_backend_open(&be, &bo) == TB_OK) {
+            printf("--device auto: %s\n", be.desc);
+            tb_backend_close(&be);
+        } else {
+            printf("--device auto: FAILED: %s\n", tb_errmsg());
+        }
+    }
     int64_t free_b = tb_free_bytes(out_dir);
     if (free_b < 0) return tb_fail(TB_EIO, "%s: cannot stat its filesystem", out_dir);
     printf("free:      %.1f GiB on the filesystem of %s\n", free_b / 1073741824.0, out_dir);

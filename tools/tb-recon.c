@@ -102,7 +102,8 @@ static int dense_targets(tb_model *m, int l, const float *in, int64_t windows, i
                          float **out)
 {
     tb_forward f;
-    tb_forward_opts fo = {.max_seq = T, .max_tokens = T, .keep_acts = 0, .n_threads = threads, .backend = be};
+    tb_forward_opts fo = {.max_seq = T, .max_tokens = T, .keep_acts = 0, .n_threads = threads, .backend = be,
+                          .layer_begin = l, .layer_end = l + 1};
     int rc = tb_forward_init(&f, m, &fo);
     if (rc) return rc;
     size_t nd = (size_t)T * m->cfg.hidden_size;
