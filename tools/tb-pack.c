@@ -287,13 +287,20 @@ static int pack_one(const options *o, const job *j, const item *it, tb_pack_writ
     double t0 = tb_now();
     tb_mask mk;
     float *w = NULL, *w0 = NULL;
-    double *g = NULL;
+    double *g_copy = NULL;
+    const double *g = NULL;
     int rc = tb_mask_read(&j->masks, t->name, rows, cols, &mk);
     if (rc) return tb_err_context("%s", o->masks);
     if (!(w = st_tensor_f32(t)) || (mk.perm && permute_cols(w, rows, cols, mk.perm))) { rc = TB_EIO; goto out; }
     if (it->gram) {
         /* the reference for the error report: the weight as it was */
-        if (!(g = load_gram(it->gram, mk.perm)) || !(w0 = tb_malloc((size_t)(rows * cols) * sizeof *w0))) {
+        /* an F64 Gram in the model's order is used where it is mapped: page
+         * cache, not process memory (1.6 GB for a 7B down_proj) */
+        if (!mk.perm && it->gram->dtype == TB_F64 && (uintptr_t)it->gram->data % sizeof(double) == 0)
+            g = it->gram->data;
+        else
+            g = g_copy = load_gram(it->gram, mk.perm);
+        if (!g || !(w0 = tb_malloc((size_t)(rows * cols) * sizeof *w0))) {
             rc = TB_EIO;
             goto out;
         }
@@ -346,7 +353,7 @@ out:
     tb_mask_free(&mk);
     free(w);
     free(w0);
-    free(g);
+    free(g_copy);
     return rc;
 }
 

@@ -46,8 +46,9 @@ static const char usage[] =
 
 static void on_bytes(void *ctx, uint64_t done, uint64_t total)
 {
-    (void)total;
-    tb_progress_set(ctx, done >> 20);
+    tb_progress *p = ctx;
+    p->total = total >> 20;
+    tb_progress_set(p, done >> 20);
 }
 
 int main(int argc, char **argv)
