@@ -73,6 +73,7 @@ GENCODE   := $(foreach a,$(subst ;, ,$(CUDA_ARCHS)),-gencode arch=compute_$(a),c
 NVCCFLAGS ?= -O2 -std=c++17 -Xcompiler -Wall,-Werror
 CPPFLAGS  += -DTB_HAVE_CUDA=1 -DTB_CUDA_ARCHS=\"$(subst ;,$(comma),$(CUDA_ARCHS))\" -I$(CUDA_ROOT)/include
 LDLIBS    += -L$(CUDA_ROOT)/lib64 -Wl,-rpath,$(CUDA_ROOT)/lib64 -lcusolver -lcublas -lcudart -lstdc++
+CPPFLAGS  += -DTB_HAVE_CUDA_BACKEND=1 # kernels/cuda/tb_backend_cuda.cu
 ifeq ($(NVTX),1)
 CPPFLAGS  += -DTB_HAVE_NVTX=1
 endif
