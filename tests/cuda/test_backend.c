@@ -5,18 +5,26 @@
  * against the tolerance stated per op and precision below. The CPU backend is
  * the reference (f32 kernels, f64 where the header says).
  *
- * Tolerances. f32: GEMM-free ops 1e-5 (rounding order only), GEMMs 1e-5
- * (cuBLAS pedantic f32 vs OpenBLAS sgemm), attention 2e-5 and its gradients
- * 1e-4 (online softmax and the flash backward's D = dO.O reorder sums over up
- * to 2048 keys), Gram 1e-9 (both f64 sums of exact products). bf16 (weights
- * and GEMM operands bf16, f32 accumulation): GEMMs and Gram 1e-2 (an operand
- * rounding is 2^-9 relative); every other op is f32 in both precisions and
- * keeps its f32 tolerance.
+ * Tolerances (measured on an H200, 2026-12-02, in brackets the largest seen).
+ * f32: elementwise and row ops 1e-6..1e-5 (rounding order only) [3.5e-8],
+ * GEMMs 1e-5 (cuBLAS pedantic f32 vs OpenBLAS sgemm) [4.7e-7], attention 1e-5
+ * [3.5e-7] and its gradients 2e-5 [1.4e-6] (online softmax and the flash
+ * backward's D = dO.O reorder sums over up to 2048 keys), Gram 1e-9 (both f64
+ * sums of exact products) [5.4e-15], f64 reductions 1e-12..1e-10. bf16
+ * (weights and GEMM operands bf16, f32 accumulation): GEMMs and Gram 5e-3 (an
+ * operand rounding is 2^-9 relative) [2.3e-3]; every other op is f32 in both
+ * precisions and keeps its f32 tolerance.
  *
  * Exit 0 with "skipped" when the build has no CUDA or no GPU is visible.
- * TB_TEST_QUICK=1 keeps the shapes small (for compute-sanitizer runs);
+ * TB_TEST_QUICK=1 keeps the shapes small (for compute-sanitizer runs, with
+ * TB_TEST_NO_OOM=1: the deliberate out-of-memory allocation is an API error
+ * memcheck counts);
  * TB_TEST_PREC=f32|bf16 runs one precision; TB_TEST_TIME=1 times the heavy
- * ops at 7B layer shapes instead of checking.
+ * ops at 7B layer shapes instead of checking. The sanitizer runs (H200,
+ * 2026-12-02: memcheck no access errors and no leaks, its only reports the
+ * deliberate OOM's API errors, hence NO_OOM; racecheck 0 hazards):
+ *   TB_TEST_QUICK=1 TB_TEST_NO_OOM=1 compute-sanitizer --tool memcheck --leak-check full build-cuda/tests/cuda/test_backend
+ *   TB_TEST_QUICK=1 TB_TEST_PREC=f32 compute-sanitizer --tool racecheck build-cuda/tests/cuda/test_backend
  */
 #include "tb_backend.h"
 #include "tb_dtype.h"
@@ -171,7 +179,7 @@ static void pfree(pair p)
 }
 
 static int quick;
-static double tol_gemm(void) { return G.o.precision == TB_PREC_BF16 ? 1e-2 : 1e-5; }
+static double tol_gemm(void) { return G.o.precision == TB_PREC_BF16 ? 5e-3 : 1e-5; }
 
 /* ---- ops ---- */
 
@@ -192,6 +200,7 @@ static void test_memory(void)
     G.ops->free(&G, e);
     free(h), free(back), free(z);
     /* an impossible allocation: NULL and a message naming it and the bytes */
+    if (getenv("TB_TEST_NO_OOM") && atoi(getenv("TB_TEST_NO_OOM"))) return;
     size_t huge = (size_t)1 << 50;
     void *p = G.ops->alloc(&G, huge, "the impossible tensor");
     const char *msg = tb_errmsg();
@@ -277,14 +286,14 @@ static void test_attention(int H, int KVH, int hd, int n, int pos0, int window, 
     G.ops->attention(&G, &a, Q.g, K.g, V.g, n, pos0, O.g, Sg);
     char s[80];
     snprintf(s, sizeof s, "%d/%d heads x %d, n %d, pos0 %d, win %d", H, KVH, hd, n, pos0, window);
-    cmp("attention", s, O.c, O.g, nq, 2e-5);
+    cmp("attention", s, O.c, O.g, nq, 1e-5);
     if (backward) {
         pair DO = both(dout, nq), DQ = both_poison(nq), DK = both_poison(nk), DV = both_poison(nk);
         C.ops->attention_backward(&C, &a, Q.c, K.c, V.c, O.c, Sc, DO.c, n, DQ.c, DK.c, DV.c);
         G.ops->attention_backward(&G, &a, Q.g, K.g, V.g, O.g, Sg, DO.g, n, DQ.g, DK.g, DV.g);
-        cmp("attention_bwd d_q", s, DQ.c, DQ.g, nq, 1e-4);
-        cmp("attention_bwd d_k", s, DK.c, DK.g, nk, 1e-4);
-        cmp("attention_bwd d_v", s, DV.c, DV.g, nk, 1e-4);
+        cmp("attention_bwd d_q", s, DQ.c, DQ.g, nq, 2e-5);
+        cmp("attention_bwd d_k", s, DK.c, DK.g, nk, 2e-5);
+        cmp("attention_bwd d_v", s, DV.c, DV.g, nk, 2e-5);
         pfree(DO), pfree(DQ), pfree(DK), pfree(DV);
         C.ops->free(&C, Sc);
         G.ops->free(&G, Sg);
@@ -494,7 +503,7 @@ static void test_gram(int n, int cols)
         }
     char s[64];
     snprintf(s, sizeof s, "n %d (+%d), cols %d", n, n / 2 + 1, cols);
-    row("gram_acc", s, rel_f64(hg, hc, m), G.o.precision == TB_PREC_BF16 ? 1e-2 : 1e-9);
+    row("gram_acc", s, rel_f64(hg, hc, m), G.o.precision == TB_PREC_BF16 ? 5e-3 : 1e-9);
     pfree(X);
     C.ops->free(&C, Gc);
     G.ops->free(&G, Gg);
