@@ -24,7 +24,7 @@ if command -v compute-sanitizer >/dev/null; then
         for t in build-cuda/tests/cuda/test_backend*; do
             [ -x "$t" ] || continue
             echo "== compute-sanitizer --tool $tool $t (small shapes)"
-            TB_TEST_SMALL=1 timeout 240 compute-sanitizer --tool $tool --error-exitcode 9 "$t" >"$OUT/san-$tool.log" 2>&1
+            TB_TEST_QUICK=1 TB_TEST_NO_OOM=1 timeout 200 compute-sanitizer --tool $tool --error-exitcode 9 "$t" >"$OUT/san-$tool.log" 2>&1
             rc=$?
             tail -3 "$OUT/san-$tool.log"
             [ $rc -eq 0 ] || { echo "sanitizer $tool: exit $rc"; fail=1; }
