@@ -61,7 +61,7 @@ endif
 
 OPT      ?= -O2 -g
 WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter
-CPPFLAGS += -D_DEFAULT_SOURCE -Icommon -Iformats -Ikernels/cpu -Ikernels/cuda $(PKG_CFLAGS)
+CPPFLAGS += -D_DEFAULT_SOURCE -Icommon -Iformats -Ikernels -Ikernels/cpu -Ikernels/cuda $(PKG_CFLAGS)
 CFLAGS   += -std=c11 $(OPT) $(WARN) -pthread $(ARCH_FLAGS) $(SANFLAGS)
 LDFLAGS  += -pthread $(SANFLAGS)
 LDLIBS   += $(PKG_LIBS) -lm
@@ -76,10 +76,11 @@ endif
 $(BUILD)/obj/common/tb_version.o: $(VERSION_STAMP)
 $(BUILD)/obj/common/tb_version.o: CPPFLAGS += -DTB_VERSION_STRING=\"$(VERSION)\"
 
-LIB_SRC := $(wildcard common/*.c formats/*.c kernels/cpu/*.c)
+LIB_SRC := $(wildcard common/*.c formats/*.c kernels/*.c kernels/cpu/*.c)
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 
 # ---- optional CUDA ----
+comma := ,
 ifeq ($(CUDA),1)
 ifneq ($(strip $(CUDA_HOME)),)
 NVCC ?= $(CUDA_HOME)/bin/nvcc
@@ -94,8 +95,9 @@ CU_SRC    := $(wildcard kernels/cuda/*.cu)
 CU_OBJ    := $(CU_SRC:%.cu=$(BUILD)/obj/%.o)
 GENCODE   := $(foreach a,$(subst ;, ,$(CUDA_ARCHS)),-gencode arch=compute_$(a),code=sm_$(a))
 NVCCFLAGS ?= -O2 -std=c++17 -Xcompiler -Wall,-Werror
-CPPFLAGS  += -DTB_HAVE_CUDA=1 -I$(CUDA_ROOT)/include
-LDLIBS    += -L$(CUDA_ROOT)/lib64 -Wl,-rpath,$(CUDA_ROOT)/lib64 -lcudart -lstdc++
+CPPFLAGS  += -DTB_HAVE_CUDA=1 -DTB_CUDA_ARCHS=\"$(subst ;,$(comma),$(CUDA_ARCHS))\" -I$(CUDA_ROOT)/include
+LDLIBS    += -L$(CUDA_ROOT)/lib64 -Wl,-rpath,$(CUDA_ROOT)/lib64 -lcusolver -lcublas -lcudart -lstdc++
+CPPFLAGS  += -DTB_HAVE_CUDA_BACKEND=1 # kernels/cuda/tb_backend_cuda.cu
 ifeq ($(NVTX),1)
 CPPFLAGS  += -DTB_HAVE_NVTX=1
 endif
@@ -107,10 +109,11 @@ TOOLS := $(patsubst tools/%.c,$(BIN)/%,$(wildcard tools/tb-*.c))
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 HELPERS := $(patsubst tests/helpers/%.c,$(BUILD)/tests/helpers/%,$(wildcard tests/helpers/*.c))
+CUDA_TEST_BIN := $(patsubst tests/cuda/%.c,$(BUILD)/tests/cuda/%,$(wildcard tests/cuda/test_*.c))
 MANS := $(wildcard man/*.1)
 MANS7 := $(wildcard man/*.7)
 
-.PHONY: all test unit cli bench install uninstall clean demo check-env print-build
+.PHONY: all test unit cli bench install uninstall clean demo check-env print-build test-cuda
 .SECONDARY:
 all: $(TOOLS)
 
@@ -140,6 +143,17 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(LIB)
 $(BUILD)/tests/helpers/%: $(BUILD)/obj/tests/helpers/%.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(Q)$(CC) $(LDFLAGS) $< $(LIB) $(LDLIBS) -o $@
+
+$(BUILD)/tests/cuda/%: $(BUILD)/obj/tests/cuda/%.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(LDFLAGS) $< $(LIB) $(LDLIBS) -o $@
+
+# The backends on the GPU: every op against the CPU backend, the whole models
+# against the goldens (tests/cuda). Each program skips (exit 0) with a message
+# when the build has no CUDA or the machine no GPU.
+test-cuda: $(CUDA_TEST_BIN) $(TOOLS)
+	@set -e; for t in $(CUDA_TEST_BIN); do echo "== $$t"; ./$$t; done
+	@TB_BIN=$(abspath $(BIN)) sh tests/cuda/tools.sh
 
 unit: $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; ./$$t; done

@@ -3,11 +3,11 @@
 #include "tb_export.h"
 #include "tb_error.h"
 #include "tb_io.h"
+#include "tb_outdir.h"
 #include "tb_sha256.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -518,71 +518,6 @@ static int write_dense(st_writer *w, const unit *u, int64_t *zeros)
 
 /* ------------------------------------------------ the output directory */
 
-/* recursive removal of the replaced output (lstat: never follows a link) */
-static int rm_tree(const char *path)
-{
-    struct stat st;
-    if (lstat(path, &st) != 0) return -1;
-    if (!S_ISDIR(st.st_mode)) return unlink(path);
-    DIR *d = opendir(path);
-    if (!d) return -1;
-    struct dirent *e;
-    int r = 0;
-    while ((e = readdir(d))) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        char *sub = tb_path_join(path, e->d_name);
-        if (!sub || rm_tree(sub) != 0) r = -1;
-        free(sub);
-    }
-    closedir(d);
-    return rmdir(path) != 0 ? -1 : r;
-}
-
-static int fsync_path(const char *path)
-{
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return -1;
-    int r = fsync(fd);
-    close(fd);
-    return r;
-}
-
-/* parent directory and last component of a path ("a/b/" -> "a", "b") */
-static int split_path(const char *path, char **parent, char **base)
-{
-    char *p = tb_strdup(path);
-    if (!p) return TB_EIO;
-    size_t n = strlen(p);
-    while (n > 1 && p[n - 1] == '/') p[--n] = 0;
-    char *slash = strrchr(p, '/');
-    if (!slash) {
-        *base = p;
-        p = NULL;
-        *parent = tb_strdup(".");
-    } else {
-        *base = tb_strdup(slash + 1);
-        if (slash == p) slash[1] = 0;
-        else *slash = 0;
-        *parent = p;
-        p = NULL;
-    }
-    free(p);
-    if (!*parent || !*base) { free(*parent); free(*base); return TB_EIO; }
-    return TB_OK;
-}
-
-static int is_empty_dir(const char *path)
-{
-    DIR *d = opendir(path);
-    if (!d) return 0;
-    struct dirent *e;
-    int empty = 1;
-    while ((e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) { empty = 0; break; }
-    closedir(d);
-    return empty;
-}
-
 /* out_dir must not be the model's directory or hold it: --force would
  * delete the input */
 static int contains_model(const char *out_dir, const char *model_dir)
@@ -599,16 +534,6 @@ static int contains_model(const char *out_dir, const char *model_dir)
 }
 
 /* -------------------------------------------------------------- files */
-
-static int write_text(const char *path, const char *label, const char *text)
-{
-    FILE *fp = fopen(path, "wb");
-    if (!fp) return tb_fail(TB_EIO, "%s: cannot create: %s", label, strerror(errno));
-    int rc = tb_write_all(fp, text, strlen(text), label);
-    if (!rc && (fflush(fp) || fsync(fileno(fp)))) rc = tb_fail(TB_EIO, "%s: write error: %s", label, strerror(errno));
-    if (fclose(fp) && !rc) rc = tb_fail(TB_EIO, "%s: close: %s", label, strerror(errno));
-    return rc;
-}
 
 /* the side files the .tbm lists, checked against their recorded SHA-256 */
 static int copy_side_files(const tb_tbm *t, const char *tmp, const char *out_dir)
@@ -766,104 +691,58 @@ int tb_export_model(const tb_tbm *t, const char *out_dir, const tb_export_opts *
     if (o->dtype >= 0 && o->dtype != TB_F32 && o->dtype != TB_F16 && o->dtype != TB_BF16)
         return tb_fail(TB_EUSAGE, "export dtype must be F32, F16 or BF16");
     struct stat st;
-    int exists = stat(out_dir, &st) == 0;
-    if (exists && !S_ISDIR(st.st_mode)) return tb_fail(TB_EUSAGE, "%s: exists and is not a directory", out_dir);
-    if (exists && (contains_model(out_dir, t->dir) || (t->base && contains_model(out_dir, t->base))))
+    if (stat(out_dir, &st) == 0 && S_ISDIR(st.st_mode) &&
+        (contains_model(out_dir, t->dir) || (t->base && contains_model(out_dir, t->base))))
         return tb_fail(TB_EUSAGE, "%s: holds the model being exported; choose another directory", out_dir);
-    int replace = exists && !is_empty_dir(out_dir);
-    if (replace && !o->force) return tb_fail(TB_EUSAGE, "%s: exists and is not empty (--force replaces it)", out_dir);
 
     plan pl;
-    char *parent = NULL, *base = NULL, *tmp = NULL, *old = NULL, *cfg = NULL, *idx = NULL;
-    char **paths = NULL;
-    int n_paths = 0, made_tmp = 0;
+    char *cfg = NULL, *idx = NULL;
+    const char **names = NULL;
+    tb_outdir d = {0};
     int rc = build_plan(&pl, t, o, s);
     const cJSON *src_cfg = cJSON_GetObjectItemCaseSensitive((const cJSON *)t->json, "config");
     if (!rc && s->sparsity_format[0] && cJSON_GetObjectItemCaseSensitive(src_cfg, "quantization_config"))
         rc = tb_fail(TB_EDATA, "%s: the config already has a quantization_config; compressed-tensors output would "
                                "replace it (export --format dense)", t->path);
-    if (!rc) rc = split_path(out_dir, &parent, &base);
-    if (!rc) {
-        char suffix[48];
-        snprintf(suffix, sizeof suffix, ".tmp.%ld", (long)getpid());
-        char *dotbase = joined(".", base), *name = dotbase ? joined(dotbase, suffix) : NULL;
-        snprintf(suffix, sizeof suffix, ".old.%ld", (long)getpid());
-        char *oname = dotbase ? joined(dotbase, suffix) : NULL;
-        tmp = name ? tb_path_join(parent, name) : NULL;
-        old = oname ? tb_path_join(parent, oname) : NULL;
-        free(dotbase);
-        free(name);
-        free(oname);
-        if (!tmp || !old) rc = TB_EIO;
-    }
-    if (!rc) {
-        /* the space check counts tensor bytes; headers and side files are small */
-        int64_t free_b = tb_free_bytes(parent);
-        if (free_b >= 0 && (uint64_t)free_b < s->bytes + (16u << 20))
-            rc = tb_fail(TB_EIO, "%s: needs %.1f MiB, %.1f MiB free", parent, (s->bytes + (16u << 20)) / 1048576.0,
-                         free_b / 1048576.0);
-    }
-    if (!rc && mkdir(tmp, 0755) != 0) rc = tb_fail(TB_EIO, "%s: cannot create: %s", out_dir, strerror(errno));
-    else if (!rc) made_tmp = 1;
 
-    /* every path that may appear inside tmp, for the signal guard */
+    /* every file that may appear in the directory: shards, side files,
+     * config.json, the index */
     const cJSON *files = cJSON_GetObjectItemCaseSensitive((const cJSON *)t->json, "files");
-    int n_side = cJSON_IsObject(files) ? cJSON_GetArraySize(files) : 0;
-    if (!rc && !(paths = tb_calloc((size_t)(pl.n_files + n_side + 2), sizeof *paths))) rc = TB_EIO;
-    for (int f = 0; !rc && f < pl.n_files; f++)
-        if (!(paths[n_paths++] = tb_path_join(tmp, pl.file_names[f]))) rc = TB_EIO;
-    for (const cJSON *e = !rc && n_side ? files->child : NULL; e && !rc; e = e->next)
-        if (!(paths[n_paths++] = tb_path_join(tmp, e->string))) rc = TB_EIO;
-    char *cfg_path = NULL, *idx_path = NULL;
-    if (!rc && !(cfg_path = paths[n_paths++] = tb_path_join(tmp, "config.json"))) rc = TB_EIO;
-    if (!rc && !(idx_path = paths[n_paths++] = tb_path_join(tmp, "model.safetensors.index.json"))) rc = TB_EIO;
-    if (made_tmp) tb_tmpdir_guard(tmp, paths, n_paths); /* a fatal signal removes it (tb_io) */
+    int n_side = cJSON_IsObject(files) ? cJSON_GetArraySize(files) : 0, n_names = 0;
+    if (!rc && !(names = tb_calloc((size_t)(pl.n_files + n_side + 2), sizeof *names))) rc = TB_EIO;
+    for (int f = 0; !rc && f < pl.n_files; f++) names[n_names++] = pl.file_names[f];
+    for (const cJSON *e = !rc && n_side ? files->child : NULL; e; e = e->next) names[n_names++] = e->string;
+    if (!rc) {
+        names[n_names++] = "config.json";
+        names[n_names++] = "model.safetensors.index.json";
+        /* the space check counts tensor bytes; headers and side files are small */
+        rc = tb_outdir_begin(&d, out_dir, o->force, names, n_names, s->bytes);
+    }
+    const char *cfg_path = rc ? NULL : tb_outdir_path(&d, n_names - 2);
+    const char *idx_path = rc ? NULL : tb_outdir_path(&d, n_names - 1);
 
     int done = 0;
-    for (int f = 0; f < pl.n_files && !rc; f++) rc = write_file(&pl, f, tmp, out_dir, &done);
+    for (int f = 0; f < pl.n_files && !rc; f++) rc = write_file(&pl, f, d.tmp, out_dir, &done);
     if (!rc) {
         s->global_sparsity = pl.params ? (double)pl.zeros / (double)pl.params : 0;
-        rc = copy_side_files(t, tmp, out_dir);
+        rc = copy_side_files(t, d.tmp, out_dir);
     }
     if (!rc && !(cfg = config_text(&pl, s))) rc = TB_EIO;
     if (!rc) {
         char *label = tb_path_join(out_dir, "config.json");
-        rc = label ? write_text(cfg_path, label, cfg) : TB_EIO;
+        rc = label ? tb_write_text_file(cfg_path, label, cfg) : TB_EIO;
         free(label);
     }
     if (!rc && pl.n_files > 1) {
         char *label = tb_path_join(out_dir, "model.safetensors.index.json");
         if (!(idx = index_text(&pl, s->bytes))) rc = TB_EIO;
-        else rc = label ? write_text(idx_path, label, idx) : TB_EIO;
+        else rc = label ? tb_write_text_file(idx_path, label, idx) : TB_EIO;
         free(label);
     }
-    if (!rc && fsync_path(tmp) != 0) rc = tb_fail(TB_EIO, "%s: fsync: %s", out_dir, strerror(errno));
-
-    /* into place: an existing empty directory is replaced by rename(2)
-     * itself; a non-empty one (--force) is moved aside first, so until the
-     * last rename the old output is intact */
-    if (!rc && replace && rename(out_dir, old) != 0) rc = tb_fail(TB_EIO, "%s: rename: %s", out_dir, strerror(errno));
-    if (!rc && rename(tmp, out_dir) != 0) {
-        rc = tb_fail(TB_EIO, "%s: rename: %s", out_dir, strerror(errno));
-        if (replace) rename(old, out_dir);
-    }
-    if (made_tmp) tb_tmpdir_release();
-    if (!rc) {
-        made_tmp = 0;
-        fsync_path(parent);
-        if (replace) rm_tree(old);
-    }
-    if (made_tmp) {
-        for (int i = 0; i < n_paths; i++) unlink(paths[i]);
-        rmdir(tmp);
-    }
-    for (int i = 0; i < n_paths; i++) free(paths[i]);
-    free(paths);
+    if (!rc) rc = tb_outdir_commit(&d);
+    tb_outdir_abort(&d);
+    free(names);
     free_plan(&pl);
-    free(parent);
-    free(base);
-    free(tmp);
-    free(old);
     free(cfg);
     free(idx);
     return rc;

@@ -41,7 +41,7 @@ typedef enum { TB_DEVICE_CPU = 0, TB_DEVICE_CUDA = 1, TB_DEVICE_AUTO = 2 } tb_de
 typedef enum { TB_PREC_DEFAULT = 0, TB_PREC_F32 = 1, TB_PREC_BF16 = 2 } tb_precision;
 
 typedef struct {
-    tb_device device;       /* AUTO: CUDA if compiled in and a GPU is present, else CPU */
+    tb_device device;       /* AUTO (0 is CPU: set it): CUDA if compiled in and a GPU is present, else CPU */
     int gpu;                /* CUDA device index */
     tb_precision precision; /* DEFAULT: bf16 on CUDA, f32 on the CPU */
     int n_threads;          /* CPU backend threads (and host-side work of the CUDA one) */
@@ -50,6 +50,16 @@ typedef struct {
 /* "cpu", "cuda", "auto" -> TB_DEVICE_*; -1 if none. "f32", "bf16" likewise. */
 int tb_device_parse(const char *s);
 int tb_precision_parse(const char *s);
+
+/* The device options every heavy tool takes, one meaning everywhere:
+ *   --device cpu|cuda|auto   --gpu N   --precision f32|bf16
+ * opt is the option's name as typed ("--device"); TB_EUSAGE naming it on a
+ * bad value. The help text for them: */
+int tb_backend_parse_option(tb_backend_opts *o, const char *opt, const char *value);
+#define TB_BACKEND_OPTIONS_HELP \
+    "  --device D          cpu, cuda or auto (default: auto, CUDA when built in and a GPU is present)\n" \
+    "  --gpu N             which CUDA device (default 0)\n" \
+    "  --precision P       f32 or bf16 arithmetic on the GPU (default bf16; the CPU computes in f32)\n"
 
 typedef struct tb_backend tb_backend;
 
@@ -61,10 +71,14 @@ typedef struct {
     float *w32;            /* CUDA training (linear_upload_train): the f32 master copy */
     float *bias;           /* CUDA: [rows] f32 or NULL */
     int trainable;
+    size_t bytes;          /* backend memory this copy holds (CPU: 0, it binds) */
 } tb_dlinear;
 
 typedef struct tb_backend_ops {
     const char *name; /* "cpu", "cuda" */
+    /* release everything the backend holds (b->impl); allocations made with
+     * alloc must have been freed by their owners first */
+    void (*close)(tb_backend *b);
 
     /* ---- memory ---- */
     /* NULL and a one-line error naming `what` and the bytes asked when it fails */
@@ -125,7 +139,8 @@ typedef struct tb_backend_ops {
     void (*linear_dx)(tb_backend *b, const tb_dlinear *W, const float *dy, int n, float *dx, int accumulate);
     /* dW[rows, cols] = dy[n, rows]^T x[n, cols] (f32) */
     void (*linear_dw)(tb_backend *b, const float *dy, const float *x, int n, int rows, int cols, float *dW);
-    /* G[cols, cols] += x^T x in f64 (both triangles) */
+    /* G[cols, cols] += x^T x in f64; the upper triangle (row-major G[i*cols + j],
+     * j >= i) is what is defined and read, the lower is unspecified */
     void (*gram_acc)(tb_backend *b, const float *x, int n, int cols, double *G);
     /* F += g^2 elementwise (the Fisher diagonal) */
     void (*sq_acc)(tb_backend *b, float *F, const float *g, size_t count);

@@ -38,6 +38,7 @@ typedef struct {
     int fisher, gram, grad_samples, threads, layer_a, layer_b, text_windows, text_seq_len;
     uint64_t text_seed;
     long max_windows;
+    tb_backend_opts dev;
 } options;
 
 static int parse_stats(const char *opt, const char *s, void *value)
@@ -127,33 +128,56 @@ static int run(const options *o, const char *cmdline)
     }
 
     int need_grad = o->fisher || o->grad_samples > 0;
+    tb_backend be = {0};
+    tb_backend_opts bo = o->dev;
+    bo.n_threads = o->threads;
+    const size_t window_floats = (size_t)seq_len * m.cfg.hidden_size;
+    float *hostwin = NULL; /* a stream window on its way between the file and the backend */
+    if ((rc = tb_backend_open(&be, &bo))) goto done_inputs;
+    if (sequential && !(hostwin = tb_malloc(window_floats * sizeof(float)))) {
+        rc = TB_EIO;
+        goto done_backend;
+    }
     tb_forward f;
-    tb_forward_opts fo = {.max_seq = seq_len, .max_tokens = seq_len, .keep_acts = need_grad, .n_threads = o->threads};
-    if ((rc = tb_forward_init(&f, &m, &fo))) goto done_inputs;
+    tb_forward_opts fo = {.max_seq = seq_len, .max_tokens = seq_len, .keep_acts = need_grad, .n_threads = o->threads,
+                          .backend = &be};
+    /* Gram matrices of layers [A, B) alone need only the layers up to B:
+     * embed, run [0, B), no head (at 7B that is one layer, not 32) */
+    const int prefix = !sequential && !need_grad && layer_b < m.cfg.n_layers;
+    if (sequential || prefix) { /* only the layers this run goes through */
+        fo.layer_begin = sequential ? o->layer_a : 0;
+        fo.layer_end = layer_b;
+    }
+    if ((rc = tb_forward_init(&f, &m, &fo))) goto done_backend;
     tb_backward b = {0};
     if (need_grad && (rc = tb_backward_init(&b, &f))) goto done_forward;
     tb_calib c;
     tb_calib_opts co = {.fisher = o->fisher, .gram = o->gram, .grad_samples = o->grad_samples,
-                        .total_windows = windows, .layer_begin = o->layer_a, .layer_end = layer_b};
+                        .total_windows = windows, .layer_begin = o->layer_a, .layer_end = layer_b,
+                        .backend = &be};
     if ((rc = tb_calib_init(&c, &m, seq_len, &co))) goto done_backward;
 
     tb_progress prog;
     tb_progress_begin(&prog, "windows", (uint64_t)windows);
     double t0 = tb_now(), loss_sum = 0;
-    const size_t window_floats = (size_t)seq_len * m.cfg.hidden_size;
     for (int64_t w = 0; w < windows && !rc; w++) {
-        if (!sequential) {
+        if (prefix) {
+            rc = tb_forward_embed(&f, tk.ids + w * seq_len, seq_len);
+            if (!rc) rc = tb_calib_layers(&c, &f, seq_len, 0, layer_b);
+        } else if (!sequential) {
             double loss;
             rc = tb_calib_window(&c, &f, &b, tk.ids + w * seq_len, seq_len, &loss);
             loss_sum += loss;
         } else {
-            if (o->acts_in)
-                tb_to_f32(TB_F32, stream->data, (size_t)w * window_floats, window_floats,
-                          tb_forward_stream(&f, o->layer_a));
-            else
+            if (o->acts_in) {
+                tb_to_f32(TB_F32, stream->data, (size_t)w * window_floats, window_floats, hostwin);
+                rc = tb_forward_set_stream(&f, o->layer_a, hostwin, seq_len);
+            } else {
                 rc = tb_forward_embed(&f, tk.ids + w * seq_len, seq_len);
+            }
             if (!rc) rc = tb_calib_layers(&c, &f, seq_len, o->layer_a, layer_b);
-            if (!rc && sout) rc = st_writer_write(sout, tb_forward_stream(&f, layer_b), window_floats * sizeof(float));
+            if (!rc && sout && !(rc = tb_forward_get_stream(&f, layer_b, hostwin, seq_len)))
+                rc = st_writer_write(sout, hostwin, window_floats * sizeof(float));
         }
         tb_progress_set(&prog, (uint64_t)w + 1);
     }
@@ -167,7 +191,7 @@ static int run(const options *o, const char *cmdline)
         snprintf(ntok, sizeof ntok, "%lld", (long long)c.tokens);
         snprintf(kk, sizeof kk, "%d", c.o.grad_samples);
         snprintf(secs_s, sizeof secs_s, "%.3f", secs);
-        snprintf(loss_s, sizeof loss_s, "%.6f", sequential ? 0.0 : loss_sum / (double)windows);
+        snprintf(loss_s, sizeof loss_s, "%.6f", sequential || prefix ? 0.0 : loss_sum / (double)windows);
         snprintf(la, sizeof la, "%d", o->layer_a);
         snprintf(lb, sizeof lb, "%d", layer_b);
         const char *meta[] = {"tensorbit.kind", "fisher",   "tensorbit.version", TB_VERSION, "model", o->model,
@@ -178,13 +202,16 @@ static int run(const options *o, const char *cmdline)
         rc = tb_calib_write(&c, o->output, meta, (int)(sizeof meta / sizeof meta[0] / 2));
     }
     if (!rc)
-        tb_info("%lld windows x %d tokens in %.1f s (%.0f tokens/s)%s", (long long)windows, seq_len, secs,
-                (double)c.tokens / secs, o->output ? "" : ", stream saved");
+        tb_info("%lld windows x %d tokens in %.1f s (%.0f tokens/s, %s)%s", (long long)windows, seq_len, secs,
+                (double)c.tokens / secs, be.desc, o->output ? "" : ", stream saved");
     tb_calib_free(&c);
 done_backward:
     tb_backward_free(&b);
 done_forward:
     tb_forward_free(&f);
+done_backend:
+    free(hostwin);
+    tb_backend_close(&be);
 done_inputs:
     if (out_acts.fp) tb_out_abort(&out_acts);
     st_writer_free(sout);
@@ -198,7 +225,8 @@ done_model:
 int main(int argc, char **argv)
 {
     tb_log_init("tb-fisher");
-    options o = {.fisher = 1, .gram = 1, .threads = tb_default_threads(), .text_windows = 128, .text_seq_len = 512};
+    options o = {.fisher = 1, .gram = 1, .threads = tb_default_threads(), .text_windows = 128, .text_seq_len = 512,
+                 .dev = {.device = TB_DEVICE_AUTO}};
     tb_layer_range layers = {0};
     long seed = 0;
     const tb_option table[] = {
@@ -230,6 +258,7 @@ int main(int argc, char **argv)
         TB_OPT_FILE(0, "acts-out", &o.acts_out, "FILE", "save the stream leaving the last layer"),
         TB_OPT_GROUP(""),
         TB_OPT_THREADS(&o.threads),
+        TB_OPT_DEVICE(&o.dev),
         TB_OPT_COMMON(),
     };
     const tb_command cmd = {.name = "tb-fisher", .usage = "tb-fisher -m MODEL -t TOKENS -o OUT.fisher [options]",

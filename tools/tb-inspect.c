@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tb_backend.h"
 #include "tb_config.h"
 #include "tb_error.h"
 #include "tb_io.h"
@@ -433,6 +434,7 @@ static int doctor(const char *out_dir, int json)
     int lapacke_ok = LAPACKE_dpotrf(LAPACK_ROW_MAJOR, 'L', 1, &a, 1) == 0 && a == 2.0;
     int64_t free_b = tb_free_bytes(out_dir);
     if (free_b < 0) return tb_fail(TB_EIO, "%s: cannot stat its filesystem", out_dir);
+    char buf[256];
     cJSON *j = cJSON_CreateObject(), *gpus = NULL;
     cJSON_AddStringToObject(j, "version", TB_VERSION);
     cJSON_AddStringToObject(j, "compiler", __VERSION__);
@@ -441,17 +443,42 @@ static int doctor(const char *out_dir, int json)
     cJSON_AddNumberToObject(j, "openblas_threads", openblas_get_num_threads());
     cJSON_AddBoolToObject(j, "lapacke_ok", lapacke_ok);
 #ifdef TB_HAVE_CUDA
-    char buf[256];
     tb_cuda_versions(buf, sizeof buf);
     int n = tb_cuda_device_count();
     cJSON_AddBoolToObject(j, "cuda", 1);
     cJSON_AddStringToObject(j, "cuda_versions", buf);
+#ifdef TB_CUDA_ARCHS
+    cJSON_AddStringToObject(j, "cuda_archs", TB_CUDA_ARCHS);
+#endif
     gpus = cJSON_AddArrayToObject(j, "gpus");
-    for (int i = 0; i < n; i++)
-        if (tb_cuda_device_describe(i, buf, sizeof buf) == 0) cJSON_AddItemToArray(gpus, cJSON_CreateString(buf));
+    for (int i = 0; i < n; i++) {
+        cJSON *g = cJSON_CreateObject();
+        if (tb_cuda_device_describe(i, buf, sizeof buf) == 0) cJSON_AddStringToObject(g, "device", buf);
+        /* opening the backend runs a kernel: it proves the build has code for this GPU */
+        tb_backend be;
+        tb_backend_opts bo = {.device = TB_DEVICE_CUDA, .gpu = i, .n_threads = 1};
+        if (tb_backend_open(&be, &bo) == TB_OK) {
+            cJSON_AddStringToObject(g, "backend", be.desc);
+            tb_backend_close(&be);
+        } else {
+            cJSON_AddStringToObject(g, "unusable", tb_errmsg());
+        }
+        cJSON_AddItemToArray(gpus, g);
+    }
 #else
     cJSON_AddBoolToObject(j, "cuda", 0);
 #endif
+    {
+        tb_backend be;
+        tb_backend_opts bo = {.device = TB_DEVICE_AUTO};
+        if (tb_backend_open(&be, &bo) == TB_OK) {
+            cJSON_AddStringToObject(j, "device_auto", be.desc);
+            tb_backend_close(&be);
+        } else {
+            snprintf(buf, sizeof buf, "FAILED: %s", tb_errmsg());
+            cJSON_AddStringToObject(j, "device_auto", buf);
+        }
+    }
     cJSON_AddStringToObject(j, "free_dir", out_dir);
     cJSON_AddNumberToObject(j, "free_bytes", (double)free_b);
     if (json) return tb_json_print(j);
@@ -463,11 +490,19 @@ static int doctor(const char *out_dir, int json)
     if (!gpus) {
         printf("CUDA:      not compiled in (rebuild with make CUDA=1)\n");
     } else {
-        int n = cJSON_GetArraySize(gpus);
-        printf("CUDA:      compiled in (%s), %d GPU%s\n", cJSON_GetObjectItem(j, "cuda_versions")->valuestring, n,
-               n == 1 ? "" : "s");
-        for (int i = 0; i < n; i++) printf("  gpu %d:   %s\n", i, cJSON_GetArrayItem(gpus, i)->valuestring);
+        int ng = cJSON_GetArraySize(gpus);
+        const cJSON *archs = cJSON_GetObjectItem(j, "cuda_archs");
+        printf("CUDA:      compiled in%s%s (%s), %d GPU%s\n", archs ? " for sm " : "", archs ? archs->valuestring : "",
+               cJSON_GetObjectItem(j, "cuda_versions")->valuestring, ng, ng == 1 ? "" : "s");
+        for (int i = 0; i < ng; i++) {
+            const cJSON *g = cJSON_GetArrayItem(gpus, i), *d = cJSON_GetObjectItem(g, "device"),
+                        *be = cJSON_GetObjectItem(g, "backend"), *bad = cJSON_GetObjectItem(g, "unusable");
+            if (d) printf("  gpu %d:   %s\n", i, d->valuestring);
+            if (be) printf("  backend: %s\n", be->valuestring);
+            if (bad) printf("  backend: UNUSABLE: %s\n", bad->valuestring);
+        }
     }
+    printf("--device auto: %s\n", cJSON_GetObjectItem(j, "device_auto")->valuestring);
     printf("free:      %.1f GiB on the filesystem of %s\n", free_b / 1073741824.0, out_dir);
     cJSON_Delete(j);
     return TB_OK;

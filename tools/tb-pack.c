@@ -23,6 +23,7 @@
 #include "tb_opts.h"
 #include "tb_pack.h"
 #include "tb_safetensors.h"
+#include "tb_solve.h"
 #include "tb_tbm.h"
 #include "tb_threads.h"
 
@@ -43,6 +44,8 @@ typedef struct {
     int uniform, block, keep_mask, include_dense, threads, json;
     double damp;
     tb_layer_range layers;
+    tb_backend_opts dev;
+    tb_backend *be; /* SparseGPT and the error reports run there */
     char *command;
 } options;
 
@@ -204,13 +207,20 @@ static int pack_one(const options *o, const job *j, const item *it, tb_pack_writ
     double t0 = tb_now();
     tb_mask mk;
     float *w = NULL, *w0 = NULL;
-    double *g = NULL;
+    double *g_copy = NULL;
+    const double *g = NULL;
     int rc = tb_mask_read(&j->masks, t->name, rows, cols, &mk);
     if (rc) return tb_err_context("%s", o->masks);
     if (!(w = st_tensor_f32(t)) || (mk.perm && tb_permute_cols_inplace(w, rows, cols, mk.perm, 0))) { rc = TB_EIO; goto out; }
     if (it->gram) {
         /* the reference for the error report: the weight as it was */
-        if (!(g = load_gram(it->gram, mk.perm)) || !(w0 = tb_malloc((size_t)(rows * cols) * sizeof *w0))) {
+        /* an F64 Gram in the model's order is used where it is mapped: page
+         * cache, not process memory (1.6 GB for a 7B down_proj) */
+        if (!mk.perm && it->gram->dtype == TB_F64 && (uintptr_t)it->gram->data % sizeof(double) == 0)
+            g = it->gram->data;
+        else
+            g = g_copy = load_gram(it->gram, mk.perm);
+        if (!g || !(w0 = tb_malloc((size_t)(rows * cols) * sizeof *w0))) {
             rc = TB_EIO;
             goto out;
         }
@@ -219,8 +229,8 @@ static int pack_one(const options *o, const job *j, const item *it, tb_pack_writ
     double e_base = 0, e_mask = 0;
     if (w0) {
         tb_comp_mask(w, &mk);
-        e_base = tb_comp_output_error(w0, NULL, rows, cols, g, o->threads);
-        e_mask = tb_comp_output_error(w0, w, rows, cols, g, o->threads);
+        e_base = tb_solve_output_error(o->be, w0, NULL, rows, cols, g, o->threads);
+        e_mask = tb_solve_output_error(o->be, w0, w, rows, cols, g, o->threads);
         memcpy(w, w0, (size_t)(rows * cols) * sizeof *w);
     }
     tb_comp_stats st = {0};
@@ -233,7 +243,7 @@ static int pack_one(const options *o, const job *j, const item *it, tb_pack_writ
         break;
     case M_RECON: rc = tb_comp_recon(w, &mk, g, o->damp, o->threads, &st); break;
     case M_SPARSEGPT:
-        rc = tb_comp_sparsegpt(w, &mk, j->n, j->m, g, o->damp, o->block, !o->keep_mask, o->threads, &st);
+        rc = tb_solve_sparsegpt(o->be, w, &mk, j->n, j->m, g, o->damp, o->block, !o->keep_mask, o->threads, &st);
         break;
     }
     if (rc) {
@@ -248,7 +258,7 @@ static int pack_one(const options *o, const job *j, const item *it, tb_pack_writ
 
     char err[128] = "", extra[96] = "";
     if (w0) {
-        double e = tb_comp_output_error(w0, w, rows, cols, g, o->threads);
+        double e = tb_solve_output_error(o->be, w0, w, rows, cols, g, o->threads);
         snprintf(err, sizeof err, ", ||dW X||/||W X|| %.4f (mask only %.4f)", sqrt(e / e_base), sqrt(e_mask / e_base));
         es->base += e_base;
         es->masked += e_mask;
@@ -263,7 +273,7 @@ out:
     tb_mask_free(&mk);
     free(w);
     free(w0);
-    free(g);
+    free(g_copy);
     return rc;
 }
 
@@ -352,7 +362,7 @@ done:
 int main(int argc, char **argv)
 {
     tb_log_init("tb-pack");
-    options o = {.block = 128, .damp = 0.01, .threads = tb_default_threads()};
+    options o = {.block = 128, .damp = 0.01, .threads = tb_default_threads(), .dev = {.device = TB_DEVICE_AUTO}};
     int method = M_NONE, redist = 0;
     static const char *const redist_names[] = {"proportional", "uniform", NULL};
     const tb_option table[] = {
@@ -390,6 +400,10 @@ int main(int argc, char **argv)
                              "||dW X||/||W X|| over the weights with a Gram, null\n"
                              "without), output_error_mask_only, seconds"),
         TB_OPT_THREADS(&o.threads),
+        TB_OPT_CHOICE_FN(0, "device", &o.dev.device, tb_opt_device_names, tb_device_parse,
+                         "cpu, cuda or auto: where SparseGPT and the error reports\n"
+                         "run (default auto; the other solvers run on the CPU)"),
+        TB_OPT_INT(0, "gpu", &o.dev.gpu, "N", 0, 1023, "which CUDA device (default 0)"),
         TB_OPT_COMMON(),
     };
     const tb_command cmd = {.name = "tb-pack", .usage = "tb-pack -m MODEL --masks MASKS [options] -o OUT.tb",
@@ -405,7 +419,14 @@ int main(int argc, char **argv)
     if (o.keep_mask && o.method != M_SPARSEGPT) return tb_usage_error("--keep-mask goes with --compensate sparsegpt");
     tb_blas_single_thread(); /* our threads split the rows */
     if (!(o.command = tb_join_args(argc, argv))) return tb_report_error();
-    int rc = run(&o);
+    tb_backend be;
+    o.dev.n_threads = o.threads;
+    int rc = tb_backend_open(&be, &o.dev);
+    if (!rc) {
+        o.be = &be;
+        rc = run(&o);
+        tb_backend_close(&be);
+    }
     free(o.command);
     return rc ? tb_report_error() : 0;
 }

@@ -39,6 +39,8 @@ typedef struct {
     int layer, threads, json;
     long max_windows;
     tb_recon_opts ro;
+    tb_backend_opts dev;
+    tb_backend *be;
 } options;
 
 static void on_step(void *ctx, int64_t done, int64_t total)
@@ -80,18 +82,19 @@ static int load_inputs(const options *o, tb_model *m, float **out, int64_t *wind
 }
 
 /* targets: the dense layer's output for each input window */
-static int dense_targets(tb_model *m, int l, const float *in, int64_t windows, int T, int threads, float **out)
+static int dense_targets(tb_model *m, int l, const float *in, int64_t windows, int T, int threads, tb_backend *be,
+                         float **out)
 {
     tb_forward f;
-    tb_forward_opts fo = {.max_seq = T, .max_tokens = T, .keep_acts = 0, .n_threads = threads};
+    tb_forward_opts fo = {.max_seq = T, .max_tokens = T, .keep_acts = 0, .n_threads = threads, .backend = be,
+                          .layer_begin = l, .layer_end = l + 1};
     int rc = tb_forward_init(&f, m, &fo);
     if (rc) return rc;
     size_t nd = (size_t)T * m->cfg.hidden_size;
     if (!(*out = tb_malloc((size_t)windows * nd * sizeof(float)))) rc = TB_EIO;
     for (int64_t w = 0; !rc && w < windows; w++) {
-        memcpy(tb_forward_stream(&f, l), in + (size_t)w * nd, nd * sizeof(float));
-        if (!(rc = tb_forward_layers(&f, T, l, l + 1)))
-            memcpy(*out + (size_t)w * nd, tb_forward_stream(&f, l + 1), nd * sizeof(float));
+        if (!(rc = tb_forward_set_stream(&f, l, in + (size_t)w * nd, T)) && !(rc = tb_forward_layers(&f, T, l, l + 1)))
+            rc = tb_forward_get_stream(&f, l + 1, *out + (size_t)w * nd, T);
     }
     tb_forward_free(&f);
     return rc;
@@ -216,7 +219,7 @@ static int run(options *o, const char *cmdline)
     tb_outfile probe; /* refuse an unwritable output before the work */
     if (!rc && !(rc = tb_out_open(&probe, o->output))) tb_out_abort(&probe);
     if (!rc) rc = load_inputs(o, &m, &inputs, &windows, &T);
-    if (!rc) rc = dense_targets(&m, o->layer, inputs, windows, T, o->threads, &targets);
+    if (!rc) rc = dense_targets(&m, o->layer, inputs, windows, T, o->threads, o->be, &targets);
     for (int k = 0; k < TB_LIN_PER_LAYER && !rc; k++) {
         int64_t n;
         if (!(orig[k] = tb_pack_tensor_f32(&p, pk[k]->name, 1, &n)) || !(w[k] = tb_malloc((size_t)n * sizeof(float))) ||
@@ -240,6 +243,7 @@ static int run(options *o, const char *cmdline)
         snprintf(label, sizeof label, "layer %d steps", o->layer);
         tb_progress_begin(&prog, label, (uint64_t)o->ro.steps);
         o->ro.n_threads = o->threads;
+        o->ro.backend = o->be;
         rc = tb_recon_layer(&m, o->layer, w, (const uint8_t *const *)keep, inputs, targets, windows, T, &o->ro, on_step,
                             &prog, &rep);
         tb_progress_end(&prog);
@@ -260,6 +264,7 @@ static int run(options *o, const char *cmdline)
         tb_info("layer %d: output MSE %.4g -> %.4g (%.1f%% of the error kept; layer's own signal %.4g), %d steps in %.1f s -> %s",
                 o->layer, rep.mse_before, rep.mse_after, 100.0 * rep.mse_after / rep.mse_before, rep.target_power,
                 o->ro.steps, rep.seconds, o->output);
+    if (!rc) tb_info("layer %d trained on %s", o->layer, o->be->desc);
     for (int k = 0; k < TB_LIN_PER_LAYER; k++) {
         free(w[k]);
         free(orig[k]);
@@ -275,7 +280,7 @@ static int run(options *o, const char *cmdline)
 int main(int argc, char **argv)
 {
     tb_log_init("tb-recon");
-    options o = {.layer = -1, .threads = tb_default_threads()};
+    options o = {.layer = -1, .threads = tb_default_threads(), .dev = {.device = TB_DEVICE_AUTO}};
     tb_recon_defaults(&o.ro);
     long seed = 0;
     const tb_option table[] = {
@@ -296,6 +301,7 @@ int main(int argc, char **argv)
         TB_OPT_JSON(&o.json, "print the result as one JSON object on stdout: layer,\n"
                              "mse_before, mse_after, error_kept, target_power, steps, seconds"),
         TB_OPT_THREADS(&o.threads),
+        TB_OPT_DEVICE(&o.dev),
         TB_OPT_COMMON(),
     };
     const tb_command cmd = {
@@ -307,7 +313,14 @@ int main(int argc, char **argv)
     if (!o.tokens == !o.acts_in) return tb_usage_error("give exactly one of -t TOKENS (layer 0) and --acts-in STREAM");
     char *cmdline = tb_join_args(argc, argv);
     if (!cmdline) return tb_report_error();
-    int rc = run(&o, cmdline);
+    tb_backend be;
+    o.dev.n_threads = o.threads;
+    int rc = tb_backend_open(&be, &o.dev);
+    if (!rc) {
+        o.be = &be;
+        rc = run(&o, cmdline);
+        tb_backend_close(&be);
+    }
     free(cmdline);
     return rc ? tb_report_error() : 0;
 }

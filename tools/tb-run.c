@@ -44,6 +44,8 @@ typedef struct {
     long seed;
     const char *stops[MAX_STOPS];
     int n_stops;
+    tb_backend_opts dev;
+    tb_backend *be;
 } options;
 
 static int add_stop(const char *opt, const char *arg, void *value)
@@ -117,7 +119,8 @@ static int run_ppl(const options *o, const tb_model *m, const tb_tokenizer *tok)
     int rc = tokenize_file(tok, o->ppl_file, &ids, &n);
     if (rc) return rc;
     tb_forward f;
-    tb_forward_opts fo = {.max_seq = o->seq_len, .max_tokens = o->seq_len, .n_threads = o->threads};
+    tb_forward_opts fo = {.max_seq = o->seq_len, .max_tokens = o->seq_len, .n_threads = o->threads,
+                          .backend = o->be};
     if ((rc = tb_forward_init(&f, m, &fo))) {
         free(ids);
         return rc;
@@ -142,8 +145,8 @@ static int run_ppl(const options *o, const tb_model *m, const tb_tokenizer *tok)
     tb_progress_end(&p);
     if (rc) tb_err_context("%s", o->ppl_file);
     if (!rc) {
-        tb_info("%s: %zu tokens, %lld windows of %d, %.1f s, %.0f tokens/s (%d threads)", o->ppl_file, n,
-                (long long)r.windows, o->seq_len, r.seconds, (double)r.tokens / r.seconds, o->threads);
+        tb_info("%s: %zu tokens, %lld windows of %d, %.1f s, %.0f tokens/s (%s)", o->ppl_file, n,
+                (long long)r.windows, o->seq_len, r.seconds, (double)r.tokens / r.seconds, o->be->desc);
         if (o->json) {
             rc = print_json(o, &r, have_ref ? &fid : NULL);
         } else {
@@ -238,16 +241,20 @@ static int run_generate(const options *o, const tb_model *m, const tb_tokenizer 
     }
     int32_t *all = tb_realloc(ids, (n_prompt + (size_t)n_gen + 1) * sizeof *all);
     tb_prob *work = tb_malloc((size_t)m->cfg.vocab_size * sizeof *work);
-    if (!all || !work) {
+    float *logits = tb_malloc((size_t)m->cfg.vocab_size * sizeof *logits);
+    if (!all || !work || !logits) {
         free(all ? all : ids);
         free(work);
+        free(logits);
         return TB_EIO;
     }
     tb_forward f;
-    tb_forward_opts fo = {.max_seq = (int)n_prompt + n_gen, .max_tokens = (int)n_prompt, .n_threads = o->threads};
+    tb_forward_opts fo = {.max_seq = (int)n_prompt + n_gen, .max_tokens = (int)n_prompt, .n_threads = o->threads,
+                          .backend = o->be};
     if ((rc = tb_forward_init(&f, m, &fo))) {
         free(all);
         free(work);
+        free(logits);
         return rc;
     }
     tb_rng rng;
@@ -267,7 +274,7 @@ static int run_generate(const options *o, const tb_model *m, const tb_tokenizer 
     int pos = (int)n_prompt;
     if (!rc) rc = tb_forward_run(&f, all, (int)n_prompt, 0);
     double t_prompt = tb_now() - t0;
-    const float *logits = f.logits + (size_t)(n_prompt - 1) * m->cfg.vocab_size;
+    if (!rc) rc = tb_forward_get_logits(&f, (int)n_prompt - 1, logits);
     while (!rc && made < n_gen && !sf.stopped) {
         int n_recent = pos < REPEAT_LAST_N ? pos : REPEAT_LAST_N;
         int32_t next = tb_sample_with(logits, m->cfg.vocab_size, &o->sampling, all + pos - n_recent, n_recent, &rng, work);
@@ -277,7 +284,7 @@ static int run_generate(const options *o, const tb_model *m, const tb_tokenizer 
         if ((rc = tb_tok_stream_push(tok, &st, next, &piece, &len)) || (rc = filter_push(&sf, o, piece, len))) break;
         if (made == n_gen || sf.stopped) break;
         rc = tb_forward_run(&f, &all[pos], 1, pos);
-        logits = f.logits;
+        if (!rc) rc = tb_forward_get_logits(&f, 0, logits);
         pos++;
     }
     if (!rc && !sf.stopped && !(rc = tb_tok_stream_flush(tok, &st, &piece, &len)) && !(rc = filter_push(&sf, o, piece, len)))
@@ -295,6 +302,7 @@ static int run_generate(const options *o, const tb_model *m, const tb_tokenizer 
     tb_forward_free(&f);
     free(all);
     free(work);
+    free(logits);
     return rc;
 }
 
@@ -302,7 +310,7 @@ int main(int argc, char **argv)
 {
     tb_log_init("tb-run");
     options o = {.seq_len = 512, .n_gen = 128, .threads = tb_default_threads(),
-                 .sampling = {.top_p = 1.0, .repeat_penalty = 1.0}};
+                 .sampling = {.top_p = 1.0, .repeat_penalty = 1.0}, .dev = {.device = TB_DEVICE_AUTO}};
     const tb_option table[] = {
         TB_OPT_MODEL(&o.model, "HF checkpoint directory (config.json, model.safetensors or\n"
                                "a sharded index, tokenizer.json), or a pruned model's\n"
@@ -339,6 +347,7 @@ int main(int argc, char **argv)
         TB_OPT_LONG(0, "seed", &o.seed, "S", 0, 0x7fffffffffffffffL, "random seed for sampling (default 0): same seed, same text"),
         TB_OPT_GROUP(""),
         TB_OPT_THREADS(&o.threads),
+        TB_OPT_DEVICE(&o.dev),
         TB_OPT_COMMON(),
     };
     const tb_command cmd = {
@@ -378,7 +387,17 @@ int main(int argc, char **argv)
         free(prompt_text);
         return tb_report_error();
     }
+    tb_backend be;
+    o.dev.n_threads = o.threads;
+    if ((rc = tb_backend_open(&be, &o.dev))) {
+        tb_tok_free(tok);
+        tb_model_close(&m);
+        free(prompt_text);
+        return tb_report_error();
+    }
+    o.be = &be;
     rc = o.ppl_file ? run_ppl(&o, &m, tok) : run_generate(&o, &m, tok);
+    tb_backend_close(&be);
     free(prompt_text);
     tb_tok_free(tok);
     tb_model_close(&m);

@@ -236,10 +236,18 @@ static void recon_rows(void *ctx, int64_t begin, int64_t end, int tid)
 {
     recon_job *j = ctx;
     slot *sl = &j->sl[tid];
-    int64_t cols = j->mask->cols;
+    int64_t cols = j->mask->cols, kmax = 0;
+    /* the system of a row is |S| x |S|: size it by the largest kept set of
+     * these rows, not cols x cols (at 2:4, a quarter of the memory; down_proj
+     * of a 7B model: 2 x 0.4 GB per thread instead of 2 x 1.6 GB) */
+    for (int64_t r = begin; r < end; r++) {
+        int64_t k = 0;
+        for (int64_t c = 0; c < cols; c++) k += tb_mask_get(j->mask, r, c);
+        if (k > kmax) kmax = k;
+    }
     int *kept = tb_malloc((size_t)cols * sizeof *kept + 1), *pr = tb_malloc((size_t)cols * sizeof *pr + 1);
-    double *a = tb_malloc((size_t)cols * cols * sizeof *a + 1), *b = tb_malloc((size_t)cols * sizeof *b + 1);
-    double *work = tb_malloc(tb_sym_solve_work((int)cols) * sizeof *work + 1);
+    double *a = tb_malloc((size_t)(kmax * kmax) * sizeof *a + 1), *b = tb_malloc((size_t)cols * sizeof *b + 1);
+    double *work = tb_malloc(tb_sym_solve_work((int)kmax) * sizeof *work + 1);
     if (!kept || !pr || !a || !b || !work) { slot_fail(sl, begin); goto out; }
     for (int64_t r = begin; r < end; r++) {
         float *w = j->w + r * cols;
@@ -311,10 +319,9 @@ static void mark_smallest(const double *score, int len, int count, uint8_t *out)
     }
 }
 
-static void sgpt_rows(void *ctx, int64_t begin, int64_t end, int tid)
+/* Rows [begin, end) at once: their weights in f64 and the block errors. */
+static void sgpt_chunk(sgpt_job *j, slot *sl, int64_t begin, int64_t end)
 {
-    sgpt_job *j = ctx;
-    slot *sl = &j->sl[tid];
     int64_t cols = j->mask->cols, nr = end - begin;
     int bs = j->block;
     const double *u = j->u;
@@ -383,6 +390,17 @@ out:
     free(prune);
 }
 
+/* A thread's rows in chunks of SGPT_CHUNK_ROWS: the f64 copy is chunk x cols
+ * (4096 x 14336 x 8 = 470 MB for a 7B down_proj at once; 59 MB per chunk),
+ * and each chunk's lazy updates are still one gemm of 256 rows. */
+#define SGPT_CHUNK_ROWS 256
+static void sgpt_rows(void *ctx, int64_t begin, int64_t end, int tid)
+{
+    sgpt_job *j = ctx;
+    for (int64_t r = begin; r < end; r += SGPT_CHUNK_ROWS)
+        sgpt_chunk(j, &j->sl[tid], r, end - r < SGPT_CHUNK_ROWS ? end : r + SGPT_CHUNK_ROWS);
+}
+
 int tb_comp_sparsegpt(float *w, tb_mask *mask, int n, int m, const double *gram, double damp, int block,
                       int reselect, int n_threads, tb_comp_stats *st)
 {
@@ -392,28 +410,51 @@ int tb_comp_sparsegpt(float *w, tb_mask *mask, int n, int m, const double *gram,
     double mean_diag;
     int rc = gram_check(gram, cols, &mean_diag);
     if (rc) return rc;
-    double *h = tb_malloc((size_t)(cols * cols) * sizeof *h + 1), *u = tb_malloc((size_t)(cols * cols) * sizeof *u + 1);
+    double *u = tb_malloc((size_t)(cols * cols) * sizeof *u + 1);
     uint8_t *dead = tb_calloc((size_t)cols + 1, 1);
-    if (!h || !u || !dead) { free(h); free(u); free(dead); return TB_EIO; }
-    memcpy(h, gram, (size_t)(cols * cols) * sizeof *h);
-    /* an input that is always 0 carries no information: as SparseGPT, make
-     * its row of H the identity's and its weights 0 (they never mattered) */
+    if (!u || !dead) { free(u); free(dead); return TB_EIO; }
+    /* an input that is always 0 carries no information: as SparseGPT, its
+     * weights become 0 (they never mattered) and its diagonal entry of H
+     * counts as 1 in the damping's mean. Its row and column of G are 0, so
+     * H + lambda I is block diagonal with that entry apart: the factor and
+     * the inverse of every other entry are the same whatever it holds, and
+     * H^-1 is computed from the (mapped) Gram itself, without a copy of H
+     * (one cols x cols f64 matrix in memory, not two: 1.6 GB at 7B). */
     double s = 0;
+    int64_t n_dead = 0;
     for (int64_t i = 0; i < cols; i++) {
-        if (h[i * cols + i] == 0) { dead[i] = 1; h[i * cols + i] = 1; }
-        s += h[i * cols + i];
+        if (gram[i * cols + i] == 0) { dead[i] = 1; n_dead++; s += 1; }
+        else s += gram[i * cols + i];
     }
+    for (int64_t i = 0; i < cols && n_dead; i++)
+        for (int64_t k = 0; dead[i] && k < cols; k++)
+            if (gram[i * cols + k] != 0) {
+                free(u);
+                free(dead);
+                return tb_fail(TB_EDATA, "Gram column %lld has a zero diagonal but a nonzero entry (%lld)", (long long)i,
+                               (long long)k);
+            }
     double lambda = damp * s / (double)(cols ? cols : 1);
     if (st) st->lambda = lambda;
+    /* undamped (--damp 0), a dead entry needs its 1 to be factored: copy */
+    const double *a = gram;
+    double *h = NULL;
+    if (n_dead && !(lambda > 0)) {
+        if (!(h = tb_malloc((size_t)(cols * cols) * sizeof *h + 1))) { free(u); free(dead); return TB_EIO; }
+        memcpy(h, gram, (size_t)(cols * cols) * sizeof *h);
+        for (int64_t i = 0; i < cols; i++)
+            if (dead[i]) h[i * cols + i] = 1;
+        a = h;
+    }
     tb_solve_info info;
-    rc = tb_sym_inverse(h, (int)cols, lambda, u, &info);
+    rc = tb_sym_inverse(a, (int)cols, lambda, u, &info);
+    free(h);
     if (!rc && st) {
         st->raised += info.raises > 0 && !info.eigen;
         st->eigen += info.eigen;
     }
     if (!rc && LAPACKE_dpotrf(LAPACK_COL_MAJOR, 'L', (int)cols, u, (int)cols) != 0)
         rc = tb_fail(TB_EDATA, "Cholesky factor of H^-1 failed (try a larger --damp)");
-    free(h);
     if (!rc) {
         sgpt_job j = {w, mask, n, m, block, reselect, u, dead, slots_new()};
         if (!j.sl) rc = TB_EIO;

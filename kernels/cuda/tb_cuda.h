@@ -19,6 +19,18 @@ int tb_cuda_device_describe(int i, char *buf, int n);
 /* CUDA runtime and driver versions as "runtime 13.0, driver 13.0"; "-" if absent. */
 void tb_cuda_versions(char *buf, int n);
 
+/* SparseGPT on GPU `gpu`, the CUDA twin of tb_comp_sparsegpt
+ * (kernels/cpu/tb_compensate.h): w [rows, cols] f32 in place; keep [rows,
+ * cols] bytes (1 = kept) in, and out when reselect; gram [cols, cols] f64
+ * full; n, m the pattern (0, 0 unstructured). lambda, raised, eigen report the
+ * damping as tb_comp_stats does. TB_OK, or a one-line error (tb_fail). */
+#include <stdint.h>
+int tb_cuda_sparsegpt(int gpu, float *w, uint8_t *keep, int64_t rows, int64_t cols, int n, int m, const double *gram,
+                      double damp, int block, int reselect, double *lambda, int *raised, int *eigen);
+
+/* tb_comp_output_error on GPU `gpu` (NaN when the GPU cannot run it). */
+double tb_cuda_output_error(int gpu, const float *w0, const float *w, int64_t rows, int64_t cols, const double *gram);
+
 #ifdef __cplusplus
 }
 #endif

@@ -121,6 +121,23 @@ print(n)"
     [ "$status" -eq 1 ]
 }
 
+@test "--stats gram --layers A:B runs layers 0..B-1 only and equals the whole-model Gram, bit for bit" {
+    has_python_module numpy && has_python_module safetensors || skip "python3 numpy/safetensors missing"
+    cd "$TMP"
+    tb-fisher -m "$TB_MODEL" -t "$CALIB" --max-windows 2 --stats gram -o full.fisher --quiet
+    tb-fisher -m "$TB_MODEL" -t "$CALIB" --max-windows 2 --stats gram --layers 0:1 -o a.fisher --quiet
+    tb-fisher -m "$TB_MODEL" -t "$CALIB" --max-windows 2 --stats gram --layers 3:5 -o b.fisher --quiet
+    run python3 -c "
+from safetensors.numpy import load_file
+import numpy as np
+full = load_file('full.fisher'); n = 0
+for part in ('a.fisher', 'b.fisher'):
+    for k, v in load_file(part).items():
+        assert np.array_equal(v, full[k]), k; n += 1
+print(n)"
+    [ "$output" = "24" ]
+}
+
 @test "--text tokenizes and draws the same windows as tb-tokenize --bos --windows" {
     has_python_module numpy && has_python_module safetensors || skip "python3 numpy/safetensors missing"
     text=$BATS_TEST_DIRNAME/../../examples/data/calib.txt

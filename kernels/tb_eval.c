@@ -1,83 +1,12 @@
-/* tb_eval.c - perplexity by PROTOCOL.md's protocol, and token sampling. */
+/* tb_eval.c - perplexity by the protocol (PROTOCOL.md), fidelity, and token
+ * sampling; the per-window losses run on the forward's backend. */
 #include "tb_error.h"
 #include "tb_log.h"
 #include "tb_model.h"
 #include "tb_ops.h"
-#include "tb_threads.h"
 
 #include <math.h>
 #include <stdlib.h>
-
-typedef struct {
-    const float *logits;
-    const int32_t *tokens;
-    int vocab;
-    double partial[256]; /* one per thread: summed in thread order, so reproducible */
-} nll_job;
-
-static void nll_rows(void *ctx, int64_t begin, int64_t end, int tid)
-{
-    nll_job *j = ctx;
-    double sum = 0; /* f64: hundreds of terms of ~5 nats each */
-    for (int64_t t = begin; t < end; t++) {
-        const float *row = j->logits + (size_t)t * j->vocab;
-        sum += tb_logsumexp(row, j->vocab) - (double)row[j->tokens[t + 1]];
-    }
-    j->partial[tid] = sum;
-}
-
-double tb_eval_window_nll_mt(const float *logits, const int32_t *tokens, int n, int vocab, int n_threads)
-{
-    if (n < 2) return 0.0;
-    nll_job j = {logits, tokens, vocab, {0}};
-    if (n_threads < 1) n_threads = 1;
-    if (n_threads > 256) n_threads = 256;
-    if (n_threads > n - 1) n_threads = n - 1;
-    tb_parallel_for(n_threads, n - 1, nll_rows, &j);
-    double sum = 0;
-    for (int t = 0; t < n_threads; t++) sum += j.partial[t];
-    return sum / (n - 1);
-}
-
-double tb_eval_window_nll(const float *logits, const int32_t *tokens, int n, int vocab)
-{
-    return tb_eval_window_nll_mt(logits, tokens, n, vocab, 1);
-}
-
-double tb_eval_kl_row(const float *ref_logits, const float *logits, int n, int *same_top1)
-{
-    double lp = tb_logsumexp(ref_logits, n), lq = tb_logsumexp(logits, n), kl = 0;
-    int ap = 0, aq = 0;
-    for (int v = 0; v < n; v++) {
-        double a = (double)ref_logits[v] - lp, b = (double)logits[v] - lq;
-        kl += exp(a) * (a - b);
-        if (ref_logits[v] > ref_logits[ap]) ap = v;
-        if (logits[v] > logits[aq]) aq = v;
-    }
-    *same_top1 = ap == aq;
-    return kl > 0 ? kl : 0; /* rounding can take an exact 0 slightly negative */
-}
-
-typedef struct {
-    const float *ref, *cur;
-    int vocab;
-    double kl[256];
-    int64_t same[256];
-} kl_job;
-
-static void kl_rows(void *ctx, int64_t begin, int64_t end, int tid)
-{
-    kl_job *j = ctx;
-    double kl = 0;
-    int64_t same = 0;
-    for (int64_t t = begin; t < end; t++) {
-        int s;
-        kl += tb_eval_kl_row(j->ref + (size_t)t * j->vocab, j->cur + (size_t)t * j->vocab, j->vocab, &s);
-        same += s;
-    }
-    j->kl[tid] = kl;
-    j->same[tid] = same;
-}
 
 int tb_eval_ppl_compare(tb_forward *f, tb_forward *ref, const int32_t *ids, int64_t n_ids, int seq_len,
                         int64_t max_windows, tb_progress_fn progress, void *progress_ctx, tb_ppl_result *r,
@@ -92,8 +21,10 @@ int tb_eval_ppl_compare(tb_forward *f, tb_forward *ref, const int32_t *ids, int6
     if (windows < 1)
         return tb_fail(TB_EDATA, "%lld tokens (with BOS), fewer than one window of %d", (long long)n_ids, seq_len);
     if (max_windows > 0 && windows > max_windows) windows = max_windows;
+    if (ref && ref->be->ops != f->be->ops)
+        return tb_fail(TB_EUSAGE, "the reference model runs on another backend (%s, not %s)", ref->be->ops->name,
+                       f->be->ops->name);
     if (progress) progress(progress_ctx, 0, windows);
-    int nt = f->o.n_threads < 1 ? 1 : f->o.n_threads > 256 ? 256 : f->o.n_threads;
     double t0 = tb_now(), sum = 0, sum_ref = 0, kl = 0;
     int64_t same = 0;
     for (int64_t w = 0; w < windows; w++) {
@@ -101,17 +32,14 @@ int tb_eval_ppl_compare(tb_forward *f, tb_forward *ref, const int32_t *ids, int6
         int rc = ref ? tb_forward_run(ref, win, seq_len, 0) : TB_OK;
         if (!rc) rc = tb_forward_run(f, win, seq_len, 0);
         if (rc) return rc;
-        sum += tb_eval_window_nll_mt(f->logits, win, seq_len, V, nt);
+        sum += f->be->ops->nll(f->be, f->logits, win, seq_len, V) / (seq_len - 1);
         if (ref) {
-            sum_ref += tb_eval_window_nll_mt(ref->logits, win, seq_len, V, nt);
-            kl_job j = {ref->logits, f->logits, V, {0}, {0}};
-            int k = nt < seq_len ? nt : seq_len;
-            tb_parallel_for(k, seq_len, kl_rows, &j);
-            for (int t = 0; t < k; t++) { /* thread order: reproducible */
-                kl += j.kl[t];
-                same += j.same[t];
-            }
+            int64_t s = 0;
+            sum_ref += ref->be->ops->nll(ref->be, ref->logits, win, seq_len, V) / (seq_len - 1);
+            kl += f->be->ops->kl(f->be, ref->logits, f->logits, seq_len, V, &s);
+            same += s;
         }
+        if ((rc = f->be->ops->sync(f->be))) return rc;
         if (progress) progress(progress_ctx, w + 1, windows);
     }
     r->windows = windows;

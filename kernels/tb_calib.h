@@ -12,6 +12,8 @@
  *   Gram    8 bytes x sum over distinct inputs of in^2   (f64)
  *   samples 2 bytes x K x linear parameters    (bf16)
  * Numerics: a non-finite gradient is an error naming the tensor and window.
+ * Fisher and Gram sums live in the backend's memory (the GPU's on CUDA) and
+ * cross to the host only when written.
  */
 #ifndef TB_CALIB_H
 #define TB_CALIB_H
@@ -29,17 +31,20 @@ typedef struct {
     int grad_samples;      /* K >= 0 windows whose gradients are kept */
     int64_t total_windows; /* windows that will be fed: decides which are sampled */
     int layer_begin, layer_end; /* Gram only for layers in [begin, end) */
+    tb_backend *backend;   /* where the sums live: the forward's backend (NULL: the CPU) */
 } tb_calib_opts;
 
 typedef struct {
     const tb_model *m;
     tb_calib_opts o;
     int with_lm_head;   /* lm_head has its own weight (untied): Fisher for it too */
-    float **fisher;     /* [n_layers * TB_LIN_PER_LAYER + 1] sums of dW^2; NULL when off */
-    uint16_t **samples; /* same indexing, bf16 [K, rows, cols] */
-    double **gram;      /* [n_layers * TB_GRAM_PER_LAYER] sums of x x^T (upper triangle) */
+    tb_backend *be;     /* o.backend or own_be */
+    tb_backend own_be;
+    float **fisher;     /* [n_layers * TB_LIN_PER_LAYER + 1] sums of dW^2 (backend memory); NULL when off */
+    uint16_t **samples; /* same indexing, bf16 [K, rows, cols] (host) */
+    double **gram;      /* [n_layers * TB_GRAM_PER_LAYER] sums of x x^T (upper triangle, backend memory) */
     int64_t *gram_tokens;
-    double *xd;         /* [max_tokens * widest input]: a window's inputs in f64 */
+    float *host_tmp;    /* a sampled gradient downloaded (largest linear) */
     int64_t windows, tokens;
     int64_t cur_window; /* index of the window being processed */
     int sample_slot;    /* of the current window, -1 if not sampled */

@@ -6,7 +6,6 @@
 #include "tb_io.h"
 #include "tb_safetensors.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,6 +50,13 @@ int tb_calib_init(tb_calib *c, const tb_model *m, int max_tokens, const tb_calib
     if (c->o.layer_end <= 0 || c->o.layer_end > L) c->o.layer_end = L;
     if (c->o.grad_samples > c->o.total_windows) c->o.grad_samples = (int)c->o.total_windows;
     c->with_lm_head = !m->cfg.tie_word_embeddings;
+    int rc;
+    if (o->backend) {
+        c->be = o->backend;
+    } else {
+        if ((rc = tb_cpu_backend_open(&c->own_be))) return rc;
+        c->be = &c->own_be;
+    }
     if (o->fisher || o->grad_samples > 0) {
         c->fisher = tb_calloc((size_t)n_lin, sizeof(float *));
         c->samples = tb_calloc((size_t)n_lin, sizeof(uint16_t *));
@@ -61,24 +67,35 @@ int tb_calib_init(tb_calib *c, const tb_model *m, int max_tokens, const tb_calib
                 const tb_linear *W = lin_of(m, l, i);
                 size_t sz = (size_t)W->rows * W->cols;
                 int idx = l * TB_LIN_PER_LAYER + i;
-                if (o->fisher && !(c->fisher[idx] = tb_calloc(sz, sizeof(float)))) goto oom;
+                if (o->fisher) {
+                    if (!(c->fisher[idx] = tb_alloc_f32(c->be, sz, "the Fisher diagonal"))) goto oom;
+                    c->be->ops->zero(c->be, c->fisher[idx], sz * sizeof(float));
+                }
                 if (c->o.grad_samples > 0 &&
                     !(c->samples[idx] = tb_calloc(sz * (size_t)c->o.grad_samples, sizeof(uint16_t))))
                     goto oom;
+                if (c->o.grad_samples > 0 && !c->host_tmp) {
+                    size_t big = (size_t)m->lm_head.rows * m->lm_head.cols;
+                    for (int k = 0; k < L; k++)
+                        for (int j = 0; j < TB_LIN_PER_LAYER; j++) {
+                            size_t s = (size_t)m->layers[k].lin[j].rows * m->layers[k].lin[j].cols;
+                            big = s > big ? s : big;
+                        }
+                    if (!(c->host_tmp = tb_malloc(big * sizeof(float)))) goto oom;
+                }
             }
     }
     if (o->gram) {
         c->gram = tb_calloc((size_t)L * TB_GRAM_PER_LAYER, sizeof(double *));
         c->gram_tokens = tb_calloc((size_t)L * TB_GRAM_PER_LAYER, sizeof(int64_t));
         if (!c->gram || !c->gram_tokens) goto oom;
-        int widest = 0;
         for (int l = c->o.layer_begin; l < c->o.layer_end; l++)
             for (int s = 0; s < TB_GRAM_PER_LAYER; s++) {
                 size_t d = (size_t)gram_dim(m, s);
-                widest = (int)d > widest ? (int)d : widest;
-                if (!(c->gram[l * TB_GRAM_PER_LAYER + s] = tb_calloc(d * d, sizeof(double)))) goto oom;
+                double **G = &c->gram[l * TB_GRAM_PER_LAYER + s];
+                if (!(*G = c->be->ops->alloc(c->be, d * d * sizeof(double), "a Gram matrix"))) goto oom;
+                c->be->ops->zero(c->be, *G, d * d * sizeof(double));
             }
-        if (!(c->xd = tb_malloc((size_t)max_tokens * (size_t)widest * sizeof(double)))) goto oom;
     }
     return TB_OK;
 oom:
@@ -89,14 +106,17 @@ oom:
 void tb_calib_free(tb_calib *c)
 {
     const int L = c->m ? c->m->cfg.n_layers : 0, n_lin = L * TB_LIN_PER_LAYER + 1;
-    for (int i = 0; c->fisher && i < n_lin; i++) free(c->fisher[i]);
+    for (int i = 0; c->fisher && i < n_lin; i++)
+        if (c->fisher[i]) c->be->ops->free(c->be, c->fisher[i]);
     for (int i = 0; c->samples && i < n_lin; i++) free(c->samples[i]);
-    for (int i = 0; c->gram && i < L * TB_GRAM_PER_LAYER; i++) free(c->gram[i]);
+    for (int i = 0; c->gram && i < L * TB_GRAM_PER_LAYER; i++)
+        if (c->gram[i]) c->be->ops->free(c->be, c->gram[i]);
     free(c->fisher);
     free(c->samples);
     free(c->gram);
     free(c->gram_tokens);
-    free(c->xd);
+    free(c->host_tmp);
+    if (c->be == &c->own_be) tb_backend_close(&c->own_be);
     memset(c, 0, sizeof *c);
 }
 
@@ -107,8 +127,7 @@ static void gram_hook(void *ctx, int layer, tb_lin_id which, const float *x, int
     int slot = gram_slot(which);
     if (slot < 0 || layer >= c->m->cfg.n_layers || layer < c->o.layer_begin || layer >= c->o.layer_end) return;
     int g = layer * TB_GRAM_PER_LAYER + slot;
-    for (size_t i = 0; i < (size_t)n * cols; i++) c->xd[i] = x[i];
-    cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, cols, n, 1.0, c->xd, cols, 1.0, c->gram[g], cols);
+    c->be->ops->gram_acc(c->be, x, n, cols, c->gram[g]);
     c->gram_tokens[g] += n;
 }
 
@@ -117,19 +136,23 @@ static int grad_cb(void *ctx, int layer, tb_lin_id which, const float *dW, int r
     tb_calib *c = ctx;
     int idx = layer * TB_LIN_PER_LAYER + (layer == c->m->cfg.n_layers ? 0 : (int)which);
     size_t sz = (size_t)rows * cols;
-    for (size_t k = 0; k < sz; k++)
-        if (!isfinite(dW[k])) {
-            char name[128];
-            tb_calib_weight_name(c->m, layer, which, name, sizeof name);
-            return tb_fail(TB_EDATA, "window %lld: gradient of '%s' is %s at element %zu (row %zu, col %zu)",
-                           (long long)c->cur_window, name, isnan(dW[k]) ? "NaN" : "Inf", k, k / cols, k % cols);
-        }
+    tb_backend *be = c->be;
+    int64_t bad = be->ops->first_nonfinite(be, dW, sz);
+    if (bad >= 0) {
+        char name[128];
+        float v;
+        be->ops->download(be, &v, dW + bad, sizeof v);
+        tb_calib_weight_name(c->m, layer, which, name, sizeof name);
+        size_t k = (size_t)bad;
+        return tb_fail(TB_EDATA, "window %lld: gradient of '%s' is %s at element %zu (row %zu, col %zu)",
+                       (long long)c->cur_window, name, isnan(v) ? "NaN" : "Inf", k, k / cols, k % cols);
+    }
     float *F = c->fisher ? c->fisher[idx] : NULL;
-    if (F)
-        for (size_t k = 0; k < sz; k++) F[k] += dW[k] * dW[k];
+    if (F) be->ops->sq_acc(be, F, dW, sz);
     if (c->sample_slot >= 0 && c->samples[idx]) {
         uint16_t *s = c->samples[idx] + (size_t)c->sample_slot * sz;
-        for (size_t k = 0; k < sz; k++) s[k] = tb_f32_to_bf16(dW[k]);
+        be->ops->download(be, c->host_tmp, dW, sz * sizeof(float));
+        for (size_t k = 0; k < sz; k++) s[k] = tb_f32_to_bf16(c->host_tmp[k]);
     }
     return TB_OK;
 }
@@ -151,7 +174,7 @@ int tb_calib_window(tb_calib *c, tb_forward *f, tb_backward *b, const int32_t *i
     f->hook_ctx = NULL;
     if (rc) return rc;
     if (need_grad) rc = tb_backward_run(b, ids, n, c->with_lm_head, grad_cb, c, loss);
-    else *loss = tb_eval_window_nll(f->logits, ids, n, c->m->cfg.vocab_size);
+    else *loss = f->be->ops->nll(f->be, f->logits, ids, n, c->m->cfg.vocab_size) / (n - 1);
     if (rc) return rc;
     c->windows++;
     c->tokens += n;
@@ -196,14 +219,17 @@ static int walk_outputs(tb_calib *c, st_writer *w, int write)
                 const size_t sz = (size_t)W->rows * W->cols;
                 tb_calib_weight_name(m, l, i, name, sizeof name);
                 if (pass == 0 && c->fisher && c->fisher[idx]) {
-                    float *F = c->fisher[idx];
                     if (!write) {
                         snprintf(full, sizeof full, "fisher.%s", name);
                         rc = st_writer_add(w, full, TB_F32, 2, (int64_t[]){W->rows, W->cols});
                         continue;
                     }
+                    float *F = tb_malloc(sz * sizeof(float));
+                    if (!F) return TB_EIO;
+                    c->be->ops->download(c->be, F, c->fisher[idx], sz * sizeof(float));
                     for (size_t k = 0; k < sz; k++) F[k] = (float)(F[k] * inv);
                     rc = st_writer_write(w, F, sz * sizeof(float));
+                    free(F);
                 } else if (pass == 1 && c->gram && l < L && gram_slot(i) >= 0 && c->gram[g]) {
                     const int d = W->cols;
                     if (!write) {
@@ -213,10 +239,13 @@ static int walk_outputs(tb_calib *c, st_writer *w, int write)
                         if (!rc) rc = st_writer_add(w, full, TB_I64, 1, (int64_t[]){1});
                         continue;
                     }
-                    double *G = c->gram[g];
-                    for (int r = 0; r < d; r++) /* dsyrk filled the upper triangle */
+                    double *G = tb_malloc((size_t)d * d * sizeof(double));
+                    if (!G) return TB_EIO;
+                    c->be->ops->download(c->be, G, c->gram[g], (size_t)d * d * sizeof(double));
+                    for (int r = 0; r < d; r++) /* the backends define the upper triangle */
                         for (int q = 0; q < r; q++) G[(size_t)r * d + q] = G[(size_t)q * d + r];
                     rc = st_writer_write(w, G, (size_t)d * d * sizeof(double));
+                    free(G);
                     if (!rc) rc = st_writer_write(w, &c->gram_tokens[g], sizeof(int64_t));
                 } else if (pass == 2 && c->samples && c->samples[idx]) {
                     if (!write) {

@@ -1,20 +1,21 @@
-/* tb_backward.h - the decoder backward pass on the CPU, for calibration
- * statistics (tb-fisher): the gradient of one window's mean next-token NLL with
- * respect to every linear weight.
+/* tb_backward.h - the decoder backward pass, on the forward's backend, for
+ * calibration statistics (tb-fisher) and layer training (tb-recon): the
+ * gradient of one window's loss with respect to every linear weight.
  *
  * It reads the activations the forward pass kept (tb_forward_opts.keep_acts)
  * and delivers each weight's gradient dW [rows, cols] to a callback as soon as
  * it is complete (lm_head first, then the layers last to first, in each layer
  * down, up, gate, o, v, k, q), so callers accumulate what they need (the
  * squared gradient, samples) while only one dW buffer exists at a time.
- * Memory: one window's activation gradients + one dW + per-thread tiles.
+ * Memory: one window's activation gradients + one dW, in backend memory.
  */
 #ifndef TB_BACKWARD_H
 #define TB_BACKWARD_H
 
 #include "tb_model.h"
 
-/* dW is valid only during the call. Return nonzero to stop the pass (the
+/* dW is backend memory (host memory on the CPU backend), valid only during
+ * the call. Return nonzero to stop the pass (the
  * callback records its error with tb_fail). layer = n_layers for lm_head. */
 typedef int (*tb_grad_fn)(void *ctx, int layer, tb_lin_id which, const float *dW, int rows, int cols);
 
@@ -30,9 +31,7 @@ typedef struct {
     float *d_k;     /* [T, n_kv_heads*head_dim] */
     float *d_v;     /* [T, n_kv_heads*head_dim] */
     float *dW;      /* [largest linear rows*cols] */
-    float *neg_sin; /* [max_seq, head_dim/2]: RoPE's inverse rotation */
-    tb_scratch scratch; /* per thread: a weight tile, or a [T, T] attention block */
-    float *mem;
+    float *mem;     /* the one backend allocation behind the above */
 } tb_backward;
 
 /* Size every buffer for f (which must keep activations). */

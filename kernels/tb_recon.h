@@ -9,9 +9,12 @@
  * reconstruction, which sees each linear map alone.
  *
  * The gradients come from the same reverse pass as tb-fisher's (tb_backward,
- * checked by finite differences). Memory: the inputs and targets of all
- * windows (2 x windows x seq_len x hidden f32), one window's activations and
- * their gradients, and per trainable weight its gradient and two Adam moments.
+ * checked by finite differences), on any backend: on CUDA the whole step
+ * (forward, backward, Adam) runs on the GPU and only one window's input and
+ * target cross per step. Memory: the caller's inputs and targets of all
+ * windows (host, 2 x windows x seq_len x hidden f32); on the backend one
+ * window's activations and their gradients, and per trainable weight an f32
+ * copy, its gradient, two Adam moments and the keep mask.
  */
 #ifndef TB_RECON_H
 #define TB_RECON_H
@@ -27,6 +30,7 @@ typedef struct {
     uint64_t seed;
     int eval_windows;  /* windows the before/after error is measured on */
     int n_threads;
+    tb_backend *backend; /* where the layer trains (NULL: the CPU with n_threads) */
 } tb_recon_opts;
 
 void tb_recon_defaults(tb_recon_opts *o); /* 300 steps, lr 1e-3, 0.9/0.999/1e-8, 16 eval windows */

@@ -1,4 +1,4 @@
-/* tb_model.h - a Llama-family decoder (llama, mistral, qwen2) on the CPU.
+/* tb_model.h - a Llama-family decoder (llama, mistral, qwen2), on any backend.
  *
  * Three pieces:
  *   tb_model    the weights, bound by HF tensor name from a checkpoint and
@@ -7,8 +7,10 @@
  *               Linear weights stay in the mapping (see tb_linear.h); the
  *               small per-channel vectors (norms, biases) are f32 copies.
  *   tb_forward  the run state: every activation buffer, the KV cache and the
- *               scratch, allocated once by tb_forward_init(); tb_forward_run()
- *               allocates nothing. One call processes n tokens at positions
+ *               scratch, allocated once by tb_forward_init() in the memory of
+ *               its backend (tb_backend.h: host memory on the CPU, device
+ *               memory on CUDA); tb_forward_run() allocates nothing but the
+ *               weights of a layer it has not used yet. One call processes n tokens at positions
  *               pos0 .. pos0+n-1 against the cache, so prefill (pos0 = 0, a
  *               whole window) and a decode step (n = 1) are the same code.
  *   tb_eval_*   the perplexity protocol of PROTOCOL.md and token sampling.
@@ -16,14 +18,19 @@
  * Activations are public, in the style of llm.c, because the backward pass
  * (empirical Fisher, Gram matrices) reads them: with opts.keep_acts every
  * layer keeps its own buffers, otherwise one set is reused layer after layer.
+ * They are backend memory: host code reads them directly only on the CPU
+ * backend; everything else goes through the backend's ops or the
+ * tb_forward_get/set functions below.
  */
 #ifndef TB_MODEL_H
 #define TB_MODEL_H
 
 #include <stdint.h>
 
+#include "tb_backend.h"
 #include "tb_config.h"
 #include "tb_linear.h"
+#include "tb_loss.h"
 #include "tb_safetensors.h"
 #include "tb_tbm.h"
 
@@ -83,7 +90,8 @@ typedef struct {
     float *xn1;      /* input_layernorm(x): the input of q/k/v_proj */
     float *rms1;     /* [n] 1/rms of x */
     float *q;        /* [n, n_heads*head_dim] after RoPE */
-    float *probs;    /* [n_heads, n, pos0+n] softmax; NULL unless keep_acts */
+    float *saved;    /* what the attention backward needs (CPU: the softmax [n_heads, n, n];
+                      * CUDA: row log-sum-exps); NULL unless keep_acts */
     float *att;      /* [n, n_heads*head_dim] attention output: the input of o_proj */
     float *h;        /* residual after attention */
     float *xn2;      /* post_attention_layernorm(h): the input of gate/up_proj */
@@ -96,19 +104,46 @@ typedef struct {
 } tb_layer_acts;
 
 /* Called with the input of every linear layer just before it is applied
- * (q, k and v see the same pointer). layer = n_layers for lm_head. */
+ * (q, k and v see the same pointer; x is backend memory). layer = n_layers
+ * for lm_head. */
 typedef void (*tb_linear_hook)(void *ctx, int layer, tb_lin_id which, const float *x, int n, int cols);
 
 typedef struct {
     int max_seq;    /* KV cache length: the last position + 1 ever used */
     int max_tokens; /* most tokens per tb_forward_run call (<= max_seq) */
-    int keep_acts;  /* 1: separate buffers per layer, and attention probs */
-    int n_threads;  /* ours; OpenBLAS is set to one thread per call */
+    int keep_acts;  /* 1: separate buffers per layer, and what attention's backward needs */
+    int n_threads;  /* CPU threads when backend is NULL; OpenBLAS is set to one thread per call */
+    tb_backend *backend; /* NULL: a CPU backend of n_threads owned by the forward */
+    int layer_begin, layer_end; /* activations, KV caches and weights only for layers in
+                                 * [begin, end) (end 0: every layer); the stream entering
+                                 * layer end is kept too. tb_forward_run needs them all;
+                                 * layer-wise tools (tb-recon, sequential tb-fisher) need
+                                 * one, which keeps a 7B model's memory at one layer's. */
+    size_t weight_budget; /* bytes of backend memory for resident layer weights; 0: no limit
+                           * (layers load on first use; over the budget the least recently
+                           * used layers are released, so a model streams layer by layer) */
 } tb_forward_opts;
+
+/* One decoder layer's weights where the backend computes. */
+typedef struct {
+    tb_dlinear lin[TB_LIN_PER_LAYER];
+    float *attn_norm, *mlp_norm; /* backend copies */
+    uint8_t borrowed[TB_LIN_PER_LAYER]; /* lin[i] is the caller's (tb_forward_use_linear) */
+    int loaded;
+    uint64_t last_use;
+    size_t bytes;
+} tb_dlayer;
 
 typedef struct {
     const tb_model *m;
     tb_forward_opts o;
+    tb_backend *be;      /* what runs it: o.backend or own_be */
+    tb_backend own_be;
+    tb_dlayer *dl;       /* [n_layers], loaded on first use (tb_forward_layer_weights) */
+    tb_dlinear lm_head;
+    float *final_norm;   /* backend copy */
+    size_t resident;     /* bytes of layer weights loaded */
+    uint64_t clock;
     tb_layer_acts *acts; /* [n_layers]; without keep_acts all alias one set except the caches */
     float *x_final;      /* [n, hidden] output of the last layer (before the final norm) */
     float *xn_final;     /* [n, hidden] after model.norm: the input of lm_head */
@@ -116,7 +151,7 @@ typedef struct {
     float *logits;       /* [n, vocab] */
     float *tmp;          /* [n, hidden] o_proj / down_proj output before the residual add */
     float *rope_cos, *rope_sin; /* [max_seq, head_dim/2] */
-    tb_scratch scratch;
+    float *rope_neg_sin; /* -rope_sin: RoPE's inverse rotation, for the backward */
     int n;               /* tokens of the last call */
     tb_linear_hook hook; /* optional */
     void *hook_ctx;
@@ -142,13 +177,20 @@ float *tb_forward_stream(tb_forward *f, int layer);
 int tb_forward_embed(tb_forward *f, const int32_t *tokens, int n);
 int tb_forward_layers(tb_forward *f, int n, int l0, int l1);
 
-/* Mean next-token NLL of one sequence from its logits [n, vocab]: the mean
- * over t < n-1 of logsumexp(logits[t]) - logits[t][tokens[t+1]], in f64. */
-double tb_eval_window_nll(const float *logits, const int32_t *tokens, int n, int vocab);
-/* The same with the rows split over n_threads (a log-sum-exp over the
- * vocabulary per token costs as much as a small matmul); the result depends
- * on the count only through the order of the f64 additions. */
-double tb_eval_window_nll_mt(const float *logits, const int32_t *tokens, int n, int vocab, int n_threads);
+/* Host copies in and out of backend memory: the stream entering `layer`
+ * (n tokens x hidden), and row t of the logits (vocab floats). */
+int tb_forward_set_stream(tb_forward *f, int layer, const float *host, int n);
+int tb_forward_get_stream(tb_forward *f, int layer, float *host, int n);
+int tb_forward_get_logits(tb_forward *f, int t, float *host);
+
+/* Layer l's weights where the backend computes, loaded (or reloaded after
+ * release) now; NULL with the error recorded when memory is short. */
+tb_dlayer *tb_forward_layer_weights(tb_forward *f, int l);
+/* Replace linear `which` of layer l (after tb_forward_layer_weights) by d,
+ * which the caller owns (training: a copy Adam updates). The forward will
+ * not release it; tb_forward_restore_linear puts the model's own back. */
+void tb_forward_use_linear(tb_forward *f, int l, tb_lin_id which, const tb_dlinear *d);
+void tb_forward_restore_linear(tb_forward *f, int l, tb_lin_id which);
 
 typedef struct {
     double ppl, mean_nll;
@@ -176,10 +218,6 @@ typedef struct {
     double top1;     /* fraction of positions whose argmax tokens agree */
     double ppl_ref;  /* the reference's perplexity on the same windows */
 } tb_fidelity;
-
-/* KL(p || q) with p = softmax(ref_logits), q = softmax(logits), and whether
- * the argmaxes agree (lowest index on ties), for one row of n logits. */
-double tb_eval_kl_row(const float *ref_logits, const float *logits, int n, int *same_top1);
 
 /* tb_eval_ppl for f, running ref (same seq_len buffers, same vocabulary) on
  * each window too, and filling fid; ref == NULL (fid unused) is tb_eval_ppl. */

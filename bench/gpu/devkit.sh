@@ -1,0 +1,22 @@
+#!/bin/sh
+# devkit.sh - pack what a GPU machine without Debian's packages needs to run
+# this checkout's CUDA build: the shared libraries the tools link (cJSON,
+# OpenBLAS, LAPACKE, gfortran, cmocka), xz-compressed, into DIR.
+#
+#   bench/gpu/devkit.sh [DIR]        (default .devwork/kit)
+#   on the GPU machine:  . bench/gpu/devkit-env.sh DIR   (unpacks, sets LD_LIBRARY_PATH)
+#
+# The build itself is made here (make CUDA=1 CUDA_ARCHS=90): nvcc 13.0 here and
+# there, and a Debian 12 glibc binary runs on the newer glibc there.
+set -eu
+dir=${1:-.devwork/kit}
+mkdir -p "$dir/lib"
+for lib in libcjson.so.1 libopenblas.so.0 libgfortran.so.5 libquadmath.so.0 liblapacke.so.3 liblapack.so.3 \
+    libblas.so.3 libtmglib.so.3 libcmocka.so.0; do
+    src=$(ldconfig -p | awk -v l="$lib" '$1 == l && /x86-64/ {print $NF; exit}')
+    [ -n "$src" ] || { echo "devkit: $lib not found (scripts/setup.sh)" >&2; exit 3; }
+    cp -L "$src" "$dir/lib/$lib"
+done
+tar -C "$dir" -cJf "$dir/libs.tar.xz" lib
+rm -rf "$dir/lib"
+ls -la "$dir"

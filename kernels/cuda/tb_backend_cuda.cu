@@ -1,0 +1,1105 @@
+// tb_backend_cuda.cu - the CUDA implementation of the compute seam
+// (kernels/tb_backend.h): memory, weights, cuBLAS GEMMs, the elementwise and
+// row kernels, f64 reductions and Adam. Attention is in tb_attention_cuda.cu.
+//
+// CPU references: kernels/cpu/tb_backend_cpu.c and the kernels it wraps
+// (tb_ops.c, tb_linear.c, tb_backward.c, tb_eval.c, tb_calib.c, tb_recon.c).
+// tests/cuda/test_backend.c runs every op on both backends (make test-cuda).
+//
+// Precision. TB_PREC_F32: weights f32, cuBLAS with CUBLAS_COMPUTE_32F_PEDANTIC
+// (no TF32, no reduced-precision tricks), Gram in f64 (DSYRK). TB_PREC_BF16:
+// weights bf16 on the device, activations cast to bf16 for each GEMM, f32
+// accumulation and output; Gram from bf16 operand tiles of a bounded token
+// count, f32 accumulated and summed into the f64 G. Everything else is f32
+// with f64 where the header says (nll, kl, sum_sq_diff).
+#include "tb_cuda_backend.h"
+#include "tb_nvtx.h"
+
+#include <cuda_bf16.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+// ---------------------------------------------------------------- errors
+
+int tb_cuda_check(tb_cuda *cu, cudaError_t e, const char *what, const char *file, int line)
+{
+    if (e == cudaSuccess) return 0;
+    if (!cu->err) {
+        cu->err = TB_EIO;
+        snprintf(cu->msg, sizeof cu->msg, "cuda: %s: %s (%s:%d)", what, cudaGetErrorString(e), file, line);
+    }
+    return 1;
+}
+
+void tb_cuda_set_error(tb_cuda *cu, int code, const char *fmt, ...)
+{
+    if (cu->err) return;
+    cu->err = code;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cu->msg, sizeof cu->msg, fmt, ap);
+    va_end(ap);
+}
+
+static int blas_check(tb_cuda *cu, cublasStatus_t s, const char *what)
+{
+    if (s == CUBLAS_STATUS_SUCCESS) return 0;
+    tb_cuda_set_error(cu, TB_EIO, "cuda: %s: cuBLAS %s", what,
+                      s == CUBLAS_STATUS_ALLOC_FAILED ? "out of GPU memory" : cublasGetStatusString(s));
+    return 1;
+}
+
+static double gib(size_t bytes) { return (double)bytes / (1024.0 * 1024.0 * 1024.0); }
+
+static size_t device_free(void)
+{
+    size_t fr = 0, tot = 0;
+    if (cudaMemGetInfo(&fr, &tot) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    return fr;
+}
+
+// device memory, or NULL and a one-line error naming `what` and the bytes asked
+static void *dev_alloc(tb_cuda *cu, size_t bytes, const char *what)
+{
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, bytes ? bytes : 1);
+    if (e == cudaSuccess) return p;
+    cudaGetLastError(); // an allocation failure is not sticky for CUDA: keep it that way for us
+    if (e == cudaErrorMemoryAllocation)
+        tb_fail(TB_EIO, "out of GPU memory: %s: %zu bytes asked (%.2f GiB), %.2f GiB free on cuda:%d", what, bytes,
+                gib(bytes), gib(device_free()), cu->dev);
+    else
+        tb_fail(TB_EIO, "cuda: allocating %s (%zu bytes): %s", what, bytes, cudaGetErrorString(e));
+    return NULL;
+}
+
+void *tb_cuda_ws(tb_cuda *cu, size_t bytes, const char *what)
+{
+    if (cu->err) return NULL;
+    if (bytes <= cu->ws_bytes) return cu->ws;
+    // the old space may still be in use by issued work
+    if (TB_CU_CHECK(cu, cudaStreamSynchronize(cu->stream), "work space")) return NULL;
+    cudaFree(cu->ws);
+    cu->ws = NULL;
+    cu->ws_bytes = 0;
+    size_t want = bytes + bytes / 4; // grow with headroom so a slowly growing need does not reallocate each call
+    cu->ws = dev_alloc(cu, want, what);
+    if (!cu->ws) {
+        tb_cuda_set_error(cu, TB_EIO, "%s", tb_errmsg());
+        return NULL;
+    }
+    cu->ws_bytes = want;
+    return cu->ws;
+}
+
+static void *host_ws(tb_cuda *cu, size_t bytes)
+{
+    if (bytes <= cu->host_bytes) return cu->host;
+    free(cu->host);
+    cu->host = malloc(bytes);
+    cu->host_bytes = cu->host ? bytes : 0;
+    if (!cu->host) tb_cuda_set_error(cu, TB_EIO, "cuda: out of host memory (%zu bytes of staging)", bytes);
+    return cu->host;
+}
+
+static unsigned blocks_for(size_t count, int threads, unsigned cap = 65535u * 8u)
+{
+    size_t b = (count + threads - 1) / threads;
+    if (b < 1) b = 1;
+    return b > cap ? cap : (unsigned)b;
+}
+
+// ---------------------------------------------------------------- kernels
+
+__global__ void k_f32_to_bf16(__nv_bfloat16 *dst, const float *src, size_t count)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = __float2bfloat16_rn(src[i]);
+}
+
+__global__ void k_bf16_to_f32(float *dst, const __nv_bfloat16 *src, size_t count)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = __bfloat162float(src[i]);
+}
+
+__global__ void k_f32_to_f64(double *dst, const float *src, size_t count)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = (double)src[i];
+}
+
+// y[t, r] = bias[r] (the GEMM then adds x W^T with beta = 1)
+__global__ void k_bias_rows(float *y, const float *bias, int n, int rows)
+{
+    size_t count = (size_t)n * rows;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x)
+        y[i] = bias[i % rows];
+}
+
+// column-major G (leading dimension ldg) += C [m, nb] (leading dimension m), in f64
+__global__ void k_add_block(double *G, int ldg, const float *C, int m, int nb)
+{
+    const size_t count = (size_t)m * nb;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x) {
+        const size_t c = i / m, r = i - c * m;
+        G[c * ldg + r] += (double)C[i];
+    }
+}
+
+__global__ void k_sq_acc(float *F, const float *g, size_t count)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x)
+        F[i] += g[i] * g[i];
+}
+
+__global__ void k_add(float *y, const float *a, const float *c, size_t count)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x)
+        y[i] = a[i] + c[i];
+}
+
+__global__ void k_scaled_diff(float *d, const float *a, const float *c, float scale, size_t count)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x)
+        d[i] = scale * (a[i] - c[i]);
+}
+
+__global__ void k_swiglu(float *out, const float *gate, const float *up, size_t count)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x) {
+        float g = gate[i];
+        out[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+__global__ void k_swiglu_backward(float *d_gate, float *d_up, const float *d_out, const float *gate, const float *up,
+                                  size_t count)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x) {
+        float g = gate[i], u = up[i], d = d_out[i];
+        float s = 1.0f / (1.0f + expf(-g));
+        d_up[i] = d * g * s;
+        d_gate[i] = d * u * s * (1.0f + g * (1.0f - s));
+    }
+}
+
+// one block reduction of a double (blockDim a multiple of 32, <= 1024); result valid in every thread
+__device__ double block_sum(double v, double *sh)
+{
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    __syncthreads(); // sh may still be read by a previous call
+    if (lane == 0) sh[w] = v;
+    __syncthreads();
+    double s = 0;
+    for (int i = 0; i < nw; i++) s += sh[i]; // fixed order: reproducible
+    return s;
+}
+
+__device__ float block_max(float v, float *sh)
+{
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    __syncthreads();
+    if (lane == 0) sh[w] = v;
+    __syncthreads();
+    float m = sh[0];
+    for (int i = 1; i < nw; i++) m = fmaxf(m, sh[i]);
+    return m;
+}
+
+// argmax with the CPU's tie rule (the first index of the maximum wins)
+__device__ void block_argmax(float &v, int &idx, float *shv, int *shi)
+{
+    for (int o = 16; o > 0; o >>= 1) {
+        float v2 = __shfl_xor_sync(0xffffffffu, v, o);
+        int i2 = __shfl_xor_sync(0xffffffffu, idx, o);
+        if (v2 > v || (v2 == v && i2 < idx)) {
+            v = v2;
+            idx = i2;
+        }
+    }
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    __syncthreads();
+    if (lane == 0) {
+        shv[w] = v;
+        shi[w] = idx;
+    }
+    __syncthreads();
+    v = shv[0];
+    idx = shi[0];
+    for (int i = 1; i < nw; i++)
+        if (shv[i] > v || (shv[i] == v && shi[i] < idx)) {
+            v = shv[i];
+            idx = shi[i];
+        }
+}
+
+constexpr int kRowThreads = 256;
+
+__global__ void k_rmsnorm(float *y, float *inv_rms, const float *x, const float *w, int d, float eps)
+{
+    __shared__ double sh[32];
+    const size_t row = blockIdx.x;
+    const float *xr = x + row * d;
+    float *yr = y + row * d;
+    double ss = 0;
+    for (int j = threadIdx.x; j < d; j += blockDim.x) ss += (double)xr[j] * xr[j];
+    ss = block_sum(ss, sh);
+    const float r = 1.0f / sqrtf((float)(ss / d) + eps);
+    if (inv_rms && threadIdx.x == 0) inv_rms[row] = r;
+    for (int j = threadIdx.x; j < d; j += blockDim.x) yr[j] = w[j] * (xr[j] * r); // each j read, then written, by one thread
+}
+
+__global__ void k_rmsnorm_backward(float *dx, const float *dy, const float *x, const float *inv_rms, const float *w,
+                                   int d, int accumulate)
+{
+    __shared__ double sh[32];
+    const size_t row = blockIdx.x;
+    const float *yr = dy + row * d, *xr = x + row * d;
+    float *dr = dx + row * d;
+    double s = 0;
+    for (int j = threadIdx.x; j < d; j += blockDim.x) s += (double)w[j] * yr[j] * xr[j];
+    s = block_sum(s, sh);
+    const double r = inv_rms[row], c = r * r * r * s / d;
+    for (int j = threadIdx.x; j < d; j += blockDim.x) {
+        float g = (float)(r * w[j] * yr[j] - xr[j] * c);
+        dr[j] = accumulate ? dr[j] + g : g;
+    }
+}
+
+__global__ void k_rope(float *x, int n, int heads, int head_dim, int pos0, const float *cos_t, const float *sin_t)
+{
+    const int half = head_dim / 2;
+    const size_t count = (size_t)n * heads * half;
+    for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < count;
+         idx += (size_t)gridDim.x * blockDim.x) {
+        const int i = (int)(idx % half);
+        const size_t th = idx / half; // t * heads + h
+        const int t = (int)(th / heads);
+        float *v = x + th * head_dim;
+        const float c = cos_t[(size_t)(pos0 + t) * half + i], s = sin_t[(size_t)(pos0 + t) * half + i];
+        const float a = v[i], b = v[i + half];
+        v[i] = a * c - b * s;
+        v[i + half] = b * c + a * s;
+    }
+}
+
+// row t < n-1: lse(logits[t]) - logits[t][tokens[t+1]] in f64; grad: also the xent gradient in place
+__global__ void k_nll_rows(float *logits, const int32_t *tokens, int n, int vocab, double *row_nll, int grad)
+{
+    __shared__ double shd[32];
+    __shared__ float shf[32];
+    const int t = blockIdx.x;
+    float *row = logits + (size_t)t * vocab;
+    if (t == n - 1) { // the last position predicts nothing
+        if (grad)
+            for (int v = threadIdx.x; v < vocab; v += blockDim.x) row[v] = 0.0f;
+        return;
+    }
+    float mx = -INFINITY;
+    for (int v = threadIdx.x; v < vocab; v += blockDim.x) mx = fmaxf(mx, row[v]);
+    mx = block_max(mx, shf);
+    double s = 0;
+    for (int v = threadIdx.x; v < vocab; v += blockDim.x) s += exp((double)row[v] - mx);
+    s = block_sum(s, shd);
+    const double lse = mx + log(s);
+    const int target = tokens[t + 1];
+    const double tv = (double)row[target];
+    __syncthreads(); // every thread has read row[target] before anyone overwrites it
+    if (threadIdx.x == 0) row_nll[t] = lse - tv;
+    if (grad) {
+        const double inv = 1.0 / (n - 1);
+        for (int v = threadIdx.x; v < vocab; v += blockDim.x) {
+            double p = exp((double)row[v] - lse);
+            row[v] = (float)((p - (v == target ? 1.0 : 0.0)) * inv);
+        }
+    }
+}
+
+// per row: KL(softmax(ref) || softmax(cur)) clamped at 0 (as the CPU), and whether the argmaxes agree
+__global__ void k_kl_rows(const float *ref, const float *cur, int vocab, double *row_kl, int *row_same)
+{
+    __shared__ double shd[32];
+    __shared__ float shf[32];
+    __shared__ int shi[32];
+    const size_t t = blockIdx.x;
+    const float *a = ref + t * vocab, *b = cur + t * vocab;
+    float ma = -INFINITY, mb = -INFINITY;
+    int ia = 0x7fffffff, ib = 0x7fffffff;
+    for (int v = threadIdx.x; v < vocab; v += blockDim.x) {
+        if (a[v] > ma || (a[v] == ma && v < ia)) {
+            ma = a[v];
+            ia = v;
+        }
+        if (b[v] > mb || (b[v] == mb && v < ib)) {
+            mb = b[v];
+            ib = v;
+        }
+    }
+    block_argmax(ma, ia, shf, shi);
+    block_argmax(mb, ib, shf, shi);
+    double sa = 0, sb = 0;
+    for (int v = threadIdx.x; v < vocab; v += blockDim.x) {
+        sa += exp((double)a[v] - ma);
+        sb += exp((double)b[v] - mb);
+    }
+    sa = block_sum(sa, shd);
+    sb = block_sum(sb, shd);
+    const double lp = ma + log(sa), lq = mb + log(sb);
+    double kl = 0;
+    for (int v = threadIdx.x; v < vocab; v += blockDim.x) {
+        double x = (double)a[v] - lp, y = (double)b[v] - lq;
+        kl += exp(x) * (x - y);
+    }
+    kl = block_sum(kl, shd);
+    if (threadIdx.x == 0) {
+        row_kl[t] = kl > 0 ? kl : 0;
+        row_same[t] = ia == ib;
+    }
+}
+
+// per-block partial sums of (a - c)^2 (c NULL: a^2) in f64
+__global__ void k_sum_sq_diff(const float *a, const float *c, size_t count, double *partial)
+{
+    __shared__ double sh[32];
+    double s = 0;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x) {
+        double d = c ? (double)a[i] - c[i] : (double)a[i];
+        s += d * d;
+    }
+    s = block_sum(s, sh);
+    if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+
+__global__ void k_first_nonfinite(const float *x, size_t count, unsigned long long *first)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x)
+        if (!isfinite(x[i])) atomicMin(first, (unsigned long long)i);
+}
+
+// Adam on kept entries, as tb_recon.c: f32 moments, the step in f64, the f32
+// master updated and the compute copy (bf16) refreshed from it
+__global__ void k_adam(float *w32, __nv_bfloat16 *wb, const float *g, const uint8_t *keep, float *m1, float *m2,
+                       size_t count, double lr, float b1, float b2, double c1, double c2, double eps)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x) {
+        if (!keep[i]) continue; // pruned entries never move
+        const float gi = g[i];
+        const float a = __fadd_rn(__fmul_rn(b1, m1[i]), __fmul_rn(1.0f - b1, gi));
+        const float v = __fadd_rn(__fmul_rn(b2, m2[i]), __fmul_rn(__fmul_rn(1.0f - b2, gi), gi));
+        m1[i] = a;
+        m2[i] = v;
+        const float w = w32[i] - (float)(lr * (a / c1) / (sqrt(v / c2) + eps));
+        w32[i] = w;
+        if (wb) wb[i] = __float2bfloat16_rn(w);
+    }
+}
+
+// ---------------------------------------------------------------- memory ops
+
+static void *cu_alloc(tb_backend *b, size_t bytes, const char *what)
+{
+    return dev_alloc(tb_cu(b), bytes, what);
+}
+
+static void cu_free(tb_backend *b, void *p)
+{
+    if (p) TB_CU_CHECK(tb_cu(b), cudaFree(p), "free");
+}
+
+static void cu_upload(tb_backend *b, void *dst, const void *src, size_t bytes)
+{
+    tb_cuda *cu = tb_cu(b);
+    if (cu->err || !bytes) return;
+    // from pageable memory the call returns once src has been staged, so the caller may reuse it
+    TB_CU_CHECK(cu, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cu->stream), "upload");
+}
+
+static void cu_download(tb_backend *b, void *dst, const void *src, size_t bytes)
+{
+    tb_cuda *cu = tb_cu(b);
+    if (cu->err || !bytes) return;
+    if (!TB_CU_CHECK(cu, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cu->stream), "download"))
+        TB_CU_CHECK(cu, cudaStreamSynchronize(cu->stream), "download");
+}
+
+static void cu_copy(tb_backend *b, void *dst, const void *src, size_t bytes)
+{
+    tb_cuda *cu = tb_cu(b);
+    if (cu->err || !bytes) return;
+    TB_CU_CHECK(cu, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cu->stream), "copy");
+}
+
+static void cu_zero(tb_backend *b, void *p, size_t bytes)
+{
+    tb_cuda *cu = tb_cu(b);
+    if (cu->err || !bytes) return;
+    TB_CU_CHECK(cu, cudaMemsetAsync(p, 0, bytes, cu->stream), "zero");
+}
+
+static int cu_sync(tb_backend *b)
+{
+    tb_cuda *cu = tb_cu(b);
+    if (!cu->err) TB_CU_CHECK(cu, cudaStreamSynchronize(cu->stream), "sync");
+    if (!cu->err) return TB_OK;
+    // reported once, as the CPU backend does (a broken CUDA context fails the next op again)
+    const int rc = cu->err;
+    cu->err = TB_OK;
+    return tb_fail(rc, "%s", cu->msg);
+}
+
+static size_t cu_mem_free(tb_backend *b)
+{
+    (void)b;
+    return device_free();
+}
+
+// ---------------------------------------------------------------- weights
+
+static size_t elt(const tb_cuda *cu) { return cu->bf16 ? 2 : 4; }
+
+// f32 [count] on the device into dst in the compute dtype
+static void to_compute(tb_cuda *cu, void *dst, const float *src, size_t count)
+{
+    if (cu->err || !count) return;
+    if (cu->bf16) {
+        k_f32_to_bf16<<<blocks_for(count, 256), 256, 0, cu->stream>>>((__nv_bfloat16 *)dst, src, count);
+        TB_CU_LAUNCHED(cu, "bf16 conversion");
+    } else {
+        TB_CU_CHECK(cu, cudaMemcpyAsync(dst, src, count * 4, cudaMemcpyDeviceToDevice, cu->stream), "copy");
+    }
+}
+
+static int upload_bias(tb_cuda *cu, tb_dlinear *d, const tb_linear *L)
+{
+    d->bias = NULL;
+    if (!L->bias) return TB_OK;
+    d->bias = (float *)dev_alloc(cu, (size_t)L->rows * 4, L->name ? L->name : "bias");
+    if (!d->bias) return TB_EIO;
+    if (TB_CU_CHECK(cu, cudaMemcpyAsync(d->bias, L->bias, (size_t)L->rows * 4, cudaMemcpyHostToDevice, cu->stream),
+                    "bias upload"))
+        return tb_fail(cu->err, "%s", cu->msg);
+    return TB_OK;
+}
+
+static void cu_linear_release(tb_backend *b, tb_dlinear *d)
+{
+    tb_cuda *cu = tb_cu(b);
+    if (d->w && d->w != (void *)d->w32) cudaFree(d->w);
+    cudaFree(d->w32);
+    cudaFree(d->bias);
+    (void)cu;
+    d->w = NULL;
+    d->w32 = NULL;
+    d->bias = NULL;
+    d->bytes = 0;
+}
+
+// Dense device copy in the compute dtype of any tb_linear: rows come out of
+// tb_linear_rows on the host (N:M decoded, permutation undone, f32) a chunk at
+// a time, cross into a device f32 staging area and are converted there.
+//
+// Hook for 2:4 weights: when kernels/cuda/tb_sp24_gemm.cu offers its C entry,
+// a TB_LINEAR_NM weight with n = 2, m = 4 (and bf16 precision) is handed to it
+// here instead, keeping values + metadata on the device, and cu_linear calls
+// its GEMM for such a d (d->w then points to the sp24 handle; mark it so).
+static int cu_linear_upload(tb_backend *b, tb_dlinear *d, const tb_linear *L)
+{
+    tb_cuda *cu = tb_cu(b);
+    if (cu->err) return tb_fail(cu->err, "%s", cu->msg);
+    TB_RANGE_PUSH("linear_upload");
+    memset(d, 0, sizeof *d);
+    d->host = L;
+    d->rows = L->rows;
+    d->cols = L->cols;
+    const char *what = L->name ? L->name : "linear weight";
+    const size_t count = (size_t)L->rows * L->cols;
+    int rc = TB_OK;
+    d->w = dev_alloc(cu, count * elt(cu), what);
+    if (!d->w) rc = TB_EIO;
+    const int direct = L->format == TB_LINEAR_DENSE && !L->perm &&
+                       ((cu->bf16 && L->dtype == TB_BF16) || (!cu->bf16 && L->dtype == TB_F32));
+    if (!rc && direct) { // already in the compute dtype: one copy
+        if (TB_CU_CHECK(cu, cudaMemcpyAsync(d->w, L->data, count * elt(cu), cudaMemcpyHostToDevice, cu->stream),
+                        "weight upload"))
+            rc = tb_fail(cu->err, "%s", cu->msg);
+    } else if (!rc) {
+        size_t chunk = ((size_t)4 << 20) / (size_t)L->cols; // rows per 16 MB of f32
+        if (chunk < 1) chunk = 1;
+        const int nr_max = chunk < (size_t)L->rows ? (int)chunk : L->rows;
+        float *hbuf = (float *)malloc(((size_t)nr_max + 1) * L->cols * sizeof(float));
+        float *stage = (float *)tb_cuda_ws(cu, (size_t)nr_max * L->cols * sizeof(float), "weight staging");
+        if (!hbuf) rc = tb_fail(TB_EIO, "out of memory (%zu bytes) converting %s", (size_t)nr_max * L->cols * 4, what);
+        else if (!stage) rc = tb_fail(cu->err, "%s", cu->msg);
+        for (int r0 = 0; !rc && r0 < L->rows; r0 += nr_max) {
+            const int nr = L->rows - r0 < nr_max ? L->rows - r0 : nr_max;
+            const size_t c = (size_t)nr * L->cols;
+            tb_linear_rows(L, r0, nr, hbuf, hbuf + (size_t)nr_max * L->cols);
+            // the previous chunk's conversion must be done with `stage`; the copy is stream-ordered after it
+            TB_CU_CHECK(cu, cudaMemcpyAsync(stage, hbuf, c * 4, cudaMemcpyHostToDevice, cu->stream), "weight upload");
+            to_compute(cu, (char *)d->w + (size_t)r0 * L->cols * elt(cu), stage, c);
+            // a pageable source is staged before the copy returns, so hbuf may be refilled now
+            if (cu->err) rc = tb_fail(cu->err, "%s", cu->msg);
+        }
+        free(hbuf);
+    }
+    if (!rc) rc = upload_bias(cu, d, L);
+    if (rc) cu_linear_release(b, d);
+    else d->bytes = count * elt(cu) + (L->bias ? (size_t)L->rows * 4 : 0);
+    TB_RANGE_POP();
+    return rc;
+}
+
+static int cu_linear_upload_train(tb_backend *b, tb_dlinear *d, const tb_linear *L)
+{
+    tb_cuda *cu = tb_cu(b);
+    if (cu->err) return tb_fail(cu->err, "%s", cu->msg);
+    if (L->format != TB_LINEAR_DENSE || L->dtype != TB_F32 || L->perm)
+        return tb_fail(TB_EUSAGE, "cuda: training weight %s must be dense f32 without a permutation",
+                       L->name ? L->name : "?");
+    memset(d, 0, sizeof *d);
+    d->host = L;
+    d->rows = L->rows;
+    d->cols = L->cols;
+    d->trainable = 1;
+    const char *what = L->name ? L->name : "trained weight";
+    const size_t count = (size_t)L->rows * L->cols;
+    int rc = TB_OK;
+    d->w32 = (float *)dev_alloc(cu, count * 4, what);
+    if (!d->w32) return TB_EIO;
+    if (TB_CU_CHECK(cu, cudaMemcpyAsync(d->w32, L->data, count * 4, cudaMemcpyHostToDevice, cu->stream),
+                    "weight upload"))
+        rc = tb_fail(cu->err, "%s", cu->msg);
+    if (!rc && cu->bf16) {
+        d->w = dev_alloc(cu, count * 2, what);
+        if (!d->w) rc = TB_EIO;
+        else to_compute(cu, d->w, d->w32, count);
+        if (!rc && cu->err) rc = tb_fail(cu->err, "%s", cu->msg);
+    } else if (!rc) {
+        d->w = d->w32; // f32: the master is the compute copy
+    }
+    if (!rc) rc = upload_bias(cu, d, L);
+    if (rc) cu_linear_release(b, d);
+    else d->bytes = count * (cu->bf16 ? 6 : 4) + (L->bias ? (size_t)L->rows * 4 : 0);
+    return rc;
+}
+
+static void cu_linear_download(tb_backend *b, const tb_dlinear *d, float *dst)
+{
+    tb_cuda *cu = tb_cu(b);
+    if (cu->err) return;
+    const size_t count = (size_t)d->rows * d->cols;
+    if (d->w32) {
+        cu_download(b, dst, d->w32, count * 4);
+    } else if (!cu->bf16) {
+        cu_download(b, dst, d->w, count * 4);
+    } else {
+        float *tmp = (float *)tb_cuda_ws(cu, count * 4, "weight download");
+        if (!tmp) return;
+        k_bf16_to_f32<<<blocks_for(count, 256), 256, 0, cu->stream>>>(tmp, (const __nv_bfloat16 *)d->w, count);
+        if (!TB_CU_LAUNCHED(cu, "weight download")) cu_download(b, dst, tmp, count * 4);
+    }
+}
+
+// ---------------------------------------------------------------- GEMMs
+
+// C[m, n] (column-major, f32) = alpha op(A) op(B) + beta C; A, B in the compute dtype
+static void gemm(tb_cuda *cu, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const void *A, int lda,
+                 const void *B, int ldb, float beta, float *C, int ldc, const char *what)
+{
+    if (cu->err) return;
+    const float alpha = 1.0f;
+    const cudaDataType t = cu->bf16 ? CUDA_R_16BF : CUDA_R_32F;
+    const cublasComputeType_t ct = cu->bf16 ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32F_PEDANTIC;
+    blas_check(cu,
+               cublasGemmEx(cu->blas, ta, tb, m, n, k, &alpha, A, t, lda, B, t, ldb, &beta, C, CUDA_R_32F, ldc, ct,
+                            CUBLAS_GEMM_DEFAULT),
+               what);
+}
+
+// an f32 device activation as a GEMM operand: itself (f32), or a bf16 copy in ws at byte offset `off`
+static const void *operand(tb_cuda *cu, const float *x, size_t count, size_t off, size_t ws_total)
+{
+    if (!cu->bf16) return x;
+    char *ws = (char *)tb_cuda_ws(cu, ws_total, "bf16 activations");
+    if (!ws) return NULL;
+    k_f32_to_bf16<<<blocks_for(count, 256), 256, 0, cu->stream>>>((__nv_bfloat16 *)(ws + off), x, count);
+    if (TB_CU_LAUNCHED(cu, "bf16 activations")) return NULL;
+    return ws + off;
+}
+
+// y[n, rows] = x[n, cols] W^T (+ bias). Column-major: y^T = W x^T, W^T being W read column-major.
+static void cu_linear(tb_backend *b, const tb_dlinear *W, const float *x, int n, float *y)
+{
+    tb_cuda *cu = tb_cu(b);
+    if (cu->err || n <= 0) return;
+    TB_RANGE_PUSH("linear");
+    const size_t xc = (size_t)n * W->cols;
+    const void *xo = operand(cu, x, xc, 0, xc * 2);
+    float beta = 0.0f;
+    if (xo && W->bias) {
+        k_bias_rows<<<blocks_for((size_t)n * W->rows, 256), 256, 0, cu->stream>>>(y, W->bias, n, W->rows);
+        TB_CU_LAUNCHED(cu, "linear bias");
+        beta = 1.0f;
+    }
+    if (xo) gemm(cu, CUBLAS_OP_T, CUBLAS_OP_N, W->rows, n, W->cols, W->w, W->cols, xo, W->cols, beta, y, W->rows, "linear");
+    TB_RANGE_POP();
+}
+
+// dx[n, cols] (+)= dy[n, rows] W. Column-major: dx^T = W^T dy^T.
+static void cu_linear_dx(tb_backend *b, const tb_dlinear *W, const float *dy, int n, float *dx, int accumulate)
+{
+    tb_cuda *cu = tb_cu(b);
+    if (cu->err || n <= 0) return;
+    TB_RANGE_PUSH("linear_dx");
+    const size_t c = (size_t)n * W->rows;
+    const void *dyo = operand(cu, dy, c, 0, c * 2);
+    if (dyo)
+        gemm(cu, CUBLAS_OP_N, CUBLAS_OP_N, W->cols, n, W->rows, W->w, W->cols, dyo, W->rows, accumulate ? 1.0f : 0.0f,
+             dx, W->cols, "linear_dx");
+    TB_RANGE_POP();
+}
+
+// dW[rows, cols] = dy[n, rows]^T x[n, cols]. Column-major: dW^T = x^T dy.
+static void cu_linear_dw(tb_backend *b, const float *dy, const float *x, int n, int rows, int cols, float *dW)
+{
+    tb_cuda *cu = tb_cu(b);
+    if (cu->err) return;
+    if (n <= 0) {
+        cu_zero(b, dW, (size_t)rows * cols * 4);
+        return;
+    }
+    TB_RANGE_PUSH("linear_dw");
+    const size_t cy = (size_t)n * rows, cx = (size_t)n * cols, total = (cy + cx) * 2;
+    const void *dyo = operand(cu, dy, cy, 0, total);
+    const void *xo = dyo ? operand(cu, x, cx, cy * 2, total) : NULL;
+    if (xo) gemm(cu, CUBLAS_OP_N, CUBLAS_OP_T, cols, rows, n, xo, cols, dyo, rows, 0.0f, dW, cols, "linear_dw");
+    TB_RANGE_POP();
+}
+
+// G[cols, cols] += x^T x in f64; the header defines the upper triangle of
+// row-major G (j >= i), which column-major cuBLAS sees as the lower one.
+// f32: each chunk of tokens widened to f64 and DSYRK'd (exact products, f64
+// sums). bf16: bf16 operand tiles of <= 4096 tokens, f32 accumulation, for
+// column blocks of G restricted to the needed triangle, added into G in f64.
+static void cu_gram_acc(tb_backend *b, const float *x, int n, int cols, double *G)
+{
+    tb_cuda *cu = tb_cu(b);
+    if (cu->err || n <= 0) return;
+    TB_RANGE_PUSH("gram_acc");
+    const size_t budget = (size_t)256 << 20; // bytes of work space per chunk
+    if (!cu->bf16) {
+        int chunk = (int)(budget / ((size_t)cols * 8));
+        if (chunk < 1) chunk = 1;
+        if (chunk > n) chunk = n;
+        double *xd = (double *)tb_cuda_ws(cu, (size_t)chunk * cols * 8, "gram f64 tile");
+        const double one = 1.0;
+        for (int t0 = 0; xd && !cu->err && t0 < n; t0 += chunk) {
+            const int nt = n - t0 < chunk ? n - t0 : chunk;
+            const size_t c = (size_t)nt * cols;
+            k_f32_to_f64<<<blocks_for(c, 256), 256, 0, cu->stream>>>(xd, x + (size_t)t0 * cols, c);
+            if (TB_CU_LAUNCHED(cu, "gram f64 tile")) break;
+            // x chunk row-major [nt, cols] = column-major X^T [cols, nt]; G += X^T (X^T)^T
+            blas_check(cu, cublasDsyrk(cu->blas, CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N, cols, nt, &one, xd, cols, &one, G,
+                                       cols),
+                       "gram (DSYRK)");
+        }
+    } else {
+        const int chunk = n < 4096 ? n : 4096; // f32 accumulation over at most 4096 products
+        int bc = (int)(budget / ((size_t)cols * 4));
+        if (bc < 1) bc = 1;
+        if (bc > cols) bc = cols;
+        const size_t xbytes = (size_t)chunk * cols * 2, cbytes = (size_t)cols * bc * 4;
+        char *ws = (char *)tb_cuda_ws(cu, xbytes + cbytes, "gram bf16 tile");
+        for (int t0 = 0; ws && !cu->err && t0 < n; t0 += chunk) {
+            const int nt = n - t0 < chunk ? n - t0 : chunk;
+            const size_t c = (size_t)nt * cols;
+            __nv_bfloat16 *xb = (__nv_bfloat16 *)ws;
+            float *C = (float *)(ws + xbytes);
+            k_f32_to_bf16<<<blocks_for(c, 256), 256, 0, cu->stream>>>(xb, x + (size_t)t0 * cols, c);
+            if (TB_CU_LAUNCHED(cu, "gram bf16 tile")) break;
+            for (int j0 = 0; j0 < cols && !cu->err; j0 += bc) {
+                const int nb = cols - j0 < bc ? cols - j0 : bc, m = cols - j0;
+                // column-major C[m, nb] = X^T[j0.., t] X[t, j0..j0+nb): the entries (r >= c) of
+                // G's column block j0.. that the header defines (and a few below them)
+                gemm(cu, CUBLAS_OP_N, CUBLAS_OP_T, m, nb, nt, xb + j0, cols, xb + j0, cols, 0.0f, C, m, "gram");
+                if (cu->err) break;
+                k_add_block<<<blocks_for((size_t)m * nb, 256), 256, 0, cu->stream>>>(G + (size_t)j0 * cols + j0, cols,
+                                                                                    C, m, nb);
+                TB_CU_LAUNCHED(cu, "gram accumulate");
+            }
+        }
+    }
+    TB_RANGE_POP();
+}
+
+// ---------------------------------------------------------------- row and elementwise ops
+
+static void cu_embed(tb_backend *b, const tb_linear *table, const int32_t *tokens, int n, float *x)
+{
+    tb_cuda *cu = tb_cu(b);
+    if (cu->err || n <= 0) return;
+    const size_t d = (size_t)table->cols;
+    float *h = (float *)host_ws(cu, (size_t)n * d * sizeof(float));
+    if (!h) return;
+    for (int t = 0; t < n; t++) {
+        if (tokens[t] < 0 || tokens[t] >= table->rows) {
+            tb_cuda_set_error(cu, TB_EDATA, "embed: token %d at position %d outside the vocabulary (%d)", tokens[t], t,
+                              table->rows);
+            return;
+        }
+        tb_linear_row(table, tokens[t], h + (size_t)t * d);
+    }
+    cu_upload(b, x, h, (size_t)n * d * sizeof(float));
+}
+
+static void cu_rmsnorm(tb_backend *b, float *y, float *inv_rms, const float *x, const float *w, int n, int d, float eps)
+{
+    tb_cuda *cu = tb_cu(b);
+    if (cu->err || n <= 0) return;
+    k_rmsnorm<<<n, kRowThreads, 0, cu->stream>>>(y, inv_rms, x, w, d, eps);
+    TB_CU_LAUNCHED(cu, "rmsnorm");
+}
+
+static void cu_rmsnorm_backward(tb_backend *b, float *dx, const float *dy, const float *x, const float *inv_rms,
+                                const float *w, int n, int d, int accumulate)
+{
+    tb_cuda *cu = tb_cu(b);
+    if (cu->err || n <= 0) return;
+    k_rmsnorm_backward<<<n, kRowThreads, 0, cu->stream>>>(dx, dy, x, inv_rms, w, d, accumulate);
+    TB_CU_LAUNCHED(cu, "rmsnorm backward");
+}
+
+static void cu_rope(tb_backend *b, float *x, int n, int heads, int head_dim, int pos0, const float *cos_t,
+                    const float *sin_t)
+{
+    tb_cuda *cu = tb_cu(b);
+    if (cu->err || n <= 0) return;
+    const size_t count = (size_t)n * heads * (head_dim / 2);
+    k_rope<<<blocks_for(count, 256), 256, 0, cu->stream>>>(x, n, heads, head_dim, pos0, cos_t, sin_t);
+    TB_CU_LAUNCHED(cu, "rope");
+}
+
+static size_t cu_attention_saved(tb_backend *b, const tb_attn_shape *a, int n, int kv)
+{
+    (void)b;
+    (void)kv;
+    return (size_t)a->n_heads * n; // the row log-sum-exp
+}
+
+static void cu_attention(tb_backend *b, const tb_attn_shape *a, const float *q, const float *k, const float *v, int n,
+                         int pos0, float *out, float *saved)
+{
+    tb_cuda_attention(tb_cu(b), a, q, k, v, n, pos0, out, saved);
+}
+
+static void cu_attention_backward(tb_backend *b, const tb_attn_shape *a, const float *q, const float *k, const float *v,
+                                  const float *out, const float *saved, const float *d_out, int n, float *d_q,
+                                  float *d_k, float *d_v)
+{
+    tb_cuda_attention_backward(tb_cu(b), a, q, k, v, out, saved, d_out, n, d_q, d_k, d_v);
+}
+
+static void cu_swiglu(tb_backend *b, float *out, const float *gate, const float *up, size_t count)
+{
+    tb_cuda *cu = tb_cu(b);
+    if (cu->err || !count) return;
+    k_swiglu<<<blocks_for(count, 256), 256, 0, cu->stream>>>(out, gate, up, count);
+    TB_CU_LAUNCHED(cu, "swiglu");
+}
+
+static void cu_swiglu_backward(tb_backend *b, float *d_gate, float *d_up, const float *d_out, const float *gate,
+                               const float *up, size_t count)
+{
+    tb_cuda *cu = tb_cu(b);
+    if (cu->err || !count) return;
+    k_swiglu_backward<<<blocks_for(count, 256), 256, 0, cu->stream>>>(d_gate, d_up, d_out, gate, up, count);
+    TB_CU_LAUNCHED(cu, "swiglu backward");
+}
+
+static void cu_add(tb_backend *b, float *y, const float *a, const float *c, size_t count)
+{
+    tb_cuda *cu = tb_cu(b);
+    if (cu->err || !count) return;
+    k_add<<<blocks_for(count, 256), 256, 0, cu->stream>>>(y, a, c, count);
+    TB_CU_LAUNCHED(cu, "add");
+}
+
+static void cu_sq_acc(tb_backend *b, float *F, const float *g, size_t count)
+{
+    tb_cuda *cu = tb_cu(b);
+    if (cu->err || !count) return;
+    k_sq_acc<<<blocks_for(count, 256), 256, 0, cu->stream>>>(F, g, count);
+    TB_CU_LAUNCHED(cu, "sq_acc");
+}
+
+static void cu_scaled_diff(tb_backend *b, float *d, const float *a, const float *c, float scale, size_t count)
+{
+    tb_cuda *cu = tb_cu(b);
+    if (cu->err || !count) return;
+    k_scaled_diff<<<blocks_for(count, 256), 256, 0, cu->stream>>>(d, a, c, scale, count);
+    TB_CU_LAUNCHED(cu, "scaled_diff");
+}
+
+// ---------------------------------------------------------------- losses and reductions
+
+// per-row NLL (and gradient) on the device; the rows' f64 values summed on the host in order
+static double nll_common(tb_backend *b, float *logits, const int32_t *tokens, int n, int vocab, int grad)
+{
+    tb_cuda *cu = tb_cu(b);
+    if (cu->err) return NAN;
+    if (n < 2) {
+        if (grad && n == 1) cu_zero(b, logits, (size_t)vocab * 4);
+        return 0.0;
+    }
+    for (int t = 1; t < n; t++)
+        if (tokens[t] < 0 || tokens[t] >= vocab) {
+            tb_cuda_set_error(cu, TB_EDATA, "nll: token %d at position %d outside the vocabulary (%d)", tokens[t], t,
+                              vocab);
+            return NAN;
+        }
+    TB_RANGE_PUSH(grad ? "xent_backward" : "nll");
+    const size_t rows = (size_t)n - 1;
+    char *ws = (char *)tb_cuda_ws(cu, rows * 8 + (size_t)n * 4, "nll rows");
+    double *hrow = (double *)host_ws(cu, rows * 8);
+    double sum = NAN;
+    if (ws && hrow) {
+        double *row_nll = (double *)ws;
+        int32_t *dtok = (int32_t *)(ws + rows * 8);
+        if (!TB_CU_CHECK(cu, cudaMemcpyAsync(dtok, tokens, (size_t)n * 4, cudaMemcpyHostToDevice, cu->stream), "tokens")) {
+            k_nll_rows<<<grad ? n : n - 1, kRowThreads, 0, cu->stream>>>(logits, dtok, n, vocab, row_nll, grad);
+            if (!TB_CU_LAUNCHED(cu, "nll")) {
+                cu_download(b, hrow, row_nll, rows * 8);
+                if (!cu->err) {
+                    sum = 0;
+                    for (size_t t = 0; t < rows; t++) sum += hrow[t];
+                }
+            }
+        }
+    }
+    TB_RANGE_POP();
+    return grad ? sum / (double)rows : sum;
+}
+
+static double cu_nll(tb_backend *b, const float *logits, const int32_t *tokens, int n, int vocab)
+{
+    return nll_common(b, (float *)logits, tokens, n, vocab, 0); // grad = 0 never writes
+}
+
+static double cu_xent_backward(tb_backend *b, float *logits, const int32_t *tokens, int n, int vocab)
+{
+    return nll_common(b, logits, tokens, n, vocab, 1);
+}
+
+static double cu_kl(tb_backend *b, const float *ref, const float *cur, int n, int vocab, int64_t *top1_same)
+{
+    tb_cuda *cu = tb_cu(b);
+    if (top1_same) *top1_same = 0;
+    if (cu->err) return NAN;
+    if (n <= 0) return 0.0;
+    TB_RANGE_PUSH("kl");
+    const size_t bytes = (size_t)n * 8 + (size_t)n * 4;
+    char *ws = (char *)tb_cuda_ws(cu, bytes, "kl rows");
+    char *h = (char *)host_ws(cu, bytes);
+    double sum = NAN;
+    if (ws && h) {
+        k_kl_rows<<<n, kRowThreads, 0, cu->stream>>>(ref, cur, vocab, (double *)ws, (int *)(ws + (size_t)n * 8));
+        if (!TB_CU_LAUNCHED(cu, "kl")) {
+            cu_download(b, h, ws, bytes);
+            if (!cu->err) {
+                sum = 0;
+                int64_t same = 0;
+                const double *kl = (const double *)h;
+                const int *s = (const int *)(h + (size_t)n * 8);
+                for (int t = 0; t < n; t++) {
+                    sum += kl[t];
+                    same += s[t];
+                }
+                if (top1_same) *top1_same = same;
+            }
+        }
+    }
+    TB_RANGE_POP();
+    return sum;
+}
+
+static double cu_sum_sq_diff(tb_backend *b, const float *a, const float *c, size_t count)
+{
+    tb_cuda *cu = tb_cu(b);
+    if (cu->err) return NAN;
+    if (!count) return 0.0;
+    const unsigned nb = blocks_for(count, 256, 1024);
+    double *part = (double *)tb_cuda_ws(cu, nb * 8, "sum_sq_diff");
+    double *h = (double *)host_ws(cu, nb * 8);
+    if (!part || !h) return NAN;
+    k_sum_sq_diff<<<nb, 256, 0, cu->stream>>>(a, c, count, part);
+    if (TB_CU_LAUNCHED(cu, "sum_sq_diff")) return NAN;
+    cu_download(b, h, part, nb * 8);
+    if (cu->err) return NAN;
+    double s = 0;
+    for (unsigned i = 0; i < nb; i++) s += h[i];
+    return s;
+}
+
+static int64_t cu_first_nonfinite(tb_backend *b, const float *x, size_t count)
+{
+    tb_cuda *cu = tb_cu(b);
+    if (cu->err || !count) return -1;
+    unsigned long long *first = (unsigned long long *)tb_cuda_ws(cu, 8, "first_nonfinite");
+    if (!first) return -1;
+    unsigned long long h = ~0ull;
+    if (TB_CU_CHECK(cu, cudaMemsetAsync(first, 0xff, 8, cu->stream), "first_nonfinite")) return -1;
+    k_first_nonfinite<<<blocks_for(count, 256), 256, 0, cu->stream>>>(x, count, first);
+    if (TB_CU_LAUNCHED(cu, "first_nonfinite")) return -1;
+    cu_download(b, &h, first, 8);
+    return h == ~0ull ? -1 : (int64_t)h;
+}
+
+// ---------------------------------------------------------------- training
+
+static void cu_adam(tb_backend *b, tb_dlinear *W, const float *g, const uint8_t *keep, float *m1, float *m2, double lr,
+                    double beta1, double beta2, double c1, double c2, double eps)
+{
+    tb_cuda *cu = tb_cu(b);
+    if (cu->err) return;
+    if (!W->trainable || !W->w32) {
+        tb_cuda_set_error(cu, TB_EUSAGE, "adam: weight %s was not uploaded for training",
+                          W->host && W->host->name ? W->host->name : "?");
+        return;
+    }
+    const size_t count = (size_t)W->rows * W->cols;
+    __nv_bfloat16 *wb = W->w != (void *)W->w32 ? (__nv_bfloat16 *)W->w : NULL;
+    k_adam<<<blocks_for(count, 256), 256, 0, cu->stream>>>(W->w32, wb, g, keep, m1, m2, count, lr, (float)beta1,
+                                                           (float)beta2, c1, c2, eps);
+    TB_CU_LAUNCHED(cu, "adam");
+}
+
+// ---------------------------------------------------------------- open / close
+
+static void cu_close(tb_backend *b)
+{
+    tb_cuda *cu = tb_cu(b);
+    if (!cu) return;
+    cudaSetDevice(cu->dev);
+    if (cu->stream) cudaStreamSynchronize(cu->stream);
+    cudaFree(cu->ws);
+    free(cu->host);
+    if (cu->blas) cublasDestroy(cu->blas);
+    if (cu->stream) cudaStreamDestroy(cu->stream);
+    free(cu);
+    b->impl = NULL;
+}
+
+static tb_backend_ops make_ops(void)
+{
+    tb_backend_ops o;
+    memset(&o, 0, sizeof o);
+    o.name = "cuda";
+    o.alloc = cu_alloc;
+    o.free = cu_free;
+    o.upload = cu_upload;
+    o.download = cu_download;
+    o.copy = cu_copy;
+    o.zero = cu_zero;
+    o.sync = cu_sync;
+    o.mem_free = cu_mem_free;
+    o.linear_upload = cu_linear_upload;
+    o.linear_upload_train = cu_linear_upload_train;
+    o.linear_download = cu_linear_download;
+    o.linear_release = cu_linear_release;
+    o.embed = cu_embed;
+    o.rmsnorm = cu_rmsnorm;
+    o.rmsnorm_backward = cu_rmsnorm_backward;
+    o.rope = cu_rope;
+    o.attention_saved = cu_attention_saved;
+    o.attention = cu_attention;
+    o.attention_backward = cu_attention_backward;
+    o.swiglu = cu_swiglu;
+    o.swiglu_backward = cu_swiglu_backward;
+    o.add = cu_add;
+    o.linear = cu_linear;
+    o.linear_dx = cu_linear_dx;
+    o.linear_dw = cu_linear_dw;
+    o.gram_acc = cu_gram_acc;
+    o.sq_acc = cu_sq_acc;
+    o.nll = cu_nll;
+    o.xent_backward = cu_xent_backward;
+    o.kl = cu_kl;
+    o.sum_sq_diff = cu_sum_sq_diff;
+    o.scaled_diff = cu_scaled_diff;
+    o.first_nonfinite = cu_first_nonfinite;
+    o.adam = cu_adam;
+    o.close = cu_close;
+    return o;
+}
+
+static const tb_backend_ops cuda_ops = make_ops();
+
+extern "C" int tb_cuda_backend_open(tb_backend *b)
+{
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess || count == 0) {
+        cudaGetLastError();
+        if (e == cudaErrorInsufficientDriver)
+            return tb_fail(TB_EIO, "cuda: the NVIDIA driver is older than this build's CUDA runtime");
+        return tb_fail(TB_EIO, "cuda: no GPU found%s%s", e != cudaSuccess ? " (" : "",
+                       e != cudaSuccess ? cudaGetErrorString(e) : "");
+    }
+    const int gpu = b->o.gpu;
+    if (gpu < 0 || gpu >= count)
+        return tb_fail(TB_EIO, "cuda: --gpu %d but %d GPU%s found (0..%d)", gpu, count, count == 1 ? "" : "s",
+                       count - 1);
+    cudaDeviceProp prop;
+    if ((e = cudaSetDevice(gpu)) != cudaSuccess || (e = cudaGetDeviceProperties(&prop, gpu)) != cudaSuccess) {
+        cudaGetLastError();
+        return tb_fail(TB_EIO, "cuda:%d: %s", gpu, cudaGetErrorString(e));
+    }
+    // does this build carry code this GPU can run?
+    cudaFuncAttributes fa;
+    e = cudaFuncGetAttributes(&fa, k_add);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        if (e == cudaErrorNoKernelImageForDevice || e == cudaErrorInvalidDeviceFunction)
+            return tb_fail(TB_EIO, "cuda:%d: %.96s is sm_%d%d and this build has no code for it (make CUDA=1 CUDA_ARCHS=%d%d)",
+                           gpu, prop.name, prop.major, prop.minor, prop.major, prop.minor);
+        return tb_fail(TB_EIO, "cuda:%d: %s", gpu, cudaGetErrorString(e));
+    }
+    tb_cuda *cu = (tb_cuda *)calloc(1, sizeof *cu);
+    if (!cu) return tb_fail(TB_EIO, "out of memory opening the CUDA backend");
+    cu->dev = gpu;
+    cu->prop = prop;
+    int rc = TB_OK;
+    if ((e = cudaStreamCreateWithFlags(&cu->stream, cudaStreamNonBlocking)) != cudaSuccess) {
+        cudaGetLastError();
+        free(cu);
+        return tb_fail(TB_EIO, "cuda:%d: creating a stream: %s", gpu, cudaGetErrorString(e));
+    }
+    if (b->o.precision == TB_PREC_DEFAULT) b->o.precision = TB_PREC_BF16;
+    cu->bf16 = b->o.precision == TB_PREC_BF16;
+    cublasStatus_t s = cublasCreate(&cu->blas);
+    if (s == CUBLAS_STATUS_SUCCESS) s = cublasSetStream(cu->blas, cu->stream);
+    // f32 means f32: no TF32 and no reduced-precision reductions anywhere in cuBLAS
+    // (bf16 GEMMs ask for tensor cores through their operand types)
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasSetMathMode(cu->blas, cu->bf16 ? CUBLAS_DEFAULT_MATH : CUBLAS_PEDANTIC_MATH);
+    if (s != CUBLAS_STATUS_SUCCESS) rc = tb_fail(TB_EIO, "cuda:%d: cuBLAS: %s", gpu, cublasGetStatusString(s));
+    b->impl = cu;
+    b->ops = &cuda_ops;
+    if (rc) {
+        cu_close(b);
+        return rc;
+    }
+    b->o.device = TB_DEVICE_CUDA;
+    snprintf(b->desc, sizeof b->desc, "cuda:%d %.96s, sm_%d%d, %.1f GiB, %s", gpu, cu->prop.name, cu->prop.major,
+             cu->prop.minor, gib(cu->prop.totalGlobalMem), cu->bf16 ? "bf16" : "f32");
+    return TB_OK;
+}

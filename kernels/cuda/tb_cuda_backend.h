@@ -1,0 +1,58 @@
+/* tb_cuda_backend.h - the CUDA backend's private state, shared by its .cu files
+ * (tb_backend_cuda.cu: memory, weights, GEMMs, elementwise ops, reductions,
+ * Adam; tb_attention_cuda.cu: the fused attention and its backward).
+ *
+ * Error model (tb_backend.h's "sticky" errors): an op never returns a status;
+ * a failed launch or library call records the first message in cu->msg, and
+ * every later op returns at once, until ops->sync reports it through tb_fail.
+ * alloc and linear_upload report at once as well. */
+#ifndef TB_CUDA_BACKEND_H
+#define TB_CUDA_BACKEND_H
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+extern "C" {
+#include "tb_backend.h"
+#include "tb_error.h"
+}
+
+struct tb_cuda {
+    int dev;
+    cudaDeviceProp prop;
+    cudaStream_t stream;  /* every op of this backend runs on this one stream */
+    cublasHandle_t blas;
+    int bf16;             /* compute dtype of weights and GEMM operands */
+    int err;              /* sticky: TB_OK or the first error's code */
+    char msg[320];
+    /* device work space, grown on demand; one op uses it at a time */
+    void *ws;
+    size_t ws_bytes;
+    /* host staging (embed rows, reduction partials) */
+    void *host;
+    size_t host_bytes;
+};
+
+static inline tb_cuda *tb_cu(tb_backend *b) { return (tb_cuda *)b->impl; }
+
+/* record the first error; returns 1 if `e` is an error */
+int tb_cuda_check(tb_cuda *cu, cudaError_t e, const char *what, const char *file, int line);
+#define TB_CU_CHECK(cu, call, what) tb_cuda_check((cu), (call), (what), __FILE__, __LINE__)
+/* after a kernel launch */
+#define TB_CU_LAUNCHED(cu, what) tb_cuda_check((cu), cudaGetLastError(), (what), __FILE__, __LINE__)
+void tb_cuda_set_error(tb_cuda *cu, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* device work space of at least `bytes` (NULL and a sticky error on failure) */
+void *tb_cuda_ws(tb_cuda *cu, size_t bytes, const char *what);
+
+/* ---- tb_attention_cuda.cu ---- */
+/* lse: NULL or [n_heads, n] (the row log-sum-exp the backward recomputes from) */
+void tb_cuda_attention(tb_cuda *cu, const tb_attn_shape *a, const float *q, const float *k, const float *v, int n,
+                       int pos0, float *out, float *lse);
+void tb_cuda_attention_backward(tb_cuda *cu, const tb_attn_shape *a, const float *q, const float *k, const float *v,
+                                const float *out, const float *lse, const float *d_out, int n, float *d_q, float *d_k,
+                                float *d_v);
+/* 0 if this device can run the attention kernels for head_dim (shared memory); else sets an error */
+int tb_cuda_attention_check(tb_cuda *cu, int head_dim);
+
+#endif

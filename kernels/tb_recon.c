@@ -1,0 +1,178 @@
+/* tb_recon.c - layer-wise reconstruction by Adam (see tb_recon.h), written
+ * once over the backend table: the same steps run on the CPU and on CUDA. */
+#include "tb_recon.h"
+#include "tb_backward.h"
+#include "tb_error.h"
+#include "tb_log.h"
+#include "tb_nvtx.h"
+
+#define _USE_MATH_DEFINES
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+void tb_recon_defaults(tb_recon_opts *o)
+{
+    *o = (tb_recon_opts){.steps = 300, .lr = 1e-3, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .seed = 0,
+                         .eval_windows = 16, .n_threads = 1};
+}
+
+typedef struct {
+    tb_backend *be;
+    int layer;
+    float *g[TB_LIN_PER_LAYER]; /* backend copies of this step's gradients */
+    int64_t size[TB_LIN_PER_LAYER];
+} grads;
+
+static int keep_grad(void *ctx, int layer, tb_lin_id which, const float *dW, int rows, int cols)
+{
+    grads *g = ctx;
+    if (layer != g->layer || which >= TB_LIN_PER_LAYER || (int64_t)rows * cols != g->size[which])
+        return tb_fail(TB_EUSAGE, "recon: unexpected gradient (layer %d, %s)", layer, tb_lin_name(which));
+    g->be->ops->copy(g->be, g->g[which], dW, (size_t)g->size[which] * sizeof(float));
+    return TB_OK;
+}
+
+/* window `win` through layer l: its input into stream l, its target (when
+ * wanted) into tgt; the output lands in stream l+1 */
+static int run_layer(tb_forward *f, int l, const float *inputs, const float *targets, float *tgt, int64_t win, int T)
+{
+    size_t nd = (size_t)T * f->m->cfg.hidden_size;
+    int rc = tb_forward_set_stream(f, l, inputs + (size_t)win * nd, T);
+    if (!rc && tgt) f->be->ops->upload(f->be, tgt, targets + (size_t)win * nd, nd * sizeof(float));
+    return rc ? rc : tb_forward_layers(f, T, l, l + 1);
+}
+
+static double eval_mse(tb_forward *f, int l, const float *inputs, const float *targets, float *tgt, int64_t n_eval,
+                       int T)
+{
+    size_t nd = (size_t)T * f->m->cfg.hidden_size;
+    double se = 0;
+    for (int64_t w = 0; w < n_eval; w++) {
+        if (run_layer(f, l, inputs, targets, tgt, w, T)) return NAN;
+        se += f->be->ops->sum_sq_diff(f->be, tb_forward_stream(f, l + 1), tgt, nd);
+    }
+    return se / ((double)n_eval * (double)nd);
+}
+
+int tb_recon_layer(tb_model *m, int l, float *const w[TB_LIN_PER_LAYER], const uint8_t *const keep[TB_LIN_PER_LAYER],
+                   const float *inputs, const float *targets, int64_t windows, int seq_len, const tb_recon_opts *o,
+                   tb_progress_fn progress, void *ctx, tb_recon_report *r)
+{
+    const int T = seq_len;
+    const size_t nd = (size_t)T * m->cfg.hidden_size;
+    memset(r, 0, sizeof *r);
+    for (int k = 0; k < TB_LIN_PER_LAYER; k++) {
+        const tb_linear *L = &m->layers[l].lin[k];
+        if (L->format != TB_LINEAR_DENSE || L->dtype != TB_F32 || L->perm || L->data != w[k])
+            return tb_fail(TB_EUSAGE, "recon: layer %d %s must be the caller's dense f32 array", l, tb_lin_name(k));
+    }
+    tb_forward f;
+    tb_forward_opts fo = {.max_seq = T, .max_tokens = T, .keep_acts = 1, .n_threads = o->n_threads,
+                          .backend = o->backend, .layer_begin = l, .layer_end = l + 1};
+    int rc = tb_forward_init(&f, m, &fo);
+    if (rc) return rc;
+    tb_backend *be = f.be;
+    tb_backward b;
+    if ((rc = tb_backward_init(&b, &f))) {
+        tb_forward_free(&f);
+        return rc;
+    }
+    grads g = {.be = be, .layer = l};
+    float *m1[TB_LIN_PER_LAYER] = {0}, *m2[TB_LIN_PER_LAYER] = {0};
+    uint8_t *keep_d[TB_LIN_PER_LAYER] = {0};
+    tb_dlinear train[TB_LIN_PER_LAYER];
+    memset(train, 0, sizeof train);
+    float *tgt = tb_alloc_f32(be, nd, "a target window");
+    if (!tgt || !tb_forward_layer_weights(&f, l)) rc = tb_errcode() ? tb_errcode() : TB_EIO;
+    for (int k = 0; k < TB_LIN_PER_LAYER && !rc; k++) {
+        const tb_linear *L = &m->layers[l].lin[k];
+        size_t sz = (size_t)L->rows * L->cols;
+        g.size[k] = (int64_t)sz;
+        if ((rc = be->ops->linear_upload_train(be, &train[k], L))) break;
+        tb_forward_use_linear(&f, l, k, &train[k]);
+        g.g[k] = tb_alloc_f32(be, sz, "a gradient");
+        m1[k] = tb_alloc_f32(be, sz, "Adam's first moment");
+        m2[k] = tb_alloc_f32(be, sz, "Adam's second moment");
+        keep_d[k] = be->ops->alloc(be, sz, "a keep mask");
+        if (!g.g[k] || !m1[k] || !m2[k] || !keep_d[k]) {
+            rc = TB_EIO;
+            break;
+        }
+        be->ops->zero(be, m1[k], sz * sizeof(float));
+        be->ops->zero(be, m2[k], sz * sizeof(float));
+        be->ops->upload(be, keep_d[k], keep[k], sz);
+    }
+    int64_t *order = rc ? NULL : tb_malloc((size_t)windows * sizeof(int64_t));
+    if (!rc && !order) rc = TB_EIO;
+
+    double t0 = tb_now();
+    int64_t n_eval = o->eval_windows < windows ? o->eval_windows : windows;
+    if (!rc) {
+        double p = 0;
+        for (size_t i = 0; i < (size_t)n_eval * nd; i++) {
+            double d = (double)targets[i] - inputs[i];
+            p += d * d;
+        }
+        r->target_power = p / ((double)n_eval * (double)nd);
+        r->mse_before = eval_mse(&f, l, inputs, targets, tgt, n_eval, T);
+    }
+    uint64_t s = o->seed * 0x9E3779B97F4A7C15ull + 1;
+    for (int step = 0; step < o->steps && !rc; step++) {
+        TB_RANGE_PUSH("recon step");
+        int64_t pos = step % windows;
+        if (pos == 0) { /* a fresh seeded shuffle of the windows each epoch (Fisher-Yates) */
+            for (int64_t i = 0; i < windows; i++) order[i] = i;
+            for (int64_t i = windows - 1; i > 0; i--) {
+                s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+                int64_t j = (int64_t)(s % (uint64_t)(i + 1)), t = order[i];
+                order[i] = order[j];
+                order[j] = t;
+            }
+        }
+        int64_t win = order[pos];
+        if ((rc = run_layer(&f, l, inputs, targets, tgt, win, T))) break;
+        /* d mean((out - tg)^2) / d out */
+        be->ops->scaled_diff(be, b.d_res, tb_forward_stream(&f, l + 1), tgt, 2.0f / (float)nd, nd);
+        if ((rc = tb_backward_layers(&b, T, l, l + 1, keep_grad, &g))) break;
+        /* Adam with bias correction; cosine decay; pruned entries never move */
+        double lr = o->lr * 0.5 * (1.0 + cos(M_PI * step / o->steps));
+        double c1 = 1.0 - pow(o->beta1, step + 1), c2 = 1.0 - pow(o->beta2, step + 1);
+        for (int k = 0; k < TB_LIN_PER_LAYER; k++)
+            be->ops->adam(be, &train[k], g.g[k], keep_d[k], m1[k], m2[k], lr, o->beta1, o->beta2, c1, c2, o->eps);
+        /* a non-finite gradient would poison the weights: look every 32 steps
+         * (a check is a device round trip) and at the end */
+        if ((step % 32 == 31 || step == o->steps - 1))
+            for (int k = 0; k < TB_LIN_PER_LAYER && !rc; k++)
+                if (be->ops->first_nonfinite(be, g.g[k], (size_t)g.size[k]) >= 0)
+                    rc = tb_fail(TB_EDATA, "recon: layer %d: gradient of %s is not finite (step %d)", l,
+                                 tb_lin_name(k), step + 1);
+        if (!rc) rc = be->ops->sync(be);
+        TB_RANGE_POP();
+        if (progress && !rc) progress(ctx, step + 1, o->steps);
+    }
+    if (!rc) {
+        r->mse_after = eval_mse(&f, l, inputs, targets, tgt, n_eval, T);
+        if (!isfinite(r->mse_after)) rc = tb_fail(TB_EDATA, "recon: layer %d: the error is not finite after training", l);
+    }
+    if (!rc)
+        for (int k = 0; k < TB_LIN_PER_LAYER; k++) be->ops->linear_download(be, &train[k], w[k]);
+    if (!rc) rc = be->ops->sync(be);
+    r->seconds = tb_now() - t0;
+    for (int k = 0; k < TB_LIN_PER_LAYER; k++) {
+        if (f.dl && f.dl[l].borrowed[k]) f.dl[l].borrowed[k] = 0; /* released below, not by the forward */
+        if (train[k].host) be->ops->linear_release(be, &train[k]);
+        if (g.g[k]) be->ops->free(be, g.g[k]);
+        if (m1[k]) be->ops->free(be, m1[k]);
+        if (m2[k]) be->ops->free(be, m2[k]);
+        if (keep_d[k]) be->ops->free(be, keep_d[k]);
+    }
+    if (tgt) be->ops->free(be, tgt);
+    free(order);
+    tb_backward_free(&b);
+    /* the layer's linears were the training copies: the forward must not
+     * release them again */
+    if (f.dl) memset(f.dl[l].lin, 0, sizeof f.dl[l].lin);
+    tb_forward_free(&f);
+    return rc;
+}

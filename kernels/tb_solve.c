@@ -1,0 +1,50 @@
+/* tb_solve.c - compensation solves on the chosen backend (tb_solve.h). */
+#include "tb_solve.h"
+#include "tb_error.h"
+
+#ifdef TB_HAVE_CUDA
+#include "tb_cuda.h"
+#endif
+
+#include <stdlib.h>
+
+int tb_solve_sparsegpt(const tb_backend *be, float *w, tb_mask *mask, int n, int m, const double *gram, double damp,
+                       int block, int reselect, int n_threads, tb_comp_stats *st)
+{
+#ifdef TB_HAVE_CUDA
+    if (be && be->o.device == TB_DEVICE_CUDA) {
+        size_t cells = (size_t)mask->rows * (size_t)mask->cols;
+        uint8_t *keep = tb_malloc(cells + 1);
+        if (!keep) return TB_EIO;
+        for (int64_t r = 0; r < mask->rows; r++)
+            for (int64_t c = 0; c < mask->cols; c++) keep[r * mask->cols + c] = (uint8_t)tb_mask_get(mask, r, c);
+        double lambda = 0;
+        int raised = 0, eigen = 0;
+        int rc = tb_cuda_sparsegpt(be->o.gpu, w, keep, mask->rows, mask->cols, n, m, gram, damp, block, reselect,
+                                   &lambda, &raised, &eigen);
+        if (!rc && reselect)
+            for (int64_t r = 0; r < mask->rows; r++)
+                for (int64_t c = 0; c < mask->cols; c++) tb_mask_set(mask, r, c, keep[r * mask->cols + c]);
+        free(keep);
+        if (!rc && st) {
+            st->lambda = lambda;
+            st->raised += raised && !eigen;
+            st->eigen += eigen;
+        }
+        return rc;
+    }
+#endif
+    return tb_comp_sparsegpt(w, mask, n, m, gram, damp, block, reselect, n_threads, st);
+}
+
+double tb_solve_output_error(const tb_backend *be, const float *w0, const float *w, int64_t rows, int64_t cols,
+                             const double *gram, int n_threads)
+{
+#ifdef TB_HAVE_CUDA
+    if (be && be->o.device == TB_DEVICE_CUDA) {
+        double e = tb_cuda_output_error(be->o.gpu, w0, w, rows, cols, gram);
+        if (e == e) return e; /* NaN: the GPU could not; the CPU can */
+    }
+#endif
+    return tb_comp_output_error(w0, w, rows, cols, gram, n_threads);
+}

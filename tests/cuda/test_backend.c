@@ -1,0 +1,754 @@
+/* test_backend.c - parity of the CUDA backend against the CPU backend
+ * (make test-cuda). Every op of tb_backend.h runs on both backends on fresh
+ * random inputs; outputs are poisoned (NaN) first so an unwritten element
+ * fails; results are compared by relative norm error ||gpu - cpu|| / ||cpu||
+ * against the tolerance stated per op and precision below. The CPU backend is
+ * the reference (f32 kernels, f64 where the header says).
+ *
+ * Tolerances (measured on an H200, 2026-12-02, in brackets the largest seen).
+ * f32: elementwise and row ops 1e-6..1e-5 (rounding order only) [3.5e-8],
+ * GEMMs 1e-5 (cuBLAS pedantic f32 vs OpenBLAS sgemm) [4.7e-7], attention 1e-5
+ * [3.5e-7] and its gradients 2e-5 [1.4e-6] (online softmax and the flash
+ * backward's D = dO.O reorder sums over up to 2048 keys), Gram 1e-9 (both f64
+ * sums of exact products) [5.4e-15], f64 reductions 1e-12..1e-10. bf16
+ * (weights and GEMM operands bf16, f32 accumulation): GEMMs and Gram 5e-3 (an
+ * operand rounding is 2^-9 relative) [2.3e-3]; every other op is f32 in both
+ * precisions and keeps its f32 tolerance.
+ *
+ * Exit 0 with "skipped" when the build has no CUDA or no GPU is visible.
+ * TB_TEST_QUICK=1 keeps the shapes small (for compute-sanitizer runs, with
+ * TB_TEST_NO_OOM=1: the deliberate out-of-memory allocation is an API error
+ * memcheck counts);
+ * TB_TEST_PREC=f32|bf16 runs one precision; TB_TEST_TIME=1 times the heavy
+ * ops at 7B layer shapes instead of checking. The sanitizer runs (H200,
+ * 2026-12-02: memcheck no access errors and no leaks, its only reports the
+ * deliberate OOM's API errors, hence NO_OOM; racecheck 0 hazards):
+ *   TB_TEST_QUICK=1 TB_TEST_NO_OOM=1 compute-sanitizer --tool memcheck --leak-check full build-cuda/tests/cuda/test_backend
+ *   TB_TEST_QUICK=1 TB_TEST_PREC=f32 compute-sanitizer --tool racecheck build-cuda/tests/cuda/test_backend
+ */
+#include "tb_backend.h"
+#include "tb_dtype.h"
+#include "tb_error.h"
+#include "tb_mask.h"
+#include "tb_ops.h"
+#include "tb_pack.h"
+#ifdef TB_HAVE_CUDA
+#include "tb_cuda.h"
+#endif
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#ifdef TB_HAVE_CUDA
+/* ---- results table ---- */
+
+static int n_fail, n_rows;
+static const char *prec_name = "f32";
+
+static void row(const char *op, const char *shape, double err, double tol)
+{
+    int ok = !isnan(err) && err <= tol;
+    if (!ok) n_fail++;
+    n_rows++;
+    printf("%-20s %-5s %-34s %10.3e %8.1e  %s\n", op, prec_name, shape, err, tol, ok ? "ok" : "FAIL");
+    fflush(stdout);
+}
+
+/* ---- random inputs ---- */
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+static uint64_t rnd(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return rng_state;
+}
+static float frand(void) { return (float)((rnd() >> 11) * (1.0 / 9007199254740992.0)) * 2.0f - 1.0f; }
+static float *hrand(size_t n, float scale)
+{
+    float *x = malloc(n * sizeof(float) + 1);
+    for (size_t i = 0; i < n; i++) x[i] = scale * frand();
+    return x;
+}
+
+static double rel_f32(const float *got, const float *ref, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(got[i])) return NAN; /* poison left, or a real NaN */
+        double d = (double)got[i] - ref[i];
+        num += d * d;
+        den += (double)ref[i] * ref[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+static double rel_f64(const double *got, const double *ref, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(got[i])) return NAN;
+        double d = got[i] - ref[i];
+        num += d * d;
+        den += ref[i] * ref[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+static double rel_scalar(double got, double ref)
+{
+    if (!isfinite(got)) return NAN;
+    return fabs(got - ref) / (fabs(ref) > 0 ? fabs(ref) : 1.0);
+}
+
+/* ---- the two backends ---- */
+
+static tb_backend C, G; /* CPU reference, CUDA under test */
+
+/* backend buffer holding host data */
+static void *put(tb_backend *b, const void *h, size_t bytes)
+{
+    void *d = b->ops->alloc(b, bytes, "test buffer");
+    if (!d) {
+        fprintf(stderr, "test-cuda: %s\n", tb_errmsg());
+        exit(1);
+    }
+    b->ops->upload(b, d, h, bytes);
+    return d;
+}
+
+/* backend buffer of n floats poisoned with NaN */
+static float *poison(tb_backend *b, size_t n)
+{
+    float *h = malloc(n * sizeof(float) + 1);
+    if (!h) exit(1);
+    memset(h, 0xff, n * sizeof(float) + 1); /* all ones: a NaN */
+    float *d = put(b, h, n * sizeof(float));
+    free(h);
+    return d;
+}
+
+static float *get(tb_backend *b, const void *d, size_t n)
+{
+    float *h = malloc(n * sizeof(float) + 1);
+    b->ops->download(b, h, d, n * sizeof(float));
+    return h;
+}
+
+static void sync_both(void)
+{
+    if (C.ops->sync(&C) || G.ops->sync(&G)) {
+        fprintf(stderr, "test-cuda: %s\n", tb_errmsg());
+        exit(1);
+    }
+}
+
+/* download both, compare, report, free the host copies */
+static void cmp(const char *op, const char *shape, const float *dc, const float *dg, size_t n, double tol)
+{
+    sync_both();
+    float *hc = get(&C, dc, n), *hg = get(&G, dg, n);
+    row(op, shape, rel_f32(hg, hc, n), tol);
+    free(hc);
+    free(hg);
+}
+
+/* one input on both backends */
+typedef struct {
+    float *c, *g;
+} pair;
+static pair both(const float *h, size_t n)
+{
+    pair p = {put(&C, h, n * 4), put(&G, h, n * 4)};
+    return p;
+}
+static pair both_poison(size_t n)
+{
+    pair p = {poison(&C, n), poison(&G, n)};
+    return p;
+}
+static void pfree(pair p)
+{
+    C.ops->free(&C, p.c);
+    G.ops->free(&G, p.g);
+}
+
+static int quick;
+static double tol_gemm(void) { return G.o.precision == TB_PREC_BF16 ? 5e-3 : 1e-5; }
+
+/* ---- ops ---- */
+
+static void test_memory(void)
+{
+    size_t n = 100003;
+    float *h = hrand(n, 1);
+    float *d = put(&G, h, n * 4), *e = poison(&G, n);
+    G.ops->copy(&G, e, d, n * 4);
+    float *back = get(&G, e, n);
+    row("upload/copy/download", "100003", rel_f32(back, h, n), 0);
+    G.ops->zero(&G, e, n * 4);
+    float *z = get(&G, e, n);
+    double nz = 0;
+    for (size_t i = 0; i < n; i++) nz += z[i] != 0.0f;
+    row("zero", "100003", nz, 0);
+    G.ops->free(&G, d);
+    G.ops->free(&G, e);
+    free(h), free(back), free(z);
+    /* an impossible allocation: NULL and a message naming it and the bytes */
+    if (getenv("TB_TEST_NO_OOM") && atoi(getenv("TB_TEST_NO_OOM"))) return;
+    size_t huge = (size_t)1 << 50;
+    void *p = G.ops->alloc(&G, huge, "the impossible tensor");
+    const char *msg = tb_errmsg();
+    int ok = !p && strstr(msg, "the impossible tensor") && strstr(msg, "1125899906842624");
+    printf("  alloc 1 PiB -> %s\n", msg);
+    row("alloc (out of memory)", "1 PiB", ok ? 0 : 1, 0);
+    if (p) G.ops->free(&G, p);
+}
+
+static void test_embed(int vocab, int d, int n)
+{
+    float *w = hrand((size_t)vocab * d, 1);
+    uint16_t *wb = malloc((size_t)vocab * d * 2);
+    for (size_t i = 0; i < (size_t)vocab * d; i++) wb[i] = tb_f32_to_bf16(w[i]);
+    tb_linear T = {.name = "embed", .rows = vocab, .cols = d, .format = TB_LINEAR_DENSE, .dtype = TB_BF16, .data = wb};
+    int32_t *tok = malloc((size_t)n * 4);
+    for (int t = 0; t < n; t++) tok[t] = (int32_t)(rnd() % (uint64_t)vocab);
+    pair x = both_poison((size_t)n * d);
+    C.ops->embed(&C, &T, tok, n, x.c);
+    G.ops->embed(&G, &T, tok, n, x.g);
+    char s[64];
+    snprintf(s, sizeof s, "vocab %d, d %d, n %d", vocab, d, n);
+    cmp("embed", s, x.c, x.g, (size_t)n * d, 0);
+    pfree(x);
+    free(w), free(wb), free(tok);
+}
+
+static void test_rmsnorm(int n, int d)
+{
+    float *x = hrand((size_t)n * d, 2), *w = hrand(d, 1), *dy = hrand((size_t)n * d, 1), *dx0 = hrand((size_t)n * d, 1);
+    pair X = both(x, (size_t)n * d), W = both(w, d), Y = both_poison((size_t)n * d), R = both_poison(n);
+    char s[64];
+    snprintf(s, sizeof s, "n %d, d %d", n, d);
+    C.ops->rmsnorm(&C, Y.c, R.c, X.c, W.c, n, d, 1e-5f);
+    G.ops->rmsnorm(&G, Y.g, R.g, X.g, W.g, n, d, 1e-5f);
+    cmp("rmsnorm", s, Y.c, Y.g, (size_t)n * d, 1e-5);
+    cmp("rmsnorm inv_rms", s, R.c, R.g, n, 1e-5);
+    /* in place (y == x), no inv_rms */
+    pair X2 = both(x, (size_t)n * d);
+    C.ops->rmsnorm(&C, X2.c, NULL, X2.c, W.c, n, d, 1e-6f);
+    G.ops->rmsnorm(&G, X2.g, NULL, X2.g, W.g, n, d, 1e-6f);
+    cmp("rmsnorm in place", s, X2.c, X2.g, (size_t)n * d, 1e-5);
+    /* backward, overwrite and accumulate; inv_rms from the CPU so both see the same input */
+    float *r = get(&C, R.c, n);
+    pair RR = both(r, n), DY = both(dy, (size_t)n * d), DX = both_poison((size_t)n * d), DXA = both(dx0, (size_t)n * d);
+    C.ops->rmsnorm_backward(&C, DX.c, DY.c, X.c, RR.c, W.c, n, d, 0);
+    G.ops->rmsnorm_backward(&G, DX.g, DY.g, X.g, RR.g, W.g, n, d, 0);
+    cmp("rmsnorm_backward", s, DX.c, DX.g, (size_t)n * d, 1e-5);
+    C.ops->rmsnorm_backward(&C, DXA.c, DY.c, X.c, RR.c, W.c, n, d, 1);
+    G.ops->rmsnorm_backward(&G, DXA.g, DY.g, X.g, RR.g, W.g, n, d, 1);
+    cmp("rmsnorm_backward +=", s, DXA.c, DXA.g, (size_t)n * d, 1e-5);
+    pfree(X), pfree(W), pfree(Y), pfree(R), pfree(X2), pfree(RR), pfree(DY), pfree(DX), pfree(DXA);
+    free(x), free(w), free(dy), free(dx0), free(r);
+}
+
+static void test_rope(int n, int heads, int hd, int pos0)
+{
+    int half = hd / 2, npos = pos0 + n;
+    float *inv = malloc((size_t)half * 4), *ct = malloc((size_t)npos * half * 4), *st = malloc((size_t)npos * half * 4);
+    tb_rope_inv_freq(inv, hd, 10000.0);
+    tb_rope_table(ct, st, npos, hd, inv);
+    float *x = hrand((size_t)n * heads * hd, 1);
+    pair X = both(x, (size_t)n * heads * hd), CT = both(ct, (size_t)npos * half), ST = both(st, (size_t)npos * half);
+    C.ops->rope(&C, X.c, n, heads, hd, pos0, CT.c, ST.c);
+    G.ops->rope(&G, X.g, n, heads, hd, pos0, CT.g, ST.g);
+    char s[64];
+    snprintf(s, sizeof s, "n %d, %d heads x %d, pos0 %d", n, heads, hd, pos0);
+    cmp("rope", s, X.c, X.g, (size_t)n * heads * hd, 1e-6);
+    pfree(X), pfree(CT), pfree(ST);
+    free(inv), free(ct), free(st), free(x);
+}
+
+static void test_attention(int H, int KVH, int hd, int n, int pos0, int window, int backward)
+{
+    tb_attn_shape a = {H, KVH, hd, window};
+    int kv = pos0 + n;
+    size_t nq = (size_t)n * H * hd, nk = (size_t)kv * KVH * hd;
+    float *q = hrand(nq, 1), *k = hrand(nk, 1), *v = hrand(nk, 1), *dout = hrand(nq, 1);
+    pair Q = both(q, nq), K = both(k, nk), V = both(v, nk), O = both_poison(nq);
+    size_t sc = C.ops->attention_saved(&C, &a, n, kv), sg = G.ops->attention_saved(&G, &a, n, kv);
+    float *Sc = backward ? poison(&C, sc) : NULL, *Sg = backward ? poison(&G, sg) : NULL;
+    C.ops->attention(&C, &a, Q.c, K.c, V.c, n, pos0, O.c, Sc);
+    G.ops->attention(&G, &a, Q.g, K.g, V.g, n, pos0, O.g, Sg);
+    char s[80];
+    snprintf(s, sizeof s, "%d/%d heads x %d, n %d, pos0 %d, win %d", H, KVH, hd, n, pos0, window);
+    cmp("attention", s, O.c, O.g, nq, 1e-5);
+    if (backward) {
+        pair DO = both(dout, nq), DQ = both_poison(nq), DK = both_poison(nk), DV = both_poison(nk);
+        C.ops->attention_backward(&C, &a, Q.c, K.c, V.c, O.c, Sc, DO.c, n, DQ.c, DK.c, DV.c);
+        G.ops->attention_backward(&G, &a, Q.g, K.g, V.g, O.g, Sg, DO.g, n, DQ.g, DK.g, DV.g);
+        cmp("attention_bwd d_q", s, DQ.c, DQ.g, nq, 2e-5);
+        cmp("attention_bwd d_k", s, DK.c, DK.g, nk, 2e-5);
+        cmp("attention_bwd d_v", s, DV.c, DV.g, nk, 2e-5);
+        pfree(DO), pfree(DQ), pfree(DK), pfree(DV);
+        C.ops->free(&C, Sc);
+        G.ops->free(&G, Sg);
+    }
+    pfree(Q), pfree(K), pfree(V), pfree(O);
+    free(q), free(k), free(v), free(dout);
+}
+
+static void test_elementwise(size_t n)
+{
+    float *g = hrand(n, 4), *u = hrand(n, 2), *d = hrand(n, 1), *F = hrand(n, 1);
+    for (size_t i = 0; i < n; i++) F[i] = fabsf(F[i]);
+    char s[64];
+    snprintf(s, sizeof s, "%zu values", n);
+    pair Gt = both(g, n), U = both(u, n), D = both(d, n), O = both_poison(n);
+    C.ops->swiglu(&C, O.c, Gt.c, U.c, n);
+    G.ops->swiglu(&G, O.g, Gt.g, U.g, n);
+    cmp("swiglu", s, O.c, O.g, n, 1e-6);
+    pair Gi = both(g, n); /* out == gate */
+    C.ops->swiglu(&C, Gi.c, Gi.c, U.c, n);
+    G.ops->swiglu(&G, Gi.g, Gi.g, U.g, n);
+    cmp("swiglu in place", s, Gi.c, Gi.g, n, 1e-6);
+    pair DG = both_poison(n), DU = both_poison(n);
+    C.ops->swiglu_backward(&C, DG.c, DU.c, D.c, Gt.c, U.c, n);
+    G.ops->swiglu_backward(&G, DG.g, DU.g, D.g, Gt.g, U.g, n);
+    cmp("swiglu_backward gate", s, DG.c, DG.g, n, 1e-6);
+    cmp("swiglu_backward up", s, DU.c, DU.g, n, 1e-6);
+    pair D2 = both(d, n), DU2 = both_poison(n); /* d_gate == d_out */
+    C.ops->swiglu_backward(&C, D2.c, DU2.c, D2.c, Gt.c, U.c, n);
+    G.ops->swiglu_backward(&G, D2.g, DU2.g, D2.g, Gt.g, U.g, n);
+    cmp("swiglu_backward alias", s, D2.c, D2.g, n, 1e-6);
+    pair A = both_poison(n);
+    C.ops->add(&C, A.c, Gt.c, U.c, n);
+    G.ops->add(&G, A.g, Gt.g, U.g, n);
+    cmp("add", s, A.c, A.g, n, 0);
+    pair SD = both_poison(n);
+    C.ops->scaled_diff(&C, SD.c, Gt.c, U.c, 0.37f, n);
+    G.ops->scaled_diff(&G, SD.g, Gt.g, U.g, 0.37f, n);
+    cmp("scaled_diff", s, SD.c, SD.g, n, 0);
+    pair FF = both(F, n);
+    C.ops->sq_acc(&C, FF.c, D.c, n);
+    G.ops->sq_acc(&G, FF.g, D.g, n);
+    cmp("sq_acc", s, FF.c, FF.g, n, 2e-7);
+    sync_both();
+    double a = C.ops->sum_sq_diff(&C, Gt.c, U.c, n), b = G.ops->sum_sq_diff(&G, Gt.g, U.g, n);
+    row("sum_sq_diff", s, rel_scalar(b, a), 1e-12);
+    a = C.ops->sum_sq_diff(&C, Gt.c, NULL, n), b = G.ops->sum_sq_diff(&G, Gt.g, NULL, n);
+    row("sum_sq_diff (c NULL)", s, rel_scalar(b, a), 1e-12);
+    /* first_nonfinite: none, then an inf and a later NaN */
+    int64_t fc = C.ops->first_nonfinite(&C, Gt.c, n), fg = G.ops->first_nonfinite(&G, Gt.g, n);
+    row("first_nonfinite none", s, (fg == fc && fg == -1) ? 0 : 1, 0);
+    size_t at = (size_t)(rnd() % n);
+    g[at] = INFINITY;
+    if (at + 7 < n) g[at + 7] = NAN;
+    pair Bad = both(g, n);
+    fc = C.ops->first_nonfinite(&C, Bad.c, n), fg = G.ops->first_nonfinite(&G, Bad.g, n);
+    row("first_nonfinite", s, (fg == fc && fg == (int64_t)at) ? 0 : 1, 0);
+    pfree(Gt), pfree(U), pfree(D), pfree(O), pfree(Gi), pfree(DG), pfree(DU), pfree(D2), pfree(DU2), pfree(A), pfree(SD);
+    pfree(FF), pfree(Bad);
+    free(g), free(u), free(d), free(F);
+}
+
+/* ---- linears ---- */
+
+typedef struct {
+    tb_linear L;
+    void *data;
+    uint8_t *idx;
+    int32_t *perm;
+    float *bias;
+    const char *kind;
+} host_linear;
+
+static void make_linear(host_linear *h, int rows, int cols, const char *kind, int with_bias)
+{
+    memset(h, 0, sizeof *h);
+    h->kind = kind;
+    size_t count = (size_t)rows * cols;
+    float *w = hrand(count, 1.0f / sqrtf((float)cols) * 1.7f);
+    tb_linear *L = &h->L;
+    L->name = kind;
+    L->rows = rows;
+    L->cols = cols;
+    if (with_bias) L->bias = h->bias = hrand(rows, 0.5f);
+    if (!strcmp(kind, "f32")) {
+        L->dtype = TB_F32;
+        h->data = w;
+        w = NULL;
+    } else if (!strcmp(kind, "bf16") || !strcmp(kind, "f16")) {
+        uint16_t *b = malloc(count * 2);
+        int bf = !strcmp(kind, "bf16");
+        for (size_t i = 0; i < count; i++) b[i] = bf ? tb_f32_to_bf16(w[i]) : tb_f32_to_f16(w[i]);
+        L->dtype = bf ? TB_BF16 : TB_F16;
+        h->data = b;
+    } else { /* "2:4 perm": a packed 2:4 bf16 weight with a column permutation */
+        tb_mask m;
+        tb_mask_alloc(&m, rows, cols);
+        for (int r = 0; r < rows; r++)
+            for (int g = 0; g < cols; g += 4) {
+                int a = (int)(rnd() % 4), b = (int)(rnd() % 3);
+                if (b >= a) b++;
+                tb_mask_set(&m, r, g + a, 1);
+                tb_mask_set(&m, r, g + b, 1);
+            }
+        int64_t vpr = tb_nm_values_per_row(cols, 2, 4), ipr = tb_nm_index_row_bytes(cols, 2, 4);
+        h->data = malloc((size_t)rows * vpr * 2);
+        h->idx = malloc((size_t)rows * ipr);
+        if (tb_nm_pack(TB_F32, w, &m, 2, 4, TB_BF16, h->data, h->idx)) {
+            fprintf(stderr, "test-cuda: %s\n", tb_errmsg());
+            exit(1);
+        }
+        tb_mask_free(&m);
+        h->perm = malloc((size_t)cols * 4);
+        for (int j = 0; j < cols; j++) h->perm[j] = j;
+        for (int j = cols - 1; j > 0; j--) {
+            int r = (int)(rnd() % (uint64_t)(j + 1));
+            int32_t t = h->perm[j];
+            h->perm[j] = h->perm[r];
+            h->perm[r] = t;
+        }
+        L->format = TB_LINEAR_NM;
+        L->dtype = TB_BF16;
+        L->n = 2;
+        L->m = 4;
+        L->indices = h->idx;
+        L->perm = h->perm;
+    }
+    L->data = h->data;
+    free(w);
+}
+
+static void free_linear(host_linear *h)
+{
+    free(h->data), free(h->idx), free(h->perm), free(h->bias);
+}
+
+static void test_linear(int rows, int cols, int n, const char *kind, int with_bias)
+{
+    host_linear h;
+    make_linear(&h, rows, cols, kind, with_bias);
+    tb_dlinear dc, dg;
+    if (C.ops->linear_upload(&C, &dc, &h.L) || G.ops->linear_upload(&G, &dg, &h.L)) {
+        fprintf(stderr, "test-cuda: linear_upload: %s\n", tb_errmsg());
+        exit(1);
+    }
+    char s[80];
+    snprintf(s, sizeof s, "%s%s %dx%d, n %d", kind, with_bias ? "+bias" : "", rows, cols, n);
+    /* linear_download of an inference copy: the dense weights as the GPU holds them */
+    float *wc = malloc((size_t)rows * cols * 4), *wg = malloc((size_t)rows * cols * 4), *rb = malloc((size_t)cols * 4);
+    for (size_t i = 0; i < (size_t)rows * cols; i++) wg[i] = NAN;
+    tb_linear_rows(&h.L, 0, rows, wc, rb); /* the reference: dense f32 rows in model column order */
+    free(rb);
+    G.ops->linear_download(&G, &dg, wg);
+    sync_both();
+    int exact = !strcmp(kind, "bf16") || !strcmp(kind, "2:4 perm") || G.o.precision == TB_PREC_F32;
+    row("linear_upload", s, rel_f32(wg, wc, (size_t)rows * cols), exact ? 0 : 4e-3);
+    free(wc), free(wg);
+
+    float *x = hrand((size_t)n * cols, 1), *dy = hrand((size_t)n * rows, 1), *dx0 = hrand((size_t)n * cols, 1);
+    pair X = both(x, (size_t)n * cols), Y = both_poison((size_t)n * rows);
+    C.ops->linear(&C, &dc, X.c, n, Y.c);
+    G.ops->linear(&G, &dg, X.g, n, Y.g);
+    cmp("linear", s, Y.c, Y.g, (size_t)n * rows, tol_gemm());
+    pair DY = both(dy, (size_t)n * rows), DX = both_poison((size_t)n * cols), DXA = both(dx0, (size_t)n * cols);
+    C.ops->linear_dx(&C, &dc, DY.c, n, DX.c, 0);
+    G.ops->linear_dx(&G, &dg, DY.g, n, DX.g, 0);
+    cmp("linear_dx", s, DX.c, DX.g, (size_t)n * cols, tol_gemm());
+    C.ops->linear_dx(&C, &dc, DY.c, n, DXA.c, 1);
+    G.ops->linear_dx(&G, &dg, DY.g, n, DXA.g, 1);
+    cmp("linear_dx +=", s, DXA.c, DXA.g, (size_t)n * cols, tol_gemm());
+    pair DW = both_poison((size_t)rows * cols);
+    C.ops->linear_dw(&C, DY.c, X.c, n, rows, cols, DW.c);
+    G.ops->linear_dw(&G, DY.g, X.g, n, rows, cols, DW.g);
+    cmp("linear_dw", s, DW.c, DW.g, (size_t)rows * cols, tol_gemm());
+    pfree(X), pfree(Y), pfree(DY), pfree(DX), pfree(DXA), pfree(DW);
+    C.ops->linear_release(&C, &dc);
+    G.ops->linear_release(&G, &dg);
+    free(x), free(dy), free(dx0);
+    free_linear(&h);
+}
+
+static void test_gram(int n, int cols)
+{
+    float *x = hrand((size_t)n * cols, 1);
+    size_t cc = (size_t)cols * cols;
+    double *g0 = malloc(cc * 8);
+    for (int i = 0; i < cols; i++)
+        for (int j = i; j < cols; j++) g0[(size_t)i * cols + j] = g0[(size_t)j * cols + i] = 3.0 * frand();
+    pair X = both(x, (size_t)n * cols);
+    double *Gc = put(&C, g0, cc * 8), *Gg = put(&G, g0, cc * 8);
+    /* two calls: accumulation across calls */
+    C.ops->gram_acc(&C, X.c, n, cols, Gc);
+    G.ops->gram_acc(&G, X.g, n, cols, Gg);
+    C.ops->gram_acc(&C, X.c, n / 2 + 1, cols, Gc);
+    G.ops->gram_acc(&G, X.g, n / 2 + 1, cols, Gg);
+    sync_both();
+    double *hc = malloc(cc * 8), *hg = malloc(cc * 8);
+    C.ops->download(&C, hc, Gc, cc * 8);
+    G.ops->download(&G, hg, Gg, cc * 8);
+    /* the defined part: the upper triangle of row-major G, minus the random start */
+    size_t m = 0;
+    for (int i = 0; i < cols; i++)
+        for (int j = i; j < cols; j++, m++) {
+            size_t at = (size_t)i * cols + j;
+            hc[m] = hc[at] - g0[at];
+            hg[m] = hg[at] - g0[at];
+        }
+    char s[64];
+    snprintf(s, sizeof s, "n %d (+%d), cols %d", n, n / 2 + 1, cols);
+    row("gram_acc", s, rel_f64(hg, hc, m), G.o.precision == TB_PREC_BF16 ? 5e-3 : 1e-9);
+    pfree(X);
+    C.ops->free(&C, Gc);
+    G.ops->free(&G, Gg);
+    free(x), free(g0), free(hc), free(hg);
+}
+
+static void test_losses(int n, int vocab)
+{
+    size_t c = (size_t)n * vocab;
+    float *ref = hrand(c, 4), *cur = malloc(c * 4);
+    for (size_t i = 0; i < c; i++) cur[i] = ref[i] + 0.5f * frand();
+    int32_t *tok = malloc((size_t)n * 4);
+    for (int t = 0; t < n; t++) tok[t] = (int32_t)(rnd() % (uint64_t)vocab);
+    char s[64];
+    snprintf(s, sizeof s, "n %d, vocab %d", n, vocab);
+    pair R = both(ref, c), U = both(cur, c);
+    sync_both();
+    double a = C.ops->nll(&C, R.c, tok, n, vocab), b = G.ops->nll(&G, R.g, tok, n, vocab);
+    row("nll", s, rel_scalar(b, a), 1e-12);
+    int64_t tc = -1, tg = -2;
+    a = C.ops->kl(&C, R.c, U.c, n, vocab, &tc);
+    b = G.ops->kl(&G, R.g, U.g, n, vocab, &tg);
+    row("kl", s, rel_scalar(b, a), 1e-10);
+    row("kl top1 agreement", s, tc == tg ? 0 : 1, 0);
+    a = C.ops->xent_backward(&C, R.c, tok, n, vocab);
+    b = G.ops->xent_backward(&G, R.g, tok, n, vocab);
+    row("xent_backward loss", s, rel_scalar(b, a), 1e-12);
+    cmp("xent_backward grad", s, R.c, R.g, c, 1e-6);
+    pfree(R), pfree(U);
+    free(ref), free(cur), free(tok);
+}
+
+static void test_adam(int rows, int cols, int steps)
+{
+    size_t count = (size_t)rows * cols;
+    float *w = hrand(count, 0.1f), *m1 = hrand(count, 0.01f), *m2 = hrand(count, 1e-4f);
+    uint8_t *keep = malloc(count);
+    for (size_t i = 0; i < count; i++) {
+        keep[i] = (uint8_t)(rnd() % 2);
+        if (!keep[i]) w[i] = 0.0f; /* pruned: exact zeros that must stay so */
+        m2[i] = fabsf(m2[i]);
+    }
+    float *wc = malloc(count * 4);
+    memcpy(wc, w, count * 4); /* the CPU backend trains the caller's array in place */
+    tb_linear Lc = {.name = "trained", .rows = rows, .cols = cols, .dtype = TB_F32, .data = wc};
+    tb_linear Lg = Lc;
+    Lg.data = w;
+    tb_dlinear dc, dg;
+    if (C.ops->linear_upload_train(&C, &dc, &Lc) || G.ops->linear_upload_train(&G, &dg, &Lg)) {
+        fprintf(stderr, "test-cuda: linear_upload_train: %s\n", tb_errmsg());
+        exit(1);
+    }
+    pair M1 = both(m1, count), M2 = both(m2, count);
+    uint8_t *kc = put(&C, keep, count), *kg = put(&G, keep, count);
+    for (int t = 1; t <= steps; t++) {
+        float *g = hrand(count, 0.05f);
+        pair Gr = both(g, count);
+        double lr = 1e-3 * (1.0 - 0.1 * t), c1 = 1 - pow(0.9, t), c2 = 1 - pow(0.999, t);
+        C.ops->adam(&C, &dc, Gr.c, kc, M1.c, M2.c, lr, 0.9, 0.999, c1, c2, 1e-8);
+        G.ops->adam(&G, &dg, Gr.g, kg, M1.g, M2.g, lr, 0.9, 0.999, c1, c2, 1e-8);
+        sync_both();
+        pfree(Gr);
+        free(g);
+    }
+    char s[64];
+    snprintf(s, sizeof s, "%dx%d, %d steps", rows, cols, steps);
+    float *oc = malloc(count * 4), *og = malloc(count * 4);
+    for (size_t i = 0; i < count; i++) og[i] = NAN;
+    C.ops->linear_download(&C, &dc, oc);
+    G.ops->linear_download(&G, &dg, og);
+    sync_both();
+    size_t moved = 0;
+    for (size_t i = 0; i < count; i++)
+        if (!keep[i] && og[i] != 0.0f) moved++;
+    row("adam w", s, rel_f32(og, oc, count), 1e-6);
+    row("adam pruned stay 0", s, (double)moved, 0);
+    cmp("adam m1", s, M1.c, M1.g, count, 1e-6);
+    cmp("adam m2", s, M2.c, M2.g, count, 1e-6);
+    /* the trained weight computes in the compute dtype: its refreshed copy must follow the master */
+    int n = 9;
+    float *x = hrand((size_t)n * cols, 1);
+    pair X = both(x, (size_t)n * cols), Y = both_poison((size_t)n * rows);
+    C.ops->linear(&C, &dc, X.c, n, Y.c);
+    G.ops->linear(&G, &dg, X.g, n, Y.g);
+    cmp("linear (trained)", s, Y.c, Y.g, (size_t)n * rows, tol_gemm());
+    pfree(X), pfree(Y), pfree(M1), pfree(M2);
+    C.ops->free(&C, kc);
+    G.ops->free(&G, kg);
+    C.ops->linear_release(&C, &dc);
+    G.ops->linear_release(&G, &dg);
+    free(w), free(wc), free(m1), free(m2), free(keep), free(oc), free(og), free(x);
+}
+
+static void run_all(void)
+{
+    test_memory();
+    test_embed(1000, 256, 37);
+    test_rmsnorm(1, 64);
+    test_rmsnorm(37, 256);
+    test_rmsnorm(quick ? 9 : 129, quick ? 1000 : 4096);
+    test_rope(37, 4, 64, 0);
+    test_rope(5, 8, 128, 300);
+    /* attention: MHA, GQA, odd token counts, decode at pos0 > 0, sliding window, head_dim 32/64/80/128, T 512 and 2048 */
+    test_attention(4, 4, 64, 37, 0, 0, 1);
+    test_attention(8, 2, 64, 130, 0, 0, 1);
+    test_attention(4, 2, 32, 67, 0, 0, 1);
+    test_attention(4, 1, 80, 45, 0, 0, 1);
+    test_attention(8, 2, 128, 7, 100, 0, 0);
+    test_attention(4, 2, 64, 1, 200, 0, 0);
+    test_attention(4, 2, 64, 300, 0, 64, 1);
+    test_attention(4, 2, 64, 9, 120, 50, 0);
+    if (!quick) {
+        test_attention(8, 2, 128, 512, 0, 0, 1);
+        test_attention(4, 2, 64, 2048, 0, 0, 1);
+        test_attention(4, 2, 64, 2048, 0, 512, 1);
+    }
+    test_elementwise(quick ? 4099 : 1000003);
+    const char *kinds[] = {"f32", "bf16", "f16", "2:4 perm"};
+    for (int i = 0; i < 4; i++) test_linear(96, 64, 17, kinds[i], i == 0);
+    test_linear(256, 768, 1, "bf16", 1);
+    if (!quick) {
+        test_linear(768, 256, 257, "2:4 perm", 0);
+        test_linear(1024, 4096, 512, "bf16", 0);
+    }
+    test_gram(37, 64);
+    test_gram(quick ? 100 : 1000, quick ? 96 : 768);
+    test_losses(17, 4096);
+    if (!quick) test_losses(257, 32000);
+    test_adam(64, 96, 3);
+    if (!quick) test_adam(768, 256, 5);
+}
+
+/* ---- TB_TEST_TIME=1: rough speed of the heavy ops at Mistral-7B layer shapes
+ * (hidden 4096, 32/8 heads of 128, T 2048), GPU only; figures for notes, not a
+ * benchmark (bench/ owns those): median of 5 after a warm-up, host clock after sync. */
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+#define TIME_OP(label, flops, stmt)                                                                                   \
+    do {                                                                                                              \
+        double t_[5];                                                                                                 \
+        stmt;                                                                                                         \
+        G.ops->sync(&G);                                                                                              \
+        for (int r_ = 0; r_ < 5; r_++) {                                                                              \
+            double t0_ = now_s();                                                                                     \
+            stmt;                                                                                                     \
+            G.ops->sync(&G);                                                                                          \
+            t_[r_] = now_s() - t0_;                                                                                   \
+        }                                                                                                             \
+        qsort(t_, 5, sizeof(double), cmp_d);                                                                          \
+        printf("time %-5s %-44s %9.3f ms %8.1f TFLOP/s\n", prec_name, label, t_[2] * 1e3, (flops) / t_[2] * 1e-12);  \
+    } while (0)
+
+static void time_ops(void)
+{
+    const int T = 2048, D = 4096, H = 32, KVH = 8, hd = 128, F = 14336;
+    tb_attn_shape a = {H, KVH, hd, 0};
+    size_t nq = (size_t)T * H * hd, nk = (size_t)T * KVH * hd;
+    float *h = hrand((size_t)T * F, 1);
+    float *q = put(&G, h, nq * 4), *k = put(&G, h, nk * 4), *v = put(&G, h + nk, nk * 4), *o = poison(&G, nq);
+    float *dq = poison(&G, nq), *dk = poison(&G, nk), *dv = poison(&G, nk), *dO = put(&G, h + 7, nq * 4);
+    float *lse = poison(&G, G.ops->attention_saved(&G, &a, T, T));
+    double af = 4.0 * T * T / 2 * hd * H; /* causal: half of QK^T and PV */
+    TIME_OP("attention fwd 32/8x128, T 2048", af, G.ops->attention(&G, &a, q, k, v, T, 0, o, lse));
+    TIME_OP("attention bwd 32/8x128, T 2048", 2.5 * af,
+            G.ops->attention_backward(&G, &a, q, k, v, o, lse, dO, T, dq, dk, dv));
+    host_linear hl;
+    make_linear(&hl, F, D, "bf16", 0);
+    tb_dlinear W;
+    if (G.ops->linear_upload(&G, &W, &hl.L)) printf("upload failed: %s\n", tb_errmsg());
+    float *x = put(&G, h, (size_t)T * D * 4), *y = poison(&G, (size_t)T * F);
+    double lf = 2.0 * T * D * F;
+    TIME_OP("linear 14336x4096, n 2048", lf, G.ops->linear(&G, &W, x, T, y));
+    TIME_OP("linear_dx 14336x4096, n 2048", lf, G.ops->linear_dx(&G, &W, y, T, x, 0));
+    float *dW = poison(&G, (size_t)F * D);
+    TIME_OP("linear_dw 14336x4096, n 2048", lf, G.ops->linear_dw(&G, y, x, T, F, D, dW));
+    double *Gm = G.ops->alloc(&G, (size_t)D * D * 8, "gram");
+    G.ops->zero(&G, Gm, (size_t)D * D * 8);
+    TIME_OP("gram_acc cols 4096, n 2048", 2.0 * T * D * D / 2, G.ops->gram_acc(&G, x, T, D, Gm));
+    G.ops->linear_release(&G, &W);
+    float *ptrs[] = {q, k, v, o, dq, dk, dv, dO, lse, x, y, dW};
+    for (size_t i = 0; i < sizeof ptrs / sizeof *ptrs; i++) G.ops->free(&G, ptrs[i]);
+    G.ops->free(&G, Gm);
+    free_linear(&hl);
+    free(h);
+}
+
+#endif /* TB_HAVE_CUDA */
+
+int main(void)
+{
+#ifndef TB_HAVE_CUDA
+    printf("test-cuda: skipped: this build has no CUDA (make CUDA=1 test-cuda)\n");
+    return 0;
+#else
+    int count = tb_cuda_device_count();
+    if (count == 0) {
+        printf("test-cuda: skipped: no CUDA GPU visible\n");
+        return 0;
+    }
+    quick = getenv("TB_TEST_QUICK") && atoi(getenv("TB_TEST_QUICK"));
+    tb_backend_opts oc = {.device = TB_DEVICE_CPU, .n_threads = 4, .precision = TB_PREC_F32};
+    if (tb_backend_open(&C, &oc)) {
+        fprintf(stderr, "test-cuda: cpu backend: %s\n", tb_errmsg());
+        return 1;
+    }
+    /* --gpu past the count: a one-line error */
+    tb_backend bad;
+    tb_backend_opts ob = {.device = TB_DEVICE_CUDA, .gpu = count, .precision = TB_PREC_F32};
+    int rc = tb_backend_open(&bad, &ob);
+    printf("  --gpu %d -> %s\n", count, rc ? tb_errmsg() : "(opened!)");
+    if (!rc) tb_backend_close(&bad);
+    prec_name = "-";
+    row("open --gpu past count", "", rc && strstr(tb_errmsg(), "--gpu") ? 0 : 1, 0);
+
+    printf("%-20s %-5s %-34s %10s %8s\n", "op", "prec", "shape", "rel err", "tol");
+    const tb_precision precs[2] = {TB_PREC_F32, TB_PREC_BF16};
+    const char *only = getenv("TB_TEST_PREC"); /* "f32" or "bf16": one precision (sanitizer runs) */
+    for (int p = 0; p < 2; p++) {
+        if (only && strcmp(only, p ? "bf16" : "f32")) continue;
+        tb_backend_opts og = {.device = TB_DEVICE_CUDA, .gpu = 0, .precision = precs[p], .n_threads = 4};
+        if (tb_backend_open(&G, &og)) {
+            fprintf(stderr, "test-cuda: cuda backend: %s\n", tb_errmsg());
+            return 1;
+        }
+        prec_name = precs[p] == TB_PREC_F32 ? "f32" : "bf16";
+        printf("== %s (reference: %s)\n", G.desc, C.desc);
+        if (getenv("TB_TEST_TIME") && atoi(getenv("TB_TEST_TIME"))) time_ops();
+        else run_all();
+        if (G.ops->sync(&G)) {
+            fprintf(stderr, "test-cuda: %s\n", tb_errmsg());
+            n_fail++;
+        }
+        tb_backend_close(&G);
+    }
+    tb_backend_close(&C);
+    printf("test-cuda: %d checks, %d failed\n", n_rows, n_fail);
+    return n_fail ? 1 : 0;
+#endif
+}

@@ -1,0 +1,64 @@
+#!/bin/sh
+# tools.sh - the GPU paths of the tools against the goldens and the CPU (make test-cuda).
+#   TB_BIN: the tools; TB_TEST_DATA (tests/data), TB_SHARED (../shared) as the other tests.
+# Checks: tb-fisher --device cuda --precision f32 matches transformers' Fisher
+# (1e-3) and Gram (1e-4) goldens; tb-run --ppl on the GPU (bf16) within 0.5%
+# of the CPU's f32 perplexity on the same windows; tb-recon on the GPU reaches
+# the CPU's layer loss within 2% after 300 steps. Skips (exit 0) without a GPU.
+set -eu
+BIN=${TB_BIN:-build/bin}
+DATA=${TB_TEST_DATA:-tests/data}
+MODEL=$DATA/tiny-llama-6m
+CALIB=$MODEL/calib-128x512.safetensors
+here=$(cd "$(dirname "$0")" && pwd)
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail=0
+
+if ! "$BIN/tb-run" -m "$MODEL" --device cuda --prompt x -n 1 --quiet >/dev/null 2>"$tmp/err"; then
+    echo "tools.sh: skipped: $(cat "$tmp/err")"
+    exit 0
+fi
+
+check() { # what value limit
+    if awk -v v="$2" -v l="$3" 'BEGIN { exit !(v <= l) }'; then r=ok; else r=FAIL; fail=1; fi
+    printf '  %-58s %s  (limit %s)  %s\n' "$1" "$2" "$3" "$r"
+}
+
+echo "tb-fisher --device cuda --precision f32, 16 windows vs the transformers goldens"
+"$BIN/tb-fisher" -m "$MODEL" -t "$CALIB" --max-windows 16 --device cuda --precision f32 -o "$tmp/f.fisher" --quiet
+python3 "$here/../py/fisher_golden.py" "$tmp/f.fisher" "$MODEL/fisher-gram-16win.safetensors" | tail -1 || fail=1
+shared=${TB_SHARED:-../shared}
+if [ -d "$shared/models/tiny-mistral-10m" ]; then
+    "$BIN/tb-fisher" -m "$shared/models/tiny-mistral-10m" -t "$shared/data/calib-tiny-mistral-10m-128x512.safetensors" \
+        --max-windows 16 --device cuda --precision f32 -o "$tmp/m.fisher" --quiet
+    python3 "$here/../py/fisher_golden.py" "$tmp/m.fisher" "$shared/golden/tiny-mistral-10m/fisher-gram-16win.safetensors" | tail -1 || fail=1
+fi
+
+echo "tb-run --ppl, 64 windows: GPU bf16 and f32 vs CPU f32"
+TEXT=$DATA/../../examples/data/wikitext2-test.txt
+[ -f "$TEXT" ] || TEXT=examples/data/wikitext2-test.txt
+ppl() { "$BIN/tb-run" -m "$MODEL" --ppl "$TEXT" --max-windows 64 --quiet "$@" | awk '/^ppl:/ {print $2}'; }
+p_cpu=$(ppl --device cpu)
+p_bf=$(ppl --device cuda --precision bf16)
+p_f32=$(ppl --device cuda --precision f32)
+echo "  ppl cpu $p_cpu, cuda bf16 $p_bf, cuda f32 $p_f32"
+check "|ppl_cuda_bf16 - ppl_cpu| / ppl_cpu" "$(awk -v a="$p_bf" -v b="$p_cpu" 'BEGIN {d=(a-b)/b; if (d<0) d=-d; print d}')" 0.005
+check "|ppl_cuda_f32 - ppl_cpu| / ppl_cpu" "$(awk -v a="$p_f32" -v b="$p_cpu" 'BEGIN {d=(a-b)/b; if (d<0) d=-d; print d}')" 0.00001
+
+echo "tb-recon layer 0 (2:4 Wanda + recon compensation), 300 steps, 32 windows: GPU vs CPU"
+"$BIN/tb-fisher" -m "$MODEL" -t "$CALIB" --max-windows 32 --stats gram --layers 0:1 -o "$tmp/g.fisher" --quiet
+"$BIN/tb-score" -m "$MODEL" -f "$tmp/g.fisher" --method wanda --tensors 'model.layers.0.*' -o "$tmp/s.st" --quiet
+"$BIN/tb-nm" -s "$tmp/s.st" --pattern 2:4 -o "$tmp/k.st" --quiet
+"$BIN/tb-pack" -m "$MODEL" --masks "$tmp/k.st" -f "$tmp/g.fisher" --layers 0:1 --compensate recon -o "$tmp/p.tb" --quiet
+loss() { # device precision
+    "$BIN/tb-recon" -m "$MODEL" --shard "$tmp/p.tb" --layer 0 -t "$CALIB" --max-windows 32 --steps 300 \
+        --device "$1" ${2:+--precision $2} -o "$tmp/r-$1.tb" 2>&1 | sed -n 's/.*output MSE [^ ]* -> \([^ ]*\) .*/\1/p'
+}
+l_cpu=$(loss cpu)
+l_gpu=$(loss cuda f32)
+l_bf=$(loss cuda bf16)
+echo "  final MSE cpu $l_cpu, cuda f32 $l_gpu, cuda bf16 $l_bf"
+check "|loss_cuda_f32 - loss_cpu| / loss_cpu" "$(awk -v a="$l_gpu" -v b="$l_cpu" 'BEGIN {d=(a-b)/b; if (d<0) d=-d; print d}')" 0.02
+check "|loss_cuda_bf16 - loss_cpu| / loss_cpu" "$(awk -v a="$l_bf" -v b="$l_cpu" 'BEGIN {d=(a-b)/b; if (d<0) d=-d; print d}')" 0.02
+[ "$fail" -eq 0 ] && echo "tools.sh: passed" || { echo "tools.sh: FAILED"; exit 1; }
