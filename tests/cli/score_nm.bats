@@ -2,7 +2,7 @@
 # tb-score and tb-nm: the pipeline on the bundled model through stdout/stdin,
 # mask conformity (of the bits, and of the weights once masked), exact
 # unstructured counts, permutations, the iterative solver on the real Gram
-# matrices (../shared), and one line + the right exit status per error.
+# matrices (the bundled golden), and one line + the right exit status per error.
 
 load helpers
 
@@ -163,7 +163,6 @@ EOF
 }
 
 @test "wanda on the real Gram differs from magnitude; iterative lowers the joint error" {
-    [ -f "$GOLDEN" ] || skip "no ../shared"
     sel='model.layers.0.self_attn.*'
     tb-score -m "$TB_MODEL" --method magnitude --tensors "$sel" --quiet | tb-nm --pattern 2:4 --quiet -o "$TMP/mag.st"
     tb-score -m "$TB_MODEL" -f "$GOLDEN" --method wanda --tensors "$sel" --quiet -o "$TMP/w.st"
