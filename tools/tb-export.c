@@ -37,7 +37,7 @@ int main(int argc, char **argv)
     tb_log_init("tb-export");
     tb_export_opts o = {.format = TB_EXPORT_DENSE, .dtype = -1};
     const char *out = NULL, *model = NULL;
-    int no_verify = 0, format = 0, dtype = 0;
+    int no_verify = 0, format = 0, dtype = 0, json = 0;
     const tb_option options[] = {
         TB_OPT_MODEL_OPTIONAL(&model, "the pruned model (.tbm); or give it as the argument"),
         TB_OPT_OUTPUT(&out, "DIR", TB_OPTF_REQUIRED | TB_OPTF_NO_DASH, "the checkpoint directory to create"),
@@ -62,6 +62,9 @@ int main(int argc, char **argv)
                         "units B KB MB GB KiB MiB GiB)"),
         TB_OPT_FORCE(&o.force, "replace DIR if it exists and is not empty"),
         TB_OPT_FLAG(0, "no-verify", &no_verify, "skip the SHA-256 check of the shards against the index"),
+        TB_OPT_JSON(&json, "print a summary as one JSON object on stdout: tensors,\n"
+                           "pruned, compressed, zeros (the fraction of all parameters),\n"
+                           "files, bytes"),
         TB_OPT_COMMON(),
     };
     const tb_command cmd = {.name = "tb-export", .usage = "tb-export MODEL.tbm -o DIR [options]", .description = description,
@@ -95,6 +98,17 @@ int main(int argc, char **argv)
     if (rc) return tb_report_error();
     if (s.why_not_24[0])
         tb_warn("%s: kept dense, as every pruned weight not 2:4 in the model's column order", s.why_not_24);
+    if (json) {
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "output", out);
+        cJSON_AddNumberToObject(j, "tensors", s.n_tensors);
+        cJSON_AddNumberToObject(j, "pruned", s.n_pruned);
+        cJSON_AddNumberToObject(j, "compressed", s.n_compressed);
+        cJSON_AddNumberToObject(j, "zeros", s.global_sparsity);
+        cJSON_AddNumberToObject(j, "files", s.n_files);
+        cJSON_AddNumberToObject(j, "bytes", (double)s.bytes);
+        if (tb_json_print(j)) return tb_report_error();
+    }
     {
         char comp[96] = "";
         if (s.n_compressed) snprintf(comp, sizeof comp, ", %d as %s", s.n_compressed, s.sparsity_format);

@@ -1,5 +1,6 @@
 /* tb-fisher - calibration statistics: empirical Fisher diagonal, Gram matrices
  * of linear inputs, and per-window gradient samples (see tb_calib.h). */
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,7 +36,7 @@ static const char notes[] =
 
 typedef struct {
     const char *model, *tokens, *text, *output, *acts_in, *acts_out;
-    int fisher, gram, grad_samples, threads, layer_a, layer_b, text_windows, text_seq_len;
+    int fisher, gram, grad_samples, threads, layer_a, layer_b, text_windows, text_seq_len, json;
     uint64_t text_seed;
     long max_windows;
     tb_backend_opts dev;
@@ -201,6 +202,17 @@ static int run(const options *o, const char *cmdline)
                               "layer_begin",    la,         "layer_end",         lb,         "command", cmdline};
         rc = tb_calib_write(&c, o->output, meta, (int)(sizeof meta / sizeof meta[0] / 2));
     }
+    if (!rc && o->json) {
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddNumberToObject(j, "windows", (double)windows);
+        cJSON_AddNumberToObject(j, "seq_len", seq_len);
+        cJSON_AddNumberToObject(j, "tokens", (double)c.tokens);
+        if (sequential || prefix) cJSON_AddNullToObject(j, "mean_nll"); /* no loss without the head */
+        else cJSON_AddNumberToObject(j, "mean_nll", loss_sum / (double)windows);
+        cJSON_AddNumberToObject(j, "seconds", secs);
+        cJSON_AddNumberToObject(j, "tokens_per_second", secs > 0 ? (double)c.tokens / secs : 0.0);
+        rc = tb_json_print(j);
+    }
     if (!rc)
         tb_info("%lld windows x %d tokens in %.1f s (%.0f tokens/s, %s)%s", (long long)windows, seq_len, secs,
                 (double)c.tokens / secs, be.desc, o->output ? "" : ", stream saved");
@@ -257,6 +269,9 @@ int main(int argc, char **argv)
                                                      "without it the first layer must be 0 and -t gives the tokens"),
         TB_OPT_FILE(0, "acts-out", &o.acts_out, "FILE", "save the stream leaving the last layer"),
         TB_OPT_GROUP(""),
+        TB_OPT_JSON(&o.json, "print one JSON object on stdout: windows, seq_len, tokens,\n"
+                             "mean_nll (the dense model's loss on the windows; null\n"
+                             "when the head does not run), seconds, tokens_per_second"),
         TB_OPT_THREADS(&o.threads),
         TB_OPT_DEVICE(&o.dev),
         TB_OPT_COMMON(),
@@ -284,6 +299,7 @@ int main(int argc, char **argv)
     }
     if (!o.output && !o.acts_out) return tb_usage_error("missing -o/--output FILE (or --acts-out FILE)");
     if (!o.gram && o.output && !o.fisher) return tb_usage_error("--stats none writes no -o file");
+    if (o.json && o.output && !strcmp(o.output, "-")) return tb_usage_error("--json prints to stdout, so -o - cannot: give -o FILE");
     char *cmdline = tb_join_args(argc, argv);
     if (!cmdline) return tb_report_error();
     int rc = run(&o, cmdline);

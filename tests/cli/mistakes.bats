@@ -129,7 +129,9 @@ windows() { tb-tokenize -m "$TB_MODEL" --bos --windows 2 --seq-len 32 -o "$1" "$
 
 @test "--json on every tool that reports a gating figure" {
     windows in.st
-    tb-fisher -m "$TB_MODEL" -t in.st --stats gram -o in.fisher
+    run tb-fisher -m "$TB_MODEL" -t in.st -o in.fisher --json
+    [ "$status" -eq 0 ]
+    python3 -c 'import json,sys; d = json.loads(sys.argv[1]); assert d["windows"] == 2 and 2 < d["mean_nll"] < 10, d' "$output"
     tb-score -m "$TB_MODEL" -f in.fisher --method wanda -o in.scores
     run tb-nm -s in.scores --pattern 2:4 -o in.masks --json
     [ "$status" -eq 0 ]
@@ -137,6 +139,10 @@ windows() { tb-tokenize -m "$TB_MODEL" --bos --windows 2 --seq-len 32 -o "$1" "$
     run tb-pack -m "$TB_MODEL" --masks in.masks -f in.fisher --compensate recon -o in.tb --json
     [ "$status" -eq 0 ]
     python3 -c 'import json,sys; d = json.loads(sys.argv[1]); assert d["pruned"] == 42 and 0 < d["output_error"] < d["output_error_mask_only"] < 1, d' "$output"
+    mkdir m && tb-merge -m "$TB_MODEL" -o m/model.tbm in.tb --copy
+    run tb-export m/model.tbm -o out.d --json
+    [ "$status" -eq 0 ]
+    python3 -c 'import json,sys; d = json.loads(sys.argv[1]); assert d["pruned"] == 42 and 0.3 < d["zeros"] < 0.5, d' "$output"
     run tb-nm -s in.scores --pattern 2:4 --json
     [ "$status" -eq 1 ]
     [[ "$output" == *"--json prints to stdout, so the masks need -o FILE"* ]]
