@@ -35,12 +35,12 @@ py_check() { # py_check SHARD MASKS: decoded == model * mask, bit for bit
 @test "--help, and usage errors are one line with exit 1" {
     run tb-pack --help
     [ "$status" -eq 0 ]
-    [[ "$output" == *"--compensate C"* ]]
+    [[ "$output" == *"--compensate NAME"* ]]
     run tb-pack -m "$TB_MODEL" --masks x
     [ "$status" -eq 1 ]; one_line_error tb-pack
     run tb-pack -m "$TB_MODEL" --masks x -o "$TMP/o.tb" --compensate magic
     [ "$status" -eq 1 ]; one_line_error tb-pack
-    [[ "$output" == *"--compensate 'magic'"* ]]
+    [[ "$output" == *"--compensate: 'magic' is not one of none, redist, obs, recon or sparsegpt"* ]]
     run tb-pack -m "$TB_MODEL" --masks x -o "$TMP/o.tb" --compensate recon
     [ "$status" -eq 1 ]; one_line_error tb-pack
     [[ "$output" == *"needs -f STATS.fisher"* ]]
