@@ -117,7 +117,8 @@ static int wanted(tb_kind k, tb_want want)
     case TB_WANT_ANY: return 1;
     case TB_WANT_SAFETENSORS: return k == TB_KIND_SAFETENSORS;
     case TB_WANT_MODEL: return k == TB_KIND_HF_DIR || k == TB_KIND_TBM || k == TB_KIND_SAFETENSORS;
-    case TB_WANT_TEXT: return k == TB_KIND_TEXT || k == TB_KIND_EMPTY || k == TB_KIND_JSON;
+    /* not UTF-8 is "binary" here: the text's reader names the byte, which says more */
+    case TB_WANT_TEXT: return k == TB_KIND_TEXT || k == TB_KIND_EMPTY || k == TB_KIND_JSON || k == TB_KIND_BINARY;
     case TB_WANT_TBM: return k == TB_KIND_TBM;
     }
     return 1;

@@ -391,8 +391,11 @@ int main(int argc, char **argv)
     tb_log_init("tb-tokenize");
     options o = {0};
     const tb_option table[] = {
-        TB_OPT_MODEL(&o.model, "model directory (tokenizer.json; BOS/EOS from config.json\n"
-                               "or tokenizer_config.json) or a tokenizer.json file"),
+        /* -m as everywhere, but a tokenizer.json alone will do: no model check */
+        {.type = TB_OPTT_STRING, .short_name = 'm', .long_name = "model", .value = &o.model, .argh = "MODEL",
+         .flags = TB_OPTF_FILE | TB_OPTF_REQUIRED | TB_OPTF_NO_DASH,
+         .help = "model directory (tokenizer.json; BOS/EOS from config.json\n"
+                 "or tokenizer_config.json) or a tokenizer.json file"},
         TB_OPT_OUTPUT(&o.output, "FILE", 0, "output file, - for standard output (the default; binary\n"
                                             "safetensors output to a terminal is refused)"),
         TB_OPT_CHOICE(0, "format", &o.text_format, format_names,

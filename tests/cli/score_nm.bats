@@ -127,8 +127,8 @@ EOF
     tb-score -m "$TB_MODEL" --method magnitude --quiet --tensors 'model.layers.2.*' -o "$TMP/s.st"
     # same command line (it is recorded in the metadata), different threads
     mkdir "$TMP/a" "$TMP/b"
-    (cd "$TMP/a" && TB_THREADS=1 tb-nm -s ../s.st --pattern 2:4 --permute --permute-rounds 20 -o p.st 2>../err)
-    (cd "$TMP/b" && TB_THREADS=3 tb-nm -s ../s.st --pattern 2:4 --permute --permute-rounds 20 -o p.st 2>/dev/null)
+    (cd "$TMP/a" && TB_THREADS=1 tb-nm -v -s ../s.st --pattern 2:4 --permute --permute-rounds 20 -o p.st 2>../err)
+    (cd "$TMP/b" && TB_THREADS=3 tb-nm -v -s ../s.st --pattern 2:4 --permute --permute-rounds 20 -o p.st 2>/dev/null)
     cmp "$TMP/a/p.st" "$TMP/b/p.st"
     mv "$TMP/a/p.st" "$TMP/p1.st"
     # the permutation keeps more importance than the identity
@@ -168,7 +168,7 @@ EOF
     tb-score -m "$TB_MODEL" -f "$GOLDEN" --method wanda --tensors "$sel" --quiet -o "$TMP/w.st"
     tb-nm -s "$TMP/w.st" --pattern 2:4 --quiet -o "$TMP/wm.st"
     [ "$(dump_masks "$TMP/mag.st" | md5sum)" != "$(dump_masks "$TMP/wm.st" | md5sum)" ]
-    run tb-nm -s "$TMP/w.st" --pattern 2:4 --solver iterative -m "$TB_MODEL" -f "$GOLDEN" -o "$TMP/it.st"
+    run tb-nm -v -s "$TMP/w.st" --pattern 2:4 --solver iterative -m "$TB_MODEL" -f "$GOLDEN" -o "$TMP/it.st"
     [ "$status" -eq 0 ]
     [[ "$output" == *"joint error"* ]]
     a=$(echo "$output" | sed -n 's/.*joint error \([0-9.e+]*\) -> \([0-9.e+]*\).*/\1/p')

@@ -110,7 +110,7 @@ stat() {
 
 @test "tokenizer: a given model's is copied when it covers the vocabulary, else a byte-level one is written" {
     sed 's/"vocab_size": 700/"vocab_size": 4096/; s/"pad_token_id": 5, //' "$TMP/cfg.json" >"$TMP/v4096.json"
-    run tb-synth "$TMP/v4096.json" -o "$TMP/a" --tokenizer "$TB_MODEL"
+    run tb-synth -v "$TMP/v4096.json" -o "$TMP/a" --tokenizer "$TB_MODEL"
     [ "$status" -eq 0 ]
     [[ "$output" == *"tokenizer copied"* ]]
     cmp "$TB_MODEL/tokenizer.json" "$TMP/a/tokenizer.json"

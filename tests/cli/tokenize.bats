@@ -239,7 +239,7 @@ EOF
 }
 
 @test "usage errors: exit 1" {
-    refuse 1 "missing -m MODEL" "$TMP/x"
+    refuse 1 "missing -m/--model MODEL" "$TMP/x"
     refuse 1 "--windows and --seq-len go together" -m "$LLAMA" --windows 3
     refuse 1 "--seq-len" -m "$LLAMA" --windows 3 --seq-len 0
     refuse 1 "--format" -m "$LLAMA" --format csv
