@@ -6,6 +6,7 @@
 #   make NVTX=1             compile NVTX ranges in (with CUDA=1)
 #   make SANITIZE=1         ASan + UBSan build in build-san/
 #   make test               unit tests (cmocka) and CLI tests (bats)
+#   make test-slurm         examples/slurm on a local single-node Slurm (root)
 #   make bench              benchmarks (figures go to bench/results/, see BENCHMARKS.md)
 #   make install PREFIX=/usr/local
 #
@@ -88,7 +89,7 @@ HELPERS := $(patsubst tests/helpers/%.c,$(BUILD)/tests/helpers/%,$(wildcard test
 CUDA_TEST_BIN := $(patsubst tests/cuda/%.c,$(BUILD)/tests/cuda/%,$(wildcard tests/cuda/test_*.c))
 MANS := $(wildcard man/*.1)
 
-.PHONY: all test unit cli bench install uninstall clean demo check-env test-cuda
+.PHONY: all test unit cli test-slurm bench install uninstall clean demo check-env test-cuda
 .SECONDARY:
 all: $(TOOLS)
 
@@ -137,6 +138,11 @@ cli: $(TOOLS) $(HELPERS)
 	TB_BIN=$(abspath $(BIN)) TB_HELPERS=$(abspath $(BUILD)/tests/helpers) bats tests/cli
 
 test: all unit cli
+
+# examples/slurm on a single-node Slurm brought up on localhost (root; installs
+# slurm-wlm and munge with apt-get when missing, else skips): .ci/run runs it
+test-slurm: all
+	TB_BIN=$(abspath $(BIN)) tests/slurm/run.sh
 
 bench: all
 	TB_BIN=$(abspath $(BIN)) bench/run.sh
