@@ -986,7 +986,7 @@ static void cu_adam(tb_backend *b, tb_dlinear *W, const float *g, const uint8_t 
 
 static void cu_close(tb_backend *b)
 {
-    tb_cuda *cu = tb_cu(b);
+    tb_cuda *cu = (tb_cuda *)b->impl;
     if (!cu) return;
     cudaSetDevice(cu->dev);
     if (cu->stream) cudaStreamSynchronize(cu->stream);
