@@ -20,7 +20,7 @@ timed() { # label cmd...: wall seconds
     log "$(printf '%-58s %8.2f s (exit %d)' "$1" "$(awk -v a=$t0 -v b=$(stamp) 'BEGIN{print b-a}')" $rc) $(grep -o 'ppl: [0-9.]*' $W/last.log | head -1)"
 }
 log "stages_small: $(date -u +%F' '%T) UTC, $(nvidia-smi --query-gpu=name --format=csv,noheader), $NT host cores"
-for m in llama mistral; do
+for m in ${STAGES_MODELS:-llama mistral}; do
     if [ $m = llama ]; then M=tests/data/tiny-llama-6m C=$M/calib-128x512.safetensors
     else M=.devwork/mistral/tiny-mistral-10m C=.devwork/mistral/calib-tiny-mistral-10m-128x512.safetensors; fi
     [ -d $M ] || { log "$m: skipped ($M absent)"; continue; }
