@@ -15,6 +15,7 @@
 extern "C" {
 #include "tb_backend.h"
 #include "tb_error.h"
+#include "tb_threads.h"
 }
 
 struct tb_cuda {
