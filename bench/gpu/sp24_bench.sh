@@ -4,7 +4,7 @@
 #   1. build the standalone checker/bench with nvcc (sm_90a + sm_80), with
 #      cuSPARSELt when it can be found (CUSPARSELT_HOME, or the Python wheel
 #      nvidia-cusparselt-cu13), or use a prebuilt binary ($SP24_BIN) if it runs;
-#   2. SASS: count the sparse mma instructions (HMMA...SP) per kernel;
+#   2. SASS: count the sparse mma instructions (HMMA...SP, HGMMA...SP) per kernel;
 #   3. --probe (metadata lanes), compute-sanitizer memcheck on --check-quick,
 #      the full --check (small shapes, every dtype/perm/bias/kernel);
 #   4. --bench: W 4096x4096, 14336x4096, 4096x14336 at 1..16384 tokens, every
@@ -45,7 +45,7 @@ if [ -n "$BIN" ] && [ -x "$BIN" ] && "$BIN" --probe >"$OUT/probe.txt" 2>&1; then
 else
     BIN=./tb_sp24_gemm
     echo "binary: building $BIN"
-    nvcc -O3 -std=c++17 -DTB_SP24_BENCH -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_80,code=sm_80 \
+    nvcc -O3 -std=c++17 -DTB_SP24_BENCH -DTB_SP24_WGMMA -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_80,code=sm_80 \
         -Ikernels/cpu -Iformats -Icommon -Ikernels/cuda -Xptxas -v kernels/cuda/tb_sp24_gemm.cu \
         kernels/cpu/tb_sp24_layout.c formats/tb_dtype.c common/tb_error.c -lcublas $CSL_FLAGS -o "$BIN" \
         >"$OUT/build.txt" 2>&1 || { cat "$OUT/build.txt"; exit 3; }
@@ -54,8 +54,9 @@ fi
 cat "$OUT/probe.txt"
 if command -v cuobjdump >/dev/null; then
     cuobjdump --dump-sass "$BIN" >"$OUT/sass.txt" 2>/dev/null
-    awk '/Function :/{f=$3} /HMMA/{n[f]++; if ($0 ~ /SP/) s[f]++} END{for (f in n) printf "sass: %s: %d HMMA, %d sparse\n", f, n[f], s[f]}' \
-        "$OUT/sass.txt" | grep -i sp24 | sort
+    awk '/Function :/{f=$3} /HG?MMA/{n[f]++; if ($0 ~ /\.SP/) s[f]++} END{for (f in n) printf "sass: %s: %d HMMA/HGMMA, %d sparse\n", f, n[f], s[f]}' \
+        "$OUT/sass.txt" | grep -i -E "tiled|wgmma|skinnyILi2ELi2ELi8ELi0E13" | sort
+    rm -f "$OUT/sass.txt" # too large to bring back
 fi
 echo "== compute-sanitizer memcheck --check-quick"
 if command -v compute-sanitizer >/dev/null; then
@@ -66,6 +67,13 @@ else
     echo "compute-sanitizer: not on PATH"
 fi
 echo "== --check"
-"$BIN" --check 2>&1 | tail -4
+"$BIN" --check >"$OUT/check.txt" 2>&1
+rc=$?
+grep -E "FAIL|check:|error" "$OUT/check.txt" | head -12
+if [ $rc -ne 0 ] && grep -q "version 3 (sparse wgmma): on" "$OUT/check.txt"; then
+    echo "check failed (exit $rc): rerunning without version 3"
+    export SP24_NO_V3=1
+    "$BIN" --check 2>&1 | grep -E "FAIL|check:" | head -6
+fi
 echo "== --bench"
 "$BIN" --bench 2>&1 | tee "$OUT/bench.txt"
