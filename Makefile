@@ -6,6 +6,7 @@
 #   make NVTX=1             compile NVTX ranges in (with CUDA=1)
 #   make SANITIZE=1         ASan + UBSan build in build-san/
 #   make test               unit tests (cmocka) and CLI tests (bats)
+#   make test-slurm         examples/slurm on a local single-node Slurm (root)
 #   make bench              benchmarks (figures go to bench/results/, see BENCHMARKS.md)
 #   make install PREFIX=/usr/local
 #   make clean              remove every build tree (needs none of the libraries)
@@ -113,7 +114,7 @@ CUDA_TEST_BIN := $(patsubst tests/cuda/%.c,$(BUILD)/tests/cuda/%,$(wildcard test
 MANS := $(wildcard man/*.1)
 MANS7 := $(wildcard man/*.7)
 
-.PHONY: all test unit cli bench install uninstall clean demo check-env print-build test-cuda
+.PHONY: all test unit cli test-slurm bench install uninstall clean demo check-env print-build test-cuda
 .SECONDARY:
 all: $(TOOLS)
 
@@ -162,6 +163,11 @@ cli: $(TOOLS) $(HELPERS)
 	TB_BIN=$(abspath $(BIN)) TB_HELPERS=$(abspath $(BUILD)/tests/helpers) bats tests/cli
 
 test: all unit cli
+
+# examples/slurm on a single-node Slurm brought up on localhost (root; installs
+# slurm-wlm and munge with apt-get when missing, else skips): .ci/run runs it
+test-slurm: all
+	TB_BIN=$(abspath $(BIN)) tests/slurm/run.sh
 
 bench: all
 	TB_BIN=$(abspath $(BIN)) bench/run.sh

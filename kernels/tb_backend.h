@@ -16,9 +16,11 @@
  * a time when memory is short (the engine decides, tb_dmodel in tb_engine.h).
  *
  * Precision. TB_PREC_F32: f32 everywhere, no TF32 (matches transformers' f32
- * forward to ~1e-6); TB_PREC_BF16: linears and Gram tiles with bf16 operands
- * and f32 accumulation, everything else f32 (the GPU default). The CPU
- * backend is always f32.
+ * forward to ~1e-6); TB_PREC_BF16: linears, Gram tiles and inference
+ * attention (saved == NULL) with bf16 operands and f32 accumulation, everything
+ * else f32 (the GPU default; attention that keeps `saved` for a backward stays
+ * f32, so the backward recomputes what the forward computed). The CPU backend
+ * is always f32.
  *
  * Ordering. Ops are issued in order on one stream; results written by an op
  * are visible to every later op. download and the reductions that return a

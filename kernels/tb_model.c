@@ -1,5 +1,6 @@
 /* tb_model.c - binding an HF checkpoint's tensors to the decoder's weights. */
 #include "tb_model.h"
+#include "tb_pack.h"
 #include "tb_error.h"
 #include "tb_io.h"
 #include "tb_ops.h"
@@ -219,6 +220,43 @@ void tb_model_sha256(const tb_model *m, char hex[65])
         tb_sha256_update(&h, m->ckpt.shards[i].map.data, m->ckpt.shards[i].map.size);
     for (int i = 0; m->is_tbm && i < m->tbm.n_shards; i++)
         tb_sha256_update(&h, m->tbm.shards[i].f.map.data, m->tbm.shards[i].f.map.size);
+    tb_sha256_final(&h, d);
+    tb_sha256_hex(d, hex);
+}
+
+/* the stored bytes of one linear weight: dense data, or kept values, indices
+ * and permutation */
+static void hash_linear(tb_sha256 *h, const tb_linear *L)
+{
+    size_t es = tb_dtype_size(L->dtype);
+    if (L->format == TB_LINEAR_NM) {
+        size_t kept = (size_t)L->rows * (size_t)(L->cols / L->m * L->n);
+        size_t row_bytes = ((size_t)(L->cols / L->m * L->n) * (size_t)tb_nm_index_bits(L->m) + 7) / 8;
+        tb_sha256_update(h, L->data, kept * es);
+        tb_sha256_update(h, L->indices, (size_t)L->rows * row_bytes);
+    } else {
+        tb_sha256_update(h, L->data, (size_t)L->rows * (size_t)L->cols * es);
+    }
+    if (L->perm) tb_sha256_update(h, L->perm, (size_t)L->cols * sizeof(int32_t));
+    if (L->bias) tb_sha256_update(h, L->bias, (size_t)L->rows * sizeof(float));
+}
+
+void tb_model_sha256_layers(const tb_model *m, int l0, int l1, char hex[65])
+{
+    tb_sha256 h;
+    uint8_t d[32];
+    const size_t D = (size_t)m->cfg.hidden_size * sizeof(float);
+    tb_sha256_init(&h);
+    if (l0 == 0) hash_linear(&h, &m->embed);
+    for (int l = l0; l < l1; l++) {
+        for (int i = 0; i < TB_LIN_PER_LAYER; i++) hash_linear(&h, &m->layers[l].lin[i]);
+        tb_sha256_update(&h, m->layers[l].attn_norm, D);
+        tb_sha256_update(&h, m->layers[l].mlp_norm, D);
+    }
+    if (l1 == m->cfg.n_layers) {
+        tb_sha256_update(&h, m->final_norm, D);
+        if (m->lm_head.data != m->embed.data) hash_linear(&h, &m->lm_head);
+    }
     tb_sha256_final(&h, d);
     tb_sha256_hex(d, hex);
 }

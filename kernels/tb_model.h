@@ -83,6 +83,12 @@ const char *tb_model_tokenizer_path(const tb_model *m);
 /* SHA-256 over the bytes of every weight file (HF shards or .tb shards): the
  * identity of the weights later stages record. */
 void tb_model_sha256(const tb_model *m, char hex[65]);
+/* SHA-256 of the weights layers [l0, l1) read, in a fixed order: the
+ * embedding when l0 = 0, each layer's seven linears (stored bytes: values,
+ * indices, permutation, bias) and norms, the final norm and an untied lm_head
+ * when l1 = n_layers. What a layer-wise run records: it costs one layer's
+ * bytes, not the checkpoint's (14.5 GB at 7B, per run). */
+void tb_model_sha256_layers(const tb_model *m, int l0, int l1, char hex[65]);
 
 /* Per-layer activations for tokens [0, n) of the last call. [n, hidden] unless noted. */
 typedef struct {

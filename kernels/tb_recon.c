@@ -8,6 +8,7 @@
 
 #define _USE_MATH_DEFINES
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -33,26 +34,45 @@ static int keep_grad(void *ctx, int layer, tb_lin_id which, const float *dW, int
     return TB_OK;
 }
 
-/* window `win` through layer l: its input into stream l, its target (when
- * wanted) into tgt; the output lands in stream l+1 */
-static int run_layer(tb_forward *f, int l, const float *inputs, const float *targets, float *tgt, int64_t win, int T)
+/* Where the windows come from. On a device with room for them, all inputs
+ * and targets are copied there once (a step then moves nothing over PCIe);
+ * otherwise (the CPU, whose memory they already are, or a small GPU) each
+ * step uploads its window. */
+typedef struct {
+    const float *inputs, *targets; /* host [windows, T, hidden] */
+    float *in_d, *tg_d;            /* backend copies of all windows, or NULL */
+    float *tgt;                    /* backend buffer of one target window */
+    size_t nd;
+} windows_src;
+
+/* window `win` through layer l: its input into stream l; *tg receives where
+ * its target is on the backend; the output lands in stream l+1 */
+static int run_layer(tb_forward *f, int l, const windows_src *ws, int64_t win, int T, const float **tg)
 {
-    size_t nd = (size_t)T * f->m->cfg.hidden_size;
-    int rc = tb_forward_set_stream(f, l, inputs + (size_t)win * nd, T);
-    if (!rc && tgt) f->be->ops->upload(f->be, tgt, targets + (size_t)win * nd, nd * sizeof(float));
+    tb_backend *be = f->be;
+    const size_t off = (size_t)win * ws->nd;
+    int rc;
+    if (ws->in_d) {
+        be->ops->copy(be, tb_forward_stream(f, l), ws->in_d + off, ws->nd * sizeof(float));
+        *tg = ws->tg_d + off;
+        rc = TB_OK;
+    } else {
+        rc = tb_forward_set_stream(f, l, ws->inputs + off, T);
+        if (!rc) be->ops->upload(be, ws->tgt, ws->targets + off, ws->nd * sizeof(float));
+        *tg = ws->tgt;
+    }
     return rc ? rc : tb_forward_layers(f, T, l, l + 1);
 }
 
-static double eval_mse(tb_forward *f, int l, const float *inputs, const float *targets, float *tgt, int64_t n_eval,
-                       int T)
+static double eval_mse(tb_forward *f, int l, const windows_src *ws, int64_t n_eval, int T)
 {
-    size_t nd = (size_t)T * f->m->cfg.hidden_size;
     double se = 0;
     for (int64_t w = 0; w < n_eval; w++) {
-        if (run_layer(f, l, inputs, targets, tgt, w, T)) return NAN;
-        se += f->be->ops->sum_sq_diff(f->be, tb_forward_stream(f, l + 1), tgt, nd);
+        const float *tg;
+        if (run_layer(f, l, ws, w, T, &tg)) return NAN;
+        se += f->be->ops->sum_sq_diff(f->be, tb_forward_stream(f, l + 1), tg, ws->nd);
     }
-    return se / ((double)n_eval * (double)nd);
+    return se / ((double)n_eval * (double)ws->nd);
 }
 
 int tb_recon_layer(tb_model *m, int l, float *const w[TB_LIN_PER_LAYER], const uint8_t *const keep[TB_LIN_PER_LAYER],
@@ -83,8 +103,22 @@ int tb_recon_layer(tb_model *m, int l, float *const w[TB_LIN_PER_LAYER], const u
     uint8_t *keep_d[TB_LIN_PER_LAYER] = {0};
     tb_dlinear train[TB_LIN_PER_LAYER];
     memset(train, 0, sizeof train);
-    float *tgt = tb_alloc_f32(be, nd, "a target window");
-    if (!tgt || !tb_forward_layer_weights(&f, l)) rc = tb_errcode() ? tb_errcode() : TB_EIO;
+    windows_src ws = {.inputs = inputs, .targets = targets, .nd = nd};
+    ws.tgt = tb_alloc_f32(be, nd, "a target window");
+    if (!ws.tgt || !tb_forward_layer_weights(&f, l)) rc = tb_errcode() ? tb_errcode() : TB_EIO;
+    size_t all = 2 * (size_t)windows * nd * sizeof(float), room = be->ops->mem_free(be);
+    if (!rc && room != SIZE_MAX && all < room / 4) { /* a device with room: every window there once */
+        ws.in_d = tb_alloc_f32(be, (size_t)windows * nd, "the input windows");
+        ws.tg_d = ws.in_d ? tb_alloc_f32(be, (size_t)windows * nd, "the target windows") : NULL;
+        if (ws.tg_d) {
+            be->ops->upload(be, ws.in_d, inputs, (size_t)windows * nd * sizeof(float));
+            be->ops->upload(be, ws.tg_d, targets, (size_t)windows * nd * sizeof(float));
+        } else { /* not that much room after all: stream them */
+            if (ws.in_d) be->ops->free(be, ws.in_d);
+            ws.in_d = NULL;
+            tb_err_clear();
+        }
+    }
     for (int k = 0; k < TB_LIN_PER_LAYER && !rc; k++) {
         const tb_linear *L = &m->layers[l].lin[k];
         size_t sz = (size_t)L->rows * L->cols;
@@ -115,7 +149,7 @@ int tb_recon_layer(tb_model *m, int l, float *const w[TB_LIN_PER_LAYER], const u
             p += d * d;
         }
         r->target_power = p / ((double)n_eval * (double)nd);
-        r->mse_before = eval_mse(&f, l, inputs, targets, tgt, n_eval, T);
+        r->mse_before = eval_mse(&f, l, &ws, n_eval, T);
     }
     uint64_t s = o->seed * 0x9E3779B97F4A7C15ull + 1;
     for (int step = 0; step < o->steps && !rc; step++) {
@@ -131,9 +165,10 @@ int tb_recon_layer(tb_model *m, int l, float *const w[TB_LIN_PER_LAYER], const u
             }
         }
         int64_t win = order[pos];
-        if ((rc = run_layer(&f, l, inputs, targets, tgt, win, T))) break;
+        const float *tg;
+        if ((rc = run_layer(&f, l, &ws, win, T, &tg))) break;
         /* d mean((out - tg)^2) / d out */
-        be->ops->scaled_diff(be, b.d_res, tb_forward_stream(&f, l + 1), tgt, 2.0f / (float)nd, nd);
+        be->ops->scaled_diff(be, b.d_res, tb_forward_stream(&f, l + 1), tg, 2.0f / (float)nd, nd);
         if ((rc = tb_backward_layers(&b, T, l, l + 1, keep_grad, &g))) break;
         /* Adam with bias correction; cosine decay; pruned entries never move */
         double lr = o->lr * 0.5 * (1.0 + cos(M_PI * step / o->steps));
@@ -152,7 +187,7 @@ int tb_recon_layer(tb_model *m, int l, float *const w[TB_LIN_PER_LAYER], const u
         if (progress && !rc) progress(ctx, step + 1, o->steps);
     }
     if (!rc) {
-        r->mse_after = eval_mse(&f, l, inputs, targets, tgt, n_eval, T);
+        r->mse_after = eval_mse(&f, l, &ws, n_eval, T);
         if (!isfinite(r->mse_after)) rc = tb_fail(TB_EDATA, "recon: layer %d: the error is not finite after training", l);
     }
     if (!rc)
@@ -167,7 +202,9 @@ int tb_recon_layer(tb_model *m, int l, float *const w[TB_LIN_PER_LAYER], const u
         if (m2[k]) be->ops->free(be, m2[k]);
         if (keep_d[k]) be->ops->free(be, keep_d[k]);
     }
-    if (tgt) be->ops->free(be, tgt);
+    if (ws.tgt) be->ops->free(be, ws.tgt);
+    if (ws.in_d) be->ops->free(be, ws.in_d);
+    if (ws.tg_d) be->ops->free(be, ws.tg_d);
     free(order);
     tb_backward_free(&b);
     /* the layer's linears were the training copies: the forward must not

@@ -115,7 +115,9 @@ static int run(const options *o, const char *cmdline)
         tb_out_abort(&probe);
     }
     char sha[65];
-    tb_model_sha256(&m, sha);
+    /* of the weights this run reads (formats/tb_fisher.h): layers 0..B, or A..B
+     * from a stream; not the whole checkpoint, which at 7B is 14.5 GB a run */
+    tb_model_sha256_layers(&m, o->acts_in ? o->layer_a : 0, layer_b, sha);
     if (o->acts_out) {
         char lay[16];
         snprintf(lay, sizeof lay, "%d", layer_b);

@@ -24,10 +24,17 @@
 //
 // Variants: HD (largest head_dim served: 64, 128, 256) and R (B = 16 R = 64 or
 // 32 rows per tile); R = 2 where the device's shared memory is short.
+//
+// bf16 precision, inference (saved == NULL), head_dim 64 or 128, sm_80+:
+// attn_fwd_mma, the same online softmax on bf16 tensor cores (mma.sync). H200,
+// 32/8 heads x 128, T 2048 causal: 0.54 ms (63 TFLOP/s) against the f32
+// kernel's 2.3 ms (15 TFLOP/s); backward (f32) 8.9 ms (9.6 TFLOP/s).
 #include "tb_cuda_backend.h"
 #include "tb_nvtx.h"
 
+#include <cuda_bf16.h>
 #include <math.h>
+#include <stdint.h>
 
 namespace {
 
@@ -342,6 +349,180 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkv(const float *__restrict
     }
 }
 
+// ---- bf16 tensor-core forward, for inference in the bf16 precision ----
+// (saved == NULL: nothing recomputes from it, so the f32 backward never meets
+// probabilities it did not compute). Four warps, 16 query rows each, mma.sync
+// m16n8k16 with bf16 operands and f32 accumulation: S = Q K^T from Q
+// fragments held in registers and K in shared memory; the online softmax in
+// f32 on the accumulator fragments (a row's 64 scores lie in the 4 lanes of a
+// quad); P re-packed in place as the A operand of O += P V, V stored
+// transposed so that each B fragment is one 32-bit shared load.
+constexpr int kMmaQ = 64, kMmaK = 64;
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
+{
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&h);
+}
+
+template <int HD>
+__global__ void __launch_bounds__(128) attn_fwd_mma(const float *__restrict__ q, const float *__restrict__ k,
+                                                    const float *__restrict__ v, float *__restrict__ out, int n,
+                                                    int pos0, int H, int KVH, int window, float scale)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+    __trap(); // the host dispatches here only on sm_80 and newer
+#else
+    constexpr int LDK = HD + 8, LDV = kMmaK + 8, KS = HD / 16, ND = HD / 8;
+    __shared__ __align__(16) __nv_bfloat16 Ks[kMmaK * LDK];
+    __shared__ __align__(16) __nv_bfloat16 Vt[HD * LDV];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int h = blockIdx.y, kvh = h / (H / KVH), q0 = blockIdx.x * kMmaQ;
+    const size_t qd = (size_t)H * HD, kd = (size_t)KVH * HD;
+    const int total = pos0 + n;
+    const int r0 = q0 + warp * 16 + g, r1 = r0 + 8; // this thread's two query rows
+    const bool in0 = r0 < n, in1 = r1 < n;
+
+    uint32_t qa[KS][4]; // A fragments of the warp's 16 x HD queries
+    {
+        const float *a = q + (size_t)(in0 ? r0 : 0) * qd + h * HD, *b = q + (size_t)(in1 ? r1 : 0) * qd + h * HD;
+#pragma unroll
+        for (int ks = 0; ks < KS; ks++) {
+            const int c = ks * 16 + t * 2;
+            qa[ks][0] = in0 ? pack_bf16(a[c], a[c + 1]) : 0u;
+            qa[ks][1] = in1 ? pack_bf16(b[c], b[c + 1]) : 0u;
+            qa[ks][2] = in0 ? pack_bf16(a[c + 8], a[c + 9]) : 0u;
+            qa[ks][3] = in1 ? pack_bf16(b[c + 8], b[c + 9]) : 0u;
+        }
+    }
+    float o[ND][4];
+#pragma unroll
+    for (int d = 0; d < ND; d++) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+    const int p0 = pos0 + r0, p1 = pos0 + r1;
+    const int lo0 = window > 0 ? max(0, p0 - window + 1) : 0, lo1 = window > 0 ? max(0, p1 - window + 1) : 0;
+    const int p_first = pos0 + q0, p_last = pos0 + min(q0 + kMmaQ, n) - 1;
+    const int klo = window > 0 ? max(0, p_first - window + 1) : 0;
+
+    for (int k0 = (klo / kMmaK) * kMmaK; k0 <= p_last; k0 += kMmaK) {
+        __syncthreads(); // the previous tile's products are done with Ks and Vt
+        for (int idx = threadIdx.x; idx < kMmaK * HD / 2; idx += 128) {
+            const int r = idx / (HD / 2), c = (idx - r * (HD / 2)) * 2, key = k0 + r;
+            float k0v = 0.0f, k1v = 0.0f, v0v = 0.0f, v1v = 0.0f;
+            if (key < total) {
+                const size_t at = (size_t)key * kd + kvh * HD + c;
+                k0v = k[at];
+                k1v = k[at + 1];
+                v0v = v[at];
+                v1v = v[at + 1];
+            }
+            *reinterpret_cast<uint32_t *>(&Ks[r * LDK + c]) = pack_bf16(k0v, k1v);
+            Vt[c * LDV + r] = __float2bfloat16_rn(v0v);
+            Vt[(c + 1) * LDV + r] = __float2bfloat16_rn(v1v);
+        }
+        __syncthreads();
+        float s[8][4];
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+            const __nv_bfloat16 *kr = Ks + (j * 8 + g) * LDK + t * 2;
+#pragma unroll
+            for (int ks = 0; ks < KS; ks++) {
+                const uint32_t b0 = *reinterpret_cast<const uint32_t *>(kr + ks * 16);
+                const uint32_t b1 = *reinterpret_cast<const uint32_t *>(kr + ks * 16 + 8);
+                asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+                             "{%8,%9}, {%0,%1,%2,%3};\n"
+                             : "+f"(s[j][0]), "+f"(s[j][1]), "+f"(s[j][2]), "+f"(s[j][3])
+                             : "r"(qa[ks][0]), "r"(qa[ks][1]), "r"(qa[ks][2]), "r"(qa[ks][3]), "r"(b0), "r"(b1));
+            }
+        }
+        // mask and scale; c0, c1 are row r0, c2, c3 row r1, columns j*8 + t*2 + {0, 1}
+        float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int key = k0 + j * 8 + t * 2 + e;
+                s[j][e] = key >= lo0 && key <= p0 ? s[j][e] * scale : -INFINITY;
+                s[j][2 + e] = key >= lo1 && key <= p1 ? s[j][2 + e] * scale : -INFINITY;
+                mx0 = fmaxf(mx0, s[j][e]);
+                mx1 = fmaxf(mx1, s[j][2 + e]);
+            }
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+        const float al0 = mn0 == -INFINITY ? 1.0f : expf(m0 - mn0), al1 = mn1 == -INFINITY ? 1.0f : expf(m1 - mn1);
+        float rs0 = 0.0f, rs1 = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                s[j][e] = s[j][e] == -INFINITY ? 0.0f : expf(s[j][e] - mn0);
+                s[j][2 + e] = s[j][2 + e] == -INFINITY ? 0.0f : expf(s[j][2 + e] - mn1);
+                rs0 += s[j][e];
+                rs1 += s[j][2 + e];
+            }
+        rs0 += __shfl_xor_sync(0xffffffffu, rs0, 1);
+        rs0 += __shfl_xor_sync(0xffffffffu, rs0, 2);
+        rs1 += __shfl_xor_sync(0xffffffffu, rs1, 1);
+        rs1 += __shfl_xor_sync(0xffffffffu, rs1, 2);
+        l0 = l0 * al0 + rs0;
+        l1 = l1 * al1 + rs1;
+        m0 = mn0;
+        m1 = mn1;
+#pragma unroll
+        for (int d = 0; d < ND; d++) {
+            o[d][0] *= al0;
+            o[d][1] *= al0;
+            o[d][2] *= al1;
+            o[d][3] *= al1;
+        }
+        // O += P V: keys 16 kk .. 16 kk + 15 are the accumulator tiles 2 kk and 2 kk + 1
+#pragma unroll
+        for (int kk = 0; kk < kMmaK / 16; kk++) {
+            const uint32_t a0 = pack_bf16(s[2 * kk][0], s[2 * kk][1]), a1 = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
+            const uint32_t a2 = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+            const uint32_t a3 = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+            for (int d = 0; d < ND; d++) {
+                const __nv_bfloat16 *vr = Vt + (d * 8 + g) * LDV + kk * 16 + t * 2;
+                const uint32_t b0 = *reinterpret_cast<const uint32_t *>(vr);
+                const uint32_t b1 = *reinterpret_cast<const uint32_t *>(vr + 8);
+                asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+                             "{%8,%9}, {%0,%1,%2,%3};\n"
+                             : "+f"(o[d][0]), "+f"(o[d][1]), "+f"(o[d][2]), "+f"(o[d][3])
+                             : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+            }
+        }
+    }
+    const float i0 = 1.0f / l0, i1 = 1.0f / l1;
+#pragma unroll
+    for (int d = 0; d < ND; d++) {
+        const int col = h * HD + d * 8 + t * 2;
+        if (in0) {
+            out[(size_t)r0 * qd + col] = o[d][0] * i0;
+            out[(size_t)r0 * qd + col + 1] = o[d][1] * i0;
+        }
+        if (in1) {
+            out[(size_t)r1 * qd + col] = o[d][2] * i1;
+            out[(size_t)r1 * qd + col + 1] = o[d][3] * i1;
+        }
+    }
+#endif
+}
+
+template <int HD>
+void fwd_mma_launch(tb_cuda *cu, const tb_attn_shape *a, const float *q, const float *k, const float *v, int n,
+                    int pos0, float *out)
+{
+    dim3 grid((unsigned)((n + kMmaQ - 1) / kMmaQ), (unsigned)a->n_heads);
+    attn_fwd_mma<HD><<<grid, 128, 0, cu->stream>>>(q, k, v, out, n, pos0, a->n_heads, a->n_kv_heads,
+                                                    a->sliding_window, 1.0f / sqrtf((float)HD));
+    TB_CU_LAUNCHED(cu, "attention (bf16 tensor cores)");
+}
+
 // shared memory of each kernel, bytes
 size_t smem_fwd(int R, int hd) { return ((size_t)2 * 16 * R * (hd + 1) + (size_t)16 * R * (16 * R + 1)) * 4; }
 size_t smem_dq(int R, int hd) { return ((size_t)3 * 16 * R * (hd + 1) + (size_t)16 * R * (16 * R + 1)) * 4; }
@@ -429,7 +610,15 @@ void tb_cuda_attention(tb_cuda *cu, const tb_attn_shape *a, const float *q, cons
 {
     if (cu->err || n <= 0 || !shape_ok(cu, a)) return;
     TB_RANGE_PUSH("tb_cuda_attention");
-    variant vr = pick(cu, a->head_dim);
+    // bf16 precision, inference (nothing saved for a backward): the tensor-core kernel
+    const int hd = a->head_dim;
+    if (cu->bf16 && !lse && cu->prop.major >= 8 && (hd == 64 || hd == 128)) {
+        if (hd == 64) fwd_mma_launch<64>(cu, a, q, k, v, n, pos0, out);
+        else fwd_mma_launch<128>(cu, a, q, k, v, n, pos0, out);
+        TB_RANGE_POP();
+        return;
+    }
+    variant vr = pick(cu, hd);
     if (vr.HD == 64 && vr.R == 4) fwd_launch<64, 4>(cu, a, q, k, v, n, pos0, out, lse);
     else if (vr.HD == 64) fwd_launch<64, 2>(cu, a, q, k, v, n, pos0, out, lse);
     else if (vr.HD == 128 && vr.R == 4) fwd_launch<128, 4>(cu, a, q, k, v, n, pos0, out, lse);

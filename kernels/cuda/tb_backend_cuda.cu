@@ -503,6 +503,22 @@ static void cu_linear_release(tb_backend *b, tb_dlinear *d)
     d->bytes = 0;
 }
 
+struct decode_job {
+    const tb_linear *L;
+    int r0;
+    float *out;      // [rows of the chunk, cols]
+    float *row_bufs; // [threads, cols]: tb_linear_rows' work row for a permuted weight
+};
+
+static void decode_rows(void *ctx, int64_t begin, int64_t end, int tid)
+{
+    const decode_job *j = (const decode_job *)ctx;
+    if (end <= begin) return;
+    const size_t cols = (size_t)j->L->cols;
+    tb_linear_rows(j->L, j->r0 + (int)begin, (int)(end - begin), j->out + (size_t)begin * cols,
+                   j->row_bufs + (size_t)tid * cols);
+}
+
 // Dense device copy in the compute dtype of any tb_linear: rows come out of
 // tb_linear_rows on the host (N:M decoded, permutation undone, f32) a chunk at
 // a time, cross into a device f32 staging area and are converted there.
@@ -535,14 +551,18 @@ static int cu_linear_upload(tb_backend *b, tb_dlinear *d, const tb_linear *L)
         size_t chunk = ((size_t)4 << 20) / (size_t)L->cols; // rows per 16 MB of f32
         if (chunk < 1) chunk = 1;
         const int nr_max = chunk < (size_t)L->rows ? (int)chunk : L->rows;
-        float *hbuf = (float *)malloc(((size_t)nr_max + 1) * L->cols * sizeof(float));
+        // rows decode independently: split each chunk over the host threads (a single
+        // thread decodes 2:4 bf16 at ~79 M weights/s on the dev box, seconds per 7B layer)
+        const int nt = b->o.n_threads > 1 ? (b->o.n_threads < nr_max ? b->o.n_threads : nr_max) : 1;
+        float *hbuf = (float *)malloc(((size_t)nr_max + nt) * L->cols * sizeof(float));
         float *stage = (float *)tb_cuda_ws(cu, (size_t)nr_max * L->cols * sizeof(float), "weight staging");
         if (!hbuf) rc = tb_fail(TB_EIO, "out of memory (%zu bytes) converting %s", (size_t)nr_max * L->cols * 4, what);
         else if (!stage) rc = tb_fail(cu->err, "%s", cu->msg);
         for (int r0 = 0; !rc && r0 < L->rows; r0 += nr_max) {
             const int nr = L->rows - r0 < nr_max ? L->rows - r0 : nr_max;
             const size_t c = (size_t)nr * L->cols;
-            tb_linear_rows(L, r0, nr, hbuf, hbuf + (size_t)nr_max * L->cols);
+            decode_job job = {L, r0, hbuf, hbuf + (size_t)nr_max * L->cols};
+            tb_parallel_for(nt, nr, decode_rows, &job);
             // the previous chunk's conversion must be done with `stage`; the copy is stream-ordered after it
             TB_CU_CHECK(cu, cudaMemcpyAsync(stage, hbuf, c * 4, cudaMemcpyHostToDevice, cu->stream), "weight upload");
             to_compute(cu, (char *)d->w + (size_t)r0 * L->cols * elt(cu), stage, c);
@@ -986,7 +1006,7 @@ static void cu_adam(tb_backend *b, tb_dlinear *W, const float *g, const uint8_t 
 
 static void cu_close(tb_backend *b)
 {
-    tb_cuda *cu = tb_cu(b);
+    tb_cuda *cu = (tb_cuda *)b->impl;
     if (!cu) return;
     cudaSetDevice(cu->dev);
     if (cu->stream) cudaStreamSynchronize(cu->stream);

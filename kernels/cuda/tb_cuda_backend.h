@@ -15,6 +15,7 @@
 extern "C" {
 #include "tb_backend.h"
 #include "tb_error.h"
+#include "tb_threads.h"
 }
 
 struct tb_cuda {
@@ -33,7 +34,16 @@ struct tb_cuda {
     size_t host_bytes;
 };
 
-static inline tb_cuda *tb_cu(tb_backend *b) { return (tb_cuda *)b->impl; }
+/* every op enters through here: make this backend's GPU current on the calling
+ * thread (a tool may call from another thread than the one that opened it, or
+ * hold backends on two GPUs); cheap when it already is */
+static inline tb_cuda *tb_cu(tb_backend *b)
+{
+    tb_cuda *cu = (tb_cuda *)b->impl;
+    int cur = -1;
+    if (cudaGetDevice(&cur) != cudaSuccess || cur != cu->dev) cudaSetDevice(cu->dev);
+    return cu;
+}
 
 /* record the first error; returns 1 if `e` is an error */
 int tb_cuda_check(tb_cuda *cu, cudaError_t e, const char *what, const char *file, int line);
