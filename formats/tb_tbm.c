@@ -101,15 +101,18 @@ static int has_stage(const cJSON *stages, const cJSON *stage)
     return 0;
 }
 
-/* Append f's own stage, then the stages it carries (RECIPE_KEY), to stages. */
-static void add_file_stages(cJSON *stages, const st_file *f, const char *label)
+/* Append f's own stage, then the stages it carries (RECIPE_KEY), to stages.
+ * for_output: for an output's own metadata, without how long a stage took, so
+ * that the same inputs and options give the same bytes. */
+static void add_file_stages(cJSON *stages, const st_file *f, const char *label, int for_output)
 {
     cJSON *stage = cJSON_CreateObject(), *meta = cJSON_CreateObject();
     const char *kind = st_meta(f, "tensorbit.kind");
     cJSON_AddStringToObject(stage, "kind", kind ? kind : "safetensors");
     cJSON_AddStringToObject(stage, "file", label);
     for (int i = 0; i < f->n_meta; i++)
-        if (strcmp(f->meta_keys[i], "tensorbit.tensors") && strcmp(f->meta_keys[i], RECIPE_KEY))
+        if (strcmp(f->meta_keys[i], "tensorbit.tensors") && strcmp(f->meta_keys[i], RECIPE_KEY) &&
+            !(for_output && !strcmp(f->meta_keys[i], "seconds")))
             cJSON_AddStringToObject(meta, f->meta_keys[i], f->meta_vals[i]);
     cJSON_AddItemToObject(stage, "metadata", meta);
     if (has_stage(stages, stage)) cJSON_Delete(stage);
@@ -126,7 +129,7 @@ char *tb_recipe_of_inputs(const st_file *const *inputs, int n)
     cJSON *stages = cJSON_CreateArray();
     for (int i = 0; i < n && stages; i++)
         if (inputs[i] && inputs[i]->path && st_meta(inputs[i], "tensorbit.kind"))
-            add_file_stages(stages, inputs[i], inputs[i]->path);
+            add_file_stages(stages, inputs[i], inputs[i]->path, 1);
     char *s = stages && stages->child ? cJSON_PrintUnformatted(stages) : NULL;
     cJSON_Delete(stages);
     return s;
@@ -143,7 +146,7 @@ static void add_stage(cJSON *stages, const char *path, int depth)
         tb_err_clear(); /* a missing or foreign upstream file only shortens the recipe */
         return;
     }
-    add_file_stages(stages, &f, path);
+    add_file_stages(stages, &f, path, 0);
     static const char *const upstream[] = {"packed_from", "masks", "scores", "stats", "fisher", "tokens_file"};
     char paths[6][1024];
     int np = 0;
