@@ -13,6 +13,7 @@
 #include "tb_model.h"
 #include "tb_opts.h"
 #include "tb_pack.h"
+#include "tb_block_recon.h"
 #include "tb_recon.h"
 #include "tb_threads.h"
 #include "tb_tokens.h"
@@ -40,6 +41,18 @@ static const char usage[] =
     "      --lr X            peak learning rate, cosine decay (default 1e-3)\n"
     "      --seed S          window order (default 0)\n"
     "      --max-windows N   use the first N windows\n"
+    "      --unit U          the region matched: layer (default; q..down against the\n"
+    "                        dense layer's output) or blocks (the attention block\n"
+    "                        against the dense block's output, then the MLP block\n"
+    "                        against the dense layer's output; --steps each)\n"
+    "      --learn-masks K   learn the N:M masks with the weights (SR-STE): every K\n"
+    "                        steps re-select each group's N by |W~| * ||x_c|| from\n"
+    "                        the straight-through latent weights (pruned entries\n"
+    "                        start at the dense weights); 0: masks fixed (default)\n"
+    "      --mask-until F    fraction of each unit's steps during which masks may\n"
+    "                        change (default 0.5); fixed for the rest\n"
+    "      --mask-decay D    SR-STE decay of the pruned latents, W~ -= lr*D*W~ per\n"
+    "                        step (default 0)\n"
     "      --threads N       threads (default $TB_THREADS or all cores)\n"
     TB_BACKEND_OPTIONS_HELP
     "      --quiet, --progress\n"
@@ -57,6 +70,7 @@ typedef struct {
     tb_recon_opts ro;
     tb_backend_opts dev;
     tb_backend *be;
+    tb_block_opts bo; /* --unit, --learn-masks: tb_recon_block */
 } options;
 
 static void on_step(void *ctx, int64_t done, int64_t total)
@@ -116,10 +130,20 @@ static int dense_targets(tb_model *m, int l, const float *in, int64_t windows, i
     return rc;
 }
 
+/* the same on the CPU, with the attention block's h too (tb_recon_block) */
+static int dense_targets_cpu(tb_model *m, int l, const float *in, int64_t windows, int T, int threads, float **out,
+                         float **attn_out)
+{
+    size_t n = (size_t)windows * T * m->cfg.hidden_size;
+    if (!(*out = tb_malloc(n * sizeof(float))) || (attn_out && !(*attn_out = tb_malloc(n * sizeof(float)))))
+        return TB_EIO;
+    return tb_dense_layer_targets(m, l, in, windows, T, threads, *out, attn_out ? *attn_out : NULL);
+}
+
 /* Write the shard again: trained values under the original keep sets (the
  * nonzeros of the packed weight, in stored column order), the rest copied. */
 static int write_shard(const options *o, const tb_pack_file *p, float *const w[TB_LIN_PER_LAYER],
-                       const tb_packed *const pk[TB_LIN_PER_LAYER], const float *const orig[TB_LIN_PER_LAYER],
+                       const tb_packed *const pk[TB_LIN_PER_LAYER], const uint8_t *const keep[TB_LIN_PER_LAYER],
                        const tb_recon_report *rep, const char *cmdline)
 {
     tb_pack_writer *pw = tb_pack_writer_new();
@@ -140,13 +164,18 @@ static int write_shard(const options *o, const tb_pack_file *p, float *const w[T
     if (!rc) rc = tb_pack_writer_meta(pw, "recon_lr", num);
     snprintf(num, sizeof num, "%.6g -> %.6g (target power %.6g)", rep->mse_before, rep->mse_after, rep->target_power);
     if (!rc) rc = tb_pack_writer_meta(pw, "recon_mse", num);
+    if (!rc && o->bo.unit != TB_UNIT_LAYER) rc = tb_pack_writer_meta(pw, "recon_unit", "blocks");
+    if (!rc && o->bo.mask.every > 0) {
+        snprintf(num, sizeof num, "every %d, until %g, decay %g", o->bo.mask.every, o->bo.mask.until, o->bo.mask.decay);
+        rc = tb_pack_writer_meta(pw, "recon_learned_masks", num);
+    }
 
     /* declare: the layer's pruned weights, then every stored tensor that is not a part of them */
     char comp[7][96];
     for (int k = 0; k < TB_LIN_PER_LAYER && !rc; k++) {
         snprintf(comp[k], sizeof comp[k], "%s+recon", pk[k]->compensation ? pk[k]->compensation : "none");
         rc = tb_pack_declare(pw, pk[k]->name, pk[k]->dtype, pk[k]->rows, pk[k]->cols, pk[k]->n, pk[k]->m,
-                             pk[k]->perm != NULL, comp[k], "given");
+                             pk[k]->perm != NULL, comp[k], o->bo.mask.every > 0 ? "learned" : "given");
     }
     for (int i = 0; i < p->f.n_tensors && !rc; i++)
         if (!tb_pack_is_part(p, &p->f.tensors[i])) rc = tb_pack_declare_copy(pw, p->f.tensors[i].name, p->f.tensors[i].dtype, p->f.tensors[i].ndim,
@@ -178,7 +207,7 @@ static int write_shard(const options *o, const tb_pack_file *p, float *const w[T
             for (int64_t j = 0; j < C; j++) {
                 int64_t src = r * C + (perm ? perm[j] : j);
                 stored[r * C + j] = w[k][src];
-                tb_mask_set(&mask, r, j, orig[k][src] != 0.0f);
+                tb_mask_set(&mask, r, j, keep[k][src] != 0);
             }
         if (!rc) rc = tb_pack_write(pw, stored, &mask);
         tb_mask_free(&mask);
@@ -211,7 +240,14 @@ static int run(options *o, const char *cmdline)
         tb_model_close(&m);
         return rc;
     }
-    float *inputs = NULL, *targets = NULL, *w[TB_LIN_PER_LAYER] = {0}, *orig[TB_LIN_PER_LAYER] = {0};
+    float *inputs = NULL, *targets = NULL, *attn_targets = NULL, *w[TB_LIN_PER_LAYER] = {0},
+          *orig[TB_LIN_PER_LAYER] = {0}, *dense[TB_LIN_PER_LAYER] = {0};
+    const int blockwise = o->bo.unit != TB_UNIT_LAYER || o->bo.mask.every > 0;
+    if (blockwise && o->be->o.device != TB_DEVICE_CPU) {
+        tb_pack_close(&p);
+        tb_model_close(&m);
+        return tb_fail(TB_EUSAGE, "--unit blocks and --learn-masks train on the cpu backend only: add --device cpu");
+    }
     uint8_t *keep[TB_LIN_PER_LAYER] = {0};
     const tb_packed *pk[TB_LIN_PER_LAYER] = {0};
     int64_t windows = 0;
@@ -230,7 +266,25 @@ static int run(options *o, const char *cmdline)
     tb_outfile probe; /* refuse an unwritable output before the work */
     if (!rc && !(rc = tb_out_open(&probe, o->output))) tb_out_abort(&probe);
     if (!rc) rc = load_inputs(o, &m, &inputs, &windows, &T);
-    if (!rc) rc = dense_targets(&m, o->layer, inputs, windows, T, o->threads, o->be, &targets);
+    if (!rc && blockwise)
+        rc = dense_targets_cpu(&m, o->layer, inputs, windows, T, o->threads, &targets,
+                               o->bo.unit == TB_UNIT_BLOCKS ? &attn_targets : NULL);
+    else if (!rc)
+        rc = dense_targets(&m, o->layer, inputs, windows, T, o->threads, o->be, &targets);
+    if (!rc && o->bo.mask.every > 0) { /* learned masks: pruned entries start at the dense weights */
+        for (int k = 0; k < TB_LIN_PER_LAYER && !rc; k++) {
+            if (pk[k]->n < 1 || pk[k]->perm)
+                rc = tb_fail(TB_EUSAGE, "%s: --learn-masks needs N:M weights without permutation ('%s' is %s)", o->shard,
+                             pk[k]->name, pk[k]->perm ? "permuted" : "unstructured");
+            else if (k > 0 && (pk[k]->n != pk[0]->n || pk[k]->m != pk[0]->m))
+                rc = tb_fail(TB_EUSAGE, "%s: --learn-masks needs one N:M pattern for the layer", o->shard);
+            const tb_linear *L = &m.layers[o->layer].lin[k];
+            if (!rc && !(dense[k] = tb_malloc((size_t)L->rows * L->cols * sizeof(float)))) rc = TB_EIO;
+            if (!rc) tb_linear_rows(L, 0, L->rows, dense[k], NULL);
+        }
+        o->bo.n = pk[0]->n;
+        o->bo.m = pk[0]->m;
+    }
     for (int k = 0; k < TB_LIN_PER_LAYER && !rc; k++) {
         int64_t n;
         if (!(orig[k] = tb_pack_tensor_f32(&p, pk[k]->name, 1, &n)) || !(w[k] = tb_malloc((size_t)n * sizeof(float))) ||
@@ -239,7 +293,22 @@ static int run(options *o, const char *cmdline)
             break;
         }
         memcpy(w[k], orig[k], (size_t)n * sizeof(float));
-        for (int64_t i = 0; i < n; i++) keep[k][i] = orig[k][i] != 0.0f;
+        if (pk[k]->kind == TB_PACKED_NM) { /* every slot of the format is trainable, padding included */
+            float *one = tb_malloc((size_t)pk[k]->values->numel * sizeof(float)), *pos = tb_malloc((size_t)n * sizeof(float));
+            if (!one || !pos) rc = TB_EIO;
+            for (int64_t i = 0; !rc && i < pk[k]->values->numel; i++) one[i] = 1.0f;
+            if (!rc) tb_nm_unpack_rows(TB_F32, one, pk[k]->indices->data, pk[k]->cols, pk[k]->n, pk[k]->m, 0, pk[k]->rows, pos);
+            /* pos is in stored column order; keep is in the model's */
+            for (int64_t r = 0; !rc && r < pk[k]->rows; r++)
+                for (int64_t j = 0; j < pk[k]->cols; j++) {
+                    int64_t c = pk[k]->perm ? ((const int32_t *)pk[k]->perm->data)[j] : j;
+                    keep[k][r * pk[k]->cols + c] = pos[r * pk[k]->cols + j] != 0.0f;
+                }
+            free(one);
+            free(pos);
+            if (rc) break;
+        } else
+            for (int64_t i = 0; i < n; i++) keep[k][i] = orig[k][i] != 0.0f;
         tb_linear *L = &m.layers[o->layer].lin[k];
         L->format = TB_LINEAR_DENSE;
         L->dtype = TB_F32;
@@ -248,7 +317,24 @@ static int run(options *o, const char *cmdline)
         L->indices = NULL;
     }
     tb_recon_report rep = {0};
-    if (!rc) {
+    tb_block_report brep = {0};
+    if (!rc && blockwise) {
+        tb_progress prog;
+        char label[32];
+        snprintf(label, sizeof label, "layer %d steps", o->layer);
+        o->bo.r = o->ro;
+        o->bo.r.n_threads = o->threads;
+        tb_progress_begin(&prog, label, (uint64_t)o->ro.steps * (o->bo.unit == TB_UNIT_BLOCKS ? 2 : 1));
+        rc = tb_recon_block(&m, o->layer, w, keep, (const float *const *)dense, inputs, targets, attn_targets, windows,
+                            T, &o->bo, on_step, &prog, &brep);
+        tb_progress_end(&prog);
+        rep = brep.r;
+        if (!rc && o->bo.unit == TB_UNIT_BLOCKS)
+            tb_info("layer %d: attention block MSE %.4g -> %.4g", o->layer, brep.attn_mse_before, brep.attn_mse_after);
+        if (!rc && o->bo.mask.every > 0)
+            tb_info("layer %d: learned masks: %.2f%% of the keep bits changed", o->layer,
+                    100.0 * (double)brep.mask_changed / (double)brep.mask_total);
+    } else if (!rc) {
         tb_progress prog;
         char label[32];
         snprintf(label, sizeof label, "layer %d steps", o->layer);
@@ -259,7 +345,7 @@ static int run(options *o, const char *cmdline)
                             &prog, &rep);
         tb_progress_end(&prog);
     }
-    if (!rc) rc = write_shard(o, &p, w, pk, (const float *const *)orig, &rep, cmdline);
+    if (!rc) rc = write_shard(o, &p, w, pk, (const uint8_t *const *)keep, &rep, cmdline);
     if (!rc)
         tb_info("layer %d: output MSE %.4g -> %.4g (%.1f%% of the error kept; layer's own signal %.4g), %d steps in %.1f s -> %s",
                 o->layer, rep.mse_before, rep.mse_after, 100.0 * rep.mse_after / rep.mse_before, rep.target_power,
@@ -269,9 +355,11 @@ static int run(options *o, const char *cmdline)
         free(w[k]);
         free(orig[k]);
         free(keep[k]);
+        free(dense[k]);
     }
     free(inputs);
     free(targets);
+    free(attn_targets);
     tb_pack_close(&p);
     tb_model_close(&m);
     return rc;
@@ -282,8 +370,10 @@ int main(int argc, char **argv)
     tb_log_init("tb-recon");
     options o = {.layer = -1, .threads = tb_default_threads(), .dev = {.device = TB_DEVICE_AUTO}};
     tb_recon_defaults(&o.ro);
+    tb_block_defaults(&o.bo);
     enum { OPT_SHARD = 256, OPT_LAYER, OPT_ACTS, OPT_STEPS, OPT_LR, OPT_SEED, OPT_MAXWIN, OPT_THREADS, OPT_QUIET,
-           OPT_PROGRESS, OPT_VERSION, OPT_DEVICE, OPT_GPU, OPT_PRECISION };
+           OPT_PROGRESS, OPT_VERSION, OPT_DEVICE, OPT_GPU, OPT_PRECISION,
+           OPT_UNIT, OPT_LEARN, OPT_UNTIL, OPT_DECAY };
     static const struct option longopts[] = {
         {"model", required_argument, 0, 'm'},         {"shard", required_argument, 0, OPT_SHARD},
         {"layer", required_argument, 0, OPT_LAYER},   {"tokens", required_argument, 0, 't'},
@@ -294,7 +384,9 @@ int main(int argc, char **argv)
         {"progress", no_argument, 0, OPT_PROGRESS},   {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, OPT_VERSION},     {"device", required_argument, 0, OPT_DEVICE},
         {"gpu", required_argument, 0, OPT_GPU},       {"precision", required_argument, 0, OPT_PRECISION},
-        {0, 0, 0, 0},
+        {"unit", required_argument, 0, OPT_UNIT},
+        {"learn-masks", required_argument, 0, OPT_LEARN}, {"mask-until", required_argument, 0, OPT_UNTIL},
+        {"mask-decay", required_argument, 0, OPT_DECAY}, {0, 0, 0, 0},
     };
     int ch;
     opterr = 0;
@@ -313,6 +405,13 @@ int main(int argc, char **argv)
         case OPT_SEED: rc = tb_parse_long("--seed", optarg, 0, 0x7fffffffffffffffL, &v); o.ro.seed = (uint64_t)v; break;
         case OPT_MAXWIN: rc = tb_parse_long("--max-windows", optarg, 1, 1L << 40, &o.max_windows); break;
         case OPT_THREADS: rc = tb_parse_int("--threads", optarg, 1, 256, &o.threads); break;
+        case OPT_UNIT:
+            if ((int)(o.bo.unit = tb_recon_unit_parse(optarg)) < 0)
+                return tb_usage_error("--unit '%s': expected layer or blocks", optarg);
+            break;
+        case OPT_LEARN: rc = tb_parse_int("--learn-masks", optarg, 0, 1000000, &o.bo.mask.every); break;
+        case OPT_UNTIL: rc = tb_parse_double("--mask-until", optarg, 0, 1, &o.bo.mask.until); break;
+        case OPT_DECAY: rc = tb_parse_double("--mask-decay", optarg, 0, 1e6, &o.bo.mask.decay); break;
         case OPT_QUIET: tb_log_set_quiet(1); tb_log_set_progress(0); break;
         case OPT_PROGRESS: tb_log_set_progress(1); break;
         case OPT_DEVICE: rc = tb_backend_parse_option(&o.dev, "--device", optarg); break;

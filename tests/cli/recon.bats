@@ -71,3 +71,24 @@ print(len(idx), all(a[k]['data'] == b[k]['data'] for k in idx),
     [[ "$output" == *"needs --acts-in"* ]]
     [ ! -e x.tb ]
 }
+
+@test "--unit blocks and --learn-masks: the error falls, every weight stays exactly 2:4" {
+    cd "$D"
+    run tb-recon -m "$M" --shard p0.tb --layer 0 -t calib.st --steps 20 --unit blocks -o b0.tb
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"attention block MSE "* ]]
+    before=$(echo "$output" | sed -n 's/.*output MSE \([0-9.e+-]*\) -> \([0-9.e+-]*\) .*/\1/p')
+    after=$(echo "$output" | sed -n 's/.*output MSE \([0-9.e+-]*\) -> \([0-9.e+-]*\) .*/\2/p')
+    awk -v a="$after" -v b="$before" 'BEGIN { exit !(a < 0.95 * b) }'
+    run tb-recon -m "$M" --shard p0.tb --layer 0 -t calib.st --steps 20 --learn-masks 5 --mask-until 0.5 -o l0.tb
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"learned masks: "*"% of the keep bits changed"* ]]
+    run tb-inspect --json l0.tb
+    run python3 -c "
+import json, sys; p = json.loads(sys.argv[1])['pruned']
+print(len(p), min(t['conforming_fraction'] for t in p), min(t['sparsity'] for t in p), max(t['sparsity'] for t in p))" "$output"
+    [ "$output" = "7 1 0.5 0.5" ]
+    run tb-recon -m "$M" --shard p0.tb --layer 0 -t calib.st --unit heads -o x.tb
+    [ "$status" -eq 1 ]
+    [ ! -e x.tb ]
+}
