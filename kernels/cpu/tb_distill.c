@@ -314,7 +314,7 @@ static int kl_window(tb_distill *d, int64_t w, double grad_scale, double *kl, in
     const int32_t *ids = d->tk->ids + (size_t)w * T;
     int rc;
     if ((rc = tb_forward_run(&d->ft, ids, T, 0)) || (rc = tb_forward_run(&d->fs, ids, T, 0))) return rc;
-    *kl += tb_kl_rows(d->ft.logits, d->fs.logits, T, V, grad_scale, same);
+    *kl += tb_kl_rows(d->ft.logits, d->fs.logits, T, V, grad_scale, same, d->o.n_threads);
     return TB_OK;
 }
 

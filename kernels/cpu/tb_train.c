@@ -1,6 +1,7 @@
 #include "tb_train.h"
 #include "tb_model.h"
 #include "tb_ops.h"
+#include "tb_threads.h"
 
 #define _USE_MATH_DEFINES
 #include <math.h>
@@ -39,18 +40,43 @@ void tb_window_order(int64_t *order, int64_t n, uint64_t seed, int64_t epoch)
     }
 }
 
-double tb_kl_rows(const float *teacher, float *student, int rows, int vocab, double grad_scale, int64_t *top1_same)
+typedef struct {
+    const float *teacher;
+    float *student;
+    int vocab;
+    double grad_scale;
+    double kl[256];
+    int64_t same[256];
+} kl_job;
+
+static void kl_range(void *ctx, int64_t begin, int64_t end, int tid)
 {
-    double total = 0;
-    for (int r = 0; r < rows; r++) {
-        const float *p = teacher + (size_t)r * vocab;
-        float *q = student + (size_t)r * vocab;
+    kl_job *j = ctx;
+    const int V = j->vocab;
+    for (int64_t r = begin; r < end; r++) {
+        const float *p = j->teacher + (size_t)r * V;
+        float *q = j->student + (size_t)r * V;
         int same;
-        total += tb_eval_kl_row(p, q, vocab, &same);
-        if (top1_same) *top1_same += same;
-        if (grad_scale == 0) continue;
-        double lp = tb_logsumexp(p, vocab), lq = tb_logsumexp(q, vocab);
-        for (int v = 0; v < vocab; v++) q[v] = (float)(grad_scale * (exp((double)q[v] - lq) - exp((double)p[v] - lp)));
+        j->kl[tid] += tb_eval_kl_row(p, q, V, &same);
+        j->same[tid] += same;
+        if (j->grad_scale == 0) continue;
+        double lp = tb_logsumexp(p, V), lq = tb_logsumexp(q, V);
+        for (int v = 0; v < V; v++)
+            q[v] = (float)(j->grad_scale * (exp((double)q[v] - lq) - exp((double)p[v] - lp)));
+    }
+}
+
+double tb_kl_rows(const float *teacher, float *student, int rows, int vocab, double grad_scale, int64_t *top1_same,
+                  int n_threads)
+{
+    kl_job j = {.teacher = teacher, .student = student, .vocab = vocab, .grad_scale = grad_scale};
+    if (n_threads < 1) n_threads = 1;
+    if (n_threads > 256) n_threads = 256;
+    tb_parallel_for(n_threads, rows, kl_range, &j);
+    double total = 0; /* the per-thread sums in a fixed order */
+    for (int t = 0; t < n_threads; t++) {
+        total += j.kl[t];
+        if (top1_same) *top1_same += j.same[t];
     }
     return total;
 }

@@ -36,7 +36,9 @@ void tb_window_order(int64_t *order, int64_t n, uint64_t seed, int64_t epoch);
  * softmax(student)) to the returned sum (nats, f64) and, if grad_scale != 0,
  * overwrites student with grad_scale * (softmax(student) - softmax(teacher)),
  * the gradient of grad_scale * KL. top1_same (may be NULL) counts rows whose
- * argmaxes agree. */
-double tb_kl_rows(const float *teacher, float *student, int rows, int vocab, double grad_scale, int64_t *top1_same);
+ * argmaxes agree. Rows split over n_threads; the sum depends on the count
+ * only through the order of the f64 additions. */
+double tb_kl_rows(const float *teacher, float *student, int rows, int vocab, double grad_scale, int64_t *top1_same,
+                  int n_threads);
 
 #endif
