@@ -106,7 +106,8 @@ static int write_one_shard(const tb_trainable *t, const tb_pack_file *p, const c
     tb_pack_writer *pw = tb_pack_writer_new();
     if (!pw) return TB_EIO;
     int rc = TB_OK;
-    static const char *const own[] = {"tensorbit.kind", "format_version", "tensorbit.tensors", "command"};
+    static const char *const own[] = {"tensorbit.kind", "format_version", "tensorbit.tensors", "command",
+                                      "packed_from"};
     for (int i = 0; i < p->f.n_meta && !rc; i++) {
         int skip = 0;
         for (size_t k = 0; k < sizeof own / sizeof own[0]; k++) skip |= !strcmp(p->f.meta_keys[i], own[k]);
@@ -114,6 +115,7 @@ static int write_one_shard(const tb_trainable *t, const tb_pack_file *p, const c
         if (!skip) rc = tb_pack_writer_meta(pw, p->f.meta_keys[i], p->f.meta_vals[i]);
     }
     if (!rc) rc = tb_pack_writer_meta(pw, "command", command);
+    if (!rc) rc = tb_pack_writer_meta(pw, "packed_from", p->f.path); /* the recipe chain: this stage's input */
     for (int k = 0; k < n_meta && !rc; k++) rc = tb_pack_writer_meta(pw, meta[2 * k], meta[2 * k + 1]);
     int *idx = tb_malloc((size_t)(p->n_packed + 1) * sizeof(int));
     if (!idx) rc = TB_EIO;

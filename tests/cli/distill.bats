@@ -32,6 +32,8 @@ print(len(p), min(t['conforming_fraction'] for t in p), all(t['compensation'] ==
     [ "$output" = "42 1 True" ]
     run tb-run -m kd.tbm --prompt "The" -n 4 --quiet
     [ "$status" -eq 0 ]
+    run tb-inspect kd.tbm
+    [[ "$output" == *"recipe: tb "*"tb-distill"*"--steps 6"*"recipe: tb "*"tb-pack"*"--compensate none"* ]]
     has_python_module safetensors || skip "python3 safetensors missing"
     # embeddings (tied: also lm_head) and every norm: the dense model's bytes
     run python3 -c "
