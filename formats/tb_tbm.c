@@ -2,6 +2,7 @@
 #include "tb_tbm.h"
 #include "tb_error.h"
 #include "tb_io.h"
+#include "tb_json.h"
 #include "tb_sha256.h"
 
 #include <cjson/cJSON.h>
@@ -306,12 +307,7 @@ done:
 
 /* ------------------------------------------------------------------- open */
 
-static int get_u64(const cJSON *j, uint64_t *v)
-{
-    if (!cJSON_IsNumber(j) || j->valuedouble < 0) return -1;
-    *v = (uint64_t)j->valuedouble;
-    return 0;
-}
+static int get_u64(const cJSON *j, uint64_t *v) { return tb_json_u64(j, UINT64_MAX, v); }
 
 int tb_tbm_open(tb_tbm *t, const char *path, int verify)
 {
@@ -380,11 +376,12 @@ int tb_tbm_open(tb_tbm *t, const char *path, int verify)
     /* every entry must point at what its shard really holds */
     for (const cJSON *e = rc ? NULL : tensors->child; e && !rc; e = e->next) {
         const cJSON *sh = cJSON_GetObjectItemCaseSensitive(e, "shard"), *kind = cJSON_GetObjectItemCaseSensitive(e, "kind");
-        if (!cJSON_IsNumber(sh) || sh->valueint < 0 || sh->valueint >= t->n_shards || !cJSON_IsString(kind)) {
+        uint64_t si;
+        if (tb_json_u64(sh, (uint64_t)(t->n_shards > 0 ? t->n_shards - 1 : 0), &si) || !t->n_shards || !cJSON_IsString(kind)) {
             rc = tb_fail(TB_EDATA, "%s: tensor '%s': bad shard or kind", path, e->string);
             break;
         }
-        const tb_pack_file *p = &t->shards[sh->valueint];
+        const tb_pack_file *p = &t->shards[si];
         if (!strcmp(kind->valuestring, "dense")) {
             if (!st_find(&p->f, e->string)) rc = tb_fail(TB_EDATA, "%s: tensor '%s' not in its shard", path, e->string);
         } else if (!tb_pack_find(p, e->string)) {
