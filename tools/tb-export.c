@@ -23,6 +23,8 @@ static const char usage[] =
     "\n"
     "options:\n"
     "  -o, --output DIR        the checkpoint directory to create\n"
+    "      --base DIR          the base checkpoint of a partial .tbm, when outside\n"
+    "                          the .tbm's directory (a path in a file is not trusted)\n"
     "      --format F          dense (default): every tensor dense, pruned weights\n"
     "                          unpacked with their channel permutation undone, pruned\n"
     "                          entries exact zeros; transformers loads it as is\n"
@@ -64,9 +66,10 @@ int main(int argc, char **argv)
     tb_export_opts o = {.format = TB_EXPORT_DENSE, .dtype = -1};
     const char *out = NULL;
     int verify = 1, quiet = 0;
-    enum { OPT_FORMAT = 256, OPT_DTYPE, OPT_SHARD, OPT_FORCE, OPT_NO_VERIFY, OPT_QUIET, OPT_PROGRESS, OPT_VERSION };
+    enum { OPT_FORMAT = 256, OPT_DTYPE, OPT_SHARD, OPT_FORCE, OPT_NO_VERIFY, OPT_QUIET, OPT_PROGRESS, OPT_VERSION, OPT_BASE };
     static const struct option longopts[] = {
         {"output", required_argument, 0, 'o'},        {"format", required_argument, 0, OPT_FORMAT},
+        {"base", required_argument, 0, OPT_BASE},
         {"dtype", required_argument, 0, OPT_DTYPE},   {"max-shard-size", required_argument, 0, OPT_SHARD},
         {"force", no_argument, 0, OPT_FORCE},         {"no-verify", no_argument, 0, OPT_NO_VERIFY},
         {"quiet", no_argument, 0, OPT_QUIET},         {"progress", no_argument, 0, OPT_PROGRESS},
@@ -78,6 +81,9 @@ int main(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "ho:", longopts, NULL)) != -1) {
         switch (c) {
         case 'o': out = optarg; break;
+        case OPT_BASE:
+            if (tb_tbm_allow_base(optarg)) return tb_report_error();
+            break;
         case OPT_FORMAT:
             if (!strcmp(optarg, "dense")) o.format = TB_EXPORT_DENSE;
             else if (!strcmp(optarg, "compressed-tensors")) o.format = TB_EXPORT_CT24;

@@ -32,6 +32,8 @@ static const char usage[] =
     "\n"
     "options:\n"
     "  -m, --model DIR       HF checkpoint directory (config.json + safetensors)\n"
+    "  --base DIR            the base checkpoint of a partial .tbm given as -m, when\n"
+    "                        outside the .tbm's directory\n"
     "  -t, --tokens FILE     token windows: safetensors 'input_ids' [windows, seq_len]\n"
     "                        (I32 or I64), e.g. from tb-tokenize --windows\n"
     "  --text FILE           or calibration text, tokenized here (BOS first) and cut\n"
@@ -262,9 +264,10 @@ int main(int argc, char **argv)
                  .dev = {.device = TB_DEVICE_AUTO}};
     enum { OPT_ACTS_IN = 300, OPT_ACTS_OUT, OPT_TEXT, OPT_WINDOWS, OPT_SEQLEN, OPT_SEED };
     enum { OPT_STATS = 256, OPT_SAMPLES, OPT_MAXWIN, OPT_LAYERS, OPT_THREADS, OPT_QUIET, OPT_PROGRESS, OPT_VERSION,
-           OPT_DEVICE, OPT_GPU, OPT_PRECISION };
+           OPT_DEVICE, OPT_GPU, OPT_PRECISION, OPT_BASE };
     static const struct option longopts[] = {
         {"model", required_argument, 0, 'm'},          {"tokens", required_argument, 0, 't'},
+        {"base", required_argument, 0, OPT_BASE},
         {"output", required_argument, 0, 'o'},         {"stats", required_argument, 0, OPT_STATS},
         {"grad-samples", required_argument, 0, OPT_SAMPLES}, {"max-windows", required_argument, 0, OPT_MAXWIN},
         {"layers", required_argument, 0, OPT_LAYERS},  {"threads", required_argument, 0, OPT_THREADS},
@@ -283,6 +286,7 @@ int main(int argc, char **argv)
         int rc = TB_OK;
         switch (ch) {
         case 'm': o.model = optarg; break;
+        case OPT_BASE: rc = tb_tbm_allow_base(optarg); break;
         case 't': o.tokens = optarg; break;
         case 'o': o.output = optarg; break;
         case OPT_STATS: rc = parse_stats(optarg, &o); break;

@@ -28,6 +28,9 @@ static const char usage[] =
     "  -m, --model MODEL   HF checkpoint directory (config.json, model.safetensors or\n"
     "                      a sharded index, tokenizer.json), or a pruned model's\n"
     "                      .tbm index from tb-merge (N:M weights run packed)\n"
+    "  --base DIR          the base checkpoint a partial .tbm (tb-merge --partial)\n"
+    "                      reads its other tensors from, when outside the .tbm's\n"
+    "                      directory (a path inside a file is not trusted)\n"
     "\n"
     "perplexity:\n"
     "  --ppl FILE          perplexity of the text in FILE (- for stdin), printed as\n"
@@ -277,9 +280,10 @@ int main(int argc, char **argv)
     options o = {.seq_len = 512, .n_gen = 128, .threads = tb_default_threads(), .top_p = 1.0,
                  .dev = {.device = TB_DEVICE_AUTO}};
     enum { OPT_PPL = 256, OPT_SEQ, OPT_MAXW, OPT_JSON, OPT_THREADS, OPT_PROMPT, OPT_TEMP, OPT_TOPP, OPT_SEED,
-           OPT_QUIET, OPT_PROGRESS, OPT_VERSION, OPT_COMPARE, OPT_DEVICE, OPT_GPU, OPT_PRECISION };
+           OPT_QUIET, OPT_PROGRESS, OPT_VERSION, OPT_COMPARE, OPT_DEVICE, OPT_GPU, OPT_PRECISION, OPT_BASE };
     static const struct option longopts[] = {
         {"model", required_argument, 0, 'm'},       {"ppl", required_argument, 0, OPT_PPL},
+        {"base", required_argument, 0, OPT_BASE},
         {"seq-len", required_argument, 0, OPT_SEQ}, {"max-windows", required_argument, 0, OPT_MAXW},
         {"json", no_argument, 0, OPT_JSON},         {"threads", required_argument, 0, OPT_THREADS},
         {"prompt", required_argument, 0, OPT_PROMPT}, {"temp", required_argument, 0, OPT_TEMP},
@@ -296,6 +300,9 @@ int main(int argc, char **argv)
     while ((c = getopt_long(argc, argv, ":m:n:h", longopts, NULL)) != -1) {
         switch (c) {
         case 'm': o.model = optarg; break;
+        case OPT_BASE:
+            if (tb_tbm_allow_base(optarg)) return tb_report_error();
+            break;
         case OPT_PPL: o.ppl_file = optarg; break;
         case OPT_COMPARE: o.compare = optarg; break;
         case OPT_SEQ: bad = tb_parse_int("--seq-len", optarg, 2, 1 << 20, &o.seq_len); break;

@@ -96,7 +96,7 @@ d = json.loads(sys.argv[1]); p = d['pruned']
 assert p and all(t['conforming_fraction'] == 1 for t in p), p
 print('ok')" "$output"
     tb-merge --partial --quiet -m "$TB_MODEL" -o "$TMP/p.tbm" "$1"
-    run tb-run -m "$TMP/p.tbm" --ppl "$TB_TEST_DATA/wikitext2-test-head.txt" --quiet
+    run tb-run -m "$TMP/p.tbm" --base "$TB_MODEL" --ppl "$TB_TEST_DATA/wikitext2-test-head.txt" --quiet
     [ "$status" -eq 0 ]
     [[ "$output" != *nan* ]]
 }

@@ -46,7 +46,7 @@ print(len(idx), all(a[k]['data'] == b[k]['data'] for k in idx),
     cd "$D"
     tb-recon -m "$M" --shard p1.tb --layer 1 --acts-in s1.st --steps 5 --quiet -o r1.tb
     tb-merge --partial -m "$M" -o part.tbm r1.tb
-    run tb-run -m part.tbm --prompt "The" -n 4 --quiet
+    run tb-run -m part.tbm --base "$M" --prompt "The" -n 4 --quiet
     [ "$status" -eq 0 ]
     run tb-inspect part.tbm
     [[ "$output" == *"recipe: tb "*"tb-recon"* ]]

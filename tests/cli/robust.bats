@@ -82,7 +82,13 @@ mk_tbm_base() {
 
 @test "unbounded read: a .tbm whose base is /dev/zero is refused" {
     mk_tbm_base /dev/zero
+    # outside the index's directory: not read at all
     run bounded tb-run -m "$TMP/x/model.tbm" --ppl "$TB_TEST_DATA/wikitext2-test-head.txt"
+    [ "$status" -eq 2 ]
+    one_line_error tb-run
+    [[ "$output" == *"base '/dev/zero' lies outside"* ]]
+    # even named on the command line, a device is no checkpoint
+    run bounded tb-run -m "$TMP/x/model.tbm" --base /dev/zero --ppl "$TB_TEST_DATA/wikitext2-test-head.txt"
     [ "$status" -eq 3 ]
     one_line_error tb-run
     [[ "$output" == *"/dev/zero: not a regular file"* ]]
@@ -91,7 +97,7 @@ mk_tbm_base() {
 @test "information leak: an error about a base that is not safetensors never prints its bytes as a number" {
     printf 'SECRET!!more secret text' >"$TMP/secret"
     mk_tbm_base "$TMP/secret"
-    run bounded tb-run -m "$TMP/x/model.tbm" --ppl "$TB_TEST_DATA/wikitext2-test-head.txt"
+    run bounded tb-run -m "$TMP/x/model.tbm" --base "$TMP/secret" --ppl "$TB_TEST_DATA/wikitext2-test-head.txt"
     [ "$status" -eq 2 ]
     one_line_error tb-run
     # "SECRET!!" read as a little-endian u64
@@ -173,6 +179,32 @@ mk_tbm_base() {
     tb-merge --partial --quiet -m "$TB_MODEL" -o "$TMP/p.tbm" "$TMP/l1.tb"
     run tb-inspect "$TMP/p.tbm"
     [ "$status" -eq 0 ]
-    run tb-run -m "$TMP/p.tbm" --ppl "$TB_TEST_DATA/wikitext2-test-head.txt" --quiet
+    run tb-run -m "$TMP/p.tbm" --base "$TB_MODEL" --ppl "$TB_TEST_DATA/wikitext2-test-head.txt" --quiet
     [ "$status" -eq 0 ]
+}
+
+@test "confinement: a partial .tbm's base outside its directory is read only when named with --base" {
+    "$TB_HELPERS/mask_fixture" "$TB_MODEL" "$TMP/masks" 2:4 --layer 0
+    mkdir "$TMP/out"
+    tb-pack --quiet -m "$TB_MODEL" --masks "$TMP/masks" --layers 0 -o "$TMP/out/l0.tb"
+    tb-merge --partial --quiet -m "$TB_MODEL" -o "$TMP/out/p.tbm" "$TMP/out/l0.tb"
+    run bounded tb-run -m "$TMP/out/p.tbm" --prompt The -n 2 --quiet
+    [ "$status" -eq 2 ]
+    one_line_error tb-run
+    [[ "$output" == *"lies outside the index's directory; name it with --base"* ]]
+    run bounded tb-export "$TMP/out/p.tbm" -o "$TMP/hf"
+    [ "$status" -eq 2 ]
+    [ ! -e "$TMP/hf" ]
+    run bounded tb-run -m "$TMP/out/p.tbm" --base "$TB_MODEL" --prompt The -n 2 --quiet
+    [ "$status" -eq 0 ]
+    # a base inside the index's directory (here a relative path) needs no --base
+    cp -r "$TB_MODEL" "$TMP/out/base"
+    python3 -c "import json; d = json.load(open('$TMP/out/p.tbm')); d['base'] = 'base'; json.dump(d, open('$TMP/out/p.tbm', 'w'))"
+    run bounded tb-run -m "$TMP/out/p.tbm" --prompt The -n 2 --quiet
+    [ "$status" -eq 0 ]
+    # but not one that climbs out of it
+    python3 -c "import json; d = json.load(open('$TMP/out/p.tbm')); d['base'] = '../out/../../$(basename "$TMP")/out/base/../..'; json.dump(d, open('$TMP/out/p.tbm', 'w'))"
+    run bounded tb-run -m "$TMP/out/p.tbm" --prompt The -n 2 --quiet
+    [ "$status" -eq 2 ]
+    [[ "$output" == *"lies outside"* ]]
 }

@@ -39,6 +39,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             tb_tbm_find_dense(&t, e->string);
             tb_tbm_find_packed(&t, e->string);
         }
+        if (t.base) { /* confinement: inside DIR or refused (nothing is allowed here) */
+            tb_ckpt c;
+            if (tb_tbm_open_base(&t, &c) == TB_OK) tb_ckpt_close(&c);
+            tb_err_clear();
+        }
         tb_tbm_close(&t);
     }
     fuzz_check_errmsg();
