@@ -225,6 +225,8 @@ static int write_shard(const options *o, const tb_pack_file *p, float *const w[T
 static int run(options *o, const char *cmdline)
 {
     tb_model m;
+    /* asked first: a pruned model is the wrong kind of -m whatever it holds */
+    if (tb_is_tbm(o->model)) return tb_fail(TB_EUSAGE, "%s: -m takes the dense checkpoint, not a pruned model", o->model);
     int rc = tb_model_open(&m, o->model);
     if (rc) return rc;
     if (m.is_tbm) {
