@@ -80,6 +80,11 @@ teardown() { rm -rf "$TMP"; }
     run tb-score -m "$TB_MODEL" -f "$H/g-nan.fisher" --method obs --tensors 'model.layers.0.mlp.up_proj.*' -o "$TMP/s.st" --quiet
     [ "$status" -eq 2 ]; one_line_error tb-score
     [[ "$output" == *"entry (0, 3) is NaN"* ]]
+    tb-score -m "$TB_MODEL" -f "$H/g.fisher" --method wanda --tensors 'model.layers.0.mlp.up_proj.*' -o "$TMP/s.st" --quiet
+    run tb-nm -s "$TMP/s.st" --pattern 2:4 --solver iterative -m "$TB_MODEL" -f "$H/g-nan.fisher" -o "$TMP/m.st" --quiet
+    [ "$status" -eq 2 ]; one_line_error tb-nm
+    [[ "$output" == *"entry (0, 3) is NaN"* ]]
+    [ ! -e "$TMP/m.st" ]
     run tb-pack -m "$TB_MODEL" --masks "$H/masks" -f "$H/g-nan.fisher" --compensate sparsegpt --layers 0 -o "$TMP/p.tb" --quiet
     [ "$status" -eq 2 ]; one_line_error tb-pack
     [[ "$output" == *"gram.model.layers.0.mlp.gate_proj.input': entry (0, 3) is NaN"* ]]
