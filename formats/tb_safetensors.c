@@ -112,7 +112,7 @@ static int parse_header(st_file *f, uint64_t dim_limit)
     if (n > ST_MAX_HEADER)
         return tb_fail(TB_EDATA, "header length field exceeds the %u-byte limit (not a safetensors file?)", ST_MAX_HEADER);
     if (n > size - 8)
-        return tb_fail(TB_EDATA, "header length field points past the end of the file (%zu bytes): truncated or not safetensors", size);
+        return tb_fail(TB_EDATA, "header length field points past end of file (%zu bytes): truncated or not safetensors", size);
     f->header_size = n;
     const uint8_t *hdr = buf + 8;
     int64_t bad = utf8_invalid_at(hdr, n);
