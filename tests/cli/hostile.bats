@@ -53,7 +53,7 @@ PY
 setup() { TMP=$(mktemp -d); }
 teardown() { rm -rf "$TMP"; }
 
-@test "a NaN weight: tb-score, tb-pack and tb-run each stop with one line naming the tensor" {
+@test "a NaN weight: tb-score, tb-pack, tb-fisher and tb-run each stop with one line naming the tensor" {
     run tb-score -m "$H/nan" --method magnitude --tensors 'model.layers.0.*' -o "$TMP/s.st" --quiet
     [ "$status" -eq 2 ]; one_line_error tb-score
     [[ "$output" == *"model.layers.0.mlp.up_proj.weight"* ]]
@@ -61,6 +61,11 @@ teardown() { rm -rf "$TMP"; }
     [ "$status" -eq 2 ]; one_line_error tb-pack
     [[ "$output" == *"tensor 'model.layers.0.mlp.up_proj.weight': element (0, 5) is NaN"* ]]
     [ ! -e "$TMP/p.tb" ]
+    # tb-fisher: the first NaN gradient, named by tensor and window
+    run tb-fisher -m "$H/nan" -t "$TB_TEST_DATA/tiny-llama-6m/calib-128x512.safetensors" --max-windows 1 -o "$TMP/f.fisher" --quiet
+    [ "$status" -eq 2 ]; one_line_error tb-fisher
+    [[ "$output" == *"window 0: gradient of 'model.layers."*"is NaN"* ]]
+    [ ! -e "$TMP/f.fisher" ]
     # perplexity is never NaN: the loss's cause is named
     run tb-run -m "$H/nan" --ppl "$TB_TEST_DATA/wikitext2-test-head.txt" --quiet
     [ "$status" -eq 2 ]; one_line_error tb-run
