@@ -24,8 +24,13 @@ SANITIZE   ?= 0
 CUDA_ARCHS ?= 75;80;86;89;90
 
 # a build tree per set of flags, so objects never mix: build, build-cuda,
-# build-san, build-cuda-san, build-clang, ... (make clean removes them all)
-ifeq ($(SANITIZE),1)
+# build-san, build-cuda-san, build-clang, build-fuzz ... (make clean removes them all)
+ifeq ($(FUZZ),1)
+# libFuzzer harnesses (make fuzz): clang, ASan + UBSan, halting on any report
+BUILD ?= build-fuzz
+CC := clang
+SANFLAGS := -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+else ifeq ($(SANITIZE),1)
 SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 else
 SANFLAGS :=
@@ -114,7 +119,7 @@ CUDA_TEST_BIN := $(patsubst tests/cuda/%.c,$(BUILD)/tests/cuda/%,$(wildcard test
 MANS := $(wildcard man/*.1)
 MANS7 := $(wildcard man/*.7)
 
-.PHONY: all test unit cli test-slurm bench install uninstall clean demo check-env print-build test-cuda
+.PHONY: all test unit cli test-slurm regress fuzz fuzz-run bench install uninstall clean demo check-env print-build test-cuda
 .SECONDARY:
 all: $(TOOLS)
 
@@ -160,9 +165,38 @@ unit: $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; ./$$t; done
 
 cli: $(TOOLS) $(HELPERS)
-	TB_BIN=$(abspath $(BIN)) TB_HELPERS=$(abspath $(BUILD)/tests/helpers) bats tests/cli
+	TB_BIN=$(abspath $(BIN)) TB_HELPERS=$(abspath $(BUILD)/tests/helpers) TB_SANITIZE=$(filter 1,$(SANITIZE)) bats tests/cli
 
-test: all unit cli
+# ---- fuzzing (tests/fuzz/README.md) ----
+# make fuzz [FUZZ_SECONDS=60] [FUZZ_TARGETS="tb tbm"]: each libFuzzer harness
+# tests/fuzz/fuzz_NAME.c built with clang in build-fuzz/ and run FUZZ_SECONDS
+# from its seeds. `make regress` (part of make test, any compiler, SANITIZE=1
+# too) replays every seed and every kept crashing input through the harnesses.
+FUZZ_NAMES := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_TARGETS ?= $(FUZZ_NAMES)
+FUZZ_SECONDS ?= 60
+REPLAY_BIN := $(FUZZ_NAMES:%=$(BUILD)/tests/fuzz/fuzz_%)
+
+$(BUILD)/tests/fuzz/fuzz_%: $(BUILD)/obj/tests/fuzz/fuzz_%.o $(BUILD)/obj/tests/fuzz/replay.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
+$(BUILD)/fuzz/fuzz_%: $(BUILD)/obj/tests/fuzz/fuzz_%.o $(LIB)
+	@mkdir -p $(dir $@)
+	@echo "  LD    $@"
+	$(Q)$(CC) $(LDFLAGS) -fsanitize=fuzzer $^ $(LDLIBS) -o $@
+
+regress: $(REPLAY_BIN)
+	@set -e; for n in $(FUZZ_NAMES); do \
+	    timeout 300 ./$(BUILD)/tests/fuzz/fuzz_$$n tests/fuzz/corpus/$$n $$(ls -d tests/fuzz/regress/$$n 2>/dev/null); done
+
+fuzz:
+	$(MAKE) FUZZ=1 fuzz-run
+
+fuzz-run: $(FUZZ_TARGETS:%=$(BUILD)/fuzz/fuzz_%)
+	tests/fuzz/run.sh $(FUZZ_SECONDS) $(BUILD)/fuzz $(FUZZ_TARGETS)
+
+test: all unit cli regress
 
 # examples/slurm on a single-node Slurm brought up on localhost (root; installs
 # slurm-wlm and munge with apt-get when missing, else skips): .ci/run runs it

@@ -1,29 +1,41 @@
 #!/bin/sh
-# Quality of a pruning recipe: prune the bundled tiny-llama-6m with
-# examples/Makefile settings and measure WikiText-2 perplexity by the protocol
-# (all 785 windows) and the fidelity to the dense model on the same windows
-# (tb-run --compare: mean KL, top-1 agreement), appending one line to
-# bench/results/quality.txt.
+# Quality of a pruning recipe: prune a model with examples/Makefile settings
+# and measure WikiText-2 perplexity by the protocol and the fidelity to the
+# dense model on the same windows (tb-run --compare: mean KL, top-1
+# agreement), appending one line to bench/results/quality.txt.
 #   bench/quality.sh NAME [VAR=VALUE ...]     e.g.
 #   bench/quality.sh sparsegpt-seq PATTERN=2:4 COMPENSATE=sparsegpt
-# Calibration: the reference 128 x 512 windows (tests/data/.../calib-128x512),
-# the set the peer baselines of PROTOCOL.md used. Text: examples/data.
+# Environment: MODEL (default the bundled tiny-llama-6m; e.g.
+# ../shared/models/tiny-mistral-10m), CALIB (default the model's
+# calib-128x512.safetensors beside it, else ../shared/data/calib-NAME-128x512),
+# EVAL_WINDOWS (evaluate the first N windows only: a cheaper screen; default
+# all), THREADS (2), TB_BIN, START=DIR (copy a finished run's files first, so
+# only the stages that differ are rebuilt).
+# Calibration: the reference 128 x 512 windows, the set the peer baselines of
+# PROTOCOL.md used. Text: examples/data.
 set -eu
 cd "$(dirname "$0")/.."
 name=$1
 shift
 bin=$(cd "${TB_BIN:-build/bin}" && pwd)
-model=tests/data/tiny-llama-6m
+model=${MODEL:-tests/data/tiny-llama-6m}
+mname=$(basename "$model")
+calib=${CALIB:-}
+[ -n "$calib" ] || { [ -f "$model/calib-128x512.safetensors" ] && calib=$model/calib-128x512.safetensors; } ||
+    calib=../shared/data/calib-$mname-128x512.safetensors
 out=bench/results/q-$name
 mkdir -p bench/results
 rm -rf "$out"
+if [ -n "${START:-}" ]; then cp -a "$START" "$out" && rm -f "$out/model.tbm"; fi
+cap=""
+[ -n "${EVAL_WINDOWS:-}" ] && cap="--max-windows $EVAL_WINDOWS"
 t0=$(date +%s)
-make --no-print-directory -s -f examples/Makefile MODEL="$model" OUT="$out" TB="$bin" \
-    CALIB="$model/calib-128x512.safetensors" "$@" >"$out.log" 2>&1
+make --no-print-directory -s -f examples/Makefile MODEL="$model" OUT="$out" TB="$bin" CALIB="$calib" "$@" \
+    >"$out.log" 2>&1
 t1=$(date +%s)
 # perplexity and fidelity to the dense model (KL, top-1) on the same windows
-fid=$("$bin/tb-run" -m "$out/model.tbm" --compare "$model" --ppl examples/data/wikitext2-test.txt --quiet \
+fid=$("$bin/tb-run" -m "$out/model.tbm" --compare "$model" --ppl examples/data/wikitext2-test.txt $cap --quiet \
     --threads "${THREADS:-2}" | tr '\n' ' ')
-line="$(date +%F) $name [$*]: $fid(prune $((t1 - t0)) s)"
+line="$(date +%F) $name $mname [$*]${cap:+ [$cap]}: $fid(prune $((t1 - t0)) s, load $(cut -d' ' -f1 /proc/loadavg))"
 echo "$line"
 echo "$line" >>bench/results/quality.txt

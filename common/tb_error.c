@@ -10,12 +10,22 @@
 static _Thread_local char errmsg[TB_ERRMSG_MAX];
 static _Thread_local int errcode;
 
+/* Messages quote names and values taken from input files; a control character
+ * there (a newline in a tensor name, an escape sequence) would break the
+ * one-line error promise or drive the user's terminal. They become '?'. */
+static void one_line(char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f) *s = '?';
+}
+
 int tb_fail(int code, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(errmsg, sizeof errmsg, fmt, ap);
     va_end(ap);
+    one_line(errmsg);
     errcode = code;
     return code;
 }
@@ -30,6 +40,7 @@ int tb_err_context(const char *fmt, ...)
     snprintf(joined, sizeof joined, "%s: %s", prefix, errmsg);
     memcpy(errmsg, joined, sizeof errmsg - 1); /* truncate, keep the NUL */
     errmsg[sizeof errmsg - 1] = 0;
+    one_line(errmsg);
     return errcode;
 }
 

@@ -13,12 +13,39 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+size_t tb_stream_cap(void)
+{
+    /* half the machine's memory: what a file that size would cost mapped and
+     * converted; TB_STREAM_MAX (bytes) lowers it, e.g. for tests */
+    const char *env = getenv("TB_STREAM_MAX");
+    if (env && *env) {
+        char *end;
+        unsigned long long v = strtoull(env, &end, 10);
+        if (!*end && v > 0) return (size_t)v;
+    }
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    if (pages <= 0 || page <= 0) return (size_t)1 << 32;
+    return (size_t)pages / 2 * (size_t)page;
+}
+
+int tb_read_exact(FILE *fp, const char *label, void *buf, size_t n)
+{
+    size_t got = n ? fread(buf, 1, n, fp) : 0;
+    if (got == n) return TB_OK;
+    if (ferror(fp)) return tb_fail(TB_EIO, "%s: read error: %s", label, strerror(errno));
+    return tb_fail(TB_EDATA, "%s: truncated: ends after %zu of %zu bytes", label, got, n);
+}
+
 int tb_read_stream(FILE *fp, const char *label, tb_mapped *out)
 {
-    size_t cap = 1 << 16, len = 0;
+    size_t cap = 1 << 16, len = 0, max = tb_stream_cap();
     uint8_t *buf = tb_malloc(cap);
     if (!buf) return TB_EIO;
     for (;;) {
+        if (len > max) {
+            free(buf);
+            return tb_fail(TB_EDATA, "%s: more than %zu bytes (the limit for a stream; TB_STREAM_MAX)", label, max);
+        }
         if (len == cap) {
             uint8_t *nb = tb_realloc(buf, cap * 2);
             if (!nb) { free(buf); return TB_EIO; }
@@ -43,23 +70,21 @@ int tb_map_file(const char *path, tb_mapped *out)
 {
     memset(out, 0, sizeof *out);
     if (strcmp(path, "-") == 0) return tb_read_stream(stdin, "<stdin>", out);
-    int fd = open(path, O_RDONLY);
+    /* O_NONBLOCK: opening a FIFO must not wait for a writer; only regular
+     * files are read (a device such as /dev/zero, or a FIFO, has no size and
+     * no end: a symlink to one in a model directory would fill memory) */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) return tb_fail(TB_EIO, "%s: %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0) {
+        int e = errno;
         close(fd);
-        return tb_fail(TB_EIO, "%s: %s", path, strerror(errno));
+        return tb_fail(TB_EIO, "%s: %s", path, strerror(e));
     }
-    if (S_ISDIR(st.st_mode)) {
+    if (!S_ISREG(st.st_mode)) {
         close(fd);
-        return tb_fail(TB_EIO, "%s: is a directory", path);
-    }
-    if (!S_ISREG(st.st_mode)) { /* a FIFO or device: read it as a stream */
-        FILE *fp = fdopen(fd, "rb");
-        if (!fp) { close(fd); return tb_fail(TB_EIO, "%s: %s", path, strerror(errno)); }
-        int rc = tb_read_stream(fp, path, out);
-        fclose(fp);
-        return rc;
+        return tb_fail(TB_EIO, "%s: %s", path,
+                       S_ISDIR(st.st_mode) ? "is a directory" : "not a regular file (only stdin, as '-', may be a stream)");
     }
     out->size = (size_t)st.st_size;
     if (out->size == 0) { /* mmap of 0 bytes fails; an empty mapping is valid */
@@ -224,6 +249,23 @@ int tb_out_open(tb_outfile *o, const char *path)
     return TB_OK;
 }
 
+static int sync_dir_of(const char *path)
+{
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (!slash) snprintf(dir, sizeof dir, ".");
+    else if (slash == dir) dir[1] = 0;
+    else *slash = 0;
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return tb_fail(TB_EIO, "%s: cannot open its directory to sync it: %s", path, strerror(errno));
+    /* EINVAL: a filesystem that cannot sync directories (some FUSE); nothing more to do */
+    int rc = fsync(fd) != 0 && errno != EINVAL ? tb_fail(TB_EIO, "%s: sync of its directory: %s", path, strerror(errno))
+                                               : TB_OK;
+    close(fd);
+    return rc;
+}
+
 int tb_out_commit(tb_outfile *o)
 {
     int rc = TB_OK;
@@ -239,6 +281,8 @@ int tb_out_commit(tb_outfile *o)
     o->fp = NULL;
     if (!rc && rename(o->tmp_path, o->path) != 0)
         rc = tb_fail(TB_EIO, "%s: rename: %s", o->path, strerror(errno));
+    /* the rename is durable only once the directory entry is on disk */
+    if (!rc) rc = sync_dir_of(o->path);
     if (rc) unlink(o->tmp_path);
     unregister_tmp(o->tmp_path);
     free(o->tmp_path);

@@ -5,8 +5,11 @@
  * buffer instead; callers see the same tb_mapped either way.
  *
  * Outputs go to "<path>.tmp.<pid>" in the same directory and are renamed over
- * <path> only by tb_out_commit(), so a failed or interrupted run never leaves a
- * partial file. Temporary files still open at a fatal signal are unlinked.
+ * <path> only by tb_out_commit(), after an fsync of the file, and the
+ * directory is fsynced after the rename: a failed, killed or power-cut run
+ * leaves either the old complete file or the new complete one. Temporary
+ * files still open at a catchable fatal signal are unlinked (after SIGKILL a
+ * "<path>.tmp.<pid>" may remain; it is never mistaken for <path>).
  */
 #ifndef TB_IO_H
 #define TB_IO_H
@@ -20,10 +23,19 @@ typedef struct {
     int is_mmap; /* 1: munmap on release, 0: free() */
 } tb_mapped;
 
-/* Map `path` read-only ("-" reads all of stdin). Errors: TB_EIO. */
+/* Map `path` read-only ("-" reads all of stdin, up to tb_stream_cap()).
+ * Only regular files (symlinks to them included) are read: a directory,
+ * device or FIFO is TB_EIO "path: not a regular file", since it has no size
+ * to bound the read. Errors: TB_EIO. */
 int tb_map_file(const char *path, tb_mapped *out);
-/* Read all of an open stream into memory (for pipes). */
+/* Read all of an open stream into memory (for pipes), at most tb_stream_cap()
+ * bytes (TB_EDATA beyond). */
 int tb_read_stream(FILE *fp, const char *label, tb_mapped *out);
+/* The most a stream is read into memory: half the physical memory, or
+ * TB_STREAM_MAX bytes from the environment. */
+size_t tb_stream_cap(void);
+/* Exactly n bytes: TB_EDATA "label: truncated ..." at an early end. */
+int tb_read_exact(FILE *fp, const char *label, void *buf, size_t n);
 void tb_unmap(tb_mapped *m);
 
 /* Read a whole (small) text file into a NUL-terminated heap string. */

@@ -1,22 +1,56 @@
 #!/bin/sh
-# Prune an HF Llama/Mistral checkpoint with tensorbit's best defaults.
-#   examples/prune-model.sh MODEL_DIR OUT_DIR [PATTERN] [CALIB]
+# Prune an HF Llama/Mistral checkpoint with tensorbit's best measured recipe.
+#   examples/prune-model.sh MODEL_DIR OUT_DIR [PATTERN] [CALIB] [options]
 # PATTERN: 2:4 (default), 4:8, ... or an unstructured fraction such as 0.5.
 # CALIB: calibration text (default: the bundled examples/data/calib.txt) or a
-# token file (safetensors input_ids). Leaves OUT_DIR/model.tbm and every
-# intermediate file (see examples/Makefile); rerunning resumes.
-# Environment: TB (tools directory), JOBS (make -j, default 2), and any
-# variable of examples/Makefile (SEQUENTIAL, METHOD, SOLVER, COMPENSATE, ...).
+# token file (safetensors input_ids).
+# options:
+#   --calib-tokens FILE  calibration token windows (safetensors input_ids),
+#                        e.g. the reference 128 x 512 windows
+#   --fast               the cheap one-shot recipe: Wanda masks and the exact
+#                        per-row least-squares compensation (SparseGPT's above
+#                        RECON_MAX_PARAMS), no training
+#   --device D           cpu, cuda or auto for tb-fisher and tb-recon (DEVICE);
+#                        tb-distill runs on the CPU backend
+# The default recipe (BENCHMARKS.md, "Quality"): layer by layer on the pruned
+# model's own hidden states, Wanda scores, top-N masks, per-row least-squares
+# compensation (tb-pack --compensate auto), then tb-recon trains each layer
+# against the dense layer; then tb-distill trains the whole model's kept
+# weights against the dense model's logits on the calibration windows.
+# Leaves OUT_DIR/model.tbm and every intermediate file (see examples/Makefile);
+# rerunning resumes. Environment: TB (tools directory), JOBS (make -j,
+# default 2), and any variable of examples/Makefile (RECON_STEPS,
+# DISTILL_STEPS, METHOD, COMPENSATE, ...), which override the recipe.
 set -eu
-if [ $# -lt 2 ] || [ $# -gt 4 ]; then
-    echo "usage: $0 MODEL_DIR OUT_DIR [PATTERN] [CALIB]" >&2
-    exit 1
-fi
+usage() { echo "usage: $0 MODEL_DIR OUT_DIR [PATTERN] [CALIB] [--calib-tokens FILE] [--fast] [--device D]" >&2; exit 1; }
 here=$(cd "$(dirname "$0")" && pwd)
-model=$1 out=$2 pattern=${3:-2:4} calib=${4:-}
+model="" out="" pattern="" calib="" fast=0 device=""
+while [ $# -gt 0 ]; do
+    case $1 in
+    --calib-tokens) [ $# -ge 2 ] || usage; calib=$2; shift 2 ;;
+    --calib-tokens=*) calib=${1#*=}; shift ;;
+    --fast) fast=1; shift ;;
+    --device) [ $# -ge 2 ] || usage; device=$2; shift 2 ;;
+    --device=*) device=${1#*=}; shift ;;
+    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -*) echo "prune-model: unknown option '$1'" >&2; usage ;;
+    *) if [ -z "$model" ]; then model=$1; elif [ -z "$out" ]; then out=$1
+       elif [ -z "$pattern" ]; then pattern=$1; elif [ -z "$calib" ]; then calib=$1; else usage; fi; shift ;;
+    esac
+done
+[ -n "$model" ] && [ -n "$out" ] || usage
+pattern=${pattern:-2:4}
 [ -d "$model" ] || { echo "prune-model: $model: not a directory" >&2; exit 3; }
+[ -z "$calib" ] || [ -f "$calib" ] || { echo "prune-model: $calib: no such file" >&2; exit 3; }
 set -- -f "$here/Makefile" MODEL="$model" OUT="$out" PATTERN="$pattern"
 [ -n "$calib" ] && set -- "$@" CALIB="$calib"
+[ -n "$device" ] && set -- "$@" DEVICE="$device"
+if [ $fast = 1 ]; then
+    set -- "$@" RECON_STEPS=0 DISTILL_STEPS=0
+else
+    # environment values (RECON_STEPS=... examples/prune-model.sh ...) win over the recipe
+    set -- "$@" RECON_STEPS="${RECON_STEPS:-300}" DISTILL_STEPS="${DISTILL_STEPS:-300}"
+fi
 start=$(date +%s)
 make --no-print-directory -j "${JOBS:-2}" "$@"
-echo "prune-model: $out/model.tbm ($pattern) in $(($(date +%s) - start)) s"
+echo "prune-model: $out/model.tbm ($pattern$([ $fast = 1 ] && echo ", fast")) in $(($(date +%s) - start)) s"

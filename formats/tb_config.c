@@ -21,11 +21,23 @@ static int get_int(const cJSON *root, const char *key, int required, int dflt, i
     return TB_OK;
 }
 
+/* A token id: an integer in [0, 2^31); anything else is refused, not cast. */
+static int token_id(const cJSON *j, const char *key, const char *label, int *out)
+{
+    if (!cJSON_IsNumber(j)) return TB_OK; /* a string or object: absent, as before */
+    double d = j->valuedouble;
+    if (!(d >= 0 && d < 2147483648.0) || floor(d) != d)
+        return tb_fail(TB_EDATA, "%s: '%s' is not a token id (an integer in [0, 2^31))", label, key);
+    *out = (int)d;
+    return TB_OK;
+}
+
 static int get_double(const cJSON *root, const char *key, double dflt, double *out, const char *label)
 {
     const cJSON *j = cJSON_GetObjectItemCaseSensitive(root, key);
     if (!j || cJSON_IsNull(j)) { *out = dflt; return TB_OK; }
-    if (!cJSON_IsNumber(j) || !(j->valuedouble > 0)) return tb_fail(TB_EDATA, "%s: '%s' is not a positive number", label, key);
+    if (!cJSON_IsNumber(j) || !(j->valuedouble > 0) || !isfinite(j->valuedouble))
+        return tb_fail(TB_EDATA, "%s: '%s' is not a positive finite number", label, key);
     *out = j->valuedouble;
     return TB_OK;
 }
@@ -100,15 +112,22 @@ int tb_config_parse(tb_config *c, const char *label, const char *json_text)
         goto done;
     }
 
+    /* token ids are range-checked before the cast (1e300 or -5 is no id) */
     const cJSON *bos = cJSON_GetObjectItemCaseSensitive(root, "bos_token_id");
     c->bos_token_id = -1;
     if (cJSON_IsArray(bos)) bos = cJSON_GetArrayItem(bos, 0);
-    if (cJSON_IsNumber(bos)) c->bos_token_id = (int)bos->valuedouble;
+    if (bos && !cJSON_IsNull(bos) && (rc = token_id(bos, "bos_token_id", label, &c->bos_token_id))) goto done;
     const cJSON *eos = cJSON_GetObjectItemCaseSensitive(root, "eos_token_id");
-    if (cJSON_IsNumber(eos)) c->eos_token_ids[c->n_eos++] = (int)eos->valuedouble;
-    else if (cJSON_IsArray(eos))
+    if (cJSON_IsNumber(eos)) {
+        if ((rc = token_id(eos, "eos_token_id", label, &c->eos_token_ids[c->n_eos++]))) goto done;
+    } else if (cJSON_IsArray(eos)) {
         for (const cJSON *e = eos->child; e && c->n_eos < TB_MAX_EOS; e = e->next)
-            if (cJSON_IsNumber(e)) c->eos_token_ids[c->n_eos++] = (int)e->valuedouble;
+            if (cJSON_IsNumber(e) && (rc = token_id(e, "eos_token_id", label, &c->eos_token_ids[c->n_eos++]))) goto done;
+    }
+    /* every size product of the architecture must be representable: the
+     * parameter count is the largest of them (1e9-wide fields could overflow it) */
+    if (tb_config_param_count(c) < 0)
+        rc = tb_fail(TB_EDATA, "%s: sizes too large (the parameter count exceeds 2^53)", label);
 done:
     cJSON_Delete(root);
     return rc;
@@ -130,10 +149,13 @@ int tb_config_load(tb_config *c, const char *path)
 
 long long tb_config_param_count(const tb_config *c)
 {
-    long long h = c->hidden_size, q = (long long)c->n_heads * c->head_dim, kv = (long long)c->n_kv_heads * c->head_dim;
-    long long attn = h * q + 2 * h * kv + q * h + (c->attention_bias ? q + 2 * kv : 0);
-    long long mlp = 3 * h * c->intermediate_size;
-    long long layer = attn + mlp + 2 * h;
-    long long emb = (long long)c->vocab_size * h;
-    return emb * (c->tie_word_embeddings ? 1 : 2) + c->n_layers * layer + h;
+    /* in 128 bits: each field is below 2^30, so no partial product overflows */
+    typedef __int128 i128;
+    i128 h = c->hidden_size, q = (i128)c->n_heads * c->head_dim, kv = (i128)c->n_kv_heads * c->head_dim;
+    i128 attn = h * q + 2 * h * kv + q * h + (c->attention_bias ? q + 2 * kv : 0);
+    i128 mlp = 3 * h * c->intermediate_size;
+    i128 layer = attn + mlp + 2 * h;
+    i128 emb = (i128)c->vocab_size * h;
+    i128 n = emb * (c->tie_word_embeddings ? 1 : 2) + c->n_layers * layer + h;
+    return n > ((i128)1 << 53) ? -1 : (long long)n;
 }

@@ -31,7 +31,8 @@ int tb_config_parse(tb_config *c, const char *label, const char *json_text);
 /* Load <path>/config.json if path is a directory, else path itself. */
 int tb_config_load(tb_config *c, const char *path);
 
-/* Parameter counts of the architecture (independent of the files). */
+/* Parameter counts of the architecture (independent of the files); -1 past
+ * 2^53, which tb_config_parse refuses, so a parsed config always has one. */
 long long tb_config_param_count(const tb_config *c);
 
 #endif

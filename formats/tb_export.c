@@ -242,7 +242,7 @@ static int build_plan(plan *pl, const tb_tbm *t, const tb_export_opts *o, tb_exp
     /* a partial index (tb-merge --partial) takes the tensors in no shard from
      * its base checkpoint: the export is the whole model either way */
     if (t->base) {
-        if ((rc = tb_ckpt_open(&pl->base, t->base))) return rc;
+        if ((rc = tb_tbm_open_base(t, &pl->base))) return rc; /* confined: tb_tbm.h */
         n += tb_ckpt_count(&pl->base);
     }
     if (n <= 0) return tb_fail(TB_EDATA, "%s: no tensors", t->path);

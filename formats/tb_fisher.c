@@ -1,6 +1,7 @@
 #include "tb_fisher.h"
 #include "tb_error.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,4 +55,145 @@ int tb_stream_open(st_file *f, const char *path, int hidden, int layer, const st
     if (rc) st_close(f);
     else *h = t;
     return rc;
+}
+
+/* ---------------------------------------------------------------- reading */
+
+static int starts_ends(const char *s, const char *pre, const char *suf)
+{
+    size_t n = strlen(s), a = strlen(pre), b = strlen(suf);
+    return n > a + b && !strncmp(s, pre, a) && !strcmp(s + n - b, suf);
+}
+
+int tb_fisher_check(const st_file *f)
+{
+    const char *kind = st_meta(f, "tensorbit.kind");
+    if (kind && strcmp(kind, "fisher"))
+        return tb_fail(TB_EDATA, "%s: not a .fisher file (tensorbit.kind is '%s')", f->path, kind);
+    for (int i = 0; i < f->n_tensors; i++) {
+        const st_tensor *t = &f->tensors[i];
+        const char *what = NULL;
+        if (starts_ends(t->name, "gram.", ".input")) {
+            if (t->ndim != 2 || t->shape[0] != t->shape[1] || t->shape[0] < 1 || !tb_dtype_is_float(t->dtype))
+                what = "a Gram matrix must be a float [k, k] tensor, k >= 1";
+        } else if (starts_ends(t->name, "gram.", ".count")) {
+            if (t->numel != 1 || (t->dtype != TB_I64 && t->dtype != TB_I32))
+                what = "a token count must be an I64 [1] tensor";
+        } else if (!strncmp(t->name, "fisher.", 7)) {
+            if (t->ndim != 2 || !tb_dtype_is_float(t->dtype)) what = "a Fisher diagonal must be a float 2-D tensor";
+        } else if (!strncmp(t->name, "grad.", 5)) {
+            if (t->ndim != 3 || t->shape[0] < 1 || !tb_dtype_is_float(t->dtype))
+                what = "gradient samples must be a float [K >= 1, rows, cols] tensor";
+        }
+        if (what)
+            return tb_fail(TB_EDATA, "%s: tensor '%s' (%s, %d dims): %s", f->path, t->name, tb_dtype_name(t->dtype),
+                           t->ndim, what);
+    }
+    return TB_OK;
+}
+
+int tb_fisher_find_gram(const st_file *f, const char *weight_name, int64_t k, const st_tensor **g)
+{
+    char module[512], name[600];
+    *g = NULL;
+    if (tb_fisher_gram_module(weight_name, module, sizeof module)) return TB_OK;
+    snprintf(name, sizeof name, "gram.%s.input", module);
+    const st_tensor *t = st_find(f, name);
+    if (!t) return TB_OK;
+    if (t->ndim != 2 || t->shape[0] != k || t->shape[1] != k || !tb_dtype_is_float(t->dtype))
+        return tb_fail(TB_EDATA, "%s: tensor '%s': expected a float [%lld, %lld] Gram for '%s'", f->path, name,
+                       (long long)k, (long long)k, weight_name);
+    *g = t;
+    return TB_OK;
+}
+
+static const char *nonfinite_name(double v) { return v != v ? "NaN" : "infinite"; }
+
+static int check_gram(const char *name, const double *row, int64_t i, int64_t j0, int64_t n)
+{
+    for (int64_t j = 0; j < n; j++) {
+        double v = row[j];
+        if (!isfinite(v))
+            return tb_fail(TB_EDATA, "tensor '%s': entry (%lld, %lld) is %s", name, (long long)i,
+                           (long long)(j0 + j), nonfinite_name(v));
+        if (i == j0 + j && v < 0)
+            return tb_fail(TB_EDATA, "tensor '%s': diagonal entry %lld is negative (%g): not a Gram matrix", name,
+                           (long long)i, v);
+    }
+    return TB_OK;
+}
+
+int tb_fisher_gram_check(const char *name, const double *a, int64_t k)
+{
+    for (int64_t i = 0; i < k; i++) {
+        int rc = check_gram(name, a + i * k, i, 0, k);
+        if (rc) return rc;
+    }
+    return TB_OK;
+}
+
+int tb_fisher_gram_f64(const st_tensor *g, double **out)
+{
+    *out = NULL;
+    if (g->ndim != 2 || g->shape[0] != g->shape[1] || !tb_dtype_is_float(g->dtype))
+        return tb_fail(TB_EDATA, "tensor '%s': not a float [k, k] Gram matrix", g->name);
+    int64_t k = g->shape[0];
+    double *a = tb_malloc((size_t)g->numel * sizeof *a + 1);
+    if (!a) return TB_EIO;
+    tb_to_f64(g->dtype, g->data, 0, (size_t)g->numel, a);
+    int rc = tb_fisher_gram_check(g->name, a, k);
+    if (rc) { free(a); return rc; }
+    *out = a;
+    return TB_OK;
+}
+
+int tb_fisher_gram_diag(const st_tensor *g, double *diag)
+{
+    if (g->ndim != 2 || g->shape[0] != g->shape[1] || !tb_dtype_is_float(g->dtype))
+        return tb_fail(TB_EDATA, "tensor '%s': not a float [k, k] Gram matrix", g->name);
+    int64_t k = g->shape[0];
+    for (int64_t i = 0; i < k; i++) {
+        tb_to_f64(g->dtype, g->data, (size_t)(i * k + i), 1, &diag[i]);
+        int rc = check_gram(g->name, &diag[i], i, i, 1);
+        if (rc) return rc;
+    }
+    return TB_OK;
+}
+
+int tb_fisher_gram_count(const st_file *f, const char *module, double *n)
+{
+    char name[600];
+    *n = 0;
+    snprintf(name, sizeof name, "gram.%s.count", module);
+    const st_tensor *t = st_find(f, name);
+    if (!t) return TB_OK;
+    int64_t v = 0;
+    if (t->numel == 1 && t->dtype == TB_I64) memcpy(&v, t->data, 8);
+    else if (t->numel == 1 && t->dtype == TB_I32) {
+        int32_t v32;
+        memcpy(&v32, t->data, 4);
+        v = v32;
+    } else {
+        return tb_fail(TB_EDATA, "%s: tensor '%s': a token count must be an I64 [1] tensor", f->path, name);
+    }
+    if (v < 1) return tb_fail(TB_EDATA, "%s: tensor '%s': token count %lld is not positive", f->path, name, (long long)v);
+    *n = (double)v;
+    return TB_OK;
+}
+
+int tb_fisher_values_f32(const st_tensor *t, int nonneg, float **out)
+{
+    *out = NULL;
+    if (!tb_dtype_is_float(t->dtype)) return tb_fail(TB_EDATA, "tensor '%s': %s is not a float type", t->name, tb_dtype_name(t->dtype));
+    float *v = st_tensor_f32(t);
+    if (!v) return TB_EIO;
+    for (int64_t i = 0; i < t->numel; i++)
+        if (!isfinite(v[i]) || (nonneg && v[i] < 0)) {
+            int rc = tb_fail(TB_EDATA, "tensor '%s': element %lld is %s", t->name, (long long)i,
+                             isfinite(v[i]) ? "negative" : nonfinite_name(v[i]));
+            free(v);
+            return rc;
+        }
+    *out = v;
+    return TB_OK;
 }

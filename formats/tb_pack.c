@@ -1,6 +1,7 @@
 /* tb_pack.c - N:M pack/unpack and the .tb shard reader (layout in tb_pack.h). */
 #include "tb_pack.h"
 #include "tb_error.h"
+#include "tb_json.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -414,12 +415,15 @@ static int parse_entry(tb_pack_file *p, tb_packed *t, const cJSON *j)
                        t->name);
     if (tb_dtype_parse(dt->valuestring, &t->dtype) || !tb_dtype_is_float(t->dtype))
         return tb_fail(TB_EDATA, "tensor '%s': dtype '%s' is not a float type", t->name, dt->valuestring);
-    const cJSON *r = cJSON_GetArrayItem(shape, 0), *c = cJSON_GetArrayItem(shape, 1);
-    if (!cJSON_IsNumber(r) || !cJSON_IsNumber(c) || r->valuedouble < 0 || c->valuedouble < 0)
-        return tb_fail(TB_EDATA, "tensor '%s': bad shape", t->name);
-    t->rows = (int64_t)r->valuedouble;
-    t->cols = (int64_t)c->valuedouble;
-    if (kd->valueint != 1) return tb_fail(TB_EDATA, "tensor '%s': k_dim %d not supported", t->name, kd->valueint);
+    /* range-checked before any cast; the parts' shapes (bounded by the file's
+     * size, see st_open) must then match, which bounds rows and cols */
+    uint64_t r, c;
+    if (tb_json_u64(cJSON_GetArrayItem(shape, 0), UINT32_MAX, &r) || tb_json_u64(cJSON_GetArrayItem(shape, 1), UINT32_MAX, &c))
+        return tb_fail(TB_EDATA, "tensor '%s': shape is not two integers in [0, 2^32)", t->name);
+    t->rows = (int64_t)r;
+    t->cols = (int64_t)c;
+    uint64_t k_dim;
+    if (tb_json_u64(kd, 1, &k_dim) || k_dim != 1) return tb_fail(TB_EDATA, "tensor '%s': k_dim must be 1", t->name);
     if (!(t->compensation = tb_strdup(comp->valuestring))) return TB_EIO;
     int rc;
     if (strcmp(fmt->valuestring, "nm") == 0) {
@@ -477,7 +481,9 @@ int tb_pack_open(tb_pack_file *p, const char *path)
         else rc = parse_entry(p, t, e);
     }
     cJSON_Delete(root);
-    if (!rc) qsort(p->packed, (size_t)p->n_packed, sizeof *p->packed, cmp_packed);
+    /* a shard may hold no pruned weight at all (tb-pack --include-dense of
+     * copied layers): then packed is NULL, which qsort must not be given */
+    if (!rc && p->n_packed > 1) qsort(p->packed, (size_t)p->n_packed, sizeof *p->packed, cmp_packed);
     if (rc) {
         tb_err_context("%s", path);
         tb_pack_close(p);

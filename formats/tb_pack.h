@@ -54,7 +54,8 @@
  *    "pattern": "2:4" | "unstructured", "k_dim": 1, "permuted": bool,
  *    "compensation": "none" | "redist-proportional" | "redist-uniform" |
  *                    "obs" | "recon" | "sparsegpt",
- *    "mask": "given" | "sparsegpt"}   (sparsegpt re-chooses keep bits)
+ *    "mask": "given" | "sparsegpt" | "learned"}   (sparsegpt and tb-recon
+ *    --learn-masks re-choose keep bits)
  * All values little-endian, as safetensors prescribes.
  *
  * Ownership: tb_pack_open maps the file; tensor pointers live until

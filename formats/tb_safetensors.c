@@ -1,5 +1,6 @@
 #include "tb_safetensors.h"
 #include "tb_error.h"
+#include "tb_json.h"
 #include "tb_kind.h"
 #include "tb_sha256.h"
 
@@ -37,16 +38,9 @@ static int64_t utf8_invalid_at(const uint8_t *s, size_t n)
     return -1;
 }
 
-/* A JSON number that must be a non-negative integer below 2^53 (doubles are
+/* A JSON number that must be a non-negative integer up to 2^53 (doubles are
  * exact up to there, and no real file is larger). */
-static int json_u64(const cJSON *j, uint64_t *out)
-{
-    if (!cJSON_IsNumber(j)) return -1;
-    double d = j->valuedouble;
-    if (!(d >= 0) || d > 9007199254740992.0 || floor(d) != d) return -1;
-    *out = (uint64_t)d;
-    return 0;
-}
+static int json_u64(const cJSON *j, uint64_t *out) { return tb_json_u64(j, UINT64_MAX, out); }
 
 static const st_file *sort_ctx;
 static int cmp_name(const void *a, const void *b)
@@ -61,7 +55,11 @@ static int cmp_offset(const void *a, const void *b)
     return 0;
 }
 
-static int parse_tensor(st_tensor *t, const cJSON *j)
+/* dim_limit: the file's size. A tensor with elements is bounded by its bytes;
+ * one with a zero dimension has no bytes, so its other dimensions must be
+ * bounded another way, or [2^53, 0] makes every loop over rows a hang: their
+ * product may not exceed the size of the file that declares them. */
+static int parse_tensor(st_tensor *t, const cJSON *j, uint64_t dim_limit)
 {
     if (!cJSON_IsObject(j)) return tb_fail(TB_EDATA, "tensor '%s': entry is not an object", t->name);
     const cJSON *jd = cJSON_GetObjectItemCaseSensitive(j, "dtype");
@@ -75,16 +73,20 @@ static int parse_tensor(st_tensor *t, const cJSON *j)
     if (nd > ST_MAX_DIMS) return tb_fail(TB_EDATA, "tensor '%s': %d dims (max %d)", t->name, nd, ST_MAX_DIMS);
     t->ndim = nd;
     /* numel computed in 128-bit-safe steps: reject products past 2^62 */
-    uint64_t numel = 1;
+    uint64_t numel = 1, nonzero = 1;
     for (int d = 0; d < nd; d++) {
         uint64_t v;
         if (json_u64(cJSON_GetArrayItem(js, d), &v))
             return tb_fail(TB_EDATA, "tensor '%s': shape[%d] is not a non-negative integer", t->name, d);
         t->shape[d] = (int64_t)v;
-        if (v && numel > (UINT64_C(1) << 62) / v)
+        if (v && nonzero > (UINT64_C(1) << 62) / v)
             return tb_fail(TB_EDATA, "tensor '%s': shape too large", t->name);
         numel *= v;
+        if (v) nonzero *= v;
     }
+    if (numel == 0 && nonzero > dim_limit)
+        return tb_fail(TB_EDATA, "tensor '%s': zero-element shape whose other dimensions multiply to %" PRIu64
+                       ", more than the file's %" PRIu64 " bytes", t->name, nonzero, dim_limit);
     t->numel = (int64_t)numel;
     if (!cJSON_IsArray(jo) || cJSON_GetArraySize(jo) != 2 || json_u64(cJSON_GetArrayItem(jo, 0), &t->begin) ||
         json_u64(cJSON_GetArrayItem(jo, 1), &t->end))
@@ -99,16 +101,19 @@ static int parse_tensor(st_tensor *t, const cJSON *j)
     return TB_OK;
 }
 
-static int parse_header(st_file *f)
+static int parse_header(st_file *f, uint64_t dim_limit)
 {
     const uint8_t *buf = f->map.data;
     size_t size = f->map.size;
     if (size < 8) return tb_fail(TB_EDATA, "file too short for a safetensors header (%zu bytes)", size);
     uint64_t n = 0;
     for (int i = 7; i >= 0; i--) n = (n << 8) | buf[i];
-    if (n > ST_MAX_HEADER) return tb_fail(TB_EDATA, "header length %" PRIu64 " exceeds the %u-byte limit", n, ST_MAX_HEADER);
+    /* the value is not printed: for a file that is not safetensors it is just
+     * the file's first 8 bytes, which an error message must not disclose */
+    if (n > ST_MAX_HEADER)
+        return tb_fail(TB_EDATA, "header length field exceeds the %u-byte limit (not a safetensors file?)", ST_MAX_HEADER);
     if (n > size - 8)
-        return tb_fail(TB_EDATA, "header length %" PRIu64 " past end of file (%zu bytes)", n, size);
+        return tb_fail(TB_EDATA, "header length field points past end of file (%zu bytes): truncated or not safetensors", size);
     f->header_size = n;
     const uint8_t *hdr = buf + 8;
     int64_t bad = utf8_invalid_at(hdr, n);
@@ -156,7 +161,7 @@ static int parse_header(st_file *f)
         st_tensor *t = &f->tensors[f->n_tensors++];
         t->name = tb_strdup(it->string);
         if (!t->name) { rc = TB_EIO; break; }
-        rc = parse_tensor(t, it);
+        rc = parse_tensor(t, it, dim_limit);
     }
     cJSON_Delete(root);
     return rc;
@@ -169,14 +174,14 @@ static int check_layout(st_file *f)
 
     for (int i = 0; i < f->n_tensors; i++) f->by_name[i] = i;
     sort_ctx = f; /* qsort has no context argument in C11; callers are not concurrent on one file */
-    qsort(f->by_name, (size_t)f->n_tensors, sizeof(int), cmp_name);
+    if (f->n_tensors > 1) qsort(f->by_name, (size_t)f->n_tensors, sizeof(int), cmp_name);
     for (int i = 1; i < f->n_tensors; i++)
         if (strcmp(f->tensors[f->by_name[i]].name, f->tensors[f->by_name[i - 1]].name) == 0)
             return tb_fail(TB_EDATA, "duplicate tensor name '%s'", f->tensors[f->by_name[i]].name);
 
     /* the data section must be covered exactly: sorted by offset, each tensor
      * starts where the previous one ended, the last ends at the section's end */
-    qsort(f->tensors, (size_t)f->n_tensors, sizeof(st_tensor), cmp_offset);
+    if (f->n_tensors > 1) qsort(f->tensors, (size_t)f->n_tensors, sizeof(st_tensor), cmp_offset);
     uint64_t pos = 0;
     for (int i = 0; i < f->n_tensors; i++) {
         st_tensor *t = &f->tensors[i];
@@ -198,7 +203,7 @@ static int check_layout(st_file *f)
                        data_size, pos);
     /* re-sort by name after moving tensors */
     for (int i = 0; i < f->n_tensors; i++) f->by_name[i] = i;
-    qsort(f->by_name, (size_t)f->n_tensors, sizeof(int), cmp_name);
+    if (f->n_tensors > 1) qsort(f->by_name, (size_t)f->n_tensors, sizeof(int), cmp_name);
     return TB_OK;
 }
 
@@ -208,7 +213,7 @@ int st_open_mapped(st_file *f, const char *label, tb_mapped map)
     f->map = map;
     f->path = tb_strdup(label);
     if (!f->path) { tb_unmap(&f->map); return TB_EIO; }
-    int rc = parse_header(f);
+    int rc = parse_header(f, f->map.size);
     if (!rc) rc = check_layout(f);
     if (rc) {
         /* not a damaged safetensors file but another kind (a stream is not
@@ -223,11 +228,56 @@ int st_open_mapped(st_file *f, const char *label, tb_mapped map)
     return rc;
 }
 
+/* stdin is read no further than its own header allows: 8 bytes, a header of
+ * at most ST_MAX_HEADER bytes, then exactly the data section the header
+ * declares, and it must end there. A stream of zeros or an endless pipe fails
+ * after 8 bytes instead of filling memory. */
+static int read_stdin(tb_mapped *out)
+{
+    const char *label = "<stdin>";
+    uint8_t *buf = tb_malloc(8);
+    if (!buf) return TB_EIO;
+    int rc = tb_read_exact(stdin, label, buf, 8);
+    uint64_t n = 0;
+    for (int i = 7; !rc && i >= 0; i--) n = (n << 8) | buf[i];
+    if (!rc && n > ST_MAX_HEADER)
+        rc = tb_fail(TB_EDATA, "%s: header length field exceeds the %u-byte limit (not a safetensors stream?)", label,
+                     ST_MAX_HEADER);
+    uint8_t *nb = rc ? NULL : tb_realloc(buf, 8 + (size_t)n);
+    if (!rc && !nb) rc = TB_EIO;
+    if (nb) buf = nb;
+    if (!rc) rc = tb_read_exact(stdin, label, buf + 8, (size_t)n);
+    /* the declared data size: parse the header alone (no dimension bound yet) */
+    uint64_t data = 0;
+    if (!rc) {
+        st_file h;
+        memset(&h, 0, sizeof h);
+        h.map = (tb_mapped){buf, 8 + (size_t)n, 0};
+        h.path = (char *)label;
+        rc = parse_header(&h, UINT64_MAX);
+        for (int i = 0; !rc && i < h.n_tensors; i++)
+            if (h.tensors[i].end > data) data = h.tensors[i].end;
+        h.map.data = NULL; /* buf stays ours */
+        h.path = NULL;
+        st_close(&h);
+        if (rc) tb_err_context("%s", label);
+    }
+    if (!rc && data > SIZE_MAX - 9 - n) rc = tb_fail(TB_EDATA, "%s: data section too large", label);
+    if (!rc && !(nb = tb_realloc(buf, 8 + (size_t)n + (size_t)data + 1))) rc = TB_EIO;
+    if (!rc) buf = nb;
+    if (!rc) rc = tb_read_exact(stdin, label, buf + 8 + n, (size_t)data);
+    if (!rc && fgetc(stdin) != EOF)
+        rc = tb_fail(TB_EDATA, "%s: data past the %" PRIu64 " bytes the header declares", label, data);
+    if (rc) { free(buf); return rc; }
+    *out = (tb_mapped){buf, 8 + (size_t)n + (size_t)data, 0};
+    return TB_OK;
+}
+
 int st_open(st_file *f, const char *path)
 {
     tb_mapped m;
     memset(f, 0, sizeof *f);
-    int rc = tb_map_file(path, &m);
+    int rc = strcmp(path, "-") ? tb_map_file(path, &m) : read_stdin(&m);
     if (rc) return rc;
     return st_open_mapped(f, strcmp(path, "-") ? path : "<stdin>", m);
 }
@@ -271,6 +321,45 @@ float *st_tensor_f32(const st_tensor *t)
     float *out = tb_malloc((size_t)t->numel * sizeof(float));
     if (out) tb_to_f32(t->dtype, t->data, 0, (size_t)t->numel, out);
     return out;
+}
+
+int st_tensor_f32_finite(const st_tensor *t, float **out)
+{
+    float *v = st_tensor_f32(t);
+    *out = NULL;
+    if (!v) return TB_EIO;
+    for (int64_t i = 0; i < t->numel; i++)
+        if (!isfinite(v[i])) {
+            int rc = t->ndim == 2 ? tb_fail(TB_EDATA, "tensor '%s': element (%lld, %lld) is %s", t->name,
+                                            (long long)(i / t->shape[1]), (long long)(i % t->shape[1]),
+                                            v[i] != v[i] ? "NaN" : "infinite")
+                                  : tb_fail(TB_EDATA, "tensor '%s': element %lld is %s", t->name, (long long)i,
+                                            v[i] != v[i] ? "NaN" : "infinite");
+            free(v);
+            return rc;
+        }
+    *out = v;
+    return TB_OK;
+}
+
+int st_find_nonfinite(const st_file *f, const st_tensor **t, int64_t *at)
+{
+    float buf[1024];
+    for (int i = 0; i < f->n_tensors; i++) {
+        const st_tensor *x = &f->tensors[i];
+        if (!tb_dtype_is_float(x->dtype)) continue;
+        for (int64_t k0 = 0; k0 < x->numel; k0 += 1024) {
+            int64_t n = x->numel - k0 < 1024 ? x->numel - k0 : 1024;
+            tb_to_f32(x->dtype, x->data, (size_t)k0, (size_t)n, buf);
+            for (int64_t k = 0; k < n; k++)
+                if (!isfinite(buf[k])) {
+                    *t = x;
+                    *at = k0 + k;
+                    return 1;
+                }
+        }
+    }
+    return 0;
 }
 
 /* ---------------------------------------------------------------- writer */

@@ -64,6 +64,16 @@ const char *st_meta(const st_file *f, const char *key);
 /* Convert a whole tensor to a new f32 array (caller frees). */
 float *st_tensor_f32(const st_tensor *t);
 
+/* Convert to a new f32 array, refusing NaN and infinities: TB_EDATA "tensor
+ * 'x': element (r, c) is NaN" (2-D; else the flat index). For inputs a
+ * computation must not run on, such as weights about to be pruned. */
+int st_tensor_f32_finite(const st_tensor *t, float **out);
+
+/* The first float tensor of f holding a NaN or infinity, in offset order, and
+ * the element: 1 and *t, *at set; 0 if every value is finite. For naming the
+ * culprit once a computation has gone non-finite (the scan reads the file). */
+int st_find_nonfinite(const st_file *f, const st_tensor **t, int64_t *at);
+
 /* ---- writer ---- */
 typedef struct st_writer st_writer;
 

@@ -2,10 +2,12 @@
 #include "tb_tbm.h"
 #include "tb_error.h"
 #include "tb_io.h"
+#include "tb_json.h"
 #include "tb_sha256.h"
 #include "tb_version.h"
 
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <libgen.h>
 #include <stdio.h>
@@ -400,12 +402,7 @@ done:
 
 /* ------------------------------------------------------------------- open */
 
-static int get_u64(const cJSON *j, uint64_t *v)
-{
-    if (!cJSON_IsNumber(j) || j->valuedouble < 0) return -1;
-    *v = (uint64_t)j->valuedouble;
-    return 0;
-}
+static int get_u64(const cJSON *j, uint64_t *v) { return tb_json_u64(j, UINT64_MAX, v); }
 
 int tb_tbm_open(tb_tbm *t, const char *path, int verify)
 {
@@ -475,11 +472,12 @@ int tb_tbm_open(tb_tbm *t, const char *path, int verify)
     /* every entry must point at what its shard really holds */
     for (const cJSON *e = rc ? NULL : tensors->child; e && !rc; e = e->next) {
         const cJSON *sh = cJSON_GetObjectItemCaseSensitive(e, "shard"), *kind = cJSON_GetObjectItemCaseSensitive(e, "kind");
-        if (!cJSON_IsNumber(sh) || sh->valueint < 0 || sh->valueint >= t->n_shards || !cJSON_IsString(kind)) {
+        uint64_t si;
+        if (tb_json_u64(sh, (uint64_t)(t->n_shards > 0 ? t->n_shards - 1 : 0), &si) || !t->n_shards || !cJSON_IsString(kind)) {
             rc = tb_fail(TB_EDATA, "%s: tensor '%s': bad shard or kind", path, e->string);
             break;
         }
-        const tb_pack_file *p = &t->shards[sh->valueint];
+        const tb_pack_file *p = &t->shards[si];
         if (!strcmp(kind->valuestring, "dense")) {
             if (!st_find(&p->f, e->string)) rc = tb_fail(TB_EDATA, "%s: tensor '%s' not in its shard", path, e->string);
         } else if (!tb_pack_find(p, e->string)) {
@@ -487,6 +485,52 @@ int tb_tbm_open(tb_tbm *t, const char *path, int verify)
         }
     }
     if (rc) tb_tbm_close(t);
+    return rc;
+}
+
+/* ------------------------------------------------------------------- base */
+
+#define TB_MAX_ALLOWED_BASES 16
+static char *allowed_bases[TB_MAX_ALLOWED_BASES];
+static int n_allowed_bases;
+
+int tb_tbm_allow_base(const char *dir)
+{
+    char *r = realpath(dir, NULL);
+    if (!r) return tb_fail(TB_EIO, "%s: %s", dir, strerror(errno));
+    if (n_allowed_bases == TB_MAX_ALLOWED_BASES) { free(r); return tb_fail(TB_EUSAGE, "too many base directories"); }
+    allowed_bases[n_allowed_bases++] = r;
+    return TB_OK;
+}
+
+/* is `path` (resolved) `dir` or below it? */
+static int path_within(const char *path, const char *dir)
+{
+    size_t n = strlen(dir);
+    if (n == 1 && dir[0] == '/') return 1;
+    return !strncmp(path, dir, n) && (path[n] == 0 || path[n] == '/');
+}
+
+int tb_tbm_open_base(const tb_tbm *t, tb_ckpt *c)
+{
+    memset(c, 0, sizeof *c);
+    char *joined = t->base[0] == '/' ? tb_strdup(t->base) : tb_path_join(t->dir, t->base);
+    if (!joined) return TB_EIO;
+    char *real = realpath(joined, NULL), *dir = realpath(t->dir, NULL);
+    int rc = TB_OK, ok = 0;
+    if (!real) rc = tb_fail(TB_EIO, "%s: base '%s': %s", t->path, t->base, strerror(errno));
+    else if (!dir) rc = tb_fail(TB_EIO, "%s: %s", t->dir, strerror(errno));
+    if (!rc) {
+        ok = path_within(real, dir);
+        for (int i = 0; i < n_allowed_bases && !ok; i++) ok = !strcmp(real, allowed_bases[i]);
+        if (!ok)
+            rc = tb_fail(TB_EDATA, "%s: base '%s' lies outside the index's directory; name it with --base to read it",
+                         t->path, t->base);
+    }
+    if (!rc) rc = tb_ckpt_open(c, real);
+    free(real);
+    free(dir);
+    free(joined);
     return rc;
 }
 

@@ -53,6 +53,15 @@ typedef struct {
 int tb_tbm_open(tb_tbm *t, const char *path, int verify);
 void tb_tbm_close(tb_tbm *t);
 
+/* A partial index's "base" is a path written in a file that may come from
+ * anywhere, so it is read only where the user allows: a directory inside the
+ * index's own directory, or one named on the command line (tools pass their
+ * --base DIR here; it may be called several times). */
+int tb_tbm_allow_base(const char *dir);
+/* Open t's base checkpoint into *c (t->base must be set): TB_EDATA "x.tbm:
+ * base '/p' lies outside the index's directory ..." unless allowed as above. */
+int tb_tbm_open_base(const tb_tbm *t, tb_ckpt *c);
+
 /* A tensor stored as is (kind "dense"), or NULL. */
 const st_tensor *tb_tbm_find_dense(const tb_tbm *t, const char *name);
 /* A pruned weight (kind "nm" or "masked"), or NULL. */

@@ -34,9 +34,12 @@ typedef struct {
     size_t n, cap;
 } sbuf;
 
+/* After any reserve or put, even of 0 bytes, p points at storage: pieces are
+ * addressed as p + offset, and NULL + 0 is undefined behaviour (a decode in
+ * which every piece is empty did exactly that). */
 static int sb_reserve(sbuf *b, size_t extra)
 {
-    if (b->n + extra <= b->cap) return TB_OK;
+    if (b->p && b->n + extra <= b->cap) return TB_OK;
     size_t cap = b->cap ? b->cap : 256;
     while (cap < b->n + extra) cap *= 2;
     char *np = tb_realloc(b->p, cap);

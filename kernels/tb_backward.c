@@ -106,8 +106,9 @@ static int attention_backward(tb_backward *b, int l, int n, tb_grad_fn grad, voi
     return TB_OK;
 }
 
-/* d_res (gradient of the layer output) -> d_res (gradient of the layer input) */
-static int layer_backward(tb_backward *b, int l, int n, tb_grad_fn grad, void *ctx)
+/* d_res (gradient of the layer output) -> d_res (gradient of h, the residual
+ * after attention): the MLP half, out = h + down(silu(gate(xn2)) * up(xn2)) */
+static int mlp_backward(tb_backward *b, int l, int n, tb_grad_fn grad, void *ctx)
 {
     tb_forward *f = b->f;
     tb_backend *be = f->be;
@@ -115,13 +116,10 @@ static int layer_backward(tb_backward *b, int l, int n, tb_grad_fn grad, void *c
     const tb_config *c = &f->m->cfg;
     const tb_layer_acts *a = &f->acts[l];
     const tb_dlayer *w = &f->dl[l];
-    const int D = c->hidden_size;
     const size_t NF = (size_t)n * c->intermediate_size;
     int rc;
     if (!w->loaded) return tb_fail(TB_EUSAGE, "backward: layer %d was not run forward", l);
-
     TB_RANGE_PUSH("mlp block backward");
-    /* MLP: out = h + down(silu(gate) * up) */
     op->linear_dx(be, &w->lin[TB_LIN_DOWN], b->d_res, n, b->d_act, 0);
     if ((rc = weight_grad(b, l, TB_LIN_DOWN, &w->lin[TB_LIN_DOWN], b->d_res, a->act, n, grad, ctx))) goto out;
     op->swiglu_backward(be, b->d_act, b->d_up, b->d_act, a->gate, a->up, NF); /* d_act becomes d_gate */
@@ -130,34 +128,58 @@ static int layer_backward(tb_backward *b, int l, int n, tb_grad_fn grad, void *c
         goto out;
     op->linear_dx(be, &w->lin[TB_LIN_GATE], b->d_act, n, b->d_xn, 0);
     op->linear_dx(be, &w->lin[TB_LIN_UP], b->d_up, n, b->d_xn, 1);
-    op->rmsnorm_backward(be, b->d_res, b->d_xn, a->h, a->rms2, w->mlp_norm, n, D, 1);
-    TB_RANGE_POP();
-
-    TB_RANGE_PUSH("attention block backward");
-    /* attention: h = x + o(attention(q, k, v)) */
-    op->linear_dx(be, &w->lin[TB_LIN_O], b->d_res, n, b->d_att, 0);
-    if ((rc = weight_grad(b, l, TB_LIN_O, &w->lin[TB_LIN_O], b->d_res, a->att, n, grad, ctx))) goto out;
-    if ((rc = attention_backward(b, l, n, grad, ctx))) goto out;
-    op->rmsnorm_backward(be, b->d_res, b->d_xn, a->x, a->rms1, w->attn_norm, n, D, 1);
+    op->rmsnorm_backward(be, b->d_res, b->d_xn, a->h, a->rms2, w->mlp_norm, n, c->hidden_size, 1);
 out:
     TB_RANGE_POP();
     return rc;
+}
+
+/* d_res (gradient of h) -> d_res (gradient of the layer input x): the
+ * attention half, h = x + o(attention(q, k, v)) */
+static int attn_backward(tb_backward *b, int l, int n, tb_grad_fn grad, void *ctx)
+{
+    tb_forward *f = b->f;
+    tb_backend *be = f->be;
+    const tb_backend_ops *op = be->ops;
+    const tb_layer_acts *a = &f->acts[l];
+    const tb_dlayer *w = &f->dl[l];
+    int rc;
+    if (!w->loaded) return tb_fail(TB_EUSAGE, "backward: layer %d was not run forward", l);
+    TB_RANGE_PUSH("attention block backward");
+    op->linear_dx(be, &w->lin[TB_LIN_O], b->d_res, n, b->d_att, 0);
+    if ((rc = weight_grad(b, l, TB_LIN_O, &w->lin[TB_LIN_O], b->d_res, a->att, n, grad, ctx))) goto out;
+    if ((rc = attention_backward(b, l, n, grad, ctx))) goto out;
+    op->rmsnorm_backward(be, b->d_res, b->d_xn, a->x, a->rms1, w->attn_norm, n, f->m->cfg.hidden_size, 1);
+out:
+    TB_RANGE_POP();
+    return rc;
+}
+
+/* d_res (gradient of the layer output) -> d_res (gradient of the layer input) */
+static int layer_backward(tb_backward *b, int l, int n, tb_grad_fn grad, void *ctx)
+{
+    int rc = mlp_backward(b, l, n, grad, ctx);
+    return rc ? rc : attn_backward(b, l, n, grad, ctx);
 }
 
 int tb_backward_run(tb_backward *b, const int32_t *tokens, int n, int want_lm_head, tb_grad_fn grad, void *ctx,
                     double *loss)
 {
     tb_forward *f = b->f;
-    tb_backend *be = f->be;
-    const tb_model *m = f->m;
-    const tb_config *c = &m->cfg;
-    const int V = c->vocab_size, D = c->hidden_size;
     if (n < 2 || n != f->n) return tb_fail(TB_EUSAGE, "backward: need the %d-token window just run forward (n=%d)", f->n, n);
-    if (!f->logits) return tb_fail(TB_EUSAGE, "backward: the run state does not hold the whole model");
-
     /* loss and dloss/dlogits, in place: softmax - onehot, over the n-1 targets */
-    *loss = be->ops->xent_backward(be, f->logits, tokens, n, V);
+    *loss = f->be->ops->xent_backward(f->be, f->logits, tokens, n, f->m->cfg.vocab_size);
+    return tb_backward_logits(b, n, want_lm_head, grad, ctx);
+}
 
+int tb_backward_logits(tb_backward *b, int n, int want_lm_head, tb_grad_fn grad, void *ctx)
+{
+    tb_forward *f = b->f;
+    tb_backend *be = f->be;
+    const tb_config *c = &f->m->cfg;
+    const int D = c->hidden_size;
+    if (n < 1 || n != f->n) return tb_fail(TB_EUSAGE, "backward: need the %d-token window just run forward (n=%d)", f->n, n);
+    if (!f->logits) return tb_fail(TB_EUSAGE, "backward: the run state does not hold the whole model");
     int rc;
     if (want_lm_head &&
         (rc = weight_grad(b, c->n_layers, TB_LIN_LM_HEAD, &f->lm_head, f->logits, f->xn_final, n, grad, ctx)))
@@ -178,4 +200,12 @@ int tb_backward_layers(tb_backward *b, int n, int l0, int l1, tb_grad_fn grad, v
         if (rc) return rc;
     }
     return b->f->be->ops->sync(b->f->be);
+}
+
+int tb_backward_half(tb_backward *b, int n, int l, tb_layer_half half, tb_grad_fn grad, void *ctx)
+{
+    if (n < 1 || n != b->f->n || l < b->f->o.layer_begin || l >= b->f->o.layer_end)
+        return tb_fail(TB_EUSAGE, "backward: layer %d on %d tokens does not match the forward", l, n);
+    int rc = half == TB_HALF_MLP ? mlp_backward(b, l, n, grad, ctx) : attn_backward(b, l, n, grad, ctx);
+    return rc ? rc : b->f->be->ops->sync(b->f->be);
 }

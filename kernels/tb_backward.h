@@ -52,4 +52,18 @@ int tb_backward_run(tb_backward *b, const int32_t *tokens, int n, int want_lm_he
  * gradient on the way. For layer-wise reconstruction. */
 int tb_backward_layers(tb_backward *b, int n, int l0, int l1, tb_grad_fn grad, void *ctx);
 
+/* The same pass from a loss the caller chose: after tb_forward_run(f, .., n,
+ * 0), f->logits holds dloss/dlogits [n, vocab] (e.g. a distillation loss);
+ * back-propagates through lm_head, the final norm and every layer, calling
+ * grad as tb_backward_run does. Overwrites nothing the caller keeps. */
+int tb_backward_logits(tb_backward *b, int n, int want_lm_head, tb_grad_fn grad, void *ctx);
+
+/* One half of decoder layer l, for reconstruction of a block as a unit:
+ * TB_HALF_MLP takes b->d_res = dloss/d(layer output) to dloss/dh (h: the
+ * residual stream after attention, acts[l].h), TB_HALF_ATTN takes dloss/dh to
+ * dloss/d(layer input); grad receives that half's weights' gradients
+ * (down, up, gate / o, v, k, q). */
+typedef enum { TB_HALF_ATTN = 0, TB_HALF_MLP = 1 } tb_layer_half;
+int tb_backward_half(tb_backward *b, int n, int l, tb_layer_half half, tb_grad_fn grad, void *ctx);
+
 #endif

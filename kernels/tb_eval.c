@@ -8,6 +8,23 @@
 #include <math.h>
 #include <stdlib.h>
 
+/* A NaN loss is an error, never a perplexity: name the weight responsible. */
+static int nonfinite_loss(const tb_model *m, int64_t w)
+{
+    const st_tensor *t;
+    int64_t at;
+    const st_file *files[1024];
+    int n = 0;
+    for (int s = 0; s < m->ckpt.n_shards && n < 1024; s++) files[n++] = &m->ckpt.shards[s];
+    for (int s = 0; m->is_tbm && s < m->tbm.n_shards && n < 1024; s++) files[n++] = &m->tbm.shards[s].f;
+    for (int i = 0; i < n; i++)
+        if (st_find_nonfinite(files[i], &t, &at))
+            return tb_fail(TB_EDATA, "%s: tensor '%s': element %lld is not finite (window %lld's loss is NaN)",
+                           files[i]->path, t->name, (long long)at, (long long)w);
+    return tb_fail(TB_EDATA, "window %lld: the loss is not finite, though every weight is (an overflow in the forward pass)",
+                   (long long)w);
+}
+
 int tb_eval_ppl_compare(tb_forward *f, tb_forward *ref, const int32_t *ids, int64_t n_ids, int seq_len,
                         int64_t max_windows, tb_progress_fn progress, void *progress_ctx, tb_ppl_result *r,
                         tb_fidelity *fid)
@@ -32,7 +49,9 @@ int tb_eval_ppl_compare(tb_forward *f, tb_forward *ref, const int32_t *ids, int6
         int rc = ref ? tb_forward_run(ref, win, seq_len, 0) : TB_OK;
         if (!rc) rc = tb_forward_run(f, win, seq_len, 0);
         if (rc) return rc;
-        sum += f->be->ops->nll(f->be, f->logits, win, seq_len, V) / (seq_len - 1);
+        double nll = f->be->ops->nll(f->be, f->logits, win, seq_len, V) / (seq_len - 1);
+        if (!isfinite(nll)) return nonfinite_loss(f->m, w);
+        sum += nll;
         if (ref) {
             int64_t s = 0;
             sum_ref += ref->be->ops->nll(ref->be, ref->logits, win, seq_len, V) / (seq_len - 1);

@@ -179,7 +179,7 @@ int tb_model_open(tb_model *m, const char *path)
         if (!(m->path = tb_strdup(path))) return TB_EIO;
         m->is_tbm = 1;
         int rc = tb_tbm_open(&m->tbm, path, 1);
-        if (!rc && m->tbm.base) rc = tb_ckpt_open(&m->ckpt, m->tbm.base);
+        if (!rc && m->tbm.base) rc = tb_tbm_open_base(&m->tbm, &m->ckpt); /* confined: tb_tbm.h */
         if (!rc) {
             m->cfg = m->tbm.cfg;
             rc = model_bind(m);

@@ -27,6 +27,10 @@ case " $id $like " in
     echo "setup: ${PRETTY_NAME:-$id}: apt-get install $APT_PKGS"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $APT_PKGS >/dev/null
+    # libFuzzer for make fuzz: in libclang-rt-dev where the distribution splits it out
+    if apt-cache show libclang-rt-dev >/dev/null 2>&1; then
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq libclang-rt-dev >/dev/null
+    fi
     ;;
 *)
     echo "setup: not a Debian/Ubuntu system (${id:-unknown}); install by hand:"

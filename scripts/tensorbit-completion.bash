@@ -30,4 +30,4 @@ _tensorbit_complete()
     compopt -o filenames 2>/dev/null
 }
 
-complete -F _tensorbit_complete tb-tokenize tb-fisher tb-score tb-nm tb-pack tb-recon tb-merge tb-inspect tb-run tb-export tb-synth
+complete -F _tensorbit_complete tb-tokenize tb-fisher tb-score tb-nm tb-pack tb-recon tb-merge tb-inspect tb-run tb-export tb-synth tb-distill

@@ -36,7 +36,7 @@ int main(int argc, char **argv)
 {
     tb_log_init("tb-export");
     tb_export_opts o = {.format = TB_EXPORT_DENSE, .dtype = -1};
-    const char *out = NULL, *model = NULL;
+    const char *out = NULL, *model = NULL, *base = NULL;
     int no_verify = 0, format = 0, dtype = 0, json = 0;
     const tb_option options[] = {
         TB_OPT_MODEL_OPTIONAL(&model, "the pruned model (.tbm); or give it as the argument"),
@@ -60,6 +60,9 @@ int main(int argc, char **argv)
         TB_OPT_CALLBACK(0, "max-shard-size", &o.max_shard_bytes, "SIZE", parse_size,
                         "largest safetensors file before sharding (default 5GB;\n"
                         "units B KB MB GB KiB MiB GiB)"),
+        TB_OPT_FILE(0, "base", &base, "DIR", "the base checkpoint of a partial .tbm (tb-merge --partial),\n"
+"when outside the .tbm's directory (a path inside a file\n"
+"is not trusted)"),
         TB_OPT_FORCE(&o.force, "replace DIR if it exists and is not empty"),
         TB_OPT_FLAG(0, "no-verify", &no_verify, "skip the SHA-256 check of the shards against the index"),
         TB_OPT_JSON(&json, "print a summary as one JSON object on stdout: tensors,\n"
@@ -78,6 +81,7 @@ int main(int argc, char **argv)
     if (n_args == 1) model = args[0];
     if (!model) return tb_usage_error("missing MODEL.tbm (-m/--model or the argument)");
     if (!strcmp(model, "-")) return tb_usage_error("MODEL.tbm '-': a .tbm names its shards by path, so it cannot be a stream: give its file");
+    if (base && tb_tbm_allow_base(base)) return tb_report_error();
     if (tb_check_input(model, TB_WANT_TBM, "a pruned model's .tbm index", "merge the shards with tb-merge first"))
         return tb_report_error();
     o.format = format == 1 ? TB_EXPORT_CT24 : format == 2 ? TB_EXPORT_CTBITMASK : TB_EXPORT_DENSE;

@@ -15,6 +15,7 @@
 #include "tb_model.h"
 #include "tb_opts.h"
 #include "tb_threads.h"
+#include "tb_tbm.h"
 #include "tb_tokenizer.h"
 #include "tb_tokens.h"
 
@@ -243,8 +244,12 @@ int main(int argc, char **argv)
                  .dev = {.device = TB_DEVICE_AUTO}};
     tb_layer_range layers = {0};
     long seed = 0;
+    const char *base = NULL;
     const tb_option table[] = {
         TB_OPT_MODEL(&o.model, "HF checkpoint directory (config.json + safetensors)"),
+        TB_OPT_FILE(0, "base", &base, "DIR", "the base checkpoint of a partial .tbm (tb-merge --partial),\n"
+"when outside the .tbm's directory (a path inside a file\n"
+"is not trusted)"),
         TB_OPT_TOKENS(&o.tokens, "use --text FILE, or tb-tokenize --windows", "token windows: safetensors 'input_ids' [windows, seq_len]\n"
                                  "(I32 or I64), e.g. from tb-tokenize --windows"),
         TB_OPT_INPUT(0, "text", &o.text, "FILE", TB_WANT_TEXT, "text", "give token windows with -t", "or calibration text, tokenized here (BOS first) and cut\n"
@@ -282,6 +287,7 @@ int main(int argc, char **argv)
                             .description = description, .options = table, .notes = notes};
     TB_OPTS_PARSE_OR_RETURN(&cmd, argc, argv, NULL, NULL);
     o.text_seed = (uint64_t)seed;
+    if (base && tb_tbm_allow_base(base)) return tb_report_error();
     if (layers.set) {
         o.layer_a = layers.lo;
         o.layer_b = layers.hi + 1;

@@ -131,6 +131,7 @@ static int nm_tensor(const options *o, const item *it, tb_mask *mask, totals *tt
         g = tb_malloc((size_t)(K * K) * sizeof *g);
         if (!w || !g) rc = TB_EIO;
         else tb_to_f64(it->gram->dtype, it->gram->data, 0, (size_t)(K * K), g);
+        if (!rc) rc = tb_fisher_gram_check(it->gram->name, g, K); /* NaN/Inf statistics: refused, named */
     }
     tb_perm_stats ps = {0};
     double t0 = tb_now();

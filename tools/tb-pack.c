@@ -211,7 +211,9 @@ static int pack_one(const options *o, const job *j, const item *it, tb_pack_writ
     const double *g = NULL;
     int rc = tb_mask_read(&j->masks, t->name, rows, cols, &mk);
     if (rc) return tb_err_context("%s", o->masks);
-    if (!(w = st_tensor_f32(t)) || (mk.perm && tb_permute_cols_inplace(w, rows, cols, mk.perm, 0))) { rc = TB_EIO; goto out; }
+    /* a NaN or infinite weight or statistic is refused, never packed (tb_fisher.h) */
+    if ((rc = st_tensor_f32_finite(t, &w))) { tb_err_context("%s", o->model); goto out; }
+    if (mk.perm && tb_permute_cols_inplace(w, rows, cols, mk.perm, 0)) { rc = TB_EIO; goto out; }
     if (it->gram) {
         /* the reference for the error report: the weight as it was */
         /* an F64 Gram in the model's order is used where it is mapped: page
@@ -224,6 +226,7 @@ static int pack_one(const options *o, const job *j, const item *it, tb_pack_writ
             rc = TB_EIO;
             goto out;
         }
+        if ((rc = tb_fisher_gram_check(it->gram->name, g, cols))) { tb_err_context("%s", o->stats); goto out; }
         memcpy(w0, w, (size_t)(rows * cols) * sizeof *w0);
     }
     double e_base = 0, e_mask = 0;

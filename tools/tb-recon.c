@@ -13,9 +13,10 @@
 #include "tb_model.h"
 #include "tb_nm.h"
 #include "tb_opts.h"
-#include "tb_pack.h"
-#include "tb_recon.h"
 #include "tb_tbm.h"
+#include "tb_pack.h"
+#include "tb_block_recon.h"
+#include "tb_recon.h"
 #include "tb_threads.h"
 #include "tb_tokens.h"
 
@@ -41,6 +42,7 @@ typedef struct {
     tb_recon_opts ro;
     tb_backend_opts dev;
     tb_backend *be;
+    tb_block_opts bo; /* --unit, --learn-masks: tb_recon_block */
 } options;
 
 static void on_step(void *ctx, int64_t done, int64_t total)
@@ -100,10 +102,20 @@ static int dense_targets(tb_model *m, int l, const float *in, int64_t windows, i
     return rc;
 }
 
+/* the same on the CPU, with the attention block's h too (tb_recon_block) */
+static int dense_targets_cpu(tb_model *m, int l, const float *in, int64_t windows, int T, int threads, float **out,
+                         float **attn_out)
+{
+    size_t n = (size_t)windows * T * m->cfg.hidden_size;
+    if (!(*out = tb_malloc(n * sizeof(float))) || (attn_out && !(*attn_out = tb_malloc(n * sizeof(float)))))
+        return TB_EIO;
+    return tb_dense_layer_targets(m, l, in, windows, T, threads, *out, attn_out ? *attn_out : NULL);
+}
+
 /* Write the shard again: trained values under the original keep sets (the
  * nonzeros of the packed weight, in stored column order), the rest copied. */
 static int write_shard(const options *o, const tb_pack_file *p, float *const w[TB_LIN_PER_LAYER],
-                       const tb_packed *const pk[TB_LIN_PER_LAYER], const float *const orig[TB_LIN_PER_LAYER],
+                       const tb_packed *const pk[TB_LIN_PER_LAYER], const uint8_t *const keep[TB_LIN_PER_LAYER],
                        const tb_recon_report *rep, const char *cmdline)
 {
     tb_pack_writer *pw = tb_pack_writer_new();
@@ -128,13 +140,18 @@ static int write_shard(const options *o, const tb_pack_file *p, float *const w[T
     if (!rc) rc = tb_pack_writer_meta(pw, "recon_lr", num);
     snprintf(num, sizeof num, "%.6g -> %.6g (target power %.6g)", rep->mse_before, rep->mse_after, rep->target_power);
     if (!rc) rc = tb_pack_writer_meta(pw, "recon_mse", num);
+    if (!rc && o->bo.unit != TB_UNIT_LAYER) rc = tb_pack_writer_meta(pw, "recon_unit", "blocks");
+    if (!rc && o->bo.mask.every > 0) {
+        snprintf(num, sizeof num, "every %d, until %g, decay %g", o->bo.mask.every, o->bo.mask.until, o->bo.mask.decay);
+        rc = tb_pack_writer_meta(pw, "recon_learned_masks", num);
+    }
 
     /* declare: the layer's pruned weights, then every stored tensor that is not a part of them */
     char comp[7][96];
     for (int k = 0; k < TB_LIN_PER_LAYER && !rc; k++) {
         snprintf(comp[k], sizeof comp[k], "%s+recon", pk[k]->compensation ? pk[k]->compensation : "none");
         rc = tb_pack_declare(pw, pk[k]->name, pk[k]->dtype, pk[k]->rows, pk[k]->cols, pk[k]->n, pk[k]->m,
-                             pk[k]->perm != NULL, comp[k], "given");
+                             pk[k]->perm != NULL, comp[k], o->bo.mask.every > 0 ? "learned" : "given");
     }
     for (int i = 0; i < p->f.n_tensors && !rc; i++)
         if (!tb_pack_is_part(p, &p->f.tensors[i])) rc = tb_pack_declare_copy(pw, p->f.tensors[i].name, p->f.tensors[i].dtype, p->f.tensors[i].ndim,
@@ -162,14 +179,12 @@ static int write_shard(const options *o, const tb_pack_file *p, float *const w[T
             else memcpy(mask.perm, q->perm->data, (size_t)C * sizeof(int32_t));
             perm = mask.perm;
         }
-        /* the kept set is where the packed weight was nonzero, in stored order */
-        if (!rc) {
-            memcpy(stored, orig[k], (size_t)(R * C) * sizeof(float));
-            if (perm) rc = tb_permute_cols_inplace(stored, R, C, perm, 0);
-            for (int64_t i = 0; !rc && i < R * C; i++) tb_mask_set(&mask, i / C, i % C, stored[i] != 0.0f);
-            memcpy(stored, w[k], (size_t)(R * C) * sizeof(float));
-            if (!rc && perm) rc = tb_permute_cols_inplace(stored, R, C, perm, 0);
-        }
+        for (int64_t r = 0; r < R && !rc; r++)
+            for (int64_t j = 0; j < C; j++) {
+                int64_t src = r * C + (perm ? perm[j] : j);
+                stored[r * C + j] = w[k][src];
+                tb_mask_set(&mask, r, j, keep[k][src] != 0);
+            }
         if (!rc) rc = tb_pack_write(pw, stored, &mask);
         tb_mask_free(&mask);
         free(stored);
@@ -186,6 +201,8 @@ static int write_shard(const options *o, const tb_pack_file *p, float *const w[T
 static int run(options *o, const char *cmdline)
 {
     tb_model m;
+    /* asked first: a pruned model is the wrong kind of -m whatever it holds */
+    if (tb_is_tbm(o->model)) return tb_fail(TB_EUSAGE, "%s: -m takes the dense checkpoint, not a pruned model", o->model);
     int rc = tb_model_open(&m, o->model);
     if (rc) return rc;
     if (m.is_tbm) {
@@ -201,7 +218,14 @@ static int run(options *o, const char *cmdline)
         tb_model_close(&m);
         return rc;
     }
-    float *inputs = NULL, *targets = NULL, *w[TB_LIN_PER_LAYER] = {0}, *orig[TB_LIN_PER_LAYER] = {0};
+    float *inputs = NULL, *targets = NULL, *attn_targets = NULL, *w[TB_LIN_PER_LAYER] = {0},
+          *orig[TB_LIN_PER_LAYER] = {0}, *dense[TB_LIN_PER_LAYER] = {0};
+    const int blockwise = o->bo.unit != TB_UNIT_LAYER || o->bo.mask.every > 0;
+    if (blockwise && o->be->o.device != TB_DEVICE_CPU) {
+        tb_pack_close(&p);
+        tb_model_close(&m);
+        return tb_fail(TB_EUSAGE, "--unit blocks and --learn-masks train on the cpu backend only: add --device cpu");
+    }
     uint8_t *keep[TB_LIN_PER_LAYER] = {0};
     const tb_packed *pk[TB_LIN_PER_LAYER] = {0};
     int64_t windows = 0;
@@ -219,7 +243,25 @@ static int run(options *o, const char *cmdline)
     tb_outfile probe; /* refuse an unwritable output before the work */
     if (!rc && !(rc = tb_out_open(&probe, o->output))) tb_out_abort(&probe);
     if (!rc) rc = load_inputs(o, &m, &inputs, &windows, &T);
-    if (!rc) rc = dense_targets(&m, o->layer, inputs, windows, T, o->threads, o->be, &targets);
+    if (!rc && blockwise)
+        rc = dense_targets_cpu(&m, o->layer, inputs, windows, T, o->threads, &targets,
+                               o->bo.unit == TB_UNIT_BLOCKS ? &attn_targets : NULL);
+    else if (!rc)
+        rc = dense_targets(&m, o->layer, inputs, windows, T, o->threads, o->be, &targets);
+    if (!rc && o->bo.mask.every > 0) { /* learned masks: pruned entries start at the dense weights */
+        for (int k = 0; k < TB_LIN_PER_LAYER && !rc; k++) {
+            if (pk[k]->n < 1 || pk[k]->perm)
+                rc = tb_fail(TB_EUSAGE, "%s: --learn-masks needs N:M weights without permutation ('%s' is %s)", o->shard,
+                             pk[k]->name, pk[k]->perm ? "permuted" : "unstructured");
+            else if (k > 0 && (pk[k]->n != pk[0]->n || pk[k]->m != pk[0]->m))
+                rc = tb_fail(TB_EUSAGE, "%s: --learn-masks needs one N:M pattern for the layer", o->shard);
+            const tb_linear *L = &m.layers[o->layer].lin[k];
+            if (!rc && !(dense[k] = tb_malloc((size_t)L->rows * L->cols * sizeof(float)))) rc = TB_EIO;
+            if (!rc) tb_linear_rows(L, 0, L->rows, dense[k], NULL);
+        }
+        o->bo.n = pk[0]->n;
+        o->bo.m = pk[0]->m;
+    }
     for (int k = 0; k < TB_LIN_PER_LAYER && !rc; k++) {
         int64_t n;
         if (!(orig[k] = tb_pack_tensor_f32(&p, pk[k]->name, 1, &n)) || !(w[k] = tb_malloc((size_t)n * sizeof(float))) ||
@@ -228,7 +270,22 @@ static int run(options *o, const char *cmdline)
             break;
         }
         memcpy(w[k], orig[k], (size_t)n * sizeof(float));
-        for (int64_t i = 0; i < n; i++) keep[k][i] = orig[k][i] != 0.0f;
+        if (pk[k]->kind == TB_PACKED_NM) { /* every slot of the format is trainable, padding included */
+            float *one = tb_malloc((size_t)pk[k]->values->numel * sizeof(float)), *pos = tb_malloc((size_t)n * sizeof(float));
+            if (!one || !pos) rc = TB_EIO;
+            for (int64_t i = 0; !rc && i < pk[k]->values->numel; i++) one[i] = 1.0f;
+            if (!rc) tb_nm_unpack_rows(TB_F32, one, pk[k]->indices->data, pk[k]->cols, pk[k]->n, pk[k]->m, 0, pk[k]->rows, pos);
+            /* pos is in stored column order; keep is in the model's */
+            for (int64_t r = 0; !rc && r < pk[k]->rows; r++)
+                for (int64_t j = 0; j < pk[k]->cols; j++) {
+                    int64_t c = pk[k]->perm ? ((const int32_t *)pk[k]->perm->data)[j] : j;
+                    keep[k][r * pk[k]->cols + c] = pos[r * pk[k]->cols + j] != 0.0f;
+                }
+            free(one);
+            free(pos);
+            if (rc) break;
+        } else
+            for (int64_t i = 0; i < n; i++) keep[k][i] = orig[k][i] != 0.0f;
         tb_linear *L = &m.layers[o->layer].lin[k];
         L->format = TB_LINEAR_DENSE;
         L->dtype = TB_F32;
@@ -237,7 +294,24 @@ static int run(options *o, const char *cmdline)
         L->indices = NULL;
     }
     tb_recon_report rep = {0};
-    if (!rc) {
+    tb_block_report brep = {0};
+    if (!rc && blockwise) {
+        tb_progress prog;
+        char label[32];
+        snprintf(label, sizeof label, "layer %d steps", o->layer);
+        o->bo.r = o->ro;
+        o->bo.r.n_threads = o->threads;
+        tb_progress_begin(&prog, label, (uint64_t)o->ro.steps * (o->bo.unit == TB_UNIT_BLOCKS ? 2 : 1));
+        rc = tb_recon_block(&m, o->layer, w, keep, (const float *const *)dense, inputs, targets, attn_targets, windows,
+                            T, &o->bo, on_step, &prog, &brep);
+        tb_progress_end(&prog);
+        rep = brep.r;
+        if (!rc && o->bo.unit == TB_UNIT_BLOCKS)
+            tb_info("layer %d: attention block MSE %.4g -> %.4g", o->layer, brep.attn_mse_before, brep.attn_mse_after);
+        if (!rc && o->bo.mask.every > 0)
+            tb_info("layer %d: learned masks: %.2f%% of the keep bits changed", o->layer,
+                    100.0 * (double)brep.mask_changed / (double)brep.mask_total);
+    } else if (!rc) {
         tb_progress prog;
         char label[32];
         snprintf(label, sizeof label, "layer %d steps", o->layer);
@@ -248,7 +322,7 @@ static int run(options *o, const char *cmdline)
                             &prog, &rep);
         tb_progress_end(&prog);
     }
-    if (!rc) rc = write_shard(o, &p, w, pk, (const float *const *)orig, &rep, cmdline);
+    if (!rc) rc = write_shard(o, &p, w, pk, (const uint8_t *const *)keep, &rep, cmdline);
     if (!rc && o->json) {
         cJSON *j = cJSON_CreateObject();
         cJSON_AddNumberToObject(j, "layer", o->layer);
@@ -269,9 +343,11 @@ static int run(options *o, const char *cmdline)
         free(w[k]);
         free(orig[k]);
         free(keep[k]);
+        free(dense[k]);
     }
     free(inputs);
     free(targets);
+    free(attn_targets);
     tb_pack_close(&p);
     tb_model_close(&m);
     return rc;
@@ -282,6 +358,9 @@ int main(int argc, char **argv)
     tb_log_init("tb-recon");
     options o = {.layer = -1, .threads = tb_default_threads(), .dev = {.device = TB_DEVICE_AUTO}};
     tb_recon_defaults(&o.ro);
+    tb_block_defaults(&o.bo);
+    static const char *const unit_names[] = {"layer", "blocks", NULL};
+    int unit = TB_UNIT_LAYER;
     long seed = 0;
     const tb_option table[] = {
         TB_OPT_MODEL(&o.model, "the dense HF checkpoint the shard was pruned from"),
@@ -298,6 +377,20 @@ int main(int argc, char **argv)
         TB_OPT_DOUBLE(0, "lr", &o.ro.lr, "X", 0, 1, "peak learning rate, cosine decay (default 1e-3)"),
         TB_OPT_LONG(0, "seed", &seed, "S", 0, 9.3e18, "window order (default 0)"),
         TB_OPT_LONG(0, "max-windows", &o.max_windows, "N", 1, 1L << 40, "use the first N windows"),
+        TB_OPT_CHOICE(0, "unit", &unit, unit_names,
+                      "the region matched: layer (default; q..down against the\n"
+                      "dense layer's output) or blocks (the attention block\n"
+                      "against the dense block's output, then the MLP block\n"
+                      "against the dense layer's output; --steps each)"),
+        TB_OPT_INT(0, "learn-masks", &o.bo.mask.every, "K", 0, 1000000,
+                   "learn the N:M masks with the weights (SR-STE): every K\n"
+                   "steps re-select each group's N by |W~| * ||x_c|| from\n"
+                   "the straight-through latent weights (pruned entries\n"
+                   "start at the dense weights); 0: masks fixed (default)"),
+        TB_OPT_DOUBLE(0, "mask-until", &o.bo.mask.until, "F", 0, 1, "fraction of each unit's steps during which masks may\n"
+                                                                   "change (default 0.5); fixed for the rest"),
+        TB_OPT_DOUBLE(0, "mask-decay", &o.bo.mask.decay, "D", 0, 1e6, "SR-STE decay of the pruned latents, W~ -= lr*D*W~ per\n"
+                                                                     "step (default 0)"),
         TB_OPT_JSON(&o.json, "print the result as one JSON object on stdout: layer,\n"
                              "mse_before, mse_after, error_kept, target_power, steps, seconds"),
         TB_OPT_THREADS(&o.threads),
@@ -310,6 +403,7 @@ int main(int argc, char **argv)
         .description = description, .options = table, .notes = notes};
     TB_OPTS_PARSE_OR_RETURN(&cmd, argc, argv, NULL, NULL);
     if (tb_opt_given(&seed)) o.ro.seed = (uint64_t)seed;
+    o.bo.unit = (tb_recon_unit)unit;
     if (!o.tokens == !o.acts_in) return tb_usage_error("give exactly one of -t TOKENS (layer 0) and --acts-in STREAM");
     char *cmdline = tb_join_args(argc, argv);
     if (!cmdline) return tb_report_error();

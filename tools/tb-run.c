@@ -15,6 +15,7 @@
 #include "tb_model.h"
 #include "tb_opts.h"
 #include "tb_threads.h"
+#include "tb_tbm.h"
 #include "tb_tokenizer.h"
 
 static const char description[] =
@@ -38,7 +39,7 @@ static const char notes[] =
 typedef struct {
     const char *model, *ppl_file, *prompt, *prompt_file;
     int seq_len, n_gen, json, threads;
-    const char *compare;
+    const char *compare, *base;
     long max_windows;
     tb_sampling sampling;
     long seed;
@@ -315,6 +316,9 @@ int main(int argc, char **argv)
         TB_OPT_MODEL(&o.model, "HF checkpoint directory (config.json, model.safetensors or\n"
                                "a sharded index, tokenizer.json), or a pruned model's\n"
                                ".tbm index from tb-merge (N:M weights run packed)"),
+        TB_OPT_FILE(0, "base", &o.base, "DIR", "the base checkpoint of a partial .tbm (tb-merge --partial),\n"
+"when outside the .tbm's directory (a path inside a file\n"
+"is not trusted)"),
         TB_OPT_GROUP("perplexity:"),
         TB_OPT_INPUT(0, "ppl", &o.ppl_file, "FILE", TB_WANT_TEXT, "text", "give the text itself (e.g. examples/data/wikitext2-test.txt)",
                      "perplexity of the text in FILE (- for stdin), printed as\n"
@@ -367,6 +371,7 @@ int main(int argc, char **argv)
                           : o.sampling.min_p > 0 ? "--min-p" : NULL;
         if (needs) return tb_usage_error("%s samples, but without --temp T (> 0) generation is greedy: add --temp 0.8", needs);
     }
+    if (o.base && tb_tbm_allow_base(o.base)) return tb_report_error();
     char *prompt_text = NULL;
     if (o.prompt_file || (o.prompt && !strcmp(o.prompt, "-"))) {
         size_t len;

@@ -190,16 +190,19 @@ static int channel_vector(const options *o, const st_file *stats, const plan *p,
     if (!v) return TB_EIO;
     int rc = TB_OK;
     if (m == TB_SCORE_WANDA) {
-        for (int64_t k = 0; k < K; k++) tb_to_f64(p->gram->dtype, p->gram->data, (size_t)(k * K + k), 1, &v[k]);
+        /* checked: a NaN/Inf or negative statistic is refused, naming the tensor */
+        if ((rc = tb_fisher_gram_diag(p->gram, v))) tb_err_context("%s", stats->path);
     } else {
         double *g = tb_malloc((size_t)(K * K) * sizeof *g);
         if (!g) { free(v); return TB_EIO; }
         tb_to_f64(p->gram->dtype, p->gram->data, 0, (size_t)(K * K), g);
         tb_hinv_info info;
-        rc = tb_score_hinv_diag(g, K, 2.0 / gram_count(stats, p->module, warned), o->so.lambda, o->so.damp, v, &info);
+        /* checked: a NaN/Inf or negative statistic is refused, naming the tensor */
+        if ((rc = tb_fisher_gram_check(p->gram->name, g, K))) tb_err_context("%s", stats->path);
+        else if ((rc = tb_score_hinv_diag(g, K, 2.0 / gram_count(stats, p->module, warned), o->so.lambda, o->so.damp, v, &info)))
+            tb_err_context("%s: tensor '%s'", stats->path, p->gram->name);
         free(g);
-        if (rc) tb_err_context("%s: tensor '%s'", stats->path, p->gram->name);
-        else if (info.escalations || info.eigen)
+        if (!rc && (info.escalations || info.eigen))
             snprintf(note, note_n, "%s: Cholesky needed lambda raised %d time(s)%s, lambda %g", p->gram->name, info.escalations,
                      info.eigen ? " and the eigen fallback" : "", info.lambda);
     }

@@ -15,6 +15,7 @@
 #include "tb_log.h"
 #include "tb_opts.h"
 #include "tb_safetensors.h"
+#include "tb_json.h"
 #include "tb_tokenizer.h"
 #include "tb_tokens.h"
 
@@ -330,13 +331,16 @@ static int jsonl_mode(const options *o, const tb_tokenizer *t, char **files, int
         line_no++;
         cJSON *v = cJSON_ParseWithLength(p, (size_t)(le - p));
         if (!o->decode) {
-            if (!cJSON_IsString(v)) {
-                rc = tb_fail(TB_EDATA, "%s: line %zu: not a JSON string", in.label, line_no);
+            /* decoded with its length: cJSON's valuestring stops at a \u0000 */
+            char *s = NULL;
+            size_t sl = 0;
+            int jr = tb_json_string(p, (size_t)(le - p), &s, &sl);
+            if (jr) {
+                rc = jr == -2 ? tb_fail(TB_EIO, "out of memory") : tb_fail(TB_EDATA, "%s: line %zu: not a JSON string", in.label, line_no);
             } else {
                 int32_t *ids;
                 size_t n;
-                const char *s = v->valuestring;
-                if ((rc = tb_tok_encode(t, s, strlen(s), o->bos, &ids, &n)))
+                if ((rc = tb_tok_encode(t, s, sl, o->bos, &ids, &n)))
                     tb_err_context("%s: line %zu", in.label, line_no);
                 else {
                     fputc('[', mem);
@@ -345,6 +349,7 @@ static int jsonl_mode(const options *o, const tb_tokenizer *t, char **files, int
                     free(ids);
                 }
             }
+            free(s);
         } else {
             if (!cJSON_IsArray(v)) {
                 rc = tb_fail(TB_EDATA, "%s: line %zu: not a JSON array of ids", in.label, line_no);

@@ -3,11 +3,14 @@
 # CUDA build, then compute-sanitizer memcheck and racecheck over the backend
 # parity test. Logs under $OUT (or /tmp/out).
 #   prepared here: make CUDA=1 CUDA_ARCHS=90 all test-cuda-bin; bench/gpu/devkit.sh;
-#                  bench/gpu/shared.sh (tiny-mistral-10m and goldens into .devwork/shared)
+#                  bench/gpu/shared.sh (tiny-mistral-10m and its golden: carry .devwork/shared.tar.xz)
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 . bench/gpu/devkit-env.sh .devwork/kit
+if [ -f .devwork/shared.tar.xz ]; then # bench/gpu/shared.sh's tiny-mistral-10m and its golden
+    mkdir -p .devwork/shared && tar -C .devwork/shared -xJf .devwork/shared.tar.xz
+fi
 export TB_SHARED=$PWD/.devwork/shared TB_TEST_DATA=$PWD/tests/data TB_BIN=$PWD/build-cuda/bin
 nvidia-smi -L
 fail=0

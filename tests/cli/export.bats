@@ -55,7 +55,7 @@ export_check() {
     fi
 }
 
-ppl() { tb-run -m "$1" --ppl "$TEXT" --seq-len 64 --max-windows 4 --quiet --threads 2 | tail -1; }
+ppl() { tb-run -m "$1" --base "$TB_MODEL" --ppl "$TEXT" --seq-len 64 --max-windows 4 --quiet --threads 2 | tail -1; }
 
 # same_ppl A B: tb-run gives the export the .tbm's perplexity
 same_ppl() {
@@ -172,7 +172,7 @@ print(c['quant_method'], c['version'], s['format'], s['sparsity_structure'], len
 }
 
 @test "a partial .tbm exports the whole model (tensors in no shard from its base)" {
-    run tb-export -v "$FIX/part/model.tbm" -o "$TMP/d"
+    run tb-export -v "$FIX/part/model.tbm" --base "$TB_MODEL" -o "$TMP/d"
     [ "$status" -eq 0 ]
     [[ "$output" == *"56 tensors (21 pruned)"* ]]
     same_ppl "$FIX/part/model.tbm" "$TMP/d"
@@ -260,7 +260,7 @@ f.seek(-1, 1); f.write(bytes([b[0] ^ 1]))" "$TMP/m/model.tb"
     cp "$TB_MODEL/config.json" "$TB_MODEL/model.safetensors" "$TMP/base/"
     cp "$FIX/part/a.tb" "$TMP/pm/"
     tb-merge --partial -m "$TMP/base" -o "$TMP/pm/model.tbm" "$TMP/pm/a.tb" --quiet
-    run tb-export "$TMP/pm/model.tbm" -o "$TMP/base" --force
+    run tb-export "$TMP/pm/model.tbm" --base "$TMP/base" -o "$TMP/base" --force
     [ "$status" -eq 1 ]; one_line_error tb-export
     [[ "$output" == *"holds the model being exported"* ]]
     [ -f "$TMP/base/model.safetensors" ]

@@ -3,7 +3,7 @@
 # option is in the tool's --help and man page, and mistakes get one message.
 load helpers
 
-TOOLS="tb-tokenize tb-fisher tb-score tb-nm tb-pack tb-recon tb-merge tb-inspect tb-run tb-export tb-synth"
+TOOLS="tb-tokenize tb-fisher tb-score tb-nm tb-pack tb-recon tb-merge tb-inspect tb-run tb-export tb-synth tb-distill"
 ROOT=$BATS_TEST_DIRNAME/../..
 
 # every tool built from tools/ is in the list above

@@ -7,7 +7,7 @@ load helpers
 setup_file() {
     export OUTD=$BATS_FILE_TMPDIR/out
     # 8 windows of 128 tokens: seconds, not minutes; quality is measured by bench/
-    WINDOWS=8 SEQLEN=128 RECON_STEPS=40 TB=$TB_BIN JOBS=2 \
+    WINDOWS=8 SEQLEN=128 RECON_STEPS=40 DISTILL_STEPS=10 TB=$TB_BIN JOBS=2 \
         "$BATS_TEST_DIRNAME/../../examples/prune-model.sh" "$TB_MODEL" "$OUTD" 2:4 >"$BATS_FILE_TMPDIR/log" 2>&1 ||
         { cat "$BATS_FILE_TMPDIR/log"; return 1; }
 }
@@ -34,6 +34,7 @@ print(len(p), min(t['conforming_fraction'] for t in p), round(sum(t['sparsity'] 
 
 @test "the recipe records every stage with its command line" {
     run tb-inspect "$OUTD/model.tbm"
+    [[ "$output" == *"recipe: tb "*"tb-distill"*"--steps 10"* ]]
     [[ "$output" == *"recipe: tb "*"tb-recon"*"--steps 40"* ]]
     [[ "$output" == *"recipe: tb "*"tb-pack"*"--compensate recon"* ]]
     [[ "$output" == *"recipe: mask "*"tb-nm"*"--pattern 2:4"* ]]
@@ -77,14 +78,14 @@ print(len(p), min(t['conforming_fraction'] for t in p), round(sum(t['sparsity'] 
 
 @test "a shard whose checksum does not match is refused in one line" {
     cp -r "$OUTD" "$BATS_TEST_TMPDIR/bad"
-    f=$BATS_TEST_TMPDIR/bad/layer.3.tb
+    f=$BATS_TEST_TMPDIR/bad/model.layer.3.tb
     # flip one byte of tensor data near the end (the header stays valid)
     size=$(stat -c %s "$f")
     printf '\x5a' | dd of="$f" bs=1 seek=$((size - 7)) conv=notrunc 2>/dev/null
     run tb-run -m "$BATS_TEST_TMPDIR/bad/model.tbm" --prompt hi -n 1
     [ "$status" -eq 2 ]
     one_line_error tb-run
-    [[ "$output" == *"shard 'layer.3.tb': SHA-256"*"does not match the index"* ]]
+    [[ "$output" == *"shard 'model.layer.3.tb': SHA-256"*"does not match the index"* ]]
 }
 
 @test "a missing tensor needs --partial; a tensor in two shards is refused" {
@@ -96,4 +97,32 @@ print(len(p), min(t['conforming_fraction'] for t in p), round(sum(t['sparsity'] 
     run tb-merge -m "$TB_MODEL" -o "$OUTD/x.tbm" "$OUTD/layer.0.tb" "$OUTD/layer.0.tb"
     [ "$status" -eq 2 ]
     [[ "$output" == *"in more than one shard"* ]]
+}
+
+@test "embeddings (tied lm_head) and norms of the pruned model are the dense model's bytes" {
+    has_python_module safetensors || skip "python3 safetensors missing"
+    run python3 -c "
+import json, os, sys
+from safetensors import deserialize
+d = os.path.dirname(sys.argv[1]); idx = json.load(open(sys.argv[1]))
+dense = dict(deserialize(open(sys.argv[2] + '/model.safetensors', 'rb').read()))
+shards = [dict(deserialize(open(os.path.join(d, s['file']), 'rb').read())) for s in idx['shards']]
+got = {}
+for name, t in idx['tensors'].items():
+    if t['kind'] == 'dense':
+        got[name] = shards[t['shard']][t['parts']['data']['tensor']]['data']
+keep = [k for k in dense if 'proj' not in k]
+print(len(keep), sorted(got) == sorted(keep), all(got[k] == dense[k]['data'] for k in keep))" "$OUTD/model.tbm" "$TB_MODEL"
+    [ "$status" -eq 0 ]
+    [ "$output" = "14 True True" ]
+}
+
+@test "--fast: the one-shot recipe, no training stage" {
+    WINDOWS=8 SEQLEN=128 TB=$TB_BIN JOBS=2 "$BATS_TEST_DIRNAME/../../examples/prune-model.sh" "$TB_MODEL" \
+        "$BATS_TEST_TMPDIR/fast" 2:4 --fast >"$BATS_TEST_TMPDIR/log" 2>&1 || { cat "$BATS_TEST_TMPDIR/log"; false; }
+    run tb-inspect "$BATS_TEST_TMPDIR/fast/model.tbm"
+    [[ "$output" == *"--compensate recon"* ]]
+    [[ "$output" != *"tb-recon"* ]] && [[ "$output" != *"tb-distill"* ]]
+    run "$BATS_TEST_DIRNAME/../../examples/prune-model.sh" "$TB_MODEL" x --bogus
+    [ "$status" -eq 1 ]
 }

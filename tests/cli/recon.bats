@@ -45,7 +45,7 @@ print(len(idx), all(a[k]['data'] == b[k]['data'] for k in idx),
     cd "$D"
     tb-recon -m "$M" --shard p1.tb --layer 1 --acts-in s1.st --steps 5 --quiet -o r1.tb
     tb-merge --partial -m "$M" -o part.tbm r1.tb
-    run tb-run -m part.tbm --prompt "The" -n 4 --quiet
+    run tb-run -m part.tbm --base "$M" --prompt "The" -n 4 --quiet
     [ "$status" -eq 0 ]
     run tb-inspect part.tbm
     [[ "$output" == *"recipe: tb "*"tb-recon"* ]]
@@ -68,5 +68,26 @@ print(len(idx), all(a[k]['data'] == b[k]['data'] for k in idx),
     run tb-recon -m "$M" --shard p1.tb --layer 1 -t calib.st -o x.tb
     [ "$status" -eq 1 ]
     [[ "$output" == *"needs --acts-in"* ]]
+    [ ! -e x.tb ]
+}
+
+@test "--unit blocks and --learn-masks: the error falls, every weight stays exactly 2:4" {
+    cd "$D"
+    run tb-recon -v -m "$M" --shard p0.tb --layer 0 -t calib.st --steps 20 --unit blocks -o b0.tb
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"attention block MSE "* ]]
+    before=$(echo "$output" | sed -n 's/.*output MSE \([0-9.e+-]*\) -> \([0-9.e+-]*\) .*/\1/p')
+    after=$(echo "$output" | sed -n 's/.*output MSE \([0-9.e+-]*\) -> \([0-9.e+-]*\) .*/\2/p')
+    awk -v a="$after" -v b="$before" 'BEGIN { exit !(a < 0.95 * b) }'
+    run tb-recon -v -m "$M" --shard p0.tb --layer 0 -t calib.st --steps 20 --learn-masks 5 --mask-until 0.5 -o l0.tb
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"learned masks: "*"% of the keep bits changed"* ]]
+    run tb-inspect --json l0.tb
+    run python3 -c "
+import json, sys; p = json.loads(sys.argv[1])['pruned']
+print(len(p), min(t['conforming_fraction'] for t in p), min(t['sparsity'] for t in p), max(t['sparsity'] for t in p))" "$output"
+    [ "$output" = "7 1 0.5 0.5" ]
+    run tb-recon -m "$M" --shard p0.tb --layer 0 -t calib.st --unit heads -o x.tb
+    [ "$status" -eq 1 ]
     [ ! -e x.tb ]
 }

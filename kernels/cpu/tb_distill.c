@@ -1,0 +1,456 @@
+#include "tb_distill.h"
+#include "tb_error.h"
+#include "tb_io.h"
+#include "tb_log.h"
+#include "tb_pack.h"
+#include "tb_tbm.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- trainable copy of a model's decoder linears ---- */
+
+int tb_trainable_init(tb_trainable *t, tb_model *m)
+{
+    memset(t, 0, sizeof *t);
+    t->m = m;
+    t->n = m->cfg.n_layers * TB_LIN_PER_LAYER;
+    t->w = tb_calloc((size_t)t->n, sizeof *t->w);
+    t->keep = tb_calloc((size_t)t->n, sizeof *t->keep);
+    t->size = tb_calloc((size_t)t->n, sizeof *t->size);
+    t->pn = tb_calloc((size_t)t->n, sizeof *t->pn);
+    t->pm = tb_calloc((size_t)t->n, sizeof *t->pm);
+    if (!t->w || !t->keep || !t->size || !t->pn || !t->pm) {
+        tb_trainable_free(t);
+        return TB_EIO;
+    }
+    for (int i = 0; i < t->n; i++) {
+        tb_linear *L = &m->layers[i / TB_LIN_PER_LAYER].lin[i % TB_LIN_PER_LAYER];
+        const int64_t R = L->rows, C = L->cols, n = R * C;
+        t->size[i] = n;
+        float *rowbuf = tb_malloc((size_t)C * sizeof(float));
+        t->w[i] = tb_malloc((size_t)n * sizeof(float));
+        t->keep[i] = tb_malloc((size_t)n);
+        if (!rowbuf || !t->w[i] || !t->keep[i]) {
+            free(rowbuf);
+            tb_trainable_free(t);
+            return TB_EIO;
+        }
+        tb_linear_rows(L, 0, L->rows, t->w[i], rowbuf);
+        if (L->format == TB_LINEAR_NM) { /* the format's slots: decode a weight of ones */
+            t->pn[i] = L->n;
+            t->pm[i] = L->m;
+            int64_t nv = tb_nm_values_per_row(C, L->n, L->m) * R;
+            float *one = tb_malloc((size_t)nv * sizeof(float)), *pos = tb_malloc((size_t)n * sizeof(float));
+            if (!one || !pos) {
+                free(one);
+                free(pos);
+                free(rowbuf);
+                tb_trainable_free(t);
+                return TB_EIO;
+            }
+            for (int64_t k = 0; k < nv; k++) one[k] = 1.0f;
+            tb_nm_unpack_rows(TB_F32, one, L->indices, C, L->n, L->m, 0, R, pos);
+            for (int64_t r = 0; r < R; r++)
+                for (int64_t j = 0; j < C; j++)
+                    t->keep[i][r * C + (L->perm ? L->perm[j] : j)] = pos[r * C + j] != 0.0f;
+            free(one);
+            free(pos);
+        } else
+            for (int64_t k = 0; k < n; k++) t->keep[i][k] = t->w[i][k] != 0.0f;
+        for (int64_t k = 0; k < n; k++)
+            if (!t->keep[i][k]) t->w[i][k] = 0.0f;
+        free(rowbuf);
+        L->format = TB_LINEAR_DENSE;
+        L->dtype = TB_F32;
+        L->data = t->w[i];
+        L->perm = NULL;
+        L->indices = NULL;
+    }
+    return TB_OK;
+}
+
+void tb_trainable_free(tb_trainable *t)
+{
+    for (int i = 0; i < t->n; i++) {
+        if (t->w) free(t->w[i]);
+        if (t->keep) free(t->keep[i]);
+    }
+    free(t->w);
+    free(t->keep);
+    free(t->size);
+    free(t->pn);
+    free(t->pm);
+    memset(t, 0, sizeof *t);
+}
+
+/* the trainable index of "model.layers.L.<linear>.weight", or -1 */
+static int trainable_index(const tb_trainable *t, const char *name)
+{
+    int l, off = 0;
+    if (sscanf(name, "model.layers.%d.%n", &l, &off) != 1 || off == 0 || l < 0 || l >= t->m->cfg.n_layers) return -1;
+    for (int k = 0; k < TB_LIN_PER_LAYER; k++) {
+        const char *lin = tb_lin_name(k);
+        size_t n = strlen(lin);
+        if (!strncmp(name + off, lin, n) && !strcmp(name + off + n, ".weight")) return l * TB_LIN_PER_LAYER + k;
+    }
+    return -1;
+}
+
+static int write_one_shard(const tb_trainable *t, const tb_pack_file *p, const char *out, const char *stage,
+                           const char *command, const char *const *meta, int n_meta)
+{
+    tb_pack_writer *pw = tb_pack_writer_new();
+    if (!pw) return TB_EIO;
+    int rc = TB_OK;
+    static const char *const own[] = {"tensorbit.kind", "format_version", "tensorbit.tensors", "command",
+                                      "packed_from"};
+    for (int i = 0; i < p->f.n_meta && !rc; i++) {
+        int skip = 0;
+        for (size_t k = 0; k < sizeof own / sizeof own[0]; k++) skip |= !strcmp(p->f.meta_keys[i], own[k]);
+        for (int k = 0; k < n_meta; k++) skip |= !strcmp(p->f.meta_keys[i], meta[2 * k]);
+        if (!skip) rc = tb_pack_writer_meta(pw, p->f.meta_keys[i], p->f.meta_vals[i]);
+    }
+    if (!rc) rc = tb_pack_writer_meta(pw, "command", command);
+    if (!rc) rc = tb_pack_writer_meta(pw, "packed_from", p->f.path); /* the recipe chain: this stage's input */
+    for (int k = 0; k < n_meta && !rc; k++) rc = tb_pack_writer_meta(pw, meta[2 * k], meta[2 * k + 1]);
+    int *idx = tb_malloc((size_t)(p->n_packed + 1) * sizeof(int));
+    if (!idx) rc = TB_EIO;
+    for (int i = 0; i < p->n_packed && !rc; i++) {
+        const tb_packed *q = &p->packed[i];
+        if ((idx[i] = trainable_index(t, q->name)) < 0) {
+            rc = tb_fail(TB_EDATA, "%s: pruned tensor '%s' is not a decoder linear", p->f.path, q->name);
+            break;
+        }
+        char comp[128];
+        snprintf(comp, sizeof comp, "%s+%s", q->compensation ? q->compensation : "none", stage);
+        rc = tb_pack_declare(pw, q->name, q->dtype, q->rows, q->cols, q->n, q->m, q->perm != NULL, comp, "given");
+    }
+    for (int i = 0; i < p->f.n_tensors && !rc; i++)
+        if (!tb_pack_is_part(p, &p->f.tensors[i]))
+            rc = tb_pack_declare_copy(pw, p->f.tensors[i].name, p->f.tensors[i].dtype, p->f.tensors[i].ndim,
+                                      p->f.tensors[i].shape);
+    tb_outfile of;
+    if (!rc) rc = tb_out_open(&of, out);
+    if (rc) {
+        free(idx);
+        tb_pack_writer_free(pw);
+        return rc;
+    }
+    rc = tb_pack_writer_begin(pw, of.fp, out);
+    for (int i = 0; i < p->n_packed && !rc; i++) {
+        const tb_packed *q = &p->packed[i];
+        const int64_t R = q->rows, C = q->cols;
+        const float *w = t->w[idx[i]];
+        const uint8_t *keep = t->keep[idx[i]];
+        tb_mask mask;
+        float *stored = tb_malloc((size_t)(R * C) * sizeof(float));
+        if (!stored || (rc = tb_mask_alloc(&mask, R, C))) {
+            free(stored);
+            rc = rc ? rc : TB_EIO;
+            break;
+        }
+        const int32_t *perm = NULL;
+        if (q->perm) { /* stored column j is model column perm[j] */
+            if (!(mask.perm = tb_malloc((size_t)C * sizeof(int32_t)))) rc = TB_EIO;
+            else memcpy(mask.perm, q->perm->data, (size_t)C * sizeof(int32_t));
+            perm = mask.perm;
+        }
+        for (int64_t r = 0; r < R && !rc; r++)
+            for (int64_t j = 0; j < C; j++) {
+                int64_t src = r * C + (perm ? perm[j] : j);
+                stored[r * C + j] = keep[src] ? w[src] : 0.0f;
+                tb_mask_set(&mask, r, j, keep[src] != 0);
+            }
+        if (!rc) rc = tb_pack_write(pw, stored, &mask);
+        tb_mask_free(&mask);
+        free(stored);
+    }
+    for (int i = 0; i < p->f.n_tensors && !rc; i++)
+        if (!tb_pack_is_part(p, &p->f.tensors[i])) rc = tb_pack_write_copy(pw, p->f.tensors[i].data, p->f.tensors[i].nbytes);
+    if (!rc) rc = tb_pack_writer_finish(pw);
+    if (!rc) rc = tb_out_commit(&of);
+    else tb_out_abort(&of);
+    free(idx);
+    tb_pack_writer_free(pw);
+    return rc;
+}
+
+int tb_trainable_write(const tb_trainable *t, const char *out_tbm, const char *model_dir, const char *stage,
+                       const char *command, const char *const *meta, int n_meta)
+{
+    const tb_model *m = t->m;
+    if (!m->is_tbm || m->tbm.base)
+        return tb_fail(TB_EUSAGE, "%s: the student must be a complete pruned model (.tbm without a base)", m->path);
+    /* "<dir>/<stem>.<shard name>": never the source shards, which are mapped */
+    const char *slash = strrchr(out_tbm, '/');
+    size_t dirlen = slash ? (size_t)(slash - out_tbm) + 1 : 0;
+    const char *base = out_tbm + dirlen;
+    size_t stemlen = strlen(base);
+    if (stemlen > 4 && !strcmp(base + stemlen - 4, ".tbm")) stemlen -= 4;
+    const int n = m->tbm.n_shards;
+    char **paths = tb_calloc((size_t)n, sizeof(char *));
+    if (!paths) return TB_EIO;
+    int rc = TB_OK;
+    for (int i = 0; i < n && !rc; i++) {
+        const char *src = m->tbm.shards[i].f.path, *s = strrchr(src, '/');
+        s = s ? s + 1 : src;
+        size_t len = dirlen + stemlen + 1 + strlen(s) + 1;
+        if (!(paths[i] = tb_malloc(len))) {
+            rc = TB_EIO;
+            break;
+        }
+        snprintf(paths[i], len, "%.*s%.*s.%s", (int)dirlen, out_tbm, (int)stemlen, base, s);
+        if (!strcmp(paths[i], src)) rc = tb_fail(TB_EUSAGE, "%s: would overwrite its own shard %s", out_tbm, src);
+        if (!rc) rc = write_one_shard(t, &m->tbm.shards[i], paths[i], stage, command, meta, n_meta);
+    }
+    if (!rc) rc = tb_tbm_merge(out_tbm, model_dir, (const char *const *)paths, n, command, 0, 0);
+    for (int i = 0; i < n; i++) free(paths[i]);
+    free(paths);
+    return rc;
+}
+
+/* ---- distillation ---- */
+
+void tb_distill_defaults(tb_distill_opts *o)
+{
+    *o = (tb_distill_opts){.steps = 300, .batch = 1, .lr = 1e-4, .adam = {0.9, 0.999, 1e-8}, .seed = 0, .n_threads = 1};
+}
+
+int tb_distill_init(tb_distill *d, tb_trainable *s, const tb_model *teacher, const tb_tokens *tk,
+                    const tb_distill_opts *o)
+{
+    memset(d, 0, sizeof *d);
+    const tb_config *a = &s->m->cfg, *b = &teacher->cfg;
+    if (a->vocab_size != b->vocab_size || a->n_layers != b->n_layers || a->hidden_size != b->hidden_size)
+        return tb_fail(TB_EDATA, "the student (%d layers, hidden %d, vocab %d) is not the teacher's shape (%d, %d, %d)",
+                       a->n_layers, a->hidden_size, a->vocab_size, b->n_layers, b->hidden_size, b->vocab_size);
+    if (tk->windows < 1 || tk->seq_len < 2) return tb_fail(TB_EDATA, "distill: no calibration windows");
+    if (o->steps < 0 || o->batch < 1) return tb_fail(TB_EUSAGE, "distill: steps >= 0 and batch >= 1");
+    d->s = s;
+    d->teacher = teacher;
+    d->tk = tk;
+    d->o = *o;
+    const int T = tk->seq_len;
+    tb_forward_opts fs = {.max_seq = T, .max_tokens = T, .keep_acts = 1, .n_threads = o->n_threads};
+    tb_forward_opts ft = {.max_seq = T, .max_tokens = T, .keep_acts = 0, .n_threads = o->n_threads};
+    int rc = tb_forward_init(&d->fs, s->m, &fs);
+    if (rc) return rc;
+    if ((rc = tb_forward_init(&d->ft, teacher, &ft))) {
+        tb_forward_free(&d->fs);
+        memset(d, 0, sizeof *d);
+        return rc;
+    }
+    if ((rc = tb_backward_init(&d->b, &d->fs))) {
+        tb_forward_free(&d->ft);
+        tb_forward_free(&d->fs);
+        memset(d, 0, sizeof *d);
+        return rc;
+    }
+    d->g = tb_calloc((size_t)s->n, sizeof(float *));
+    d->m1 = tb_calloc((size_t)s->n, sizeof(float *));
+    d->m2 = tb_calloc((size_t)s->n, sizeof(float *));
+    d->order = tb_malloc((size_t)tk->windows * sizeof(int64_t));
+    if (!d->g || !d->m1 || !d->m2 || !d->order) rc = TB_EIO;
+    for (int i = 0; i < s->n && !rc; i++) {
+        d->g[i] = tb_calloc((size_t)s->size[i], sizeof(float));
+        d->m1[i] = tb_calloc((size_t)s->size[i], sizeof(float));
+        d->m2[i] = tb_calloc((size_t)s->size[i], sizeof(float));
+        if (!d->g[i] || !d->m1[i] || !d->m2[i]) rc = TB_EIO;
+    }
+    if (rc) tb_distill_free(d);
+    return rc;
+}
+
+void tb_distill_free(tb_distill *d)
+{
+    if (!d->s) return;
+    for (int i = 0; i < d->s->n; i++) {
+        if (d->g) free(d->g[i]);
+        if (d->m1) free(d->m1[i]);
+        if (d->m2) free(d->m2[i]);
+    }
+    free(d->g);
+    free(d->m1);
+    free(d->m2);
+    free(d->order);
+    tb_backward_free(&d->b);
+    tb_forward_free(&d->ft);
+    tb_forward_free(&d->fs);
+    memset(d, 0, sizeof *d);
+}
+
+typedef struct {
+    tb_distill *d;
+    int accumulate;
+} grad_ctx;
+
+static int add_grad(void *ctx, int layer, tb_lin_id which, const float *dW, int rows, int cols)
+{
+    grad_ctx *c = ctx;
+    tb_distill *d = c->d;
+    if (layer >= d->s->m->cfg.n_layers || which >= TB_LIN_PER_LAYER) return TB_OK; /* lm_head: not trained */
+    int i = layer * TB_LIN_PER_LAYER + which;
+    if ((int64_t)rows * cols != d->s->size[i])
+        return tb_fail(TB_EUSAGE, "distill: gradient of layer %d %s has the wrong size", layer, tb_lin_name(which));
+    float *g = d->g[i];
+    const uint8_t *keep = d->s->keep[i];
+    for (int64_t k = 0; k < d->s->size[i]; k++) {
+        if (!keep[k]) continue;
+        if (!isfinite(dW[k]))
+            return tb_fail(TB_EDATA, "distill: step %" PRId64 ": gradient of layer %d %s is not finite", d->step + 1,
+                           layer, tb_lin_name(which));
+        g[k] = c->accumulate ? g[k] + dW[k] : dW[k];
+    }
+    return TB_OK;
+}
+
+/* teacher and student on window w; grad_scale != 0: the student's logits
+ * become the KL gradient */
+static int kl_window(tb_distill *d, int64_t w, double grad_scale, double *kl, int64_t *same)
+{
+    const int T = d->tk->seq_len, V = d->s->m->cfg.vocab_size;
+    const int32_t *ids = d->tk->ids + (size_t)w * T;
+    int rc;
+    if ((rc = tb_forward_run(&d->ft, ids, T, 0)) || (rc = tb_forward_run(&d->fs, ids, T, 0))) return rc;
+    *kl += tb_kl_rows(d->ft.logits, d->fs.logits, T, V, grad_scale, same, d->o.n_threads);
+    return TB_OK;
+}
+
+int tb_distill_step(tb_distill *d, double *kl_out, double *top1_out)
+{
+    const int T = d->tk->seq_len;
+    const int64_t W = d->tk->windows;
+    const double scale = 1.0 / ((double)T * d->o.batch);
+    double kl = 0;
+    int64_t same = 0;
+    int rc = TB_OK;
+    for (int j = 0; j < d->o.batch && !rc; j++) {
+        int64_t k = d->step * d->o.batch + j; /* the k-th window drawn: epoch k / W, position k % W */
+        tb_window_order(d->order, W, d->o.seed, k / W);
+        if ((rc = kl_window(d, d->order[k % W], scale, &kl, &same))) break;
+        grad_ctx c = {d, j > 0};
+        rc = tb_backward_logits(&d->b, T, 0, add_grad, &c);
+    }
+    if (rc) return rc;
+    double lr = tb_cosine_lr(d->o.lr, d->step, d->o.steps);
+    for (int i = 0; i < d->s->n; i++)
+        tb_adam_masked(d->s->w[i], d->g[i], d->m1[i], d->m2[i], d->s->keep[i], d->s->size[i], lr, &d->o.adam,
+                       d->step + 1);
+    d->step++;
+    if (kl_out) *kl_out = kl * scale;
+    if (top1_out) *top1_out = (double)same / ((double)T * d->o.batch);
+    return TB_OK;
+}
+
+int tb_distill_eval(tb_distill *d, int64_t windows, double *kl_out, double *top1_out)
+{
+    if (windows > d->tk->windows) windows = d->tk->windows;
+    double kl = 0;
+    int64_t same = 0;
+    for (int64_t w = 0; w < windows; w++) {
+        int rc = kl_window(d, w, 0, &kl, &same);
+        if (rc) return rc;
+    }
+    double pos = (double)windows * d->tk->seq_len;
+    *kl_out = kl / pos;
+    if (top1_out) *top1_out = (double)same / pos;
+    return TB_OK;
+}
+
+/* ---- checkpoints ---- */
+
+static const char *lin_tensor_name(const tb_distill *d, int i, char *buf, size_t n)
+{
+    snprintf(buf, n, "model.layers.%d.%s.weight", i / TB_LIN_PER_LAYER, tb_lin_name(i % TB_LIN_PER_LAYER));
+    return buf;
+}
+
+int tb_distill_save(const tb_distill *d, const char *path)
+{
+    const int n = d->s->n;
+    st_entry *e = tb_calloc((size_t)n * 3, sizeof *e);
+    char (*names)[128] = tb_calloc((size_t)n * 3, sizeof *names);
+    if (!e || !names) {
+        free(e);
+        free(names);
+        return TB_EIO;
+    }
+    for (int i = 0; i < n; i++) {
+        const tb_linear *L = &d->s->m->layers[i / TB_LIN_PER_LAYER].lin[i % TB_LIN_PER_LAYER];
+        char base[96];
+        lin_tensor_name(d, i, base, sizeof base);
+        const float *data[3] = {d->s->w[i], d->m1[i], d->m2[i]};
+        static const char *const suffix[3] = {"", ".adam_m", ".adam_v"};
+        for (int k = 0; k < 3; k++) {
+            snprintf(names[3 * i + k], sizeof names[0], "%s%s", base, suffix[k]);
+            e[3 * i + k] = (st_entry){names[3 * i + k], TB_F32, 2, {L->rows, L->cols}, data[k]};
+        }
+    }
+    char step[32], steps[32], batch[32], lr[32], seed[32], windows[32];
+    snprintf(step, sizeof step, "%" PRId64, d->step);
+    snprintf(steps, sizeof steps, "%d", d->o.steps);
+    snprintf(batch, sizeof batch, "%d", d->o.batch);
+    snprintf(lr, sizeof lr, "%.17g", d->o.lr);
+    snprintf(seed, sizeof seed, "%" PRIu64, d->o.seed);
+    snprintf(windows, sizeof windows, "%" PRId64, d->tk->windows);
+    const char *meta[] = {"tensorbit.kind", "distill-checkpoint", "step", step, "steps", steps, "batch", batch,
+                          "lr", lr, "seed", seed, "windows", windows};
+    int rc = st_save(path, e, n * 3, meta, (int)(sizeof meta / sizeof meta[0] / 2));
+    free(e);
+    free(names);
+    return rc;
+}
+
+int tb_distill_load(tb_distill *d, const char *path)
+{
+    st_file f;
+    int rc = st_open(&f, path);
+    if (rc) return rc;
+    const char *kind = st_meta(&f, "tensorbit.kind");
+    if (!kind || strcmp(kind, "distill-checkpoint")) {
+        st_close(&f);
+        return tb_fail(TB_EDATA, "%s: not a tb-distill checkpoint", path);
+    }
+    char want[6][40];
+    snprintf(want[0], sizeof want[0], "%d", d->o.steps);
+    snprintf(want[1], sizeof want[1], "%d", d->o.batch);
+    snprintf(want[2], sizeof want[2], "%.17g", d->o.lr);
+    snprintf(want[3], sizeof want[3], "%" PRIu64, d->o.seed);
+    snprintf(want[4], sizeof want[4], "%" PRId64, d->tk->windows);
+    static const char *const keys[5] = {"steps", "batch", "lr", "seed", "windows"};
+    for (int k = 0; k < 5 && !rc; k++) {
+        const char *v = st_meta(&f, keys[k]);
+        if (!v || strcmp(v, want[k]))
+            rc = tb_fail(TB_EUSAGE, "%s: made with %s %s, this run has %s", path, keys[k], v ? v : "(none)", want[k]);
+    }
+    long long step = -1;
+    const char *sv = st_meta(&f, "step");
+    if (!rc && (!sv || sscanf(sv, "%lld", &step) != 1 || step < 0 || step > d->o.steps))
+        rc = tb_fail(TB_EDATA, "%s: bad step '%s'", path, sv ? sv : "(none)");
+    for (int i = 0; i < d->s->n && !rc; i++) {
+        const tb_linear *L = &d->s->m->layers[i / TB_LIN_PER_LAYER].lin[i % TB_LIN_PER_LAYER];
+        char base[96], name[128];
+        lin_tensor_name(d, i, base, sizeof base);
+        float *dst[3] = {d->s->w[i], d->m1[i], d->m2[i]};
+        static const char *const suffix[3] = {"", ".adam_m", ".adam_v"};
+        for (int k = 0; k < 3 && !rc; k++) {
+            snprintf(name, sizeof name, "%s%s", base, suffix[k]);
+            const st_tensor *t = st_find(&f, name);
+            if (!t || t->dtype != TB_F32 || t->ndim != 2 || t->shape[0] != L->rows || t->shape[1] != L->cols) {
+                rc = tb_fail(TB_EDATA, "%s: tensor '%s' missing or not F32 [%d, %d]", path, name, L->rows, L->cols);
+                break;
+            }
+            memcpy(dst[k], t->data, t->nbytes);
+        }
+        for (int64_t k = 0; k < d->s->size[i] && !rc; k++)
+            if (!d->s->keep[i][k] && d->s->w[i][k] != 0.0f)
+                rc = tb_fail(TB_EDATA, "%s: '%s' is nonzero at a pruned entry (another student?)", path, base);
+    }
+    if (!rc) d->step = step;
+    st_close(&f);
+    return rc;
+}

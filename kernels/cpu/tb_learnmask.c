@@ -1,0 +1,48 @@
+#include "tb_learnmask.h"
+
+#include <math.h>
+
+void tb_learnmask_defaults(tb_learnmask_opts *o)
+{
+    *o = (tb_learnmask_opts){.every = 0, .until = 0.5, .decay = 0.0};
+}
+
+int64_t tb_nm_reselect(const float *w, const float *col_scale, int64_t rows, int64_t cols, int n, int m,
+                       uint8_t *keep)
+{
+    int64_t dropped = 0;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t g = 0; g + m <= cols; g += m) {
+            const float *wr = w + r * cols + g;
+            uint8_t *kr = keep + r * cols + g, now[32] = {0};
+            double s[32];
+            for (int j = 0; j < m; j++) s[j] = fabs((double)wr[j]) * (col_scale ? (double)col_scale[g + j] : 1.0);
+            for (int k = 0; k < n; k++) { /* n passes of argmax: m <= 16 */
+                int best = -1;
+                for (int j = 0; j < m; j++)
+                    if (!now[j] && (best < 0 || s[j] > s[best])) best = j;
+                now[best] = 1;
+            }
+            for (int j = 0; j < m; j++) {
+                dropped += kr[j] && !now[j];
+                kr[j] = now[j];
+            }
+        }
+    return dropped;
+}
+
+int tb_nm_keep_valid(const uint8_t *keep, int64_t rows, int64_t cols, int n, int m)
+{
+    if (m <= 0 || cols % m) return 0;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t g = 0; g < cols; g += m) {
+            int k = 0;
+            for (int j = 0; j < m; j++) {
+                uint8_t b = keep[r * cols + g + j];
+                if (b > 1) return 0;
+                k += b;
+            }
+            if (k != n) return 0;
+        }
+    return 1;
+}

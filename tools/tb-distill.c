@@ -1,0 +1,194 @@
+/* tb-distill - masked distillation of a whole pruned model from the dense
+ * model (tb_distill.h). */
+#include <cjson/cJSON.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tb_distill.h"
+#include "tb_error.h"
+#include "tb_io.h"
+#include "tb_log.h"
+#include "tb_opts.h"
+#include "tb_threads.h"
+
+static const char description[] =
+    "Masked distillation: train the kept weights of every decoder linear of the\n"
+    "pruned model so that its next-token distributions match the dense model's\n"
+    "on the calibration windows: Adam on the mean over positions of\n"
+    "KL(softmax(dense logits) || softmax(pruned logits)) (Hinton et al. 2015,\n"
+    "temperature 1). Masks stay fixed and pruned weights exact zeros;\n"
+    "embeddings, norms and lm_head are not trained (bit-identical to the input).\n"
+    "Writes OUT.tbm and one shard per input shard beside it (OUT.<shard>.tb).\n";
+
+static const char notes[] =
+    "Progress shows the step, the running KL of the last steps and the ETA;\n"
+    "every checkpoint also logs a line. An interrupted run loses at most\n"
+    "--checkpoint-every steps: rerun with --resume.\n"
+    "memory: 16 bytes per decoder weight (copy, gradient, 2 Adam moments), the\n"
+    "teacher's mapping, one window's activations of both models and the\n"
+    "student's activation gradients.\n";
+
+static const char *const device_names[] = {"cpu", "auto", NULL};
+
+typedef struct {
+    const char *model, *teacher, *tokens, *output, *checkpoint;
+    int threads, every, resume, eval_windows, json;
+    long max_windows;
+    tb_distill_opts o;
+} options;
+
+static int run(options *o, const char *cmdline)
+{
+    tb_model s, t;
+    int rc = tb_model_open(&s, o->model);
+    if (rc) return rc;
+    if (!s.is_tbm) {
+        tb_model_close(&s);
+        return tb_fail(TB_EUSAGE, "%s: -m takes the pruned model's .tbm", o->model);
+    }
+    if (s.tbm.base) {
+        tb_model_close(&s);
+        return tb_fail(TB_EUSAGE, "%s: the student must be a complete pruned model (.tbm without a base)", o->model);
+    }
+    if ((rc = tb_model_open(&t, o->teacher))) {
+        tb_model_close(&s);
+        return rc;
+    }
+    if (t.is_tbm) rc = tb_fail(TB_EUSAGE, "%s: --teacher takes the dense HF checkpoint", o->teacher);
+    tb_tokens tk = {0};
+    if (!rc) rc = tb_tokens_load(&tk, o->tokens, s.cfg.vocab_size, s.cfg.max_position_embeddings);
+    if (!rc && o->max_windows > 0 && o->max_windows < tk.windows) tk.windows = o->max_windows;
+    tb_outfile probe; /* refuse an unwritable output before the work */
+    if (!rc && !(rc = tb_out_open(&probe, o->output))) tb_out_abort(&probe);
+    tb_trainable tr = {0};
+    tb_distill d = {0};
+    if (!rc) rc = tb_trainable_init(&tr, &s);
+    o->o.n_threads = o->threads;
+    if (!rc) rc = tb_distill_init(&d, &tr, &t, &tk, &o->o);
+    if (!rc && o->resume && tb_file_exists(o->checkpoint)) {
+        if (!(rc = tb_distill_load(&d, o->checkpoint)))
+            tb_info("resumed from %s at step %" PRId64 " of %d", o->checkpoint, d.step, o->o.steps);
+    }
+    double kl0 = 0, top0 = 0, kl1 = 0, top1 = 0;
+    if (!rc && o->eval_windows > 0) rc = tb_distill_eval(&d, o->eval_windows, &kl0, &top0);
+    double t0 = tb_now();
+    int64_t first = d.step;
+    if (!rc) {
+        tb_progress prog;
+        char label[64] = "steps";
+        tb_progress_begin(&prog, label, (uint64_t)o->o.steps);
+        tb_progress_set(&prog, (uint64_t)d.step);
+        double run_kl = -1, win_kl = 0;
+        int win_n = 0;
+        while (!rc && d.step < o->o.steps) {
+            double kl;
+            if ((rc = tb_distill_step(&d, &kl, NULL))) break;
+            run_kl = run_kl < 0 ? kl : 0.95 * run_kl + 0.05 * kl;
+            win_kl += kl;
+            win_n++;
+            snprintf(label, sizeof label, "kl %.4f, steps", run_kl);
+            tb_progress_set(&prog, (uint64_t)d.step);
+            if (o->every > 0 && (d.step % o->every == 0 || d.step == o->o.steps)) {
+                if ((rc = tb_distill_save(&d, o->checkpoint))) break;
+                double el = tb_now() - t0, eta = el / (double)(d.step - first) * (double)(o->o.steps - d.step);
+                if (!tb_progress_enabled())
+                    tb_info("step %" PRId64 "/%d: kl %.4f (mean of the last %d steps), %.0f s, eta %.0f s -> %s",
+                            d.step, o->o.steps, win_kl / win_n, win_n, el, eta, o->checkpoint);
+                win_kl = 0;
+                win_n = 0;
+            }
+        }
+        tb_progress_end(&prog);
+    }
+    if (!rc && o->eval_windows > 0) rc = tb_distill_eval(&d, o->eval_windows, &kl1, &top1);
+    if (!rc) {
+        char steps[32], lr[32], batch[32], evalkl[96];
+        snprintf(steps, sizeof steps, "%d", o->o.steps);
+        snprintf(lr, sizeof lr, "%g", o->o.lr);
+        snprintf(batch, sizeof batch, "%d", o->o.batch);
+        snprintf(evalkl, sizeof evalkl, "%.6g -> %.6g on %d windows", kl0, kl1, o->eval_windows);
+        const char *meta[] = {"distill_teacher", o->teacher, "distill_tokens", o->tokens, "distill_steps", steps,
+                              "distill_lr", lr, "distill_batch", batch, "distill_kl", evalkl};
+        rc = tb_trainable_write(&tr, o->output, o->teacher, "distill", cmdline, meta,
+                                (int)(sizeof meta / sizeof meta[0] / 2));
+    }
+    if (!rc && o->json) {
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddNumberToObject(j, "steps", o->o.steps);
+        if (o->eval_windows > 0) {
+            cJSON_AddNumberToObject(j, "eval_windows", o->eval_windows);
+            cJSON_AddNumberToObject(j, "kl_before", kl0);
+            cJSON_AddNumberToObject(j, "kl_after", kl1);
+            cJSON_AddNumberToObject(j, "top1_before", top0);
+            cJSON_AddNumberToObject(j, "top1_after", top1);
+        }
+        cJSON_AddNumberToObject(j, "seconds", tb_now() - t0);
+        rc = tb_json_print(j);
+    }
+    if (!rc) {
+        if (o->eval_windows > 0)
+            tb_info("KL %.4f -> %.4f, top-1 %.4f -> %.4f (first %d windows), %d steps in %.1f s -> %s", kl0, kl1, top0,
+                    top1, o->eval_windows, o->o.steps, tb_now() - t0, o->output);
+        else
+            tb_info("%d steps in %.1f s -> %s", o->o.steps, tb_now() - t0, o->output);
+    }
+    tb_distill_free(&d);
+    tb_trainable_free(&tr);
+    tb_tokens_free(&tk);
+    tb_model_close(&t);
+    tb_model_close(&s);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    tb_log_init("tb-distill");
+    options o = {.threads = tb_default_threads(), .every = 50, .eval_windows = 8};
+    tb_distill_defaults(&o.o);
+    long seed = 0;
+    int device = 0;
+    const tb_option table[] = {
+        TB_OPT_MODEL(&o.model, "the pruned model (.tbm from tb-merge), the student"),
+        {.type = TB_OPTT_STRING, .long_name = "teacher", .value = &o.teacher, .argh = "DIR",
+         .flags = TB_OPTF_FILE | TB_OPTF_REQUIRED | TB_OPTF_NO_DASH, .want = TB_WANT_MODEL, .what = TB_OPT_WHAT_MODEL,
+         .help = "the dense HF checkpoint it was pruned from"},
+        TB_OPT_TOKENS(&o.tokens, "make them with tb-tokenize --windows", "calibration windows (safetensors input_ids)"),
+        TB_OPT_OUTPUT(&o.output, "FILE", TB_OPTF_REQUIRED | TB_OPTF_NO_DASH, "the distilled model's .tbm (written atomically)"),
+        TB_OPT_INT(0, "steps", &o.o.steps, "N", 0, 100000000, "optimizer steps (default 300)"),
+        TB_OPT_INT(0, "batch", &o.o.batch, "B", 1, 100000, "windows per step, gradients summed (default 1)"),
+        TB_OPT_DOUBLE(0, "lr", &o.o.lr, "X", 0, 1, "peak learning rate, cosine decay to 0 (default 1e-4)"),
+        TB_OPT_LONG(0, "seed", &seed, "S", 0, 9.3e18, "window order (default 0)"),
+        TB_OPT_LONG(0, "max-windows", &o.max_windows, "N", 1, 1L << 40, "use the first N windows"),
+        TB_OPT_FILE(0, "checkpoint", &o.checkpoint, "FILE", "checkpoint path (default OUT.tbm.ckpt)"),
+        TB_OPT_INT(0, "checkpoint-every", &o.every, "N", 0, 100000000, "write it every N steps (default 50; 0: never)"),
+        TB_OPT_FLAG(0, "resume", &o.resume, "continue from the checkpoint if it exists (same\n"
+                                           "steps, batch, lr, seed and windows)"),
+        TB_OPT_INT(0, "eval-windows", &o.eval_windows, "N", 0, 1000000, "report KL and top-1 on the first N windows before\n"
+                                                                       "and after (default 8; 0: none)"),
+        TB_OPT_JSON(&o.json, "print one JSON object on stdout: steps, eval_windows,\n"
+                             "kl_before, kl_after, top1_before, top1_after, seconds"),
+        TB_OPT_CHOICE(0, "device", &device, device_names, "cpu (the only backend of the training engine today)"),
+        TB_OPT_THREADS(&o.threads),
+        TB_OPT_COMMON(),
+    };
+    const tb_command cmd = {.name = "tb-distill",
+                            .usage = "tb-distill -m PRUNED.tbm --teacher DENSE_DIR -t TOKENS -o OUT.tbm [options]",
+                            .description = description, .options = table, .notes = notes};
+    TB_OPTS_PARSE_OR_RETURN(&cmd, argc, argv, NULL, NULL);
+    if (tb_opt_given(&seed)) o.o.seed = (uint64_t)seed;
+    if (!o.tokens) return tb_usage_error("missing -t/--tokens FILE");
+    char *ckpt = NULL;
+    if (!o.checkpoint) {
+        size_t n = strlen(o.output) + 6;
+        if (!(ckpt = malloc(n))) return tb_report_error();
+        snprintf(ckpt, n, "%s.ckpt", o.output);
+        o.checkpoint = ckpt;
+    }
+    char *cmdline = tb_join_args(argc, argv);
+    int rc = cmdline ? run(&o, cmdline) : TB_EIO;
+    free(cmdline);
+    free(ckpt);
+    return rc ? tb_report_error() : 0;
+}
