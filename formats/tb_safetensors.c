@@ -219,9 +219,12 @@ int st_open_mapped(st_file *f, const char *label, tb_mapped map)
         /* not a damaged safetensors file but another kind (a stream is not
          * looked at before it is read): say what it is */
         tb_kind k = tb_kind_of_bytes(map.data, map.size < 4096 ? map.size : 4096, map.size);
-        if (k != TB_KIND_SAFETENSORS && k != TB_KIND_BINARY && k != TB_KIND_EMPTY)
-            rc = tb_fail(TB_EDATA, "%s, not safetensors%s", tb_kind_name(k),
-                         k == TB_KIND_TBM ? " (a .tbm is read by its path, which its shards are relative to)" : "");
+        if (k != TB_KIND_SAFETENSORS && k != TB_KIND_BINARY && k != TB_KIND_EMPTY) {
+            char why[512];
+            snprintf(why, sizeof why, "%s", tb_errmsg());
+            rc = tb_fail(TB_EDATA, "%s, not safetensors%s (%s)", tb_kind_name(k),
+                         k == TB_KIND_TBM ? ": a .tbm is read by its path, which its shards are relative to" : "", why);
+        }
         tb_err_context("%s", label);
         st_close(f);
     }
@@ -240,9 +243,20 @@ static int read_stdin(tb_mapped *out)
     int rc = tb_read_exact(stdin, label, buf, 8);
     uint64_t n = 0;
     for (int i = 7; !rc && i >= 0; i--) n = (n << 8) | buf[i];
-    if (!rc && n > ST_MAX_HEADER)
-        rc = tb_fail(TB_EDATA, "%s: header length field exceeds the %u-byte limit (not a safetensors stream?)", label,
-                     ST_MAX_HEADER);
+    if (!rc && n > ST_MAX_HEADER) {
+        /* failing anyway: look at a little more of the stream to say what it is */
+        uint8_t head[4096];
+        memcpy(head, buf, 8);
+        size_t got = 8 + fread(head + 8, 1, sizeof head - 8, stdin);
+        tb_kind k = tb_kind_of_bytes(head, got, UINT64_MAX);
+        if (k != TB_KIND_SAFETENSORS && k != TB_KIND_BINARY && k != TB_KIND_EMPTY)
+            rc = tb_fail(TB_EDATA, "%s: %s, not safetensors%s (header length field exceeds the %u-byte limit)", label,
+                         tb_kind_name(k), k == TB_KIND_TBM ? ": give the .tbm's path, its shards are found from it" : "",
+                         ST_MAX_HEADER);
+        else
+            rc = tb_fail(TB_EDATA, "%s: header length field exceeds the %u-byte limit (not a safetensors stream?)",
+                         label, ST_MAX_HEADER);
+    }
     uint8_t *nb = rc ? NULL : tb_realloc(buf, 8 + (size_t)n);
     if (!rc && !nb) rc = TB_EIO;
     if (nb) buf = nb;

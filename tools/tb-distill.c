@@ -11,6 +11,7 @@
 #include "tb_io.h"
 #include "tb_log.h"
 #include "tb_opts.h"
+#include "tb_tbm.h"
 #include "tb_threads.h"
 
 static const char description[] =
@@ -149,6 +150,7 @@ int main(int argc, char **argv)
     tb_distill_defaults(&o.o);
     long seed = 0;
     int device = 0;
+    const char *base = NULL;
     const tb_option table[] = {
         TB_OPT_MODEL(&o.model, "the pruned model (.tbm from tb-merge), the student"),
         {.type = TB_OPTT_STRING, .long_name = "teacher", .value = &o.teacher, .argh = "DIR",
@@ -156,6 +158,8 @@ int main(int argc, char **argv)
          .help = "the dense HF checkpoint it was pruned from"},
         TB_OPT_TOKENS(&o.tokens, "make them with tb-tokenize --windows", "calibration windows (safetensors input_ids)"),
         TB_OPT_OUTPUT(&o.output, "FILE", TB_OPTF_REQUIRED | TB_OPTF_NO_DASH, "the distilled model's .tbm (written atomically)"),
+        TB_OPT_FILE(0, "base", &base, "DIR", "the base checkpoint of a partial .tbm (tb-merge --partial),\n"
+                                             "when outside the .tbm's directory"),
         TB_OPT_INT(0, "steps", &o.o.steps, "N", 0, 100000000, "optimizer steps (default 300)"),
         TB_OPT_INT(0, "batch", &o.o.batch, "B", 1, 100000, "windows per step, gradients summed (default 1)"),
         TB_OPT_DOUBLE(0, "lr", &o.o.lr, "X", 0, 1, "peak learning rate, cosine decay to 0 (default 1e-4)"),
@@ -178,6 +182,7 @@ int main(int argc, char **argv)
                             .description = description, .options = table, .notes = notes};
     TB_OPTS_PARSE_OR_RETURN(&cmd, argc, argv, NULL, NULL);
     if (tb_opt_given(&seed)) o.o.seed = (uint64_t)seed;
+    if (base && tb_tbm_allow_base(base)) return tb_report_error();
     if (!o.tokens) return tb_usage_error("missing -t/--tokens FILE");
     char *ckpt = NULL;
     if (!o.checkpoint) {

@@ -77,7 +77,7 @@ from safetensors import deserialize; print(len(dict(deserialize(open('first.tb',
     one_line_error tb-distill
     tb-pack -m "$M" --masks masks.st --compensate none --layers 0:1 --quiet -o l0.tb
     tb-merge --partial -m "$M" --quiet -o part.tbm l0.tb
-    run tb-distill -m part.tbm --teacher "$M" -t calib.st --steps 1 --eval-windows 0 -o x.tbm
+    run tb-distill -m part.tbm --base "$M" --teacher "$M" -t calib.st --steps 1 --eval-windows 0 -o x.tbm
     [ "$status" -eq 1 ]
     one_line_error tb-distill
     [[ "$output" == *"complete pruned model"* ]]
