@@ -75,8 +75,10 @@ from safetensors import deserialize; print(len(dict(deserialize(open('first.tb',
     run tb-distill -m pruned.tbm --teacher pruned.tbm -t calib.st -o x.tbm
     [ "$status" -eq 1 ]
     one_line_error tb-distill
-    tb-pack -m "$M" --masks masks.st --compensate none --layers 0:1 --quiet -o l0.tb
-    tb-merge --partial -m "$M" --quiet -o part.tbm l0.tb
+    # a partial index whose base lies in its own directory (one outside needs --base)
+    cp -r "$M" base
+    tb-pack -m base --masks masks.st --compensate none --layers 0:1 --quiet -o l0.tb
+    tb-merge --partial -m base --quiet -o part.tbm l0.tb
     run tb-distill -m part.tbm --teacher "$M" -t calib.st --steps 1 --eval-windows 0 -o x.tbm
     [ "$status" -eq 1 ]
     one_line_error tb-distill
