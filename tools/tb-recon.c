@@ -52,7 +52,7 @@ static const char usage[] =
     "      --mask-until F    fraction of each unit's steps during which masks may\n"
     "                        change (default 0.5); fixed for the rest\n"
     "      --mask-decay D    SR-STE decay of the pruned latents, W~ -= lr*D*W~ per\n"
-    "                        step (default 0)\n"
+    "                        step (default 20; 0 is plain straight-through)\n"
     "      --threads N       threads (default $TB_THREADS or all cores)\n"
     TB_BACKEND_OPTIONS_HELP
     "      --quiet, --progress\n"
