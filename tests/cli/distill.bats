@@ -89,3 +89,27 @@ from safetensors import deserialize; print(len(dict(deserialize(open('first.tb',
     [ "$status" -eq 1 ]
     [ ! -e x.tbm ]
 }
+
+@test "an untied lm_head (tiny-mistral-10m, when ../shared has it) stays the dense model's bytes" {
+    MM=$TB_SHARED/models/tiny-mistral-10m
+    [ -d "$MM" ] || skip "no $MM"
+    cd "$D"
+    tb-score -m "$MM" --method magnitude --quiet -o msc.st
+    tb-nm -s msc.st --pattern 2:4 --quiet -o mmasks.st
+    tb-pack -m "$MM" --masks mmasks.st --compensate none --quiet -o mall.tb
+    tb-merge -m "$MM" --quiet -o mpruned.tbm mall.tb
+    tb-tokenize -m "$MM" --bos --windows 2 --seq-len 64 --quiet -o mcalib.st "$BATS_TEST_DIRNAME/../../examples/data/calib.txt"
+    run tb-distill -m mpruned.tbm --teacher "$MM" -t mcalib.st --steps 2 --eval-windows 0 --quiet -o mkd.tbm
+    [ "$status" -eq 0 ]
+    has_python_module safetensors || skip "python3 safetensors missing"
+    run python3 -c "
+import glob, json
+from safetensors import deserialize
+dense = {}
+for f in glob.glob('$MM/*.safetensors'):
+    dense.update(dict(deserialize(open(f, 'rb').read())))
+kd = dict(deserialize(open('mkd.mall.tb', 'rb').read()))
+keep = [k for k in dense if 'proj' not in k]
+print('lm_head.weight' in keep, all(kd[k]['data'] == dense[k]['data'] for k in keep))"
+    [ "$output" = "True True" ]
+}
