@@ -31,7 +31,7 @@ static const char usage[] =
     "  -o, --output FILE       the distilled model's .tbm (written atomically)\n"
     "      --steps N           optimizer steps (default 300)\n"
     "      --batch B           windows per step, gradients summed (default 1)\n"
-    "      --lr X              peak learning rate, cosine decay to 0 (default 1e-4)\n"
+    "      --lr X              peak learning rate, cosine decay to 0 (default 3e-4)\n"
     "      --seed S            window order (default 0)\n"
     "      --max-windows N     use the first N windows\n"
     "      --checkpoint FILE   checkpoint path (default OUT.tbm.ckpt)\n"
