@@ -162,7 +162,7 @@ int main(int argc, char **argv)
                                              "when outside the .tbm's directory"),
         TB_OPT_INT(0, "steps", &o.o.steps, "N", 0, 100000000, "optimizer steps (default 300)"),
         TB_OPT_INT(0, "batch", &o.o.batch, "B", 1, 100000, "windows per step, gradients summed (default 1)"),
-        TB_OPT_DOUBLE(0, "lr", &o.o.lr, "X", 0, 1, "peak learning rate, cosine decay to 0 (default 1e-4)"),
+        TB_OPT_DOUBLE(0, "lr", &o.o.lr, "X", 0, 1, "peak learning rate, cosine decay to 0 (default 3e-4)"),
         TB_OPT_LONG(0, "seed", &seed, "S", 0, 9.3e18, "window order (default 0)"),
         TB_OPT_LONG(0, "max-windows", &o.max_windows, "N", 1, 1L << 40, "use the first N windows"),
         TB_OPT_FILE(0, "checkpoint", &o.checkpoint, "FILE", "checkpoint path (default OUT.tbm.ckpt)"),

@@ -390,7 +390,7 @@ int main(int argc, char **argv)
         TB_OPT_DOUBLE(0, "mask-until", &o.bo.mask.until, "F", 0, 1, "fraction of each unit's steps during which masks may\n"
                                                                    "change (default 0.5); fixed for the rest"),
         TB_OPT_DOUBLE(0, "mask-decay", &o.bo.mask.decay, "D", 0, 1e6, "SR-STE decay of the pruned latents, W~ -= lr*D*W~ per\n"
-                                                                     "step (default 0)"),
+                                                                     "step (default 20; 0 is plain straight-through)"),
         TB_OPT_JSON(&o.json, "print the result as one JSON object on stdout: layer,\n"
                              "mse_before, mse_after, error_kept, target_power, steps, seconds"),
         TB_OPT_THREADS(&o.threads),

@@ -25,7 +25,7 @@
 #   WAIT=1      wait for the merge job and exit with its status
 #   TB, and the examples/Makefile variables PATTERN CALIB WINDOWS SEQLEN SEED
 #   METHOD SOLVER COMPENSATE RECON_MAX_PARAMS RECON_STEPS SEQUENTIAL DEVICE
-#   KEEP QUIET: passed to every job's make.
+#   KEEP QUIET RECON_ARGS DISTILL_STEPS DISTILL_ARGS: passed to every job's make.
 # Logs: OUT_DIR/slurm/<job name>-<job id>.out. Prints the job ids.
 set -eu
 if [ $# -lt 2 ] || [ $# -gt 4 ]; then
@@ -45,7 +45,7 @@ mkdir -p "$out/slurm"
 # the make arguments every job gets
 set -- MODEL="$model" OUT="$out"
 for v in TB PATTERN CALIB WINDOWS SEQLEN SEED METHOD SOLVER COMPENSATE RECON_MAX_PARAMS RECON_STEPS SEQUENTIAL \
-    DEVICE KEEP QUIET; do
+    DEVICE KEEP QUIET RECON_ARGS DISTILL_STEPS DISTILL_ARGS; do
     eval "isset=\${$v+x} val=\${$v-}"
     [ -n "$isset" ] && set -- "$@" "$v=$val"
 done

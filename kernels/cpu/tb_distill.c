@@ -217,7 +217,7 @@ int tb_trainable_write(const tb_trainable *t, const char *out_tbm, const char *m
 
 void tb_distill_defaults(tb_distill_opts *o)
 {
-    *o = (tb_distill_opts){.steps = 300, .batch = 1, .lr = 1e-4, .adam = {0.9, 0.999, 1e-8}, .seed = 0, .n_threads = 1};
+    *o = (tb_distill_opts){.steps = 300, .batch = 1, .lr = 3e-4, .adam = {0.9, 0.999, 1e-8}, .seed = 0, .n_threads = 1};
 }
 
 int tb_distill_init(tb_distill *d, tb_trainable *s, const tb_model *teacher, const tb_tokens *tk,

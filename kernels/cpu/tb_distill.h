@@ -72,7 +72,7 @@ typedef struct {
     int n_threads;
 } tb_distill_opts;
 
-void tb_distill_defaults(tb_distill_opts *o); /* 300 steps, batch 1, lr 1e-4, 0.9/0.999/1e-8, seed 0 */
+void tb_distill_defaults(tb_distill_opts *o); /* 300 steps, batch 1, lr 3e-4 (BENCHMARKS.md), 0.9/0.999/1e-8, seed 0 */
 
 typedef struct {
     tb_trainable *s;

@@ -4,7 +4,7 @@
 
 void tb_learnmask_defaults(tb_learnmask_opts *o)
 {
-    *o = (tb_learnmask_opts){.every = 0, .until = 0.5, .decay = 0.0};
+    *o = (tb_learnmask_opts){.every = 0, .until = 0.5, .decay = 20.0};
 }
 
 int64_t tb_nm_reselect(const float *w, const float *col_scale, int64_t rows, int64_t cols, int n, int m,

@@ -31,7 +31,7 @@ typedef struct {
     double decay;  /* SR-STE decay of pruned latent weights, per unit lr (0: plain STE) */
 } tb_learnmask_opts;
 
-void tb_learnmask_defaults(tb_learnmask_opts *o); /* every 0 (off), until 0.5, decay 0 */
+void tb_learnmask_defaults(tb_learnmask_opts *o); /* every 0 (off), until 0.5, decay 20 (BENCHMARKS.md) */
 
 /* Re-select a [rows, cols] weight's N:M mask: in each group of m consecutive
  * columns of a row keep the n entries of largest |w| * col_scale[c]

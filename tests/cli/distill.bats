@@ -18,7 +18,7 @@ setup_file() {
 
 @test "distilling lowers the KL, keeps every weight 2:4 and the dense tensors byte for byte" {
     cd "$D"
-    run tb-distill -v -m pruned.tbm --teacher "$M" -t calib.st --steps 6 --lr 1e-3 --eval-windows 3 -o kd.tbm
+    run tb-distill -m pruned.tbm --teacher "$M" -t calib.st --steps 6 --lr 1e-3 --eval-windows 3 -o kd.tbm
     [ "$status" -eq 0 ]
     [[ "$output" == *"KL "*" -> "*"top-1"* ]]
     before=$(echo "$output" | sed -n 's/.*KL \([0-9.e+-]*\) -> \([0-9.e+-]*\),.*/\1/p')
@@ -49,7 +49,7 @@ print(len(keep) > 10, 'model.embed_tokens.weight' in keep, all(kd[k]['data'] == 
     cd "$D"
     tb-distill -m pruned.tbm --teacher "$M" -t calib.st --steps 4 --checkpoint-every 2 --eval-windows 0 --quiet -o r.tbm
     cp r.all.tb first.tb
-    run tb-distill -v -m pruned.tbm --teacher "$M" -t calib.st --steps 4 --checkpoint-every 2 --eval-windows 0 --resume -o r.tbm
+    run tb-distill -m pruned.tbm --teacher "$M" -t calib.st --steps 4 --checkpoint-every 2 --eval-windows 0 --resume -o r.tbm
     [ "$status" -eq 0 ]
     [[ "$output" == *"resumed from r.tbm.ckpt at step 4 of 4"* ]]
     has_python_module safetensors || skip "python3 safetensors missing"
@@ -75,9 +75,11 @@ from safetensors import deserialize; print(len(dict(deserialize(open('first.tb',
     run tb-distill -m pruned.tbm --teacher pruned.tbm -t calib.st -o x.tbm
     [ "$status" -eq 1 ]
     one_line_error tb-distill
-    tb-pack -m "$M" --masks masks.st --compensate none --layers 0:1 --quiet -o l0.tb
-    tb-merge --partial -m "$M" --quiet -o part.tbm l0.tb
-    run tb-distill -m part.tbm --base "$M" --teacher "$M" -t calib.st --steps 1 --eval-windows 0 -o x.tbm
+    # a partial index whose base lies in its own directory (one outside needs --base)
+    cp -r "$M" base
+    tb-pack -m base --masks masks.st --compensate none --layers 0:1 --quiet -o l0.tb
+    tb-merge --partial -m base --quiet -o part.tbm l0.tb
+    run tb-distill -m part.tbm --teacher "$M" -t calib.st --steps 1 --eval-windows 0 -o x.tbm
     [ "$status" -eq 1 ]
     one_line_error tb-distill
     [[ "$output" == *"complete pruned model"* ]]
@@ -86,4 +88,28 @@ from safetensors import deserialize; print(len(dict(deserialize(open('first.tb',
     run tb-distill -m pruned.tbm --teacher "$M" -t calib.st --device cuda -o x.tbm
     [ "$status" -eq 1 ]
     [ ! -e x.tbm ]
+}
+
+@test "an untied lm_head (tiny-mistral-10m, when ../shared has it) stays the dense model's bytes" {
+    MM=$TB_SHARED/models/tiny-mistral-10m
+    [ -d "$MM" ] || skip "no $MM"
+    cd "$D"
+    tb-score -m "$MM" --method magnitude --quiet -o msc.st
+    tb-nm -s msc.st --pattern 2:4 --quiet -o mmasks.st
+    tb-pack -m "$MM" --masks mmasks.st --compensate none --quiet -o mall.tb
+    tb-merge -m "$MM" --quiet -o mpruned.tbm mall.tb
+    tb-tokenize -m "$MM" --bos --windows 2 --seq-len 64 --quiet -o mcalib.st "$BATS_TEST_DIRNAME/../../examples/data/calib.txt"
+    run tb-distill -m mpruned.tbm --teacher "$MM" -t mcalib.st --steps 2 --eval-windows 0 --quiet -o mkd.tbm
+    [ "$status" -eq 0 ]
+    has_python_module safetensors || skip "python3 safetensors missing"
+    run python3 -c "
+import glob, json
+from safetensors import deserialize
+dense = {}
+for f in glob.glob('$MM/*.safetensors'):
+    dense.update(dict(deserialize(open(f, 'rb').read())))
+kd = dict(deserialize(open('mkd.mall.tb', 'rb').read()))
+keep = [k for k in dense if 'proj' not in k]
+print('lm_head.weight' in keep, all(kd[k]['data'] == dense[k]['data'] for k in keep))"
+    [ "$output" = "True True" ]
 }

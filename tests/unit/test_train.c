@@ -374,7 +374,7 @@ static void recover_layer(tb_recon_unit unit, int learn)
     /* fixed masks: the function comes back (the weights are not identifiable:
      * q/k, v/o and gate/up trade scales); learned masks may leave the
      * teacher's mask on the way (Wanda's score, not magnitude, re-selects) */
-    assert_true(r.r.mse_after < (learn ? 0.1 : 1e-3) * r.r.mse_before);
+    assert_true(r.r.mse_after < (learn ? 1e-2 : 1e-3) * r.r.mse_before);
     free(in);
     free(tg);
     free(ta);
