@@ -18,7 +18,7 @@ setup_file() {
 
 @test "distilling lowers the KL, keeps every weight 2:4 and the dense tensors byte for byte" {
     cd "$D"
-    run tb-distill -m pruned.tbm --teacher "$M" -t calib.st --steps 6 --lr 1e-3 --eval-windows 3 -o kd.tbm
+    run tb-distill -v -m pruned.tbm --teacher "$M" -t calib.st --steps 6 --lr 1e-3 --eval-windows 3 -o kd.tbm
     [ "$status" -eq 0 ]
     [[ "$output" == *"KL "*" -> "*"top-1"* ]]
     before=$(echo "$output" | sed -n 's/.*KL \([0-9.e+-]*\) -> \([0-9.e+-]*\),.*/\1/p')
@@ -49,7 +49,7 @@ print(len(keep) > 10, 'model.embed_tokens.weight' in keep, all(kd[k]['data'] == 
     cd "$D"
     tb-distill -m pruned.tbm --teacher "$M" -t calib.st --steps 4 --checkpoint-every 2 --eval-windows 0 --quiet -o r.tbm
     cp r.all.tb first.tb
-    run tb-distill -m pruned.tbm --teacher "$M" -t calib.st --steps 4 --checkpoint-every 2 --eval-windows 0 --resume -o r.tbm
+    run tb-distill -v -m pruned.tbm --teacher "$M" -t calib.st --steps 4 --checkpoint-every 2 --eval-windows 0 --resume -o r.tbm
     [ "$status" -eq 0 ]
     [[ "$output" == *"resumed from r.tbm.ckpt at step 4 of 4"* ]]
     has_python_module safetensors || skip "python3 safetensors missing"
