@@ -8,6 +8,7 @@
 #include "tb_cuda.h"
 #endif
 
+#include <stdlib.h>
 #include <string.h>
 
 int tb_device_parse(const char *s)
@@ -60,6 +61,15 @@ int tb_backend_open(tb_backend *b, const tb_backend_opts *o)
 {
     memset(b, 0, sizeof *b);
     b->o = *o;
+    /* $TB_GPU is the default GPU (examples/gpu-slot.sh hands each step one);
+     * a --gpu other than 0 wins */
+    const char *env = getenv("TB_GPU");
+    if (b->o.gpu == 0 && env && *env) {
+        char *end;
+        long g = strtol(env, &end, 10);
+        if (*end || g < 0 || g > 1023) return tb_fail(TB_EUSAGE, "TB_GPU='%s' is not a GPU index", env);
+        b->o.gpu = (int)g;
+    }
     if (b->o.n_threads < 1) b->o.n_threads = tb_default_threads();
     tb_device dev = o->device;
     if (dev == TB_DEVICE_AUTO) dev = gpu_count() > 0 ? TB_DEVICE_CUDA : TB_DEVICE_CPU;
@@ -71,8 +81,8 @@ int tb_backend_open(tb_backend *b, const tb_backend_opts *o)
 #if defined(TB_HAVE_CUDA) && defined(TB_HAVE_CUDA_BACKEND)
     int n = gpu_count();
     if (n == 0) return tb_fail(TB_EIO, "--device cuda: no CUDA GPU is visible (driver missing or no device)");
-    if (o->gpu < 0 || o->gpu >= n)
-        return tb_fail(TB_EUSAGE, "--gpu %d: %d GPU%s visible (0..%d)", o->gpu, n, n == 1 ? "" : "s", n - 1);
+    if (b->o.gpu < 0 || b->o.gpu >= n)
+        return tb_fail(TB_EUSAGE, "--gpu %d: %d GPU%s visible (0..%d)", b->o.gpu, n, n == 1 ? "" : "s", n - 1);
     b->o.device = TB_DEVICE_CUDA;
     if (b->o.precision == TB_PREC_DEFAULT) b->o.precision = TB_PREC_BF16;
     return tb_cuda_backend_open(b);

@@ -44,7 +44,8 @@ typedef enum { TB_PREC_DEFAULT = 0, TB_PREC_F32 = 1, TB_PREC_BF16 = 2 } tb_preci
 
 typedef struct {
     tb_device device;       /* AUTO (0 is CPU: set it): CUDA if compiled in and a GPU is present, else CPU */
-    int gpu;                /* CUDA device index */
+    int gpu;                /* CUDA device index; 0 takes $TB_GPU when that is set
+                             * (examples/gpu-slot.sh), so pass a nonzero --gpu to override it */
     tb_precision precision; /* DEFAULT: bf16 on CUDA, f32 on the CPU */
     int n_threads;          /* CPU backend threads (and host-side work of the CUDA one) */
 } tb_backend_opts;
@@ -60,7 +61,7 @@ int tb_precision_parse(const char *s);
 int tb_backend_parse_option(tb_backend_opts *o, const char *opt, const char *value);
 #define TB_BACKEND_OPTIONS_HELP \
     "  --device D          cpu, cuda or auto (default: auto, CUDA when built in and a GPU is present)\n" \
-    "  --gpu N             which CUDA device (default 0)\n" \
+    "  --gpu N             which CUDA device (default $TB_GPU, else 0)\n" \
     "  --precision P       f32 or bf16 arithmetic on the GPU (default bf16; the CPU computes in f32)\n"
 
 typedef struct tb_backend tb_backend;
