@@ -178,7 +178,7 @@ extern const char *const tb_opt_precision_names[]; /* f32 bf16 */
     TB_OPT_CHOICE_FN(0, "device", &(bo)->device, tb_opt_device_names, tb_device_parse,                        \
                      "where to compute: cpu, cuda or auto (CUDA if built in and a GPU is present;\n"           \
                      "default auto)"),                                                                        \
-        TB_OPT_INT(0, "gpu", &(bo)->gpu, "N", 0, 1023, "the CUDA device to use (default 0)"),                  \
+        TB_OPT_INT(0, "gpu", &(bo)->gpu, "N", 0, 1023, "the CUDA device to use (default $TB_GPU, else 0)"),                  \
         TB_OPT_CHOICE_FN(0, "precision", &(bo)->precision, tb_opt_precision_names, tb_precision_parse,        \
                          "arithmetic: f32 or bf16 (default bf16 on CUDA, f32 on the CPU)")
 
