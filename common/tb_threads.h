@@ -1,9 +1,18 @@
-/* tb_threads.h - a minimal fork-join parallel-for over pthreads.
+/* tb_threads.h - parallel-for over a persistent pool of pthreads.
  *
- * Work is split into n_threads contiguous chunks of [0, n); fn runs each chunk
- * on its own thread (chunk 0 on the caller's). Deterministic partitioning, so
- * results that depend on the split (per-thread partial sums) are reproducible
- * for a fixed thread count.
+ * Work is split into n_threads contiguous chunks of [0, n): chunk t is
+ * [n*t/n_threads, n*(t+1)/n_threads) and runs with thread_id t, on whichever
+ * thread claims it (the caller's or a worker's). The partition depends only
+ * on n and n_threads, so results that depend on the split (per-thread partial
+ * sums) are reproducible for a fixed thread count.
+ *
+ * The worker threads are started on first use and then persist: between
+ * calls they spin briefly (a decode step issues ~10 parallel loops per layer,
+ * microseconds apart) and then park on a condition variable, so an idle
+ * process costs no CPU. One caller uses the pool at a time; a call made while
+ * it is busy (from another thread, or nested inside a chunk) runs on threads
+ * of its own: slower, never wrong. A worker that cannot be started leaves its
+ * chunks to the caller.
  */
 #ifndef TB_THREADS_H
 #define TB_THREADS_H
@@ -38,5 +47,9 @@ int tb_par_error_collect(const tb_par_error *first, int n, size_t stride, const 
  * its failure; the others run to their end. */
 typedef int (*tb_range_try_fn)(void *ctx, int64_t begin, int64_t end, int thread_id);
 int tb_parallel_try(int n_threads, int64_t n, tb_range_try_fn fn, void *ctx);
+
+/* Stop and join the pool's workers (also run at exit). A later call starts
+ * them again. Must not be called from inside a parallel chunk. */
+void tb_threads_shutdown(void);
 
 #endif
