@@ -82,6 +82,14 @@ endif
 $(BUILD)/obj/common/tb_version.o: $(VERSION_STAMP)
 $(BUILD)/obj/common/tb_version.o: CPPFLAGS += -DTB_VERSION_STRING=\"$(VERSION)\"
 
+# On x86-64, kernels/cpu/*_avx2.c and *_avx512.c are built for their ISA
+# above the ARCH_FLAGS floor and entered only on CPUs that have it (run-time
+# dispatch in tb_gemv.c); other targets build the scalar kernels only.
+ifeq ($(MACHINE),x86_64)
+$(BUILD)/obj/kernels/cpu/%_avx2.o: CFLAGS += -mavx2 -mfma -mf16c
+$(BUILD)/obj/kernels/cpu/%_avx512.o: CFLAGS += -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl
+endif
+
 LIB_SRC := $(wildcard common/*.c formats/*.c kernels/*.c kernels/cpu/*.c)
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 

@@ -1,5 +1,6 @@
 #include "tb_linear.h"
 #include "tb_error.h"
+#include "tb_gemv.h"
 #include "tb_pack.h"
 #include "tb_threads.h"
 
@@ -11,6 +12,15 @@
 /* A tile of 64K f32 values (256 KB) is large enough for sgemm to run near its
  * peak on hundreds of tokens and small enough to stay in L2 while it is used. */
 #define TILE_FLOATS 65536
+
+/* Up to this many tokens, tb_gemv (weights read as stored) beats decoding
+ * tiles for sgemm: measured with bench/gemv_bench.c (BENCHMARKS.md). 2:4
+ * tiles cost more to decode, so the packed kernel wins longer. */
+#define GEMV_MAX_DENSE 32
+#define GEMV_MAX_NM 128
+/* rows per parallel unit of the gemv path: whole register tiles, and enough
+ * units that threads balance */
+#define GEMV_ROW_UNIT 16
 
 int tb_scratch_init(tb_scratch *s, int n_threads, size_t per_thread_floats)
 {
@@ -36,12 +46,22 @@ static int tile_rows_max(const tb_linear *L)
     return t < L->rows ? t : L->rows;
 }
 
+static int gemv_max_tokens(const tb_linear *L)
+{
+    return L->format == TB_LINEAR_NM ? GEMV_MAX_NM : GEMV_MAX_DENSE;
+}
+
+static int use_gemv(const tb_linear *L, int n) { return n <= gemv_max_tokens(L) && tb_gemv_supports(L); }
+
 size_t tb_linear_scratch(const tb_linear *L)
 {
     /* f32 weights are used in place; the others need a decoded tile, and a
      * permuted one a row to decode into before scattering it */
-    if (L->format == TB_LINEAR_DENSE && L->dtype == TB_F32 && !L->perm) return 0;
-    return (size_t)tile_rows_max(L) * (size_t)L->cols + (L->perm ? (size_t)L->cols : 0);
+    size_t tiles = 0;
+    if (!(L->format == TB_LINEAR_DENSE && L->dtype == TB_F32 && !L->perm))
+        tiles = (size_t)tile_rows_max(L) * (size_t)L->cols + (L->perm ? (size_t)L->cols : 0);
+    size_t gemv = tb_gemv_supports(L) ? tb_gemv_scratch(L, gemv_max_tokens(L)) : 0;
+    return tiles > gemv ? tiles : gemv;
 }
 
 /* rows in stored column order */
@@ -99,7 +119,34 @@ static void lin_tiles(void *ctx, int64_t begin, int64_t end, int tid)
     }
 }
 
+typedef struct {
+    const tb_linear *L;
+    const float *x;
+    float *y;
+    int n;
+    const tb_scratch *s;
+} gemv_job;
+
+static void gemv_units(void *ctx, int64_t begin, int64_t end, int tid)
+{
+    const gemv_job *j = ctx;
+    int r0 = (int)begin * GEMV_ROW_UNIT, r1 = (int)end * GEMV_ROW_UNIT;
+    if (r1 > j->L->rows) r1 = j->L->rows;
+    tb_gemv(j->L, j->x, j->n, j->y, r0, r1, j->s->buf ? j->s->buf + (size_t)tid * j->s->per_thread : NULL);
+}
+
 void tb_linear_forward(const tb_linear *L, const float *x, int n, float *y, const tb_scratch *s)
+{
+    if (n <= 0) return;
+    if (use_gemv(L, n)) {
+        gemv_job j = {L, x, y, n, s};
+        tb_parallel_for(s->n_threads, (L->rows + GEMV_ROW_UNIT - 1) / GEMV_ROW_UNIT, gemv_units, &j);
+        return;
+    }
+    tb_linear_forward_tiles(L, x, n, y, s);
+}
+
+void tb_linear_forward_tiles(const tb_linear *L, const float *x, int n, float *y, const tb_scratch *s)
 {
     if (n <= 0) return;
     /* enough tiles that every thread gets the same number, none above the max */

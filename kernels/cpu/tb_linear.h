@@ -59,8 +59,12 @@ void tb_blas_single_thread(void);
 size_t tb_linear_scratch(const tb_linear *L);
 
 /* y[n, rows] = x[n, cols] W^T (+ bias). x and y must not overlap. Threads over
- * tiles of output rows (s->n_threads). */
+ * tiles of output rows (s->n_threads). A few tokens (decode) go through
+ * tb_gemv.h's kernels, which read W as stored; more through tiles of W
+ * decoded to f32 and sgemm. */
 void tb_linear_forward(const tb_linear *L, const float *x, int n, float *y, const tb_scratch *s);
+/* The tile path whatever n (tests and benchmarks compare the two). */
+void tb_linear_forward_tiles(const tb_linear *L, const float *x, int n, float *y, const tb_scratch *s);
 
 /* Rows r0 .. r0+nr-1 of W as dense f32 [nr, cols] in the model's column order
  * (a stored permutation undone, pruned entries 0). row_buf: cols floats of

@@ -1,0 +1,169 @@
+/* tb_gemv.c - the few-token linear: ISA choice, permutation, bias, and the
+ * scalar kernels (the reference the vector ones are tested against is
+ * tb_linear_rows, in tests/unit/test_gemv.c). */
+#include "tb_gemv.h"
+#include "tb_error.h"
+#include "tb_gemv_isa.h"
+#include "tb_pack.h"
+
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const isa_names[TB_ISA_COUNT] = {"scalar", "avx2", "avx512"};
+
+const char *tb_isa_name(tb_isa isa) { return isa >= 0 && isa < TB_ISA_COUNT ? isa_names[isa] : "?"; }
+
+int tb_isa_available(tb_isa isa)
+{
+    switch (isa) {
+    case TB_ISA_SCALAR: return 1;
+#if defined(__x86_64__) || defined(__i386__)
+    /* __builtin_cpu_supports also checks that the OS saves the wide registers */
+    case TB_ISA_AVX2:
+        return tb_gemv_avx2_compiled && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+               __builtin_cpu_supports("f16c");
+    case TB_ISA_AVX512:
+        return tb_gemv_avx512_compiled && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl");
+#endif
+    default: return 0;
+    }
+}
+
+static atomic_int chosen = -1;
+
+tb_isa tb_gemv_isa(void)
+{
+    int isa = atomic_load_explicit(&chosen, memory_order_relaxed);
+    if (isa >= 0) return (tb_isa)isa;
+    isa = TB_ISA_SCALAR;
+    for (int i = TB_ISA_COUNT - 1; i > TB_ISA_SCALAR; i--)
+        if (tb_isa_available((tb_isa)i)) {
+            isa = i;
+            break;
+        }
+    const char *env = getenv("TB_ISA");
+    for (int i = 0; env && i < TB_ISA_COUNT; i++)
+        if (!strcmp(env, isa_names[i]) && tb_isa_available((tb_isa)i)) isa = i;
+    atomic_store_explicit(&chosen, isa, memory_order_relaxed);
+    return (tb_isa)isa;
+}
+
+int tb_gemv_set_isa(tb_isa isa)
+{
+    if (!tb_isa_available(isa))
+        return tb_fail(TB_EUSAGE, "instruction set '%s' is not available on this CPU or build", tb_isa_name(isa));
+    atomic_store_explicit(&chosen, (int)isa, memory_order_relaxed);
+    return TB_OK;
+}
+
+static int dtype_ok(tb_dtype dt) { return dt == TB_F32 || dt == TB_F16 || dt == TB_BF16; }
+
+int tb_gemv_supports(const tb_linear *L)
+{
+    if (!dtype_ok(L->dtype) || L->rows < 1 || L->cols < 1) return 0;
+    if (L->format == TB_LINEAR_DENSE) return 1;
+    return L->format == TB_LINEAR_NM && L->n == 2 && L->m == 4 && L->cols % 4 == 0;
+}
+
+/* a permuted weight's x is permuted this many tokens at a time */
+#define PERM_TOKENS 8
+
+size_t tb_gemv_scratch(const tb_linear *L, int n)
+{
+    return L->perm ? (size_t)(n < PERM_TOKENS ? n : PERM_TOKENS) * (size_t)L->cols : 0;
+}
+
+static void rows_isa(const tb_linear *L, const float *x, int n, float *y, int r0, int r1)
+{
+    switch (tb_gemv_isa()) {
+    case TB_ISA_AVX512: tb_gemv_rows_avx512(L, x, n, y, r0, r1); break;
+    case TB_ISA_AVX2: tb_gemv_rows_avx2(L, x, n, y, r0, r1); break;
+    default: tb_gemv_rows_scalar(L, x, n, y, r0, r1); break;
+    }
+}
+
+void tb_gemv(const tb_linear *L, const float *x, int n, float *y, int r0, int r1, float *work)
+{
+    if (n <= 0 || r0 >= r1) return;
+    if (!L->perm) {
+        rows_isa(L, x, n, y, r0, r1);
+    } else {
+        /* the weight is stored with its columns permuted: permute x to match */
+        for (int t0 = 0; t0 < n; t0 += PERM_TOKENS) {
+            int nt = n - t0 < PERM_TOKENS ? n - t0 : PERM_TOKENS;
+            for (int t = 0; t < nt; t++) {
+                const float *xt = x + (size_t)(t0 + t) * L->cols;
+                float *wt = work + (size_t)t * L->cols;
+                for (int j = 0; j < L->cols; j++) wt[j] = xt[L->perm[j]];
+            }
+            rows_isa(L, work, nt, y + (size_t)t0 * L->rows, r0, r1);
+        }
+    }
+    if (L->bias)
+        for (int t = 0; t < n; t++)
+            for (int r = r0; r < r1; r++) y[(size_t)t * L->rows + r] += L->bias[r];
+}
+
+/* ---- scalar kernels ---- */
+
+static inline float load_elem(const void *p, size_t i, tb_dtype dt)
+{
+    if (dt == TB_F32) return ((const float *)p)[i];
+    uint16_t h;
+    memcpy(&h, (const char *)p + 2 * i, 2); /* mapped data: no alignment promise */
+    if (dt == TB_F16) return tb_f16_to_f32(h);
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* four partial sums per dot product, so the adds pipeline */
+static void dense_scalar(const tb_linear *L, const float *x, int n, float *y, int r0, int r1)
+{
+    const size_t cols = (size_t)L->cols;
+    for (int r = r0; r < r1; r++) {
+        const size_t w0 = (size_t)r * cols;
+        for (int t = 0; t < n; t++) {
+            const float *xt = x + t * cols;
+            float s[4] = {0, 0, 0, 0};
+            size_t c = 0;
+            for (; c + 4 <= cols; c += 4)
+                for (int k = 0; k < 4; k++) s[k] += load_elem(L->data, w0 + c + k, L->dtype) * xt[c + k];
+            for (; c < cols; c++) s[0] += load_elem(L->data, w0 + c, L->dtype) * xt[c];
+            y[(size_t)t * L->rows + r] = (s[0] + s[1]) + (s[2] + s[3]);
+        }
+    }
+}
+
+/* 2:4: each index byte holds two groups' positions (2 bits each, low first),
+ * i.e. four kept values over eight columns */
+static void nm24_scalar(const tb_linear *L, const float *x, int n, float *y, int r0, int r1)
+{
+    const size_t cols = (size_t)L->cols, vpr = cols / 2;
+    const size_t irb = (size_t)tb_nm_index_row_bytes(L->cols, 2, 4);
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *idx = L->indices + (size_t)r * irb;
+        const size_t v0 = (size_t)r * vpr;
+        for (int t = 0; t < n; t++) {
+            const float *xt = x + t * cols;
+            float s[4] = {0, 0, 0, 0};
+            for (size_t g = 0; g < cols / 4; g++) {
+                unsigned nib = idx[g / 2] >> (4 * (g % 2));
+                const float *xg = xt + 4 * g;
+                s[2 * (g % 2)] += load_elem(L->data, v0 + 2 * g, L->dtype) * xg[nib & 3];
+                s[2 * (g % 2) + 1] += load_elem(L->data, v0 + 2 * g + 1, L->dtype) * xg[(nib >> 2) & 3];
+            }
+            y[(size_t)t * L->rows + r] = (s[0] + s[1]) + (s[2] + s[3]);
+        }
+    }
+}
+
+void tb_gemv_rows_scalar(const tb_linear *L, const float *x, int n, float *y, int r0, int r1)
+{
+    if (L->format == TB_LINEAR_NM) nm24_scalar(L, x, n, y, r0, r1);
+    else dense_scalar(L, x, n, y, r0, r1);
+}

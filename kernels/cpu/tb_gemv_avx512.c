@@ -1,0 +1,258 @@
+/* tb_gemv_avx512.c - tb_gemv's AVX-512 (F, BW, VL) kernels; built with
+ * -mavx512f -mavx512bw -mavx512vl -mfma -mf16c (Makefile) and entered only
+ * when the CPU has them (tb_gemv.c).
+ *
+ * Tiles of R <= 4 rows x T <= 4 tokens: each weight vector is loaded and
+ * converted once per tile and used for T tokens; each x vector is loaded once
+ * and used for R rows. 16 f32 lanes; a row's sum is reduced at the end.
+ *
+ * Dense: 16 elements of W per step, bf16 -> f32 by widening and shifting
+ * (bf16 is the top half of an f32), f16 by vcvtph2ps.
+ *
+ * 2:4: per step 16 kept values (8 groups, 32 columns of x) and 4 index bytes.
+ * Kept value k of the step lies in group k/2 at position p_k (bits 2k..2k+1
+ * of the 32 index bits), i.e. column 4*(k/2) + p_k of the step's 32: one
+ * vpermt2ps over the two x vectors of those columns picks x for all 16 lanes.
+ * The lane indices are (bits >> 2k) & 3 | 4*(k/2): a variable shift of the
+ * broadcast bits and one ternary-logic op.
+ */
+#include "tb_gemv_isa.h"
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__FMA__) && defined(__F16C__)
+
+#include "tb_pack.h"
+
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+
+const int tb_gemv_avx512_compiled = 1;
+
+#define INLINE static inline __attribute__((always_inline))
+/* the tile loops must unroll fully, so that the accumulators live in registers */
+#define UNROLL _Pragma("GCC unroll 4")
+
+INLINE __m512 widen(__m256i h, tb_dtype dt)
+{
+    if (dt == TB_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+/* 16 elements of dtype dt at element offset i of p; m: which lanes to load (others 0) */
+INLINE __m512 load16(const void *p, size_t i, tb_dtype dt)
+{
+    if (dt == TB_F32) return _mm512_loadu_ps((const float *)p + i);
+    return widen(_mm256_loadu_si256((const __m256i *)((const uint16_t *)p + i)), dt);
+}
+
+INLINE __m512 load16_mask(const void *p, size_t i, tb_dtype dt, __mmask16 m)
+{
+    if (dt == TB_F32) return _mm512_maskz_loadu_ps(m, (const float *)p + i);
+    return widen(_mm256_maskz_loadu_epi16(m, (const uint16_t *)p + i), dt);
+}
+
+static inline __mmask16 first_lanes(int k) { return k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << k) - 1); }
+
+/* ---- dense ---- */
+
+INLINE void dense_tile(const void *w, size_t r, size_t cols, tb_dtype dt, const float *x, float *y, size_t ldy,
+                       const int R, const int T)
+{
+    __m512 acc[4][4];
+    UNROLL
+    for (int i = 0; i < R; i++)
+        UNROLL
+        for (int t = 0; t < T; t++) acc[i][t] = _mm512_setzero_ps();
+    size_t c = 0;
+    for (; c + 16 <= cols; c += 16) {
+        __m512 wv[4];
+        UNROLL
+        for (int i = 0; i < R; i++) wv[i] = load16(w, (r + i) * cols + c, dt);
+        UNROLL
+        for (int t = 0; t < T; t++) {
+            __m512 xv = _mm512_loadu_ps(x + t * cols + c);
+            UNROLL
+            for (int i = 0; i < R; i++) acc[i][t] = _mm512_fmadd_ps(wv[i], xv, acc[i][t]);
+        }
+    }
+    if (c < cols) {
+        __mmask16 m = first_lanes((int)(cols - c));
+        __m512 wv[4];
+        UNROLL
+        for (int i = 0; i < R; i++) wv[i] = load16_mask(w, (r + i) * cols + c, dt, m);
+        UNROLL
+        for (int t = 0; t < T; t++) {
+            __m512 xv = _mm512_maskz_loadu_ps(m, x + t * cols + c);
+            UNROLL
+            for (int i = 0; i < R; i++) acc[i][t] = _mm512_fmadd_ps(wv[i], xv, acc[i][t]);
+        }
+    }
+    UNROLL
+    for (int i = 0; i < R; i++)
+        UNROLL
+        for (int t = 0; t < T; t++) y[t * ldy + r + i] = _mm512_reduce_add_ps(acc[i][t]);
+}
+
+/* ---- 2:4 ---- */
+
+INLINE __m512i lane_columns(uint32_t bits)
+{
+    const __m512i shift = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i group = _mm512_setr_epi32(0, 0, 4, 4, 8, 8, 12, 12, 16, 16, 20, 20, 24, 24, 28, 28);
+    __m512i p = _mm512_srlv_epi32(_mm512_set1_epi32((int)bits), shift);
+    return _mm512_ternarylogic_epi32(p, _mm512_set1_epi32(3), group, 0xEA); /* (p & 3) | group */
+}
+
+INLINE void nm24_tile(const void *v, const uint8_t *ix, size_t irb, size_t r, size_t cols, tb_dtype dt,
+                      const float *x, float *y, size_t ldy, const int R, const int T)
+{
+    const size_t vpr = cols / 2;
+    __m512 acc[4][4];
+    UNROLL
+    for (int i = 0; i < R; i++)
+        UNROLL
+        for (int t = 0; t < T; t++) acc[i][t] = _mm512_setzero_ps();
+    size_t c = 0;
+    for (; c + 32 <= cols; c += 32) {
+        __m512i sel[4];
+        __m512 wv[4];
+        UNROLL
+        for (int i = 0; i < R; i++) {
+            uint32_t bits;
+            memcpy(&bits, ix + (r + i) * irb + c / 8, 4);
+            sel[i] = lane_columns(bits);
+            wv[i] = load16(v, (r + i) * vpr + c / 2, dt);
+        }
+        UNROLL
+        for (int t = 0; t < T; t++) {
+            __m512 x0 = _mm512_loadu_ps(x + t * cols + c), x1 = _mm512_loadu_ps(x + t * cols + c + 16);
+            UNROLL
+            for (int i = 0; i < R; i++)
+                acc[i][t] = _mm512_fmadd_ps(wv[i], _mm512_permutex2var_ps(x0, sel[i], x1), acc[i][t]);
+        }
+    }
+    if (c < cols) {
+        /* the last 4..28 columns: g groups, 2g kept values, ceil(g/2) index bytes */
+        int rest = (int)(cols - c), g = rest / 4;
+        __mmask16 mv = first_lanes(2 * g), mx0 = first_lanes(rest), mx1 = first_lanes(rest > 16 ? rest - 16 : 0);
+        __m512i sel[4];
+        __m512 wv[4];
+        UNROLL
+        for (int i = 0; i < R; i++) {
+            uint32_t bits = 0;
+            memcpy(&bits, ix + (r + i) * irb + c / 8, (size_t)(g + 1) / 2);
+            sel[i] = lane_columns(bits);
+            wv[i] = load16_mask(v, (r + i) * vpr + c / 2, dt, mv);
+        }
+        UNROLL
+        for (int t = 0; t < T; t++) {
+            __m512 x0 = _mm512_maskz_loadu_ps(mx0, x + t * cols + c);
+            __m512 x1 = _mm512_maskz_loadu_ps(mx1, x + t * cols + c + 16);
+            UNROLL
+            for (int i = 0; i < R; i++)
+                acc[i][t] = _mm512_fmadd_ps(wv[i], _mm512_permutex2var_ps(x0, sel[i], x1), acc[i][t]);
+        }
+    }
+    UNROLL
+    for (int i = 0; i < R; i++)
+        UNROLL
+        for (int t = 0; t < T; t++) y[t * ldy + r + i] = _mm512_reduce_add_ps(acc[i][t]);
+}
+
+/* ---- drivers: tiles of 4 rows (then single rows) x up to 4 tokens ----
+ * Rows go in blocks of ROW_BLOCK, all tokens for a block before the next, so
+ * that with more than 4 tokens a block's weights are reread from L1/L2. */
+
+#define ROW_BLOCK 16
+
+#define TILE_SWITCH(call, R)                                                                                           \
+    switch (T) {                                                                                                       \
+    case 1: call(R, 1); break;                                                                                         \
+    case 2: call(R, 2); break;                                                                                         \
+    case 3: call(R, 3); break;                                                                                         \
+    default: call(R, 4); break;                                                                                        \
+    }
+
+INLINE void dense_rows(const tb_linear *L, const float *x, int n, float *y, int r0, int r1, tb_dtype dt)
+{
+    const size_t cols = (size_t)L->cols, ldy = (size_t)L->rows;
+    for (int rb = r0; rb < r1; rb += ROW_BLOCK) {
+        const int rb1 = r1 - rb < ROW_BLOCK ? r1 : rb + ROW_BLOCK;
+        for (int t0 = 0; t0 < n; t0 += 4) {
+            const int T = n - t0 < 4 ? n - t0 : 4;
+            const float *xt = x + (size_t)t0 * cols;
+            float *yt = y + (size_t)t0 * ldy;
+            int r = rb;
+#define DENSE(R_, T_) dense_tile(L->data, (size_t)r, cols, dt, xt, yt, ldy, R_, T_)
+            for (; r + 4 <= rb1; r += 4) TILE_SWITCH(DENSE, 4)
+            for (; r < rb1; r++) TILE_SWITCH(DENSE, 1)
+#undef DENSE
+        }
+    }
+}
+
+INLINE void nm24_rows(const tb_linear *L, const float *x, int n, float *y, int r0, int r1, tb_dtype dt)
+{
+    const size_t cols = (size_t)L->cols, ldy = (size_t)L->rows;
+    const size_t irb = (size_t)tb_nm_index_row_bytes(L->cols, 2, 4);
+    for (int rb = r0; rb < r1; rb += ROW_BLOCK) {
+        const int rb1 = r1 - rb < ROW_BLOCK ? r1 : rb + ROW_BLOCK;
+        for (int t0 = 0; t0 < n; t0 += 4) {
+            const int T = n - t0 < 4 ? n - t0 : 4;
+            const float *xt = x + (size_t)t0 * cols;
+            float *yt = y + (size_t)t0 * ldy;
+            int r = rb;
+#define NM24(R_, T_) nm24_tile(L->data, L->indices, irb, (size_t)r, cols, dt, xt, yt, ldy, R_, T_)
+            for (; r + 4 <= rb1; r += 4) TILE_SWITCH(NM24, 4)
+            for (; r < rb1; r++) TILE_SWITCH(NM24, 1)
+#undef NM24
+        }
+    }
+}
+
+/* one instantiation per dtype, so the conversion is resolved at compile time */
+static void dense_f32(const tb_linear *L, const float *x, int n, float *y, int r0, int r1)
+{
+    dense_rows(L, x, n, y, r0, r1, TB_F32);
+}
+static void dense_f16(const tb_linear *L, const float *x, int n, float *y, int r0, int r1)
+{
+    dense_rows(L, x, n, y, r0, r1, TB_F16);
+}
+static void dense_bf16(const tb_linear *L, const float *x, int n, float *y, int r0, int r1)
+{
+    dense_rows(L, x, n, y, r0, r1, TB_BF16);
+}
+static void nm24_f32(const tb_linear *L, const float *x, int n, float *y, int r0, int r1)
+{
+    nm24_rows(L, x, n, y, r0, r1, TB_F32);
+}
+static void nm24_f16(const tb_linear *L, const float *x, int n, float *y, int r0, int r1)
+{
+    nm24_rows(L, x, n, y, r0, r1, TB_F16);
+}
+static void nm24_bf16(const tb_linear *L, const float *x, int n, float *y, int r0, int r1)
+{
+    nm24_rows(L, x, n, y, r0, r1, TB_BF16);
+}
+
+void tb_gemv_rows_avx512(const tb_linear *L, const float *x, int n, float *y, int r0, int r1)
+{
+    int nm = L->format == TB_LINEAR_NM;
+    switch (L->dtype) {
+    case TB_F32: (nm ? nm24_f32 : dense_f32)(L, x, n, y, r0, r1); break;
+    case TB_F16: (nm ? nm24_f16 : dense_f16)(L, x, n, y, r0, r1); break;
+    default: (nm ? nm24_bf16 : dense_bf16)(L, x, n, y, r0, r1); break;
+    }
+}
+
+#else /* not built for AVX-512 */
+
+const int tb_gemv_avx512_compiled = 0;
+
+void tb_gemv_rows_avx512(const tb_linear *L, const float *x, int n, float *y, int r0, int r1)
+{
+    tb_gemv_rows_scalar(L, x, n, y, r0, r1);
+}
+
+#endif
