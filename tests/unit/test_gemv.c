@@ -6,7 +6,9 @@
  * tail after the vector steps and whose rows leave a partial row tile, 1 to 9
  * tokens. Outputs are poisoned with NaN first, so an unwritten element fails;
  * rows outside the asked range must stay poisoned. tb_linear_forward (which
- * picks this path for a few tokens) is checked against its tile path. */
+ * picks this path for a few tokens) is checked against its tile path, and
+ * decode attention (tb_ops.c's loops for a few queries) against its sgemm
+ * path for a whole window. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -19,6 +21,7 @@
 #include "tb_error.h"
 #include "tb_gemv.h"
 #include "tb_linear.h"
+#include "tb_ops.h"
 #include "tb_pack.h"
 
 static uint64_t rng = 0x2545f4914f6cdd1dull;
@@ -272,6 +275,30 @@ static void test_linear_forward_paths(void **state)
             }
 }
 
+/* The last rows of a 12-token causal attention (sgemm path: 12 queries in one
+ * block) equal the same queries run one at a time against the cache (the
+ * direct path), with GQA, with and without a sliding window */
+static void test_attention_decode(void **state)
+{
+    (void)state;
+    enum { T = 12, H = 4, KVH = 2, HD = 40 };
+    for (int window = 0; window <= 5; window += 5) {
+        tb_attn_shape a = {H, KVH, HD, window};
+        float *q = random_x(T, H * HD), *k = random_x(T, KVH * HD), *v = random_x(T, KVH * HD);
+        float full[T * H * HD], one[H * HD];
+        tb_scratch s;
+        assert_int_equal(tb_scratch_init(&s, 2, tb_attention_scratch(T)), TB_OK);
+        tb_attention(&a, q, k, v, T, 0, full, NULL, &s);
+        for (int p = 0; p < T; p++) {
+            for (int i = 0; i < H * HD; i++) one[i] = NAN;
+            tb_attention(&a, q + (size_t)p * H * HD, k, v, 1, p, one, NULL, &s);
+            for (int i = 0; i < H * HD; i++) assert_float_equal(one[i], full[p * H * HD + i], 1e-5);
+        }
+        tb_scratch_free(&s);
+        free(q), free(k), free(v);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -280,6 +307,7 @@ int main(void)
         cmocka_unit_test(test_gemv_nm24),
         cmocka_unit_test(test_isas_agree),
         cmocka_unit_test(test_linear_forward_paths),
+        cmocka_unit_test(test_attention_decode),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
