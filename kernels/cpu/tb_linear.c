@@ -5,9 +5,12 @@
 #include "tb_threads.h"
 
 #include <cblas.h>
+#include <limits.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 /* A tile of 64K f32 values (256 KB) is large enough for sgemm to run near its
  * peak on hundreds of tokens and small enough to stay in L2 while it is used. */
@@ -15,7 +18,8 @@
 
 /* Up to this many tokens, tb_gemv (weights read as stored) beats decoding
  * tiles for sgemm: measured with bench/gemv_bench.c (BENCHMARKS.md). 2:4
- * tiles cost more to decode, so the packed kernel wins longer. */
+ * tiles cost more to decode, so the packed kernel wins longer. With a
+ * pre-AVX sgemm kernel (blas_is_pre_avx) tb_gemv wins at every count. */
 #define GEMV_MAX_DENSE 32
 #define GEMV_MAX_NM 128
 /* rows per parallel unit of the gemv path: whole register tiles, and enough
@@ -46,8 +50,30 @@ static int tile_rows_max(const tb_linear *L)
     return t < L->rows ? t : L->rows;
 }
 
+/* OpenBLAS's pre-AVX kernels, which it also falls back to on a CPU it does
+ * not know: the development box (Xeon, AVX-512, model 207) under Debian's
+ * OpenBLAS 0.3.21 gets "Prescott", 4.4x slower than its own SkylakeX kernel
+ * (bench/sgemm_peak.c: 32 against 142 GFLOP/s at tb-run's tile shape). Our
+ * AVX2/AVX-512 kernels then beat sgemm at every token count (BENCHMARKS.md). */
+static int blas_is_pre_avx(void)
+{
+    static atomic_int known = -1;
+    int v = atomic_load_explicit(&known, memory_order_relaxed);
+    if (v >= 0) return v;
+    static const char *const old[] = {"Unknown", "Katmai", "Coppermine", "Northwood", "Prescott", "Banias",
+                                      "Atom", "Core2", "Penryn", "Dunnington", "Nehalem", "Athlon",
+                                      "Opteron", "Opteron_SSE3", "Barcelona", "Nano", "Bobcat"};
+    const char *core = openblas_get_corename();
+    v = 0;
+    for (size_t i = 0; core && i < sizeof old / sizeof *old; i++)
+        if (!strcasecmp(core, old[i])) v = 1;
+    atomic_store_explicit(&known, v, memory_order_relaxed);
+    return v;
+}
+
 static int gemv_max_tokens(const tb_linear *L)
 {
+    if (tb_gemv_isa() >= TB_ISA_AVX2 && blas_is_pre_avx()) return INT_MAX;
     return L->format == TB_LINEAR_NM ? GEMV_MAX_NM : GEMV_MAX_DENSE;
 }
 
