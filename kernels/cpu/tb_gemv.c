@@ -4,6 +4,7 @@
 #include "tb_gemv.h"
 #include "tb_error.h"
 #include "tb_gemv_isa.h"
+#include "tb_ops.h"
 #include "tb_pack.h"
 
 #include <stdatomic.h>
@@ -166,4 +167,53 @@ void tb_gemv_rows_scalar(const tb_linear *L, const float *x, int n, float *y, in
 {
     if (L->format == TB_LINEAR_NM) nm24_scalar(L, x, n, y, r0, r1);
     else dense_scalar(L, x, n, y, r0, r1);
+}
+
+/* ---- decode attention ---- */
+
+/* dot product with 8 independent partial sums, which compilers vectorise */
+static float dot8(const float *a, const float *b, int n)
+{
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++) acc[k] += a[i + k] * b[i + k];
+    for (; i < n; i++) acc[0] += a[i] * b[i];
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+/* out += w * v, in blocks of 8 that compilers vectorise */
+static void axpy8(float *restrict out, float w, const float *restrict v, int n)
+{
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++) out[i + k] += w * v[i + k];
+    for (; i < n; i++) out[i] += w * v[i];
+}
+
+void tb_att_scores_scalar(const float *q, const float *k, int ldk, int hd, int lo, int p, float scale, float *row)
+{
+    for (int c = lo; c <= p; c++) row[c] = scale * dot8(q, k + (size_t)c * ldk, hd);
+}
+
+void tb_att_pv_scalar(const float *row, const float *v, int ldk, int hd, int lo, int p, float *out)
+{
+    for (int d = 0; d < hd; d++) out[d] = 0.0f;
+    for (int c = lo; c <= p; c++) axpy8(out, row[c], v + (size_t)c * ldk, hd);
+}
+
+void tb_attend_row(const float *q, const float *k, const float *v, int ldk, int hd, int lo, int p, float scale,
+                   float *row, float *out)
+{
+    switch (tb_gemv_isa()) {
+    case TB_ISA_AVX512: tb_att_scores_avx512(q, k, ldk, hd, lo, p, scale, row); break;
+    case TB_ISA_AVX2: tb_att_scores_avx2(q, k, ldk, hd, lo, p, scale, row); break;
+    default: tb_att_scores_scalar(q, k, ldk, hd, lo, p, scale, row); break;
+    }
+    tb_softmax(row + lo, p + 1 - lo);
+    switch (tb_gemv_isa()) {
+    case TB_ISA_AVX512: tb_att_pv_avx512(row, v, ldk, hd, lo, p, out); break;
+    case TB_ISA_AVX2: tb_att_pv_avx2(row, v, ldk, hd, lo, p, out); break;
+    default: tb_att_pv_scalar(row, v, ldk, hd, lo, p, out); break;
+    }
 }

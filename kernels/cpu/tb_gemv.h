@@ -52,4 +52,11 @@ size_t tb_gemv_scratch(const tb_linear *L, int n);
  * to the calling thread (NULL if that is 0). L must be supported. */
 void tb_gemv(const tb_linear *L, const float *x, int n, float *y, int r0, int r1, float *work);
 
+/* The other decode kernel: attention of one query row of one head over keys
+ * lo..p of the cache. row[c] = scale * q . k_c (k_c = k + c * ldk, hd
+ * values), softmax over c, out[hd] = sum_c row[c] v_c (v_c = v + c * ldk).
+ * row: p + 1 floats of work space (row[lo..p] hold the probabilities after). */
+void tb_attend_row(const float *q, const float *k, const float *v, int ldk, int hd, int lo, int p, float scale,
+                   float *row, float *out);
+
 #endif

@@ -229,6 +229,51 @@ void tb_gemv_rows_avx2(const tb_linear *L, const float *x, int n, float *y, int 
     }
 }
 
+/* ---- decode attention ---- */
+
+/* lanes < k of 8 loaded, the others 0 */
+INLINE __m256i lanes_below(int k)
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(k), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+void tb_att_scores_avx2(const float *q, const float *k, int ldk, int hd, int lo, int p, float scale, float *row)
+{
+    for (int c = lo; c <= p; c++) {
+        const float *kc = k + (size_t)c * ldk;
+        __m256 acc = _mm256_setzero_ps();
+        int d = 0;
+        for (; d + 8 <= hd; d += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_loadu_ps(kc + d), acc);
+        if (d < hd) {
+            __m256i m = lanes_below(hd - d);
+            acc = _mm256_fmadd_ps(_mm256_maskload_ps(q + d, m), _mm256_maskload_ps(kc + d, m), acc);
+        }
+        row[c] = scale * hsum(acc);
+    }
+}
+
+void tb_att_pv_avx2(const float *row, const float *v, int ldk, int hd, int lo, int p, float *out)
+{
+    /* 32 outputs (4 registers) at a time over all keys */
+    for (int d0 = 0; d0 < hd; d0 += 32) {
+        __m256i m[4];
+        __m256 acc[4];
+        UNROLL
+        for (int i = 0; i < 4; i++) {
+            m[i] = lanes_below(hd - d0 - 8 * i);
+            acc[i] = _mm256_setzero_ps();
+        }
+        for (int c = lo; c <= p; c++) {
+            const float *vc = v + (size_t)c * ldk + d0;
+            __m256 w = _mm256_set1_ps(row[c]);
+            UNROLL
+            for (int i = 0; i < 4; i++) acc[i] = _mm256_fmadd_ps(w, _mm256_maskload_ps(vc + 8 * i, m[i]), acc[i]);
+        }
+        UNROLL
+        for (int i = 0; i < 4; i++) _mm256_maskstore_ps(out + d0 + 8 * i, m[i], acc[i]);
+    }
+}
+
 #else /* not built for AVX2 */
 
 const int tb_gemv_avx2_compiled = 0;
@@ -236,6 +281,16 @@ const int tb_gemv_avx2_compiled = 0;
 void tb_gemv_rows_avx2(const tb_linear *L, const float *x, int n, float *y, int r0, int r1)
 {
     tb_gemv_rows_scalar(L, x, n, y, r0, r1);
+}
+
+void tb_att_scores_avx2(const float *q, const float *k, int ldk, int hd, int lo, int p, float scale, float *row)
+{
+    tb_att_scores_scalar(q, k, ldk, hd, lo, p, scale, row);
+}
+
+void tb_att_pv_avx2(const float *row, const float *v, int ldk, int hd, int lo, int p, float *out)
+{
+    tb_att_pv_scalar(row, v, ldk, hd, lo, p, out);
 }
 
 #endif

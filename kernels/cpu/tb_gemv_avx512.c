@@ -246,6 +246,43 @@ void tb_gemv_rows_avx512(const tb_linear *L, const float *x, int n, float *y, in
     }
 }
 
+/* ---- decode attention ---- */
+
+void tb_att_scores_avx512(const float *q, const float *k, int ldk, int hd, int lo, int p, float scale, float *row)
+{
+    for (int c = lo; c <= p; c++) {
+        const float *kc = k + (size_t)c * ldk;
+        __m512 acc = _mm512_setzero_ps();
+        for (int d = 0; d < hd; d += 16) {
+            __mmask16 m = first_lanes(hd - d);
+            acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + d), _mm512_maskz_loadu_ps(m, kc + d), acc);
+        }
+        row[c] = scale * _mm512_reduce_add_ps(acc);
+    }
+}
+
+void tb_att_pv_avx512(const float *row, const float *v, int ldk, int hd, int lo, int p, float *out)
+{
+    /* 64 outputs (4 registers) at a time over all keys */
+    for (int d0 = 0; d0 < hd; d0 += 64) {
+        __mmask16 m[4];
+        __m512 acc[4];
+        UNROLL
+        for (int i = 0; i < 4; i++) {
+            m[i] = first_lanes(hd - d0 - 16 * i > 0 ? hd - d0 - 16 * i : 0);
+            acc[i] = _mm512_setzero_ps();
+        }
+        for (int c = lo; c <= p; c++) {
+            const float *vc = v + (size_t)c * ldk + d0;
+            __m512 w = _mm512_set1_ps(row[c]);
+            UNROLL
+            for (int i = 0; i < 4; i++) acc[i] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m[i], vc + 16 * i), acc[i]);
+        }
+        UNROLL
+        for (int i = 0; i < 4; i++) _mm512_mask_storeu_ps(out + d0 + 16 * i, m[i], acc[i]);
+    }
+}
+
 #else /* not built for AVX-512 */
 
 const int tb_gemv_avx512_compiled = 0;
@@ -253,6 +290,16 @@ const int tb_gemv_avx512_compiled = 0;
 void tb_gemv_rows_avx512(const tb_linear *L, const float *x, int n, float *y, int r0, int r1)
 {
     tb_gemv_rows_scalar(L, x, n, y, r0, r1);
+}
+
+void tb_att_scores_avx512(const float *q, const float *k, int ldk, int hd, int lo, int p, float scale, float *row)
+{
+    tb_att_scores_scalar(q, k, ldk, hd, lo, p, scale, row);
+}
+
+void tb_att_pv_avx512(const float *row, const float *v, int ldk, int hd, int lo, int p, float *out)
+{
+    tb_att_pv_scalar(row, v, ldk, hd, lo, p, out);
 }
 
 #endif

@@ -15,4 +15,14 @@ void tb_gemv_rows_avx2(const tb_linear *L, const float *x, int n, float *y, int 
 void tb_gemv_rows_avx512(const tb_linear *L, const float *x, int n, float *y, int r0, int r1);
 extern const int tb_gemv_avx2_compiled, tb_gemv_avx512_compiled;
 
+/* decode attention, one query row of one head (tb_attend_row): row[c] =
+ * scale * q . k_c for lo <= c <= p, k_c = k + c * ldk; and out[hd] = sum_c
+ * row[c] v_c */
+#define TB_ATT_DECL(isa)                                                                                               \
+    void tb_att_scores_##isa(const float *q, const float *k, int ldk, int hd, int lo, int p, float scale, float *row); \
+    void tb_att_pv_##isa(const float *row, const float *v, int ldk, int hd, int lo, int p, float *out);
+TB_ATT_DECL(scalar)
+TB_ATT_DECL(avx2)
+TB_ATT_DECL(avx512)
+
 #endif

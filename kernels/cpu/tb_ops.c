@@ -1,4 +1,5 @@
 #include "tb_ops.h"
+#include "tb_gemv.h"
 #include "tb_threads.h"
 
 #include <cblas.h>
@@ -116,40 +117,10 @@ typedef struct {
     const tb_scratch *s;
 } att_job;
 
-/* Blocks of at most this many queries (decode: one) without kept probs are
- * computed with plain loops: sgemm's packing of a 1 x kv_len product costs
- * more than the product, and it was a third of a decode step. */
+/* Blocks of at most this many queries (decode: one) without kept probs go
+ * through tb_attend_row (tb_gemv.h): sgemm's packing of a 1 x kv_len product
+ * costs more than the product, and it was a third of a decode step. */
 #define ATT_DIRECT 4
-
-/* dot product with 8 independent partial sums, which compilers vectorise */
-static float dot8(const float *a, const float *b, int n)
-{
-    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int k = 0; k < 8; k++) acc[k] += a[i + k] * b[i + k];
-    for (; i < n; i++) acc[0] += a[i] * b[i];
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-}
-
-/* out += w * v, in blocks of 8 that compilers vectorise */
-static void axpy8(float *restrict out, float w, const float *restrict v, int n)
-{
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int k = 0; k < 8; k++) out[i + k] += w * v[i + k];
-    for (; i < n; i++) out[i] += w * v[i];
-}
-
-/* one query row of one head: scores over keys lo..p, softmax, out = P V */
-static void att_direct_row(const float *q, const float *k, const float *v, int kd, int hd, int lo, int p, float scale,
-                           float *row, float *out)
-{
-    for (int c = lo; c <= p; c++) row[c] = scale * dot8(q, k + (size_t)c * kd, hd);
-    tb_softmax(row + lo, p + 1 - lo);
-    for (int d = 0; d < hd; d++) out[d] = 0.0f;
-    for (int c = lo; c <= p; c++) axpy8(out, row[c], v + (size_t)c * kd, hd);
-}
 
 static void att_units(void *ctx, int64_t begin, int64_t end, int tid)
 {
@@ -170,8 +141,8 @@ static void att_units(void *ctx, int64_t begin, int64_t end, int tid)
             for (int r = 0; r < bn; r++) {
                 int p = j->pos0 + i0 + r;
                 int lo = a->sliding_window > 0 && p - a->sliding_window + 1 > 0 ? p - a->sliding_window + 1 : 0;
-                att_direct_row(j->q + (size_t)(i0 + r) * qd + h * hd, j->k + g * hd, j->v + g * hd, kd, hd, lo, p,
-                               scale, row, j->out + (size_t)(i0 + r) * qd + h * hd);
+                tb_attend_row(j->q + (size_t)(i0 + r) * qd + h * hd, j->k + g * hd, j->v + g * hd, kd, hd, lo, p,
+                              scale, row, j->out + (size_t)(i0 + r) * qd + h * hd);
             }
             continue;
         }
