@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 export TB_BIN=${TB_BIN:-build/bin}
 echo "== tb-run --ppl throughput vs OpenBLAS sgemm"
 bench/ppl_bench.sh
+echo "== tb-run decode: dense vs packed 2:4 (tiny-llama-6m)"
+THREADS=${THREADS:-2} bench/decode_bench.sh
 echo "== tb-fisher: 128 windows x 512 tokens"
 bench/fisher_bench.sh "${THREADS:-2}"
 if [ "${QUALITY:-0}" = 1 ]; then
