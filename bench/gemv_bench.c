@@ -4,7 +4,8 @@
  *   gemv_bench [SHAPES] [TOKENS]
  *
  * SHAPES: "tiny" (tiny-llama-6m: 256x256, 768x256, 256x768, 4096x256), "1b"
- * (Llama-3.2-1B: 2048x2048, 512x2048, 8192x2048, 2048x8192), default both.
+ * (Llama-3.2-1B: 2048x2048, 512x2048, 8192x2048, 2048x8192), "head" (its
+ * 128256-token lm_head, 525 MB in bf16), default all three.
  * TOKENS: comma list, default 1,2,4,8,16. For each shape, weight format
  * (dense bf16, 2:4 bf16) and token count it prints the best-of-N seconds per
  * call of tb_gemv with every ISA this CPU has, and of tb_linear_forward's
@@ -85,7 +86,7 @@ int main(int argc, char **argv)
     }
     struct { const char *set; int rows, cols; } shapes[] = {
         {"tiny", 256, 256}, {"tiny", 768, 256}, {"tiny", 256, 768}, {"tiny", 4096, 256},
-        {"1b", 2048, 2048}, {"1b", 512, 2048}, {"1b", 8192, 2048}, {"1b", 2048, 8192},
+        {"1b", 2048, 2048}, {"1b", 512, 2048}, {"1b", 8192, 2048}, {"1b", 2048, 8192}, {"head", 128256, 2048},
     };
     /* seconds per measurement: the best call of as many as fit (at least 3) */
     const double budget = getenv("BUDGET") ? atof(getenv("BUDGET")) : 1.0;
