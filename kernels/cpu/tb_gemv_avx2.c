@@ -53,11 +53,16 @@ INLINE float hsum(__m256 v)
     return _mm_cvtss_f32(s);
 }
 
+#define PF_ROWS 4
+
 /* ---- dense ---- */
 
 INLINE void dense_tile(const void *w, size_t r, size_t cols, tb_dtype dt, const float *x, float *y, size_t ldy,
                        const int R, const int T)
 {
+    /* prefetch PF_ROWS rows ahead, as in tb_gemv_avx512.c (ldy is the row count) */
+    const size_t es = dt == TB_F32 ? 4 : 2;
+    const int pf = r + PF_ROWS + R <= ldy;
     __m256 acc[4][4];
     UNROLL
     for (int i = 0; i < R; i++)
@@ -67,7 +72,10 @@ INLINE void dense_tile(const void *w, size_t r, size_t cols, tb_dtype dt, const 
     for (; c + 8 <= cols; c += 8) {
         __m256 wv[4];
         UNROLL
-        for (int i = 0; i < R; i++) wv[i] = load8(w, (r + i) * cols + c, dt);
+        for (int i = 0; i < R; i++) {
+            if (pf) _mm_prefetch((const char *)w + ((r + i + PF_ROWS) * cols + c) * es, _MM_HINT_T0);
+            wv[i] = load8(w, (r + i) * cols + c, dt);
+        }
         UNROLL
         for (int t = 0; t < T; t++) {
             __m256 xv = _mm256_loadu_ps(x + t * cols + c);
@@ -103,6 +111,8 @@ INLINE __m256 pick(__m256 x0, __m256 x1, __m256i sel)
 INLINE void nm24_tile(const void *v, const uint8_t *ix, size_t irb, size_t r, size_t cols, tb_dtype dt,
                       const float *x, float *y, size_t ldy, const int R, const int T)
 {
+    const size_t es = dt == TB_F32 ? 4 : 2;
+    const int pf = r + PF_ROWS + R <= ldy; /* as in dense_tile */
     const size_t vpr = cols / 2;
     __m256 acc[4][4];
     UNROLL
@@ -116,6 +126,10 @@ INLINE void nm24_tile(const void *v, const uint8_t *ix, size_t irb, size_t r, si
         UNROLL
         for (int i = 0; i < R; i++) {
             uint16_t bits;
+            if (pf) {
+                _mm_prefetch((const char *)v + ((r + i + PF_ROWS) * vpr + c / 2) * es, _MM_HINT_T0);
+                _mm_prefetch((const char *)(ix + (r + i + PF_ROWS) * irb + c / 8), _MM_HINT_T0);
+            }
             memcpy(&bits, ix + (r + i) * irb + c / 8, 2);
             sel[i] = lane_columns(bits);
             wv[i] = load8(v, (r + i) * vpr + c / 2, dt);

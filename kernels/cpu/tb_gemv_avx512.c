@@ -53,11 +53,18 @@ INLINE __m512 load16_mask(const void *p, size_t i, tb_dtype dt, __mmask16 m)
 
 static inline __mmask16 first_lanes(int k) { return k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << k) - 1); }
 
+#define PF_ROWS 4
+
 /* ---- dense ---- */
 
 INLINE void dense_tile(const void *w, size_t r, size_t cols, tb_dtype dt, const float *x, float *y, size_t ldy,
                        const int R, const int T)
 {
+    /* the rows PF_ROWS ahead are fetched while these are used: rows of a
+     * small model are a few cache lines, too short for the hardware
+     * prefetcher to follow each one (ldy is the row count) */
+    const size_t es = dt == TB_F32 ? 4 : 2;
+    const int pf = r + PF_ROWS + R <= ldy;
     __m512 acc[4][4];
     UNROLL
     for (int i = 0; i < R; i++)
@@ -67,7 +74,10 @@ INLINE void dense_tile(const void *w, size_t r, size_t cols, tb_dtype dt, const 
     for (; c + 16 <= cols; c += 16) {
         __m512 wv[4];
         UNROLL
-        for (int i = 0; i < R; i++) wv[i] = load16(w, (r + i) * cols + c, dt);
+        for (int i = 0; i < R; i++) {
+            if (pf) _mm_prefetch((const char *)w + ((r + i + PF_ROWS) * cols + c) * es, _MM_HINT_T0);
+            wv[i] = load16(w, (r + i) * cols + c, dt);
+        }
         UNROLL
         for (int t = 0; t < T; t++) {
             __m512 xv = _mm512_loadu_ps(x + t * cols + c);
@@ -106,6 +116,8 @@ INLINE __m512i lane_columns(uint32_t bits)
 INLINE void nm24_tile(const void *v, const uint8_t *ix, size_t irb, size_t r, size_t cols, tb_dtype dt,
                       const float *x, float *y, size_t ldy, const int R, const int T)
 {
+    const size_t es = dt == TB_F32 ? 4 : 2;
+    const int pf = r + PF_ROWS + R <= ldy; /* as in dense_tile */
     const size_t vpr = cols / 2;
     __m512 acc[4][4];
     UNROLL
@@ -119,6 +131,10 @@ INLINE void nm24_tile(const void *v, const uint8_t *ix, size_t irb, size_t r, si
         UNROLL
         for (int i = 0; i < R; i++) {
             uint32_t bits;
+            if (pf) {
+                _mm_prefetch((const char *)v + ((r + i + PF_ROWS) * vpr + c / 2) * es, _MM_HINT_T0);
+                _mm_prefetch((const char *)(ix + (r + i + PF_ROWS) * irb + c / 8), _MM_HINT_T0);
+            }
             memcpy(&bits, ix + (r + i) * irb + c / 8, 4);
             sel[i] = lane_columns(bits);
             wv[i] = load16(v, (r + i) * vpr + c / 2, dt);
