@@ -21,10 +21,11 @@ int tb_isa_available(tb_isa isa)
     switch (isa) {
     case TB_ISA_SCALAR: return 1;
 #if defined(__x86_64__) || defined(__i386__)
-    /* __builtin_cpu_supports also checks that the OS saves the wide registers */
+    /* __builtin_cpu_supports also checks that the OS saves the wide registers.
+     * F16C is not asked (clang 14 cannot): every AVX2 CPU has it (Ivy Bridge,
+     * Piledriver and later). */
     case TB_ISA_AVX2:
-        return tb_gemv_avx2_compiled && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-               __builtin_cpu_supports("f16c");
+        return tb_gemv_avx2_compiled && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     case TB_ISA_AVX512:
         return tb_gemv_avx512_compiled && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                __builtin_cpu_supports("avx512vl");
