@@ -5,6 +5,7 @@
  * parses options, reads the text, reports progress and prints results.
  */
 #include <cjson/cJSON.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -348,7 +349,7 @@ int main(int argc, char **argv)
                       "divide the logits of the last 64 tokens by R (default 1: off)"),
         TB_OPT_CALLBACK(0, "stop", &o, "STR", add_stop, "stop when the text generated ends with STR (which is not\n"
                                                          "printed); repeat for several"),
-        TB_OPT_LONG(0, "seed", &o.seed, "S", 0, 0x7fffffffffffffffL, "random seed for sampling (default 0): same seed, same text"),
+        TB_OPT_LONG(0, "seed", &o.seed, "S", 0, (double)LONG_MAX, "random seed for sampling (default 0): same seed, same text"),
         TB_OPT_GROUP(""),
         TB_OPT_THREADS(&o.threads),
         TB_OPT_DEVICE(&o.dev),
