@@ -42,19 +42,19 @@ run() { # label command...: wall time, peak GPU memory (nvidia-smi every 100 ms)
     local peak=$(sort -n $W/mem.log | tail -1)
     log "$1: $(since $t0) s, peak GPU memory ${peak:-?} MiB (exit $rc) $(tail -c 300 $W/last.log | tr '\n' ' ')"
 }
-run "Gram, layer 0, 128x2048 tokens, bf16" $B/tb-fisher -m $W/m1 -t $W/tok.st --stats gram --layers 0:1 --device cuda -o $W/g.fisher
-[ -n "${BENCH_F32:-}" ] && run "Gram, layer 0, 128x2048 tokens, f32" $B/tb-fisher -m $W/m1 -t $W/tok.st --stats gram --layers 0:1 --device cuda --precision f32 -o $W/g32.fisher
-run "wanda scores" $B/tb-score -m $W/m1 -f $W/g.fisher --method wanda --tensors 'model.layers.0.*' -o $W/s.st
-run "2:4 masks" $B/tb-nm -s $W/s.st --pattern 2:4 -o $W/k.st
-run "SparseGPT, 7 weights, GPU" $B/tb-pack -m $W/m1 --masks $W/k.st -f $W/g.fisher --layers 0:1 --compensate sparsegpt --device cuda -o $W/p.tb
+run "Gram, layer 0, 128x2048 tokens, bf16" $B/tb-fisher -v -m $W/m1 -t $W/tok.st --stats gram --layers 0:1 --device cuda -o $W/g.fisher
+[ -n "${BENCH_F32:-}" ] && run "Gram, layer 0, 128x2048 tokens, f32" $B/tb-fisher -v -m $W/m1 -t $W/tok.st --stats gram --layers 0:1 --device cuda --precision f32 -o $W/g32.fisher
+run "wanda scores" $B/tb-score -v -m $W/m1 -f $W/g.fisher --method wanda --tensors 'model.layers.0.*' -o $W/s.st
+run "2:4 masks" $B/tb-nm -v -s $W/s.st --pattern 2:4 -o $W/k.st
+run "SparseGPT, 7 weights, GPU" $B/tb-pack -v -m $W/m1 --masks $W/k.st -f $W/g.fisher --layers 0:1 --compensate sparsegpt --device cuda -o $W/p.tb
 grep -h "s)" $W/last.log | head -12 | tee -a "$OUT/bench_7b.txt"
-run "recon 1000 steps, bf16, 16 windows x 2048" $B/tb-recon -m $W/m1 --shard $W/p.tb --layer 0 -t $W/tok.st --max-windows 16 --steps 1000 --device cuda -o $W/r.tb
-[ -n "${BENCH_F32:-}" ] && run "recon 100 steps, f32, 16 windows x 2048" $B/tb-recon -m $W/m1 --shard $W/p.tb --layer 0 -t $W/tok.st --max-windows 16 --steps 100 --device cuda --precision f32 -o $W/r32.tb
+run "recon 1000 steps, bf16, 16 windows x 2048" $B/tb-recon -v -m $W/m1 --shard $W/p.tb --layer 0 -t $W/tok.st --max-windows 16 --steps 1000 --device cuda -o $W/r.tb
+[ -n "${BENCH_F32:-}" ] && run "recon 100 steps, f32, 16 windows x 2048" $B/tb-recon -v -m $W/m1 --shard $W/p.tb --layer 0 -t $W/tok.st --max-windows 16 --steps 100 --device cuda --precision f32 -o $W/r32.tb
 
 L=${BENCH_LAYERS:-32}
 sed "s/\"num_hidden_layers\": 32/\"num_hidden_layers\": $L/" examples/configs/mistral-7b.json > $W/mL.json
 t0=$(stamp); $B/tb-synth $W/mL.json -o $W/mL --quiet --force; log "synth $L layers: $(since $t0) s"
-run "tb-run --ppl $L layers, 8 x 2048 tokens, bf16" $B/tb-run -m $W/mL --ppl examples/data/wikitext2-test.txt --seq-len 2048 --max-windows 8 --device cuda
-[ -n "${BENCH_F32:-}" ] && run "tb-run --ppl $L layers, 2 x 2048 tokens, f32" $B/tb-run -m $W/mL --ppl examples/data/wikitext2-test.txt --seq-len 2048 --max-windows 2 --device cuda --precision f32
+run "tb-run --ppl $L layers, 8 x 2048 tokens, bf16" $B/tb-run -v -m $W/mL --ppl examples/data/wikitext2-test.txt --seq-len 2048 --max-windows 8 --device cuda
+[ -n "${BENCH_F32:-}" ] && run "tb-run --ppl $L layers, 2 x 2048 tokens, f32" $B/tb-run -v -m $W/mL --ppl examples/data/wikitext2-test.txt --seq-len 2048 --max-windows 2 --device cuda --precision f32
 nvidia-smi --query-gpu=memory.used,memory.total --format=csv | tee -a "$OUT/bench_7b.txt"
 log "bench_7b: done"

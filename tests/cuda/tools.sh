@@ -53,7 +53,7 @@ echo "tb-recon layer 0 (2:4 Wanda + recon compensation), 300 steps, 32 windows: 
 "$BIN/tb-pack" -m "$MODEL" --masks "$tmp/k.st" -f "$tmp/g.fisher" --layers 0:1 --compensate recon -o "$tmp/p.tb" --quiet
 loss() { # device precision
     "$BIN/tb-recon" -m "$MODEL" --shard "$tmp/p.tb" --layer 0 -t "$CALIB" --max-windows 32 --steps 300 \
-        --device "$1" ${2:+--precision $2} -o "$tmp/r-$1.tb" 2>&1 | sed -n 's/.*output MSE [^ ]* -> \([^ ]*\) .*/\1/p'
+        --device "$1" ${2:+--precision $2} -v -o "$tmp/r-$1.tb" 2>&1 | sed -n 's/.*output MSE [^ ]* -> \([^ ]*\) .*/\1/p'
 }
 l_cpu=$(loss cpu)
 l_gpu=$(loss cuda f32)
