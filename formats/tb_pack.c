@@ -545,3 +545,31 @@ int tb_pack_is_part(const tb_pack_file *p, const st_tensor *t)
     }
     return 0;
 }
+
+int tb_pack_write_model_order(tb_pack_writer *w, const tb_packed *q, const float *wf, const uint8_t *keep)
+{
+    const int64_t R = q->rows, C = q->cols;
+    tb_mask mask;
+    float *stored = tb_malloc((size_t)(R * C) * sizeof(float));
+    int rc = stored ? tb_mask_alloc(&mask, R, C) : TB_EIO;
+    if (rc) {
+        free(stored);
+        return rc;
+    }
+    const int32_t *perm = NULL;
+    if (q->perm) { /* stored column j is model column perm[j] */
+        if (!(mask.perm = tb_malloc((size_t)C * sizeof(int32_t)))) rc = TB_EIO;
+        else memcpy(mask.perm, q->perm->data, (size_t)C * sizeof(int32_t));
+        perm = mask.perm;
+    }
+    for (int64_t r = 0; r < R && !rc; r++)
+        for (int64_t j = 0; j < C; j++) {
+            int64_t src = r * C + (perm ? perm[j] : j);
+            stored[r * C + j] = keep[src] ? wf[src] : 0.0f;
+            tb_mask_set(&mask, r, j, keep[src] != 0);
+        }
+    if (!rc) rc = tb_pack_write(w, stored, &mask);
+    tb_mask_free(&mask);
+    free(stored);
+    return rc;
+}

@@ -177,4 +177,10 @@ const tb_packed *tb_pack_find(const tb_pack_file *p, const char *name);
  * stored (permuted) column order, or in the model's order with unpermute. */
 float *tb_pack_tensor_f32(const tb_pack_file *p, const char *name, int unpermute, int64_t *numel);
 
+/* tb_pack_write of a weight trained in the model's column order: wf and keep
+ * [rows, cols] (keep != 0: kept) are put into q's stored order (its
+ * permutation, if any) and written under q's pattern; unkept entries are
+ * written as exact zeros. */
+int tb_pack_write_model_order(tb_pack_writer *w, const tb_packed *q, const float *wf, const uint8_t *keep);
+
 #endif

@@ -163,32 +163,8 @@ static int write_shard(const options *o, const tb_pack_file *p, float *const w[T
         return rc;
     }
     rc = tb_pack_writer_begin(pw, out.fp, o->output);
-    for (int k = 0; k < TB_LIN_PER_LAYER && !rc; k++) {
-        const tb_packed *q = pk[k];
-        const int64_t R = q->rows, C = q->cols;
-        tb_mask mask;
-        float *stored = tb_malloc((size_t)(R * C) * sizeof(float));
-        if (!stored || (rc = tb_mask_alloc(&mask, R, C))) {
-            free(stored);
-            rc = rc ? rc : TB_EIO;
-            break;
-        }
-        const int32_t *perm = NULL;
-        if (q->perm) { /* stored column j is model column perm[j] */
-            if (!(mask.perm = tb_malloc((size_t)C * sizeof(int32_t)))) rc = TB_EIO;
-            else memcpy(mask.perm, q->perm->data, (size_t)C * sizeof(int32_t));
-            perm = mask.perm;
-        }
-        for (int64_t r = 0; r < R && !rc; r++)
-            for (int64_t j = 0; j < C; j++) {
-                int64_t src = r * C + (perm ? perm[j] : j);
-                stored[r * C + j] = w[k][src];
-                tb_mask_set(&mask, r, j, keep[k][src] != 0);
-            }
-        if (!rc) rc = tb_pack_write(pw, stored, &mask);
-        tb_mask_free(&mask);
-        free(stored);
-    }
+    /* pruned entries of w are exact zeros: the kept set is the keep bits */
+    for (int k = 0; k < TB_LIN_PER_LAYER && !rc; k++) rc = tb_pack_write_model_order(pw, pk[k], w[k], keep[k]);
     for (int i = 0; i < p->f.n_tensors && !rc; i++)
         if (!tb_pack_is_part(p, &p->f.tensors[i])) rc = tb_pack_write_copy(pw, p->f.tensors[i].data, p->f.tensors[i].nbytes);
     if (!rc) rc = tb_pack_writer_finish(pw);

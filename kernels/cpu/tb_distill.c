@@ -141,34 +141,8 @@ static int write_one_shard(const tb_trainable *t, const tb_pack_file *p, const c
         return rc;
     }
     rc = tb_pack_writer_begin(pw, of.fp, out);
-    for (int i = 0; i < p->n_packed && !rc; i++) {
-        const tb_packed *q = &p->packed[i];
-        const int64_t R = q->rows, C = q->cols;
-        const float *w = t->w[idx[i]];
-        const uint8_t *keep = t->keep[idx[i]];
-        tb_mask mask;
-        float *stored = tb_malloc((size_t)(R * C) * sizeof(float));
-        if (!stored || (rc = tb_mask_alloc(&mask, R, C))) {
-            free(stored);
-            rc = rc ? rc : TB_EIO;
-            break;
-        }
-        const int32_t *perm = NULL;
-        if (q->perm) { /* stored column j is model column perm[j] */
-            if (!(mask.perm = tb_malloc((size_t)C * sizeof(int32_t)))) rc = TB_EIO;
-            else memcpy(mask.perm, q->perm->data, (size_t)C * sizeof(int32_t));
-            perm = mask.perm;
-        }
-        for (int64_t r = 0; r < R && !rc; r++)
-            for (int64_t j = 0; j < C; j++) {
-                int64_t src = r * C + (perm ? perm[j] : j);
-                stored[r * C + j] = keep[src] ? w[src] : 0.0f;
-                tb_mask_set(&mask, r, j, keep[src] != 0);
-            }
-        if (!rc) rc = tb_pack_write(pw, stored, &mask);
-        tb_mask_free(&mask);
-        free(stored);
-    }
+    for (int i = 0; i < p->n_packed && !rc; i++)
+        rc = tb_pack_write_model_order(pw, &p->packed[i], t->w[idx[i]], t->keep[idx[i]]);
     for (int i = 0; i < p->f.n_tensors && !rc; i++)
         if (!tb_pack_is_part(p, &p->f.tensors[i])) rc = tb_pack_write_copy(pw, p->f.tensors[i].data, p->f.tensors[i].nbytes);
     if (!rc) rc = tb_pack_writer_finish(pw);
