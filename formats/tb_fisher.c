@@ -197,3 +197,97 @@ int tb_fisher_values_f32(const st_tensor *t, int nonneg, float **out)
     *out = v;
     return TB_OK;
 }
+
+/* ---------------------------------------------------------------- writing */
+
+static void fetch_bytes(const tb_fisher_source *src, void *dst, const void *from, size_t bytes)
+{
+    if (src && src->fetch) src->fetch(src->ctx, dst, from, bytes);
+    else memcpy(dst, from, bytes);
+}
+
+/* Declare stat s's tensors (write == 0) or write its data (write == 1);
+ * buf: block_bytes of host memory, seg: the same again for a GRAM's column
+ * pieces. */
+static int fisher_stat_io(st_writer *w, const tb_fisher_stat *s, const tb_fisher_source *src, int write,
+                          void *buf, void *seg, size_t block_bytes)
+{
+    char full[600];
+    int rc = TB_OK;
+    if (s->kind == TB_FISHER_STAT_DIAG) {
+        if (!write) {
+            snprintf(full, sizeof full, "fisher.%s", s->weight);
+            return st_writer_add(w, full, TB_F32, 2, (int64_t[]){s->rows, s->cols});
+        }
+        const size_t total = (size_t)s->rows * (size_t)s->cols, per = block_bytes / sizeof(float);
+        float *F = buf;
+        for (size_t at = 0; at < total && !rc; at += per) {
+            size_t k = total - at < per ? total - at : per;
+            fetch_bytes(src, F, (const float *)s->data + at, k * sizeof(float));
+            for (size_t i = 0; i < k; i++) F[i] = (float)(F[i] * s->scale);
+            rc = st_writer_write(w, F, k * sizeof(float));
+        }
+        return rc;
+    }
+    if (s->kind == TB_FISHER_STAT_GRAM) {
+        const int64_t k = s->rows;
+        if (!write) {
+            tb_fisher_gram_name(s->weight, "input", full, sizeof full);
+            rc = st_writer_add(w, full, TB_F64, 2, (int64_t[]){k, k});
+            tb_fisher_gram_name(s->weight, "count", full, sizeof full);
+            return rc ? rc : st_writer_add(w, full, TB_I64, 1, (int64_t[]){1});
+        }
+        /* rows [r0, r1) at a time: each row's upper part from its diagonal on,
+         * its lower part (r, q < r) mirrored from (q, r): for q < r0 a piece of
+         * an earlier row, for q >= r0 this block's own rows */
+        const double *G = s->data;
+        const int64_t nb = (int64_t)(block_bytes / ((size_t)k * sizeof(double))) > 0
+                               ? (int64_t)(block_bytes / ((size_t)k * sizeof(double))) : 1;
+        double *B = buf, *col = seg;
+        for (int64_t r0 = 0; r0 < k && !rc; r0 += nb) {
+            const int64_t r1 = r0 + nb < k ? r0 + nb : k;
+            for (int64_t r = r0; r < r1; r++)
+                fetch_bytes(src, B + (r - r0) * k + r, G + r * k + r, (size_t)(k - r) * sizeof(double));
+            for (int64_t q = 0; q < r0; q++) {
+                fetch_bytes(src, col, G + q * k + r0, (size_t)(r1 - r0) * sizeof(double));
+                for (int64_t r = r0; r < r1; r++) B[(r - r0) * k + q] = col[r - r0];
+            }
+            for (int64_t r = r0; r < r1; r++)
+                for (int64_t q = r0; q < r; q++) B[(r - r0) * k + q] = B[(q - r0) * k + r];
+            rc = st_writer_write(w, B, (size_t)(r1 - r0) * (size_t)k * sizeof(double));
+        }
+        return rc ? rc : st_writer_write(w, &s->tokens, sizeof(int64_t));
+    }
+    if (!write) {
+        snprintf(full, sizeof full, "grad.%s", s->weight);
+        return st_writer_add(w, full, TB_BF16, 3, (int64_t[]){s->samples, s->rows, s->cols});
+    }
+    return st_writer_write(w, s->data, (size_t)s->samples * (size_t)s->rows * (size_t)s->cols * sizeof(uint16_t));
+}
+
+int tb_fisher_write(const char *path, const tb_fisher_stat *stats, int n, const tb_fisher_source *src,
+                    const char *const *meta_kv, int n_meta)
+{
+    size_t block_bytes = src && src->block_bytes ? src->block_bytes : (size_t)32 << 20;
+    int64_t widest = 1; /* a GRAM block holds at least one row */
+    for (int i = 0; i < n; i++)
+        if (stats[i].kind == TB_FISHER_STAT_GRAM && stats[i].rows > widest) widest = stats[i].rows;
+    if (block_bytes < (size_t)widest * sizeof(double)) block_bytes = (size_t)widest * sizeof(double);
+    st_writer *w = st_writer_new();
+    double *buf = tb_malloc(block_bytes), *seg = tb_malloc(block_bytes);
+    int rc = w && buf && seg ? TB_OK : TB_EIO;
+    for (int i = 0; !rc && i < n_meta; i++) rc = st_writer_meta(w, meta_kv[2 * i], meta_kv[2 * i + 1]);
+    for (int i = 0; !rc && i < n; i++) rc = fisher_stat_io(w, &stats[i], src, 0, NULL, NULL, 0);
+    tb_outfile out = {0};
+    if (!rc && !(rc = tb_out_open(&out, path))) {
+        rc = st_writer_begin(w, out.fp, path);
+        for (int i = 0; !rc && i < n; i++) rc = fisher_stat_io(w, &stats[i], src, 1, buf, seg, block_bytes);
+        if (!rc) rc = st_writer_finish(w);
+        if (!rc) rc = tb_out_commit(&out);
+        else tb_out_abort(&out);
+    }
+    st_writer_free(w);
+    free(buf);
+    free(seg);
+    return rc;
+}

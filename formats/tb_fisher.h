@@ -76,4 +76,39 @@ int tb_fisher_gram_count(const st_file *f, const char *module, double *n);
  * NaN or infinite (or negative, with nonneg). */
 int tb_fisher_values_f32(const st_tensor *t, int nonneg, float **out);
 
+/* ---- writing: the engine hands its arrays, this writes the file ---- */
+
+typedef enum { TB_FISHER_STAT_DIAG, TB_FISHER_STAT_GRAM, TB_FISHER_STAT_GRAD } tb_fisher_stat_kind;
+
+/* One statistic of a .fisher file. DIAG and GRAM data may live where the
+ * caller computed them (a GPU): they are read only through the source's
+ * fetch, a block at a time, so writing never holds a second copy of the
+ * largest (at 7B a down_proj Gram is 14336^2 f64 = 1.5 GiB). */
+typedef struct {
+    tb_fisher_stat_kind kind;
+    const char *weight;  /* the weight served, "model.layers.0.mlp.down_proj.weight"; a GRAM is
+                          * named by tb_fisher_gram_name() of it (q/k/v -> q_proj, ...) */
+    int64_t rows, cols;  /* DIAG, GRAD: the weight's shape; GRAM: k = rows = cols, its input width */
+    int samples;         /* GRAD: K */
+    const void *data;    /* DIAG: f32 sums [rows, cols], written as (float)(sum * scale);
+                          * GRAM: f64 [k, k] of which only the upper triangle (row-major
+                          * [i * k + j], j >= i) is read: the file gets the symmetric matrix;
+                          * GRAD: bf16 [K, rows, cols] in host memory, written as is */
+    double scale;        /* DIAG */
+    int64_t tokens;      /* GRAM: tokens summed ("gram.<m>.count") */
+} tb_fisher_stat;
+
+typedef struct {
+    /* copy `bytes` at src (inside a DIAG or GRAM's data) into host memory dst;
+     * NULL: data is host memory (memcpy) */
+    void (*fetch)(void *ctx, void *dst, const void *src, size_t bytes);
+    void *ctx;
+    size_t block_bytes;  /* host buffer for one piece (0: 32 MiB; tests make it small) */
+} tb_fisher_source;
+
+/* Write stats[0..n) (in that order, the layout above) and the metadata pairs
+ * meta_kv[2 n_meta] to `path` through an atomic output ("-": stdout). */
+int tb_fisher_write(const char *path, const tb_fisher_stat *stats, int n, const tb_fisher_source *src,
+                    const char *const *meta_kv, int n_meta);
+
 #endif

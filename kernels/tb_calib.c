@@ -3,8 +3,6 @@
 #include "tb_calib.h"
 #include "tb_error.h"
 #include "tb_fisher.h"
-#include "tb_io.h"
-#include "tb_safetensors.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -199,84 +197,55 @@ int tb_calib_layers(tb_calib *c, tb_forward *f, int n, int l0, int l1)
     return TB_OK;
 }
 
-/* Every output tensor in file order (Fisher, then Gram, then samples, each in
- * layer order), declared (write == 0) or written (write == 1) by the one walk,
- * so the header and the data can never disagree. Writing finalises the sums:
+/* the .fisher writer reads sums where the backend keeps them */
+static void fetch_from_backend(void *ctx, void *dst, const void *src, size_t bytes)
+{
+    tb_backend *be = ctx;
+    be->ops->download(be, dst, src, bytes);
+}
+
+/* The statistics in file order (Fisher, then Gram, then samples, each in
+ * layer order) handed to formats/' writer, which finalises them on the way:
  * Fisher sums become means, Gram upper triangles are mirrored. */
-static int walk_outputs(tb_calib *c, st_writer *w, int write)
+int tb_calib_write(tb_calib *c, const char *path, const char *const *meta_kv, int n_meta)
 {
     const tb_model *m = c->m;
-    const int L = m->cfg.n_layers;
+    const int L = m->cfg.n_layers, n_lin = L * TB_LIN_PER_LAYER + 1;
     const double inv = c->windows ? 1.0 / (double)c->windows : 0.0;
-    char name[256], full[320];
-    int rc = TB_OK;
+    tb_fisher_stat *stats = tb_calloc((size_t)n_lin * 3, sizeof *stats);
+    char(*names)[128] = tb_calloc((size_t)n_lin, sizeof *names);
+    int n = 0, rc = stats && names ? TB_OK : TB_EIO;
     for (int pass = 0; pass < 3 && !rc; pass++)
-        for (int l = 0; l <= L && !rc; l++)
-            for (int i = 0; i < TB_LIN_PER_LAYER && !rc; i++) {
+        for (int l = 0; l <= L; l++)
+            for (int i = 0; i < TB_LIN_PER_LAYER; i++) {
                 if (l == L && (i > 0 || !c->with_lm_head)) continue;
                 const tb_linear *W = lin_of(m, l, i);
                 const int idx = l * TB_LIN_PER_LAYER + i, g = l * TB_GRAM_PER_LAYER + gram_slot(i);
-                const size_t sz = (size_t)W->rows * W->cols;
-                tb_calib_weight_name(m, l, i, name, sizeof name);
+                tb_calib_weight_name(m, l, i, names[idx], sizeof names[idx]);
+                tb_fisher_stat s = {.weight = names[idx], .rows = W->rows, .cols = W->cols};
                 if (pass == 0 && c->fisher && c->fisher[idx]) {
-                    if (!write) {
-                        snprintf(full, sizeof full, "fisher.%s", name);
-                        rc = st_writer_add(w, full, TB_F32, 2, (int64_t[]){W->rows, W->cols});
-                        continue;
-                    }
-                    float *F = tb_malloc(sz * sizeof(float));
-                    if (!F) return TB_EIO;
-                    c->be->ops->download(c->be, F, c->fisher[idx], sz * sizeof(float));
-                    for (size_t k = 0; k < sz; k++) F[k] = (float)(F[k] * inv);
-                    rc = st_writer_write(w, F, sz * sizeof(float));
-                    free(F);
+                    s.kind = TB_FISHER_STAT_DIAG;
+                    s.data = c->fisher[idx];
+                    s.scale = inv;
                 } else if (pass == 1 && c->gram && l < L && gram_slot(i) >= 0 && c->gram[g]) {
-                    const int d = W->cols;
-                    if (!write) {
-                        tb_fisher_gram_name(name, "input", full, sizeof full);
-                        rc = st_writer_add(w, full, TB_F64, 2, (int64_t[]){d, d});
-                        tb_fisher_gram_name(name, "count", full, sizeof full);
-                        if (!rc) rc = st_writer_add(w, full, TB_I64, 1, (int64_t[]){1});
-                        continue;
-                    }
-                    double *G = tb_malloc((size_t)d * d * sizeof(double));
-                    if (!G) return TB_EIO;
-                    c->be->ops->download(c->be, G, c->gram[g], (size_t)d * d * sizeof(double));
-                    for (int r = 0; r < d; r++) /* the backends define the upper triangle */
-                        for (int q = 0; q < r; q++) G[(size_t)r * d + q] = G[(size_t)q * d + r];
-                    rc = st_writer_write(w, G, (size_t)d * d * sizeof(double));
-                    free(G);
-                    if (!rc) rc = st_writer_write(w, &c->gram_tokens[g], sizeof(int64_t));
+                    s.kind = TB_FISHER_STAT_GRAM;
+                    s.rows = W->cols;
+                    s.data = c->gram[g];
+                    s.tokens = c->gram_tokens[g];
                 } else if (pass == 2 && c->samples && c->samples[idx]) {
-                    if (!write) {
-                        snprintf(full, sizeof full, "grad.%s", name);
-                        rc = st_writer_add(w, full, TB_BF16, 3, (int64_t[]){c->o.grad_samples, W->rows, W->cols});
-                        continue;
-                    }
-                    rc = st_writer_write(w, c->samples[idx], sz * (size_t)c->o.grad_samples * sizeof(uint16_t));
+                    s.kind = TB_FISHER_STAT_GRAD;
+                    s.samples = c->o.grad_samples;
+                    s.data = c->samples[idx];
+                } else {
+                    continue;
                 }
+                stats[n++] = s;
             }
-    return rc;
-}
-
-int tb_calib_write(tb_calib *c, const char *path, const char *const *meta_kv, int n_meta)
-{
-    st_writer *w = st_writer_new();
-    if (!w) return TB_EIO;
-    int rc = TB_OK;
-    for (int i = 0; !rc && i < n_meta; i++) rc = st_writer_meta(w, meta_kv[2 * i], meta_kv[2 * i + 1]);
-    if (!rc) rc = walk_outputs(c, w, 0);
-    tb_outfile out;
-    if (!rc) rc = tb_out_open(&out, path);
-    if (rc) {
-        st_writer_free(w);
-        return rc;
+    if (!rc) {
+        tb_fisher_source src = {.fetch = fetch_from_backend, .ctx = c->be};
+        rc = tb_fisher_write(path, stats, n, &src, meta_kv, n_meta);
     }
-    rc = st_writer_begin(w, out.fp, path);
-    if (!rc) rc = walk_outputs(c, w, 1);
-    if (!rc) rc = st_writer_finish(w);
-    if (!rc) rc = tb_out_commit(&out);
-    else tb_out_abort(&out);
-    st_writer_free(w);
+    free(stats);
+    free(names);
     return rc;
 }

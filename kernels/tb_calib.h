@@ -13,7 +13,7 @@
  *   samples 2 bytes x K x linear parameters    (bf16)
  * Numerics: a non-finite gradient is an error naming the tensor and window.
  * Fisher and Gram sums live in the backend's memory (the GPU's on CUDA) and
- * cross to the host only when written.
+ * cross to the host only when written, a block at a time (tb_fisher_write).
  */
 #ifndef TB_CALIB_H
 #define TB_CALIB_H

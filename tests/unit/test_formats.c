@@ -14,6 +14,7 @@
 
 #include "tb_config.h"
 #include "tb_error.h"
+#include "tb_fisher.h"
 #include "tb_safetensors.h"
 
 /* ---- dtype conversions: exact known values ---- */
@@ -209,6 +210,85 @@ static void test_writer_misuse(void **state)
     st_writer_free(w);
 }
 
+/* ---- .fisher writer: a Gram given as its upper triangle comes out
+ * symmetric however the rows are blocked, and only the upper triangle and
+ * the data's own bytes are ever fetched ---- */
+
+typedef struct {
+    const char *lo[2], *hi[2]; /* the byte ranges fetches may touch */
+    int64_t calls;
+} fetch_log;
+
+static void fetch_checked(void *ctx, void *dst, const void *src, size_t bytes)
+{
+    fetch_log *l = ctx;
+    const char *a = src;
+    assert_true((a >= l->lo[0] && a + bytes <= l->hi[0]) || (a >= l->lo[1] && a + bytes <= l->hi[1]));
+    l->calls++;
+    memcpy(dst, src, bytes);
+}
+
+static void test_fisher_write_blocks(void **state)
+{
+    (void)state;
+    enum { K = 7, R = 3, C = 5 };
+    double G[K * K], full[K * K];
+    for (int i = 0; i < K; i++)
+        for (int j = 0; j < K; j++) {
+            /* upper triangle: distinct values; lower: NaN poison the file must not show */
+            G[i * K + j] = j >= i ? 1.0 + i * 10 + j * 0.125 : NAN;
+            full[i * K + j] = j >= i ? G[i * K + j] : 1.0 + j * 10 + i * 0.125;
+        }
+    float sums[R * C];
+    for (int i = 0; i < R * C; i++) sums[i] = (float)(i + 1) * 3.0f;
+    uint16_t grad[2 * R * C];
+    for (int i = 0; i < 2 * R * C; i++) grad[i] = (uint16_t)(0x3f80 + i);
+    const char *meta[] = {"tensorbit.kind", "fisher"};
+    /* block sizes: one row, two rows (7 = 2 + 2 + 2 + 1), all rows */
+    const size_t blocks[] = {1, K * sizeof(double), 2 * K * sizeof(double), 1 << 20};
+    for (size_t b = 0; b < sizeof blocks / sizeof blocks[0]; b++) {
+        tb_fisher_stat st[3] = {
+            {.kind = TB_FISHER_STAT_DIAG, .weight = "model.layers.0.mlp.up_proj.weight", .rows = R, .cols = C,
+             .data = sums, .scale = 1.0 / 3},
+            {.kind = TB_FISHER_STAT_GRAM, .weight = "model.layers.0.self_attn.q_proj.weight", .rows = K, .cols = K,
+             .data = G, .tokens = 42},
+            {.kind = TB_FISHER_STAT_GRAD, .weight = "model.layers.0.mlp.up_proj.weight", .rows = R, .cols = C,
+             .samples = 2, .data = grad},
+        };
+        char path[] = "/tmp/tb_test_fisher_XXXXXX";
+        int fd = mkstemp(path);
+        assert_true(fd >= 0);
+        close(fd);
+        /* fetches may touch G and sums, nothing else: checked by range here,
+         * and that G's lower triangle is never used by its NaN poison below */
+        fetch_log lg = {{(const char *)G, (const char *)sums}, {(const char *)(G + K * K), (const char *)(sums + R * C)}, 0};
+        tb_fisher_source src = {.fetch = fetch_checked, .ctx = &lg, .block_bytes = blocks[b]};
+        assert_int_equal(tb_fisher_write(path, st, 3, &src, meta, 1), TB_OK);
+        assert_true(lg.calls > 0);
+        st_file f;
+        assert_int_equal(st_open(&f, path), TB_OK);
+        assert_int_equal(tb_fisher_check(&f), TB_OK);
+        const st_tensor *t = st_find(&f, "gram.model.layers.0.self_attn.q_proj.input");
+        assert_non_null(t);
+        assert_int_equal(t->dtype, TB_F64);
+        assert_memory_equal(t->data, full, sizeof full);
+        double n = 0;
+        assert_int_equal(tb_fisher_gram_count(&f, "model.layers.0.self_attn.q_proj", &n), TB_OK);
+        assert_true(n == 42);
+        t = st_find(&f, "fisher.model.layers.0.mlp.up_proj.weight");
+        assert_non_null(t);
+        for (int i = 0; i < R * C; i++) assert_true(((const float *)t->data)[i] == (float)((i + 1) * 3.0f * (1.0 / 3)));
+        t = st_find(&f, "grad.model.layers.0.mlp.up_proj.weight");
+        assert_non_null(t);
+        assert_int_equal(t->shape[0], 2);
+        assert_memory_equal(t->data, grad, sizeof grad);
+        /* file order: Fisher, Gram and its count, samples */
+        assert_string_equal(f.tensors[0].name, "fisher.model.layers.0.mlp.up_proj.weight");
+        st_close(&f);
+        unlink(path);
+    }
+}
+
 /* ---- config ---- */
 
 static void test_config_variants(void **state)
@@ -264,7 +344,7 @@ int main(void)
         cmocka_unit_test(test_f8),           cmocka_unit_test(test_to_f32_all_dtypes),
         cmocka_unit_test(test_st_valid),     cmocka_unit_test(test_st_malformed),
         cmocka_unit_test(test_st_roundtrip), cmocka_unit_test(test_writer_misuse),
-        cmocka_unit_test(test_config_variants),
+        cmocka_unit_test(test_config_variants), cmocka_unit_test(test_fisher_write_blocks),
     };
     return cmocka_run_group_tests_name("formats", tests, NULL, NULL);
 }
