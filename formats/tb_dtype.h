@@ -17,6 +17,19 @@ int tb_dtype_parse(const char *name, tb_dtype *out); /* 0 ok, -1 unknown */
 size_t tb_dtype_size(tb_dtype dt);             /* bytes per element */
 int tb_dtype_is_float(tb_dtype dt);
 
+/* A typed array in memory, usually a view into a mapped file: what the CPU
+ * kernels that read any dtype take (tb_stats, tb_nm's pools), so they never
+ * see a file's structures. st_array() views a safetensors tensor as one. */
+#define TB_MAX_DIMS 8
+typedef struct {
+    const char *name; /* for error messages */
+    tb_dtype dtype;
+    int ndim;
+    int64_t shape[TB_MAX_DIMS];
+    int64_t numel;
+    const void *data;
+} tb_array;
+
 /* Convert n elements starting at element `offset` of `src` (any dtype) to f32.
  * Integers convert by value; BOOL to 0/1. */
 void tb_to_f32(tb_dtype dt, const void *src, size_t offset, size_t n, float *dst);

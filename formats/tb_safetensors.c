@@ -330,6 +330,13 @@ const char *st_meta(const st_file *f, const char *key)
     return NULL;
 }
 
+tb_array st_array(const st_tensor *t)
+{
+    tb_array a = {.name = t->name, .dtype = t->dtype, .ndim = t->ndim, .numel = t->numel, .data = t->data};
+    for (int d = 0; d < t->ndim && d < TB_MAX_DIMS; d++) a.shape[d] = t->shape[d];
+    return a;
+}
+
 float *st_tensor_f32(const st_tensor *t)
 {
     float *out = tb_malloc((size_t)t->numel * sizeof(float));

@@ -28,7 +28,7 @@
 #include "tb_dtype.h"
 #include "tb_io.h"
 
-#define ST_MAX_DIMS 8
+#define ST_MAX_DIMS TB_MAX_DIMS
 #define ST_MAX_HEADER (100u << 20) /* 100 MB, the reference implementation's bound */
 
 typedef struct {
@@ -54,6 +54,8 @@ typedef struct {
 } st_file;
 
 int st_open(st_file *f, const char *path);
+/* The tensor as a typed array (a view: no copy) for the kernels. */
+tb_array st_array(const st_tensor *t);
 /* Parse and validate a buffer already in memory; takes ownership of `map`
  * (it is released by st_close or on failure). `label` names it in errors. */
 int st_open_mapped(st_file *f, const char *label, tb_mapped map);

@@ -112,9 +112,10 @@ static int tensor_detail(const options *o, const st_tensor *t, cJSON *jt, char *
 {
     line[0] = 0;
     size_t k = 0;
+    const tb_array ta = st_array(t);
     if (o->stats) {
         tb_tensor_stats s;
-        tb_stats_compute(t, &s);
+        tb_stats_compute(&ta, &s);
         double zf = s.count ? (double)s.zeros / (double)s.count : 0;
         if (jt) {
             cJSON *js = cJSON_AddObjectToObject(jt, "stats");
@@ -141,7 +142,7 @@ static int tensor_detail(const options *o, const st_tensor *t, cJSON *jt, char *
     if (o->nm_m && t->ndim >= 2) {
         double frac;
         int64_t groups;
-        int rc = tb_nm_conformity(t, o->nm_n, o->nm_m, &frac, &groups);
+        int rc = tb_nm_conformity(&ta, o->nm_n, o->nm_m, &frac, &groups);
         if (rc) return rc;
         if (jt) {
             cJSON *jn = cJSON_AddObjectToObject(jt, "nm");

@@ -241,7 +241,7 @@ static int run(options *o)
     tb_pool_threshold *thr = NULL;
     int64_t *ties_before = NULL, *pool_ties = NULL;
     int *group_of = NULL;
-    const st_tensor **pool = NULL;
+    tb_array *pool = NULL; /* one pool's tensors at a time */
     tb_mask mask = {0};
     totals tt = {0};
 
@@ -286,7 +286,7 @@ static int run(options *o)
                                       layer_prefix(it[j].s->name) == pl);
                 if (!same) continue;
                 group_of[j] = i;
-                pool[np++] = it[j].s;
+                pool[np++] = st_array(it[j].s);
                 numel += it[j].s->numel;
             }
             rc = tb_pool_select(pool, np, llround(o->sparsity * (double)numel), &thr[i], pool_ties);
@@ -325,7 +325,8 @@ static int run(options *o)
             free(s);
         } else {
             rc = tb_mask_alloc(&mask, rows, cols);
-            if (!rc) rc = tb_pool_mask(t, &thr[group_of[i]], ties_before[i], &mask);
+            tb_array ta = st_array(t);
+            if (!rc) rc = tb_pool_mask(&ta, &thr[group_of[i]], ties_before[i], &mask);
             if (!rc && o->verbose) {
                 float *s = st_tensor_f32(t);
                 if (s) {

@@ -476,11 +476,11 @@ int tb_unstructured_units(const float *s, int64_t rows, int64_t cols, int k_dim,
 
 #define CHUNK 4096
 
-int tb_pool_select(const st_tensor *const *t, int n, int64_t n_prune, tb_pool_threshold *thr, int64_t *ties_before)
+int tb_pool_select(const tb_array *t, int n, int64_t n_prune, tb_pool_threshold *thr, int64_t *ties_before)
 {
     memset(thr, 0, sizeof *thr);
     int64_t total = 0;
-    for (int i = 0; i < n; i++) total += t[i]->numel;
+    for (int i = 0; i < n; i++) total += t[i].numel;
     thr->n_prune = n_prune < total ? n_prune : total;
     for (int i = 0; i < n; i++) ties_before[i] = 0;
     if (thr->n_prune <= 0) return TB_OK;
@@ -492,9 +492,9 @@ int tb_pool_select(const st_tensor *const *t, int n, int64_t n_prune, tb_pool_th
     for (int pass = 0; pass < 3; pass++) {
         rpass_init(p, pass, prefix);
         for (int i = 0; i < n; i++)
-            for (int64_t off = 0; off < t[i]->numel; off += CHUNK) {
-                int64_t k = t[i]->numel - off < CHUNK ? t[i]->numel - off : CHUNK;
-                tb_to_f32(t[i]->dtype, t[i]->data, (size_t)off, (size_t)k, buf);
+            for (int64_t off = 0; off < t[i].numel; off += CHUNK) {
+                int64_t k = t[i].numel - off < CHUNK ? t[i].numel - off : CHUNK;
+                tb_to_f32(t[i].dtype, t[i].data, (size_t)off, (size_t)k, buf);
                 rpass_add(p, buf, k);
             }
         thr->ties_total = rpass_pick(p, &rank, &prefix);
@@ -506,16 +506,16 @@ int tb_pool_select(const st_tensor *const *t, int n, int64_t n_prune, tb_pool_th
     int64_t before = 0;
     for (int i = 0; i < n; i++) {
         ties_before[i] = before;
-        for (int64_t off = 0; off < t[i]->numel; off += CHUNK) {
-            int64_t k = t[i]->numel - off < CHUNK ? t[i]->numel - off : CHUNK;
-            tb_to_f32(t[i]->dtype, t[i]->data, (size_t)off, (size_t)k, buf);
+        for (int64_t off = 0; off < t[i].numel; off += CHUNK) {
+            int64_t k = t[i].numel - off < CHUNK ? t[i].numel - off : CHUNK;
+            tb_to_f32(t[i].dtype, t[i].data, (size_t)off, (size_t)k, buf);
             for (int64_t j = 0; j < k; j++) before += fkey(buf[j]) == thr->key;
         }
     }
     return TB_OK;
 }
 
-int tb_pool_mask(const st_tensor *t, const tb_pool_threshold *thr, int64_t ties_before, tb_mask *mask)
+int tb_pool_mask(const tb_array *t, const tb_pool_threshold *thr, int64_t ties_before, tb_mask *mask)
 {
     if (t->ndim != 2 || t->shape[0] != mask->rows || t->shape[1] != mask->cols)
         return tb_fail(TB_EUSAGE, "tensor '%s': mask shape differs", t->name);

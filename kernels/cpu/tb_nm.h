@@ -17,7 +17,7 @@
 #include <stdint.h>
 
 #include "tb_mask.h"
-#include "tb_safetensors.h"
+#include "tb_dtype.h"
 
 #define TB_NM_MAX_M 16
 
@@ -94,8 +94,8 @@ typedef struct {
     int64_t ties_total; /* elements of the pool whose key == key */
     int64_t ties_prune; /* of which the last ties_prune are pruned */
 } tb_pool_threshold;
-int tb_pool_select(const st_tensor *const *t, int n, int64_t n_prune, tb_pool_threshold *thr, int64_t *ties_before);
-int tb_pool_mask(const st_tensor *t, const tb_pool_threshold *thr, int64_t ties_before, tb_mask *mask);
+int tb_pool_select(const tb_array *t, int n, int64_t n_prune, tb_pool_threshold *thr, int64_t *ties_before);
+int tb_pool_mask(const tb_array *t, const tb_pool_threshold *thr, int64_t ties_before, tb_mask *mask);
 
 /* ---- channel permutation (Pool & Yu 2021) ----
  * perm[j] = the original input channel at position j of the permuted weight.

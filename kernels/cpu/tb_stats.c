@@ -5,7 +5,7 @@
 
 #define CHUNK 4096
 
-void tb_stats_compute(const st_tensor *t, tb_tensor_stats *s)
+void tb_stats_compute(const tb_array *t, tb_tensor_stats *s)
 {
     double buf[CHUNK];
     double sum = 0, sumsq = 0;
@@ -49,7 +49,7 @@ int64_t tb_nm_groups_within(const float *x, int64_t n_groups, int n, int m)
     return ok;
 }
 
-int tb_nm_conformity(const st_tensor *t, int n, int m, double *fraction, int64_t *groups)
+int tb_nm_conformity(const tb_array *t, int n, int m, double *fraction, int64_t *groups)
 {
     if (t->ndim < 1) return tb_fail(TB_EDATA, "tensor '%s': a scalar has no N:M groups", t->name);
     int64_t cols = t->shape[t->ndim - 1];

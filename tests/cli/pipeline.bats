@@ -58,6 +58,23 @@ print(len(p), min(t['conforming_fraction'] for t in p), round(sum(t['sparsity'] 
     [[ "$output" == "The history of"* ]]
 }
 
+@test "tb-inspect's per-weight output error is tb-pack's (the recipe's model and Gram, opened once)" {
+    local T=$BATS_TEST_TMPDIR
+    tb-pack -m "$TB_MODEL" --masks "$OUTD/masks.0.st" --stats "$OUTD/gram.0.fisher" --compensate sparsegpt \
+        -o "$T/p.tb" -v 2>"$T/log"
+    run tb-inspect --json "$T/p.tb"
+    [ "$status" -eq 0 ]
+    run python3 -c "
+import json, re, sys
+got = {t['name']: t['relative_output_error'] for t in json.loads(sys.argv[1])['pruned']}
+want = {m.group(1): float(m.group(2)) for m in re.finditer(r'\] (\S+) sparsegpt, \|\|dW X\|\|/\|\|W X\|\| ([0-9.]+)', open(sys.argv[2]).read())}
+assert len(want) == 7 and set(got) == set(want), (sorted(got), sorted(want))
+bad = [(n, got[n], want[n]) for n in want if abs(got[n] - want[n]) > 6e-5]
+print(bad or 'ok', min(want.values()), max(abs(got[n] - want[n]) for n in want))" "$output" "$T/log"
+    echo "$output"
+    [[ "$output" == "ok "* ]]
+}
+
 @test "--plot draws an SVG with a bar per layer, axis titles, a legend, model and pattern; says where" {
     local f=$BATS_TEST_TMPDIR/p.svg
     run tb-inspect "$OUTD/model.tbm" --plot "$f"

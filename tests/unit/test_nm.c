@@ -300,8 +300,7 @@ static void test_unstructured_pool(void **state)
     tb_dtype dts[3] = {TB_F32, TB_BF16, TB_F16};
     void *data[3];
     float *vals[3];
-    st_tensor t[3];
-    const st_tensor *tp[3];
+    tb_array t[3];
     int64_t total = 0;
     for (int i = 0; i < 3; i++) {
         int64_t n = shapes[i][0] * shapes[i][1];
@@ -315,21 +314,20 @@ static void test_unstructured_pool(void **state)
             else ((uint16_t *)data[i])[j] = tb_f32_to_f16(v);
         }
         memset(&t[i], 0, sizeof t[i]);
-        t[i].name = (char *)"t";
+        t[i].name = "t";
         t[i].dtype = dts[i];
         t[i].ndim = 2;
         t[i].shape[0] = shapes[i][0];
         t[i].shape[1] = shapes[i][1];
         t[i].numel = n;
         t[i].data = data[i];
-        tp[i] = &t[i];
         total += n;
     }
     static const double fr[] = {0.0, 0.1, 0.5, 0.613, 1.0};
     for (size_t f = 0; f < sizeof fr / sizeof fr[0]; f++) {
         int64_t want = llround(fr[f] * (double)total), ties_before[3], pruned = 0;
         tb_pool_threshold thr;
-        assert_int_equal(tb_pool_select(tp, 3, want, &thr, ties_before), TB_OK);
+        assert_int_equal(tb_pool_select(t, 3, want, &thr, ties_before), TB_OK);
         float max_pruned = -INFINITY, min_kept = INFINITY;
         for (int i = 0; i < 3; i++) {
             tb_mask mk;
@@ -348,7 +346,7 @@ static void test_unstructured_pool(void **state)
     /* a single tensor is a pool of one: per-tensor exact count */
     int64_t tb1[1];
     tb_pool_threshold thr;
-    assert_int_equal(tb_pool_select(tp, 1, 50, &thr, tb1), TB_OK);
+    assert_int_equal(tb_pool_select(t, 1, 50, &thr, tb1), TB_OK);
     tb_mask mk;
     tb_mask_alloc(&mk, shapes[0][0], shapes[0][1]);
     assert_int_equal(tb_pool_mask(&t[0], &thr, tb1[0], &mk), TB_OK);

@@ -1,7 +1,9 @@
 /* tb_report.h - what a pruned model (.tb shards) holds, per pruned weight:
  * sparsity, pattern conformity and, when the recipe's source model and Gram
  * statistics are at hand, the relative output error; and an SVG plot of it per
- * layer. Used by tb-inspect; kept here so the tool stays a thin front. */
+ * layer. Used by tb-inspect; kept here so the tool stays a thin front. It
+ * opens the recipe's files itself, so it lives beside the engine, not among
+ * the CPU kernels (which take arrays). */
 #ifndef TB_REPORT_H
 #define TB_REPORT_H
 

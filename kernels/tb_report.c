@@ -14,18 +14,58 @@
 #include <string.h>
 
 /* The relative output error needs the dense source weight and its Gram: both
- * are named by the recipe (tb-pack's "model" and "stats" metadata). */
-static double output_error(const tb_pack_file *shard, const tb_packed *p, const float *w_hat)
-{
-    const char *model = st_meta(&shard->f, "model"), *stats = st_meta(&shard->f, "stats");
-    char gname[256];
-    if (!model || !stats || !*stats || tb_fisher_gram_name(p->name, "input", gname, sizeof gname)) return -1;
+ * are named by the recipe (tb-pack's "model" and "stats" metadata). The files
+ * stay open from one weight to the next and are reopened only when a shard
+ * names others (a sequential recipe has one stats file per layer; the model
+ * is the same for all), so a report maps each file once, not once a weight. */
+typedef struct {
+    char *model_path, *stats_path; /* what is open, NULL: nothing */
     tb_ckpt ck;
     st_file sf;
-    double e = -1;
-    if (tb_ckpt_open(&ck, model)) { tb_err_clear(); return -1; }
-    if (st_open(&sf, stats)) { tb_err_clear(); tb_ckpt_close(&ck); return -1; }
-    const st_tensor *w = tb_ckpt_find(&ck, p->name), *g = st_find(&sf, gname);
+    int ck_ok, sf_ok; /* opened successfully */
+} error_sources;
+
+static int same_path(const char *open_path, const char *want) { return open_path && !strcmp(open_path, want); }
+
+static void sources_close(error_sources *e)
+{
+    if (e->model_path && e->ck_ok) tb_ckpt_close(&e->ck);
+    if (e->stats_path && e->sf_ok) st_close(&e->sf);
+    free(e->model_path);
+    free(e->stats_path);
+    memset(e, 0, sizeof *e);
+}
+
+/* Makes e hold the shard's model and stats; 0 when both could be opened.
+ * Errors are silenced: the report prints no error for such weights. */
+static int sources_for(error_sources *e, const tb_pack_file *shard)
+{
+    const char *model = st_meta(&shard->f, "model"), *stats = st_meta(&shard->f, "stats");
+    if (!model || !*model || !stats || !*stats) return -1;
+    if (!same_path(e->model_path, model)) {
+        if (e->model_path && e->ck_ok) tb_ckpt_close(&e->ck);
+        free(e->model_path);
+        e->model_path = tb_strdup(model);
+        e->ck_ok = e->model_path && !tb_ckpt_open(&e->ck, model);
+        if (!e->ck_ok) tb_err_clear();
+    }
+    if (!same_path(e->stats_path, stats)) {
+        if (e->stats_path && e->sf_ok) st_close(&e->sf);
+        free(e->stats_path);
+        e->stats_path = tb_strdup(stats);
+        e->sf_ok = e->stats_path && !st_open(&e->sf, stats);
+        if (!e->sf_ok) tb_err_clear();
+    }
+    return e->ck_ok && e->sf_ok ? 0 : -1;
+}
+
+/* ||(W - W_hat) X|| / ||W X|| through the Gram G = X X^T: -1 when unknown */
+static double output_error(error_sources *e, const tb_pack_file *shard, const tb_packed *p, const float *w_hat)
+{
+    char gname[256];
+    if (tb_fisher_gram_name(p->name, "input", gname, sizeof gname) || sources_for(e, shard)) return -1;
+    const st_tensor *w = tb_ckpt_find(&e->ck, p->name), *g = st_find(&e->sf, gname);
+    double err = -1;
     if (w && g && w->numel == p->rows * p->cols && g->numel == p->cols * p->cols) {
         float *w0 = st_tensor_f32(w);
         double *gd = tb_malloc((size_t)g->numel * sizeof(double));
@@ -33,14 +73,14 @@ static double output_error(const tb_pack_file *shard, const tb_packed *p, const 
             tb_to_f64(g->dtype, g->data, 0, (size_t)g->numel, gd);
             double base = tb_comp_output_error(w0, NULL, p->rows, p->cols, gd, tb_default_threads());
             double d = tb_comp_output_error(w0, w_hat, p->rows, p->cols, gd, tb_default_threads());
-            e = base > 0 ? sqrt(d / base) : -1;
+            err = base > 0 ? sqrt(d / base) : -1;
+        } else {
+            tb_err_clear();
         }
         free(w0);
         free(gd);
     }
-    st_close(&sf);
-    tb_ckpt_close(&ck);
-    return e;
+    return err;
 }
 
 /* A round axis top at or above v: 1, 2 or 5 times a power of ten. */
@@ -146,6 +186,7 @@ int tb_report_pruned(const tb_pack_file *shards, int n_shards, int nm_n, int nm_
     for (int s = 0; s < n_shards; s++) n += shards[s].n_packed;
     tb_pruned_row *rows = tb_calloc((size_t)(n ? n : 1), sizeof *rows);
     if (!rows) return TB_EIO;
+    error_sources src = {0};
     if (progress) progress(ctx, 0, n);
     for (int s = 0; s < n_shards && !rc; s++)
         for (int i = 0; i < shards[s].n_packed && !rc; i++, k++) {
@@ -170,10 +211,11 @@ int tb_report_pruned(const tb_pack_file *shards, int n_shards, int nm_n, int nm_
             }
             r->sparsity = r->numel ? (double)r->zeros / (double)r->numel : 0;
             r->conform = groups ? (double)ok / (double)groups : -1;
-            r->rel_err = with_error ? output_error(&shards[s], p, w) : -1;
+            r->rel_err = with_error ? output_error(&src, &shards[s], p, w) : -1;
             free(w);
             if (progress) progress(ctx, k + 1, n);
         }
+    sources_close(&src);
     if (rc) {
         free(rows);
         return rc;
