@@ -147,6 +147,13 @@ typedef struct {
     char *module;             /* H_CT*: name less ".weight" */
     uint64_t bytes;           /* all output tensors of this unit */
     int file;
+    /* a channel permutation folded into the producing layer (FORMATS.md):
+     * the consumer keeps its stored (permuted, N:M) column order and the
+     * producer writes row j as its row row_perm[j], so the function is the
+     * model's and every N:M weight stays N:M in the exported order */
+    int fold_cols;            /* consumer: write the stored column order */
+    const int32_t *row_perm;  /* producer: rows in this order, or NULL */
+    int32_t *row_perm_owned;  /* row_perm when built here (v_proj's) */
 } unit;
 
 typedef struct {
@@ -206,8 +213,9 @@ static const char *not_24(const unit *u, char *buf, size_t n)
     if (len < 7 || strcmp(u->name + len - 7, ".weight")) snprintf(buf, n, "tensor '%s' is not a module weight", u->name);
     else if (p->kind != TB_PACKED_NM) snprintf(buf, n, "tensor '%s' is unstructured", u->name);
     else if (p->n != 2 || p->m != 4) snprintf(buf, n, "tensor '%s' is %d:%d", u->name, p->n, p->m);
-    else if (p->perm)
-        snprintf(buf, n, "tensor '%s' is 2:4 under a channel permutation, not in the model's column order", u->name);
+    else if (p->perm && !u->fold_cols)
+        snprintf(buf, n, "tensor '%s' is 2:4 under a channel permutation that cannot be folded into the layer "
+                         "before it (tb-nm --permute-foldable)", u->name);
     else buf[0] = 0;
     return buf;
 }
@@ -230,6 +238,109 @@ static uint64_t unit_bytes(const unit *u)
     case H_CTBM: return 16 + (uint64_t)u->nnz * es + bm + 8 * rows;
     default: return (uint64_t)u->numel * es;
     }
+}
+
+static unit *find_unit(plan *pl, const char *name)
+{
+    unit key = {.name = name};
+    return bsearch(&key, pl->u, (size_t)pl->n, sizeof *pl->u, cmp_units);
+}
+
+/* A producer (gate/up/v_proj weight, or its bias) of `rows` output channels
+ * that can take a row order: present, its first dim `rows`, not already
+ * reordered. Absent biases are fine (most models have none). */
+static int can_reorder(const unit *p, int64_t rows) { return p && p->shape[0] == rows && !p->row_perm; }
+
+static void set_rows(unit *p, const int32_t *perm)
+{
+    if (p) p->row_perm = perm;
+}
+
+/* The name with `suffix` (at its end) replaced by `with`; NULL if it does not end so. */
+static char *renamed(const char *name, const char *suffix, const char *with)
+{
+    size_t n = strlen(name), k = strlen(suffix);
+    if (n < k || strcmp(name + n - k, suffix)) return NULL;
+    char *r = tb_malloc(n - k + strlen(with) + 1);
+    if (r) {
+        memcpy(r, name, n - k);
+        strcpy(r + n - k, with);
+    }
+    return r;
+}
+
+/* o_proj's permutation as v_proj's row order, when it moves channels only
+ * within heads and the heads sharing a KV head alike (what tb-nm
+ * --permute-foldable searches); else NULL */
+static int32_t *heads_to_kv_rows(const tb_config *c, const int32_t *perm, int64_t cols)
+{
+    int hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads;
+    if (hd <= 0 || nkv <= 0 || nh % nkv || (int64_t)nh * hd != cols) return NULL;
+    int per = nh / nkv;
+    int32_t *v = tb_malloc((size_t)nkv * hd * sizeof *v);
+    if (!v) return NULL;
+    for (int h = 0; h < nh; h++) {
+        int g = h / per;
+        for (int j = 0; j < hd; j++) {
+            int64_t d = (int64_t)perm[(int64_t)h * hd + j] - (int64_t)h * hd; /* within head h? */
+            int64_t row = (int64_t)g * hd + d;
+            if (d < 0 || d >= hd || (h % per && v[(int64_t)g * hd + j] != row)) { free(v); return NULL; }
+            v[(int64_t)g * hd + j] = (int32_t)row;
+        }
+    }
+    return v;
+}
+
+/* Folds each foldable permutation: mlp.down_proj's into gate/up's rows,
+ * self_attn.o_proj's into v_proj's rows (FORMATS.md). Others stay undone on
+ * the consumer's columns, as before. */
+static int fold_permutations(plan *pl, tb_export_summary *s)
+{
+    static const struct {
+        const char *consumer, *producer[2];
+        int heads;
+    } rules[] = {{"mlp.down_proj.weight", {"mlp.gate_proj", "mlp.up_proj"}, 0},
+                 {"self_attn.o_proj.weight", {"self_attn.v_proj", NULL}, 1}};
+    for (int i = 0; i < pl->n; i++) {
+        unit *u = &pl->u[i];
+        if (!u->packed || !u->packed->perm) continue;
+        for (size_t r = 0; r < sizeof rules / sizeof rules[0]; r++) {
+            char *prefix = renamed(u->name, rules[r].consumer, "");
+            if (!prefix) continue;
+            /* a copy: the mapping need not align I32 data */
+            int64_t n_rows = u->shape[1];
+            int32_t *owned = tb_malloc((size_t)n_rows * sizeof *owned);
+            if (!owned) { free(prefix); return TB_EIO; }
+            memcpy(owned, u->packed->perm->data, (size_t)n_rows * sizeof *owned);
+            if (rules[r].heads) {
+                int32_t *cols_perm = owned;
+                owned = heads_to_kv_rows(&pl->t->cfg, cols_perm, n_rows);
+                free(cols_perm);
+                tb_err_clear(); /* not foldable is not an error */
+                n_rows = (int64_t)pl->t->cfg.n_kv_heads * pl->t->cfg.head_dim;
+            }
+            const int32_t *rows_perm = owned;
+            unit *prod[4] = {0};
+            int ok = rows_perm != NULL, np = 0;
+            for (int k = 0; k < 2 && ok && rules[r].producer[k]; k++) {
+                char wname[512], bname[512];
+                snprintf(wname, sizeof wname, "%s%s.weight", prefix, rules[r].producer[k]);
+                snprintf(bname, sizeof bname, "%s%s.bias", prefix, rules[r].producer[k]);
+                unit *w = find_unit(pl, wname), *b = find_unit(pl, bname);
+                ok = can_reorder(w, n_rows) && (!b || can_reorder(b, n_rows));
+                prod[np++] = w;
+                prod[np++] = b;
+            }
+            free(prefix);
+            if (!ok) { free(owned); break; }
+            for (int k = 0; k < np; k++) set_rows(prod[k], rows_perm);
+            prod[0]->row_perm_owned = owned; /* freed with it; the others share it */
+            u->fold_cols = 1;
+            s->n_folded++;
+            break;
+        }
+    }
+    return TB_OK;
 }
 
 static int build_plan(plan *pl, const tb_tbm *t, const tb_export_opts *o, tb_export_summary *s)
@@ -286,6 +397,7 @@ static int build_plan(plan *pl, const tb_tbm *t, const tb_export_opts *o, tb_exp
         s->n_pruned += u->packed != NULL;
     }
     qsort(pl->u, (size_t)pl->n, sizeof *pl->u, cmp_units);
+    if ((rc = fold_permutations(pl, s))) return rc;
 
     if (o->format == TB_EXPORT_CT24) {
         /* one sparsity format per config: 2:4 weights compressed, the rest dense */
@@ -343,7 +455,10 @@ static int build_plan(plan *pl, const tb_tbm *t, const tb_export_opts *o, tb_exp
 static void free_plan(plan *pl)
 {
     if (pl->base.path) tb_ckpt_close(&pl->base);
-    for (int i = 0; i < pl->n; i++) free(pl->u[i].module);
+    for (int i = 0; i < pl->n; i++) {
+        free(pl->u[i].module);
+        free(pl->u[i].row_perm_owned);
+    }
     free(pl->u);
     for (int f = 0; f < pl->n_files && pl->file_names; f++) free(pl->file_names[f]);
     free(pl->file_names);
@@ -424,6 +539,13 @@ static int write_shape(st_writer *w, const unit *u)
     return st_writer_write(w, b, 16);
 }
 
+/* the source row of output row r (a folded permutation reorders producers' rows) */
+static int64_t src_row(const unit *u, int64_t r) { return u->row_perm ? u->row_perm[r] : r; }
+
+/* a pruned weight in f32: the model's column order, or the stored one where
+ * its permutation is folded */
+static float *unit_f32(const unit *u) { return tb_pack_tensor_f32(u->shard, u->name, !u->fold_cols, NULL); }
+
 /* sparse-24-bitmask: the .tb's kept values are already the row-major list
  * of the masked positions, so "compressed" is .values (converted if asked);
  * the bitmask marks each stored slot, padding slots included (they hold 0),
@@ -435,14 +557,18 @@ static int write_ct24(st_writer *w, const unit *u, int64_t *zeros)
     int64_t irb = tb_nm_index_row_bytes(cols, 2, 4), rb = (cols + 7) / 8;
     int rc = write_shape(w, u);
     write_ctx c = {w, u->out_dt, 0};
-    if (!rc) rc = convert_stream(p->dtype, p->values->data, (size_t)(rows * vpr), u->out_dt, sink_write, &c);
+    size_t ves = tb_dtype_size(p->dtype);
+    if (!u->row_perm && !rc) rc = convert_stream(p->dtype, p->values->data, (size_t)(rows * vpr), u->out_dt, sink_write, &c);
+    for (int64_t r = 0; u->row_perm && r < rows && !rc; r++)
+        rc = convert_stream(p->dtype, (const uint8_t *)p->values->data + (size_t)(src_row(u, r) * vpr) * ves,
+                            (size_t)vpr, u->out_dt, sink_write, &c);
     *zeros += c.zeros + rows * (cols - vpr); /* kept slots holding 0, and the pruned entries */
     uint8_t *row = tb_malloc((size_t)rb + 1);
     if (!row) return TB_EIO;
     const uint8_t *idx = p->indices->data;
     for (int64_t r = 0; r < rows && !rc; r++) {
         memset(row, 0, (size_t)rb);
-        const uint8_t *irow = idx + r * irb;
+        const uint8_t *irow = idx + src_row(u, r) * irb;
         for (int64_t k = 0; k < vpr; k++) {
             int64_t c0 = k / 2 * 4 + slot_pos(irow, k, 2);
             row[c0 >> 3] |= (uint8_t)(1u << (c0 & 7)); /* numpy packbits bitorder="little" */
@@ -461,13 +587,13 @@ static int write_ctbm(st_writer *w, const unit *u, int64_t *zeros)
     const tb_packed *p = u->packed;
     int64_t rows = p->rows, cols = p->cols, rb = (cols + 7) / 8;
     size_t es = tb_dtype_size(u->out_dt);
-    float *f = tb_pack_tensor_f32(u->shard, u->name, 1, NULL);
+    float *f = unit_f32(u);
     uint8_t *orow = tb_malloc((size_t)cols * es + 1), *nzrow = tb_malloc((size_t)cols * es + 1);
     uint8_t *brow = tb_malloc((size_t)rb + 1), *offs = tb_malloc((size_t)rows * 8 + 1);
     int rc = f && orow && nzrow && brow && offs ? write_shape(w, u) : TB_EIO;
     int64_t nnz = 0;
     for (int64_t r = 0; r < rows && !rc; r++) { /* pass 1: values */
-        from_f32(u->out_dt, f + r * cols, (size_t)cols, orow);
+        from_f32(u->out_dt, f + src_row(u, r) * cols, (size_t)cols, orow);
         put_le64(offs + r * 8, (uint64_t)nnz);
         size_t k = 0;
         for (int64_t c = 0; c < cols; c++)
@@ -479,7 +605,7 @@ static int write_ctbm(st_writer *w, const unit *u, int64_t *zeros)
     if (!rc && nnz != u->nnz)
         rc = tb_fail(TB_EDATA, "tensor '%s': %lld nonzeros, planned %lld", u->name, (long long)nnz, (long long)u->nnz);
     for (int64_t r = 0; r < rows && !rc; r++) { /* pass 2: bitmask */
-        from_f32(u->out_dt, f + r * cols, (size_t)cols, orow);
+        from_f32(u->out_dt, f + src_row(u, r) * cols, (size_t)cols, orow);
         memset(brow, 0, (size_t)rb);
         for (int64_t c = 0; c < cols; c++)
             if (!is_zero(u->out_dt, orow + c * es)) brow[c >> 3] |= (uint8_t)(1u << (c & 7));
@@ -499,17 +625,24 @@ static int write_dense(st_writer *w, const unit *u, int64_t *zeros)
 {
     write_ctx c = {w, u->out_dt, 0};
     int rc;
-    if (u->dense) {
+    if (u->dense && !u->row_perm) {
         rc = convert_stream(u->src_dt, u->dense->data, (size_t)u->numel, u->out_dt, sink_write, &c);
+    } else if (u->dense) { /* a producer of a folded permutation: its rows reordered */
+        int64_t rows = u->shape[0], per_row = u->numel / rows;
+        size_t es = tb_dtype_size(u->src_dt);
+        rc = TB_OK;
+        for (int64_t r = 0; r < rows && !rc; r++)
+            rc = convert_stream(u->src_dt, (const uint8_t *)u->dense->data + (size_t)(src_row(u, r) * per_row) * es,
+                                (size_t)per_row, u->out_dt, sink_write, &c);
     } else {
-        /* the permutation undone, so the exported layer computes the same
-         * function without permuting its input */
+        /* the permutation undone (or kept where folded), so the exported
+         * layer computes the same function without permuting its input */
         int64_t rows = u->shape[0], cols = u->shape[1];
-        float *f = tb_pack_tensor_f32(u->shard, u->name, 1, NULL);
+        float *f = unit_f32(u);
         if (!f) return TB_EIO;
         rc = TB_OK;
         for (int64_t r = 0; r < rows && !rc; r++) /* f32 -> f32 is a copy, others round exactly back */
-            rc = convert_stream(TB_F32, f + r * cols, (size_t)cols, u->out_dt, sink_write, &c);
+            rc = convert_stream(TB_F32, f + src_row(u, r) * cols, (size_t)cols, u->out_dt, sink_write, &c);
         free(f);
     }
     *zeros += c.zeros;

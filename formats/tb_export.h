@@ -52,6 +52,7 @@ typedef struct {
     int n_tensors;             /* model tensors */
     int n_pruned;              /* of them pruned in the .tbm */
     int n_compressed;          /* written in compressed-tensors form */
+    int n_folded;              /* channel permutations folded into the layer before */
     int n_files;               /* safetensors files written */
     uint64_t bytes;            /* tensor bytes written */
     double global_sparsity;    /* exact zeros / parameters, whole model */

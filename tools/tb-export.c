@@ -108,6 +108,7 @@ int main(int argc, char **argv)
         cJSON_AddNumberToObject(j, "tensors", s.n_tensors);
         cJSON_AddNumberToObject(j, "pruned", s.n_pruned);
         cJSON_AddNumberToObject(j, "compressed", s.n_compressed);
+        cJSON_AddNumberToObject(j, "permutations_folded", s.n_folded);
         cJSON_AddNumberToObject(j, "zeros", s.global_sparsity);
         cJSON_AddNumberToObject(j, "files", s.n_files);
         cJSON_AddNumberToObject(j, "bytes", (double)s.bytes);
@@ -116,6 +117,9 @@ int main(int argc, char **argv)
     {
         char comp[96] = "";
         if (s.n_compressed) snprintf(comp, sizeof comp, ", %d as %s", s.n_compressed, s.sparsity_format);
+        if (s.n_folded)
+            snprintf(comp + strlen(comp), sizeof comp - strlen(comp), ", %d permutations folded into the layer before",
+                     s.n_folded);
         tb_info("%d tensors (%d pruned%s), %.1f%% zeros -> %s (%d file%s, %.1f MiB)", s.n_tensors, s.n_pruned, comp,
                 100 * s.global_sparsity, out, s.n_files, s.n_files == 1 ? "" : "s", s.bytes / 1048576.0);
     }

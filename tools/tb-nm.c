@@ -31,7 +31,8 @@ enum per { PER_ROW, PER_TENSOR, PER_LAYER };
 
 typedef struct {
     const char *scores, *out, *model, *stats;
-    int n, m, k_dim, permute, rounds, sweeps, threads, verbose, json;
+    int n, m, k_dim, permute, foldable, rounds, sweeps, threads, verbose, json;
+    tb_config cfg; /* with foldable: the head layout of o_proj */
     double sparsity; /* < 0: N:M */
     enum per per;
     tb_nm_solver solver;
@@ -117,6 +118,27 @@ typedef struct {
     double t_perm, t_solve;
 } totals;
 
+static int ends_with(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && !strcmp(s + n - k, suffix);
+}
+
+/* How a weight's input channels are permuted: not at all, freely (every
+ * weight under --permute; down_proj under --permute-foldable, folded into
+ * gate/up's rows on export), or within heads (o_proj under
+ * --permute-foldable, folded into v_proj's rows). */
+enum perm_kind { PERM_NONE, PERM_FREE, PERM_HEADS };
+
+static enum perm_kind perm_kind_of(const options *o, const char *name)
+{
+    if (o->permute) return PERM_FREE;
+    if (!o->foldable) return PERM_NONE;
+    if (ends_with(name, "mlp.down_proj.weight")) return PERM_FREE;
+    if (ends_with(name, "self_attn.o_proj.weight")) return PERM_HEADS;
+    return PERM_NONE;
+}
+
 /* One N:M tensor: optional permutation, then the solver. */
 static int nm_tensor(const options *o, const item *it, tb_mask *mask, totals *tt)
 {
@@ -135,12 +157,17 @@ static int nm_tensor(const options *o, const item *it, tb_mask *mask, totals *tt
     }
     tb_perm_stats ps = {0};
     double t0 = tb_now();
-    if (!rc && o->permute) {
+    enum perm_kind pk = perm_kind_of(o, t->name);
+    if (!rc && pk != PERM_NONE) {
         mask->perm = tb_malloc((size_t)K * sizeof(int32_t));
         float *sp = tb_malloc((size_t)numel * sizeof *sp);
         if (!mask->perm || !sp) rc = TB_EIO;
         tb_perm_opts po = {o->rounds, o->seed, o->threads};
-        if (!rc) rc = tb_permute_search(s, rows, cols, o->k_dim, o->n, o->m, &po, mask->perm, &ps);
+        if (!rc && pk == PERM_HEADS)
+            rc = tb_permute_search_heads(s, rows, cols, o->cfg.n_heads, o->cfg.n_kv_heads, o->cfg.head_dim, o->n, o->m,
+                                         &po, mask->perm, &ps);
+        else if (!rc)
+            rc = tb_permute_search(s, rows, cols, o->k_dim, o->n, o->m, &po, mask->perm, &ps);
         if (!rc) {
             /* from here on everything is in the permuted channel order */
             tb_permute_apply(s, sp, sizeof *s, rows, cols, o->k_dim, mask->perm);
@@ -184,7 +211,7 @@ static int nm_tensor(const options *o, const item *it, tb_mask *mask, totals *tt
         tt->t_solve += t2 - t1;
         if (o->verbose) {
             char extra[200] = "";
-            if (o->permute)
+            if (pk != PERM_NONE)
                 snprintf(extra + strlen(extra), sizeof extra - strlen(extra), ", permutation: topn kept %+.3f%% (%d swaps, %d rounds, %.2f s)",
                          ps.kept_identity > 0 ? 100 * (ps.kept / ps.kept_identity - 1) : 0.0, ps.swaps, ps.rounds, t1 - t0);
             if (o->solver == TB_NM_ITERATIVE)
@@ -216,10 +243,11 @@ static int write_meta(const options *o, st_writer *w, const st_file *const input
     if (!rc && o->sparsity >= 0) rc = st_writer_meta(w, "per", per_names[o->per]);
     if (!rc) rc = st_writer_meta(w, "solver", o->sparsity < 0 ? tb_nm_solver_name(o->solver) : "threshold");
     if (!rc) rc = st_writer_meta(w, "scores", o->scores);
-    if (!rc && o->permute) {
+    if (!rc && (o->permute || o->foldable)) {
         snprintf(buf, sizeof buf, "%d", o->rounds);
         rc = st_writer_meta(w, "permute_rounds", buf);
     }
+    if (!rc && o->foldable) rc = st_writer_meta(w, "permute", "foldable");
     if (!rc) rc = st_writer_meta(w, "command", o->command);
     char *recipe = tb_recipe_of_inputs(inputs, 2); /* the scores' stages survive a pipe */
     if (!rc && recipe) rc = st_writer_meta(w, "tensorbit.recipe", recipe);
@@ -254,6 +282,11 @@ static int run(options *o)
         const char *kd = st_meta(&sf, "k_dim");
         o->k_dim = kd && strcmp(kd, "0") == 0 ? 0 : 1;
     }
+    if (o->foldable && o->k_dim != 1) {
+        rc = tb_fail(TB_EUSAGE, "--permute-foldable: weights stored [in, out] (k_dim 0) are not supported");
+        goto done;
+    }
+    if (o->foldable && (rc = tb_config_load(&o->cfg, o->model))) goto done;
     if (!n) { rc = tb_fail(TB_EDATA, "%s: no tensors", sf.path); goto done; }
     it = tb_calloc((size_t)n, sizeof *it);
     if (!it) { rc = TB_EIO; goto done; }
@@ -300,7 +333,8 @@ static int run(options *o)
     if (!w) { rc = TB_EIO; goto done; }
     if ((rc = write_meta(o, w, (const st_file *const[2]){&sf, have_stats ? &stats : NULL}))) goto done;
     for (int i = 0; i < n && !rc; i++)
-        rc = tb_mask_declare(w, it[i].s->name, it[i].s->shape[0], it[i].s->shape[1], o->permute ? it[i].s->shape[o->k_dim] : 0);
+        rc = tb_mask_declare(w, it[i].s->name, it[i].s->shape[0], it[i].s->shape[1],
+                             perm_kind_of(o, it[i].s->name) != PERM_NONE ? it[i].s->shape[o->k_dim] : 0);
     if (rc) goto done;
     if ((rc = tb_out_open(&out, o->out))) goto done;
     out_open = 1;
@@ -344,7 +378,7 @@ static int run(options *o)
             if (o->verbose && o->sparsity >= 0)
                 tb_info("%s: pruned %lld of %lld (%.4f%%)", t->name, (long long)(t->numel - kept), (long long)t->numel,
                         100.0 * (double)(t->numel - kept) / (double)t->numel);
-            rc = tb_mask_write(w, &mask, o->permute ? t->shape[o->k_dim] : 0);
+            rc = tb_mask_write(w, &mask, perm_kind_of(o, t->name) != PERM_NONE ? t->shape[o->k_dim] : 0);
         }
         tb_mask_free(&mask);
         tb_progress_set(&prog, (uint64_t)i + 1);
@@ -360,7 +394,7 @@ static int run(options *o)
         int k = snprintf(line, sizeof line, "%d tensors, %s: pruned %.4f%%", n, pat,
                          tt.elems ? 100.0 * (double)tt.pruned / (double)tt.elems : 0.0);
         if (tt.total > 0) k += snprintf(line + k, sizeof line - (size_t)k, ", kept importance %.3f%%", 100 * tt.kept / tt.total);
-        if (o->permute && tt.kept_plain > 0)
+        if ((o->permute || o->foldable) && tt.kept_plain > 0)
             k += snprintf(line + k, sizeof line - (size_t)k, " (permutation: topn kept %+.3f%%, %d swaps, %.2f s)",
                           100 * (tt.kept_perm / tt.kept_plain - 1), tt.swaps, tt.t_perm);
         if (o->sparsity < 0 && o->solver == TB_NM_ITERATIVE)
@@ -384,7 +418,7 @@ static int run(options *o)
         cJSON_AddNumberToObject(js, "pruned_fraction", tt.elems ? (double)tt.pruned / (double)tt.elems : 0.0);
         if (tt.total > 0) cJSON_AddNumberToObject(js, "kept_importance", tt.kept / tt.total);
         else cJSON_AddNullToObject(js, "kept_importance");
-        if (o->permute && tt.kept_plain > 0) cJSON_AddNumberToObject(js, "permutation_gain", tt.kept_perm / tt.kept_plain - 1);
+        if ((o->permute || o->foldable) && tt.kept_plain > 0) cJSON_AddNumberToObject(js, "permutation_gain", tt.kept_perm / tt.kept_plain - 1);
         if (o->sparsity < 0 && o->solver == TB_NM_ITERATIVE) {
             cJSON_AddNumberToObject(js, "joint_error_start", tt.err_start);
             cJSON_AddNumberToObject(js, "joint_error", tt.err);
@@ -456,12 +490,18 @@ int main(int argc, char **argv)
                         "             sum over output units of d^T G d, d the pruned\n"
                         "             weights (needs -m and -f)"),
         TB_OPT_INT(0, "sweeps", &o.sweeps, "S", 1, 1000000, "iterative: sweeps over each unit's groups (default 10)"),
-        TB_OPT_MODEL_OPTIONAL(&o.model, "iterative: the weights the scores came from"),
+        TB_OPT_MODEL_OPTIONAL(&o.model, "iterative: the weights the scores came from;\n"
+                                          "--permute-foldable: the model (its config)"),
         TB_OPT_INPUT('f', "stats", &o.stats, "FILE", TB_WANT_SAFETENSORS, ".fisher statistics (safetensors)", "make them with tb-fisher", "iterative: .fisher with gram.<module>.input"),
         TB_OPT_INT(0, "k-dim", &o.k_dim, "0|1", 0, 1, "reduction dimension (default: the scores' k_dim, else 1 =\n"
                                                      "[out, in] as nn.Linear; 0 for weights stored [in, out])"),
         TB_OPT_FLAG(0, "permute", &o.permute, "reorder input channels first to keep more importance\n"
                                               "under N:M (Pool & Yu 2021); stored as '<W>.perm'"),
+        TB_OPT_FLAG(0, "permute-foldable", &o.foldable,
+                    "permute only where tb-export folds the permutation into\n"
+                    "the layer producing the input (mlp.down_proj: gate/up rows;\n"
+                    "self_attn.o_proj within heads: v_proj rows), so the\n"
+                    "exported model is plain N:M; needs -m MODEL (head layout)"),
         TB_OPT_INT(0, "permute-rounds", &o.rounds, "R", 1, 1000000, "swap rounds bound (default 100)"),
         TB_OPT_LONG(0, "seed", &seed, "S", 0, 2147483647L, "seed of the permutation search's group pairing (default 0)"),
         TB_OPT_THREADS(&o.threads),
@@ -481,14 +521,16 @@ int main(int argc, char **argv)
     o.verbose = tb_log_verbose() || o.json;
     if (o.json && !strcmp(o.out, "-")) return tb_usage_error("--json prints to stdout, so the masks need -o FILE");
     if (have_pattern == (o.sparsity >= 0)) return tb_usage_error("give exactly one of --pattern N:M and --sparsity F");
-    if (o.sparsity >= 0 && (have_solver || o.permute || have_rounds))
-        return tb_usage_error("--solver, --permute and --permute-rounds apply to --pattern only");
+    if (o.sparsity >= 0 && (have_solver || o.permute || o.foldable || have_rounds))
+        return tb_usage_error("--solver, --permute, --permute-foldable and --permute-rounds apply to --pattern only");
+    if (o.permute && o.foldable) return tb_usage_error("give one of --permute and --permute-foldable");
+    if (o.foldable && !o.model) return tb_usage_error("--permute-foldable needs -m MODEL (its heads' layout)");
     if (have_pattern && have_per) return tb_usage_error("--per applies to --sparsity only");
-    if (have_rounds && !o.permute) return tb_usage_error("--permute-rounds needs --permute");
+    if (have_rounds && !o.permute && !o.foldable) return tb_usage_error("--permute-rounds needs --permute");
     if (o.solver == TB_NM_ITERATIVE && (!o.model || !o.stats))
         return tb_usage_error("--solver iterative needs -m MODEL and -f STATS (weights and Gram matrices)");
-    if (o.solver != TB_NM_ITERATIVE && (o.model || o.stats))
-        return tb_usage_error("-m and -f are used by --solver iterative only");
+    if (o.solver != TB_NM_ITERATIVE && (o.stats || (o.model && !o.foldable)))
+        return tb_usage_error("-m and -f are used by --solver iterative (and -m by --permute-foldable) only");
     o.command = tb_join_args(argc, argv);
     if (!o.command) return tb_report_error();
     int rc = run(&o);

@@ -853,3 +853,46 @@ out:
     free(chan);
     return rc;
 }
+
+int tb_permute_search_heads(const float *s, int64_t rows, int64_t cols, int n_heads, int n_kv_heads, int head_dim,
+                            int n, int m, const tb_perm_opts *o, int32_t *perm, tb_perm_stats *st)
+{
+    if (n_heads <= 0 || n_kv_heads <= 0 || head_dim <= 0 || n_heads % n_kv_heads ||
+        (int64_t)n_heads * head_dim != cols)
+        return tb_fail(TB_EUSAGE, "per-head permutation: %lld columns are not %d heads x %d (%d KV heads)",
+                       (long long)cols, n_heads, head_dim, n_kv_heads);
+    int64_t per = n_heads / n_kv_heads, units = rows * per;
+    int rc = check_nm(n, m, 1, units, head_dim);
+    if (rc) return rc;
+    float *sg = malloc((size_t)(units * head_dim) * sizeof *sg + 1);
+    int32_t *pg = malloc((size_t)head_dim * sizeof *pg + 1);
+    if (!sg || !pg) {
+        free(sg);
+        free(pg);
+        return tb_fail(TB_EIO, "out of memory (per-head permutation search on [%lld, %lld])", (long long)rows,
+                       (long long)cols);
+    }
+    tb_perm_stats total = {0}, one;
+    for (int g = 0; g < n_kv_heads && !rc; g++) {
+        /* unit (r, q) of the group: row r of o_proj over query head g * per + q */
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t q = 0; q < per; q++)
+                memcpy(sg + (r * per + q) * head_dim, s + r * cols + (g * per + q) * head_dim,
+                       (size_t)head_dim * sizeof *sg);
+        rc = tb_permute_search(sg, units, head_dim, 1, n, m, o, pg, &one);
+        if (rc) break;
+        for (int64_t q = 0; q < per; q++) {
+            int64_t base = (g * per + q) * head_dim;
+            for (int j = 0; j < head_dim; j++) perm[base + j] = (int32_t)(base + pg[j]);
+        }
+        total.kept_identity += one.kept_identity;
+        total.kept_seed += one.kept_seed;
+        total.kept += one.kept;
+        total.swaps += one.swaps;
+        total.rounds = one.rounds > total.rounds ? one.rounds : total.rounds;
+    }
+    if (!rc && st) *st = total;
+    free(sg);
+    free(pg);
+    return rc;
+}

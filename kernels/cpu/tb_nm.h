@@ -119,6 +119,15 @@ typedef struct {
 int tb_permute_search(const float *s, int64_t rows, int64_t cols, int k_dim, int n, int m, const tb_perm_opts *o,
                       int32_t *perm, tb_perm_stats *st);
 
+/* The same search for an attention output projection (o_proj, [rows, cols]
+ * with cols = n_heads * head_dim, k_dim 1), constrained so the permutation
+ * can be folded into v_proj's rows: channels move only within a head, and
+ * the heads that share a KV head (n_heads / n_kv_heads of them, GQA) move
+ * theirs the same way. Each KV group is one search over the group's heads
+ * stacked as units ([rows * heads per group, head_dim]). st sums the groups. */
+int tb_permute_search_heads(const float *s, int64_t rows, int64_t cols, int n_heads, int n_kv_heads, int head_dim,
+                            int n, int m, const tb_perm_opts *o, int32_t *perm, tb_perm_stats *st);
+
 /* topn kept importance of s with its reduction dim permuted by perm (NULL: identity). */
 double tb_nm_kept_topn(const float *s, int64_t rows, int64_t cols, int k_dim, int n, int m, const int32_t *perm);
 

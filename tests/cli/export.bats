@@ -17,8 +17,11 @@ setup_file() {
     "$B/tb-score" -m "$M" --method magnitude -o "$F/scores" --quiet
     "$B/tb-nm" -s "$F/scores" --pattern 2:4 -o "$F/m24" --quiet
     "$B/tb-nm" -s "$F/scores" --pattern 2:4 --permute -o "$F/m24p" --quiet
+    "$B/tb-nm" -s "$F/scores" --pattern 2:4 --permute-foldable -m "$M" -o "$F/m24f" --quiet
     "$B/tb-nm" -s "$F/scores" --pattern 4:8 -o "$F/m48" --quiet
-    mkdir -p "$F/nm" "$F/perm" "$F/mix" "$F/part"
+    mkdir -p "$F/nm" "$F/perm" "$F/fold" "$F/mix" "$F/part"
+    "$B/tb-pack" -m "$M" --masks "$F/m24f" -o "$F/fold/model.tb" --quiet
+    "$B/tb-merge" -m "$M" -o "$F/fold/model.tbm" "$F/fold/model.tb" --quiet
     "$B/tb-pack" -m "$M" --masks "$F/m24" -o "$F/nm/model.tb" --quiet
     "$B/tb-merge" -m "$M" -o "$F/nm/model.tbm" "$F/nm/model.tb" --quiet
     "$B/tb-pack" -m "$M" --masks "$F/m24p" -o "$F/perm/model.tb" --quiet
@@ -145,19 +148,39 @@ print(c['quant_method'], c['version'], s['format'], s['sparsity_structure'], len
     [[ "$output" == *"ok: sparse-24-bitmask: 42 weights decompressed by the spec (numpy) equal the dense export"* ]]
 }
 
-@test "a channel permutation is undone: same perplexity; 2:4 under the permutation; compressed-tensors refuses" {
+@test "a channel permutation is undone: same perplexity; 2:4 under the permutation; compressed-tensors keeps those dense" {
     tb-export "$FIX/perm/model.tbm" -o "$TMP/d" --quiet
     same_ppl "$FIX/perm/model.tbm" "$TMP/d"
+    # --permute moves every weight's inputs: only down_proj's fold (into
+    # gate/up's rows; o_proj's moved across heads), so the rest stay dense
     run tb-export -v "$FIX/perm/model.tbm" -o "$TMP/c" --format compressed-tensors
-    [ "$status" -eq 2 ]; one_line_error tb-export
-    [[ "$output" == *"no weight to store as sparse-24-bitmask: tensor '"*"' is 2:4 under a channel permutation"* ]]
-    [ ! -e "$TMP/c" ]
+    [ "$status" -eq 0 ]
+    [[ "${lines[0]}" == "tb-export: warning: tensor '"*"' is 2:4 under a channel permutation that cannot be folded into the layer before it (tb-nm --permute-foldable): kept dense"* ]]
+    [[ "${lines[1]}" == *"(42 pruned, 6 as sparse-24-bitmask, 6 permutations folded into the layer before)"* ]]
     run tb-export "$FIX/perm/model.tbm" -o "$TMP/b" --format compressed-tensors-bitmask --quiet
     [ "$status" -eq 0 ]
     have_py || skip "python3 numpy/safetensors missing"
     export_check --tbm "$FIX/perm/model.tbm" --dense "$TMP/d" --compressed "$TMP/b"
     [[ "$output" == *"note: model.layers.0.self_attn.q_proj.weight is 2:4 in its stored (permuted) column order"* ]]
     [[ "$output" == *"ok: sparse-bitmask: 42 weights"* ]]
+}
+
+@test "foldable permutations (tb-nm --permute-foldable) fold into the layer before: same perplexity, plain 2:4, compressed-tensors" {
+    run tb-export "$FIX/fold/model.tbm" -o "$TMP/d" --json
+    [ "$status" -eq 0 ]
+    # 6 layers: down_proj's into gate/up, o_proj's (within heads) into v_proj
+    [ "$(echo "$output" | python3 -c 'import json,sys; print(json.load(sys.stdin)["permutations_folded"])')" = 12 ]
+    same_ppl "$FIX/fold/model.tbm" "$TMP/d"
+    run tb-inspect "$TMP/d" --nm 2:4 --json
+    [ "$(echo "$output" | python3 -c "import json,sys; d=json.load(sys.stdin)
+print(sum(1 for t in d['tensors'] if t.get('nm', {}).get('conforming_fraction') == 1))")" = 42 ]
+    run tb-export "$FIX/fold/model.tbm" -o "$TMP/c" --format compressed-tensors --quiet
+    [ "$status" -eq 0 ]
+    have_py || skip "python3 numpy/safetensors missing"
+    export_check --tbm "$FIX/fold/model.tbm" --dense "$TMP/d" --compressed "$TMP/c"
+    [[ "$output" == *"42 pruned equal to the .tb decode; 12 permutations folded into the layer before"* ]]
+    [[ "$output" == *"ok: sparse-24-bitmask: 42 weights"* ]]
+    [[ "$output" != *"stored (permuted) column order"* ]]
 }
 
 @test "2:4 and 4:8 shards: the 4:8 weights stay dense with a warning" {

@@ -206,11 +206,15 @@ EOF
 @test "tb-nm usage errors: N >= M, M > 16, both or neither of --pattern/--sparsity, iterative without data" {
     mkst "$TMP/s.st" '{"x":{"dtype":"F32","shape":[2,8],"data_offsets":[0,64]}}' 64
     for args in "--pattern 4:4" "--pattern 5:4" "--pattern 2:32" "--pattern 2:4 --sparsity 0.5" "" \
-        "--pattern 2:4 --solver iterative" "--sparsity 0.5 --permute" "--pattern 2:4 --per layer" "--sparsity 1.5"; do
+        "--pattern 2:4 --solver iterative" "--sparsity 0.5 --permute" "--pattern 2:4 --per layer" "--sparsity 1.5" \
+        "--pattern 2:4 --permute-foldable" "--pattern 2:4 --permute --permute-foldable -m $TB_MODEL" \
+        "--sparsity 0.5 --permute-foldable -m $TB_MODEL"; do
         run tb-nm -s "$TMP/s.st" $args -o "$TMP/o.st"
         [ "$status" -eq 1 ] || { echo "args '$args': status $status: $output"; return 1; }
         one_line_error tb-nm
     done
+    run tb-nm -s "$TMP/s.st" --pattern 2:4 --permute-foldable -o "$TMP/o.st"
+    [[ "$output" == *"--permute-foldable needs -m MODEL"* ]]
     run tb-nm -s "$TMP/s.st" --pattern 4:4 -o "$TMP/o.st"
     [[ "$output" == *"N=4 must satisfy 1 <= N < M=4"* ]]
     [ ! -e "$TMP/o.st" ]

@@ -18,6 +18,11 @@ Dense export (--dense DIR):
     weight's own pattern). A weight pruned under a channel permutation is
     checked in its stored (permuted) column order, since undoing the
     permutation is what keeps the function, and that order is said.
+  - folded permutations (FORMATS.md): mlp.down_proj's permutation moves into
+    gate/up_proj's rows, self_attn.o_proj's into v_proj's rows when it moves
+    channels only within heads and alike for the heads sharing a KV head; the
+    consumer is then expected in its stored order (and checked N:M in the
+    model's order: the export's), the producers with their rows reordered.
 Compressed export (--compressed DIR):
   - quantization_config / sparsity_config as the spec gives it;
   - decompressing by the spec (numpy) gives exactly the dense export, and every
@@ -178,6 +183,50 @@ def decode_tb(entry, tbm_dir, shards):
     return dense, None
 
 
+def fold_plan(tbm, tbm_dir, shards):
+    """{consumer: stored-order perm, producer: row order} for the permutations
+    the export folds (FORMATS.md, "Folded permutations"), derived here from
+    the .tbm alone."""
+    cfg = tbm["config"]
+    names = set(tbm["tensors"])
+    plan = {}
+    for nm, entry in tbm["tensors"].items():
+        if entry.get("kind") == "dense" or not entry.get("permuted"):
+            continue
+        _, perm = decode_tb(entry, tbm_dir, shards)
+        if nm.endswith("mlp.down_proj.weight"):
+            pre = nm[: -len("down_proj.weight")]
+            prods, rows = [pre + "gate_proj", pre + "up_proj"], perm
+        elif nm.endswith("self_attn.o_proj.weight"):
+            pre = nm[: -len("o_proj.weight")]
+            nh, nkv = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
+            hd = cfg.get("head_dim") or cfg["hidden_size"] // nh
+            within = perm.reshape(nh, hd) - (np.arange(nh) * hd)[:, None]  # each head's channel order
+            if (within < 0).any() or (within >= hd).any():
+                continue
+            g = within.reshape(nkv, nh // nkv, hd)
+            if (g != g[:, :1, :]).any():  # the heads sharing a KV head must move alike
+                continue
+            prods, rows = [pre + "v_proj"], (g[:, 0, :] + (np.arange(nkv) * hd)[:, None]).reshape(-1)
+        else:
+            continue
+        targets = [p + s for p in prods for s in (".weight", ".bias") if p + s in names]
+        if not all(p + ".weight" in names for p in prods) or any(t in plan for t in targets):
+            continue
+        plan[nm] = ("cols", perm)
+        for t in targets:
+            plan[t] = ("rows", rows)
+    return plan
+
+
+def folded(w, how):
+    """w (model order) as the export writes it under a fold_plan entry"""
+    if how is None:
+        return w
+    kind, p = how
+    return np.ascontiguousarray(w[:, p] if kind == "cols" else w[p])
+
+
 def nm_violations(w, dt, n, m):
     nz = nonzero(w, dt)
     rows, cols = nz.shape
@@ -216,6 +265,7 @@ def check_dense(a, tbm, src_dir, dense_dir):
     if set(out) != set(src):
         fail(f"tensor names differ from the source: {sorted(set(out) ^ set(src))[:6]}")
     shards = [StFile(os.path.join(tbm_dir, s["file"])) for s in tbm["shards"]]
+    plan = fold_plan(tbm, tbm_dir, shards)
     n_same = n_pruned = 0
     for nm in sorted(set(out) & set(src)):
         sdt, sshape = src[nm].info(nm)
@@ -228,12 +278,15 @@ def check_dense(a, tbm, src_dir, dense_dir):
         entry = tbm["tensors"].get(nm, {"kind": "dense"})
         if entry["kind"] == "dense":
             want = src[nm].raw(nm) if odt == sdt else as_dtype(src[nm].raw(nm), sdt, odt)
+            want = folded(want, plan.get(nm))
             if not same_bits(out[nm].raw(nm), want):
-                fail(f"{nm}: not pruned, but not bit-identical to the source" + ("" if odt == sdt else f" in {odt}"))
+                fail(f"{nm}: not pruned, but not bit-identical to the source" + ("" if odt == sdt else f" in {odt}")
+                     + (" with its rows reordered" if nm in plan else ""))
             n_same += 1
             continue
         n_pruned += 1
         ref, _ = decode_tb(entry, tbm_dir, shards)
+        ref = folded(ref, plan.get(nm))
         got = out[nm].raw(nm)
         if odt != sdt:
             ref = as_dtype(ref, sdt, odt)
@@ -243,8 +296,10 @@ def check_dense(a, tbm, src_dir, dense_dir):
         if (nonzero(got, odt) & ~nonzero(ref, odt)).any():
             fail(f"{nm}: nonzero where the .tb has none")
     conv = "" if a.dtype == "source" else f" (after conversion to {TORCH_NAME[a.dtype][0]})"
+    n_fold = sum(1 for k, _ in plan.values() if k == "cols")
+    fold = f"; {n_fold} permutations folded into the layer before" if n_fold else ""
     print(f"ok: {len(out)} tensors: names, shapes, dtypes; {n_same} not pruned bit-identical to the source{conv}; "
-          f"{n_pruned} pruned equal to the .tb decode")
+          f"{n_pruned} pruned equal to the .tb decode{fold}")
 
     # the acceptance check of the issue
     n_checked = 0
@@ -260,7 +315,7 @@ def check_dense(a, tbm, src_dir, dense_dir):
         n, m = map(int, pat.split(":"))
         w = out[nm].raw(nm)
         where = "model"
-        if entry.get("permuted"):
+        if entry.get("permuted") and plan.get(nm, ("",))[0] != "cols":  # not folded: stored order
             _, perm = decode_tb(entry, tbm_dir, shards)
             w = w[:, perm]
             where = "stored (permuted)"

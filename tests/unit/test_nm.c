@@ -572,6 +572,70 @@ static void test_permute_search(void **state)
     assert_int_equal(tb_permute_search(z, 1, 6, 1, 2, 4, &po, p, &st), TB_EDATA);
 }
 
+/* perm moves channels only within heads, alike for the heads of a KV group */
+static void assert_per_head(const int32_t *perm, int n_heads, int n_kv, int hd)
+{
+    int per = n_heads / n_kv;
+    for (int h = 0; h < n_heads; h++)
+        for (int j = 0; j < hd; j++) {
+            int d = perm[h * hd + j] - h * hd, d0 = perm[(h / per * per) * hd + j] - (h / per * per) * hd;
+            assert_true(d >= 0 && d < hd);
+            assert_int_equal(d, d0);
+        }
+}
+
+static void test_permute_search_heads(void **state)
+{
+    (void)state;
+    /* known: 4 heads over 2 KV heads, head_dim 8, 2:4; every head's row is
+     * [9 9 9 9 1 1 1 1] (group 1: [1 1 1 1 9 9 9 9]): the identity keeps
+     * 9+9+1+1 per head row, two 9s with two 1s in each group 9+9+9+9 */
+    enum { H = 4, KV = 2, HD = 8, ROWS = 3 };
+    float s[ROWS * H * HD];
+    for (int r = 0; r < ROWS; r++)
+        for (int h = 0; h < H; h++)
+            for (int j = 0; j < HD; j++) s[(r * H + h) * HD + j] = (j < 4) == (h < 2) ? 9 : 1;
+    int32_t p[H * HD];
+    tb_perm_opts po = {10, 0, 1};
+    tb_perm_stats st;
+    assert_int_equal(tb_permute_search_heads(s, ROWS, H * HD, H, KV, HD, 2, 4, &po, p, &st), TB_OK);
+    assert_int_equal(tb_permute_check(p, H * HD), TB_OK);
+    assert_per_head(p, H, KV, HD);
+    assert_true(st.kept_identity == ROWS * H * 20);
+    assert_true(st.kept == ROWS * H * 36);
+    assert_true(tb_nm_kept_topn(s, ROWS, H * HD, 1, 2, 4, p) == st.kept);
+
+    /* random heavy-tailed scores, GQA 8 heads over 2: the constraint holds,
+     * the reported kept is the real one, never below the identity nor above
+     * the unconstrained search's */
+    enum { H2 = 8, KV2 = 2, HD2 = 16, R2 = 12, C2 = H2 * HD2 };
+    float *s2 = malloc(sizeof(float) * R2 * C2);
+    float scale[C2];
+    for (int c = 0; c < C2; c++) scale[c] = expf(rnd_normal());
+    for (int r = 0; r < R2; r++)
+        for (int c = 0; c < C2; c++) s2[r * C2 + c] = fabsf(rnd_normal()) * scale[c];
+    int32_t ph[C2], pf[C2];
+    tb_perm_opts o2 = {50, 3, 2};
+    tb_perm_stats sh, sf;
+    assert_int_equal(tb_permute_search_heads(s2, R2, C2, H2, KV2, HD2, 2, 4, &o2, ph, &sh), TB_OK);
+    assert_int_equal(tb_permute_check(ph, C2), TB_OK);
+    assert_per_head(ph, H2, KV2, HD2);
+    double direct = tb_nm_kept_topn(s2, R2, C2, 1, 2, 4, ph);
+    assert_true(fabs(direct - sh.kept) <= 1e-9 * direct);
+    assert_true(fabs(sh.kept_identity - tb_nm_kept_topn(s2, R2, C2, 1, 2, 4, NULL)) <= 1e-9 * direct);
+    assert_true(sh.kept > sh.kept_identity);
+    assert_int_equal(tb_permute_search(s2, R2, C2, 1, 2, 4, &o2, pf, &sf), TB_OK);
+    printf("    per head (GQA 8/2): kept %+.2f%%; unconstrained %+.2f%%\n", 100 * (sh.kept / sh.kept_identity - 1),
+           100 * (sf.kept / sf.kept_identity - 1));
+    assert_true(sf.kept >= sh.kept * (1 - 1e-3));
+    free(s2);
+
+    /* a layout that does not match the columns; head_dim not divisible by M */
+    assert_int_equal(tb_permute_search_heads(s, ROWS, H * HD, 3, 1, HD, 2, 4, &po, p, &st), TB_EUSAGE);
+    assert_int_equal(tb_permute_search_heads(s, ROWS, H * HD, H, 3, HD, 2, 4, &po, p, &st), TB_EUSAGE);
+    assert_int_equal(tb_permute_search_heads(s, ROWS, H * HD, 8, 2, 4, 4, 8, &po, p, &st), TB_EDATA);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -584,6 +648,7 @@ int main(void)
         cmocka_unit_test(test_mask_roundtrip),
         cmocka_unit_test(test_permute_identity),
         cmocka_unit_test(test_permute_search),
+        cmocka_unit_test(test_permute_search_heads),
     };
     return cmocka_run_group_tests_name("nm", tests, NULL, NULL);
 }
