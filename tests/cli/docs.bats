@@ -43,9 +43,9 @@ ROOT=$(cd "$BATS_TEST_DIRNAME/../.." && pwd)
 
 @test "make clean works without the libraries; a tree per flag set" {
     # make test SANITIZE=1 runs these tests from a make whose command-line
-    # variables reach every sub-make through MAKEFLAGS; the flags asked here
-    # must be the only ones
-    unset MAKEFLAGS MFLAGS MAKELEVEL
+    # variables reach every process below it, through MAKEFLAGS and as
+    # environment variables; the flags asked here must be the only ones
+    unset MAKEFLAGS MFLAGS MAKELEVEL SANITIZE CUDA CC BUILD
     run env PKG_CONFIG_LIBDIR=/nonexistent make -C "$ROOT" -n clean
     [ "$status" -eq 0 ]
     [[ "$output" == *"rm -rf build build-*"* ]]
