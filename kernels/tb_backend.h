@@ -165,10 +165,16 @@ typedef struct tb_backend_ops {
 
     /* ---- training ---- */
     /* Adam step on the trainable entries (keep[i] != 0; keep on the backend)
-     * of W from its gradient g: m1, m2 f32 moments; lr already scheduled;
-     * c1 = 1 - beta1^t, c2 = 1 - beta2^t. Pruned entries stay exact zeros. */
+     * of W from its gradient g: m1, m2 f32 moments, laid out as
+     * adam_moments_kept says; lr already scheduled; c1 = 1 - beta1^t,
+     * c2 = 1 - beta2^t. Pruned entries stay exact zeros. */
     void (*adam)(tb_backend *b, tb_dlinear *W, const float *g, const uint8_t *keep, float *m1, float *m2, double lr,
                  double beta1, double beta2, double c1, double c2, double eps);
+    /* 1: m1, m2 hold the trainable entries only, in order (the CPU: one
+     * sequential pass; half the memory at 2:4, which a 7B layer needs to fit
+     * in 3 GB); 0: every entry, indexed by position (CUDA: threads need no
+     * prefix count, and the GPU has the room) */
+    int adam_moments_kept;
 } tb_backend_ops;
 
 struct tb_backend {

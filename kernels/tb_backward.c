@@ -95,14 +95,14 @@ static int attention_backward(tb_backward *b, int l, int n, tb_grad_fn grad, voi
     /* q and k were rotated after their projections: rotate the gradients back */
     op->rope(be, b->d_q, n, c->n_heads, c->head_dim, 0, f->rope_cos, f->rope_neg_sin);
     op->rope(be, b->d_k, n, c->n_kv_heads, c->head_dim, 0, f->rope_cos, f->rope_neg_sin);
-    int rc;
+    op->linear_dx(be, &w->lin[TB_LIN_Q], b->d_q, n, b->d_xn, 0);
+    op->linear_dx(be, &w->lin[TB_LIN_K], b->d_k, n, b->d_xn, 1);
+    op->linear_dx(be, &w->lin[TB_LIN_V], b->d_v, n, b->d_xn, 1);
+    int rc; /* after the weights' last use (tb_backward.h) */
     if ((rc = weight_grad(b, l, TB_LIN_V, &w->lin[TB_LIN_V], b->d_v, a->xn1, n, grad, ctx)) ||
         (rc = weight_grad(b, l, TB_LIN_K, &w->lin[TB_LIN_K], b->d_k, a->xn1, n, grad, ctx)) ||
         (rc = weight_grad(b, l, TB_LIN_Q, &w->lin[TB_LIN_Q], b->d_q, a->xn1, n, grad, ctx)))
         return rc;
-    op->linear_dx(be, &w->lin[TB_LIN_Q], b->d_q, n, b->d_xn, 0);
-    op->linear_dx(be, &w->lin[TB_LIN_K], b->d_k, n, b->d_xn, 1);
-    op->linear_dx(be, &w->lin[TB_LIN_V], b->d_v, n, b->d_xn, 1);
     return TB_OK;
 }
 
@@ -123,11 +123,11 @@ static int mlp_backward(tb_backward *b, int l, int n, tb_grad_fn grad, void *ctx
     op->linear_dx(be, &w->lin[TB_LIN_DOWN], b->d_res, n, b->d_act, 0);
     if ((rc = weight_grad(b, l, TB_LIN_DOWN, &w->lin[TB_LIN_DOWN], b->d_res, a->act, n, grad, ctx))) goto out;
     op->swiglu_backward(be, b->d_act, b->d_up, b->d_act, a->gate, a->up, NF); /* d_act becomes d_gate */
+    op->linear_dx(be, &w->lin[TB_LIN_GATE], b->d_act, n, b->d_xn, 0);
+    op->linear_dx(be, &w->lin[TB_LIN_UP], b->d_up, n, b->d_xn, 1);
     if ((rc = weight_grad(b, l, TB_LIN_UP, &w->lin[TB_LIN_UP], b->d_up, a->xn2, n, grad, ctx)) ||
         (rc = weight_grad(b, l, TB_LIN_GATE, &w->lin[TB_LIN_GATE], b->d_act, a->xn2, n, grad, ctx)))
         goto out;
-    op->linear_dx(be, &w->lin[TB_LIN_GATE], b->d_act, n, b->d_xn, 0);
-    op->linear_dx(be, &w->lin[TB_LIN_UP], b->d_up, n, b->d_xn, 1);
     op->rmsnorm_backward(be, b->d_res, b->d_xn, a->h, a->rms2, w->mlp_norm, n, c->hidden_size, 1);
 out:
     TB_RANGE_POP();
@@ -181,10 +181,10 @@ int tb_backward_logits(tb_backward *b, int n, int want_lm_head, tb_grad_fn grad,
     if (n < 1 || n != f->n) return tb_fail(TB_EUSAGE, "backward: need the %d-token window just run forward (n=%d)", f->n, n);
     if (!f->logits) return tb_fail(TB_EUSAGE, "backward: the run state does not hold the whole model");
     int rc;
+    be->ops->linear_dx(be, &f->lm_head, f->logits, n, b->d_xn, 0);
     if (want_lm_head &&
         (rc = weight_grad(b, c->n_layers, TB_LIN_LM_HEAD, &f->lm_head, f->logits, f->xn_final, n, grad, ctx)))
         return rc;
-    be->ops->linear_dx(be, &f->lm_head, f->logits, n, b->d_xn, 0);
     be->ops->rmsnorm_backward(be, b->d_res, b->d_xn, f->x_final, f->rms_final, f->final_norm, n, D, 0);
     for (int l = c->n_layers - 1; l >= 0; l--)
         if ((rc = layer_backward(b, l, n, grad, ctx))) return rc;

@@ -7,6 +7,9 @@
  * it is complete (lm_head first, then the layers last to first, in each layer
  * down, up, gate, o, v, k, q), so callers accumulate what they need (the
  * squared gradient, samples) while only one dW buffer exists at a time.
+ * A weight's gradient comes after the pass's last use of the weight (its
+ * input gradient), so the callback may update it in place: tb-recon's Adam
+ * step, per weight, needs no gradient buffer of its own.
  * Memory: one window's activation gradients + one dW, in backend memory.
  */
 #ifndef TB_BACKWARD_H

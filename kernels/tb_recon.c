@@ -18,19 +18,34 @@ void tb_recon_defaults(tb_recon_opts *o)
                          .eval_windows = 16, .n_threads = 1};
 }
 
+/* One Adam step per weight, taken as the backward hands over its gradient
+ * (after the weight's last use in the pass, tb_backward.h): no gradient
+ * buffer of the layer's size exists, only the backward's one dW. */
 typedef struct {
     tb_backend *be;
     int layer;
-    float *g[TB_LIN_PER_LAYER]; /* backend copies of this step's gradients */
+    tb_dlinear *train;                 /* [TB_LIN_PER_LAYER] the weights trained */
+    uint8_t *keep[TB_LIN_PER_LAYER];   /* backend keep masks */
+    float *m1[TB_LIN_PER_LAYER], *m2[TB_LIN_PER_LAYER]; /* Adam's moments (tb_backend.h's layout) */
     int64_t size[TB_LIN_PER_LAYER];
-} grads;
+    double lr, beta1, beta2, c1, c2, eps; /* this step's */
+    int step, check;                   /* check: look for a non-finite gradient this step */
+} adam_state;
 
-static int keep_grad(void *ctx, int layer, tb_lin_id which, const float *dW, int rows, int cols)
+static int adam_step(void *ctx, int layer, tb_lin_id which, const float *dW, int rows, int cols)
 {
-    grads *g = ctx;
-    if (layer != g->layer || which >= TB_LIN_PER_LAYER || (int64_t)rows * cols != g->size[which])
+    adam_state *a = ctx;
+    tb_backend *be = a->be;
+    if (layer != a->layer || which >= TB_LIN_PER_LAYER || (int64_t)rows * cols != a->size[which])
         return tb_fail(TB_EUSAGE, "recon: unexpected gradient (layer %d, %s)", layer, tb_lin_name(which));
-    g->be->ops->copy(g->be, g->g[which], dW, (size_t)g->size[which] * sizeof(float));
+    /* a non-finite gradient would poison the weights: look every 32 steps
+     * (a check is a device round trip) and at the end */
+    if (a->check && be->ops->first_nonfinite(be, dW, (size_t)a->size[which]) >= 0)
+        return tb_fail(TB_EDATA, "recon: layer %d: gradient of %s is not finite (step %d)", layer, tb_lin_name(which),
+                       a->step + 1);
+    /* pruned entries never move */
+    be->ops->adam(be, &a->train[which], dW, a->keep[which], a->m1[which], a->m2[which], a->lr, a->beta1, a->beta2,
+                  a->c1, a->c2, a->eps);
     return TB_OK;
 }
 
@@ -98,11 +113,9 @@ int tb_recon_layer(tb_model *m, int l, float *const w[TB_LIN_PER_LAYER], const u
         tb_forward_free(&f);
         return rc;
     }
-    grads g = {.be = be, .layer = l};
-    float *m1[TB_LIN_PER_LAYER] = {0}, *m2[TB_LIN_PER_LAYER] = {0};
-    uint8_t *keep_d[TB_LIN_PER_LAYER] = {0};
     tb_dlinear train[TB_LIN_PER_LAYER];
     memset(train, 0, sizeof train);
+    adam_state a = {.be = be, .layer = l, .train = train, .beta1 = o->beta1, .beta2 = o->beta2, .eps = o->eps};
     windows_src ws = {.inputs = inputs, .targets = targets, .nd = nd};
     ws.tgt = tb_alloc_f32(be, nd, "a target window");
     if (!ws.tgt || !tb_forward_layer_weights(&f, l)) rc = tb_errcode() ? tb_errcode() : TB_EIO;
@@ -121,21 +134,24 @@ int tb_recon_layer(tb_model *m, int l, float *const w[TB_LIN_PER_LAYER], const u
     }
     for (int k = 0; k < TB_LIN_PER_LAYER && !rc; k++) {
         const tb_linear *L = &m->layers[l].lin[k];
-        size_t sz = (size_t)L->rows * L->cols;
-        g.size[k] = (int64_t)sz;
+        size_t sz = (size_t)L->rows * L->cols, nm = sz;
+        a.size[k] = (int64_t)sz;
+        if (be->ops->adam_moments_kept) { /* moments of the trainable entries only: half at 2:4 */
+            nm = 0;
+            for (size_t i = 0; i < sz; i++) nm += keep[k][i] != 0;
+        }
         if ((rc = be->ops->linear_upload_train(be, &train[k], L))) break;
         tb_forward_use_linear(&f, l, k, &train[k]);
-        g.g[k] = tb_alloc_f32(be, sz, "a gradient");
-        m1[k] = tb_alloc_f32(be, sz, "Adam's first moment");
-        m2[k] = tb_alloc_f32(be, sz, "Adam's second moment");
-        keep_d[k] = be->ops->alloc(be, sz, "a keep mask");
-        if (!g.g[k] || !m1[k] || !m2[k] || !keep_d[k]) {
+        a.m1[k] = tb_alloc_f32(be, nm ? nm : 1, "Adam's first moment");
+        a.m2[k] = tb_alloc_f32(be, nm ? nm : 1, "Adam's second moment");
+        a.keep[k] = be->ops->alloc(be, sz, "a keep mask");
+        if (!a.m1[k] || !a.m2[k] || !a.keep[k]) {
             rc = TB_EIO;
             break;
         }
-        be->ops->zero(be, m1[k], sz * sizeof(float));
-        be->ops->zero(be, m2[k], sz * sizeof(float));
-        be->ops->upload(be, keep_d[k], keep[k], sz);
+        be->ops->zero(be, a.m1[k], nm * sizeof(float));
+        be->ops->zero(be, a.m2[k], nm * sizeof(float));
+        be->ops->upload(be, a.keep[k], keep[k], sz);
     }
     int64_t *order = rc ? NULL : tb_malloc((size_t)windows * sizeof(int64_t));
     if (!rc && !order) rc = TB_EIO;
@@ -169,20 +185,14 @@ int tb_recon_layer(tb_model *m, int l, float *const w[TB_LIN_PER_LAYER], const u
         if ((rc = run_layer(&f, l, &ws, win, T, &tg))) break;
         /* d mean((out - tg)^2) / d out */
         be->ops->scaled_diff(be, b.d_res, tb_forward_stream(&f, l + 1), tg, 2.0f / (float)nd, nd);
-        if ((rc = tb_backward_layers(&b, T, l, l + 1, keep_grad, &g))) break;
-        /* Adam with bias correction; cosine decay; pruned entries never move */
-        double lr = o->lr * 0.5 * (1.0 + cos(M_PI * step / o->steps));
-        double c1 = 1.0 - pow(o->beta1, step + 1), c2 = 1.0 - pow(o->beta2, step + 1);
-        for (int k = 0; k < TB_LIN_PER_LAYER; k++)
-            be->ops->adam(be, &train[k], g.g[k], keep_d[k], m1[k], m2[k], lr, o->beta1, o->beta2, c1, c2, o->eps);
-        /* a non-finite gradient would poison the weights: look every 32 steps
-         * (a check is a device round trip) and at the end */
-        if ((step % 32 == 31 || step == o->steps - 1))
-            for (int k = 0; k < TB_LIN_PER_LAYER && !rc; k++)
-                if (be->ops->first_nonfinite(be, g.g[k], (size_t)g.size[k]) >= 0)
-                    rc = tb_fail(TB_EDATA, "recon: layer %d: gradient of %s is not finite (step %d)", l,
-                                 tb_lin_name(k), step + 1);
-        if (!rc) rc = be->ops->sync(be);
+        /* Adam with bias correction and cosine decay, each weight as its gradient arrives */
+        a.lr = o->lr * 0.5 * (1.0 + cos(M_PI * step / o->steps));
+        a.c1 = 1.0 - pow(o->beta1, step + 1);
+        a.c2 = 1.0 - pow(o->beta2, step + 1);
+        a.step = step;
+        a.check = step % 32 == 31 || step == o->steps - 1;
+        if ((rc = tb_backward_layers(&b, T, l, l + 1, adam_step, &a))) break;
+        rc = be->ops->sync(be);
         TB_RANGE_POP();
         if (progress && !rc) progress(ctx, step + 1, o->steps);
     }
@@ -197,10 +207,9 @@ int tb_recon_layer(tb_model *m, int l, float *const w[TB_LIN_PER_LAYER], const u
     for (int k = 0; k < TB_LIN_PER_LAYER; k++) {
         if (f.dl && f.dl[l].borrowed[k]) f.dl[l].borrowed[k] = 0; /* released below, not by the forward */
         if (train[k].host) be->ops->linear_release(be, &train[k]);
-        if (g.g[k]) be->ops->free(be, g.g[k]);
-        if (m1[k]) be->ops->free(be, m1[k]);
-        if (m2[k]) be->ops->free(be, m2[k]);
-        if (keep_d[k]) be->ops->free(be, keep_d[k]);
+        if (a.m1[k]) be->ops->free(be, a.m1[k]);
+        if (a.m2[k]) be->ops->free(be, a.m2[k]);
+        if (a.keep[k]) be->ops->free(be, a.keep[k]);
     }
     if (ws.tgt) be->ops->free(be, ws.tgt);
     if (ws.in_d) be->ops->free(be, ws.in_d);

@@ -13,8 +13,11 @@
  * (forward, backward, Adam) runs on the GPU and only one window's input and
  * target cross per step. Memory: the caller's inputs and targets of all
  * windows (host, 2 x windows x seq_len x hidden f32); on the backend one
- * window's activations and their gradients, and per trainable weight an f32
- * copy, its gradient, two Adam moments and the keep mask.
+ * window's activations and their gradients (one dW, the largest linear's),
+ * and per trainable weight an f32 copy (on the CPU the caller's array), two
+ * Adam moments (on the CPU of the kept entries only) and a byte keep mask.
+ * At Mistral-7B's shape (218 M weights a layer, 2:4) tb-recon holds 2.4 GiB
+ * on the CPU, the tool's copy of the keep masks included (BENCHMARKS.md).
  */
 #ifndef TB_RECON_H
 #define TB_RECON_H

@@ -33,7 +33,9 @@ static const char description[] =
 static const char notes[] =
     "memory: the model's mapping, inputs and targets of every window (2 x 4 x\n"
     "windows x seq_len x hidden bytes), one window's activations and gradients,\n"
-    "and 16 bytes per weight of the layer (master, gradient, 2 Adam moments).\n";
+    "the largest linear's gradient, and per weight of the layer 6 bytes (the\n"
+    "f32 weight trained in place, two one-byte keep masks) + 8 per kept weight\n"
+    "(2 Adam moments; CUDA: 8 per weight on the GPU); Mistral-7B's shape: 2.4 GiB.\n";
 
 typedef struct {
     const char *model, *shard, *tokens, *acts_in, *output;
@@ -195,7 +197,7 @@ static int run(options *o, const char *cmdline)
         return rc;
     }
     float *inputs = NULL, *targets = NULL, *attn_targets = NULL, *w[TB_LIN_PER_LAYER] = {0},
-          *orig[TB_LIN_PER_LAYER] = {0}, *dense[TB_LIN_PER_LAYER] = {0};
+          *dense[TB_LIN_PER_LAYER] = {0};
     const int blockwise = o->bo.unit != TB_UNIT_LAYER || o->bo.mask.every > 0;
     if (blockwise && o->be->o.device != TB_DEVICE_CPU) {
         tb_pack_close(&p);
@@ -240,12 +242,11 @@ static int run(options *o, const char *cmdline)
     }
     for (int k = 0; k < TB_LIN_PER_LAYER && !rc; k++) {
         int64_t n;
-        if (!(orig[k] = tb_pack_tensor_f32(&p, pk[k]->name, 1, &n)) || !(w[k] = tb_malloc((size_t)n * sizeof(float))) ||
-            !(keep[k] = tb_malloc((size_t)n))) {
+        /* trained in place: the packed values are read again from the shard if needed */
+        if (!(w[k] = tb_pack_tensor_f32(&p, pk[k]->name, 1, &n)) || !(keep[k] = tb_malloc((size_t)n))) {
             rc = TB_EIO;
             break;
         }
-        memcpy(w[k], orig[k], (size_t)n * sizeof(float));
         if (pk[k]->kind == TB_PACKED_NM) { /* every slot of the format is trainable, padding included */
             float *one = tb_malloc((size_t)pk[k]->values->numel * sizeof(float)), *pos = tb_malloc((size_t)n * sizeof(float));
             if (!one || !pos) rc = TB_EIO;
@@ -261,7 +262,7 @@ static int run(options *o, const char *cmdline)
             free(pos);
             if (rc) break;
         } else
-            for (int64_t i = 0; i < n; i++) keep[k][i] = orig[k][i] != 0.0f;
+            for (int64_t i = 0; i < n; i++) keep[k][i] = w[k][i] != 0.0f;
         tb_linear *L = &m.layers[o->layer].lin[k];
         L->format = TB_LINEAR_DENSE;
         L->dtype = TB_F32;
@@ -317,7 +318,6 @@ static int run(options *o, const char *cmdline)
     if (!rc) tb_info("layer %d trained on %s", o->layer, o->be->desc);
     for (int k = 0; k < TB_LIN_PER_LAYER; k++) {
         free(w[k]);
-        free(orig[k]);
         free(keep[k]);
         free(dense[k]);
     }

@@ -268,12 +268,13 @@ static void cpu_adam(tb_backend *b, tb_dlinear *W, const float *g, const uint8_t
 {
     float *w = W->w32;
     const float b1 = (float)beta1, b2 = (float)beta2;
-    size_t count = (size_t)W->rows * W->cols;
+    size_t count = (size_t)W->rows * W->cols, j = 0; /* j: the moments of the kept entries (adam_moments_kept) */
     for (size_t i = 0; i < count; i++) {
         if (!keep[i]) continue;
-        m1[i] = b1 * m1[i] + (1 - b1) * g[i];
-        m2[i] = b2 * m2[i] + (1 - b2) * g[i] * g[i];
-        w[i] -= (float)(lr * (m1[i] / c1) / (sqrt(m2[i] / c2) + eps));
+        m1[j] = b1 * m1[j] + (1 - b1) * g[i];
+        m2[j] = b2 * m2[j] + (1 - b2) * g[i] * g[i];
+        w[i] -= (float)(lr * (m1[j] / c1) / (sqrt(m2[j] / c2) + eps));
+        j++;
     }
 }
 
@@ -314,6 +315,7 @@ static const tb_backend_ops cpu_ops = {
     .scaled_diff = cpu_scaled_diff,
     .first_nonfinite = cpu_first_nonfinite,
     .adam = cpu_adam,
+    .adam_moments_kept = 1,
 };
 
 int tb_cpu_backend_open(tb_backend *b)
