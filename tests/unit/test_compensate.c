@@ -627,6 +627,42 @@ static void test_sparsegpt_diagonal(void **state)
     tb_mask_free(&mk);
 }
 
+/* The output error against its definition, sum over samples x of
+ * ||(W0 - W) x||^2, computed through the samples themselves: rows that are
+ * not a multiple of the row block, 1 and 3 threads, and a Gram whose lower
+ * triangle is NaN (only the upper one is defined, tb_backend.h). */
+static void test_output_error_definition(void **state)
+{
+    (void)state;
+    enum { ROWS = 150, COLS = 37, T = 50 };
+    double *x = malloc(sizeof(double) * COLS * T); /* [COLS, T]: sample k is column k */
+    for (int i = 0; i < COLS * T; i++) x[i] = rndu();
+    double *g = gram_of(x, COLS, T);
+    for (int i = 0; i < COLS; i++)
+        for (int j = 0; j < i; j++) g[i * COLS + j] = NAN;
+    float *w0 = malloc(sizeof(float) * ROWS * COLS), *w = malloc(sizeof(float) * ROWS * COLS);
+    for (int i = 0; i < ROWS * COLS; i++) {
+        w0[i] = (float)rndu();
+        w[i] = i % 3 ? w0[i] + 0.25f * (float)rndu() : 0.0f;
+    }
+    for (int with_w = 0; with_w < 2; with_w++) {
+        double want = 0;
+        for (int k = 0; k < T; k++)
+            for (int r = 0; r < ROWS; r++) {
+                double y = 0;
+                for (int c = 0; c < COLS; c++)
+                    y += ((double)w0[r * COLS + c] - (with_w ? w[r * COLS + c] : 0.0f)) * x[c * T + k];
+                want += y * y;
+            }
+        for (int threads = 1; threads <= 3; threads += 2) {
+            double got = tb_comp_output_error(w0, with_w ? w : NULL, ROWS, COLS, g, threads);
+            assert_true(isfinite(got));
+            assert_true(fabs(got - want) <= 1e-12 * want);
+        }
+    }
+    free(x), free(g), free(w0), free(w);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -635,7 +671,7 @@ int main(void)
         cmocka_unit_test(test_solve_indefinite),   cmocka_unit_test(test_redist_hand),
         cmocka_unit_test(test_obs_exact),          cmocka_unit_test(test_recon_random),
         cmocka_unit_test(test_recon_golden),       cmocka_unit_test(test_recon_singular),
-        cmocka_unit_test(test_sparsegpt_diagonal),
+        cmocka_unit_test(test_sparsegpt_diagonal), cmocka_unit_test(test_output_error_definition),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
