@@ -77,7 +77,7 @@ for ((l = 0; l < nl; l++)); do
     run "L$l tb-merge --partial" "$work/partial.$l.tbm" "$TB/tb-merge" --partial -m "$model" --quiet \
         -o "$work/partial.$l.tbm" $(for ((k = 0; k <= l; k++)); do echo "$work/layer.$k.tb"; done)
     run "L$l tb-fisher --acts-out" "$work/stream.$n.st" "$TB/tb-fisher" --threads "$thr" -m "$work/partial.$l.tbm" \
-        "${src[@]}" --layers $l:$n --stats none --quiet --acts-out "$work/stream.$n.st"
+        --base "$model" "${src[@]}" --layers $l:$n --stats none --quiet --acts-out "$work/stream.$n.st"
 done
 for ((l = 0; l < nl; l++)); do
     run "L$l tb-pack $comp" "$work/packed.$l.tb" "$TB/tb-pack" --threads "$thr" -m "$model" \
