@@ -46,7 +46,22 @@ typedef enum {
 /* Reorder the host .tb arrays and upload (synchronous). */
 int tb_cuda_sp24_prepare(tb_sp24_weight *w, const uint16_t *values, const uint8_t *indices, int64_t rows,
                          int64_t cols, const int32_t *perm);
+/* The same from the .tb arrays already in device memory (values 4-byte
+ * aligned; perm NULL if none), reordered on the device on `stream`: the CUDA
+ * backend uploads a weight's packed bytes once and the host does no per-weight
+ * work. The indices are trusted (tb_pack_open checked them with
+ * tb_nm_check_indices: positions strictly ascending in each group); the
+ * arrays must stay valid until the stream has run the reorder. */
+int tb_cuda_sp24_prepare_device(tb_sp24_weight *w, const uint16_t *values, const uint8_t *indices, int64_t rows,
+                                int64_t cols, const int32_t *perm, void *stream);
 void tb_cuda_sp24_release(tb_sp24_weight *w);
+
+/* W as dense [rows, cols] (dt TB_BF16 or TB_F32; device memory) in the
+ * model's column order (the permutation undone, pruned entries 0), read from
+ * the kernel layout on `stream`: the CUDA backend's dense copy for token
+ * counts where cuBLAS wins, and the linear_download of a 2:4 weight. Exact
+ * (the kept values are bf16). */
+int tb_cuda_sp24_to_dense(const tb_sp24_weight *w, void *dense, tb_dtype dt, void *stream);
 
 /* Device scratch bytes tb_cuda_sp24_linear needs for n tokens of x_dt. */
 size_t tb_cuda_sp24_workspace_bytes(const tb_sp24_weight *w, int n, tb_dtype x_dt);

@@ -34,8 +34,15 @@ Versions (bench/gpu/NOTES-sp24.md has each one's prediction and outcome):
      session's device time was spent): the next sp24_bench.sh run checks them
      (--check covers them) before timing them.
 
-Library entry (tb_sp24.h): tb_cuda_sp24_prepare / _linear / _release /
-_prefer_dense; the CUDA backend calls these for 2:4 weights.
+Library entry (tb_sp24.h): tb_cuda_sp24_prepare (host reorder) or
+_prepare_device (the same reorder on the device, from the .tb arrays uploaded
+as they are), _linear, _to_dense (the layout back to dense, in model column
+order), _release, _prefer_dense. The CUDA backend (tb_backend_cuda.cu) keeps
+a 2:4 bf16 weight in this form and calls _linear for 1-16 tokens; the device
+reorder and _to_dense are checked byte for byte / element for element against
+tb_sp24_reorder and the CPU backend by tests/cuda/test_backend.c. WRITTEN AND
+COMPILED, NOT YET RUN ON A GPU (the device budget was spent): the next
+bench/gpu/device_tests.sh run checks them.
 
 Build and run the bench and checker standalone (the device machine has nvcc
 but no cJSON/OpenBLAS; this file needs only the three small C files below):
@@ -194,6 +201,81 @@ __global__ void sp24_x_frag(const InT *__restrict__ x, const int32_t *__restrict
         w[q] = pack_bf16x2(v0, v1);
     }
     xb[idx] = make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// ----------------------------------------------------------------------------
+// the layout built and read on the device: tb_sp24_reorder and tb_sp24_decode
+// (kernels/cpu/tb_sp24_layout.c) a thread per (row, group of 4 columns) or per
+// metadata word, so a weight crosses the bus once, as the .tb arrays
+
+// the u32 slot of A holding the kept pair of (row r, group j), as tb_sp24_reorder places it
+__device__ __forceinline__ int64_t sp24_a_slot(int64_t r, int64_t j, int64_t k32)
+{
+    const int64_t mt = r / 16, ks = j / 8;
+    const int g = (int)(r % 8), hi = (int)((r % 16) / 8), q = (int)(j % 8);
+    return (((mt * k32 + ks) * 32 + 4 * g + q % 4) * 8 + (q / 4) * 4 + hi * 2) / 2;
+}
+
+// the E word holding the nibble of (row r, group j), and the nibble's shift in it
+__device__ __forceinline__ int64_t sp24_e_word(int64_t r, int64_t j, int64_t k32, int *shift)
+{
+    const int64_t p = r / 32, ks = j / 8;
+    const int g = (int)(r % 8), hi = (int)((r % 16) / 8), tile = (int)((r % 32) / 16), q = (int)(j % 8);
+    *shift = 16 * hi + 4 * (q % 4);
+    return (p * k32 + ks) * 32 + 4 * g + 2 * tile + q / 4;
+}
+
+// A: the .tb values read as u32 pairs (a group's two kept values, lower position first)
+__global__ void sp24_reorder_a(const uint32_t *__restrict__ pairs, int64_t rows, int64_t cols, uint32_t *__restrict__ a)
+{
+    const int64_t groups = cols / 4, k32 = cols / 32, total = rows * groups;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x)
+        a[sp24_a_slot(i / groups, i % groups, k32)] = pairs[i];
+}
+
+// E: one thread per word gathers its 8 nibbles (.tb: two groups a byte, the lower group low)
+__global__ void sp24_reorder_e(const uint8_t *__restrict__ idx, int64_t rows, int64_t cols, uint32_t *__restrict__ e)
+{
+    const int64_t k32 = cols / 32, irow = cols / 8, total = rows / 32 * k32 * 32;
+    for (int64_t w = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; w < total; w += (int64_t)gridDim.x * blockDim.x) {
+        const int lane = (int)(w % 32), g = lane >> 2, s = lane & 3;
+        const int64_t ks = (w / 32) % k32, p = w / 32 / k32;
+        uint32_t word = 0;
+        for (int hi = 0; hi < 2; hi++) {
+            const int64_t r = 32 * p + 16 * (s >> 1) + 8 * hi + g;
+            for (int c = 0; c < 4; c++) {
+                const int64_t j = ks * 8 + 4 * (s & 1) + c;
+                word |= ((uint32_t)(idx[r * irow + j / 2] >> ((j & 1) * 4)) & 15u) << (16 * hi + 4 * c);
+            }
+        }
+        e[w] = word;
+    }
+}
+
+// the kernel layout back to dense [rows, cols] in model column order (out[r][perm[c]] = W_stored[r][c])
+template <typename OutT>
+__global__ void sp24_to_dense(const uint32_t *__restrict__ a, const uint32_t *__restrict__ e,
+                              const int32_t *__restrict__ perm, int64_t rows, int64_t cols, OutT *__restrict__ out)
+{
+    const int64_t groups = cols / 4, k32 = cols / 32, total = rows * groups;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t r = i / groups, j = i % groups;
+        const uint32_t pair = a[sp24_a_slot(r, j, k32)];
+        int shift;
+        const uint32_t nib = (e[sp24_e_word(r, j, k32, &shift)] >> shift) & 15u;
+        const float v0 = __uint_as_float(pair << 16), v1 = __uint_as_float(pair & 0xffff0000u);
+        for (int k = 0; k < 4; k++) {
+            const float v = k == (int)(nib & 3u) ? v0 : k == (int)(nib >> 2) ? v1 : 0.0f;
+            const int64_t c = perm ? perm[4 * j + k] : 4 * j + k;
+            store_out(out + r * cols + c, v); // a bf16 value: exact in either output type
+        }
+    }
+}
+
+static unsigned sp24_grid(int64_t count)
+{
+    int64_t b = (count + 255) / 256;
+    return (unsigned)(b < 1 ? 1 : b > 65535 * 8 ? 65535 * 8 : b);
 }
 
 // ----------------------------------------------------------------------------
@@ -909,12 +991,9 @@ static int tiled_wn(void) { return g_force_wn ? g_force_wn : 4; }
 // ----------------------------------------------------------------------------
 // library entry
 
-extern "C" int tb_cuda_sp24_prepare(tb_sp24_weight *w, const uint16_t *values, const uint8_t *indices,
-                                    int64_t rows, int64_t cols, const int32_t *perm)
+// sm_80+ (the sparse mma), or TB_EUSAGE / TB_EIO naming why not
+static int sp24_device_check(void)
 {
-    memset(w, 0, sizeof *w);
-    int rc = tb_sp24_check_shape(rows, cols);
-    if (rc) return rc;
     int dev = 0, major = 0;
     if (cudaGetDevice(&dev) != cudaSuccess ||
         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
@@ -922,6 +1001,17 @@ extern "C" int tb_cuda_sp24_prepare(tb_sp24_weight *w, const uint16_t *values, c
         return tb_fail(TB_EIO, "2:4 GEMM: no usable CUDA device");
     }
     if (major < 8) return tb_fail(TB_EUSAGE, "2:4 GEMM: sparse tensor cores need sm_80 or newer (device is sm_%d)", major * 10);
+    return TB_OK;
+}
+
+
+extern "C" int tb_cuda_sp24_prepare(tb_sp24_weight *w, const uint16_t *values, const uint8_t *indices,
+                                    int64_t rows, int64_t cols, const int32_t *perm)
+{
+    memset(w, 0, sizeof *w);
+    int rc = tb_sp24_check_shape(rows, cols);
+    if (rc) return rc;
+    if ((rc = sp24_device_check())) return rc;
     size_t ab = tb_sp24_a_bytes(rows, cols), eb = tb_sp24_e_bytes(rows, cols);
     uint16_t *ha = (uint16_t *)tb_malloc(ab);
     uint32_t *he = (uint32_t *)tb_malloc(eb);
@@ -959,6 +1049,56 @@ extern "C" void tb_cuda_sp24_release(tb_sp24_weight *w)
     if (w->e) cudaFree(w->e);
     if (w->perm) cudaFree(w->perm);
     memset(w, 0, sizeof *w);
+}
+
+extern "C" int tb_cuda_sp24_prepare_device(tb_sp24_weight *w, const uint16_t *values, const uint8_t *indices,
+                                           int64_t rows, int64_t cols, const int32_t *perm, void *stream)
+{
+    memset(w, 0, sizeof *w);
+    int rc = tb_sp24_check_shape(rows, cols);
+    if (!rc) rc = sp24_device_check();
+    if (rc) return rc;
+    if ((uintptr_t)values % 4)
+        return tb_fail(TB_EUSAGE, "2:4 GEMM: device values must be 4-byte aligned (read as pairs)");
+    cudaStream_t st = (cudaStream_t)stream;
+    const size_t ab = tb_sp24_a_bytes(rows, cols), eb = tb_sp24_e_bytes(rows, cols);
+    const char *what = "";
+    cudaError_t err;
+    if ((err = cudaMalloc(&w->a, ab)) != cudaSuccess) what = "allocating the kept values";
+    else if ((err = cudaMalloc(&w->e, eb)) != cudaSuccess) what = "allocating the metadata";
+    else if (perm && (err = cudaMalloc(&w->perm, (size_t)cols * sizeof(int32_t))) != cudaSuccess)
+        what = "allocating the permutation";
+    else if (perm && (err = cudaMemcpyAsync(w->perm, perm, (size_t)cols * sizeof(int32_t), cudaMemcpyDeviceToDevice,
+                                            st)) != cudaSuccess)
+        what = "copying the permutation";
+    if (err == cudaSuccess) {
+        sp24_reorder_a<<<sp24_grid(rows * (cols / 4)), 256, 0, st>>>((const uint32_t *)values, rows, cols,
+                                                                     (uint32_t *)w->a);
+        sp24_reorder_e<<<sp24_grid(rows * cols / 32), 256, 0, st>>>(indices, rows, cols, (uint32_t *)w->e);
+        if ((err = cudaGetLastError()) != cudaSuccess) what = "reorder launch";
+    }
+    if (err != cudaSuccess) {
+        cudaGetLastError();
+        tb_cuda_sp24_release(w);
+        return sp24_cuda_fail(err, what);
+    }
+    w->rows = rows, w->cols = cols;
+    return TB_OK;
+}
+
+extern "C" int tb_cuda_sp24_to_dense(const tb_sp24_weight *w, void *dense, tb_dtype dt, void *stream)
+{
+    if (dt != TB_F32 && dt != TB_BF16) return tb_fail(TB_EUSAGE, "2:4 GEMM: dense output must be F32 or BF16");
+    cudaStream_t st = (cudaStream_t)stream;
+    const unsigned grid = sp24_grid(w->rows * (w->cols / 4));
+    if (dt == TB_F32)
+        sp24_to_dense<<<grid, 256, 0, st>>>((const uint32_t *)w->a, (const uint32_t *)w->e, w->perm, w->rows, w->cols,
+                                            (float *)dense);
+    else
+        sp24_to_dense<<<grid, 256, 0, st>>>((const uint32_t *)w->a, (const uint32_t *)w->e, w->perm, w->rows, w->cols,
+                                            (__nv_bfloat16 *)dense);
+    cudaError_t err = cudaGetLastError();
+    return err == cudaSuccess ? TB_OK : sp24_cuda_fail(err, "dense expansion launch");
 }
 
 static tb_sp24_kernel choose_kernel(int n) { return n <= SKINNY_MAX_N ? TB_SP24_SKINNY : TB_SP24_TILED; }
