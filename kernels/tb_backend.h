@@ -12,8 +12,10 @@
  * upload/download. Activations are f32, row-major [tokens, features]. Weights
  * live in a tb_dlinear, made from a tb_linear (tb_linear.h) by linear_upload:
  * the CPU backend computes from the mapped file data in place; the CUDA
- * backend keeps a dense copy in the compute dtype (bf16 or f32), one layer at
- * a time when memory is short (the engine decides, tb_dmodel in tb_engine.h).
+ * backend keeps a dense copy in the compute dtype (bf16 or f32), and for a
+ * packed 2:4 weight in bf16 the sparse tensor-core form (its policy is in
+ * tb_backend_cuda.cu), one layer at a time when memory is short (the engine
+ * decides: tb_forward_opts.weight_budget in tb_model.h).
  *
  * Precision. TB_PREC_F32: f32 everywhere, no TF32 (matches transformers' f32
  * forward to ~1e-6); TB_PREC_BF16: linears, Gram tiles and inference
@@ -73,6 +75,8 @@ typedef struct {
     void *w;               /* CUDA: dense [rows, cols] in model column order, compute dtype */
     float *w32;            /* CUDA training (linear_upload_train): the f32 master copy */
     float *bias;           /* CUDA: [rows] f32 or NULL */
+    void *sparse;          /* CUDA: a 2:4 weight's sparse tensor-core form (tb_backend_cuda.cu: w is then
+                            * NULL and the dense copy made on first need), else NULL */
     int trainable;
     size_t bytes;          /* backend memory this copy holds (CPU: 0, it binds) */
 } tb_dlinear;

@@ -6,6 +6,11 @@
 // (tb_ops.c, tb_linear.c, tb_backward.c, tb_eval.c, tb_calib.c, tb_recon.c).
 // tests/cuda/test_backend.c runs every op on both backends (make test-cuda).
 //
+// Weights. Dense ones as a dense copy in the compute dtype; packed N:M ones
+// uploaded as stored and decoded on the device, 2:4 bf16 ones kept in the
+// sparse tensor-core form of tb_sp24.h for decode ("N:M weights" below has
+// the memory policy). The 2:4 path is compiled but has not yet run on a GPU.
+//
 // Precision. TB_PREC_F32: weights f32, cuBLAS with CUBLAS_COMPUTE_32F_PEDANTIC
 // (no TF32, no reduced-precision tricks), Gram in f64 (DSYRK). TB_PREC_BF16:
 // weights bf16 on the device, activations cast to bf16 for each GEMM, f32
@@ -14,8 +19,15 @@
 // with f64 where the header says (nll, kl, sum_sq_diff).
 #include "tb_cuda_backend.h"
 #include "tb_nvtx.h"
+#include "tb_sp24.h"
+
+extern "C" {
+#include "tb_pack.h" /* the N:M index layout */
+#include "tb_sp24_layout.h"
+}
 
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -490,17 +502,162 @@ static int upload_bias(tb_cuda *cu, tb_dlinear *d, const tb_linear *L)
     return TB_OK;
 }
 
+// ---- N:M weights: decoded on the device
+//
+// A packed N:M weight (TB_LINEAR_NM: kept values + b-bit in-group positions +
+// optional column permutation, formats/tb_pack.h) crosses the bus as it is
+// stored, once, into the work space, and becomes one of two device forms:
+//
+// - 2:4 with bf16 values in the bf16 precision, shape rows % 32 == 0 and
+//   cols % 64 == 0, on sm_80+: the sparse tensor-core form of
+//   kernels/cuda/tb_sp24.h (0.5625x the bytes of dense bf16), reordered on the
+//   device. cu_linear runs the 2:4 GEMM where it beats cuBLAS
+//   (tb_cuda_sp24_prefer_dense: 1-16 tokens, decode) and the dense copy
+//   elsewhere (more than 16 tokens, prefill; linear_dx).
+// - anything else: the dense copy in the compute dtype, expanded on the device
+//   (k_nm_decode), as a dense weight has.
+//
+// Memory policy for the 2:4 form: the dense copy is made from it on the device
+// the first time an op needs it, and kept with the weight. A run that only
+// decodes (tb-run generation with a prompt of at most 16 tokens) holds 0.5625x
+// of dense bf16; a run that also prefills more than 16 tokens holds both forms,
+// 1.5625x, the price of the faster kernel at each token count (expanding the
+// dense copy per call instead would add, by a count not a measurement, ~23 GB
+// of traffic, ~5 ms at the copy rate, to each ~40 ms 2048-token window of a
+// 7B prefill). d->bytes counts
+// what linear_upload made (the 2:4 form); a dense copy made later is not in
+// it, and a tb-run --ppl of a 2:4 model holds both though it only uses the
+// dense one (the backend cannot know which token counts a run will ask for).
+
+struct cu_sparse {
+    tb_sp24_weight sp; // the 2:4 GEMM's form (device)
+    void *dense;       // bf16 [rows, cols] in model column order, made on first need, or NULL
+};
+
 static void cu_linear_release(tb_backend *b, tb_dlinear *d)
 {
     tb_cuda *cu = tb_cu(b);
     if (d->w && d->w != (void *)d->w32) cudaFree(d->w);
     cudaFree(d->w32);
     cudaFree(d->bias);
+    if (d->sparse) {
+        cu_sparse *s = (cu_sparse *)d->sparse;
+        tb_cuda_sp24_release(&s->sp);
+        cudaFree(s->dense);
+        free(s);
+    }
     (void)cu;
     d->w = NULL;
     d->w32 = NULL;
     d->bias = NULL;
+    d->sparse = NULL;
     d->bytes = 0;
+}
+
+template <typename V> __device__ __forceinline__ float nm_value(const V *v, int64_t i);
+template <> __device__ __forceinline__ float nm_value<float>(const float *v, int64_t i) { return v[i]; }
+template <> __device__ __forceinline__ float nm_value<__half>(const __half *v, int64_t i) { return __half2float(v[i]); }
+template <> __device__ __forceinline__ float nm_value<__nv_bfloat16>(const __nv_bfloat16 *v, int64_t i)
+{
+    return __bfloat162float(v[i]);
+}
+__device__ __forceinline__ void nm_store(float *p, float v) { *p = v; }
+__device__ __forceinline__ void nm_store(__nv_bfloat16 *p, float v) { *p = __float2bfloat16_rn(v); }
+
+// One thread per (row, group of m columns), as tb_nm_unpack_rows and
+// tb_linear_rows: the group's n kept values to their positions (b bits each,
+// LSB first, a row's bits starting on a byte), zeros elsewhere, every stored
+// column c written once at model column perm[c].
+template <typename V, typename O>
+__global__ void k_nm_decode(const V *values, const uint8_t *idx, const int32_t *perm, int64_t rows, int64_t cols,
+                            int n, int m, int bits, int64_t irb, O *out)
+{
+    const int64_t groups = cols / m, vpr = groups * n, total = rows * groups;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t r = i / groups, g = i % groups;
+        const uint8_t *irow = idx + r * irb;
+        float v[16];
+        for (int t = 0; t < m; t++) v[t] = 0.0f;
+        for (int j = 0; j < n; j++) {
+            const int64_t k = g * n + j, bit = k * bits, byte = bit >> 3;
+            const int sh = (int)(bit & 7);
+            unsigned word = irow[byte];
+            if (sh + bits > 8) word |= (unsigned)irow[byte + 1] << 8; // a 3-bit position across two bytes
+            v[(word >> sh) & ((1u << bits) - 1)] = nm_value(values, r * vpr + k);
+        }
+        for (int t = 0; t < m; t++) {
+            const int64_t c = g * m + t;
+            nm_store(out + r * cols + (perm ? perm[c] : c), v[t]);
+        }
+    }
+}
+
+template <typename V>
+static void launch_nm_decode(tb_cuda *cu, const void *values, const uint8_t *idx, const int32_t *perm,
+                             const tb_linear *L, void *out)
+{
+    const int bits = tb_nm_index_bits(L->m);
+    const int64_t irb = tb_nm_index_row_bytes(L->cols, L->n, L->m);
+    const unsigned grid = blocks_for((size_t)L->rows * (L->cols / L->m), 256);
+    if (cu->bf16)
+        k_nm_decode<<<grid, 256, 0, cu->stream>>>((const V *)values, idx, perm, L->rows, L->cols, L->n, L->m, bits, irb,
+                                                  (__nv_bfloat16 *)out);
+    else
+        k_nm_decode<<<grid, 256, 0, cu->stream>>>((const V *)values, idx, perm, L->rows, L->cols, L->n, L->m, bits, irb,
+                                                  (float *)out);
+    TB_CU_LAUNCHED(cu, "N:M decode");
+}
+
+static size_t align256(size_t x) { return (x + 255) & ~(size_t)255; }
+
+// the 2:4 GEMM can take this weight (see the policy above)
+static int sp24_fits(const tb_cuda *cu, const tb_linear *L)
+{
+    return cu->bf16 && L->n == 2 && L->m == 4 && L->dtype == TB_BF16 && L->rows % 32 == 0 && L->cols % 64 == 0 &&
+           cu->prop.major >= 8;
+}
+
+static int upload_nm(tb_cuda *cu, tb_dlinear *d, const tb_linear *L)
+{
+    const char *what = L->name ? L->name : "N:M weight";
+    if (L->n < 1 || L->m < 2 || L->m > 16 || L->n >= L->m || L->cols % L->m ||
+        (L->dtype != TB_F32 && L->dtype != TB_F16 && L->dtype != TB_BF16))
+        return tb_fail(TB_EUSAGE, "cuda: %s: %d:%d weight of %s values over %d columns is not a packed N:M weight this "
+                                  "backend reads", what, L->n, L->m, tb_dtype_name(L->dtype), L->cols);
+    const size_t vbytes = (size_t)L->rows * (size_t)tb_nm_values_per_row(L->cols, L->n, L->m) * tb_dtype_size(L->dtype);
+    const size_t ibytes = (size_t)L->rows * (size_t)tb_nm_index_row_bytes(L->cols, L->n, L->m);
+    const size_t pbytes = L->perm ? (size_t)L->cols * sizeof(int32_t) : 0;
+    const size_t ioff = align256(vbytes), poff = align256(ioff + ibytes);
+    char *stage = (char *)tb_cuda_ws(cu, poff + pbytes, "N:M weight staging");
+    if (!stage) return tb_fail(cu->err, "%s", cu->msg);
+    // the source is pageable (a mapped file): each copy returns once it is staged, in stream order before the decode
+    TB_CU_CHECK(cu, cudaMemcpyAsync(stage, L->data, vbytes, cudaMemcpyHostToDevice, cu->stream), "weight upload");
+    TB_CU_CHECK(cu, cudaMemcpyAsync(stage + ioff, L->indices, ibytes, cudaMemcpyHostToDevice, cu->stream),
+                "weight upload");
+    if (pbytes)
+        TB_CU_CHECK(cu, cudaMemcpyAsync(stage + poff, L->perm, pbytes, cudaMemcpyHostToDevice, cu->stream),
+                    "weight upload");
+    if (cu->err) return tb_fail(cu->err, "%s", cu->msg);
+    const uint8_t *idx = (const uint8_t *)(stage + ioff);
+    const int32_t *perm = pbytes ? (const int32_t *)(stage + poff) : NULL;
+    if (sp24_fits(cu, L)) {
+        cu_sparse *s = (cu_sparse *)calloc(1, sizeof *s);
+        if (!s) return tb_fail(TB_EIO, "out of memory uploading %s", what);
+        d->sparse = s; // released with d on failure
+        int rc = tb_cuda_sp24_prepare_device(&s->sp, (const uint16_t *)stage, idx, L->rows, L->cols, perm, cu->stream);
+        if (rc) return tb_err_context("%s", what);
+        d->bytes = tb_sp24_a_bytes(L->rows, L->cols) + tb_sp24_e_bytes(L->rows, L->cols) + pbytes;
+        return TB_OK;
+    }
+    const size_t count = (size_t)L->rows * L->cols;
+    d->w = dev_alloc(cu, count * elt(cu), what);
+    if (!d->w) return TB_EIO;
+    if (L->dtype == TB_F32) launch_nm_decode<float>(cu, stage, idx, perm, L, d->w);
+    else if (L->dtype == TB_F16) launch_nm_decode<__half>(cu, stage, idx, perm, L, d->w);
+    else launch_nm_decode<__nv_bfloat16>(cu, stage, idx, perm, L, d->w);
+    if (cu->err) return tb_fail(cu->err, "%s", cu->msg);
+    d->bytes = count * elt(cu);
+    return TB_OK;
 }
 
 struct decode_job {
@@ -519,14 +676,49 @@ static void decode_rows(void *ctx, int64_t begin, int64_t end, int tid)
                    j->row_bufs + (size_t)tid * cols);
 }
 
-// Dense device copy in the compute dtype of any tb_linear: rows come out of
-// tb_linear_rows on the host (N:M decoded, permutation undone, f32) a chunk at
-// a time, cross into a device f32 staging area and are converted there.
-//
-// Hook for 2:4 weights: when kernels/cuda/tb_sp24_gemm.cu offers its C entry,
-// a TB_LINEAR_NM weight with n = 2, m = 4 (and bf16 precision) is handed to it
-// here instead, keeping values + metadata on the device, and cu_linear calls
-// its GEMM for such a d (d->w then points to the sp24 handle; mark it so).
+// A dense weight's device copy in the compute dtype: one copy when the file
+// holds the compute dtype unpermuted; else rows come out of tb_linear_rows on
+// the host (dtype converted, permutation undone, f32) a chunk at a time, cross
+// into a device f32 staging area and are converted there.
+static int upload_dense(tb_backend *b, tb_cuda *cu, tb_dlinear *d, const tb_linear *L)
+{
+    const char *what = L->name ? L->name : "linear weight";
+    const size_t count = (size_t)L->rows * L->cols;
+    int rc = TB_OK;
+    d->w = dev_alloc(cu, count * elt(cu), what);
+    if (!d->w) return TB_EIO;
+    d->bytes = count * elt(cu);
+    const int direct = !L->perm && ((cu->bf16 && L->dtype == TB_BF16) || (!cu->bf16 && L->dtype == TB_F32));
+    if (direct) {
+        if (TB_CU_CHECK(cu, cudaMemcpyAsync(d->w, L->data, count * elt(cu), cudaMemcpyHostToDevice, cu->stream),
+                        "weight upload"))
+            rc = tb_fail(cu->err, "%s", cu->msg);
+        return rc;
+    }
+    size_t chunk = ((size_t)4 << 20) / (size_t)L->cols; // rows per 16 MB of f32
+    if (chunk < 1) chunk = 1;
+    const int nr_max = chunk < (size_t)L->rows ? (int)chunk : L->rows;
+    // rows convert independently: split each chunk over the host threads
+    const int nt = b->o.n_threads > 1 ? (b->o.n_threads < nr_max ? b->o.n_threads : nr_max) : 1;
+    float *hbuf = (float *)malloc(((size_t)nr_max + nt) * L->cols * sizeof(float));
+    float *stage = (float *)tb_cuda_ws(cu, (size_t)nr_max * L->cols * sizeof(float), "weight staging");
+    if (!hbuf) rc = tb_fail(TB_EIO, "out of memory (%zu bytes) converting %s", (size_t)nr_max * L->cols * 4, what);
+    else if (!stage) rc = tb_fail(cu->err, "%s", cu->msg);
+    for (int r0 = 0; !rc && r0 < L->rows; r0 += nr_max) {
+        const int nr = L->rows - r0 < nr_max ? L->rows - r0 : nr_max;
+        const size_t c = (size_t)nr * L->cols;
+        decode_job job = {L, r0, hbuf, hbuf + (size_t)nr_max * L->cols};
+        tb_parallel_for(nt, nr, decode_rows, &job);
+        // the previous chunk's conversion must be done with `stage`; the copy is stream-ordered after it
+        TB_CU_CHECK(cu, cudaMemcpyAsync(stage, hbuf, c * 4, cudaMemcpyHostToDevice, cu->stream), "weight upload");
+        to_compute(cu, (char *)d->w + (size_t)r0 * L->cols * elt(cu), stage, c);
+        // a pageable source is staged before the copy returns, so hbuf may be refilled now
+        if (cu->err) rc = tb_fail(cu->err, "%s", cu->msg);
+    }
+    free(hbuf);
+    return rc;
+}
+
 static int cu_linear_upload(tb_backend *b, tb_dlinear *d, const tb_linear *L)
 {
     tb_cuda *cu = tb_cu(b);
@@ -536,46 +728,37 @@ static int cu_linear_upload(tb_backend *b, tb_dlinear *d, const tb_linear *L)
     d->host = L;
     d->rows = L->rows;
     d->cols = L->cols;
-    const char *what = L->name ? L->name : "linear weight";
-    const size_t count = (size_t)L->rows * L->cols;
-    int rc = TB_OK;
-    d->w = dev_alloc(cu, count * elt(cu), what);
-    if (!d->w) rc = TB_EIO;
-    const int direct = L->format == TB_LINEAR_DENSE && !L->perm &&
-                       ((cu->bf16 && L->dtype == TB_BF16) || (!cu->bf16 && L->dtype == TB_F32));
-    if (!rc && direct) { // already in the compute dtype: one copy
-        if (TB_CU_CHECK(cu, cudaMemcpyAsync(d->w, L->data, count * elt(cu), cudaMemcpyHostToDevice, cu->stream),
-                        "weight upload"))
-            rc = tb_fail(cu->err, "%s", cu->msg);
-    } else if (!rc) {
-        size_t chunk = ((size_t)4 << 20) / (size_t)L->cols; // rows per 16 MB of f32
-        if (chunk < 1) chunk = 1;
-        const int nr_max = chunk < (size_t)L->rows ? (int)chunk : L->rows;
-        // rows decode independently: split each chunk over the host threads (a single
-        // thread decodes 2:4 bf16 at ~79 M weights/s on the dev box, seconds per 7B layer)
-        const int nt = b->o.n_threads > 1 ? (b->o.n_threads < nr_max ? b->o.n_threads : nr_max) : 1;
-        float *hbuf = (float *)malloc(((size_t)nr_max + nt) * L->cols * sizeof(float));
-        float *stage = (float *)tb_cuda_ws(cu, (size_t)nr_max * L->cols * sizeof(float), "weight staging");
-        if (!hbuf) rc = tb_fail(TB_EIO, "out of memory (%zu bytes) converting %s", (size_t)nr_max * L->cols * 4, what);
-        else if (!stage) rc = tb_fail(cu->err, "%s", cu->msg);
-        for (int r0 = 0; !rc && r0 < L->rows; r0 += nr_max) {
-            const int nr = L->rows - r0 < nr_max ? L->rows - r0 : nr_max;
-            const size_t c = (size_t)nr * L->cols;
-            decode_job job = {L, r0, hbuf, hbuf + (size_t)nr_max * L->cols};
-            tb_parallel_for(nt, nr, decode_rows, &job);
-            // the previous chunk's conversion must be done with `stage`; the copy is stream-ordered after it
-            TB_CU_CHECK(cu, cudaMemcpyAsync(stage, hbuf, c * 4, cudaMemcpyHostToDevice, cu->stream), "weight upload");
-            to_compute(cu, (char *)d->w + (size_t)r0 * L->cols * elt(cu), stage, c);
-            // a pageable source is staged before the copy returns, so hbuf may be refilled now
-            if (cu->err) rc = tb_fail(cu->err, "%s", cu->msg);
-        }
-        free(hbuf);
-    }
+    int rc = L->format == TB_LINEAR_NM ? upload_nm(cu, d, L) : upload_dense(b, cu, d, L);
     if (!rc) rc = upload_bias(cu, d, L);
     if (rc) cu_linear_release(b, d);
-    else d->bytes = count * elt(cu) + (L->bias ? (size_t)L->rows * 4 : 0);
+    else d->bytes += L->bias ? (size_t)L->rows * 4 : 0;
     TB_RANGE_POP();
     return rc;
+}
+
+// The dense compute-dtype weight of W: W->w, or a 2:4 weight's dense copy,
+// expanded from its 2:4 form the first time an op asks (the policy above).
+// NULL and a sticky error when there is no memory for it.
+static const void *dense_of(tb_cuda *cu, const tb_dlinear *W)
+{
+    if (!W->sparse) return W->w;
+    cu_sparse *s = (cu_sparse *)W->sparse;
+    if (s->dense || cu->err) return s->dense;
+    char what[200];
+    snprintf(what, sizeof what, "the dense copy of 2:4 weight %.120s (for more than 16 tokens)",
+             W->host && W->host->name ? W->host->name : "?");
+    void *p = dev_alloc(cu, (size_t)W->rows * W->cols * 2, what);
+    if (!p) {
+        tb_cuda_set_error(cu, TB_EIO, "%s", tb_errmsg());
+        return NULL;
+    }
+    if (tb_cuda_sp24_to_dense(&s->sp, p, TB_BF16, cu->stream)) {
+        cudaFree(p);
+        tb_cuda_set_error(cu, TB_EIO, "%s", tb_errmsg());
+        return NULL;
+    }
+    s->dense = p;
+    return p;
 }
 
 static int cu_linear_upload_train(tb_backend *b, tb_dlinear *d, const tb_linear *L)
@@ -617,7 +800,14 @@ static void cu_linear_download(tb_backend *b, const tb_dlinear *d, float *dst)
     tb_cuda *cu = tb_cu(b);
     if (cu->err) return;
     const size_t count = (size_t)d->rows * d->cols;
-    if (d->w32) {
+    if (d->sparse) { // from the 2:4 form: exact, and no dense copy made for it
+        float *tmp = (float *)tb_cuda_ws(cu, count * 4, "weight download");
+        if (!tmp) return;
+        if (tb_cuda_sp24_to_dense(&((cu_sparse *)d->sparse)->sp, tmp, TB_F32, cu->stream))
+            tb_cuda_set_error(cu, TB_EIO, "%s", tb_errmsg());
+        else
+            cu_download(b, dst, tmp, count * 4);
+    } else if (d->w32) {
         cu_download(b, dst, d->w32, count * 4);
     } else if (!cu->bf16) {
         cu_download(b, dst, d->w, count * 4);
@@ -656,12 +846,31 @@ static const void *operand(tb_cuda *cu, const float *x, size_t count, size_t off
     return ws + off;
 }
 
+// y = x W^T (+ bias) on the sparse tensor cores (x f32, converted by the kernel's x pass)
+static void sparse_linear(tb_cuda *cu, const tb_dlinear *W, const float *x, int n, float *y)
+{
+    const tb_sp24_weight *sp = &((const cu_sparse *)W->sparse)->sp;
+    const size_t wsb = tb_cuda_sp24_workspace_bytes(sp, n, TB_F32);
+    void *ws = wsb ? tb_cuda_ws(cu, wsb, "2:4 GEMM activations") : NULL;
+    if (wsb && !ws) return;
+    if (tb_cuda_sp24_linear(sp, x, TB_F32, n, y, TB_F32, W->bias, ws, cu->stream, TB_SP24_AUTO))
+        tb_cuda_set_error(cu, TB_EIO, "%s", tb_errmsg());
+}
+
 // y[n, rows] = x[n, cols] W^T (+ bias). Column-major: y^T = W x^T, W^T being W read column-major.
+// A 2:4 weight runs the 2:4 GEMM where it is faster than cuBLAS (1-16 tokens), else its dense copy.
 static void cu_linear(tb_backend *b, const tb_dlinear *W, const float *x, int n, float *y)
 {
     tb_cuda *cu = tb_cu(b);
     if (cu->err || n <= 0) return;
     TB_RANGE_PUSH("linear");
+    // (the 2:4 kernel reads x rows in place as float2: 8-byte aligned, as every backend allocation is)
+    if (W->sparse && !tb_cuda_sp24_prefer_dense(W->rows, W->cols, n) && (uintptr_t)x % 8 == 0) {
+        sparse_linear(cu, W, x, n, y);
+        TB_RANGE_POP();
+        return;
+    }
+    const void *w = dense_of(cu, W);
     const size_t xc = (size_t)n * W->cols;
     const void *xo = operand(cu, x, xc, 0, xc * 2);
     float beta = 0.0f;
@@ -670,7 +879,7 @@ static void cu_linear(tb_backend *b, const tb_dlinear *W, const float *x, int n,
         TB_CU_LAUNCHED(cu, "linear bias");
         beta = 1.0f;
     }
-    if (xo) gemm(cu, CUBLAS_OP_T, CUBLAS_OP_N, W->rows, n, W->cols, W->w, W->cols, xo, W->cols, beta, y, W->rows, "linear");
+    if (xo && w) gemm(cu, CUBLAS_OP_T, CUBLAS_OP_N, W->rows, n, W->cols, w, W->cols, xo, W->cols, beta, y, W->rows, "linear");
     TB_RANGE_POP();
 }
 
@@ -681,9 +890,10 @@ static void cu_linear_dx(tb_backend *b, const tb_dlinear *W, const float *dy, in
     if (cu->err || n <= 0) return;
     TB_RANGE_PUSH("linear_dx");
     const size_t c = (size_t)n * W->rows;
-    const void *dyo = operand(cu, dy, c, 0, c * 2);
+    const void *w = dense_of(cu, W);
+    const void *dyo = w ? operand(cu, dy, c, 0, c * 2) : NULL;
     if (dyo)
-        gemm(cu, CUBLAS_OP_N, CUBLAS_OP_N, W->cols, n, W->rows, W->w, W->cols, dyo, W->rows, accumulate ? 1.0f : 0.0f,
+        gemm(cu, CUBLAS_OP_N, CUBLAS_OP_N, W->cols, n, W->rows, w, W->cols, dyo, W->rows, accumulate ? 1.0f : 0.0f,
              dx, W->cols, "linear_dx");
     TB_RANGE_POP();
 }

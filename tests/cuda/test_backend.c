@@ -36,6 +36,9 @@
 #include "tb_pack.h"
 #ifdef TB_HAVE_CUDA
 #include "tb_cuda.h"
+#include "tb_sp24.h"
+#include "tb_sp24_layout.h"
+#include <cuda_runtime.h>
 #endif
 
 #include <math.h>
@@ -392,36 +395,43 @@ static void make_linear(host_linear *h, int rows, int cols, const char *kind, in
         for (size_t i = 0; i < count; i++) b[i] = bf ? tb_f32_to_bf16(w[i]) : tb_f32_to_f16(w[i]);
         L->dtype = bf ? TB_BF16 : TB_F16;
         h->data = b;
-    } else { /* "2:4 perm": a packed 2:4 bf16 weight with a column permutation */
-        tb_mask m;
-        tb_mask_alloc(&m, rows, cols);
+    } else { /* "N:M[ perm][ f16]": a packed N:M weight (bf16 values unless f16) with or without a column permutation */
+        int n = 0, m = 0;
+        if (sscanf(kind, "%d:%d", &n, &m) != 2) {
+            fprintf(stderr, "test-cuda: unknown weight kind '%s'\n", kind);
+            exit(1);
+        }
+        tb_dtype vdt = strstr(kind, "f16") ? TB_F16 : TB_BF16;
+        tb_mask mk;
+        tb_mask_alloc(&mk, rows, cols);
         for (int r = 0; r < rows; r++)
-            for (int g = 0; g < cols; g += 4) {
-                int a = (int)(rnd() % 4), b = (int)(rnd() % 3);
-                if (b >= a) b++;
-                tb_mask_set(&m, r, g + a, 1);
-                tb_mask_set(&m, r, g + b, 1);
-            }
-        int64_t vpr = tb_nm_values_per_row(cols, 2, 4), ipr = tb_nm_index_row_bytes(cols, 2, 4);
-        h->data = malloc((size_t)rows * vpr * 2);
+            for (int g = 0; g < cols; g += m)
+                for (int k = 0; k < n;) { /* n distinct random positions of the group */
+                    int at = (int)(rnd() % (uint64_t)m);
+                    if (!tb_mask_get(&mk, r, g + at)) tb_mask_set(&mk, r, g + at, 1), k++;
+                }
+        int64_t vpr = tb_nm_values_per_row(cols, n, m), ipr = tb_nm_index_row_bytes(cols, n, m);
+        h->data = malloc((size_t)rows * vpr * tb_dtype_size(vdt));
         h->idx = malloc((size_t)rows * ipr);
-        if (tb_nm_pack(TB_F32, w, &m, 2, 4, TB_BF16, h->data, h->idx)) {
+        if (tb_nm_pack(TB_F32, w, &mk, n, m, vdt, h->data, h->idx)) {
             fprintf(stderr, "test-cuda: %s\n", tb_errmsg());
             exit(1);
         }
-        tb_mask_free(&m);
-        h->perm = malloc((size_t)cols * 4);
-        for (int j = 0; j < cols; j++) h->perm[j] = j;
-        for (int j = cols - 1; j > 0; j--) {
-            int r = (int)(rnd() % (uint64_t)(j + 1));
-            int32_t t = h->perm[j];
-            h->perm[j] = h->perm[r];
-            h->perm[r] = t;
+        tb_mask_free(&mk);
+        if (strstr(kind, "perm")) {
+            h->perm = malloc((size_t)cols * 4);
+            for (int j = 0; j < cols; j++) h->perm[j] = j;
+            for (int j = cols - 1; j > 0; j--) {
+                int r = (int)(rnd() % (uint64_t)(j + 1));
+                int32_t t = h->perm[j];
+                h->perm[j] = h->perm[r];
+                h->perm[r] = t;
+            }
         }
         L->format = TB_LINEAR_NM;
-        L->dtype = TB_BF16;
-        L->n = 2;
-        L->m = 4;
+        L->dtype = vdt;
+        L->n = n;
+        L->m = m;
         L->indices = h->idx;
         L->perm = h->perm;
     }
@@ -452,7 +462,8 @@ static void test_linear(int rows, int cols, int n, const char *kind, int with_bi
     free(rb);
     G.ops->linear_download(&G, &dg, wg);
     sync_both();
-    int exact = !strcmp(kind, "bf16") || !strcmp(kind, "2:4 perm") || G.o.precision == TB_PREC_F32;
+    /* bf16 storage (dense bf16, packed N:M with bf16 values) is exact in either precision */
+    int exact = G.o.precision == TB_PREC_F32 || !strcmp(kind, "bf16") || (strchr(kind, ':') && !strstr(kind, "f16"));
     row("linear_upload", s, rel_f32(wg, wc, (size_t)rows * cols), exact ? 0 : 4e-3);
     free(wc), free(wg);
 
@@ -476,6 +487,97 @@ static void test_linear(int rows, int cols, int n, const char *kind, int with_bi
     C.ops->linear_release(&C, &dc);
     G.ops->linear_release(&G, &dg);
     free(x), free(dy), free(dx0);
+    free_linear(&h);
+}
+
+/* A packed 2:4 weight through the backend's linear at the token counts of
+ * decode (1-16: the 2:4 GEMM in bf16) and prefill (17+: the dense copy), on
+ * one upload, in that order: the dense copy is made on the first 17-token call,
+ * so the bytes are checked before it (the 2:4 form only, 0.5625x of dense bf16
+ * where the 2:4 GEMM takes the weight) and the dense path after it. Shapes
+ * cover the 2:4 kernel's edges: one 32-row pair, an odd pair count, 2 pairs a
+ * warp (>= 8192 rows at <= 8 tokens), one 64-column k-tile, a K that 8 or 16
+ * warps split unevenly; x read in place (no permutation, <= 8 tokens) or
+ * gathered (a permutation, or 9-16 tokens). Shapes the kernel cannot take
+ * (rows % 32, cols % 64) go dense from the start. */
+static void test_sp24_linear(int rows, int cols, const char *kind, int with_bias)
+{
+    host_linear h;
+    make_linear(&h, rows, cols, kind, with_bias);
+    tb_dlinear dc, dg;
+    if (C.ops->linear_upload(&C, &dc, &h.L) || G.ops->linear_upload(&G, &dg, &h.L)) {
+        fprintf(stderr, "test-cuda: linear_upload: %s\n", tb_errmsg());
+        exit(1);
+    }
+    const int fits = G.o.precision == TB_PREC_BF16 && rows % 32 == 0 && cols % 64 == 0;
+    char s[96];
+    snprintf(s, sizeof s, "%s%s %dx%d", kind, with_bias ? "+bias" : "", rows, cols);
+    size_t extra = (h.L.perm ? (size_t)cols * 4 : 0) + (with_bias ? (size_t)rows * 4 : 0);
+    size_t want = fits ? (size_t)rows * cols * 9 / 8 + extra
+                       : (size_t)rows * cols * (G.o.precision == TB_PREC_BF16 ? 2 : 4) + (with_bias ? (size_t)rows * 4 : 0);
+    row("2:4 upload bytes", s, fabs((double)dg.bytes - (double)want), 0);
+    row("2:4 form (kernel fits)", s, (dg.sparse != NULL) != fits, 0);
+    const int ns[] = {1, 2, 7, 16, 17, 128};
+    for (size_t i = 0; i < sizeof ns / sizeof *ns; i++) {
+        int n = ns[i];
+        float *x = hrand((size_t)n * cols, 1);
+        pair X = both(x, (size_t)n * cols), Y = both_poison((size_t)n * rows);
+        C.ops->linear(&C, &dc, X.c, n, Y.c);
+        G.ops->linear(&G, &dg, X.g, n, Y.g);
+        char sn[120];
+        snprintf(sn, sizeof sn, "%s, n %d", s, n);
+        cmp(n <= 16 && fits ? "linear (2:4 GEMM)" : "linear (dense)", sn, Y.c, Y.g, (size_t)n * rows, tol_gemm());
+        pfree(X), pfree(Y);
+        free(x);
+    }
+    /* the backward through it: the dense copy (made above) */
+    int n = 9;
+    float *dy = hrand((size_t)n * rows, 1);
+    pair DY = both(dy, (size_t)n * rows), DX = both_poison((size_t)n * cols);
+    C.ops->linear_dx(&C, &dc, DY.c, n, DX.c, 0);
+    G.ops->linear_dx(&G, &dg, DY.g, n, DX.g, 0);
+    cmp("linear_dx", s, DX.c, DX.g, (size_t)n * cols, tol_gemm());
+    pfree(DY), pfree(DX);
+    free(dy);
+    C.ops->linear_release(&C, &dc);
+    G.ops->linear_release(&G, &dg);
+    free_linear(&h);
+}
+
+/* The device reorder (linear_upload's) against the host one (tb_sp24_reorder),
+ * byte for byte, A and E, with and without a permutation. */
+static void test_sp24_reorder(int rows, int cols, int permuted)
+{
+    host_linear h;
+    make_linear(&h, rows, cols, permuted ? "2:4 perm" : "2:4", 0);
+    size_t vb = (size_t)rows * cols, ib = (size_t)rows * cols / 8, ab = tb_sp24_a_bytes(rows, cols),
+           eb = tb_sp24_e_bytes(rows, cols);
+    void *dv = NULL, *di = NULL, *dp = NULL;
+    tb_sp24_weight wh, wd;
+    int ok = cudaMalloc(&dv, vb) == cudaSuccess && cudaMalloc(&di, ib) == cudaSuccess &&
+             cudaMalloc(&dp, (size_t)cols * 4) == cudaSuccess &&
+             cudaMemcpy(dv, h.data, vb, cudaMemcpyHostToDevice) == cudaSuccess &&
+             cudaMemcpy(di, h.idx, ib, cudaMemcpyHostToDevice) == cudaSuccess &&
+             (!permuted || cudaMemcpy(dp, h.perm, (size_t)cols * 4, cudaMemcpyHostToDevice) == cudaSuccess);
+    ok = ok && !tb_cuda_sp24_prepare(&wh, h.data, h.idx, rows, cols, h.perm) &&
+         !tb_cuda_sp24_prepare_device(&wd, dv, di, rows, cols, permuted ? dp : NULL, NULL);
+    uint8_t *a1 = malloc(ab), *a2 = malloc(ab), *e1 = malloc(eb), *e2 = malloc(eb);
+    int32_t *p2 = malloc((size_t)cols * 4);
+    ok = ok && cudaDeviceSynchronize() == cudaSuccess && cudaMemcpy(a1, wh.a, ab, cudaMemcpyDeviceToHost) == cudaSuccess &&
+         cudaMemcpy(a2, wd.a, ab, cudaMemcpyDeviceToHost) == cudaSuccess &&
+         cudaMemcpy(e1, wh.e, eb, cudaMemcpyDeviceToHost) == cudaSuccess &&
+         cudaMemcpy(e2, wd.e, eb, cudaMemcpyDeviceToHost) == cudaSuccess &&
+         (!permuted || cudaMemcpy(p2, wd.perm, (size_t)cols * 4, cudaMemcpyDeviceToHost) == cudaSuccess);
+    char s[64];
+    snprintf(s, sizeof s, "%dx%d%s", rows, cols, permuted ? " perm" : "");
+    if (!ok) printf("  sp24 reorder %s: %s\n", s, tb_errmsg());
+    row("sp24 reorder A (device)", s, ok ? (double)(memcmp(a1, a2, ab) != 0) : NAN, 0);
+    row("sp24 reorder E (device)", s, ok ? (double)(memcmp(e1, e2, eb) != 0) : NAN, 0);
+    if (permuted) row("sp24 perm (device)", s, ok ? (double)(memcmp(p2, h.perm, (size_t)cols * 4) != 0) : NAN, 0);
+    tb_cuda_sp24_release(&wh);
+    tb_cuda_sp24_release(&wd);
+    cudaFree(dv), cudaFree(di), cudaFree(dp);
+    free(a1), free(a2), free(e1), free(e2), free(p2);
     free_linear(&h);
 }
 
@@ -662,12 +764,26 @@ static void run_all(void)
         test_attention(4, 2, 64, 2048, 0, 512, 1);
     }
     test_elementwise(quick ? 4099 : 1000003);
-    const char *kinds[] = {"f32", "bf16", "f16", "2:4 perm"};
-    for (int i = 0; i < 4; i++) test_linear(96, 64, 17, kinds[i], i == 0);
+    const char *kinds[] = {"f32", "bf16", "f16", "2:4 perm", "2:4", "4:8 perm", "2:4 f16", "1:4"};
+    for (int i = 0; i < 8; i++) test_linear(96, 64, 17, kinds[i], i == 0);
+    test_linear(96, 64, 5, "2:4 perm", 1);
     test_linear(256, 768, 1, "bf16", 1);
     if (!quick) {
         test_linear(768, 256, 257, "2:4 perm", 0);
         test_linear(1024, 4096, 512, "bf16", 0);
+    }
+    /* 2:4 weights at decode and prefill token counts (test_sp24_linear's comment) */
+    test_sp24_reorder(64, 128, 0);
+    test_sp24_reorder(96, 320, 1);
+    test_sp24_linear(32, 64, "2:4", 0);
+    test_sp24_linear(96, 320, "2:4 perm", 1);
+    test_sp24_linear(256, 768, "2:4", 1);
+    test_sp24_linear(40, 64, "2:4 perm", 0); /* rows % 32: dense from the start */
+    if (!quick) {
+        test_sp24_reorder(1024, 4096, 1);
+        test_sp24_linear(8224, 128, "2:4", 0); /* 2 pairs a warp, an odd pair count */
+        test_sp24_linear(768, 4096, "2:4 perm", 1);
+        test_sp24_linear(4096, 14336, "2:4", 0); /* a 7B down_proj */
     }
     test_gram(37, 64);
     test_gram(quick ? 100 : 1000, quick ? 96 : 768);
