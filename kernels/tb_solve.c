@@ -8,6 +8,48 @@
 
 #include <stdlib.h>
 
+#ifdef TB_HAVE_CUDA
+/* the Gram tb_solve_gram_begin put on the GPU, and the host array it copies */
+static struct {
+    const double *host;
+    int64_t cols;
+    int gpu;
+    tb_cuda_gram *dev;
+} resident;
+
+static const tb_cuda_gram *resident_for(const tb_backend *be, const double *gram, int64_t cols)
+{
+    return resident.dev && resident.host == gram && resident.cols == cols && resident.gpu == be->o.gpu ? resident.dev
+                                                                                                        : NULL;
+}
+#endif
+
+int tb_solve_gram_begin(const tb_backend *be, const double *gram, int64_t cols)
+{
+    tb_solve_gram_end(be);
+#ifdef TB_HAVE_CUDA
+    if (be && be->o.device == TB_DEVICE_CUDA) {
+        if (!(resident.dev = tb_cuda_gram_upload(be->o.gpu, gram, cols))) return tb_errcode();
+        resident.host = gram;
+        resident.cols = cols;
+        resident.gpu = be->o.gpu;
+    }
+#else
+    (void)be, (void)gram, (void)cols;
+#endif
+    return TB_OK;
+}
+
+void tb_solve_gram_end(const tb_backend *be)
+{
+    (void)be;
+#ifdef TB_HAVE_CUDA
+    tb_cuda_gram_free(resident.dev);
+    resident.dev = NULL;
+    resident.host = NULL;
+#endif
+}
+
 int tb_solve_sparsegpt(const tb_backend *be, float *w, tb_mask *mask, int n, int m, const double *gram, double damp,
                        int block, int reselect, int n_threads, tb_comp_stats *st)
 {
@@ -20,8 +62,11 @@ int tb_solve_sparsegpt(const tb_backend *be, float *w, tb_mask *mask, int n, int
             for (int64_t c = 0; c < mask->cols; c++) keep[r * mask->cols + c] = (uint8_t)tb_mask_get(mask, r, c);
         double lambda = 0;
         int raised = 0, eigen = 0;
-        int rc = tb_cuda_sparsegpt(be->o.gpu, w, keep, mask->rows, mask->cols, n, m, gram, damp, block, reselect,
-                                   &lambda, &raised, &eigen);
+        const tb_cuda_gram *g = resident_for(be, gram, mask->cols);
+        int rc = g ? tb_cuda_sparsegpt_dev(w, keep, mask->rows, mask->cols, n, m, g, damp, block, reselect, &lambda,
+                                           &raised, &eigen)
+                   : tb_cuda_sparsegpt(be->o.gpu, w, keep, mask->rows, mask->cols, n, m, gram, damp, block,
+                                       reselect, &lambda, &raised, &eigen);
         if (!rc && reselect)
             for (int64_t r = 0; r < mask->rows; r++)
                 for (int64_t c = 0; c < mask->cols; c++) tb_mask_set(mask, r, c, keep[r * mask->cols + c]);
@@ -42,7 +87,9 @@ double tb_solve_output_error(const tb_backend *be, const float *w0, const float 
 {
 #ifdef TB_HAVE_CUDA
     if (be && be->o.device == TB_DEVICE_CUDA) {
-        double e = tb_cuda_output_error(be->o.gpu, w0, w, rows, cols, gram);
+        const tb_cuda_gram *g = resident_for(be, gram, cols);
+        double e = g ? tb_cuda_output_error_dev(w0, w, rows, cols, g)
+                     : tb_cuda_output_error(be->o.gpu, w0, w, rows, cols, gram);
         if (e == e) return e; /* NaN: the GPU could not; the CPU can */
     }
 #endif

@@ -18,4 +18,14 @@ int tb_solve_sparsegpt(const tb_backend *be, float *w, tb_mask *mask, int n, int
 double tb_solve_output_error(const tb_backend *be, const float *w0, const float *w, int64_t rows, int64_t cols,
                              const double *gram, int n_threads);
 
+/* Optional, for a caller that makes several of the calls above on one Gram
+ * (tb-pack: a solve and three output-error reports per weight): between
+ * _begin and _end a CUDA backend keeps `gram` [cols, cols] on the GPU, and
+ * the calls that pass this same pointer use that copy, so G crosses the bus
+ * once; the caller must not change G meanwhile. One Gram at a time, one
+ * thread. TB_OK, or the upload's error (the calls still work without it,
+ * moving G each). The CPU backend does nothing. */
+int tb_solve_gram_begin(const tb_backend *be, const double *gram, int64_t cols);
+void tb_solve_gram_end(const tb_backend *be);
+
 #endif

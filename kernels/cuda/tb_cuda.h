@@ -31,6 +31,19 @@ int tb_cuda_sparsegpt(int gpu, float *w, uint8_t *keep, int64_t rows, int64_t co
 /* tb_comp_output_error on GPU `gpu` (NaN when the GPU cannot run it). */
 double tb_cuda_output_error(int gpu, const float *w0, const float *w, int64_t rows, int64_t cols, const double *gram);
 
+/* A Gram matrix [cols, cols] f64 (full) kept on GPU `gpu`, so that a solve
+ * and the output-error reports of one weight move it once (1.6 GB for a 7B
+ * down_proj): the two calls above upload their own per call. NULL and a
+ * one-line error (out of GPU memory naming the bytes) when it cannot. Only
+ * G's diagonal ever comes back (dead inputs and the damping scale). */
+typedef struct tb_cuda_gram tb_cuda_gram;
+tb_cuda_gram *tb_cuda_gram_upload(int gpu, const double *gram, int64_t cols);
+void tb_cuda_gram_free(tb_cuda_gram *g);
+/* tb_cuda_sparsegpt and tb_cuda_output_error on a resident Gram (its GPU) */
+int tb_cuda_sparsegpt_dev(float *w, uint8_t *keep, int64_t rows, int64_t cols, int n, int m, const tb_cuda_gram *gram,
+                          double damp, int block, int reselect, double *lambda, int *raised, int *eigen);
+double tb_cuda_output_error_dev(const float *w0, const float *w, int64_t rows, int64_t cols, const tb_cuda_gram *gram);
+
 #ifdef __cplusplus
 }
 #endif

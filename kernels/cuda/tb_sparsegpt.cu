@@ -10,11 +10,23 @@
 //   the sweep reaches the group), e = w_c / U_cc, w_right -= e U_c,right;
 //   then W[:, right of block] -= E U[block, right of block] (one DGEMM).
 //
-// Versions (one, so far):
+// Versions:
 //   1. one warp per row inside a block (the row's B weights in shared memory,
 //      lanes update the columns right of c), cuBLAS DGEMM for the lazy update,
 //      cuSOLVER potrf/potri/syevd for H^-1 and its factor. Cost per weight:
 //      ~cols^3 (factorizations) + 2 rows cols^2 (the lazy updates), f64.
+//   2. G moved once: version 1 copied each Gram into a host buffer to mark
+//      dead inputs, uploaded it, and tb_solve_output_error uploaded it again
+//      for each of tb-pack's three reports (1.6 GB each for a 7B down_proj,
+//      most of the 23.6 s measured for a 7B layer). Now G goes up once
+//      (tb_cuda_gram, kept across a weight's solve and reports when the
+//      caller brackets them with tb_solve_gram_begin / _end; the host-Gram
+//      entries upload it once per call), only its diagonal comes back (dead inputs, lambda
+//      in the CPU's summation order), dead entries are set in the factorized
+//      copy on the GPU, and weights cross as f32 (widened and narrowed on the
+//      GPU). WRITTEN AND COMPILED, NOT YET RUN ON A GPU: test_sparsegpt_cuda
+//      (now also with G resident and the output-error reports against the
+//      CPU's) and bench_7b.sh's SparseGPT row check and time it.
 //
 // Checked against the CPU reference by tests/cuda/test_sparsegpt_cuda.c.
 #include "tb_cuda.h"
@@ -33,6 +45,12 @@ extern "C" {
 #include "tb_error.h"
 }
 
+struct tb_cuda_gram {
+    int gpu;
+    int64_t cols;
+    double *d; // [cols, cols] f64, full (symmetric)
+};
+
 #define WARPS_PER_CTA 8
 #define MAX_BLOCK 1024 /* shared memory: WARPS_PER_CTA * (8 + 1) bytes per column */
 #define DAMP_RAISES 3  /* as tb_linalg.h's TB_DAMP_RAISES */
@@ -45,6 +63,10 @@ struct ctx {
     double *a = nullptr, *work = nullptr, *w = nullptr, *e = nullptr, *ev = nullptr;
     uint8_t *keep = nullptr;
     int *info = nullptr;
+    float *w32 = nullptr;      // the caller's weights, f32, on the way in and out
+    uint8_t *dead = nullptr;   // host [cols]: G_ii == 0
+    uint8_t *dead_d = nullptr; // its device copy
+    int *flag = nullptr;       // the first non-finite result's index
     int lwork = 0;
     char failed[200] = "";
 };
@@ -67,10 +89,36 @@ int cuda_fail(ctx *c, const char *what, cudaError_t err)
         }                                                                        \
     } while (0)
 
+// a = H + lambda I with H = G, a dead input's diagonal (G_ii = 0) set to 1
 __global__ void add_diag(double *a, const double *g, int64_t n, double lambda)
 {
     int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
-    if (i < n * n) a[i] = g[i] + ((i / n == i % n) ? lambda : 0.0);
+    if (i >= n * n) return;
+    const bool diag = i / n == i % n;
+    a[i] = (diag && g[i] == 0 ? 1.0 : g[i]) + (diag ? lambda : 0.0);
+}
+
+// the weights to f64 for the sweep, a dead input's column 0
+__global__ void widen_weights(double *wd, const float *w, const uint8_t *dead, int64_t rows, int64_t cols)
+{
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < rows * cols; i += (int64_t)gridDim.x * blockDim.x)
+        wd[i] = dead[i % cols] ? 0.0 : (double)w[i];
+}
+
+// the swept weights back to f32 (the caller's type); any non-finite one flagged
+__global__ void narrow_weights(float *w, const double *wd, int64_t count, int *nonfinite)
+{
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < count; i += (int64_t)gridDim.x * blockDim.x) {
+        const float v = (float)wd[i];
+        if (!isfinite(v)) atomicMin(nonfinite, (int)(i < 0x7fffffff ? i : 0x7fffffff));
+        w[i] = v;
+    }
+}
+
+unsigned grid_for(int64_t count)
+{
+    int64_t b = (count + 255) / 256;
+    return (unsigned)(b < 1 ? 1 : b > 65535 * 8 ? 65535 * 8 : b);
 }
 
 __global__ void scale_cols(double *out, const double *v, const double *p, int64_t n)
@@ -175,41 +223,55 @@ void release(ctx *c)
     cudaFree(c->ev);
     cudaFree(c->keep);
     cudaFree(c->info);
+    cudaFree(c->w32);
+    cudaFree(c->dead_d);
+    cudaFree(c->flag);
+    free(c->dead);
     if (c->blas) cublasDestroy(c->blas);
     if (c->solver) cusolverDnDestroy(c->solver);
 }
 
-int run(ctx *c, float *w_host, uint8_t *keep_host, int64_t rows, int64_t cols, int n, int m, const double *gram_host,
+// G's diagonal (cols values, one strided copy: the rest of G stays on the
+// GPU), the dead inputs (G_ii = 0: H_ii = 1 and their weights 0, as the CPU)
+// and lambda = damp * mean of H's diagonal, summed in the CPU's order
+int gram_diag(ctx *c, const tb_cuda_gram *g, double damp, uint8_t *dead, double *lambda, double *mean_abs)
+{
+    const int64_t cols = g->cols;
+    double *d = (double *)malloc((size_t)cols * sizeof(double) + 1);
+    if (!d) {
+        snprintf(c->failed, sizeof c->failed, "out of memory: the Gram diagonal");
+        return -1;
+    }
+    cudaError_t err = cudaMemcpy2D(d, sizeof(double), g->d, (size_t)(cols + 1) * sizeof(double), sizeof(double),
+                                   (size_t)cols, cudaMemcpyDeviceToHost);
+    if (err != cudaSuccess) {
+        free(d);
+        return cuda_fail(c, "the Gram diagonal", err);
+    }
+    double s = 0;
+    for (int64_t i = 0; i < cols; i++) {
+        dead[i] = d[i] == 0;
+        s += dead[i] ? 1.0 : d[i];
+    }
+    free(d);
+    *lambda = damp * s / (double)(cols ? cols : 1);
+    *mean_abs = s / (double)(cols ? cols : 1);
+    return 0;
+}
+
+int run(ctx *c, float *w_host, uint8_t *keep_host, int64_t rows, int64_t cols, int n, int m, const tb_cuda_gram *gram,
         double damp, int bs, int reselect, double *lambda_out, int *raised, int *eigen)
 {
     const int64_t nn = cols * cols;
-    // dead inputs and the damping scale, on the host (O(cols))
-    double *g = (double *)malloc((size_t)nn * sizeof(double));
-    uint8_t *dead = (uint8_t *)calloc((size_t)cols + 1, 1);
-    if (!g || !dead) {
-        free(g);
-        free(dead);
-        snprintf(c->failed, sizeof c->failed, "out of memory: %lld bytes for a Gram matrix", (long long)(nn * 8));
+    const double *g_d = gram->d;
+    double lambda = 0, mean_abs = 0;
+    if (!(c->dead = (uint8_t *)calloc((size_t)cols + 1, 1))) {
+        snprintf(c->failed, sizeof c->failed, "out of memory: %lld bytes", (long long)cols);
         return -1;
     }
-    memcpy(g, gram_host, (size_t)nn * sizeof(double));
-    double s = 0;
-    for (int64_t i = 0; i < cols; i++) {
-        if (g[i * cols + i] == 0) { dead[i] = 1; g[i * cols + i] = 1; }
-        s += g[i * cols + i];
-    }
-    const double lambda = damp * s / (double)(cols ? cols : 1);
+    if (gram_diag(c, gram, damp, c->dead, &lambda, &mean_abs)) return -1;
     *lambda_out = lambda;
-    double *g_d = nullptr;
-    cudaError_t err = cudaMalloc(&g_d, (size_t)nn * sizeof(double));
-    if (err == cudaSuccess) err = cudaMemcpy(g_d, g, (size_t)nn * sizeof(double), cudaMemcpyHostToDevice);
-    double mean_abs = s / (double)(cols ? cols : 1);
-    free(g);
-    if (err != cudaSuccess) {
-        free(dead);
-        cudaFree(g_d);
-        return cuda_fail(c, "the Gram matrix", err);
-    }
+    cudaError_t err = cudaSuccess;
     int rc = -1;
     do {
         if (cublasCreate(&c->blas) || cusolverDnCreate(&c->solver)) {
@@ -298,20 +360,16 @@ int run(ctx *c, float *w_host, uint8_t *keep_host, int64_t rows, int64_t cols, i
             snprintf(c->failed, sizeof c->failed, "Cholesky factor of H^-1 failed (try a larger --damp)");
             break;
         }
-        // 4. the weights in f64, dead columns 0, and the keep bytes
-        double *wd = (double *)malloc((size_t)(rows * cols) * 8);
-        if (!wd) {
-            snprintf(c->failed, sizeof c->failed, "out of memory: %lld bytes", (long long)(rows * cols * 8));
-            break;
-        }
-        for (int64_t i = 0; i < rows * cols; i++) wd[i] = dead[i % cols] ? 0.0 : (double)w_host[i];
-        err = cudaMemcpy(c->w, wd, (size_t)(rows * cols) * 8, cudaMemcpyHostToDevice);
-        if (err == cudaSuccess) err = cudaMemcpy(c->keep, keep_host, (size_t)(rows * cols), cudaMemcpyHostToDevice);
-        if (err != cudaSuccess) {
-            free(wd);
+        // 4. the weights: f32 up, widened to f64 on the GPU (dead columns 0); the keep bytes
+        if ((err = cudaMalloc(&c->w32, (size_t)(rows * cols) * 4)) || (err = cudaMalloc(&c->dead_d, (size_t)cols)) ||
+            (err = cudaMalloc(&c->flag, sizeof(int))) ||
+            (err = cudaMemcpy(c->w32, w_host, (size_t)(rows * cols) * 4, cudaMemcpyHostToDevice)) ||
+            (err = cudaMemcpy(c->dead_d, c->dead, (size_t)cols, cudaMemcpyHostToDevice)) ||
+            (err = cudaMemcpy(c->keep, keep_host, (size_t)(rows * cols), cudaMemcpyHostToDevice))) {
             cuda_fail(c, "weights to the GPU", err);
             break;
         }
+        widen_weights<<<grid_for(rows * cols), 256>>>(c->w, c->w32, c->dead_d, rows, cols);
         // 5. the sweep
         const size_t shared = (size_t)WARPS_PER_CTA * bs * 9;
         if (shared > 48 * 1024) cudaFuncSetAttribute(sweep_block, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared);
@@ -337,42 +395,88 @@ int run(ctx *c, float *w_host, uint8_t *keep_host, int64_t rows, int64_t cols, i
                 }
             }
         }
+        int first_bad = 0x7fffffff;
         if (!failed) {
-            err = cudaMemcpy(wd, c->w, (size_t)(rows * cols) * 8, cudaMemcpyDeviceToHost);
-            if (err == cudaSuccess) err = cudaMemcpy(keep_host, c->keep, (size_t)(rows * cols), cudaMemcpyDeviceToHost);
+            const int none = 0x7fffffff;
+            // flag starts at "none": written before the kernel, in the same (default) stream
+            if ((err = cudaMemcpy(c->flag, &none, sizeof none, cudaMemcpyHostToDevice)) == cudaSuccess)
+                narrow_weights<<<grid_for(rows * cols), 256>>>(c->w32, c->w, rows * cols, c->flag);
+            if (err == cudaSuccess) err = cudaGetLastError();
+            if (err == cudaSuccess) err = cudaMemcpy(&first_bad, c->flag, sizeof first_bad, cudaMemcpyDeviceToHost);
+            if (err == cudaSuccess && first_bad == none)
+                err = cudaMemcpy(w_host, c->w32, (size_t)(rows * cols) * 4, cudaMemcpyDeviceToHost);
+            if (err == cudaSuccess && first_bad == none)
+                err = cudaMemcpy(keep_host, c->keep, (size_t)(rows * cols), cudaMemcpyDeviceToHost);
             if (err != cudaSuccess) {
                 cuda_fail(c, "weights back from the GPU", err);
                 failed = 1;
-            }
-        }
-        for (int64_t i = 0; !failed && i < rows * cols; i++) {
-            if (!isfinite(wd[i])) {
-                snprintf(c->failed, sizeof c->failed, "row %lld: non-finite SparseGPT update", (long long)(i / cols));
+            } else if (first_bad != none) {
+                snprintf(c->failed, sizeof c->failed, "row %lld: non-finite SparseGPT update",
+                         (long long)(first_bad / cols));
                 failed = 1;
-                break;
             }
-            w_host[i] = (float)wd[i];
         }
-        free(wd);
         if (!failed) rc = 0;
     } while (0);
-    cudaFree(g_d);
-    free(dead);
     return rc;
 }
 
 } // namespace
 
-extern "C" int tb_cuda_sparsegpt(int gpu, float *w, uint8_t *keep, int64_t rows, int64_t cols, int n, int m,
-                                 const double *gram, double damp, int block, int reselect, double *lambda,
-                                 int *raised, int *eigen)
+// ---- the Gram on the device: uploaded once per weight by a caller that makes
+// several calls on it (tb_solve_gram_begin), or once per call by the host-Gram
+// entries below
+
+extern "C" tb_cuda_gram *tb_cuda_gram_upload(int gpu, const double *gram, int64_t cols)
+{
+    if (cudaSetDevice(gpu) != cudaSuccess) {
+        cudaGetLastError();
+        tb_fail(TB_EIO, "cuda: GPU %d cannot be used", gpu);
+        return NULL;
+    }
+    tb_cuda_gram *g = (tb_cuda_gram *)calloc(1, sizeof *g);
+    if (!g) {
+        tb_fail(TB_EIO, "out of memory");
+        return NULL;
+    }
+    const size_t bytes = (size_t)cols * (size_t)cols * sizeof(double);
+    cudaError_t err = cudaMalloc(&g->d, bytes);
+    if (err == cudaSuccess) err = cudaMemcpy(g->d, gram, bytes, cudaMemcpyHostToDevice);
+    if (err != cudaSuccess) {
+        cudaGetLastError();
+        tb_fail(TB_EIO, "%s: a Gram matrix of %lld inputs (%zu bytes) on cuda:%d: %s",
+                err == cudaErrorMemoryAllocation ? "out of GPU memory" : "cuda", (long long)cols, bytes, gpu,
+                cudaGetErrorString(err));
+        cudaFree(g->d);
+        free(g);
+        return NULL;
+    }
+    g->gpu = gpu;
+    g->cols = cols;
+    return g;
+}
+
+extern "C" void tb_cuda_gram_free(tb_cuda_gram *g)
+{
+    if (!g) return;
+    cudaSetDevice(g->gpu);
+    cudaFree(g->d);
+    free(g);
+}
+
+extern "C" int tb_cuda_sparsegpt_dev(float *w, uint8_t *keep, int64_t rows, int64_t cols, int n, int m,
+                                     const tb_cuda_gram *gram, double damp, int block, int reselect, double *lambda,
+                                     int *raised, int *eigen)
 {
     if (block < 1 || block > MAX_BLOCK || (m && (block % m || cols % m)) || m > 16)
         return tb_fail(TB_EUSAGE, "sparsegpt (cuda): block %d must be in [1, %d] and, like the columns (%lld), a "
                                   "multiple of M=%d <= 16", block, MAX_BLOCK, (long long)cols, m);
-    if (cudaSetDevice(gpu) != cudaSuccess) {
+    if (gram->cols != cols)
+        return tb_fail(TB_EUSAGE, "sparsegpt (cuda): a Gram of %lld inputs for a weight of %lld columns",
+                       (long long)gram->cols, (long long)cols);
+    if (cudaSetDevice(gram->gpu) != cudaSuccess) {
         cudaGetLastError();
-        return tb_fail(TB_EIO, "sparsegpt (cuda): GPU %d cannot be used", gpu);
+        return tb_fail(TB_EIO, "sparsegpt (cuda): GPU %d cannot be used", gram->gpu);
     }
     ctx c;
     int rc = run(&c, w, keep, rows, cols, n, m, gram, damp, block, reselect, lambda, raised, eigen);
@@ -382,6 +486,17 @@ extern "C" int tb_cuda_sparsegpt(int gpu, float *w, uint8_t *keep, int64_t rows,
         return tb_fail(strstr(c.failed, "memory") ? TB_EIO : TB_EDATA, "%s", c.failed);
     }
     return TB_OK;
+}
+
+extern "C" int tb_cuda_sparsegpt(int gpu, float *w, uint8_t *keep, int64_t rows, int64_t cols, int n, int m,
+                                 const double *gram, double damp, int block, int reselect, double *lambda,
+                                 int *raised, int *eigen)
+{
+    tb_cuda_gram *g = tb_cuda_gram_upload(gpu, gram, cols);
+    if (!g) return tb_errcode() ? tb_errcode() : TB_EIO;
+    int rc = tb_cuda_sparsegpt_dev(w, keep, rows, cols, n, m, g, damp, block, reselect, lambda, raised, eigen);
+    tb_cuda_gram_free(g);
+    return rc;
 }
 
 // ||(W0 - W) X||^2 = sum_r e_r^T G e_r (W = NULL: ||W0 X||^2), the measure of
@@ -401,27 +516,36 @@ __global__ void rowdot(const double *a, const double *b, int64_t n, double *part
     if (threadIdx.x == 0) partial[blockIdx.x] = s[0];
 }
 
-extern "C" double tb_cuda_output_error(int gpu, const float *w0, const float *w, int64_t rows, int64_t cols,
-                                       const double *gram)
+// e = w0 - w in f64 (w NULL: w0), from the f32 weights
+__global__ void weight_diff(double *e, const float *w0, const float *w, int64_t count)
 {
-    if (cudaSetDevice(gpu) != cudaSuccess) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < count; i += (int64_t)gridDim.x * blockDim.x)
+        e[i] = (double)w0[i] - (w ? (double)w[i] : 0.0);
+}
+
+extern "C" double tb_cuda_output_error_dev(const float *w0, const float *w, int64_t rows, int64_t cols,
+                                           const tb_cuda_gram *gram)
+{
+    if (gram->cols != cols || cudaSetDevice(gram->gpu) != cudaSuccess) {
         cudaGetLastError();
         return NAN;
     }
-    const size_t ne = (size_t)(rows * cols), ng = (size_t)(cols * cols);
-    double *e = (double *)malloc(ne * 8), *dev = nullptr, *partial = nullptr, result = NAN;
+    const size_t ne = (size_t)(rows * cols);
+    double *dev = nullptr, *partial = nullptr, result = NAN;
+    float *wf = nullptr;
     cublasHandle_t h = nullptr;
-    if (!e) return NAN;
-    for (size_t i = 0; i < ne; i++) e[i] = (double)w0[i] - (w ? (double)w[i] : 0.0);
     const int blocks = 1024;
-    if (cudaMalloc(&dev, (2 * ne + ng) * 8) == cudaSuccess && cudaMalloc(&partial, blocks * 8) == cudaSuccess &&
-        cublasCreate(&h) == CUBLAS_STATUS_SUCCESS) {
-        double *ed = dev, *gd = dev + ne, *yd = dev + ne + ng;
+    // the weights cross as f32 (the caller's type), the difference is taken on the GPU
+    if (cudaMalloc(&dev, 2 * ne * 8) == cudaSuccess && cudaMalloc(&wf, (w ? 2 : 1) * ne * 4) == cudaSuccess &&
+        cudaMalloc(&partial, blocks * 8) == cudaSuccess && cublasCreate(&h) == CUBLAS_STATUS_SUCCESS &&
+        cudaMemcpy(wf, w0, ne * 4, cudaMemcpyHostToDevice) == cudaSuccess &&
+        (!w || cudaMemcpy(wf + ne, w, ne * 4, cudaMemcpyHostToDevice) == cudaSuccess)) {
+        double *ed = dev, *yd = dev + ne;
         const double one = 1, zero = 0;
-        cudaMemcpy(ed, e, ne * 8, cudaMemcpyHostToDevice);
-        cudaMemcpy(gd, gram, ng * 8, cudaMemcpyHostToDevice);
+        weight_diff<<<grid_for((int64_t)ne), 256>>>(ed, wf, w ? wf + ne : nullptr, (int64_t)ne);
         // row-major Y = E G (G symmetric): column-major Y^T = G E^T
-        if (cublasDgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, (int)cols, (int)rows, (int)cols, &one, gd, (int)cols, ed,
+        if (cudaGetLastError() == cudaSuccess &&
+            cublasDgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, (int)cols, (int)rows, (int)cols, &one, gram->d, (int)cols, ed,
                         (int)cols, &zero, yd, (int)cols) == CUBLAS_STATUS_SUCCESS) {
             rowdot<<<blocks, 256>>>(ed, yd, (int64_t)ne, partial);
             double p[1024];
@@ -433,8 +557,21 @@ extern "C" double tb_cuda_output_error(int gpu, const float *w0, const float *w,
     }
     if (h) cublasDestroy(h);
     cudaFree(dev);
+    cudaFree(wf);
     cudaFree(partial);
     cudaGetLastError();
-    free(e);
     return result;
+}
+
+extern "C" double tb_cuda_output_error(int gpu, const float *w0, const float *w, int64_t rows, int64_t cols,
+                                       const double *gram)
+{
+    tb_cuda_gram *g = tb_cuda_gram_upload(gpu, gram, cols);
+    if (!g) {
+        tb_err_clear(); // not an error: the caller computes it on the CPU
+        return NAN;
+    }
+    double e = tb_cuda_output_error_dev(w0, w, rows, cols, g);
+    tb_cuda_gram_free(g);
+    return e;
 }

@@ -40,7 +40,8 @@ static void check(const char *what, double value, double limit)
     if (!ok) failures++;
 }
 
-static void one_case(tb_backend *gpu, int rows, int cols, int tokens, int n, int m, int reselect, int block)
+/* resident: G kept on the GPU across the solve and the reports (tb_solve_gram_begin), else moved per call */
+static void one_case(tb_backend *gpu, int rows, int cols, int tokens, int n, int m, int reselect, int block, int resident)
 {
     float *w0 = malloc(sizeof(float) * rows * cols), *wc = malloc(sizeof(float) * rows * cols),
           *wg = malloc(sizeof(float) * rows * cols);
@@ -64,10 +65,12 @@ static void one_case(tb_backend *gpu, int rows, int cols, int tokens, int n, int
     memcpy(wg, w0, sizeof(float) * rows * cols);
     tb_comp_stats sc = {0}, sg = {0};
     int rc1 = tb_comp_sparsegpt(wc, &mc, n, m, g, 0.01, block, reselect, 4, &sc);
-    int rc2 = tb_solve_sparsegpt(gpu, wg, &mg, n, m, g, 0.01, block, reselect, 4, &sg);
+    int rc0 = resident ? tb_solve_gram_begin(gpu, g, cols) : 0;
+    int rc2 = rc0 ? rc0 : tb_solve_sparsegpt(gpu, wg, &mg, n, m, g, 0.01, block, reselect, 4, &sg);
     char what[200];
-    snprintf(what, sizeof what, "%dx%d, %d tokens, %s%s, block %d: weights rel. norm error", rows, cols, tokens,
-             m ? "N:M " : "unstructured", reselect ? " reselect" : " fixed mask", block);
+    snprintf(what, sizeof what, "%dx%d, %d tokens, %s%s, block %d%s: weights rel. norm error", rows, cols, tokens,
+             m ? "N:M " : "unstructured", reselect ? " reselect" : " fixed mask", block,
+             resident ? ", G resident" : "");
     if (rc1 || rc2) {
         printf("  FAIL %s: %s\n", what, tb_errmsg());
         failures++;
@@ -86,7 +89,14 @@ static void one_case(tb_backend *gpu, int rows, int cols, int tokens, int n, int
         check("  keep bits that differ (fraction)", (double)diff / ((double)rows * cols), 1e-4);
         check("  pruned weights not exactly zero (count)", (double)nonzero_pruned, 0);
         printf("  lambda cpu %.6g gpu %.6g\n", sc.lambda, sg.lambda);
+        check("  lambda rel. error", fabs(sg.lambda - sc.lambda) / sc.lambda, 1e-12);
+        /* the output-error reports (the same G, resident or moved) against the CPU's */
+        double ec = tb_comp_output_error(w0, wc, rows, cols, g, 4), eg = tb_solve_output_error(gpu, w0, wg, rows, cols, g, 4);
+        double bc = tb_comp_output_error(w0, NULL, rows, cols, g, 4), bg = tb_solve_output_error(gpu, w0, NULL, rows, cols, g, 4);
+        check("  ||dW X||^2 rel. error", fabs(eg - ec) / ec, 1e-9 + (diff ? 1e-2 : 0));
+        check("  ||W X||^2 rel. error", fabs(bg - bc) / bc, 1e-12);
     }
+    tb_solve_gram_end(gpu);
     tb_mask_free(&mc);
     tb_mask_free(&mg);
     free(w0);
@@ -112,11 +122,12 @@ int main(void)
     gpu.o.gpu = 0;
     tb_blas_single_thread();
     printf("SparseGPT, CUDA vs CPU\n");
-    one_case(&gpu, 96, 256, 200, 2, 4, 0, 128);
-    one_case(&gpu, 96, 256, 200, 2, 4, 1, 128);
-    one_case(&gpu, 64, 384, 500, 4, 8, 1, 64);
-    one_case(&gpu, 64, 256, 300, 0, 0, 1, 128);
-    one_case(&gpu, 40, 200, 100, 0, 0, 0, 128); /* a partial last block */
+    one_case(&gpu, 96, 256, 200, 2, 4, 0, 128, 0);
+    one_case(&gpu, 96, 256, 200, 2, 4, 1, 128, 0);
+    one_case(&gpu, 96, 256, 200, 2, 4, 1, 128, 1);
+    one_case(&gpu, 64, 384, 500, 4, 8, 1, 64, 1);
+    one_case(&gpu, 64, 256, 300, 0, 0, 1, 128, 0);
+    one_case(&gpu, 40, 200, 100, 0, 0, 0, 128, 1); /* a partial last block */
     printf("test_sparsegpt_cuda: %s (%d failure%s)\n", failures ? "FAILED" : "passed", failures, failures == 1 ? "" : "s");
     return failures ? 1 : 0;
 }
