@@ -4,7 +4,13 @@
 # Checks: tb-fisher --device cuda --precision f32 matches transformers' Fisher
 # (1e-3) and Gram (1e-4) goldens; tb-run --ppl on the GPU (bf16) within 0.5%
 # of the CPU's f32 perplexity on the same windows; tb-recon on the GPU reaches
-# the CPU's layer loss within 2% after 300 steps. Skips (exit 0) without a GPU.
+# the CPU's layer loss within 2% after 300 steps; a packed 2:4 model (issue 13's
+# acceptance): greedy generation token for token equal to the dense-with-zeros
+# export's on each backend, and its GPU bf16 perplexity within 0.5% of the
+# CPU's f32 one, over 512-token windows (the dense copy) and 16-token windows
+# (every linear through the 2:4 GEMM). Skips (exit 0) without a GPU.
+# TB_TOOLS_ONLY=sp24 runs only the 2:4 part (TB_TOOLS_DEVICE=cpu runs that on the
+# CPU, a check of the script itself on a machine without a GPU).
 set -eu
 BIN=${TB_BIN:-build/bin}
 DATA=${TB_TEST_DATA:-tests/data}
@@ -15,7 +21,8 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 fail=0
 
-if ! "$BIN/tb-run" -m "$MODEL" --device cuda --prompt x -n 1 --quiet >/dev/null 2>"$tmp/err"; then
+DEV=${TB_TOOLS_DEVICE:-cuda}
+if ! "$BIN/tb-run" -m "$MODEL" --device "$DEV" --prompt x -n 1 --quiet >/dev/null 2>"$tmp/err"; then
     echo "tools.sh: skipped: $(cat "$tmp/err")"
     exit 0
 fi
@@ -24,6 +31,60 @@ check() { # what value limit
     if awk -v v="$2" -v l="$3" 'BEGIN { exit !(v <= l) }'; then r=ok; else r=FAIL; fail=1; fi
     printf '  %-58s %s  (limit %s)  %s\n' "$1" "$2" "$3" "$r"
 }
+reldiff() { awk -v a="$1" -v b="$2" 'BEGIN {d=(a-b)/b; if (d<0) d=-d; print d}'; }
+TEXT=$DATA/../../examples/data/wikitext2-test.txt
+[ -f "$TEXT" ] || TEXT=examples/data/wikitext2-test.txt
+
+# ---- a packed 2:4 model on the GPU (issue 13): magnitude masks (no calibration:
+# which weights are kept does not matter here), with and without a channel
+# permutation, each beside its dense export (the same weights, zeros stored)
+sp24_checks() {
+    echo "2:4 tiny-llama-6m (magnitude): packed vs dense-with-zeros greedy generation; --ppl GPU bf16 vs CPU f32"
+    "$BIN/tb-score" -m "$MODEL" --method magnitude -o "$tmp/mag.st" --quiet
+    for v in plain permute; do
+        "$BIN/tb-nm" -s "$tmp/mag.st" --pattern 2:4 $([ $v = permute ] && echo --permute) -o "$tmp/m-$v.st" --quiet
+        mkdir -p "$tmp/$v"
+        "$BIN/tb-pack" -m "$MODEL" --masks "$tmp/m-$v.st" -o "$tmp/$v/model.tb" --quiet
+        "$BIN/tb-merge" -m "$MODEL" -o "$tmp/$v/model.tbm" "$tmp/$v/model.tb" --quiet
+        "$BIN/tb-export" "$tmp/$v/model.tbm" -o "$tmp/$v-dense" --quiet
+    done
+    # a prompt of at most 16 tokens runs every step through the 2:4 GEMM; the
+    # long one prefills through the dense copy, then decodes through the 2:4 GEMM
+    short="The history of"
+    long="The history of the city begins in the early years of the nineteenth century, when the first settlers came from the east"
+    for dev in $DEV cpu; do
+        for v in plain permute; do
+            for p in short long; do
+                eval "prompt=\$$p"
+                a=$("$BIN/tb-run" -m "$tmp/$v/model.tbm" --prompt "$prompt" -n 32 --quiet --device $dev)
+                b=$("$BIN/tb-run" -m "$tmp/$v-dense" --prompt "$prompt" -n 32 --quiet --device $dev)
+                if [ "$a" = "$b" ]; then r=ok; else r=FAIL; fail=1; fi
+                printf '  %-58s %s\n' "generation $dev, $v 2:4, $p prompt: packed == dense" "$r"
+                [ "$r" = ok ] || printf '    packed: %s\n    dense:  %s\n' "$a" "$b"
+            done
+        done
+        [ "$DEV" = cpu ] && break
+    done
+    q() { # variant, tb-run options...
+        m="$tmp/$1/model.tbm"
+        shift
+        "$BIN/tb-run" -m "$m" --ppl "$TEXT" --quiet "$@" | awk '/^ppl:/ {print $2}'
+    }
+    for v in plain permute; do
+        c512=$(q $v --max-windows 64 --device cpu)
+        g512=$(q $v --max-windows 64 --device $DEV)
+        c16=$(q $v --seq-len 16 --max-windows 512 --device cpu)
+        g16=$(q $v --seq-len 16 --max-windows 512 --device $DEV)
+        echo "  $v 2:4 ppl: 64 x 512 tokens cpu $c512, $DEV $g512; 512 x 16 tokens cpu $c16, $DEV $g16"
+        check "$v 2:4: |ppl_${DEV}_bf16 - ppl_cpu| / ppl_cpu, 512-token windows" "$(reldiff "$g512" "$c512")" 0.005
+        check "$v 2:4: |ppl_${DEV}_bf16 - ppl_cpu| / ppl_cpu, 16-token windows" "$(reldiff "$g16" "$c16")" 0.005
+    done
+}
+if [ "${TB_TOOLS_ONLY:-}" = sp24 ]; then
+    sp24_checks
+    [ "$fail" -eq 0 ] && echo "tools.sh: passed" || { echo "tools.sh: FAILED"; exit 1; }
+    exit 0
+fi
 
 echo "tb-fisher --device cuda --precision f32, 16 windows vs the transformers goldens"
 "$BIN/tb-fisher" -m "$MODEL" -t "$CALIB" --max-windows 16 --device cuda --precision f32 -o "$tmp/f.fisher" --quiet
@@ -36,8 +97,6 @@ if [ -d "$shared/models/tiny-mistral-10m" ]; then
 fi
 
 echo "tb-run --ppl, 64 windows: GPU bf16 and f32 vs CPU f32"
-TEXT=$DATA/../../examples/data/wikitext2-test.txt
-[ -f "$TEXT" ] || TEXT=examples/data/wikitext2-test.txt
 ppl() { "$BIN/tb-run" -m "$MODEL" --ppl "$TEXT" --max-windows 64 --quiet "$@" | awk '/^ppl:/ {print $2}'; }
 p_cpu=$(ppl --device cpu)
 p_bf=$(ppl --device cuda --precision bf16)
@@ -61,4 +120,5 @@ l_bf=$(loss cuda bf16)
 echo "  final MSE cpu $l_cpu, cuda f32 $l_gpu, cuda bf16 $l_bf"
 check "|loss_cuda_f32 - loss_cpu| / loss_cpu" "$(awk -v a="$l_gpu" -v b="$l_cpu" 'BEGIN {d=(a-b)/b; if (d<0) d=-d; print d}')" 0.02
 check "|loss_cuda_bf16 - loss_cpu| / loss_cpu" "$(awk -v a="$l_bf" -v b="$l_cpu" 'BEGIN {d=(a-b)/b; if (d<0) d=-d; print d}')" 0.02
+sp24_checks
 [ "$fail" -eq 0 ] && echo "tools.sh: passed" || { echo "tools.sh: FAILED"; exit 1; }
