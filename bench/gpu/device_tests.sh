@@ -1,11 +1,24 @@
 #!/bin/bash
-# device_tests.sh - on the GPU machine: make test-cuda's programs from a carried
-# CUDA build, then compute-sanitizer memcheck and racecheck over the backend
-# parity test. Logs under $OUT (or /tmp/out).
-#   prepared here: make CUDA=1 CUDA_ARCHS=90 all test-cuda-bin; bench/gpu/devkit.sh;
-#                  bench/gpu/shared.sh (tiny-mistral-10m and its golden: carry .devwork/shared.tar.xz)
+# device_tests.sh - on the GPU machine, in one device call of at most 10 minutes:
+# make test-cuda's programs from a carried CUDA build (test_backend: every op on
+# both backends, the 2:4 weights at 1-128 tokens and the device reorder;
+# test_sparsegpt_cuda: SparseGPT with G moved per call and resident;
+# test_model_cuda: logits vs the goldens), tests/cuda/tools.sh (the tools on the
+# GPU, the packed 2:4 model's generation and perplexity), then compute-sanitizer
+# memcheck and racecheck over the parity tests. Each step has a time cap and the
+# whole stays under DEADLINE seconds (default 570): a step that would start too
+# late is reported as skipped, never silently dropped. Logs and summary.txt
+# (step, exit status, seconds) under $OUT (or /tmp/out).
+#
+# Prepared on the development box, then one call:
+#   make CUDA=1 CUDA_ARCHS=90 -j2 all build-cuda/tests/cuda/test_backend \
+#        build-cuda/tests/cuda/test_model_cuda build-cuda/tests/cuda/test_sparsegpt_cuda
+#   bench/gpu/devkit.sh                 (the tools' shared libraries: .devwork/kit)
+#   bench/gpu/shared.sh                 (tiny-mistral-10m and its golden: .devwork/shared.tar.xz)
+#   run: bash bench/gpu/device_tests.sh, carry build-cuda .devwork/kit .devwork/shared.tar.xz
 set -u
 OUT=${OUT:-/tmp/out}
+DEADLINE=${DEADLINE:-570}
 mkdir -p "$OUT"
 . bench/gpu/devkit-env.sh .devwork/kit
 if [ -f .devwork/shared.tar.xz ]; then # bench/gpu/shared.sh's tiny-mistral-10m and its golden
@@ -14,25 +27,49 @@ fi
 export TB_SHARED=$PWD/.devwork/shared TB_TEST_DATA=$PWD/tests/data TB_BIN=$PWD/build-cuda/bin
 nvidia-smi -L
 fail=0
-for t in build-cuda/tests/cuda/test_*; do
-    echo "== $t"
-    "$t" 2>&1 | tee "$OUT/$(basename "$t").log" | tail -40
-    [ "${PIPESTATUS[0]}" -eq 0 ] || fail=1
-done
-echo "== tests/cuda/tools.sh"
-sh tests/cuda/tools.sh 2>&1 | tee "$OUT/tools.log" | tail -30
-[ "${PIPESTATUS[0]}" -eq 0 ] || fail=1
+: >"$OUT/summary.txt"
+
+# step NAME CAP COMMAND...: run with a time cap (cut to what is left of the
+# deadline), log to $OUT/NAME.log, show its tail, record the outcome
+step() {
+    local name=$1 cap=$2
+    shift 2
+    local left=$((DEADLINE - SECONDS))
+    if [ "$left" -lt 20 ]; then
+        echo "== $name: skipped (${left} s left of the ${DEADLINE} s budget)" | tee -a "$OUT/summary.txt"
+        fail=1
+        return
+    fi
+    [ "$cap" -gt "$left" ] && cap=$left
+    echo "== $name (cap ${cap} s)"
+    local t0=$SECONDS
+    timeout "$cap" "$@" >"$OUT/$name.log" 2>&1
+    local rc=$?
+    tail -40 "$OUT/$name.log"
+    printf '%-36s exit %3d  %4d s%s\n' "$name" "$rc" $((SECONDS - t0)) "$([ $rc -eq 124 ] && echo '  (timed out)')" |
+        tee -a "$OUT/summary.txt"
+    [ "$rc" -eq 0 ] || fail=1
+}
+
+step test_backend 150 build-cuda/tests/cuda/test_backend
+step test_sparsegpt_cuda 60 build-cuda/tests/cuda/test_sparsegpt_cuda
+step test_model_cuda 90 build-cuda/tests/cuda/test_model_cuda
+step tools 200 sh tests/cuda/tools.sh
 if command -v compute-sanitizer >/dev/null; then
-    for tool in memcheck racecheck; do
-        for t in build-cuda/tests/cuda/test_backend*; do
-            [ -x "$t" ] || continue
-            echo "== compute-sanitizer --tool $tool $t (small shapes)"
-            TB_TEST_QUICK=1 TB_TEST_NO_OOM=1 timeout 200 compute-sanitizer --tool $tool --error-exitcode 9 "$t" >"$OUT/san-$tool.log" 2>&1
-            rc=$?
-            tail -3 "$OUT/san-$tool.log"
-            [ $rc -eq 0 ] || { echo "sanitizer $tool: exit $rc"; fail=1; }
-        done
-    done
+    export TB_TEST_QUICK=1 TB_TEST_NO_OOM=1
+    step san-memcheck-backend 120 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 \
+        build-cuda/tests/cuda/test_backend
+    step san-memcheck-sparsegpt 60 compute-sanitizer --tool memcheck --error-exitcode 9 \
+        build-cuda/tests/cuda/test_sparsegpt_cuda
+    TB_TEST_PREC=f32 step san-racecheck-backend-f32 90 compute-sanitizer --tool racecheck --error-exitcode 9 \
+        build-cuda/tests/cuda/test_backend
+    TB_TEST_PREC=bf16 step san-racecheck-backend-bf16 90 compute-sanitizer --tool racecheck --error-exitcode 9 \
+        build-cuda/tests/cuda/test_backend
+else
+    echo "compute-sanitizer: not found (the sanitizer steps did not run)" | tee -a "$OUT/summary.txt"
+    fail=1
 fi
+echo "== summary ($SECONDS s)"
+cat "$OUT/summary.txt"
 echo "device_tests: $([ $fail -eq 0 ] && echo passed || echo FAILED)"
 exit $fail
