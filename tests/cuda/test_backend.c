@@ -553,7 +553,7 @@ static void test_sp24_reorder(int rows, int cols, int permuted)
     size_t vb = (size_t)rows * cols, ib = (size_t)rows * cols / 8, ab = tb_sp24_a_bytes(rows, cols),
            eb = tb_sp24_e_bytes(rows, cols);
     void *dv = NULL, *di = NULL, *dp = NULL;
-    tb_sp24_weight wh, wd;
+    tb_sp24_weight wh = {0}, wd = {0};
     int ok = cudaMalloc(&dv, vb) == cudaSuccess && cudaMalloc(&di, ib) == cudaSuccess &&
              cudaMalloc(&dp, (size_t)cols * 4) == cudaSuccess &&
              cudaMemcpy(dv, h.data, vb, cudaMemcpyHostToDevice) == cudaSuccess &&
