@@ -54,7 +54,7 @@ step() {
 step test_backend 150 build-cuda/tests/cuda/test_backend
 step test_sparsegpt_cuda 60 build-cuda/tests/cuda/test_sparsegpt_cuda
 step test_model_cuda 90 build-cuda/tests/cuda/test_model_cuda
-step tools 200 sh tests/cuda/tools.sh
+step tools 240 sh tests/cuda/tools.sh
 if command -v compute-sanitizer >/dev/null; then
     export TB_TEST_QUICK=1 TB_TEST_NO_OOM=1
     step san-memcheck-backend 120 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 \

@@ -17,6 +17,13 @@
  * (inference), which bf16 computes on tensor cores with bf16 operands: 5e-3
  * [2.6e-3].
  *
+ * Packed N:M weights (2:4, 4:8, 1:4; bf16 or f16 values; with and without a
+ * column permutation) are decoded on the device; 2:4 bf16 ones run the sparse
+ * tensor-core GEMM at 1-16 tokens in bf16 (test_sp24_linear): the GEMM
+ * tolerance of the precision, the device reorder byte-exact against the
+ * host's, the upload's bytes exact (written 2026-12-02, compiled; NOT yet
+ * run on a GPU, so no largest-seen figures for them).
+ *
  * Exit 0 with "skipped" when the build has no CUDA or no GPU is visible.
  * TB_TEST_QUICK=1 keeps the shapes small (for compute-sanitizer runs, with
  * TB_TEST_NO_OOM=1: the deliberate out-of-memory allocation is an API error
