@@ -863,13 +863,14 @@ static void cu_linear(tb_backend *b, const tb_dlinear *W, const float *x, int n,
 {
     tb_cuda *cu = tb_cu(b);
     if (cu->err || n <= 0) return;
-    TB_RANGE_PUSH("linear");
     // (the 2:4 kernel reads x rows in place as float2: 8-byte aligned, as every backend allocation is)
     if (W->sparse && !tb_cuda_sp24_prefer_dense(W->rows, W->cols, n) && (uintptr_t)x % 8 == 0) {
+        TB_RANGE_PUSH("linear 2:4"); // its own range, so a profile shows which path ran
         sparse_linear(cu, W, x, n, y);
         TB_RANGE_POP();
         return;
     }
+    TB_RANGE_PUSH("linear");
     const void *w = dense_of(cu, W);
     const size_t xc = (size_t)n * W->cols;
     const void *xo = operand(cu, x, xc, 0, xc * 2);
