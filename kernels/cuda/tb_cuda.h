@@ -31,7 +31,8 @@ int tb_cuda_sparsegpt(int gpu, float *w, uint8_t *keep, int64_t rows, int64_t co
 /* tb_comp_output_error on GPU `gpu` (NaN when the GPU cannot run it). */
 double tb_cuda_output_error(int gpu, const float *w0, const float *w, int64_t rows, int64_t cols, const double *gram);
 
-/* A Gram matrix [cols, cols] f64 (full) kept on GPU `gpu`, so that a solve
+/* A Gram matrix [cols, cols] f64 kept on GPU `gpu` (the GPU solve and error
+ * read only its upper triangle, row-major G[i*cols + j], j >= i), so that a solve
  * and the output-error reports of one weight move it once (1.6 GB for a 7B
  * down_proj): the two calls above upload their own per call. NULL and a
  * one-line error (out of GPU memory naming the bytes) when it cannot. Only

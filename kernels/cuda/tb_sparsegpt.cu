@@ -543,9 +543,10 @@ extern "C" double tb_cuda_output_error_dev(const float *w0, const float *w, int6
         double *ed = dev, *yd = dev + ne;
         const double one = 1, zero = 0;
         weight_diff<<<grid_for((int64_t)ne), 256>>>(ed, wf, w ? wf + ne : nullptr, (int64_t)ne);
-        // row-major Y = E G (G symmetric): column-major Y^T = G E^T
+        // row-major Y = E G from G's upper triangle, as the CPU's DSYMM (the rest of
+        // the solve reads only that triangle too): column-major Y^T = G E^T, lower
         if (cudaGetLastError() == cudaSuccess &&
-            cublasDgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, (int)cols, (int)rows, (int)cols, &one, gram->d, (int)cols, ed,
+            cublasDsymm(h, CUBLAS_SIDE_LEFT, CUBLAS_FILL_MODE_LOWER, (int)cols, (int)rows, &one, gram->d, (int)cols, ed,
                         (int)cols, &zero, yd, (int)cols) == CUBLAS_STATUS_SUCCESS) {
             rowdot<<<blocks, 256>>>(ed, yd, (int64_t)ne, partial);
             double p[1024];

@@ -40,7 +40,8 @@ static void check(const char *what, double value, double limit)
     if (!ok) failures++;
 }
 
-/* resident: G kept on the GPU across the solve and the reports (tb_solve_gram_begin), else moved per call */
+/* resident: G kept on the GPU across the solve and the reports (tb_solve_gram_begin), else moved per call;
+ * the GPU is given G with a NaN lower triangle, so a read of it would show (the CPU gets G whole) */
 static void one_case(tb_backend *gpu, int rows, int cols, int tokens, int n, int m, int reselect, int block, int resident)
 {
     float *w0 = malloc(sizeof(float) * rows * cols), *wc = malloc(sizeof(float) * rows * cols),
@@ -61,12 +62,15 @@ static void one_case(tb_backend *gpu, int rows, int cols, int tokens, int n, int
             tb_mask_set(&mc, r, c, keep);
             tb_mask_set(&mg, r, c, keep);
         }
+    double *gu = malloc(sizeof(double) * cols * cols); /* the upper triangle only */
+    for (int i = 0; i < cols; i++)
+        for (int j = 0; j < cols; j++) gu[(size_t)i * cols + j] = j >= i ? g[(size_t)i * cols + j] : NAN;
     memcpy(wc, w0, sizeof(float) * rows * cols);
     memcpy(wg, w0, sizeof(float) * rows * cols);
     tb_comp_stats sc = {0}, sg = {0};
     int rc1 = tb_comp_sparsegpt(wc, &mc, n, m, g, 0.01, block, reselect, 4, &sc);
-    int rc0 = resident ? tb_solve_gram_begin(gpu, g, cols) : 0;
-    int rc2 = rc0 ? rc0 : tb_solve_sparsegpt(gpu, wg, &mg, n, m, g, 0.01, block, reselect, 4, &sg);
+    int rc0 = resident ? tb_solve_gram_begin(gpu, gu, cols) : 0;
+    int rc2 = rc0 ? rc0 : tb_solve_sparsegpt(gpu, wg, &mg, n, m, gu, 0.01, block, reselect, 4, &sg);
     char what[200];
     snprintf(what, sizeof what, "%dx%d, %d tokens, %s%s, block %d%s: weights rel. norm error", rows, cols, tokens,
              m ? "N:M " : "unstructured", reselect ? " reselect" : " fixed mask", block,
@@ -91,8 +95,8 @@ static void one_case(tb_backend *gpu, int rows, int cols, int tokens, int n, int
         printf("  lambda cpu %.6g gpu %.6g\n", sc.lambda, sg.lambda);
         check("  lambda rel. error", fabs(sg.lambda - sc.lambda) / sc.lambda, 1e-12);
         /* the output-error reports (the same G, resident or moved) against the CPU's */
-        double ec = tb_comp_output_error(w0, wc, rows, cols, g, 4), eg = tb_solve_output_error(gpu, w0, wg, rows, cols, g, 4);
-        double bc = tb_comp_output_error(w0, NULL, rows, cols, g, 4), bg = tb_solve_output_error(gpu, w0, NULL, rows, cols, g, 4);
+        double ec = tb_comp_output_error(w0, wc, rows, cols, g, 4), eg = tb_solve_output_error(gpu, w0, wg, rows, cols, gu, 4);
+        double bc = tb_comp_output_error(w0, NULL, rows, cols, g, 4), bg = tb_solve_output_error(gpu, w0, NULL, rows, cols, gu, 4);
         check("  ||dW X||^2 rel. error", fabs(eg - ec) / ec, 1e-9 + (diff ? 1e-2 : 0));
         check("  ||W X||^2 rel. error", fabs(bg - bc) / bc, 1e-12);
     }
@@ -104,6 +108,7 @@ static void one_case(tb_backend *gpu, int rows, int cols, int tokens, int n, int
     free(wg);
     free(x);
     free(g);
+    free(gu);
 }
 
 int main(void)
