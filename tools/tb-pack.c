@@ -214,20 +214,23 @@ static int pack_one(const options *o, const job *j, const item *it, tb_pack_writ
     /* a NaN or infinite weight or statistic is refused, never packed (tb_fisher.h) */
     if ((rc = st_tensor_f32_finite(t, &w))) { tb_err_context("%s", o->model); goto out; }
     if (mk.perm && tb_permute_cols_inplace(w, rows, cols, mk.perm, 0)) { rc = TB_EIO; goto out; }
+    /* The output-error reports cost 3 x 2 rows cols^2 flops a weight (more
+     * than SparseGPT at 7B) and are only shown: computed for -v and --json */
+    const int report = o->json || tb_log_verbose() > 0;
     if (it->gram) {
-        /* the reference for the error report: the weight as it was */
         /* an F64 Gram in the model's order is used where it is mapped: page
          * cache, not process memory (1.6 GB for a 7B down_proj) */
         if (!mk.perm && it->gram->dtype == TB_F64 && (uintptr_t)it->gram->data % sizeof(double) == 0)
             g = it->gram->data;
         else
             g = g_copy = load_gram(it->gram, mk.perm);
-        if (!g || !(w0 = tb_malloc((size_t)(rows * cols) * sizeof *w0))) {
+        /* the reference for the error report: the weight as it was */
+        if (!g || (report && !(w0 = tb_malloc((size_t)(rows * cols) * sizeof *w0)))) {
             rc = TB_EIO;
             goto out;
         }
         if ((rc = tb_fisher_gram_check(it->gram->name, g, cols))) { tb_err_context("%s", o->stats); goto out; }
-        memcpy(w0, w, (size_t)(rows * cols) * sizeof *w0);
+        if (w0) memcpy(w0, w, (size_t)(rows * cols) * sizeof *w0);
     }
     double e_base = 0, e_mask = 0;
     if (w0) {

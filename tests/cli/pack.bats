@@ -132,6 +132,23 @@ print(p['kind'], p['pattern'], p['sparsity'])" "$output"
     [[ "${lines[-1]}" == *"wrote $TMP/r.tb: 9 tensors, 3 pruned (2:4, recon)"* ]]
 }
 
+@test "without -v or --json (no error reports) the shard is the same bytes" {
+    fixture "$TMP/masks" 2:4 --layer 0 --only q_proj --only k_proj
+    run tb-pack -m "$TB_MODEL" --masks "$TMP/masks" -f "$GRAM" --compensate sparsegpt --layers 0 -o "$TMP/q.tb"
+    [ "$status" -eq 0 ]
+    [ -z "$output" ]
+    run tb-pack -v -m "$TB_MODEL" --masks "$TMP/masks" -f "$GRAM" --compensate sparsegpt --layers 0 -o "$TMP/v.tb"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"||dW X||/||W X||"* ]]
+    # equal but for the command line in the metadata: the data section is compared
+    python3 -c '
+import struct, sys
+def data(p):
+    b = open(p, "rb").read()
+    return b[8 + struct.unpack("<Q", b[:8])[0]:]
+sys.exit(data(sys.argv[1]) != data(sys.argv[2]))' "$TMP/q.tb" "$TMP/v.tb"
+}
+
 @test "recon with permuted masks: the reported ||dW X|| is the stored, un-permuted weight's" {
     has_python_module numpy || skip "no numpy"
     fixture "$TMP/masks" 2:4 --layer 0 --only q_proj --only v_proj --perm
