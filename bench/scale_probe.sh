@@ -67,9 +67,9 @@ for ((l = 0; l < nl; l++)); do
     run "L$l tb-nm 2:4" "$work/masks.$l.st" "$TB/tb-nm" -s "$work/scores.$l.st" --pattern 2:4 --quiet \
         -o "$work/masks.$l.st"
     # tb-recon's memory does not depend on the compensation: it trains on
-    # the mask-only shard (no Gram: no output-error report, which costs
-    # 3 x rows x cols^2 flops per weight), so the long SparseGPT probe can
-    # come last
+    # the mask-only shard, so the long SparseGPT probe can come last (tools
+    # run quiet as in examples/Makefile: tb-pack skips its output-error
+    # reports, 3 x 2 rows cols^2 flops per weight, shown only with -v/--json)
     run "L$l tb-pack none" "$work/packed-none.$l.tb" "$TB/tb-pack" --threads "$thr" -m "$model" \
         --masks "$work/masks.$l.st" --compensate none --layers $l:$n --quiet -o "$work/packed-none.$l.tb"
     run "L$l tb-recon $steps steps" "$work/layer.$l.tb" "$TB/tb-recon" --threads "$thr" -m "$model" \
