@@ -170,6 +170,127 @@ void tb_gemv_rows_scalar(const tb_linear *L, const float *x, int n, float *y, in
     else dense_scalar(L, x, n, y, r0, r1);
 }
 
+/* ---- many tokens: panels ---- */
+
+void tb_panel_scalar(const float *P, size_t ldp, int k, const float *x, size_t ldx, int n, float *y, size_t ldy, int nr,
+                     int accumulate, float scale)
+{
+    for (int t = 0; t < n; t++)
+        for (int r = 0; r < nr; r++) {
+            float s = accumulate ? y[t * ldy + r] : 0.0f;
+            for (int c = 0; c < k; c++) s += x[t * ldx + c] * P[c * ldp + r];
+            y[t * ldy + r] = scale == 1.0f ? s : scale * s;
+        }
+}
+
+void tb_pack_panel_scalar_width(const void *src, tb_dtype dt, size_t ld, int nr, int cols, float *P, int width)
+{
+    for (int c = 0; c < cols; c++)
+        for (int i = 0; i < width; i++) P[(size_t)c * width + i] = i < nr ? load_elem(src, (size_t)i * ld + c, dt) : 0.0f;
+}
+
+void tb_pack_panel_scalar(const void *src, tb_dtype dt, size_t ld, int nr, int cols, float *P)
+{
+    tb_pack_panel_scalar_width(src, dt, ld, nr, cols, P, TB_PANEL_SCALAR);
+}
+
+static void panel_isa(tb_isa isa, const float *P, size_t ldp, int k, const float *x, size_t ldx, int n, float *y,
+                      size_t ldy, int nr, int accumulate, float scale)
+{
+    switch (isa) {
+    case TB_ISA_AVX512: tb_panel_avx512(P, ldp, k, x, ldx, n, y, ldy, nr, accumulate, scale); break;
+    case TB_ISA_AVX2: tb_panel_avx2(P, ldp, k, x, ldx, n, y, ldy, nr, accumulate, scale); break;
+    default: tb_panel_scalar(P, ldp, k, x, ldx, n, y, ldy, nr, accumulate, scale); break;
+    }
+}
+
+int tb_gemm_rows_unit(void)
+{
+    switch (tb_gemv_isa()) {
+    case TB_ISA_AVX512: return TB_PANEL_AVX512;
+    case TB_ISA_AVX2: return TB_PANEL_AVX2;
+    default: return TB_PANEL_SCALAR;
+    }
+}
+
+size_t tb_gemm_scratch(const tb_linear *L)
+{
+    /* the panel; unless W is dense in stored order, its rows decoded to f32
+     * and tb_linear_rows's buffer for a permuted row */
+    int direct = L->format == TB_LINEAR_DENSE && !L->perm;
+    return (size_t)(direct ? TB_PANEL_MAX : 2 * TB_PANEL_MAX + 1) * (size_t)L->cols;
+}
+
+/* Columns of the panel per pass over the tokens: the panel's slice (GEMM_K x
+ * 32 floats, 32 KB) and a tile's x (12 x GEMM_K) stay in a 48 KB L1. The
+ * blocking does not change any sum: a later block resumes from the f32 value
+ * the earlier one stored. */
+#define GEMM_K 256
+
+void tb_gemm(const tb_linear *L, const float *x, int n, float *y, int r0, int r1, float *work)
+{
+    if (n <= 0 || r0 >= r1) return;
+    const tb_isa isa = tb_gemv_isa();
+    const int pw = tb_gemm_rows_unit(), cols = L->cols;
+    const int direct = L->format == TB_LINEAR_DENSE && !L->perm;
+    float *P = work, *rows = P + (size_t)pw * cols, *row_buf = rows + (size_t)pw * cols;
+    for (int p0 = r0; p0 < r1; p0 += pw) {
+        const int nr = r1 - p0 < pw ? r1 - p0 : pw;
+        /* W's rows p0 .. p0+nr-1 in model column order, as the panel's
+         * columns: read as stored where W is dense, else decoded first */
+        const void *src = (const char *)L->data + (size_t)p0 * cols * tb_dtype_size(L->dtype);
+        tb_dtype dt = L->dtype;
+        if (!direct) {
+            tb_linear_rows(L, p0, nr, rows, row_buf);
+            src = rows;
+            dt = TB_F32;
+        }
+        switch (isa) {
+        case TB_ISA_AVX512: tb_pack_panel_avx512(src, dt, (size_t)cols, nr, cols, P); break;
+        case TB_ISA_AVX2: tb_pack_panel_avx2(src, dt, (size_t)cols, nr, cols, P); break;
+        default: tb_pack_panel_scalar(src, dt, (size_t)cols, nr, cols, P); break;
+        }
+        for (int k0 = 0; k0 < cols; k0 += GEMM_K) {
+            const int kc = cols - k0 < GEMM_K ? cols - k0 : GEMM_K;
+            panel_isa(isa, P + (size_t)k0 * pw, (size_t)pw, kc, x + k0, (size_t)cols, n, y + p0, (size_t)L->rows, nr,
+                      k0 > 0, 1.0f);
+        }
+    }
+    if (L->bias)
+        for (int t = 0; t < n; t++)
+            for (int r = r0; r < r1; r++) y[(size_t)t * L->rows + r] += L->bias[r];
+}
+
+int tb_gemm_f32_nt(int n, int rows, int k, float alpha, const float *x, size_t ldx, const float *w, size_t ldw, float *y,
+                   size_t ldy)
+{
+    const tb_isa isa = tb_gemv_isa();
+    if (isa < TB_ISA_AVX2) return 0;
+    const int pw = tb_gemm_rows_unit();
+    float P[TB_PANEL_MAX * GEMM_K] __attribute__((aligned(64)));
+    for (int r0 = 0; r0 < rows; r0 += pw) {
+        const int nr = rows - r0 < pw ? rows - r0 : pw;
+        for (int k0 = 0; k0 < k; k0 += GEMM_K) {
+            const int kc = k - k0 < GEMM_K ? k - k0 : GEMM_K;
+            const float *src = w + (size_t)r0 * ldw + k0;
+            if (isa == TB_ISA_AVX512) tb_pack_panel_avx512(src, TB_F32, ldw, nr, kc, P);
+            else tb_pack_panel_avx2(src, TB_F32, ldw, nr, kc, P);
+            /* alpha on the finished sum, as sgemm applies it */
+            panel_isa(isa, P, (size_t)pw, kc, x + k0, ldx, n, y + r0, ldy, nr, k0 > 0, k0 + kc < k ? 1.0f : alpha);
+        }
+    }
+    return 1;
+}
+
+int tb_gemm_f32_nn(int n, int cols, int k, const float *x, size_t ldx, const float *v, size_t ldv, float *y, size_t ldy)
+{
+    const tb_isa isa = tb_gemv_isa();
+    const int pw = tb_gemm_rows_unit();
+    if (isa < TB_ISA_AVX2 || cols % pw) return 0;
+    for (int d0 = 0; d0 < cols; d0 += pw) panel_isa(isa, v + d0, ldv, k, x, ldx, n, y + d0, ldy, pw, 0, 1.0f);
+    return 1;
+}
+
 /* ---- decode attention ---- */
 
 /* dot product with 8 independent partial sums, which compilers vectorise */

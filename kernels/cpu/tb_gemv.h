@@ -52,6 +52,29 @@ size_t tb_gemv_scratch(const tb_linear *L, int n);
  * to the calling thread (NULL if that is 0). L must be supported. */
 void tb_gemv(const tb_linear *L, const float *x, int n, float *y, int r0, int r1, float *work);
 
+/* Many tokens (prefill, perplexity): the same product through panels. W's
+ * rows are decoded tb_gemm_rows_unit() at a time (32 with AVX-512, 16 with
+ * AVX2) to f32, transposed into a panel, and multiplied with every token by a
+ * register-tiled kernel (32 rows x 12 tokens of accumulators with AVX-512),
+ * the decoding spread over all n tokens. Each output is one f32 sum over the
+ * columns in order, computed by one thread. Writes rows r0 .. r1-1 of y (bias
+ * added); r0 should be a multiple of the unit. work: tb_gemm_scratch(L)
+ * floats private to the calling thread. Any linear (tb_linear_rows decodes
+ * it); fast where tb_gemv_isa() is AVX2 or AVX-512. */
+int tb_gemm_rows_unit(void);
+size_t tb_gemm_scratch(const tb_linear *L);
+void tb_gemm(const tb_linear *L, const float *x, int n, float *y, int r0, int r1, float *work);
+
+/* The same kernel on f32 matrices, for attention's products (tb_ops.c):
+ * nt: y[t * ldy + r] = alpha * sum_c x[t * ldx + c] w[r * ldw + c] (Q K^T);
+ * nn: y[t * ldy + d] = sum_c x[t * ldx + c] v[c * ldv + d] (P V), for t < n,
+ * r < rows, d < cols, c < k. Each returns 0, having done nothing, where the
+ * ISA has no panel kernel (scalar) or nn's cols is not a multiple of
+ * tb_gemm_rows_unit(): the caller then uses sgemm. */
+int tb_gemm_f32_nt(int n, int rows, int k, float alpha, const float *x, size_t ldx, const float *w, size_t ldw, float *y,
+                   size_t ldy);
+int tb_gemm_f32_nn(int n, int cols, int k, const float *x, size_t ldx, const float *v, size_t ldv, float *y, size_t ldy);
+
 /* The other decode kernel: attention of one query row of one head over keys
  * lo..p of the cache. row[c] = scale * q . k_c (k_c = k + c * ldk, hd
  * values), softmax over c, out[hd] = sum_c row[c] v_c (v_c = v + c * ldk).

@@ -243,6 +243,118 @@ void tb_gemv_rows_avx2(const tb_linear *L, const float *x, int n, float *y, int 
     }
 }
 
+/* ---- many tokens: the panel kernel (tb_gemm), as in tb_gemv_avx512.c with
+ * 16 rows (two registers) x up to 6 tokens: 12 accumulators, two W vectors
+ * and a broadcast fill the 16 registers ---- */
+
+#define PANEL_TOKENS 6
+
+INLINE __m256i lane_mask(int k) /* the first k of 8 lanes */
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(k), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+INLINE void panel_tile(const float *P, size_t ldp, int k, const float *x, size_t ldx, float *y, size_t ldy, __m256i m0,
+                       __m256i m1, int accumulate, float scale, const int T)
+{
+    __m256 a0[PANEL_TOKENS], a1[PANEL_TOKENS];
+    _Pragma("GCC unroll 6") for (int t = 0; t < T; t++)
+    {
+        a0[t] = accumulate ? _mm256_maskload_ps(y + t * ldy, m0) : _mm256_setzero_ps();
+        a1[t] = accumulate ? _mm256_maskload_ps(y + t * ldy + 8, m1) : _mm256_setzero_ps();
+    }
+    for (size_t c = 0; c < (size_t)k; c++) {
+        __m256 w0 = _mm256_loadu_ps(P + c * ldp), w1 = _mm256_loadu_ps(P + c * ldp + 8);
+        _Pragma("GCC unroll 6") for (int t = 0; t < T; t++)
+        {
+            __m256 b = _mm256_broadcast_ss(x + t * ldx + c);
+            a0[t] = _mm256_fmadd_ps(w0, b, a0[t]);
+            a1[t] = _mm256_fmadd_ps(w1, b, a1[t]);
+        }
+    }
+    _Pragma("GCC unroll 6") for (int t = 0; t < T; t++)
+    {
+        if (scale != 1.0f) {
+            a0[t] = _mm256_mul_ps(a0[t], _mm256_set1_ps(scale));
+            a1[t] = _mm256_mul_ps(a1[t], _mm256_set1_ps(scale));
+        }
+        _mm256_maskstore_ps(y + t * ldy, m0, a0[t]);
+        _mm256_maskstore_ps(y + t * ldy + 8, m1, a1[t]);
+    }
+}
+
+
+/* 8 x 8 transpose in registers (unpack, shuffle, then swap 128-bit halves) */
+INLINE void transpose8(__m256 r[8])
+{
+    __m256 t[8], u[8];
+    _Pragma("GCC unroll 4") for (int i = 0; i < 8; i += 2)
+    {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    _Pragma("GCC unroll 2") for (int i = 0; i < 8; i += 4)
+    {
+        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    _Pragma("GCC unroll 4") for (int i = 0; i < 4; i++)
+    {
+        r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+        r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+    }
+}
+
+INLINE void pack_panel(const void *src, size_t ld, int nr, int cols, float *P, tb_dtype dt)
+{
+    int c = 0;
+    for (; c + 8 <= cols; c += 8)
+        _Pragma("GCC unroll 2") for (int h = 0; h < 2; h++)
+        {
+            __m256 r[8];
+            _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++)
+            {
+                const int row = 8 * h + i;
+                r[i] = row < nr ? load8(src, (size_t)row * ld + c, dt) : _mm256_setzero_ps();
+            }
+            transpose8(r);
+            _Pragma("GCC unroll 8") for (int j = 0; j < 8; j++) _mm256_storeu_ps(P + (size_t)(c + j) * 16 + 8 * h, r[j]);
+        }
+    for (; c < cols; c++)
+        for (int i = 0; i < 16; i++) P[(size_t)c * 16 + i] = i < nr ? load1(src, (size_t)i * ld + c, dt) : 0.0f;
+}
+
+void tb_pack_panel_avx2(const void *src, tb_dtype dt, size_t ld, int nr, int cols, float *P)
+{
+    switch (dt) {
+    case TB_F32: pack_panel(src, ld, nr, cols, P, TB_F32); break;
+    case TB_F16: pack_panel(src, ld, nr, cols, P, TB_F16); break;
+    default: pack_panel(src, ld, nr, cols, P, TB_BF16); break;
+    }
+}
+
+void tb_panel_avx2(const float *P, size_t ldp, int k, const float *x, size_t ldx, int n, float *y, size_t ldy, int nr,
+                   int accumulate, float scale)
+{
+    __m256i m0 = lane_mask(nr), m1 = lane_mask(nr - 8);
+    for (int t0 = 0; t0 < n; t0 += PANEL_TOKENS) {
+        const float *xt = x + (size_t)t0 * ldx;
+        float *yt = y + (size_t)t0 * ldy;
+#define TILE(T_) panel_tile(P, ldp, k, xt, ldx, yt, ldy, m0, m1, accumulate, scale, T_)
+        switch (n - t0 < PANEL_TOKENS ? n - t0 : PANEL_TOKENS) {
+        case 1: TILE(1); break;
+        case 2: TILE(2); break;
+        case 3: TILE(3); break;
+        case 4: TILE(4); break;
+        case 5: TILE(5); break;
+        default: TILE(6); break;
+        }
+#undef TILE
+    }
+}
+
 /* ---- decode attention ---- */
 
 /* lanes < k of 8 loaded, the others 0 */
@@ -295,6 +407,17 @@ const int tb_gemv_avx2_compiled = 0;
 void tb_gemv_rows_avx2(const tb_linear *L, const float *x, int n, float *y, int r0, int r1)
 {
     tb_gemv_rows_scalar(L, x, n, y, r0, r1);
+}
+
+void tb_pack_panel_avx2(const void *src, tb_dtype dt, size_t ld, int nr, int cols, float *P)
+{
+    tb_pack_panel_scalar_width(src, dt, ld, nr, cols, P, TB_PANEL_AVX2);
+}
+
+void tb_panel_avx2(const float *P, size_t ldp, int k, const float *x, size_t ldx, int n, float *y, size_t ldy, int nr,
+                   int accumulate, float scale)
+{
+    tb_panel_scalar(P, ldp, k, x, ldx, n, y, ldy, nr, accumulate, scale);
 }
 
 void tb_att_scores_avx2(const float *q, const float *k, int ldk, int hd, int lo, int p, float scale, float *row)

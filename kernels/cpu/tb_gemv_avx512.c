@@ -262,6 +262,137 @@ void tb_gemv_rows_avx512(const tb_linear *L, const float *x, int n, float *y, in
     }
 }
 
+/* ---- many tokens: the panel kernel (tb_gemm) ----
+ * 32 rows (two registers) x up to 12 tokens of accumulators: per column of
+ * the panel, two loads of W, 12 broadcasts of x and 24 FMAs; no reduction at
+ * the end, the rows are the lanes. Each output's sum runs over c in order, in
+ * one lane, whatever the tile it falls in. */
+
+#define PANEL_TOKENS 12
+
+INLINE void panel_tile(const float *P, size_t ldp, int k, const float *x, size_t ldx, float *y, size_t ldy, __mmask16 m0,
+                       __mmask16 m1, int accumulate, float scale, const int T)
+{
+    __m512 a0[PANEL_TOKENS], a1[PANEL_TOKENS];
+    _Pragma("GCC unroll 12") for (int t = 0; t < T; t++)
+    {
+        a0[t] = accumulate ? _mm512_maskz_loadu_ps(m0, y + t * ldy) : _mm512_setzero_ps();
+        a1[t] = accumulate ? _mm512_maskz_loadu_ps(m1, y + t * ldy + 16) : _mm512_setzero_ps();
+    }
+    for (size_t c = 0; c < (size_t)k; c++) {
+        __m512 w0 = _mm512_loadu_ps(P + c * ldp), w1 = _mm512_loadu_ps(P + c * ldp + 16);
+        _Pragma("GCC unroll 12") for (int t = 0; t < T; t++)
+        {
+            __m512 b = _mm512_set1_ps(x[t * ldx + c]);
+            a0[t] = _mm512_fmadd_ps(w0, b, a0[t]);
+            a1[t] = _mm512_fmadd_ps(w1, b, a1[t]);
+        }
+    }
+    _Pragma("GCC unroll 12") for (int t = 0; t < T; t++)
+    {
+        if (scale != 1.0f) {
+            a0[t] = _mm512_mul_ps(a0[t], _mm512_set1_ps(scale));
+            a1[t] = _mm512_mul_ps(a1[t], _mm512_set1_ps(scale));
+        }
+        _mm512_mask_storeu_ps(y + t * ldy, m0, a0[t]);
+        _mm512_mask_storeu_ps(y + t * ldy + 16, m1, a1[t]);
+    }
+}
+
+
+/* 16 x 16 transpose in registers: swap the off-diagonal 8 x 8 blocks, then
+ * the 4 x 4 blocks inside each, then 2 x 2, then single elements, each swap
+ * one two-source permute per row (64 in all) */
+/* lane indices of the swaps: a row with bit s clear takes its own lanes
+ * without bit s and its partner's (row + s) lanes l - s where l has bit s */
+static const int32_t swap_idx[4][2][16] __attribute__((aligned(64))) = {
+#define SWAP_IDX(s)                                                                                                    \
+    {{0 & s ? 16 : 0, 1 & s ? 17 - s : 1, 2 & s ? 18 - s : 2, 3 & s ? 19 - s : 3, 4 & s ? 20 - s : 4,              \
+      5 & s ? 21 - s : 5, 6 & s ? 22 - s : 6, 7 & s ? 23 - s : 7, 8 & s ? 24 - s : 8, 9 & s ? 25 - s : 9,           \
+      10 & s ? 26 - s : 10, 11 & s ? 27 - s : 11, 12 & s ? 28 - s : 12, 13 & s ? 29 - s : 13,                      \
+      14 & s ? 30 - s : 14, 15 & s ? 31 - s : 15},                                                                   \
+     {0 & s ? 16 : 0 + s, 1 & s ? 17 : 1 + s, 2 & s ? 18 : 2 + s, 3 & s ? 19 : 3 + s, 4 & s ? 20 : 4 + s,           \
+      5 & s ? 21 : 5 + s, 6 & s ? 22 : 6 + s, 7 & s ? 23 : 7 + s, 8 & s ? 24 : 8 + s, 9 & s ? 25 : 9 + s,           \
+      10 & s ? 26 : 10 + s, 11 & s ? 27 : 11 + s, 12 & s ? 28 : 12 + s, 13 & s ? 29 : 13 + s,                      \
+      14 & s ? 30 : 14 + s, 15 & s ? 31 : 15 + s}}
+    SWAP_IDX(8), SWAP_IDX(4), SWAP_IDX(2), SWAP_IDX(1)
+#undef SWAP_IDX
+};
+
+/* 16 x 16 transpose in registers: swap the off-diagonal 8 x 8 blocks, then
+ * the 4 x 4 blocks inside each, then 2 x 2, then single elements, each swap
+ * one two-source permute per row (64 in all) */
+INLINE void transpose16(__m512 r[16])
+{
+    _Pragma("GCC unroll 4") for (int q = 0; q < 4; q++)
+    {
+        const int s = 8 >> q;
+        const __m512i lo = _mm512_load_si512(swap_idx[q][0]), hi = _mm512_load_si512(swap_idx[q][1]);
+        _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++)
+        {
+            if (i & s) continue;
+            __m512 a = r[i], b = r[i + s];
+            r[i] = _mm512_permutex2var_ps(a, lo, b);
+            r[i + s] = _mm512_permutex2var_ps(a, hi, b);
+        }
+    }
+}
+
+INLINE void pack_panel(const void *src, size_t ld, int nr, int cols, float *P, tb_dtype dt)
+{
+    for (int c = 0; c < cols; c += 16) {
+        const int nc = cols - c < 16 ? cols - c : 16;
+        const __mmask16 m = first_lanes(nc);
+        _Pragma("GCC unroll 2") for (int h = 0; h < 2; h++)
+        {
+            __m512 r[16];
+            _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++)
+            {
+                const int row = 16 * h + i;
+                r[i] = row < nr ? load16_mask(src, (size_t)row * ld + c, dt, m) : _mm512_setzero_ps();
+            }
+            transpose16(r);
+            _Pragma("GCC unroll 16") for (int j = 0; j < 16; j++) if (j < nc)
+                _mm512_storeu_ps(P + (size_t)(c + j) * 32 + 16 * h, r[j]);
+        }
+    }
+}
+
+void tb_pack_panel_avx512(const void *src, tb_dtype dt, size_t ld, int nr, int cols, float *P)
+{
+    switch (dt) {
+    case TB_F32: pack_panel(src, ld, nr, cols, P, TB_F32); break;
+    case TB_F16: pack_panel(src, ld, nr, cols, P, TB_F16); break;
+    default: pack_panel(src, ld, nr, cols, P, TB_BF16); break;
+    }
+}
+
+void tb_panel_avx512(const float *P, size_t ldp, int k, const float *x, size_t ldx, int n, float *y, size_t ldy, int nr,
+                     int accumulate, float scale)
+{
+    __mmask16 m0 = first_lanes(nr), m1 = first_lanes(nr > 16 ? nr - 16 : 0);
+    for (int t0 = 0; t0 < n; t0 += PANEL_TOKENS) {
+        const float *xt = x + (size_t)t0 * ldx;
+        float *yt = y + (size_t)t0 * ldy;
+#define TILE(T_) panel_tile(P, ldp, k, xt, ldx, yt, ldy, m0, m1, accumulate, scale, T_)
+        switch (n - t0 < PANEL_TOKENS ? n - t0 : PANEL_TOKENS) {
+        case 1: TILE(1); break;
+        case 2: TILE(2); break;
+        case 3: TILE(3); break;
+        case 4: TILE(4); break;
+        case 5: TILE(5); break;
+        case 6: TILE(6); break;
+        case 7: TILE(7); break;
+        case 8: TILE(8); break;
+        case 9: TILE(9); break;
+        case 10: TILE(10); break;
+        case 11: TILE(11); break;
+        default: TILE(12); break;
+        }
+#undef TILE
+    }
+}
+
 /* ---- decode attention ---- */
 
 void tb_att_scores_avx512(const float *q, const float *k, int ldk, int hd, int lo, int p, float scale, float *row)
@@ -306,6 +437,17 @@ const int tb_gemv_avx512_compiled = 0;
 void tb_gemv_rows_avx512(const tb_linear *L, const float *x, int n, float *y, int r0, int r1)
 {
     tb_gemv_rows_scalar(L, x, n, y, r0, r1);
+}
+
+void tb_pack_panel_avx512(const void *src, tb_dtype dt, size_t ld, int nr, int cols, float *P)
+{
+    tb_pack_panel_scalar_width(src, dt, ld, nr, cols, P, TB_PANEL_AVX512);
+}
+
+void tb_panel_avx512(const float *P, size_t ldp, int k, const float *x, size_t ldx, int n, float *y, size_t ldy, int nr,
+                     int accumulate, float scale)
+{
+    tb_panel_scalar(P, ldp, k, x, ldx, n, y, ldy, nr, accumulate, scale);
 }
 
 void tb_att_scores_avx512(const float *q, const float *k, int ldk, int hd, int lo, int p, float scale, float *row)

@@ -21,6 +21,30 @@ extern const int tb_gemv_avx2_compiled, tb_gemv_avx512_compiled;
 #define TB_ATT_DECL(isa)                                                                                               \
     void tb_att_scores_##isa(const float *q, const float *k, int ldk, int hd, int lo, int p, float scale, float *row); \
     void tb_att_pv_##isa(const float *row, const float *v, int ldk, int hd, int lo, int p, float *out);
+/* the many-token kernel (tb_gemm): y[t * ldy + r] (+)= sum_c x[t * ldx + c]
+ * P[c * ldp + r] for t < n, r < nr, c < k: P is a panel whose row c holds
+ * column c of W's rows (a packed one: ldp = the width; V of attention as it
+ * lies: ldp = its row stride). accumulate: start from y (a later block of
+ * c) instead of 0; the sum is multiplied by scale as it is stored. The kernel reads the panel's whole width (the
+ * ISA's TB_PANEL_*), nr .. width-1 included, and stores rows < nr only. */
+#define TB_PANEL_SCALAR 8
+#define TB_PANEL_AVX2 16
+#define TB_PANEL_AVX512 32
+#define TB_PANEL_MAX 32
+#define TB_PANEL_DECL(isa)                                                                                             \
+    void tb_panel_##isa(const float *P, size_t ldp, int k, const float *x, size_t ldx, int n, float *y, size_t ldy, int nr,       \
+                        int accumulate, float scale);
+TB_PANEL_DECL(scalar)
+/* The panel of rows 0 .. nr-1 of src (dense F32, F16 or BF16, ld elements
+ * from one row to the next, cols columns): P[c * width + r] = src[r, c], rows
+ * nr .. width-1 zero. */
+#define TB_PACK_DECL(isa) void tb_pack_panel_##isa(const void *src, tb_dtype dt, size_t ld, int nr, int cols, float *P);
+TB_PACK_DECL(scalar)
+TB_PACK_DECL(avx2)
+TB_PACK_DECL(avx512)
+TB_PANEL_DECL(avx2)
+TB_PANEL_DECL(avx512)
+
 TB_ATT_DECL(scalar)
 TB_ATT_DECL(avx2)
 TB_ATT_DECL(avx512)

@@ -5,23 +5,26 @@
 #include "tb_threads.h"
 
 #include <cblas.h>
-#include <limits.h>
 #include <math.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 /* A tile of 64K f32 values (256 KB) is large enough for sgemm to run near its
  * peak on hundreds of tokens and small enough to stay in L2 while it is used. */
 #define TILE_FLOATS 65536
 
-/* Up to this many tokens, tb_gemv (weights read as stored) beats decoding
- * tiles for sgemm: measured with bench/gemv_bench.c (BENCHMARKS.md). 2:4
- * tiles cost more to decode, so the packed kernel wins longer. With a
- * pre-AVX sgemm kernel (blas_is_pre_avx) tb_gemv wins at every count. */
-#define GEMV_MAX_DENSE 32
+/* Up to this many tokens tb_gemv (weights read as stored, 4 x 4 tiles of
+ * dot products) runs; past them tb_gemm's panels where the CPU has AVX2 or
+ * AVX-512, else sgemm on decoded tiles (the x86-64-v2 floor). Crossovers
+ * measured with bench/gemv_bench.c on tiny-llama-6m's shapes (BENCHMARKS.md):
+ * dense, the panels win from 16-32 tokens with both ISAs; 2:4 needs no
+ * decoding in tb_gemv, which with AVX-512 matches the panels up to a few
+ * hundred tokens and with AVX2 up to ~64; against sgemm tiles (scalar ISA)
+ * tb_gemv wins to 32 dense and 128 2:4 tokens. */
+#define GEMV_MAX_DENSE 16
+#define GEMV_MAX_DENSE_SCALAR 32
 #define GEMV_MAX_NM 128
+#define GEMV_MAX_NM_AVX2 64
 /* rows per parallel unit of the gemv path: whole register tiles, and enough
  * units that threads balance */
 #define GEMV_ROW_UNIT 16
@@ -50,34 +53,18 @@ static int tile_rows_max(const tb_linear *L)
     return t < L->rows ? t : L->rows;
 }
 
-/* OpenBLAS's pre-AVX kernels, which it also falls back to on a CPU it does
- * not know: the development box (Xeon, AVX-512, model 207) under Debian's
- * OpenBLAS 0.3.21 gets "Prescott", 4.4x slower than its own SkylakeX kernel
- * (bench/sgemm_peak.c: 32 against 142 GFLOP/s at tb-run's tile shape). Our
- * AVX2/AVX-512 kernels then beat sgemm at every token count (BENCHMARKS.md). */
-static int blas_is_pre_avx(void)
-{
-    static atomic_int known = -1;
-    int v = atomic_load_explicit(&known, memory_order_relaxed);
-    if (v >= 0) return v;
-    static const char *const old[] = {"Unknown", "Katmai", "Coppermine", "Northwood", "Prescott", "Banias",
-                                      "Atom", "Core2", "Penryn", "Dunnington", "Nehalem", "Athlon",
-                                      "Opteron", "Opteron_SSE3", "Barcelona", "Nano", "Bobcat"};
-    const char *core = openblas_get_corename();
-    v = 0;
-    for (size_t i = 0; core && i < sizeof old / sizeof *old; i++)
-        if (!strcasecmp(core, old[i])) v = 1;
-    atomic_store_explicit(&known, v, memory_order_relaxed);
-    return v;
-}
-
 static int gemv_max_tokens(const tb_linear *L)
 {
-    if (tb_gemv_isa() >= TB_ISA_AVX2 && blas_is_pre_avx()) return INT_MAX;
-    return L->format == TB_LINEAR_NM ? GEMV_MAX_NM : GEMV_MAX_DENSE;
+    const tb_isa isa = tb_gemv_isa();
+    if (L->format == TB_LINEAR_NM) return isa == TB_ISA_AVX2 ? GEMV_MAX_NM_AVX2 : GEMV_MAX_NM;
+    return isa >= TB_ISA_AVX2 ? GEMV_MAX_DENSE : GEMV_MAX_DENSE_SCALAR;
 }
 
 static int use_gemv(const tb_linear *L, int n) { return n <= gemv_max_tokens(L) && tb_gemv_supports(L); }
+
+/* Past the gemv counts, tb_gemm's panels where the CPU has AVX2 or AVX-512;
+ * sgemm on decoded tiles otherwise (the x86-64-v2 floor, other architectures). */
+static int use_gemm(void) { return tb_gemv_isa() >= TB_ISA_AVX2; }
 
 size_t tb_linear_scratch(const tb_linear *L)
 {
@@ -87,7 +74,9 @@ size_t tb_linear_scratch(const tb_linear *L)
     if (!(L->format == TB_LINEAR_DENSE && L->dtype == TB_F32 && !L->perm))
         tiles = (size_t)tile_rows_max(L) * (size_t)L->cols + (L->perm ? (size_t)L->cols : 0);
     size_t gemv = tb_gemv_supports(L) ? tb_gemv_scratch(L, gemv_max_tokens(L)) : 0;
-    return tiles > gemv ? tiles : gemv;
+    size_t gemm = tb_gemm_scratch(L);
+    size_t most = tiles > gemv ? tiles : gemv;
+    return most > gemm ? most : gemm;
 }
 
 /* rows in stored column order */
@@ -161,12 +150,27 @@ static void gemv_units(void *ctx, int64_t begin, int64_t end, int tid)
     tb_gemv(j->L, j->x, j->n, j->y, r0, r1, j->s->buf ? j->s->buf + (size_t)tid * j->s->per_thread : NULL);
 }
 
+static void gemm_units(void *ctx, int64_t begin, int64_t end, int tid)
+{
+    const gemv_job *j = ctx;
+    const int unit = tb_gemm_rows_unit();
+    int r0 = (int)begin * unit, r1 = (int)end * unit;
+    if (r1 > j->L->rows) r1 = j->L->rows;
+    tb_gemm(j->L, j->x, j->n, j->y, r0, r1, j->s->buf + (size_t)tid * j->s->per_thread);
+}
+
 void tb_linear_forward(const tb_linear *L, const float *x, int n, float *y, const tb_scratch *s)
 {
     if (n <= 0) return;
     if (use_gemv(L, n)) {
         gemv_job j = {L, x, y, n, s};
         tb_parallel_for(s->n_threads, (L->rows + GEMV_ROW_UNIT - 1) / GEMV_ROW_UNIT, gemv_units, &j);
+        return;
+    }
+    if (use_gemm()) {
+        gemv_job j = {L, x, y, n, s};
+        const int unit = tb_gemm_rows_unit();
+        tb_parallel_for(s->n_threads, (L->rows + unit - 1) / unit, gemm_units, &j);
         return;
     }
     tb_linear_forward_tiles(L, x, n, y, s);

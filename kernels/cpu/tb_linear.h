@@ -2,9 +2,10 @@
  *
  * W has nn.Linear's layout: [rows = out_features, cols = in_features], row
  * major. A dense W keeps its file dtype (F32, F16 or BF16) and usually points
- * into the checkpoint's mmap; the forward converts a tile of rows at a time to
- * f32 in a per-thread scratch buffer and multiplies it with cblas_sgemm, so a
- * run costs the mapping plus n_threads tiles, never an f32 copy of the model.
+ * into the checkpoint's mmap; the forward reads it as stored (tb_gemv) or
+ * converts a panel or tile of rows at a time to f32 in a per-thread scratch
+ * buffer (tb_gemm, or cblas_sgemm without AVX2), so a run costs the mapping
+ * plus n_threads panels, never an f32 copy of the model.
  *
  * Every consumer (the model, tests, future tools) goes through the functions
  * below and never reads `data` itself. A new storage format (the pruned .tb
@@ -60,8 +61,10 @@ size_t tb_linear_scratch(const tb_linear *L);
 
 /* y[n, rows] = x[n, cols] W^T (+ bias). x and y must not overlap. Threads over
  * tiles of output rows (s->n_threads). A few tokens (decode) go through
- * tb_gemv.h's kernels, which read W as stored; more through tiles of W
- * decoded to f32 and sgemm. */
+ * tb_gemv, which reads W as stored; more through tb_gemm's panels of W
+ * decoded to f32 (tb_gemv.h) where the CPU has AVX2 or AVX-512, else tiles
+ * of W decoded to f32 and sgemm. Each output is computed by one thread:
+ * results do not depend on the thread count. */
 void tb_linear_forward(const tb_linear *L, const float *x, int n, float *y, const tb_scratch *s);
 /* The tile path whatever n (tests and benchmarks compare the two). */
 void tb_linear_forward_tiles(const tb_linear *L, const float *x, int n, float *y, const tb_scratch *s);

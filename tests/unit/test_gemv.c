@@ -305,6 +305,221 @@ static void test_attention_decode(void **state)
     tb_gemv_set_isa(TB_ISA_SCALAR);
 }
 
+/* ---- many tokens: tb_gemm's panels ---- */
+
+/* tb_gemm with every ISA, format, dtype, permutation and bias: token counts
+ * that fill the 12- and 6-token tiles and leave tails, rows that leave a
+ * partial panel, columns past the 256-column block (600) and short ones */
+static void test_gemm(void **state)
+{
+    (void)state;
+    static const int gshapes[][2] = {{1, 4}, {37, 44}, {33, 100}, {70, 600}, {64, 256}};
+    static const int counts[] = {1, 5, 12, 13, 29};
+    for (int isa = 0; isa < TB_ISA_COUNT; isa++) {
+        if (!tb_isa_available((tb_isa)isa)) continue;
+        assert_int_equal(tb_gemv_set_isa((tb_isa)isa), TB_OK);
+        const int unit = tb_gemm_rows_unit();
+        for (size_t s = 0; s < sizeof gshapes / sizeof *gshapes; s++)
+            for (int d = 0; d < 3; d++)
+                for (int variant = 0; variant < 8; variant++) {
+                    int rows = gshapes[s][0], cols = gshapes[s][1];
+                    int permuted = variant & 1, biased = (variant >> 1) & 1, nm = variant >> 2;
+                    weight W;
+                    make_weight(&W, rows, cols, dtypes[d], nm, permuted, biased);
+                    float *work = malloc(tb_gemm_scratch(&W.L) * sizeof *work);
+                    for (size_t k = 0; k < sizeof counts / sizeof *counts; k++) {
+                        const int n = counts[k];
+                        float *x = random_x(n, cols), *y = malloc((size_t)n * rows * sizeof *y);
+                        char what[128];
+                        snprintf(what, sizeof what, "tb_gemm %s %s %s%s%s", tb_isa_name((tb_isa)isa),
+                                 nm ? "2:4" : "dense", tb_dtype_name(dtypes[d]), permuted ? " permuted" : "",
+                                 biased ? " bias" : "");
+                        for (size_t i = 0; i < (size_t)n * rows; i++) y[i] = NAN;
+                        tb_gemm(&W.L, x, n, y, 0, rows, work);
+                        check_y(&W, x, n, y, 0, rows, what);
+                        /* rows from a unit boundary to the middle of a panel */
+                        int r0 = rows > unit ? unit : 0, r1 = rows - rows / 4;
+                        for (size_t i = 0; i < (size_t)n * rows; i++) y[i] = NAN;
+                        tb_gemm(&W.L, x, n, y, r0, r1, work);
+                        check_y(&W, x, n, y, r0, r1, what);
+                        free(x), free(y);
+                    }
+                    free(work);
+                    free_weight(&W);
+                }
+    }
+    tb_gemv_set_isa(TB_ISA_SCALAR);
+}
+
+/* attention's f32 products through the panels, with strides wider than the
+ * matrices (the gaps must stay poisoned) and more columns than one block */
+static void test_gemm_f32(void **state)
+{
+    (void)state;
+    for (int isa = 0; isa < TB_ISA_COUNT; isa++) {
+        if (!tb_isa_available((tb_isa)isa)) continue;
+        tb_gemv_set_isa((tb_isa)isa);
+        const int did = isa >= TB_ISA_AVX2;
+        static const int cases[][3] = {{1, 5, 64}, {13, 40, 64}, {7, 33, 300}, {30, 64, 17}};
+        for (size_t cs = 0; cs < sizeof cases / sizeof *cases; cs++) {
+            const int n = cases[cs][0], rows = cases[cs][1], k = cases[cs][2];
+            const size_t ldx = k + 3, ldw = k + 5, ldy = rows + 2;
+            float *x = random_x(n, (int)ldx), *w = random_x(rows, (int)ldw), *y = malloc(n * ldy * sizeof *y);
+            for (size_t i = 0; i < n * ldy; i++) y[i] = NAN;
+            assert_int_equal(tb_gemm_f32_nt(n, rows, k, 0.125f, x, ldx, w, ldw, y, ldy), did);
+            for (int t = 0; did && t < n; t++)
+                for (size_t r = 0; r < ldy; r++) {
+                    float got = y[t * ldy + r];
+                    if (r >= (size_t)rows) {
+                        assert_true(isnan(got));
+                        continue;
+                    }
+                    double ref = 0, mag = 0;
+                    for (int c = 0; c < k; c++) {
+                        ref += (double)x[t * ldx + c] * w[r * ldw + c];
+                        mag += fabs((double)x[t * ldx + c] * w[r * ldw + c]);
+                    }
+                    assert_true(fabs(got - 0.125 * ref) <= 1e-5 * 0.125 * mag);
+                }
+            /* nn: y[t, d] = sum_c x[t, c] v[c, d], d < cols (a multiple of the unit) */
+            const int cols = 2 * tb_gemm_rows_unit();
+            const size_t ldv = cols + 7, ldo = cols + 1;
+            float *v = random_x(k, (int)ldv), *o = malloc(n * ldo * sizeof *o);
+            for (size_t i = 0; i < n * ldo; i++) o[i] = NAN;
+            assert_int_equal(tb_gemm_f32_nn(n, cols, k, x, ldx, v, ldv, o, ldo), did);
+            if (did) assert_int_equal(tb_gemm_f32_nn(n, cols + 1, k, x, ldx, v, ldv, o, ldo), 0);
+            for (int t = 0; did && t < n; t++)
+                for (size_t dd = 0; dd < ldo; dd++) {
+                    float got = o[t * ldo + dd];
+                    if (dd >= (size_t)cols) {
+                        assert_true(isnan(got));
+                        continue;
+                    }
+                    double ref = 0, mag = 0;
+                    for (int c = 0; c < k; c++) {
+                        ref += (double)x[t * ldx + c] * v[c * ldv + dd];
+                        mag += fabs((double)x[t * ldx + c] * v[c * ldv + dd]);
+                    }
+                    assert_true(fabs(got - ref) <= 1e-5 * mag);
+                }
+            free(x), free(w), free(y), free(v), free(o);
+        }
+    }
+    tb_gemv_set_isa(TB_ISA_SCALAR);
+}
+
+/* Prefill attention (blocks of 64 queries through the panels, or sgemm with
+ * the scalar ISA) against a double-precision softmax(q k^T / sqrt(hd)) v
+ * with the causal mask, GQA and a sliding window, head_dim 64 (whole panels
+ * for P V) and 40 (P V through sgemm) */
+static void test_attention_prefill(void **state)
+{
+    (void)state;
+    enum { T = 100, H = 4, KVH = 2 };
+    static const int hds[] = {64, 40};
+    for (int isa = 0; isa < TB_ISA_COUNT; isa++) {
+        if (!tb_isa_available((tb_isa)isa)) continue;
+        tb_gemv_set_isa((tb_isa)isa);
+        for (int h_i = 0; h_i < 2; h_i++)
+            for (int window = 0; window <= 30; window += 30) {
+                const int HD = hds[h_i];
+                tb_attn_shape a = {H, KVH, HD, window};
+                float *q = random_x(T, H * HD), *k = random_x(T, KVH * HD), *v = random_x(T, KVH * HD);
+                float *out = malloc((size_t)T * H * HD * sizeof *out);
+                for (int i = 0; i < T * H * HD; i++) out[i] = NAN;
+                tb_scratch s;
+                assert_int_equal(tb_scratch_init(&s, 3, tb_attention_scratch(T)), TB_OK);
+                tb_attention(&a, q, k, v, T, 0, out, NULL, &s);
+                double sc[T];
+                for (int h = 0; h < H; h++) {
+                    int g = h / (H / KVH);
+                    for (int p = 0; p < T; p++) {
+                        int lo = window && p - window + 1 > 0 ? p - window + 1 : 0;
+                        double mx = -INFINITY, sum = 0;
+                        for (int c = lo; c <= p; c++) {
+                            double d = 0;
+                            for (int i = 0; i < HD; i++)
+                                d += (double)q[(size_t)p * H * HD + h * HD + i] * k[(size_t)c * KVH * HD + g * HD + i];
+                            sc[c] = d / sqrt((double)HD);
+                            mx = sc[c] > mx ? sc[c] : mx;
+                        }
+                        for (int c = lo; c <= p; c++) sum += (sc[c] = exp(sc[c] - mx));
+                        for (int i = 0; i < HD; i++) {
+                            double ref = 0;
+                            for (int c = lo; c <= p; c++) ref += sc[c] / sum * v[(size_t)c * KVH * HD + g * HD + i];
+                            float got = out[(size_t)p * H * HD + h * HD + i];
+                            if (!(fabs(got - ref) <= 2e-5))
+                                fail_msg("%s attention hd %d window %d: head %d query %d dim %d: %.9g, expected %.9g",
+                                         tb_isa_name((tb_isa)isa), HD, window, h, p, i, got, ref);
+                        }
+                    }
+                }
+                tb_scratch_free(&s);
+                free(q), free(k), free(v), free(out);
+            }
+    }
+    tb_gemv_set_isa(TB_ISA_SCALAR);
+}
+
+/* The vector exp kernels behind tb_softmax, tb_logsumexp and tb_swiglu with
+ * every ISA against double-precision exp: lengths that leave tails, values
+ * where e^x underflows and overflows, and NaN, which must come out NaN */
+static void test_exp_kernels(void **state)
+{
+    (void)state;
+    static const int lens[] = {1, 7, 16, 33, 100, 4096};
+    for (int isa = 0; isa < TB_ISA_COUNT; isa++) {
+        if (!tb_isa_available((tb_isa)isa)) continue;
+        tb_gemv_set_isa((tb_isa)isa);
+        for (size_t li = 0; li < sizeof lens / sizeof *lens; li++) {
+            const int n = lens[li];
+            float *x = malloc(n * sizeof *x), *p = malloc(n * sizeof *p);
+            for (int i = 0; i < n; i++) x[i] = 20.0f * rndf() + (i % 5 == 0 ? -120.0f : 0.0f);
+            /* softmax: within 1e-6 relative of the exact probabilities, plus
+             * what rounding x - max to f32 (as tb_softmax's contract is) costs */
+            memcpy(p, x, n * sizeof *x);
+            tb_softmax(p, n);
+            double mx = -INFINITY, sum = 0;
+            for (int i = 0; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+            for (int i = 0; i < n; i++) sum += exp((double)x[i] - mx);
+            for (int i = 0; i < n; i++) {
+                double ref = exp((double)x[i] - mx) / sum;
+                double tol = (1e-6 + 1.2e-7 * (mx - x[i])) * ref + 1e-37;
+                if (!(fabs(p[i] - ref) <= tol))
+                    fail_msg("%s softmax[%d] of %d: %.9g, expected %.9g", tb_isa_name((tb_isa)isa), i, n, p[i], ref);
+            }
+            /* log-sum-exp: f64 throughout, within 1e-14 relative */
+            double lse = tb_logsumexp(x, n), ref = mx + log(sum);
+            if (!(fabs(lse - ref) <= 1e-14 * fabs(ref) + 1e-15))
+                fail_msg("%s logsumexp of %d: %.17g, expected %.17g", tb_isa_name((tb_isa)isa), n, lse, ref);
+            /* SwiGLU over gates past e^x's range both ways */
+            float *g = malloc(n * sizeof *g), *u = malloc(n * sizeof *u), *o = malloc(n * sizeof *o);
+            for (int i = 0; i < n; i++) {
+                g[i] = (i % 3 == 1 ? 60.0f : 8.0f) * rndf();
+                u[i] = rndf();
+            }
+            if (n > 3) g[0] = -100.0f, g[1] = 100.0f, g[2] = -87.5f, g[3] = 88.9f;
+            tb_swiglu(o, g, u, (size_t)n, 2);
+            for (int i = 0; i < n; i++) {
+                double r = (double)g[i] / (1.0 + exp(-(double)g[i])) * u[i];
+                if (!(fabs(o[i] - r) <= 2e-6 * fabs(r) + 1e-30))
+                    fail_msg("%s swiglu[%d] (gate %g): %.9g, expected %.9g", tb_isa_name((tb_isa)isa), i, g[i], o[i], r);
+            }
+            /* NaN in, NaN out: never a silent number */
+            x[n / 2] = NAN;
+            g[n / 2] = NAN;
+            memcpy(p, x, n * sizeof *x);
+            tb_softmax(p, n);
+            assert_true(isnan(p[n / 2]));
+            assert_true(isnan(tb_logsumexp(x, n)));
+            tb_swiglu(o, g, u, (size_t)n, 1);
+            assert_true(isnan(o[n / 2]));
+            free(x), free(p), free(g), free(u), free(o);
+        }
+    }
+    tb_gemv_set_isa(TB_ISA_SCALAR);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -314,6 +529,10 @@ int main(void)
         cmocka_unit_test(test_isas_agree),
         cmocka_unit_test(test_linear_forward_paths),
         cmocka_unit_test(test_attention_decode),
+        cmocka_unit_test(test_gemm),
+        cmocka_unit_test(test_gemm_f32),
+        cmocka_unit_test(test_attention_prefill),
+        cmocka_unit_test(test_exp_kernels),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
