@@ -1,5 +1,6 @@
-/* gemv_bench - the few-token linear kernels (kernels/cpu/tb_gemv.c) against
- * the tile path (decode to f32 + sgemm) on decoder shapes, one thread.
+/* gemv_bench - the linear kernels of kernels/cpu/tb_gemv.c (tb_gemv for a
+ * few tokens, tb_gemm's panels for many) against the tile path (decode to
+ * f32 + sgemm) on decoder shapes, one thread.
  *
  *   gemv_bench [SHAPES] [TOKENS]
  *
@@ -8,8 +9,10 @@
  * 128256-token lm_head, 525 MB in bf16), default all three.
  * TOKENS: comma list, default 1,2,4,8,16. For each shape, weight format
  * (dense bf16, 2:4 bf16) and token count it prints the best-of-N seconds per
- * call of tb_gemv with every ISA this CPU has, and of tb_linear_forward's
- * tile path, as GB/s of weight bytes read. The weights of one call are larger
+ * call of tb_gemv with every ISA this CPU has, of tb_gemm with the vector
+ * ISAs, and of tb_linear_forward's tile path, as GB/s of weight bytes read
+ * and GFLOP/s (2 x rows x cols x tokens, the dense product's count, for 2:4
+ * too). The weights of one call are larger
  * than L2 on the 1B shapes, so those figures are memory/L3 bound; tiny ones
  * run from L2. BUDGET (seconds, default 1) bounds each measurement's
  * repeats; the best repeat is printed. Built and run by bench/gemv_bench.sh (a plain cc line against
@@ -67,6 +70,12 @@ static void run_gemv(void *p)
     tb_gemv(c->L, c->x, c->n, c->y, 0, c->L->rows, c->work);
 }
 
+static void run_gemm(void *p)
+{
+    call *c = p;
+    tb_gemm(c->L, c->x, c->n, c->y, 0, c->L->rows, c->work);
+}
+
 static void run_tiles(void *p)
 {
     call *c = p;
@@ -92,7 +101,8 @@ int main(int argc, char **argv)
     const double budget = getenv("BUDGET") ? atof(getenv("BUDGET")) : 1.0;
     tb_blas_single_thread();
     printf("# gemv_bench: best-of seconds per call, 1 thread; GB/s = weight bytes / time\n");
-    printf("%-6s %-11s %-7s %3s %-8s %10s %8s\n", "set", "shape", "format", "n", "kernel", "us", "GB/s");
+    printf("%-6s %-11s %-7s %3s %-12s %10s %8s %8s\n", "set", "shape", "format", "n", "kernel", "us", "GB/s",
+           "GFLOP/s");
     for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
         if (strcmp(which, "all") && strcmp(which, shapes[si].set)) continue;
         int R = shapes[si].rows, C = shapes[si].cols;
@@ -117,25 +127,35 @@ int main(int argc, char **argv)
             double bytes = f == 0 ? 2.0 * RC : 1.0 * RC + RC / 8.0;
             tb_scratch s;
             tb_scratch_init(&s, 1, tb_linear_scratch(L));
+            float *work = malloc(tb_gemm_scratch(L) * sizeof *work);
             for (int k = 0; k < nt; k++) {
                 int n = tokens[k];
                 if (n > 512) continue;
-                call c = {L, x, y, NULL, n, &s};
-                char shape[32];
+                call c = {L, x, y, work, n, &s};
+                char shape[32], kernel[32];
                 snprintf(shape, sizeof shape, "%dx%d", R, C);
+                const double flops = 2.0 * (double)RC * n;
+#define ROW(name, t)                                                                                                   \
+    printf("%-6s %-11s %-7s %3d %-12s %10.1f %8.2f %8.1f\n", shapes[si].set, shape, f ? "2:4" : "dense", n, name,      \
+           (t) * 1e6, bytes / (t) / 1e9, flops / (t) / 1e9)
                 for (int isa = 0; isa < TB_ISA_COUNT; isa++) {
                     if (!tb_isa_available((tb_isa)isa)) continue;
                     tb_gemv_set_isa((tb_isa)isa);
                     double t = best_of(budget, run_gemv, &c);
-                    printf("%-6s %-11s %-7s %3d %-8s %10.1f %8.2f\n", shapes[si].set, shape, f ? "2:4" : "dense", n,
-                           tb_isa_name((tb_isa)isa), t * 1e6, bytes / t / 1e9);
+                    snprintf(kernel, sizeof kernel, "gemv-%s", tb_isa_name((tb_isa)isa));
+                    ROW(kernel, t);
+                    if (isa == TB_ISA_SCALAR) continue;
+                    t = best_of(budget, run_gemm, &c);
+                    snprintf(kernel, sizeof kernel, "gemm-%s", tb_isa_name((tb_isa)isa));
+                    ROW(kernel, t);
                 }
                 double t = best_of(budget, run_tiles, &c);
-                printf("%-6s %-11s %-7s %3d %-8s %10.1f %8.2f\n", shapes[si].set, shape, f ? "2:4" : "dense", n,
-                       "tiles", t * 1e6, bytes / t / 1e9);
+                ROW("tiles", t);
+#undef ROW
                 fflush(stdout);
             }
             tb_scratch_free(&s);
+            free(work);
         }
         free(wd), free(wv), free(ix), free(x), free(y);
     }
