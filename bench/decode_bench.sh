@@ -14,10 +14,12 @@
 #
 # Environment: THREADS (default 2), N (tokens generated, default 128), REPS
 # (default 5), PROMPT (default "The"), WORK, and for the llama.cpp comparison
-# LLAMA_BENCH (a llama-bench binary) with GGUF (the same model converted by
-# llama.cpp's convert_hf_to_gguf.py): llama-bench -n N -p 512 -t THREADS -r
-# REPS runs in the same script, and tb-run --ppl over 512-token windows (the
-# analogue of its pp512) beside it.
+# LLAMA_BENCH (a llama-bench binary) with GGUF (the same model as GGUF bf16:
+# llama.cpp's convert_hf_to_gguf.py --outtype bf16, or bench/hf_to_gguf.py
+# where torch is missing): llama-bench -n N -p 512 -t THREADS -r 1 runs
+# once in every round (interleaved with tb-run), reporting the best and median
+# of its tgN and pp512 (tb-run --ppl against llama-perplexity is
+# bench/ppl_bench.sh).
 #
 # Bytes bound: a decode step reads every weight once, so at the memory limit
 # tokens/s is inversely proportional to the weight bytes: bound = dense bytes /
@@ -56,7 +58,7 @@ fi
 # decode tokens/s of one run: tb-run's generation line (or, from older
 # builds, the whole run's line, which includes the few prompt tokens)
 decode_rate() {
-    "$BIN/tb-run" -m "$1" --prompt "$PROMPT" -n "$N" --threads "$THREADS" >/dev/null 2>"$TMP/err" || {
+    "$BIN/tb-run" -m "$1" --prompt "$PROMPT" -n "$N" --threads "$THREADS" -v >/dev/null 2>"$TMP/err" || {
         cat "$TMP/err" >&2
         exit 1
     }
@@ -73,19 +75,20 @@ EOF
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 : >"$TMP/dense"
 : >"$TMP/nm"
+: >"$TMP/llama.jsonl"
+LLAMA=
+[ -n "${LLAMA_BENCH:-}" ] && [ -n "${GGUF:-}" ] && LLAMA=1
 for r in $(seq "$REPS"); do
     decode_rate "$MODEL" >>"$TMP/dense"
     decode_rate "$WORK/model.tbm" >>"$TMP/nm"
+    if [ -n "$LLAMA" ]; then
+        # one repetition per round, so that llama.cpp sees the same load as tb-run
+        "$LLAMA_BENCH" -m "$GGUF" -n "$N" -p 512 -t "$THREADS" -r 1 -o jsonl >>"$TMP/llama.jsonl" 2>"$TMP/llama.err" || {
+            cat "$TMP/llama.err" >&2
+            exit 1
+        }
+    fi
 done
-
-if [ -n "${LLAMA_BENCH:-}" ] && [ -n "${GGUF:-}" ]; then
-    TEXT=examples/data/wikitext2-test.txt
-    "$BIN/tb-run" -m "$MODEL" --ppl "$TEXT" --max-windows 20 --threads "$THREADS" --json --quiet >"$TMP/ppl.json"
-    "$LLAMA_BENCH" -m "$GGUF" -n "$N" -p 512 -t "$THREADS" -r "$REPS" -o json >"$TMP/llama.json" 2>"$TMP/llama.err" || {
-        cat "$TMP/llama.err" >&2
-        exit 1
-    }
-fi
 LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
 
 python3 - "$MODEL" "$WORK" "$TMP" "$THREADS" "$N" "$REPS" "$LOAD0" "$LOAD1" "${GGUF:-}" <<'EOF' | tee -a "$OUT/decode_bench.txt"
@@ -119,16 +122,19 @@ print("machine:", cpu or platform.processor(), f"({os.cpu_count()} CPUs)")
 print(f"command: THREADS={threads} N={n} REPS={reps} bench/decode_bench.sh {model}")
 print("load average before / after:", load0, "/", load1)
 print(f"weights: dense {dense_b / 1e6:.1f} MB, 2:4 {nm_b / 1e6:.1f} MB; bytes bound 2:4/dense {dense_b / nm_b:.3f}x")
-print(f"dense decode: {md:.1f} tokens/s (median of {reps}: {' '.join(f'{x:.1f}' for x in dense)}), "
+print(f"dense decode: {md:.1f} tokens/s (median of {reps}, best {max(dense):.1f}: {' '.join(f'{x:.1f}' for x in dense)}), "
       f"{md * dense_b / 1e9:.1f} GB/s of weights")
-print(f"2:4 decode: {mn:.1f} tokens/s (median of {reps}: {' '.join(f'{x:.1f}' for x in nm)}), "
+print(f"2:4 decode: {mn:.1f} tokens/s (median of {reps}, best {max(nm):.1f}: {' '.join(f'{x:.1f}' for x in nm)}), "
       f"{mn * nm_b / 1e9:.1f} GB/s of weights")
 print(f"2:4 / dense: {mn / md:.3f}x = {mn / md / (dense_b / nm_b):.2f} of the bytes bound")
 if gguf:
-    ppl = json.load(open(os.path.join(tmp, "ppl.json")))
-    print(f"tb-run --ppl (dense, windows of {ppl['seq_len']}): {ppl['tokens_per_second']:.1f} tokens/s")
-    for row in json.load(open(os.path.join(tmp, "llama.json"))):
-        kind = f"tg{row['n_gen']}" if row["n_gen"] else f"pp{row['n_prompt']}"
-        print(f"llama-bench {kind} ({row['type_k']} cache, {row['n_threads']} threads, {os.path.basename(gguf)}, "
-              f"build {row['build_commit']}): {row['avg_ts']:.1f} +- {row['stddev_ts']:.1f} tokens/s")
+    rows = [json.loads(l) for l in open(os.path.join(tmp, "llama.jsonl")) if l.strip()]
+    tg = [r["avg_ts"] for r in rows if r["n_gen"]]
+    pp = [r["avg_ts"] for r in rows if not r["n_gen"]]
+    r0 = rows[0]
+    print(f"llama-bench ({r0['type_k']} cache, {r0['n_threads']} threads, {os.path.basename(gguf)}, build {r0['build_commit']}, "
+          f"one repetition per round):")
+    print(f"  tg{n}: best {max(tg):.1f}, median {statistics.median(tg):.1f} tokens/s ({' '.join(f'{x:.1f}' for x in tg)})")
+    print(f"  pp512: best {max(pp):.1f}, median {statistics.median(pp):.1f} tokens/s ({' '.join(f'{x:.1f}' for x in pp)})")
+    print(f"tb-run dense decode / llama-bench tg{n}: best {max(dense) / max(tg):.2f}x, median {md / statistics.median(tg):.2f}x")
 EOF
