@@ -275,32 +275,37 @@ static void test_linear_forward_paths(void **state)
             }
 }
 
-/* The last rows of a 12-token causal attention (sgemm path: 12 queries in one
- * block) equal the same queries run one at a time against the cache (the
- * direct path, tb_attend_row with every ISA), with GQA, with and without a
- * sliding window */
+/* The rows of a causal attention over a whole window (blocks of queries
+ * through the panels, or sgemm) equal the same queries run one at a time
+ * against the cache (the direct path, tb_attend_row with every ISA), with
+ * GQA, with and without a sliding window; head_dim 40 (a tail after the
+ * vector steps) and 64 (the 16-keys-at-a-time scores), 40 tokens (whole
+ * blocks of 16 keys and a tail) */
 static void test_attention_decode(void **state)
 {
     (void)state;
-    enum { T = 12, H = 4, KVH = 2, HD = 40 }; /* 40: a tail after the vector steps */
+    enum { T = 40, H = 4, KVH = 2 };
+    static const int hds[] = {40, 64};
     for (int isa = 0; isa < TB_ISA_COUNT; isa++) {
         if (!tb_isa_available((tb_isa)isa)) continue;
         tb_gemv_set_isa((tb_isa)isa);
-        for (int window = 0; window <= 5; window += 5) {
-            tb_attn_shape a = {H, KVH, HD, window};
-            float *q = random_x(T, H * HD), *k = random_x(T, KVH * HD), *v = random_x(T, KVH * HD);
-            float full[T * H * HD], one[H * HD];
-            tb_scratch s;
-            assert_int_equal(tb_scratch_init(&s, 2, tb_attention_scratch(T)), TB_OK);
-            tb_attention(&a, q, k, v, T, 0, full, NULL, &s);
-            for (int p = 0; p < T; p++) {
-                for (int i = 0; i < H * HD; i++) one[i] = NAN;
-                tb_attention(&a, q + (size_t)p * H * HD, k, v, 1, p, one, NULL, &s);
-                for (int i = 0; i < H * HD; i++) assert_float_equal(one[i], full[p * H * HD + i], 1e-5);
+        for (int hi = 0; hi < 2; hi++)
+            for (int window = 0; window <= 5; window += 5) {
+                const int HD = hds[hi];
+                tb_attn_shape a = {H, KVH, HD, window};
+                float *q = random_x(T, H * HD), *k = random_x(T, KVH * HD), *v = random_x(T, KVH * HD);
+                float *full = malloc((size_t)T * H * HD * sizeof *full), *one = malloc((size_t)H * HD * sizeof *one);
+                tb_scratch s;
+                assert_int_equal(tb_scratch_init(&s, 2, tb_attention_scratch(T)), TB_OK);
+                tb_attention(&a, q, k, v, T, 0, full, NULL, &s);
+                for (int p = 0; p < T; p++) {
+                    for (int i = 0; i < H * HD; i++) one[i] = NAN;
+                    tb_attention(&a, q + (size_t)p * H * HD, k, v, 1, p, one, NULL, &s);
+                    for (int i = 0; i < H * HD; i++) assert_float_equal(one[i], full[p * H * HD + i], 1e-5);
+                }
+                tb_scratch_free(&s);
+                free(q), free(k), free(v), free(full), free(one);
             }
-            tb_scratch_free(&s);
-            free(q), free(k), free(v);
-        }
     }
     tb_gemv_set_isa(TB_ISA_SCALAR);
 }
