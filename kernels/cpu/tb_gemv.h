@@ -1,4 +1,5 @@
-/* tb_gemv.h - y = x W^T (+ b) for a few tokens, straight from the stored weights.
+/* tb_gemv.h - y = x W^T (+ b) from the stored weights: tb_gemv for a few
+ * tokens, tb_gemm's panels for many (below), and decode attention.
  *
  * Decode (one token per step) is bound by the bytes of the weights: every
  * weight is read once per token and used once. tb_linear_forward's tile path
@@ -14,6 +15,9 @@
  *                               The positions select x's entries in registers
  *                               (a permute), never a dense row.
  *   either, channel-permuted    x is permuted once per call (x'[j] = x[perm[j]])
+ *
+ * Prefill (hundreds of tokens) is bound by the FMAs instead: tb_gemm decodes
+ * W once per call into f32 panels and reuses each for every token.
  *
  * Each kernel has a scalar version (the floor of an x86-64-v2 build and of
  * other architectures) and AVX2+FMA+F16C and AVX-512 (F, BW, VL) versions in

@@ -8,6 +8,9 @@
  * lane k's column within its 8 is (bits >> 2k) & 3 | 4*((k/2) & 1), and two
  * vpermps (one per x vector) and a blend pick x. A tail of fewer than 16
  * columns (8 for dense) is summed in scalar code.
+ *
+ * Panels (tb_gemm): 16 rows x 6 tokens of accumulators, packed with 8 x 8
+ * in-register transposes.
  */
 #include "tb_gemv_isa.h"
 

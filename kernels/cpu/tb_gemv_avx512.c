@@ -15,6 +15,11 @@
  * vpermt2ps over the two x vectors of those columns picks x for all 16 lanes.
  * The lane indices are (bits >> 2k) & 3 | 4*(k/2): a variable shift of the
  * broadcast bits and one ternary-logic op.
+ *
+ * Panels (tb_gemm): 32 rows x 12 tokens of accumulators, rows in the lanes,
+ * x broadcast; panels are packed with 16 x 16 in-register transposes.
+ * Decode attention: 16 keys' scores at a time, summed by the transpose's
+ * swaps; P V over 4 keys per step.
  */
 #include "tb_gemv_isa.h"
 

@@ -7,8 +7,11 @@
  * tokens. Outputs are poisoned with NaN first, so an unwritten element fails;
  * rows outside the asked range must stay poisoned. tb_linear_forward (which
  * picks this path for a few tokens) is checked against its tile path, and
- * decode attention (tb_ops.c's loops for a few queries) against its sgemm
- * path for a whole window. */
+ * decode attention (tb_ops.c's loops for a few queries) against its path for
+ * a whole window. The many-token panels (tb_gemm, attention's f32 products,
+ * prefill attention against a double-precision softmax) and the vector exp
+ * behind tb_softmax, tb_logsumexp and tb_swiglu are checked the same way,
+ * with every ISA. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
