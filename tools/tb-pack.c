@@ -231,6 +231,9 @@ static int pack_one(const options *o, const job *j, const item *it, tb_pack_writ
         }
         if ((rc = tb_fisher_gram_check(it->gram->name, g, cols))) { tb_err_context("%s", o->stats); goto out; }
         if (w0) memcpy(w0, w, (size_t)(rows * cols) * sizeof *w0);
+        /* on a GPU backend G crosses the bus once for the solve and the
+         * reports; without room the calls move it themselves */
+        if ((report || o->method == M_SPARSEGPT) && tb_solve_gram_begin(o->be, g, cols)) tb_err_clear();
     }
     double e_base = 0, e_mask = 0;
     if (w0) {
@@ -276,6 +279,7 @@ static int pack_one(const options *o, const job *j, const item *it, tb_pack_writ
     if (st.empty_groups) snprintf(extra, sizeof extra, ", %lld groups with nothing kept", (long long)st.empty_groups);
     tb_info("[%d/%d] %s %s%s%s, %.2f s", index, j->n_pruned, t->name, comp_label(o), err, extra, tb_now() - t0);
 out:
+    tb_solve_gram_end(o->be);
     tb_mask_free(&mk);
     free(w);
     free(w0);
