@@ -42,6 +42,9 @@ TB_PANEL_DECL(scalar)
 TB_PACK_DECL(scalar)
 TB_PACK_DECL(avx2)
 TB_PACK_DECL(avx512)
+/* the scalar packing for any width: the vector entries' stand-in where
+ * their ISA is not compiled (never called then, but it must link) */
+void tb_pack_panel_scalar_width(const void *src, tb_dtype dt, size_t ld, int nr, int cols, float *P, int width);
 TB_PANEL_DECL(avx2)
 TB_PANEL_DECL(avx512)
 
