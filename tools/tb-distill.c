@@ -28,8 +28,8 @@ static const char notes[] =
     "every checkpoint also logs a line. An interrupted run loses at most\n"
     "--checkpoint-every steps: rerun with --resume.\n"
     "memory: 16 bytes per decoder weight (copy, gradient, 2 Adam moments), the\n"
-    "teacher's mapping, one window's activations of both models and the\n"
-    "student's activation gradients.\n";
+    "teacher's mapping, one window's activations of both models, the\n"
+    "student's activation gradients, and the teacher logits cache.\n";
 
 static const char *const device_names[] = {"cpu", "auto", NULL};
 
@@ -148,7 +148,7 @@ int main(int argc, char **argv)
     tb_log_init("tb-distill");
     options o = {.threads = tb_default_threads(), .every = 50, .eval_windows = 8};
     tb_distill_defaults(&o.o);
-    long seed = 0;
+    long seed = 0, cache_mib = 4096;
     int device = 0;
     const char *base = NULL;
     const tb_option table[] = {
@@ -173,6 +173,10 @@ int main(int argc, char **argv)
                                                                        "and after (default 8; 0: none)"),
         TB_OPT_JSON(&o.json, "print one JSON object on stdout: steps, eval_windows,\n"
                              "kl_before, kl_after, top1_before, top1_after, seconds"),
+        TB_OPT_LONG(0, "teacher-cache", &cache_mib, "MIB", 0, 1L << 30,
+                    "keep the teacher's logits of up to MIB MiB of windows\n"
+                    "(seq_len x vocab x 4 bytes each) so later epochs skip\n"
+                    "its forward pass (default 4096; 0: none)"),
         TB_OPT_CHOICE(0, "device", &device, device_names, "cpu (the only backend of the training engine today)"),
         TB_OPT_THREADS(&o.threads),
         TB_OPT_COMMON(),
@@ -182,6 +186,7 @@ int main(int argc, char **argv)
                             .description = description, .options = table, .notes = notes};
     TB_OPTS_PARSE_OR_RETURN(&cmd, argc, argv, NULL, NULL);
     if (tb_opt_given(&seed)) o.o.seed = (uint64_t)seed;
+    o.o.cache_bytes = (int64_t)cache_mib << 20;
     if (base && tb_tbm_allow_base(base)) return tb_report_error();
     if (!o.tokens) return tb_usage_error("missing -t/--tokens FILE");
     char *ckpt = NULL;

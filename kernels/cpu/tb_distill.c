@@ -191,7 +191,8 @@ int tb_trainable_write(const tb_trainable *t, const char *out_tbm, const char *m
 
 void tb_distill_defaults(tb_distill_opts *o)
 {
-    *o = (tb_distill_opts){.steps = 300, .batch = 1, .lr = 3e-4, .adam = {0.9, 0.999, 1e-8}, .seed = 0, .n_threads = 1};
+    *o = (tb_distill_opts){.steps = 300, .batch = 1, .lr = 3e-4, .adam = {0.9, 0.999, 1e-8}, .seed = 0, .n_threads = 1,
+                         .cache_bytes = 0};
 }
 
 int tb_distill_init(tb_distill *d, tb_trainable *s, const tb_model *teacher, const tb_tokens *tk,
@@ -229,6 +230,16 @@ int tb_distill_init(tb_distill *d, tb_trainable *s, const tb_model *teacher, con
     d->m2 = tb_calloc((size_t)s->n, sizeof(float *));
     d->order = tb_malloc((size_t)tk->windows * sizeof(int64_t));
     if (!d->g || !d->m1 || !d->m2 || !d->order) rc = TB_EIO;
+    /* the teacher logits cache: whole windows, as many as cache_bytes holds */
+    const int64_t per_window = (int64_t)T * a->vocab_size * (int64_t)sizeof(float);
+    d->cache_rows = o->cache_bytes > 0 ? o->cache_bytes / per_window : 0;
+    if (d->cache_rows > tk->windows) d->cache_rows = tk->windows;
+    if (!rc && d->cache_rows > 0) {
+        d->slot = tb_malloc((size_t)tk->windows * sizeof(int64_t));
+        d->cache = tb_malloc((size_t)(d->cache_rows * per_window));
+        if (!d->slot || !d->cache) rc = TB_EIO;
+        for (int64_t w = 0; d->slot && w < tk->windows; w++) d->slot[w] = -1;
+    }
     for (int i = 0; i < s->n && !rc; i++) {
         d->g[i] = tb_calloc((size_t)s->size[i], sizeof(float));
         d->m1[i] = tb_calloc((size_t)s->size[i], sizeof(float));
@@ -251,6 +262,8 @@ void tb_distill_free(tb_distill *d)
     free(d->m1);
     free(d->m2);
     free(d->order);
+    free(d->slot);
+    free(d->cache);
     tb_backward_free(&d->b);
     tb_forward_free(&d->ft);
     tb_forward_free(&d->fs);
@@ -288,9 +301,20 @@ static int kl_window(tb_distill *d, int64_t w, double grad_scale, double *kl, in
 {
     const int T = d->tk->seq_len, V = d->s->m->cfg.vocab_size;
     const int32_t *ids = d->tk->ids + (size_t)w * T;
+    const size_t nlog = (size_t)T * V;
+    const float *teacher = d->ft.logits;
     int rc;
-    if ((rc = tb_forward_run(&d->ft, ids, T, 0)) || (rc = tb_forward_run(&d->fs, ids, T, 0))) return rc;
-    *kl += tb_kl_rows(d->ft.logits, d->fs.logits, T, V, grad_scale, same, d->o.n_threads);
+    if (d->slot && d->slot[w] >= 0)
+        teacher = d->cache + (size_t)d->slot[w] * nlog;
+    else {
+        if ((rc = tb_forward_run(&d->ft, ids, T, 0))) return rc;
+        if (d->slot && d->cached < d->cache_rows) {
+            d->slot[w] = d->cached++;
+            memcpy(d->cache + (size_t)d->slot[w] * nlog, d->ft.logits, nlog * sizeof(float));
+        }
+    }
+    if ((rc = tb_forward_run(&d->fs, ids, T, 0))) return rc;
+    *kl += tb_kl_rows(teacher, d->fs.logits, T, V, grad_scale, same, d->o.n_threads);
     return TB_OK;
 }
 

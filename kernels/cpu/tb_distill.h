@@ -28,7 +28,9 @@
  *
  * Memory: the student's trainable copy and its gradient and two moments
  * (16 bytes per decoder weight), the teacher's mapping, one window's
- * activations of both models, the student's activation gradients.
+ * activations of both models, the student's activation gradients, and the
+ * teacher logits cache (at most cache_bytes: seq_len x vocab x 4 bytes per
+ * window kept).
  */
 #ifndef TB_DISTILL_H
 #define TB_DISTILL_H
@@ -70,9 +72,11 @@ typedef struct {
     tb_adam_hp adam;
     uint64_t seed;
     int n_threads;
+    int64_t cache_bytes; /* teacher logits kept for reuse, at most this many bytes (0: none) */
 } tb_distill_opts;
 
-void tb_distill_defaults(tb_distill_opts *o); /* 300 steps, batch 1, lr 3e-4 (BENCHMARKS.md), 0.9/0.999/1e-8, seed 0 */
+/* 300 steps, batch 1, lr 3e-4 (BENCHMARKS.md), 0.9/0.999/1e-8, seed 0, no cache */
+void tb_distill_defaults(tb_distill_opts *o);
 
 typedef struct {
     tb_trainable *s;
@@ -84,6 +88,13 @@ typedef struct {
     float **g, **m1, **m2; /* [s->n] gradient (summed over the batch) and moments */
     int64_t *order;
     int64_t step;          /* optimizer steps done */
+    /* Teacher logits cache: the dense model's logits of a window are the same
+     * every epoch, so the first visit keeps them (f32, exact) and later visits
+     * skip the teacher's forward (a quarter of a step's work: teacher forward,
+     * student forward, backward at twice a forward). slot[w]: the window's
+     * row in cache, or -1; as many windows as cache_bytes holds, first come. */
+    float *cache;
+    int64_t *slot, cached, cache_rows;
 } tb_distill;
 
 int tb_distill_init(tb_distill *d, tb_trainable *s, const tb_model *teacher, const tb_tokens *tk,

@@ -561,6 +561,53 @@ static void test_distill_resume_is_exact(void **state)
     remove_dir(ds);
 }
 
+/* The teacher logits cache changes no number: a run that keeps some windows'
+ * logits (a budget of 3 of 5 windows) and one that keeps all of them both end
+ * bit-identical to one that recomputes the teacher every step. */
+static void test_distill_cache_is_exact(void **state)
+{
+    (void)state;
+    char dt[64], ds[64];
+    tb_model t, s[3];
+    tb_trainable tr[3];
+    tb_tokens tk;
+    distill_fixture(dt, ds, &t, &s[0], &tr[0], &tk, 5);
+    for (int r = 1; r < 3; r++) {
+        assert_int_equal(tb_model_open(&s[r], ds), TB_OK);
+        assert_int_equal(tb_trainable_init(&tr[r], &s[r]), TB_OK);
+    }
+    const int64_t per_window = (int64_t)NTOK * VOCAB * (int64_t)sizeof(float);
+    const int64_t budget[3] = {0, 3 * per_window + per_window / 2, 100 * per_window};
+    const int64_t want_cached[3] = {0, 3, 5};
+    double kl[3];
+    for (int r = 0; r < 3; r++) {
+        tb_distill_opts o;
+        tb_distill_defaults(&o);
+        o.steps = 8;
+        o.batch = 2;
+        o.lr = 3e-3;
+        o.cache_bytes = budget[r];
+        tb_distill d;
+        assert_int_equal(tb_distill_init(&d, &tr[r], &t, &tk, &o), TB_OK);
+        for (int i = 0; i < o.steps; i++) assert_int_equal(tb_distill_step(&d, &kl[r], NULL), TB_OK);
+        assert_int_equal(d.cached, want_cached[r]);
+        tb_distill_free(&d);
+    }
+    assert_true(kl[0] > 0);
+    for (int r = 1; r < 3; r++) {
+        assert_true(kl[r] == kl[0]);
+        for (int i = 0; i < tr[0].n; i++) assert_memory_equal(tr[0].w[i], tr[r].w[i], sizeof(float) * tr[0].size[i]);
+    }
+    tb_tokens_free(&tk);
+    for (int r = 0; r < 3; r++) {
+        tb_trainable_free(&tr[r]);
+        tb_model_close(&s[r]);
+    }
+    tb_model_close(&t);
+    remove_dir(dt);
+    remove_dir(ds);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -573,6 +620,7 @@ int main(void)
         cmocka_unit_test(test_learned_masks_find_the_mask),
         cmocka_unit_test(test_distill_recovers_teacher),
         cmocka_unit_test(test_distill_resume_is_exact),
+        cmocka_unit_test(test_distill_cache_is_exact),
     };
     return cmocka_run_group_tests_name("train", tests, NULL, NULL);
 }
