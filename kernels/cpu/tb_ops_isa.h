@@ -22,4 +22,9 @@ TB_OPS_DECL(avx2)
 TB_OPS_DECL(avx512)
 extern const int tb_ops_avx2_compiled, tb_ops_avx512_compiled;
 
+/* 1/k! for k = 0..13: the f64 exp's Taylor coefficients, shared by both ISAs */
+static const double tb_exp_inv_fact[14] = {1.0,         1.0,          1.0 / 2,        1.0 / 6,         1.0 / 24,
+                                           1.0 / 120,   1.0 / 720,    1.0 / 5040,     1.0 / 40320,     1.0 / 362880,
+                                           1.0 / 3628800, 1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800.0};
+
 #endif
