@@ -256,15 +256,15 @@ static void set_rows(unit *p, const int32_t *perm)
     if (p) p->row_perm = perm;
 }
 
-/* The name with `suffix` (at its end) replaced by `with`; NULL if it does not end so. */
-static char *renamed(const char *name, const char *suffix, const char *with)
+/* name less `suffix` (a module prefix), or NULL if it does not end so */
+static char *prefix_before(const char *name, const char *suffix)
 {
     size_t n = strlen(name), k = strlen(suffix);
     if (n < k || strcmp(name + n - k, suffix)) return NULL;
-    char *r = tb_malloc(n - k + strlen(with) + 1);
+    char *r = tb_malloc(n - k + 1);
     if (r) {
         memcpy(r, name, n - k);
-        strcpy(r + n - k, with);
+        r[n - k] = 0;
     }
     return r;
 }
@@ -305,7 +305,7 @@ static int fold_permutations(plan *pl, tb_export_summary *s)
         unit *u = &pl->u[i];
         if (!u->packed || !u->packed->perm) continue;
         for (size_t r = 0; r < sizeof rules / sizeof rules[0]; r++) {
-            char *prefix = renamed(u->name, rules[r].consumer, "");
+            char *prefix = prefix_before(u->name, rules[r].consumer);
             if (!prefix) continue;
             /* a copy: the mapping need not align I32 data */
             int64_t n_rows = u->shape[1];
