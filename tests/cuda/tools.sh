@@ -6,9 +6,13 @@
 # of the CPU's f32 perplexity on the same windows; tb-recon on the GPU reaches
 # the CPU's layer loss within 2% after 300 steps; a packed 2:4 model (issue 13's
 # acceptance): greedy generation token for token equal to the dense-with-zeros
-# export's on each backend, its fidelity to that export on the GPU (tb-run
-# --compare: KL <= 1e-5 nats, top-1 agreement >= 99.5%; a greedy mismatch with
-# these passing is a near tie of two logits, not a wrong weight), and its GPU
+# export's on each backend, its fidelity to that export (tb-run --compare: on
+# the CPU, f32, KL <= 1e-5 nats and top-1 agreement >= 99.5%; on the GPU, bf16,
+# KL <= 1e-3 nats and top-1 agreement >= 98%: the two runs round every
+# activation to bf16 after sums taken in another order, the noise the bf16 path
+# is allowed against f32 (issue 12); a wrong index or value moves KL by orders
+# of magnitude more; a greedy mismatch with these passing is a near tie of two
+# logits, not a wrong weight), and its GPU
 # bf16 perplexity within 0.5% of the CPU's f32 one, over 512-token windows (the
 # dense copy) and 16-token windows (every linear through the 2:4 GEMM). Skips
 # (exit 0) without a GPU.
@@ -71,15 +75,19 @@ sp24_checks() {
         [ "$DEV" = cpu ] && break
     done
     # fidelity of packed vs dense-with-zeros on the same backend (tb-run --compare): the
-    # same weights, so KL ~0 and top-1 agreement ~1; 16-token windows run the 2:4 GEMM
+    # same weights, so KL ~0 and top-1 agreement ~1; 16-token windows run the 2:4 GEMM.
+    # On the H200 (2026-12-02) bf16 gave KL 0-1.6e-4 and top-1 disagreement 0-0.9%:
+    # the permuted model sums its columns in another order even through the dense copy.
+    kl_lim=1e-5 t1_lim=0.005
+    [ "$DEV" = cpu ] || { kl_lim=1e-3 t1_lim=0.02; }
     for v in plain permute; do
         for w in 16 512; do
             j=$("$BIN/tb-run" -m "$tmp/$v/model.tbm" --compare "$tmp/$v-dense" --ppl "$TEXT" --seq-len $w \
                 --max-windows $((8192 / w)) --device $DEV --json --quiet)
             kl=$(echo "$j" | sed -n 's/.*"kl":\([^,}]*\).*/\1/p')
             t1=$(echo "$j" | sed -n 's/.*"top1":\([^,}]*\).*/\1/p')
-            check "$v 2:4 vs dense-with-zeros on $DEV, $w-token windows: KL (nats)" "$kl" 1e-5
-            check "$v 2:4 vs dense-with-zeros on $DEV, $w-token windows: 1 - top-1" "$(awk -v t="$t1" 'BEGIN {print 1 - t}')" 0.005
+            check "$v 2:4 vs dense-with-zeros on $DEV, $w-token windows: KL (nats)" "$kl" $kl_lim
+            check "$v 2:4 vs dense-with-zeros on $DEV, $w-token windows: 1 - top-1" "$(awk -v t="$t1" 'BEGIN {print 1 - t}')" $t1_lim
         done
     done
     q() { # variant, tb-run options...
@@ -103,14 +111,23 @@ if [ "${TB_TOOLS_ONLY:-}" = sp24 ]; then
     exit 0
 fi
 
+# fisher_golden.py's exit status is the verdict (a pipe into tail would hide it)
+golden_check() { # fisher golden
+    python3 "$here/../py/fisher_golden.py" "$1" "$2" >"$tmp/golden.txt" 2>&1 || fail=1
+    tail -1 "$tmp/golden.txt"
+}
 echo "tb-fisher --device cuda --precision f32, 16 windows vs the transformers goldens"
 "$BIN/tb-fisher" -m "$MODEL" -t "$CALIB" --max-windows 16 --device cuda --precision f32 -o "$tmp/f.fisher" --quiet
-python3 "$here/../py/fisher_golden.py" "$tmp/f.fisher" "$MODEL/fisher-gram-16win.safetensors" | tail -1 || fail=1
+golden_check "$tmp/f.fisher" "$MODEL/fisher-gram-16win.safetensors"
 shared=${TB_SHARED:-../shared}
-if [ -d "$shared/models/tiny-mistral-10m" ]; then
+mgold=$shared/golden/tiny-mistral-10m/fisher-gram-16win.safetensors
+if [ -d "$shared/models/tiny-mistral-10m" ] && [ ! -f "$mgold" ]; then
+    # bench/gpu/shared.sh leaves this golden out: the device call's 64 MiB has no room for it
+    echo "  tiny-mistral-10m: skipped ($mgold absent)"
+elif [ -d "$shared/models/tiny-mistral-10m" ]; then
     "$BIN/tb-fisher" -m "$shared/models/tiny-mistral-10m" -t "$shared/data/calib-tiny-mistral-10m-128x512.safetensors" \
         --max-windows 16 --device cuda --precision f32 -o "$tmp/m.fisher" --quiet
-    python3 "$here/../py/fisher_golden.py" "$tmp/m.fisher" "$shared/golden/tiny-mistral-10m/fisher-gram-16win.safetensors" | tail -1 || fail=1
+    golden_check "$tmp/m.fisher" "$mgold"
 fi
 
 echo "tb-run --ppl, 64 windows: GPU bf16 and f32 vs CPU f32"
