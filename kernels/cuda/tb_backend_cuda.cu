@@ -19,6 +19,7 @@
 // with f64 where the header says (nll, kl, sum_sq_diff).
 #include "tb_cuda_backend.h"
 #include "tb_nvtx.h"
+#include "tb_gemv_bf16.h"
 #include "tb_sp24.h"
 
 extern "C" {
@@ -872,6 +873,13 @@ static void cu_linear(tb_backend *b, const tb_dlinear *W, const float *x, int n,
     }
     TB_RANGE_PUSH("linear");
     const void *w = dense_of(cu, W);
+    // decode (1-16 tokens) in bf16: the W-streaming kernel reads x in place (no bf16 copy of x)
+    if (w && cu->bf16 && tb_cuda_gemv_fits(W->rows, W->cols, n, w, x)) {
+        if (tb_cuda_gemv_bf16(w, x, n, W->rows, W->cols, W->bias, y, cu->stream))
+            tb_cuda_set_error(cu, TB_EIO, "%s", tb_errmsg());
+        TB_RANGE_POP();
+        return;
+    }
     const size_t xc = (size_t)n * W->cols;
     const void *xo = operand(cu, x, xc, 0, xc * 2);
     float beta = 0.0f;

@@ -1,0 +1,40 @@
+/* tb_gemv_bf16.h - y = x W^T for a few tokens with W dense bf16 (CUDA=1 builds;
+ * kernels/cuda/tb_gemv_bf16.cu). The decode-time linear of the CUDA backend: at
+ * 1-16 tokens the product is bound by reading W once from HBM, and cuBLAS
+ * reaches about half the copy rate at the 4096-wide shapes of a 7B layer and
+ * needs x converted to bf16 by a kernel of its own first; this kernel reads
+ * x (f32) in place and streams W at close to the copy rate.
+ *
+ *   if (tb_cuda_gemv_fits(rows, cols, n, W, x))
+ *       tb_cuda_gemv_bf16(W, x, n, rows, cols, bias, y, stream);
+ *
+ * W: device bf16 [rows, cols] row-major; x: device f32 [n, cols]; y: device
+ * f32 [n, rows], overwritten; bias: device f32 [rows] or NULL. f32
+ * accumulation (the W value and x are exact in f32, so the only rounding is
+ * the f32 sums'). Asynchronous on `stream` (a cudaStream_t; NULL = default).
+ */
+#ifndef TB_GEMV_BF16_H
+#define TB_GEMV_BF16_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* tokens up to which the kernel runs: the 2:4 kernel's decode range, until
+ * bench/gpu/gemv_bench.sh's crossover against cuBLAS sets it (BENCHMARKS.md) */
+#define TB_GEMV_MAX_TOKENS 16
+
+/* 1 if the kernel takes this call: 1 <= n <= TB_GEMV_MAX_TOKENS, cols % 8 == 0
+ * and W, x 16-byte aligned (it loads 8 bf16 of W and 4 floats of x at once) */
+int tb_cuda_gemv_fits(int64_t rows, int64_t cols, int n, const void *W, const float *x);
+
+/* returns 0, or TB_EIO (with tb_errmsg) when the launch fails */
+int tb_cuda_gemv_bf16(const void *W, const float *x, int n, int64_t rows, int64_t cols, const float *bias, float *y,
+                      void *stream);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
