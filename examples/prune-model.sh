@@ -10,8 +10,8 @@
 #   --fast               the cheap one-shot recipe: Wanda masks and the exact
 #                        per-row least-squares compensation (SparseGPT's above
 #                        RECON_MAX_PARAMS), no training
-#   --device D           cpu, cuda or auto for tb-fisher and tb-recon (DEVICE);
-#                        tb-distill and learned masks run on the CPU backend
+#   --device D           cpu, cuda or auto for tb-fisher, tb-recon and tb-distill
+#                        (DEVICE); learned masks run on the CPU backend
 # The default recipe (BENCHMARKS.md, "Quality past local reconstruction"):
 # layer by layer on the pruned model's own hidden states, Wanda scores, top-N
 # masks, per-row least-squares compensation (tb-pack --compensate auto), then

@@ -160,6 +160,12 @@ typedef struct tb_backend_ops {
     double (*xent_backward)(tb_backend *b, float *logits, const int32_t *tokens, int n, int vocab);
     /* sum over rows of KL(softmax(ref) || softmax(cur)), f64, and how many rows agree on the argmax */
     double (*kl)(tb_backend *b, const float *ref, const float *cur, int n, int vocab, int64_t *top1_same);
+    /* the same sum (and top1_same, set) for distillation, per row in f64; with
+     * scale != 0 cur is then overwritten by scale * (softmax(cur) -
+     * softmax(ref)), the gradient of scale * KL (scale 0 writes nothing). The
+     * CPU sums as tb_kl_rows (tb_train.h) does, which kl need not. */
+    double (*kl_grad)(tb_backend *b, const float *ref, float *cur, int n, int vocab, double scale,
+                      int64_t *top1_same);
     /* sum of (a - c)^2 in f64; c NULL: sum of a^2 */
     double (*sum_sq_diff)(tb_backend *b, const float *a, const float *c, size_t count);
     /* d = scale * (a - c) (the MSE gradient) */

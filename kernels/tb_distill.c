@@ -1,7 +1,11 @@
+/* tb_distill.c - masked distillation of a whole pruned model (tb_distill.h),
+ * written once over the backend table: the same steps run on the CPU and on
+ * CUDA. */
 #include "tb_distill.h"
 #include "tb_error.h"
 #include "tb_io.h"
 #include "tb_log.h"
+#include "tb_nvtx.h"
 #include "tb_pack.h"
 #include "tb_tbm.h"
 
@@ -187,12 +191,23 @@ int tb_trainable_write(const tb_trainable *t, const char *out_tbm, const char *m
     return rc;
 }
 
-/* ---- distillation ---- */
+/* ---- distillation, over the backend table ---- */
 
 void tb_distill_defaults(tb_distill_opts *o)
 {
     *o = (tb_distill_opts){.steps = 300, .batch = 1, .lr = 3e-4, .adam = {0.9, 0.999, 1e-8}, .seed = 0, .n_threads = 1,
                          .cache_bytes = 0};
+}
+
+/* bytes the teacher's decoder and head weights take in the backend's compute
+ * dtype (what its forward would hold with every layer resident) */
+static size_t teacher_bytes(const tb_model *t, const tb_backend *be)
+{
+    const size_t elt = be->o.precision == TB_PREC_BF16 ? 2 : 4;
+    size_t n = (size_t)t->lm_head.rows * t->lm_head.cols;
+    for (int l = 0; l < t->cfg.n_layers; l++)
+        for (int k = 0; k < TB_LIN_PER_LAYER; k++) n += (size_t)t->layers[l].lin[k].rows * t->layers[l].lin[k].cols;
+    return n * elt;
 }
 
 int tb_distill_init(tb_distill *d, tb_trainable *s, const tb_model *teacher, const tb_tokens *tk,
@@ -205,92 +220,160 @@ int tb_distill_init(tb_distill *d, tb_trainable *s, const tb_model *teacher, con
                        a->n_layers, a->hidden_size, a->vocab_size, b->n_layers, b->hidden_size, b->vocab_size);
     if (tk->windows < 1 || tk->seq_len < 2) return tb_fail(TB_EDATA, "distill: no calibration windows");
     if (o->steps < 0 || o->batch < 1) return tb_fail(TB_EUSAGE, "distill: steps >= 0 and batch >= 1");
+    int rc;
+    if (o->backend) {
+        d->be = o->backend;
+    } else {
+        d->own_be.o.n_threads = o->n_threads;
+        if ((rc = tb_cpu_backend_open(&d->own_be))) return rc;
+        d->be = &d->own_be;
+    }
+    tb_backend *be = d->be;
     d->s = s;
     d->teacher = teacher;
     d->tk = tk;
     d->o = *o;
-    const int T = tk->seq_len;
-    tb_forward_opts fs = {.max_seq = T, .max_tokens = T, .keep_acts = 1, .n_threads = o->n_threads};
-    tb_forward_opts ft = {.max_seq = T, .max_tokens = T, .keep_acts = 0, .n_threads = o->n_threads};
-    int rc = tb_forward_init(&d->fs, s->m, &fs);
-    if (rc) return rc;
-    if ((rc = tb_forward_init(&d->ft, teacher, &ft))) {
-        tb_forward_free(&d->fs);
-        memset(d, 0, sizeof *d);
-        return rc;
-    }
-    if ((rc = tb_backward_init(&d->b, &d->fs))) {
-        tb_forward_free(&d->ft);
-        tb_forward_free(&d->fs);
-        memset(d, 0, sizeof *d);
-        return rc;
-    }
-    d->g = tb_calloc((size_t)s->n, sizeof(float *));
-    d->m1 = tb_calloc((size_t)s->n, sizeof(float *));
-    d->m2 = tb_calloc((size_t)s->n, sizeof(float *));
+    const int T = tk->seq_len, n = s->n;
+    d->train = tb_calloc((size_t)n, sizeof *d->train);
+    d->keep = tb_calloc((size_t)n, sizeof *d->keep);
+    d->g = tb_calloc((size_t)n, sizeof *d->g);
+    d->m1 = tb_calloc((size_t)n, sizeof *d->m1);
+    d->m2 = tb_calloc((size_t)n, sizeof *d->m2);
+    d->n_moments = tb_calloc((size_t)n, sizeof *d->n_moments);
     d->order = tb_malloc((size_t)tk->windows * sizeof(int64_t));
-    if (!d->g || !d->m1 || !d->m2 || !d->order) rc = TB_EIO;
-    /* the teacher logits cache: whole windows, as many as cache_bytes holds */
+    if (!d->train || !d->keep || !d->g || !d->m1 || !d->m2 || !d->n_moments || !d->order) {
+        tb_distill_free(d);
+        return TB_EIO;
+    }
+    /* the student first: its training state must be resident */
+    tb_forward_opts fs = {.max_seq = T, .max_tokens = T, .keep_acts = 1, .n_threads = o->n_threads, .backend = be};
+    if ((rc = tb_forward_init(&d->fs, s->m, &fs)) || (rc = tb_backward_init(&d->b, &d->fs))) {
+        tb_distill_free(d);
+        return rc;
+    }
+    for (int i = 0; i < n && !rc; i++) {
+        const int l = i / TB_LIN_PER_LAYER, k = i % TB_LIN_PER_LAYER;
+        const size_t sz = (size_t)s->size[i];
+        size_t nm = sz;
+        if (be->ops->adam_moments_kept) {
+            nm = 0;
+            for (size_t j = 0; j < sz; j++) nm += s->keep[i][j] != 0;
+        }
+        d->n_moments[i] = (int64_t)nm;
+        if ((rc = be->ops->linear_upload_train(be, &d->train[i], &s->m->layers[l].lin[k]))) {
+            tb_err_context("layer %d %s", l, tb_lin_name(k));
+            break;
+        }
+        tb_forward_use_linear(&d->fs, l, k, &d->train[i]);
+        d->keep[i] = be->ops->alloc(be, sz, "a keep mask");
+        d->m1[i] = tb_alloc_f32(be, nm ? nm : 1, "Adam's first moment");
+        d->m2[i] = tb_alloc_f32(be, nm ? nm : 1, "Adam's second moment");
+        if (o->batch > 1) d->g[i] = tb_alloc_f32(be, sz, "a gradient sum");
+        if (!d->keep[i] || !d->m1[i] || !d->m2[i] || (o->batch > 1 && !d->g[i])) {
+            rc = tb_err_context("layer %d %s", l, tb_lin_name(k));
+            break;
+        }
+        be->ops->upload(be, d->keep[i], s->keep[i], sz);
+        be->ops->zero(be, d->m1[i], nm * sizeof(float));
+        be->ops->zero(be, d->m2[i], nm * sizeof(float));
+    }
+    /* then the teacher: every layer resident when its weights fit in half of
+     * what is left, else streamed through that half layer by layer */
+    size_t room = be->ops->mem_free(be);
+    tb_forward_opts ft = {.max_seq = T, .max_tokens = T, .keep_acts = 0, .n_threads = o->n_threads, .backend = be};
+    if (room != SIZE_MAX && teacher_bytes(teacher, be) > room / 2) ft.weight_budget = room / 2;
+    if (!rc) rc = tb_forward_init(&d->ft, teacher, &ft);
+    if (!rc && ft.weight_budget)
+        tb_info("the teacher streams its layers through %.2f GiB (%.2f GiB of weights)",
+                (double)ft.weight_budget / (1 << 30), (double)teacher_bytes(teacher, be) / (1 << 30));
+    /* the teacher logits cache: whole windows, as many as cache_bytes holds
+     * (on a device, at most a quarter of what is free now) */
     const int64_t per_window = (int64_t)T * a->vocab_size * (int64_t)sizeof(float);
-    d->cache_rows = o->cache_bytes > 0 ? o->cache_bytes / per_window : 0;
+    int64_t budget = o->cache_bytes;
+    room = rc ? 0 : be->ops->mem_free(be);
+    if (room != SIZE_MAX && budget > (int64_t)(room / 4)) budget = (int64_t)(room / 4);
+    d->cache_rows = budget > 0 ? budget / per_window : 0;
     if (d->cache_rows > tk->windows) d->cache_rows = tk->windows;
     if (!rc && d->cache_rows > 0) {
         d->slot = tb_malloc((size_t)tk->windows * sizeof(int64_t));
-        d->cache = tb_malloc((size_t)(d->cache_rows * per_window));
+        d->cache = tb_alloc_f32(be, (size_t)d->cache_rows * (size_t)(per_window / sizeof(float)),
+                                "the teacher logits cache");
         if (!d->slot || !d->cache) rc = TB_EIO;
         for (int64_t w = 0; d->slot && w < tk->windows; w++) d->slot[w] = -1;
     }
-    for (int i = 0; i < s->n && !rc; i++) {
-        d->g[i] = tb_calloc((size_t)s->size[i], sizeof(float));
-        d->m1[i] = tb_calloc((size_t)s->size[i], sizeof(float));
-        d->m2[i] = tb_calloc((size_t)s->size[i], sizeof(float));
-        if (!d->g[i] || !d->m1[i] || !d->m2[i]) rc = TB_EIO;
-    }
+    if (!rc) rc = be->ops->sync(be);
     if (rc) tb_distill_free(d);
     return rc;
 }
 
 void tb_distill_free(tb_distill *d)
 {
-    if (!d->s) return;
-    for (int i = 0; i < d->s->n; i++) {
-        if (d->g) free(d->g[i]);
-        if (d->m1) free(d->m1[i]);
-        if (d->m2) free(d->m2[i]);
+    if (!d->be) return;
+    tb_backend *be = d->be;
+    tb_backward_free(&d->b);
+    tb_forward_free(&d->ft);
+    tb_forward_free(&d->fs); /* leaves the borrowed training copies to us */
+    for (int i = 0; d->s && i < d->s->n; i++) {
+        if (d->train && d->train[i].host) be->ops->linear_release(be, &d->train[i]);
+        if (d->keep && d->keep[i]) be->ops->free(be, d->keep[i]);
+        if (d->g && d->g[i]) be->ops->free(be, d->g[i]);
+        if (d->m1 && d->m1[i]) be->ops->free(be, d->m1[i]);
+        if (d->m2 && d->m2[i]) be->ops->free(be, d->m2[i]);
     }
+    if (d->cache) be->ops->free(be, d->cache);
+    free(d->train);
+    free(d->keep);
     free(d->g);
     free(d->m1);
     free(d->m2);
+    free(d->n_moments);
     free(d->order);
     free(d->slot);
-    free(d->cache);
-    tb_backward_free(&d->b);
-    tb_forward_free(&d->ft);
-    tb_forward_free(&d->fs);
+    if (be == &d->own_be) tb_backend_close(&d->own_be);
     memset(d, 0, sizeof *d);
 }
 
+/* What the backward's gradient callback does with a weight's dW this step:
+ * with one window per step, Adam at once (after the weight's last use in the
+ * pass, tb_backward.h: no gradient buffer); with more, the sum over the batch,
+ * stepped once the batch is done. */
 typedef struct {
     tb_distill *d;
-    int accumulate;
+    int window;    /* of the batch, 0-based */
+    int check;     /* look for a non-finite gradient (a device round trip) */
+    double lr, c1, c2;
 } grad_ctx;
 
-static int add_grad(void *ctx, int layer, tb_lin_id which, const float *dW, int rows, int cols)
+static void adam_one(tb_distill *d, int i, const float *g, const grad_ctx *c)
+{
+    tb_backend *be = d->be;
+    be->ops->adam(be, &d->train[i], g, d->keep[i], d->m1[i], d->m2[i], c->lr, d->o.adam.beta1, d->o.adam.beta2, c->c1,
+                  c->c2, d->o.adam.eps);
+}
+
+static int nonfinite(tb_distill *d, int i, const float *g)
+{
+    if (d->be->ops->first_nonfinite(d->be, g, (size_t)d->s->size[i]) < 0) return TB_OK;
+    return tb_fail(TB_EDATA, "distill: step %" PRId64 ": gradient of layer %d %s is not finite", d->step + 1,
+                   i / TB_LIN_PER_LAYER, tb_lin_name(i % TB_LIN_PER_LAYER));
+}
+
+static int take_grad(void *ctx, int layer, tb_lin_id which, const float *dW, int rows, int cols)
 {
     grad_ctx *c = ctx;
     tb_distill *d = c->d;
+    tb_backend *be = d->be;
     if (layer >= d->s->m->cfg.n_layers || which >= TB_LIN_PER_LAYER) return TB_OK; /* lm_head: not trained */
     int i = layer * TB_LIN_PER_LAYER + which;
     if ((int64_t)rows * cols != d->s->size[i])
         return tb_fail(TB_EUSAGE, "distill: gradient of layer %d %s has the wrong size", layer, tb_lin_name(which));
-    float *g = d->g[i];
-    const uint8_t *keep = d->s->keep[i];
-    for (int64_t k = 0; k < d->s->size[i]; k++) {
-        if (!keep[k]) continue;
-        if (!isfinite(dW[k]))
-            return tb_fail(TB_EDATA, "distill: step %" PRId64 ": gradient of layer %d %s is not finite", d->step + 1,
-                           layer, tb_lin_name(which));
-        g[k] = c->accumulate ? g[k] + dW[k] : dW[k];
+    if (d->o.batch == 1) {
+        if (c->check && nonfinite(d, i, dW)) return TB_EDATA;
+        adam_one(d, i, dW, c);
+    } else if (c->window == 0) {
+        be->ops->copy(be, d->g[i], dW, (size_t)d->s->size[i] * sizeof(float));
+    } else {
+        be->ops->add(be, d->g[i], d->g[i], dW, (size_t)d->s->size[i]);
     }
     return TB_OK;
 }
@@ -299,6 +382,7 @@ static int add_grad(void *ctx, int layer, tb_lin_id which, const float *dW, int 
  * become the KL gradient */
 static int kl_window(tb_distill *d, int64_t w, double grad_scale, double *kl, int64_t *same)
 {
+    tb_backend *be = d->be;
     const int T = d->tk->seq_len, V = d->s->m->cfg.vocab_size;
     const int32_t *ids = d->tk->ids + (size_t)w * T;
     const size_t nlog = (size_t)T * V;
@@ -310,11 +394,17 @@ static int kl_window(tb_distill *d, int64_t w, double grad_scale, double *kl, in
         if ((rc = tb_forward_run(&d->ft, ids, T, 0))) return rc;
         if (d->slot && d->cached < d->cache_rows) {
             d->slot[w] = d->cached++;
-            memcpy(d->cache + (size_t)d->slot[w] * nlog, d->ft.logits, nlog * sizeof(float));
+            be->ops->copy(be, d->cache + (size_t)d->slot[w] * nlog, d->ft.logits, nlog * sizeof(float));
         }
     }
     if ((rc = tb_forward_run(&d->fs, ids, T, 0))) return rc;
-    *kl += tb_kl_rows(teacher, d->fs.logits, T, V, grad_scale, same, d->o.n_threads);
+    int64_t s = 0;
+    double k = be->ops->kl_grad(be, teacher, d->fs.logits, T, V, grad_scale, &s);
+    if ((rc = be->ops->sync(be))) return rc;
+    if (!isfinite(k))
+        return tb_fail(TB_EDATA, "distill: step %" PRId64 ": the KL of window %" PRId64 " is not finite", d->step + 1, w);
+    *kl += k;
+    *same += s;
     return TB_OK;
 }
 
@@ -326,18 +416,27 @@ int tb_distill_step(tb_distill *d, double *kl_out, double *top1_out)
     double kl = 0;
     int64_t same = 0;
     int rc = TB_OK;
+    /* Adam with bias correction (t = step + 1) and the cosine schedule */
+    const double t = (double)(d->step + 1);
+    grad_ctx c = {.d = d, .lr = tb_cosine_lr(d->o.lr, d->step, d->o.steps), .c1 = 1.0 - pow(d->o.adam.beta1, t),
+                  .c2 = 1.0 - pow(d->o.adam.beta2, t),
+                  /* a non-finite gradient would poison the weights: look every 32 steps and at the end */
+                  .check = d->step % 32 == 31 || d->step + 1 >= d->o.steps};
+    TB_RANGE_PUSH("distill step");
     for (int j = 0; j < d->o.batch && !rc; j++) {
         int64_t k = d->step * d->o.batch + j; /* the k-th window drawn: epoch k / W, position k % W */
         tb_window_order(d->order, W, d->o.seed, k / W);
         if ((rc = kl_window(d, d->order[k % W], scale, &kl, &same))) break;
-        grad_ctx c = {d, j > 0};
-        rc = tb_backward_logits(&d->b, T, 0, add_grad, &c);
+        c.window = j;
+        rc = tb_backward_logits(&d->b, T, 0, take_grad, &c);
     }
+    for (int i = 0; i < d->s->n && !rc && d->o.batch > 1; i++) {
+        if (c.check && (rc = nonfinite(d, i, d->g[i]))) break;
+        adam_one(d, i, d->g[i], &c);
+    }
+    if (!rc) rc = d->be->ops->sync(d->be);
+    TB_RANGE_POP();
     if (rc) return rc;
-    double lr = tb_cosine_lr(d->o.lr, d->step, d->o.steps);
-    for (int i = 0; i < d->s->n; i++)
-        tb_adam_masked(d->s->w[i], d->g[i], d->m1[i], d->m2[i], d->s->keep[i], d->s->size[i], lr, &d->o.adam,
-                       d->step + 1);
     d->step++;
     if (kl_out) *kl_out = kl * scale;
     if (top1_out) *top1_out = (double)same / ((double)T * d->o.batch);
@@ -359,45 +458,101 @@ int tb_distill_eval(tb_distill *d, int64_t windows, double *kl_out, double *top1
     return TB_OK;
 }
 
+int tb_distill_download(tb_distill *d)
+{
+    for (int i = 0; i < d->s->n; i++) d->be->ops->linear_download(d->be, &d->train[i], d->s->w[i]);
+    return d->be->ops->sync(d->be);
+}
+
 /* ---- checkpoints ---- */
 
-static const char *lin_tensor_name(const tb_distill *d, int i, char *buf, size_t n)
+static const char *lin_tensor_name(int i, char *buf, size_t n)
 {
     snprintf(buf, n, "model.layers.%d.%s.weight", i / TB_LIN_PER_LAYER, tb_lin_name(i % TB_LIN_PER_LAYER));
     return buf;
 }
 
-int tb_distill_save(const tb_distill *d, const char *path)
+/* A moment array between the backend's layout and the checkpoint's full
+ * [rows, cols] (zero at pruned entries): host is full-size. */
+static void moments_down(tb_distill *d, int i, const float *dev, float *host, float *tmp)
+{
+    tb_backend *be = d->be;
+    const int64_t n = d->s->size[i];
+    if (!be->ops->adam_moments_kept) {
+        be->ops->download(be, host, dev, (size_t)n * sizeof(float));
+        return;
+    }
+    be->ops->download(be, tmp, dev, (size_t)d->n_moments[i] * sizeof(float));
+    be->ops->sync(be);
+    for (int64_t k = 0, j = 0; k < n; k++) host[k] = d->s->keep[i][k] ? tmp[j++] : 0.0f;
+}
+
+static void moments_up(tb_distill *d, int i, float *dev, const float *host, float *tmp)
+{
+    tb_backend *be = d->be;
+    const int64_t n = d->s->size[i];
+    if (!be->ops->adam_moments_kept) {
+        be->ops->upload(be, dev, host, (size_t)n * sizeof(float));
+        return;
+    }
+    int64_t j = 0;
+    for (int64_t k = 0; k < n; k++)
+        if (d->s->keep[i][k]) tmp[j++] = host[k];
+    be->ops->upload(be, dev, tmp, (size_t)j * sizeof(float));
+    be->ops->sync(be); /* tmp is reused for the next weight */
+}
+
+static int64_t largest(const tb_distill *d)
+{
+    int64_t m = 1;
+    for (int i = 0; i < d->s->n; i++) m = d->s->size[i] > m ? d->s->size[i] : m;
+    return m;
+}
+
+int tb_distill_save(tb_distill *d, const char *path)
 {
     const int n = d->s->n;
+    int rc = tb_distill_download(d);
+    if (rc) return rc;
     st_entry *e = tb_calloc((size_t)n * 3, sizeof *e);
     char (*names)[128] = tb_calloc((size_t)n * 3, sizeof *names);
-    if (!e || !names) {
-        free(e);
-        free(names);
-        return TB_EIO;
-    }
-    for (int i = 0; i < n; i++) {
+    float **mom = tb_calloc((size_t)n * 2, sizeof *mom);
+    float *tmp = tb_malloc((size_t)largest(d) * sizeof(float));
+    if (!e || !names || !mom || !tmp) rc = TB_EIO;
+    for (int i = 0; i < n && !rc; i++) {
         const tb_linear *L = &d->s->m->layers[i / TB_LIN_PER_LAYER].lin[i % TB_LIN_PER_LAYER];
         char base[96];
-        lin_tensor_name(d, i, base, sizeof base);
-        const float *data[3] = {d->s->w[i], d->m1[i], d->m2[i]};
+        lin_tensor_name(i, base, sizeof base);
+        if (!(mom[2 * i] = tb_malloc((size_t)d->s->size[i] * sizeof(float))) ||
+            !(mom[2 * i + 1] = tb_malloc((size_t)d->s->size[i] * sizeof(float)))) {
+            rc = TB_EIO;
+            break;
+        }
+        moments_down(d, i, d->m1[i], mom[2 * i], tmp);
+        moments_down(d, i, d->m2[i], mom[2 * i + 1], tmp);
+        const float *data[3] = {d->s->w[i], mom[2 * i], mom[2 * i + 1]};
         static const char *const suffix[3] = {"", ".adam_m", ".adam_v"};
         for (int k = 0; k < 3; k++) {
             snprintf(names[3 * i + k], sizeof names[0], "%s%s", base, suffix[k]);
             e[3 * i + k] = (st_entry){names[3 * i + k], TB_F32, 2, {L->rows, L->cols}, data[k]};
         }
     }
-    char step[32], steps[32], batch[32], lr[32], seed[32], windows[32];
-    snprintf(step, sizeof step, "%" PRId64, d->step);
-    snprintf(steps, sizeof steps, "%d", d->o.steps);
-    snprintf(batch, sizeof batch, "%d", d->o.batch);
-    snprintf(lr, sizeof lr, "%.17g", d->o.lr);
-    snprintf(seed, sizeof seed, "%" PRIu64, d->o.seed);
-    snprintf(windows, sizeof windows, "%" PRId64, d->tk->windows);
-    const char *meta[] = {"tensorbit.kind", "distill-checkpoint", "step", step, "steps", steps, "batch", batch,
-                          "lr", lr, "seed", seed, "windows", windows};
-    int rc = st_save(path, e, n * 3, meta, (int)(sizeof meta / sizeof meta[0] / 2));
+    if (!rc) rc = d->be->ops->sync(d->be);
+    if (!rc) {
+        char step[32], steps[32], batch[32], lr[32], seed[32], windows[32];
+        snprintf(step, sizeof step, "%" PRId64, d->step);
+        snprintf(steps, sizeof steps, "%d", d->o.steps);
+        snprintf(batch, sizeof batch, "%d", d->o.batch);
+        snprintf(lr, sizeof lr, "%.17g", d->o.lr);
+        snprintf(seed, sizeof seed, "%" PRIu64, d->o.seed);
+        snprintf(windows, sizeof windows, "%" PRId64, d->tk->windows);
+        const char *meta[] = {"tensorbit.kind", "distill-checkpoint", "step", step, "steps", steps, "batch", batch,
+                              "lr", lr, "seed", seed, "windows", windows};
+        rc = st_save(path, e, n * 3, meta, (int)(sizeof meta / sizeof meta[0] / 2));
+    }
+    for (int i = 0; mom && i < 2 * n; i++) free(mom[i]);
+    free(mom);
+    free(tmp);
     free(e);
     free(names);
     return rc;
@@ -405,6 +560,7 @@ int tb_distill_save(const tb_distill *d, const char *path)
 
 int tb_distill_load(tb_distill *d, const char *path)
 {
+    tb_backend *be = d->be;
     st_file f;
     int rc = st_open(&f, path);
     if (rc) return rc;
@@ -429,12 +585,12 @@ int tb_distill_load(tb_distill *d, const char *path)
     const char *sv = st_meta(&f, "step");
     if (!rc && (!sv || sscanf(sv, "%lld", &step) != 1 || step < 0 || step > d->o.steps))
         rc = tb_fail(TB_EDATA, "%s: bad step '%s'", path, sv ? sv : "(none)");
+    /* every tensor checked before anything is overwritten */
+    static const char *const suffix[3] = {"", ".adam_m", ".adam_v"};
     for (int i = 0; i < d->s->n && !rc; i++) {
         const tb_linear *L = &d->s->m->layers[i / TB_LIN_PER_LAYER].lin[i % TB_LIN_PER_LAYER];
         char base[96], name[128];
-        lin_tensor_name(d, i, base, sizeof base);
-        float *dst[3] = {d->s->w[i], d->m1[i], d->m2[i]};
-        static const char *const suffix[3] = {"", ".adam_m", ".adam_v"};
+        lin_tensor_name(i, base, sizeof base);
         for (int k = 0; k < 3 && !rc; k++) {
             snprintf(name, sizeof name, "%s%s", base, suffix[k]);
             const st_tensor *t = st_find(&f, name);
@@ -442,13 +598,36 @@ int tb_distill_load(tb_distill *d, const char *path)
                 rc = tb_fail(TB_EDATA, "%s: tensor '%s' missing or not F32 [%d, %d]", path, name, L->rows, L->cols);
                 break;
             }
-            memcpy(dst[k], t->data, t->nbytes);
+            if (k == 0) {
+                const float *w = (const float *)t->data;
+                for (int64_t j = 0; j < d->s->size[i] && !rc; j++)
+                    if (!d->s->keep[i][j] && w[j] != 0.0f)
+                        rc = tb_fail(TB_EDATA, "%s: '%s' is nonzero at a pruned entry (another student?)", path, base);
+            }
         }
-        for (int64_t k = 0; k < d->s->size[i] && !rc; k++)
-            if (!d->s->keep[i][k] && d->s->w[i][k] != 0.0f)
-                rc = tb_fail(TB_EDATA, "%s: '%s' is nonzero at a pruned entry (another student?)", path, base);
     }
+    float *tmp = rc ? NULL : tb_malloc((size_t)largest(d) * sizeof(float));
+    if (!rc && !tmp) rc = TB_EIO;
+    for (int i = 0; i < d->s->n && !rc; i++) {
+        const int l = i / TB_LIN_PER_LAYER, k = i % TB_LIN_PER_LAYER;
+        char base[96], name[128];
+        lin_tensor_name(i, base, sizeof base);
+        snprintf(name, sizeof name, "%s%s", base, suffix[0]);
+        memcpy(d->s->w[i], st_find(&f, name)->data, (size_t)d->s->size[i] * sizeof(float));
+        /* the weight onto the backend again (on the CPU it trains in s->w itself) */
+        if (be->o.device != TB_DEVICE_CPU) {
+            be->ops->linear_release(be, &d->train[i]);
+            if ((rc = be->ops->linear_upload_train(be, &d->train[i], &d->s->m->layers[l].lin[k]))) break;
+            tb_forward_use_linear(&d->fs, l, k, &d->train[i]);
+        }
+        snprintf(name, sizeof name, "%s%s", base, suffix[1]);
+        moments_up(d, i, d->m1[i], (const float *)st_find(&f, name)->data, tmp);
+        snprintf(name, sizeof name, "%s%s", base, suffix[2]);
+        moments_up(d, i, d->m2[i], (const float *)st_find(&f, name)->data, tmp);
+    }
+    if (!rc) rc = be->ops->sync(be);
     if (!rc) d->step = step;
+    free(tmp);
     st_close(&f);
     return rc;
 }

@@ -26,11 +26,27 @@
  * the window order is a function of (seed, epoch), so a resumed run equals an
  * uninterrupted one.
  *
- * Memory: the student's trainable copy and its gradient and two moments
- * (16 bytes per decoder weight), the teacher's mapping, one window's
- * activations of both models, the student's activation gradients, and the
- * teacher logits cache (at most cache_bytes: seq_len x vocab x 4 bytes per
- * window kept).
+ * Backends (tb_backend.h): written once over the backend table, like
+ * tb_recon.c. The student's trainable copies (linear_upload_train: the f32
+ * master, and on CUDA in bf16 the compute copy), their keep masks, Adam's
+ * moments (the backend's adam_moments_kept layout; a checkpoint always holds
+ * them at full [rows, cols], zero at pruned entries), both models' run
+ * states, the batch's gradient sums (batch > 1 only: with one window a
+ * weight's Adam step is taken as the backward hands over its gradient) and
+ * the teacher logits cache live in backend memory. On the CPU the trained
+ * weights are t->w themselves; elsewhere tb_distill_download brings them
+ * back (tb_distill_save and the tools call it before reading t->w).
+ *
+ * Memory: per decoder weight the trainable copy (CPU: t->w itself; CUDA: 4
+ * bytes, 6 in bf16), a keep byte, two Adam moments (CPU: of the kept entries
+ * only, 4 bytes per weight at 2:4; CUDA: 8 bytes) and with batch > 1 a
+ * gradient sum (4 bytes); the teacher's weights (CUDA: resident when they fit
+ * beside the student, else streamed layer by layer through the forward's
+ * weight_budget), one window's activations of both models, the student's
+ * activation gradients, and the teacher logits cache (at most cache_bytes:
+ * seq_len x vocab x 4 bytes per window kept; on a GPU also at most a quarter
+ * of the memory free after the rest). A checkpoint adds 8 host bytes per
+ * weight while it is written.
  */
 #ifndef TB_DISTILL_H
 #define TB_DISTILL_H
@@ -71,8 +87,9 @@ typedef struct {
     double lr;
     tb_adam_hp adam;
     uint64_t seed;
-    int n_threads;
+    int n_threads;       /* CPU threads when backend is NULL */
     int64_t cache_bytes; /* teacher logits kept for reuse, at most this many bytes (0: none) */
+    tb_backend *backend; /* where both models run and the student trains (NULL: the CPU with n_threads) */
 } tb_distill_opts;
 
 /* 300 steps, batch 1, lr 3e-4 (BENCHMARKS.md), 0.9/0.999/1e-8, seed 0, no cache */
@@ -83,9 +100,15 @@ typedef struct {
     const tb_model *teacher;
     const tb_tokens *tk;
     tb_distill_opts o;
+    tb_backend *be;        /* o.backend or own_be */
+    tb_backend own_be;
     tb_forward fs, ft;
     tb_backward b;
-    float **g, **m1, **m2; /* [s->n] gradient (summed over the batch) and moments */
+    tb_dlinear *train;     /* [s->n] the student's trainable copies (fs computes with them) */
+    uint8_t **keep;        /* [s->n] backend copies of s->keep */
+    float **g;             /* [s->n] batch > 1: the gradient summed over the batch; else NULL */
+    float **m1, **m2;      /* [s->n] Adam's moments, the backend's layout (tb_backend.h) */
+    int64_t *n_moments;    /* [s->n] floats in each moment array */
     int64_t *order;
     int64_t step;          /* optimizer steps done */
     /* Teacher logits cache: the dense model's logits of a window are the same
@@ -93,7 +116,7 @@ typedef struct {
      * skip the teacher's forward (a quarter of a step's work: teacher forward,
      * student forward, backward at twice a forward). slot[w]: the window's
      * row in cache, or -1; as many windows as cache_bytes holds, first come. */
-    float *cache;
+    float *cache;          /* backend memory */
     int64_t *slot, cached, cache_rows;
 } tb_distill;
 
@@ -110,7 +133,11 @@ int tb_distill_step(tb_distill *d, double *kl, double *top1);
  * (no update). */
 int tb_distill_eval(tb_distill *d, int64_t windows, double *kl, double *top1);
 
-int tb_distill_save(const tb_distill *d, const char *path);
+/* The trained weights into s->w (host): a no-op on the CPU, where they are
+ * trained in place. */
+int tb_distill_download(tb_distill *d);
+
+int tb_distill_save(tb_distill *d, const char *path);
 /* Restore a checkpoint of a run with the same steps, batch, lr, seed and
  * windows (TB_EUSAGE naming the first that differs) and the same weights
  * (TB_EDATA naming a missing or misshapen tensor, or a nonzero pruned entry). */

@@ -27,17 +27,22 @@ static const char notes[] =
     "Progress shows the step, the running KL of the last steps and the ETA;\n"
     "every checkpoint also logs a line. An interrupted run loses at most\n"
     "--checkpoint-every steps: rerun with --resume.\n"
-    "memory: 16 bytes per decoder weight (copy, gradient, 2 Adam moments), the\n"
-    "teacher's mapping, one window's activations of both models, the\n"
-    "student's activation gradients, and the teacher logits cache.\n";
-
-static const char *const device_names[] = {"cpu", "auto", NULL};
+    "--device cuda trains on the GPU (bf16 arithmetic with f32 master weights by\n"
+    "default, --precision f32 for f32 throughout); the CPU computes in f32.\n"
+    "memory: per decoder weight the trainable copy, a keep byte and 2 Adam\n"
+    "moments (the CPU keeps moments of the kept entries only), with --batch > 1\n"
+    "a gradient sum; the teacher's weights (on a GPU streamed layer by layer\n"
+    "when they do not fit beside the student), one window's activations of\n"
+    "both models, the student's activation gradients, and the teacher logits\n"
+    "cache (on a GPU at most a quarter of its free memory).\n";
 
 typedef struct {
     const char *model, *teacher, *tokens, *output, *checkpoint;
     int threads, every, resume, eval_windows, json;
     long max_windows;
     tb_distill_opts o;
+    tb_backend_opts dev;
+    tb_backend *be;
 } options;
 
 static int run(options *o, const char *cmdline)
@@ -67,6 +72,7 @@ static int run(options *o, const char *cmdline)
     tb_distill d = {0};
     if (!rc) rc = tb_trainable_init(&tr, &s);
     o->o.n_threads = o->threads;
+    o->o.backend = o->be;
     if (!rc) rc = tb_distill_init(&d, &tr, &t, &tk, &o->o);
     if (!rc && o->resume && tb_file_exists(o->checkpoint)) {
         if (!(rc = tb_distill_load(&d, o->checkpoint)))
@@ -104,6 +110,7 @@ static int run(options *o, const char *cmdline)
         tb_progress_end(&prog);
     }
     if (!rc && o->eval_windows > 0) rc = tb_distill_eval(&d, o->eval_windows, &kl1, &top1);
+    if (!rc) rc = tb_distill_download(&d);
     if (!rc) {
         char steps[32], lr[32], batch[32], evalkl[96];
         snprintf(steps, sizeof steps, "%d", o->o.steps);
@@ -130,10 +137,10 @@ static int run(options *o, const char *cmdline)
     }
     if (!rc) {
         if (o->eval_windows > 0)
-            tb_info("KL %.4f -> %.4f, top-1 %.4f -> %.4f (first %d windows), %d steps in %.1f s -> %s", kl0, kl1, top0,
-                    top1, o->eval_windows, o->o.steps, tb_now() - t0, o->output);
+            tb_info("KL %.4f -> %.4f, top-1 %.4f -> %.4f (first %d windows), %d steps in %.1f s on %s -> %s", kl0,
+                    kl1, top0, top1, o->eval_windows, o->o.steps, tb_now() - t0, o->be->desc, o->output);
         else
-            tb_info("%d steps in %.1f s -> %s", o->o.steps, tb_now() - t0, o->output);
+            tb_info("%d steps in %.1f s on %s -> %s", o->o.steps, tb_now() - t0, o->be->desc, o->output);
     }
     tb_distill_free(&d);
     tb_trainable_free(&tr);
@@ -146,10 +153,9 @@ static int run(options *o, const char *cmdline)
 int main(int argc, char **argv)
 {
     tb_log_init("tb-distill");
-    options o = {.threads = tb_default_threads(), .every = 50, .eval_windows = 8};
+    options o = {.threads = tb_default_threads(), .every = 50, .eval_windows = 8, .dev = {.device = TB_DEVICE_AUTO}};
     tb_distill_defaults(&o.o);
     long seed = 0, cache_mib = 4096;
-    int device = 0;
     const char *base = NULL;
     const tb_option table[] = {
         TB_OPT_MODEL(&o.model, "the pruned model (.tbm from tb-merge), the student"),
@@ -177,8 +183,8 @@ int main(int argc, char **argv)
                     "keep the teacher's logits of up to MIB MiB of windows\n"
                     "(seq_len x vocab x 4 bytes each) so later epochs skip\n"
                     "its forward pass (default 4096; 0: none)"),
-        TB_OPT_CHOICE(0, "device", &device, device_names, "cpu (the only backend of the training engine today)"),
         TB_OPT_THREADS(&o.threads),
+        TB_OPT_DEVICE(&o.dev),
         TB_OPT_COMMON(),
     };
     const tb_command cmd = {.name = "tb-distill",
@@ -197,7 +203,14 @@ int main(int argc, char **argv)
         o.checkpoint = ckpt;
     }
     char *cmdline = tb_join_args(argc, argv);
-    int rc = cmdline ? run(&o, cmdline) : TB_EIO;
+    int rc = cmdline ? TB_OK : TB_EIO;
+    tb_backend be;
+    o.dev.n_threads = o.threads;
+    if (!rc && !(rc = tb_backend_open(&be, &o.dev))) {
+        o.be = &be;
+        rc = run(&o, cmdline);
+        tb_backend_close(&be);
+    }
     free(cmdline);
     free(ckpt);
     return rc ? tb_report_error() : 0;

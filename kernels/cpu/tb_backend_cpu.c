@@ -11,6 +11,7 @@
 #include "tb_loss.h"
 #include "tb_ops.h"
 #include "tb_threads.h"
+#include "tb_train.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -239,6 +240,15 @@ static double cpu_kl(tb_backend *b, const float *ref, const float *cur, int n, i
     return tb_eval_kl_rows(ref, cur, n, vocab, threads(b), top1_same);
 }
 
+static double cpu_kl_grad(tb_backend *b, const float *ref, float *cur, int n, int vocab, double scale,
+                          int64_t *top1_same)
+{
+    int64_t same = 0;
+    double kl = tb_kl_rows(ref, cur, n, vocab, scale, &same, threads(b));
+    if (top1_same) *top1_same = same;
+    return kl;
+}
+
 static double cpu_sum_sq_diff(tb_backend *b, const float *a, const float *c, size_t count)
 {
     double s = 0;
@@ -311,6 +321,7 @@ static const tb_backend_ops cpu_ops = {
     .nll = cpu_nll,
     .xent_backward = cpu_xent_backward,
     .kl = cpu_kl,
+    .kl_grad = cpu_kl_grad,
     .sum_sq_diff = cpu_sum_sq_diff,
     .scaled_diff = cpu_scaled_diff,
     .first_nonfinite = cpu_first_nonfinite,

@@ -337,14 +337,17 @@ __global__ void k_nll_rows(float *logits, const int32_t *tokens, int n, int voca
     }
 }
 
-// per row: KL(softmax(ref) || softmax(cur)) clamped at 0 (as the CPU), and whether the argmaxes agree
-__global__ void k_kl_rows(const float *ref, const float *cur, int vocab, double *row_kl, int *row_same)
+// per row: KL(softmax(ref) || softmax(cur)) clamped at 0 (as the CPU), and whether the argmaxes agree;
+// scale != 0: cur becomes scale * (softmax(cur) - softmax(ref)) (kl_grad). Each thread reads and writes
+// only its own entries v = threadIdx.x + k * blockDim.x, so the overwrite needs no barrier.
+__global__ void k_kl_rows(const float *ref, float *cur, int vocab, double *row_kl, int *row_same, double scale)
 {
     __shared__ double shd[32];
     __shared__ float shf[32];
     __shared__ int shi[32];
     const size_t t = blockIdx.x;
-    const float *a = ref + t * vocab, *b = cur + t * vocab;
+    const float *a = ref + t * vocab;
+    float *b = cur + t * vocab;
     float ma = -INFINITY, mb = -INFINITY;
     int ia = 0x7fffffff, ib = 0x7fffffff;
     for (int v = threadIdx.x; v < vocab; v += blockDim.x) {
@@ -377,6 +380,9 @@ __global__ void k_kl_rows(const float *ref, const float *cur, int vocab, double 
         row_kl[t] = kl > 0 ? kl : 0;
         row_same[t] = ia == ib;
     }
+    if (scale != 0)
+        for (int v = threadIdx.x; v < vocab; v += blockDim.x)
+            b[v] = (float)(scale * (exp((double)b[v] - lq) - exp((double)a[v] - lp)));
 }
 
 // per-block partial sums of (a - c)^2 (c NULL: a^2) in f64
@@ -1138,7 +1144,8 @@ static double cu_xent_backward(tb_backend *b, float *logits, const int32_t *toke
     return nll_common(b, logits, tokens, n, vocab, 1);
 }
 
-static double cu_kl(tb_backend *b, const float *ref, const float *cur, int n, int vocab, int64_t *top1_same)
+static double kl_common(tb_backend *b, const float *ref, float *cur, int n, int vocab, double scale,
+                        int64_t *top1_same)
 {
     tb_cuda *cu = tb_cu(b);
     if (top1_same) *top1_same = 0;
@@ -1150,7 +1157,8 @@ static double cu_kl(tb_backend *b, const float *ref, const float *cur, int n, in
     char *h = (char *)host_ws(cu, bytes);
     double sum = NAN;
     if (ws && h) {
-        k_kl_rows<<<n, kRowThreads, 0, cu->stream>>>(ref, cur, vocab, (double *)ws, (int *)(ws + (size_t)n * 8));
+        k_kl_rows<<<n, kRowThreads, 0, cu->stream>>>(ref, cur, vocab, (double *)ws, (int *)(ws + (size_t)n * 8),
+                                                     scale);
         if (!TB_CU_LAUNCHED(cu, "kl")) {
             cu_download(b, h, ws, bytes);
             if (!cu->err) {
@@ -1168,6 +1176,17 @@ static double cu_kl(tb_backend *b, const float *ref, const float *cur, int n, in
     }
     TB_RANGE_POP();
     return sum;
+}
+
+static double cu_kl(tb_backend *b, const float *ref, const float *cur, int n, int vocab, int64_t *top1_same)
+{
+    return kl_common(b, ref, (float *)cur, n, vocab, 0, top1_same); // scale 0 never writes
+}
+
+static double cu_kl_grad(tb_backend *b, const float *ref, float *cur, int n, int vocab, double scale,
+                         int64_t *top1_same)
+{
+    return kl_common(b, ref, cur, n, vocab, scale, top1_same);
 }
 
 static double cu_sum_sq_diff(tb_backend *b, const float *a, const float *c, size_t count)
@@ -1272,6 +1291,7 @@ static tb_backend_ops make_ops(void)
     o.nll = cu_nll;
     o.xent_backward = cu_xent_backward;
     o.kl = cu_kl;
+    o.kl_grad = cu_kl_grad;
     o.sum_sq_diff = cu_sum_sq_diff;
     o.scaled_diff = cu_scaled_diff;
     o.first_nonfinite = cu_first_nonfinite;

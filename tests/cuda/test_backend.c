@@ -645,6 +645,19 @@ static void test_losses(int n, int vocab)
     b = G.ops->kl(&G, R.g, U.g, n, vocab, &tg);
     row("kl", s, rel_scalar(b, a), 1e-10);
     row("kl top1 agreement", s, tc == tg ? 0 : 1, 0);
+    /* kl_grad: the same sum with scale 0 (cur untouched), then the distillation gradient in place */
+    tc = -1, tg = -2;
+    a = C.ops->kl_grad(&C, R.c, U.c, n, vocab, 0, &tc);
+    b = G.ops->kl_grad(&G, R.g, U.g, n, vocab, 0, &tg);
+    row("kl_grad 0: sum", s, rel_scalar(b, a), 1e-10);
+    row("kl_grad 0: top1", s, tc == tg ? 0 : 1, 0);
+    cmp("kl_grad 0: cur kept", s, U.c, U.g, c, 0);
+    tc = -1, tg = -2;
+    a = C.ops->kl_grad(&C, R.c, U.c, n, vocab, 1.0 / n, &tc);
+    b = G.ops->kl_grad(&G, R.g, U.g, n, vocab, 1.0 / n, &tg);
+    row("kl_grad sum", s, rel_scalar(b, a), 1e-10);
+    row("kl_grad top1", s, tc == tg ? 0 : 1, 0);
+    cmp("kl_grad grad", s, U.c, U.g, c, 1e-6);
     a = C.ops->xent_backward(&C, R.c, tok, n, vocab);
     b = G.ops->xent_backward(&G, R.g, tok, n, vocab);
     row("xent_backward loss", s, rel_scalar(b, a), 1e-12);
