@@ -35,6 +35,88 @@ static void compress(uint32_t h[8], const uint8_t *p)
     h[0] += a; h[1] += b; h[2] += c; h[3] += d; h[4] += e; h[5] += f; h[6] += g; h[7] += k;
 }
 
+/* ---- x86-64 SHA extensions (SHA-NI): ~15x the portable loop above (82 MB/s
+ * here), which made tb-run spend 9 of its 10 s loading a one-layer 7B-shaped
+ * packed model on verifying the shard's checksum. Four rounds a step with
+ * sha256rnds2 (two rounds each) on the state held as ABEF / CDGH; the message
+ * schedule with sha256msg1/msg2 in four registers used round-robin. Chosen at
+ * run time (CPUID leaf 7: SHA; leaf 1: SSSE3 and SSE4.1); checked against the
+ * FIPS vectors and the portable loop by tests/unit/test_common.c. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#include <immintrin.h>
+#define TB_SHA256_SHANI 1
+
+__attribute__((target("sha,sse4.1,ssse3"))) static void compress_shani(uint32_t h[8], const uint8_t *p, size_t blocks)
+{
+    const __m128i bswap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+    __m128i t = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&h[0]), 0xB1); /* CDAB */
+    __m128i s1 = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&h[4]), 0x1B); /* EFGH */
+    __m128i s0 = _mm_alignr_epi8(t, s1, 8);                                       /* ABEF */
+    s1 = _mm_blend_epi16(s1, t, 0xF0);                                            /* CDGH */
+    for (; blocks; blocks--, p += 64) {
+        const __m128i abef = s0, cdgh = s1;
+        __m128i w[4];
+        for (int i = 0; i < 16; i++) { /* rounds 4i .. 4i+3 */
+            if (i < 4) w[i] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 16 * i)), bswap);
+            __m128i m = _mm_add_epi32(w[i & 3], _mm_loadu_si128((const __m128i *)&K[4 * i]));
+            s1 = _mm_sha256rnds2_epu32(s1, s0, m);
+            if (i >= 3 && i <= 14) { /* finish W[4(i+1) .. 4(i+1)+3] */
+                __m128i x = _mm_add_epi32(w[(i + 1) & 3], _mm_alignr_epi8(w[i & 3], w[(i + 3) & 3], 4));
+                w[(i + 1) & 3] = _mm_sha256msg2_epu32(x, w[i & 3]);
+            }
+            s0 = _mm_sha256rnds2_epu32(s0, s1, _mm_shuffle_epi32(m, 0x0E));
+            if (i >= 1 && i <= 12) w[(i + 3) & 3] = _mm_sha256msg1_epu32(w[(i + 3) & 3], w[i & 3]);
+        }
+        s0 = _mm_add_epi32(s0, abef);
+        s1 = _mm_add_epi32(s1, cdgh);
+    }
+    t = _mm_shuffle_epi32(s0, 0x1B);       /* FEBA */
+    s1 = _mm_shuffle_epi32(s1, 0xB1);      /* DCHG */
+    s0 = _mm_blend_epi16(t, s1, 0xF0);     /* DCBA */
+    s1 = _mm_alignr_epi8(s1, t, 8);        /* HGFE */
+    _mm_storeu_si128((__m128i *)&h[0], s0);
+    _mm_storeu_si128((__m128i *)&h[4], s1);
+}
+
+static int have_shani(void)
+{
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_SSSE3) || !(c & bit_SSE4_1)) return 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    return (b >> 29) & 1; /* CPUID.7.0:EBX.SHA */
+}
+#endif
+
+static int use_isa = -1; /* -1: not decided yet; 0: portable; 1: SHA-NI (atomic: shards hash on threads) */
+
+int tb_sha256_accelerated(int allow)
+{
+    int v = 0;
+#ifdef TB_SHA256_SHANI
+    v = allow ? have_shani() : 0;
+#else
+    (void)allow;
+#endif
+    __atomic_store_n(&use_isa, v, __ATOMIC_RELAXED);
+    return v;
+}
+
+static void compress_blocks(uint32_t h[8], const uint8_t *p, size_t blocks)
+{
+    int isa = __atomic_load_n(&use_isa, __ATOMIC_RELAXED);
+    if (isa < 0) isa = tb_sha256_accelerated(1);
+#ifdef TB_SHA256_SHANI
+    if (isa) {
+        compress_shani(h, p, blocks);
+        return;
+    }
+#else
+    (void)isa;
+#endif
+    for (; blocks; blocks--, p += 64) compress(h, p);
+}
+
 void tb_sha256_init(tb_sha256 *s)
 {
     static const uint32_t iv[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
@@ -55,10 +137,12 @@ void tb_sha256_update(tb_sha256 *s, const void *data, size_t n)
         p += k;
         n -= k;
         if (s->fill < 64) return;
-        compress(s->h, s->block);
+        compress_blocks(s->h, s->block, 1);
         s->fill = 0;
     }
-    for (; n >= 64; p += 64, n -= 64) compress(s->h, p);
+    compress_blocks(s->h, p, n / 64);
+    p += n / 64 * 64;
+    n %= 64;
     memcpy(s->block, p, n);
     s->fill = n;
 }

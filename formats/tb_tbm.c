@@ -4,6 +4,7 @@
 #include "tb_io.h"
 #include "tb_json.h"
 #include "tb_sha256.h"
+#include "tb_threads.h"
 #include "tb_version.h"
 
 #include <cjson/cJSON.h>
@@ -404,6 +405,23 @@ done:
 
 static int get_u64(const cJSON *j, uint64_t *v) { return tb_json_u64(j, UINT64_MAX, v); }
 
+/* one shard of an index being opened: where it is, what the index says its
+ * SHA-256 is, and (after hash_shards) what it is */
+typedef struct {
+    const char *name, *sha; /* the index's strings */
+    char *path;
+    tb_mapped map;
+    int mapped;
+    char hex[65];
+} shard_check;
+
+static void hash_shards(void *ctx, int64_t begin, int64_t end, int tid)
+{
+    (void)tid;
+    shard_check *c = ctx;
+    for (int64_t s = begin; s < end; s++) sha256_bytes(c[s].map.data, c[s].map.size, c[s].hex);
+}
+
 int tb_tbm_open(tb_tbm *t, const char *path, int verify)
 {
     memset(t, 0, sizeof *t);
@@ -438,6 +456,10 @@ int tb_tbm_open(tb_tbm *t, const char *path, int verify)
     }
     int n = rc ? 0 : cJSON_GetArraySize(shards);
     if (!rc && !(t->shards = tb_calloc((size_t)(n ? n : 1), sizeof *t->shards))) rc = TB_EIO;
+    /* each shard: its entry, its size, then (verify) its SHA-256 - hashed on
+     * threads, one shard each: a 7B model's shards are gigabytes */
+    shard_check *chk = rc ? NULL : tb_calloc((size_t)(n ? n : 1), sizeof *chk);
+    if (!rc && !chk) rc = TB_EIO;
     for (int s = 0; s < n && !rc; s++) {
         const cJSON *js = cJSON_GetArrayItem(shards, s);
         const cJSON *file = cJSON_GetObjectItemCaseSensitive(js, "file");
@@ -448,27 +470,30 @@ int tb_tbm_open(tb_tbm *t, const char *path, int verify)
             rc = tb_fail(TB_EDATA, "%s: shard %d: needs file, bytes and sha256", path, s);
             break;
         }
+        chk[s].name = file->valuestring;
+        chk[s].sha = sha->valuestring;
         /* a name or a path relative to the index's directory, or absolute */
-        char *sp = file->valuestring[0] == '/' ? tb_strdup(file->valuestring) : tb_path_join(t->dir, file->valuestring);
-        if (!sp) { rc = TB_EIO; break; }
-        tb_mapped m;
-        if (!(rc = tb_map_file(sp, &m))) {
-            if (m.size != bytes)
-                rc = tb_fail(TB_EDATA, "%s: shard '%s' has %zu bytes, the index says %" PRIu64, path, file->valuestring,
-                             m.size, bytes);
-            if (!rc && verify) {
-                char hex[65];
-                sha256_bytes(m.data, m.size, hex);
-                if (strcmp(hex, sha->valuestring))
-                    rc = tb_fail(TB_EDATA, "%s: shard '%s': SHA-256 %s does not match the index (%s)", path,
-                                 file->valuestring, hex, sha->valuestring);
-            }
-            tb_unmap(&m);
-        }
-        if (!rc) rc = tb_pack_open(&t->shards[s], sp);
-        if (!rc) t->n_shards++;
-        free(sp);
+        chk[s].path = file->valuestring[0] == '/' ? tb_strdup(file->valuestring) : tb_path_join(t->dir, file->valuestring);
+        if (!chk[s].path) { rc = TB_EIO; break; }
+        if ((rc = tb_map_file(chk[s].path, &chk[s].map))) break;
+        chk[s].mapped = 1;
+        if (chk[s].map.size != bytes)
+            rc = tb_fail(TB_EDATA, "%s: shard '%s' has %zu bytes, the index says %" PRIu64, path, file->valuestring,
+                         chk[s].map.size, bytes);
     }
+    if (!rc && verify) tb_parallel_for(tb_default_threads(), n, hash_shards, chk);
+    for (int s = 0; s < n && !rc && verify; s++)
+        if (strcmp(chk[s].hex, chk[s].sha))
+            rc = tb_fail(TB_EDATA, "%s: shard '%s': SHA-256 %s does not match the index (%s)", path, chk[s].name,
+                         chk[s].hex, chk[s].sha);
+    for (int s = 0; chk && s < n; s++)
+        if (chk[s].mapped) tb_unmap(&chk[s].map);
+    for (int s = 0; s < n && !rc; s++) {
+        rc = tb_pack_open(&t->shards[s], chk[s].path);
+        if (!rc) t->n_shards++;
+    }
+    for (int s = 0; chk && s < n; s++) free(chk[s].path);
+    free(chk);
     /* every entry must point at what its shard really holds */
     for (const cJSON *e = rc ? NULL : tensors->child; e && !rc; e = e->next) {
         const cJSON *sh = cJSON_GetObjectItemCaseSensitive(e, "shard"), *kind = cJSON_GetObjectItemCaseSensitive(e, "kind");
