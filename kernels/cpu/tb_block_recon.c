@@ -85,16 +85,6 @@ static double eval_mse(tb_forward *f, int l, const float *inputs, const float *t
 }
 
 /* the input of linear k in layer l's kept activations */
-static const float *lin_input(const tb_layer_acts *a, int k)
-{
-    switch (k) {
-    case TB_LIN_Q: case TB_LIN_K: case TB_LIN_V: return a->xn1;
-    case TB_LIN_O: return a->att;
-    case TB_LIN_GATE: case TB_LIN_UP: return a->xn2;
-    default: return a->act;
-    }
-}
-
 typedef struct {
     tb_model *m;
     int l, T;
@@ -150,23 +140,13 @@ static int train_unit(trainer *t, float *const w[TB_LIN_PER_LAYER], uint8_t *con
             }
             /* straight-through: every latent entry moves; pruned ones decay */
             float *lat = t->latent[k];
-            tb_adam_masked(lat, t->g->g[k], t->m1[k], t->m2[k], NULL, n, lr, &hp, step + 1);
-            if (o->mask.decay > 0) {
-                float shrink = (float)(1.0 - lr * o->mask.decay);
-                for (int64_t i = 0; i < n; i++)
-                    if (!keep[k][i]) lat[i] *= shrink;
-            }
-            const float *x = lin_input(&t->f->acts[l], k);
-            for (int tk = 0; tk < T; tk++)
-                for (int c = 0; c < L->cols; c++) {
-                    double v = x[(size_t)tk * L->cols + c];
-                    t->colsq[k][c] += v * v;
-                }
+            tb_learnmask_update(lat, t->g->g[k], t->m1[k], t->m2[k], keep[k], n, lr, &hp, step + 1, o->mask.decay);
+            tb_learnmask_colsq(t->colsq[k], tb_lin_input(&t->f->acts[l], k), T, L->cols);
             if ((step + 1) % o->mask.every == 0 || step + 1 == learn_steps) {
                 for (int c = 0; c < L->cols; c++) t->colscale[c] = (float)sqrt(t->colsq[k][c] / (double)t->tokens_seen);
                 tb_nm_reselect(lat, t->colscale, L->rows, L->cols, o->n, o->m, keep[k]);
             }
-            for (int64_t i = 0; i < n; i++) w[k][i] = keep[k][i] ? lat[i] : 0.0f;
+            tb_learnmask_apply(w[k], lat, keep[k], n);
         }
         ++*done;
         if (progress) progress(ctx, *done, total);

@@ -46,3 +46,28 @@ int tb_nm_keep_valid(const uint8_t *keep, int64_t rows, int64_t cols, int n, int
         }
     return 1;
 }
+
+void tb_learnmask_update(float *lat, const float *g, float *m1, float *m2, const uint8_t *keep, int64_t n, double lr,
+                         const tb_adam_hp *hp, int64_t t, double decay)
+{
+    tb_adam_masked(lat, g, m1, m2, NULL, n, lr, hp, t);
+    if (decay > 0) {
+        float shrink = (float)(1.0 - lr * decay);
+        for (int64_t i = 0; i < n; i++)
+            if (!keep[i]) lat[i] *= shrink;
+    }
+}
+
+void tb_learnmask_colsq(double *colsq, const float *x, int T, int cols)
+{
+    for (int tk = 0; tk < T; tk++)
+        for (int c = 0; c < cols; c++) {
+            double v = x[(size_t)tk * cols + c];
+            colsq[c] += v * v;
+        }
+}
+
+void tb_learnmask_apply(float *w, const float *lat, const uint8_t *keep, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) w[i] = keep[i] ? lat[i] : 0.0f;
+}

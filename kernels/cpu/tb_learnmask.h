@@ -25,6 +25,9 @@
 
 #include <stdint.h>
 
+#include "tb_model.h"
+#include "tb_train.h"
+
 typedef struct {
     int every;     /* re-select every this many steps; 0: masks fixed */
     double until;  /* fraction of the steps during which masks may change (0.5) */
@@ -39,6 +42,30 @@ void tb_learnmask_defaults(tb_learnmask_opts *o); /* every 0 (off), until 0.5, d
  * 0/1; returns how many entries were kept before and are pruned now. */
 int64_t tb_nm_reselect(const float *w, const float *col_scale, int64_t rows, int64_t cols, int n, int m,
                        uint8_t *keep);
+
+/* One straight-through step of a weight whose mask may still change: Adam on
+ * every latent entry (g: dL/dW, computed dense), then the pruned latents
+ * decay, W~ *= 1 - lr * decay (t, lr, hp as tb_adam_masked). */
+void tb_learnmask_update(float *lat, const float *g, float *m1, float *m2, const uint8_t *keep, int64_t n, double lr,
+                         const tb_adam_hp *hp, int64_t t, double decay);
+
+/* colsq[c] += sum over the T rows of x [T, cols] of x[t, c]^2: the input
+ * channel statistics behind the re-selection's ||x_c|| */
+void tb_learnmask_colsq(double *colsq, const float *x, int T, int cols);
+
+/* w = lat on keep, exact zeros elsewhere */
+void tb_learnmask_apply(float *w, const float *lat, const uint8_t *keep, int64_t n);
+
+/* The input of decoder linear k in a layer's kept activations. */
+static inline const float *tb_lin_input(const tb_layer_acts *a, int k)
+{
+    switch (k) {
+    case TB_LIN_Q: case TB_LIN_K: case TB_LIN_V: return a->xn1;
+    case TB_LIN_O: return a->att;
+    case TB_LIN_GATE: case TB_LIN_UP: return a->xn2;
+    default: return a->act;
+    }
+}
 
 /* Is keep a valid exact N:M mask (every group keeps exactly n)? */
 int tb_nm_keep_valid(const uint8_t *keep, int64_t rows, int64_t cols, int n, int m);
