@@ -11,13 +11,12 @@
 #                        per-row least-squares compensation (SparseGPT's above
 #                        RECON_MAX_PARAMS), no training
 #   --device D           cpu, cuda or auto for tb-fisher, tb-recon and tb-distill
-#                        (DEVICE); learned masks run on the CPU backend
+#                        (DEVICE)
 # The default recipe (BENCHMARKS.md, "Quality past local reconstruction"):
 # layer by layer on the pruned model's own hidden states, Wanda scores, top-N
 # masks, per-row least-squares compensation (tb-pack --compensate auto), then
 # tb-recon trains each layer against the dense layer for 1000 steps with its
-# N:M masks learned (SR-STE: --learn-masks 10 --mask-decay 20; N:M patterns,
-# CPU backend: with DEVICE=cuda/auto or a GPU present the masks stay fixed),
+# N:M masks learned (SR-STE: --learn-masks 10 --mask-decay 20; N:M patterns),
 # then tb-distill trains the whole model's kept weights against the dense
 # model's logits on the calibration windows for 300 steps. tiny-llama-6m 2:4:
 # KL 1.181 to the dense model, ppl 179.9 (SparseGPT: 2.163 / 426.9).
@@ -52,14 +51,9 @@ set -- -f "$here/Makefile" MODEL="$model" OUT="$out" PATTERN="$pattern"
 if [ $fast = 1 ]; then
     set -- "$@" RECON_STEPS=0 DISTILL_STEPS=0
 else
-    # learned masks: N:M patterns on the CPU backend (tb-recon refuses them on a GPU)
+    # learned masks: N:M patterns (on any device)
     learn=""
-    case $pattern in *:*)
-        case ${device:-${DEVICE:-}} in
-        cpu) learn="--learn-masks 10 --mask-decay 20 --device cpu" ;;
-        "") nvidia-smi -L >/dev/null 2>&1 || learn="--learn-masks 10 --mask-decay 20 --device cpu" ;;
-        esac ;;
-    esac
+    case $pattern in *:*) learn="--learn-masks 10 --mask-decay 20" ;; esac
     # environment values (RECON_STEPS=... examples/prune-model.sh ...) win over the recipe
     set -- "$@" RECON_STEPS="${RECON_STEPS:-1000}" RECON_ARGS="${RECON_ARGS-$learn}" DISTILL_STEPS="${DISTILL_STEPS:-300}"
 fi

@@ -185,6 +185,25 @@ typedef struct tb_backend_ops {
      * in 3 GB); 0: every entry, indexed by position (CUDA: threads need no
      * prefix count, and the GPU has the room) */
     int adam_moments_kept;
+
+    /* ---- learned N:M masks (tb_learnmask.h; the CPU calls its functions,
+     * CUDA rounds every operation as they do, so masks re-select alike) ---- */
+    /* colsq[cols] += the f64 sum over the n rows of x[n, cols] of x[t, c]^2 */
+    void (*col_sq_acc)(tb_backend *b, const float *x, int n, int cols, double *colsq);
+    /* the straight-through step of a latent weight lat [count] whose mask may
+     * still change (tb_learnmask_update): Adam on every entry, m1 and m2 at
+     * full size whatever adam_moments_kept says, t the 1-based step; then,
+     * decay > 0, the pruned latents (keep 0) *= 1 - lr * decay */
+    void (*latent_step)(tb_backend *b, float *lat, const float *g, float *m1, float *m2, const uint8_t *keep,
+                        size_t count, double lr, double beta1, double beta2, double eps, int64_t t, double decay);
+    /* keep [rows, cols] = in each group of m consecutive columns of a row the
+     * n entries of largest |w| * (float)sqrt(colsq[c] / tokens), ties to the
+     * lower column (tb_nm_reselect; m <= 16; a trailing partial group is left) */
+    void (*nm_reselect)(tb_backend *b, const float *w, const double *colsq, double tokens, int64_t rows,
+                        int64_t cols, int n, int m, uint8_t *keep);
+    /* the trained weight W (linear_upload_train) = lat where keep, exact zeros
+     * elsewhere (tb_learnmask_apply), its compute copy refreshed */
+    void (*mask_apply)(tb_backend *b, tb_dlinear *W, const float *lat, const uint8_t *keep);
 } tb_backend_ops;
 
 struct tb_backend {

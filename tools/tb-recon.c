@@ -199,11 +199,6 @@ static int run(options *o, const char *cmdline)
     float *inputs = NULL, *targets = NULL, *attn_targets = NULL, *w[TB_LIN_PER_LAYER] = {0},
           *dense[TB_LIN_PER_LAYER] = {0};
     const int blockwise = o->bo.unit != TB_UNIT_LAYER || o->bo.mask.every > 0;
-    if (blockwise && o->be->o.device != TB_DEVICE_CPU) {
-        tb_pack_close(&p);
-        tb_model_close(&m);
-        return tb_fail(TB_EUSAGE, "--unit blocks and --learn-masks train on the cpu backend only: add --device cpu");
-    }
     uint8_t *keep[TB_LIN_PER_LAYER] = {0};
     const tb_packed *pk[TB_LIN_PER_LAYER] = {0};
     int64_t windows = 0;
@@ -221,9 +216,9 @@ static int run(options *o, const char *cmdline)
     tb_outfile probe; /* refuse an unwritable output before the work */
     if (!rc && !(rc = tb_out_open(&probe, o->output))) tb_out_abort(&probe);
     if (!rc) rc = load_inputs(o, &m, &inputs, &windows, &T);
-    if (!rc && blockwise)
+    if (!rc && o->bo.unit == TB_UNIT_BLOCKS) /* the attention block's output too */
         rc = dense_targets_cpu(&m, o->layer, inputs, windows, T, o->threads, &targets,
-                               o->bo.unit == TB_UNIT_BLOCKS ? &attn_targets : NULL);
+                               &attn_targets);
     else if (!rc)
         rc = dense_targets(&m, o->layer, inputs, windows, T, o->threads, o->be, &targets);
     if (!rc && o->bo.mask.every > 0) { /* learned masks: pruned entries start at the dense weights */
@@ -278,6 +273,7 @@ static int run(options *o, const char *cmdline)
         snprintf(label, sizeof label, "layer %d steps", o->layer);
         o->bo.r = o->ro;
         o->bo.r.n_threads = o->threads;
+        o->bo.r.backend = o->be;
         tb_progress_begin(&prog, label, (uint64_t)o->ro.steps * (o->bo.unit == TB_UNIT_BLOCKS ? 2 : 1));
         rc = tb_recon_block(&m, o->layer, w, keep, (const float *const *)dense, inputs, targets, attn_targets, windows,
                             T, &o->bo, on_step, &prog, &brep);

@@ -3,9 +3,9 @@
 # make test-cuda's programs from a carried CUDA build (test_backend: every op on
 # both backends, the 2:4 weights at 1-128 tokens and the device reorder;
 # test_sparsegpt_cuda: SparseGPT with G moved per call and resident;
-# test_model_cuda: logits vs the goldens; test_distill_cuda: tb_distill on both
-# backends), tests/cuda/tools.sh (the tools on the
-# GPU, the packed 2:4 model's generation and perplexity), then compute-sanitizer
+# test_model_cuda: logits vs the goldens; test_train_cuda: tb_distill and
+# tb_recon_block with learned masks on both backends), tests/cuda/tools.sh (the
+# tools on the GPU, the packed 2:4 model's generation and perplexity), then compute-sanitizer
 # memcheck and racecheck over the parity tests. Each step has a time cap and the
 # whole stays under DEADLINE seconds (default 570): a step that would start too
 # late is reported as skipped, never silently dropped. Logs and summary.txt
@@ -14,7 +14,7 @@
 # Prepared on the development box, then one call:
 #   make CUDA=1 CUDA_ARCHS=90 -j2 all build-cuda/tests/cuda/test_backend \
 #        build-cuda/tests/cuda/test_model_cuda build-cuda/tests/cuda/test_sparsegpt_cuda \
-#        build-cuda/tests/cuda/test_distill_cuda
+#        build-cuda/tests/cuda/test_train_cuda
 #   bench/gpu/devkit.sh                 (the tools' shared libraries: .devwork/kit)
 #   bench/gpu/shared.sh                 (tiny-mistral-10m and its golden: .devwork/shared.tar.xz)
 #   run: bash bench/gpu/device_tests.sh, carry build-cuda .devwork/kit .devwork/shared.tar.xz
@@ -56,7 +56,7 @@ step() {
 step test_backend 150 build-cuda/tests/cuda/test_backend
 step test_sparsegpt_cuda 60 build-cuda/tests/cuda/test_sparsegpt_cuda
 step test_model_cuda 90 build-cuda/tests/cuda/test_model_cuda
-step test_distill_cuda 120 build-cuda/tests/cuda/test_distill_cuda
+step test_train_cuda 120 build-cuda/tests/cuda/test_train_cuda
 step tools 240 sh tests/cuda/tools.sh
 if command -v compute-sanitizer >/dev/null; then
     export TB_TEST_QUICK=1 TB_TEST_NO_OOM=1

@@ -8,6 +8,7 @@
 #include "tb_backend.h"
 #include "tb_error.h"
 #include "tb_grad.h"
+#include "tb_learnmask.h"
 #include "tb_loss.h"
 #include "tb_ops.h"
 #include "tb_threads.h"
@@ -288,6 +289,44 @@ static void cpu_adam(tb_backend *b, tb_dlinear *W, const float *g, const uint8_t
     }
 }
 
+/* ---- learned N:M masks ---- */
+
+static void cpu_col_sq_acc(tb_backend *b, const float *x, int n, int cols, double *colsq)
+{
+    tb_learnmask_colsq(colsq, x, n, cols);
+}
+
+static void cpu_latent_step(tb_backend *b, float *lat, const float *g, float *m1, float *m2, const uint8_t *keep,
+                            size_t count, double lr, double beta1, double beta2, double eps, int64_t t, double decay)
+{
+    const tb_adam_hp hp = {beta1, beta2, eps};
+    tb_learnmask_update(lat, g, m1, m2, keep, (int64_t)count, lr, &hp, t, decay);
+}
+
+static void cpu_nm_reselect(tb_backend *b, const float *w, const double *colsq, double tokens, int64_t rows,
+                            int64_t cols, int n, int m, uint8_t *keep)
+{
+    float *scale = tb_malloc((size_t)(cols > 0 ? cols : 1) * sizeof(float));
+    if (!scale) {
+        sticky(b, TB_EIO);
+        return;
+    }
+    for (int64_t c = 0; c < cols; c++) scale[c] = (float)sqrt(colsq[c] / tokens);
+    tb_nm_reselect(w, scale, rows, cols, n, m, keep);
+    free(scale);
+}
+
+static void cpu_mask_apply(tb_backend *b, tb_dlinear *W, const float *lat, const uint8_t *keep)
+{
+    if (!W->w32) {
+        tb_fail(TB_EUSAGE, "mask_apply: weight %s was not uploaded for training",
+                W->host && W->host->name ? W->host->name : "?");
+        sticky(b, TB_EUSAGE);
+        return;
+    }
+    tb_learnmask_apply(W->w32, lat, keep, (int64_t)W->rows * W->cols);
+}
+
 static const tb_backend_ops cpu_ops = {
     .name = "cpu",
     .close = cpu_close,
@@ -327,6 +366,10 @@ static const tb_backend_ops cpu_ops = {
     .first_nonfinite = cpu_first_nonfinite,
     .adam = cpu_adam,
     .adam_moments_kept = 1,
+    .col_sq_acc = cpu_col_sq_acc,
+    .latent_step = cpu_latent_step,
+    .nm_reselect = cpu_nm_reselect,
+    .mask_apply = cpu_mask_apply,
 };
 
 int tb_cpu_backend_open(tb_backend *b)

@@ -422,6 +422,78 @@ __global__ void k_adam(float *w32, __nv_bfloat16 *wb, const float *g, const uint
     }
 }
 
+// ---------------------------------------------------------------- learned N:M masks
+//
+// The CPU twins are tb_learnmask.c's functions; these compute the same
+// numbers: every product and sum rounded as the CPU's (no FMA contraction:
+// the CPU build targets x86-64-v2, which has none), so masks re-select
+// identically on both backends (test_backend checks it bit for bit).
+
+// colsq[c] += x[t, c]^2 over the rows in order, f64: a thread per column
+__global__ void k_col_sq_acc(const float *x, int n, int cols, double *colsq)
+{
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= cols) return;
+    double s = colsq[c];
+    for (int t = 0; t < n; t++) {
+        const double v = x[(size_t)t * cols + c];
+        s = __dadd_rn(s, __dmul_rn(v, v));
+    }
+    colsq[c] = s;
+}
+
+// Adam on every latent entry (full-size moments), then the pruned ones decay
+__global__ void k_latent_step(float *lat, const float *g, float *m1, float *m2, const uint8_t *keep, size_t count,
+                              double lr, float b1, float b2, double c1, double c2, double eps, float shrink, int decay)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x) {
+        const float gi = g[i];
+        const float a = __fadd_rn(__fmul_rn(b1, m1[i]), __fmul_rn(1.0f - b1, gi));
+        const float v = __fadd_rn(__fmul_rn(b2, m2[i]), __fmul_rn(__fmul_rn(1.0f - b2, gi), gi));
+        m1[i] = a;
+        m2[i] = v;
+        float w = lat[i] - (float)(lr * (a / c1) / (sqrt(v / c2) + eps));
+        if (decay && !keep[i]) w = __fmul_rn(w, shrink);
+        lat[i] = w;
+    }
+}
+
+// each group of m columns of a row keeps its n largest |w| * (float)sqrt(colsq / tokens); ties to the lower column
+__global__ void k_nm_reselect(const float *w, const double *colsq, double tokens, int64_t rows, int64_t cols, int n,
+                              int m, uint8_t *keep)
+{
+    const int64_t groups = cols / m, total = rows * groups;
+    for (int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; idx < total;
+         idx += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t r = idx / groups, g = (idx % groups) * m;
+        const float *wr = w + r * cols + g;
+        double s[16];
+        int now[16];
+        for (int j = 0; j < m; j++) {
+            const float cs = (float)sqrt(colsq[g + j] / tokens);
+            s[j] = __dmul_rn(fabs((double)wr[j]), (double)cs);
+            now[j] = 0;
+        }
+        for (int k = 0; k < n; k++) {
+            int best = -1;
+            for (int j = 0; j < m; j++)
+                if (!now[j] && (best < 0 || s[j] > s[best])) best = j;
+            now[best] = 1;
+        }
+        for (int j = 0; j < m; j++) keep[r * cols + g + j] = (uint8_t)now[j];
+    }
+}
+
+// the trained weight (f32 master, and its bf16 compute copy) = lat on keep, zeros elsewhere
+__global__ void k_mask_apply(float *w32, __nv_bfloat16 *wb, const float *lat, const uint8_t *keep, size_t count)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x) {
+        const float w = keep[i] ? lat[i] : 0.0f;
+        w32[i] = w;
+        if (wb) wb[i] = __float2bfloat16_rn(w);
+    }
+}
+
 // ---------------------------------------------------------------- memory ops
 
 static void *cu_alloc(tb_backend *b, size_t bytes, const char *what)
@@ -1240,6 +1312,59 @@ static void cu_adam(tb_backend *b, tb_dlinear *W, const float *g, const uint8_t 
     TB_CU_LAUNCHED(cu, "adam");
 }
 
+// ---------------------------------------------------------------- learned N:M masks
+
+static void cu_col_sq_acc(tb_backend *b, const float *x, int n, int cols, double *colsq)
+{
+    tb_cuda *cu = tb_cu(b);
+    if (cu->err || cols <= 0 || n <= 0) return;
+    k_col_sq_acc<<<(cols + 255) / 256, 256, 0, cu->stream>>>(x, n, cols, colsq);
+    TB_CU_LAUNCHED(cu, "col_sq_acc");
+}
+
+static void cu_latent_step(tb_backend *b, float *lat, const float *g, float *m1, float *m2, const uint8_t *keep,
+                           size_t count, double lr, double beta1, double beta2, double eps, int64_t t, double decay)
+{
+    tb_cuda *cu = tb_cu(b);
+    if (cu->err || !count) return;
+    // as tb_adam_masked and tb_learnmask_update compute them on the host
+    const double c1 = 1.0 - pow(beta1, (double)t), c2 = 1.0 - pow(beta2, (double)t);
+    const float shrink = (float)(1.0 - lr * decay);
+    k_latent_step<<<blocks_for(count, 256), 256, 0, cu->stream>>>(lat, g, m1, m2, keep, count, lr, (float)beta1,
+                                                                  (float)beta2, c1, c2, eps, shrink, decay > 0);
+    TB_CU_LAUNCHED(cu, "latent_step");
+}
+
+static void cu_nm_reselect(tb_backend *b, const float *w, const double *colsq, double tokens, int64_t rows,
+                           int64_t cols, int n, int m, uint8_t *keep)
+{
+    tb_cuda *cu = tb_cu(b);
+    if (cu->err) return;
+    if (m < 1 || m > 16 || n < 0 || n > m) {
+        tb_cuda_set_error(cu, TB_EUSAGE, "nm_reselect: %d:%d is not a pattern with M <= 16", n, m);
+        return;
+    }
+    const size_t groups = (size_t)rows * (size_t)(cols / m);
+    if (!groups) return;
+    k_nm_reselect<<<blocks_for(groups, 128), 128, 0, cu->stream>>>(w, colsq, tokens, rows, cols, n, m, keep);
+    TB_CU_LAUNCHED(cu, "nm_reselect");
+}
+
+static void cu_mask_apply(tb_backend *b, tb_dlinear *W, const float *lat, const uint8_t *keep)
+{
+    tb_cuda *cu = tb_cu(b);
+    if (cu->err) return;
+    if (!W->trainable || !W->w32) {
+        tb_cuda_set_error(cu, TB_EUSAGE, "mask_apply: weight %s was not uploaded for training",
+                          W->host && W->host->name ? W->host->name : "?");
+        return;
+    }
+    const size_t count = (size_t)W->rows * W->cols;
+    __nv_bfloat16 *wb = W->w != (void *)W->w32 ? (__nv_bfloat16 *)W->w : NULL;
+    k_mask_apply<<<blocks_for(count, 256), 256, 0, cu->stream>>>(W->w32, wb, lat, keep, count);
+    TB_CU_LAUNCHED(cu, "mask_apply");
+}
+
 // ---------------------------------------------------------------- open / close
 
 static void cu_close(tb_backend *b)
@@ -1296,6 +1421,10 @@ static tb_backend_ops make_ops(void)
     o.scaled_diff = cu_scaled_diff;
     o.first_nonfinite = cu_first_nonfinite;
     o.adam = cu_adam;
+    o.col_sq_acc = cu_col_sq_acc;
+    o.latent_step = cu_latent_step;
+    o.nm_reselect = cu_nm_reselect;
+    o.mask_apply = cu_mask_apply;
     o.close = cu_close;
     return o;
 }

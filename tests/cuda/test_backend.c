@@ -36,6 +36,7 @@
  *   TB_TEST_QUICK=1 TB_TEST_PREC=f32 compute-sanitizer --tool racecheck build-cuda/tests/cuda/test_backend
  */
 #include "tb_backend.h"
+#include "tb_learnmask.h"
 #include "tb_dtype.h"
 #include "tb_error.h"
 #include "tb_gemv_bf16.h" /* TB_GEMV_MAX_TOKENS: which linears the decode GEMV takes */
@@ -759,6 +760,104 @@ static void test_adam(int rows, int cols, int steps)
     free(w), free(wc), free(m1), free(m2), free(keep), free(oc), free(og), free(x);
 }
 
+/* Learned N:M masks (tb_learnmask.h): the channel statistics, the
+ * straight-through latent step, the re-selection and the masked apply.
+ * Outputs poisoned first where the op overwrites them; the masks must agree
+ * bit for bit (the CUDA kernels round as the CPU does), since one flipped
+ * keep bit is a different model. */
+static void test_learnmask(int rows, int cols, int T, int n, int m, int steps)
+{
+    char s[64];
+    snprintf(s, sizeof s, "%dx%d %d:%d, T %d", rows, cols, n, m, T);
+    const size_t count = (size_t)rows * cols;
+    /* col_sq_acc: f64 sums of squares per input channel, rows in order */
+    double *cs0 = malloc((size_t)cols * 8);
+    for (int c = 0; c < cols; c++) cs0[c] = fabs((double)frand()) * 10;
+    float *x = hrand((size_t)T * cols, 2);
+    pair X = both(x, (size_t)T * cols);
+    double *csc = put(&C, cs0, (size_t)cols * 8), *csg = put(&G, cs0, (size_t)cols * 8);
+    C.ops->col_sq_acc(&C, X.c, T, cols, csc);
+    G.ops->col_sq_acc(&G, X.g, T, cols, csg);
+    C.ops->col_sq_acc(&C, X.c, T / 2 + 1, cols, csc); /* accumulates */
+    G.ops->col_sq_acc(&G, X.g, T / 2 + 1, cols, csg);
+    sync_both();
+    double *hcc = malloc((size_t)cols * 8), *hcg = malloc((size_t)cols * 8);
+    C.ops->download(&C, hcc, csc, (size_t)cols * 8);
+    G.ops->download(&G, hcg, csg, (size_t)cols * 8);
+    sync_both();
+    row("col_sq_acc", s, rel_f64(hcg, hcc, (size_t)cols), 0);
+    /* nm_reselect into poisoned masks (0xff is no valid keep byte) */
+    float *w = hrand(count, 1);
+    w[0] = w[1]; /* a tie in the first group: the lower column wins on both */
+    pair W = both(w, count);
+    uint8_t *ff = malloc(count);
+    memset(ff, 0xff, count);
+    uint8_t *kc = put(&C, ff, count), *kg = put(&G, ff, count);
+    const double tokens = T + T / 2 + 1;
+    C.ops->nm_reselect(&C, W.c, csc, tokens, rows, cols, n, m, kc);
+    G.ops->nm_reselect(&G, W.g, csg, tokens, rows, cols, n, m, kg);
+    sync_both();
+    uint8_t *hkc = malloc(count), *hkg = malloc(count);
+    C.ops->download(&C, hkc, kc, count);
+    G.ops->download(&G, hkg, kg, count);
+    sync_both();
+    size_t differ = 0;
+    for (size_t i = 0; i < count; i++) differ += hkc[i] != hkg[i];
+    row("nm_reselect keep", s, (double)differ, 0);
+    row("nm_reselect exact N:M", s, tb_nm_keep_valid(hkg, rows, cols, n, m) ? 0 : 1, 0);
+    /* latent_step: Adam on every entry (full moments on both), pruned latents decay */
+    float *m1 = hrand(count, 0.01f), *m2 = hrand(count, 1e-4f);
+    for (size_t i = 0; i < count; i++) m2[i] = fabsf(m2[i]);
+    pair M1 = both(m1, count), M2 = both(m2, count);
+    for (int t = 1; t <= steps; t++) {
+        float *g = hrand(count, 0.05f);
+        pair Gr = both(g, count);
+        double lr = 1e-3 * (1.0 - 0.1 * t);
+        C.ops->latent_step(&C, W.c, Gr.c, M1.c, M2.c, kc, count, lr, 0.9, 0.999, 1e-8, t, t == steps ? 0 : 20);
+        G.ops->latent_step(&G, W.g, Gr.g, M1.g, M2.g, kg, count, lr, 0.9, 0.999, 1e-8, t, t == steps ? 0 : 20);
+        sync_both();
+        pfree(Gr);
+        free(g);
+    }
+    cmp("latent_step latent", s, W.c, W.g, count, 1e-6);
+    cmp("latent_step m1", s, M1.c, M1.g, count, 1e-6);
+    cmp("latent_step m2", s, M2.c, M2.g, count, 1e-6);
+    /* mask_apply into a training copy poisoned with NaN, read back and through the compute copy */
+    float *wc = malloc(count * 4), *wg = malloc(count * 4);
+    for (size_t i = 0; i < count; i++) wc[i] = wg[i] = NAN;
+    tb_linear Lc = {.name = "masked", .rows = rows, .cols = cols, .dtype = TB_F32, .data = wc};
+    tb_linear Lg = Lc;
+    Lg.data = wg;
+    tb_dlinear dc, dg;
+    if (C.ops->linear_upload_train(&C, &dc, &Lc) || G.ops->linear_upload_train(&G, &dg, &Lg)) {
+        fprintf(stderr, "test-cuda: linear_upload_train: %s\n", tb_errmsg());
+        exit(1);
+    }
+    C.ops->mask_apply(&C, &dc, W.c, kc);
+    G.ops->mask_apply(&G, &dg, W.g, kg);
+    float *oc = malloc(count * 4), *og = malloc(count * 4);
+    C.ops->linear_download(&C, &dc, oc);
+    G.ops->linear_download(&G, &dg, og);
+    sync_both();
+    size_t nonzero = 0;
+    for (size_t i = 0; i < count; i++)
+        if (!hkc[i] && og[i] != 0.0f) nonzero++;
+    row("mask_apply w", s, rel_f32(og, oc, count), 1e-6);
+    row("mask_apply pruned 0", s, (double)nonzero, 0);
+    int nt = 5;
+    float *xin = hrand((size_t)nt * cols, 1);
+    pair XI = both(xin, (size_t)nt * cols), Y = both_poison((size_t)nt * rows);
+    C.ops->linear(&C, &dc, XI.c, nt, Y.c);
+    G.ops->linear(&G, &dg, XI.g, nt, Y.g);
+    cmp("linear (mask_apply)", s, Y.c, Y.g, (size_t)nt * rows, tol_gemm());
+    pfree(XI), pfree(Y), pfree(X), pfree(W), pfree(M1), pfree(M2);
+    C.ops->linear_release(&C, &dc);
+    G.ops->linear_release(&G, &dg);
+    C.ops->free(&C, kc), G.ops->free(&G, kg), C.ops->free(&C, csc), G.ops->free(&G, csg);
+    free(cs0), free(x), free(hcc), free(hcg), free(w), free(ff), free(hkc), free(hkg), free(m1), free(m2);
+    free(wc), free(wg), free(oc), free(og), free(xin);
+}
+
 static void run_all(void)
 {
     test_memory();
@@ -820,6 +919,9 @@ static void run_all(void)
     if (!quick) test_losses(257, 32000);
     test_adam(64, 96, 3);
     if (!quick) test_adam(768, 256, 5);
+    test_learnmask(48, 64, 37, 2, 4, 3);
+    test_learnmask(40, 96, 9, 4, 8, 2);
+    if (!quick) test_learnmask(1024, 4096, 512, 2, 4, 3);
 }
 
 /* ---- TB_TEST_TIME=1: rough speed of the heavy ops at Mistral-7B layer shapes

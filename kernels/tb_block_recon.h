@@ -22,9 +22,18 @@
  * o->mask.until of each unit's steps, then fixed. Pruned weights are exact
  * zeros in the model's arrays after every step.
  *
- * Memory: the inputs and targets (and attention targets) of every window,
- * one window's activations and gradients, per trained weight its gradient and
- * two Adam moments (and, learning masks, its latent copy).
+ * Backends: written once over the backend table (o->r.backend; NULL: the
+ * CPU), like tb_recon.c; the mask re-selection, the channel statistics, the
+ * latent step and the masked apply are backend ops (tb_backend.h) whose CUDA
+ * kernels round as the CPU does. On the CPU the weights train in w and the
+ * masks re-select in keep, after every step; elsewhere both come back at the
+ * end. The dense targets (tb_dense_layer_targets) are computed on the CPU.
+ *
+ * Memory: the inputs and targets (and attention targets) of every window
+ * (host), and on the backend one window's activations and gradients, per
+ * trained weight its training copy, a keep mask and two Adam moments (fixed
+ * masks: of the kept entries only on the CPU), and, learning masks, its
+ * gradient, latent copy and channel statistics.
  */
 #ifndef TB_BLOCK_RECON_H
 #define TB_BLOCK_RECON_H
