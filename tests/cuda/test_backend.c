@@ -773,7 +773,9 @@ static void test_learnmask(int rows, int cols, int T, int n, int m, int steps)
     /* col_sq_acc: f64 sums of squares per input channel, rows in order */
     double *cs0 = malloc((size_t)cols * 8);
     for (int c = 0; c < cols; c++) cs0[c] = fabs((double)frand()) * 10;
+    cs0[1] = cs0[0]; /* with x's and w's columns 0 and 1 equal: a tie of scores in every row's first group */
     float *x = hrand((size_t)T * cols, 2);
+    for (int t = 0; t < T; t++) x[(size_t)t * cols + 1] = x[(size_t)t * cols];
     pair X = both(x, (size_t)T * cols);
     double *csc = put(&C, cs0, (size_t)cols * 8), *csg = put(&G, cs0, (size_t)cols * 8);
     C.ops->col_sq_acc(&C, X.c, T, cols, csc);
@@ -788,7 +790,7 @@ static void test_learnmask(int rows, int cols, int T, int n, int m, int steps)
     row("col_sq_acc", s, rel_f64(hcg, hcc, (size_t)cols), 0);
     /* nm_reselect into poisoned masks (0xff is no valid keep byte) */
     float *w = hrand(count, 1);
-    w[0] = w[1]; /* a tie in the first group: the lower column wins on both */
+    for (int r = 0; r < rows; r++) w[(size_t)r * cols] = w[(size_t)r * cols + 1]; /* ties: the lower column wins */
     pair W = both(w, count);
     uint8_t *ff = malloc(count);
     memset(ff, 0xff, count);
