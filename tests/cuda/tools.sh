@@ -5,7 +5,8 @@
 # (1e-3) and Gram (1e-4) goldens; tb-run --ppl on the GPU (bf16) within 0.5%
 # of the CPU's f32 perplexity on the same windows; tb-recon on the GPU reaches
 # the CPU's layer loss within 2% after 300 steps; tb-distill on the GPU
-# reaches the CPU's KL within 1% (f32) and 5% (bf16) after 20 steps; a packed
+# reaches the CPU's KL within 1% (f32) and 5% (bf16) after 20 steps, and
+# tb-recon --learn-masks the CPU's layer loss within 3% with exact 2:4 masks; a packed
 # 2:4 model (issue 13's
 # acceptance): greedy generation token for token equal to the dense-with-zeros
 # export's on each backend, its fidelity to that export (tb-run --compare: on
@@ -173,5 +174,20 @@ k_bf=$(kd cuda bf16)
 echo "  KL after cpu $k_cpu, cuda f32 $k_gpu, cuda bf16 $k_bf"
 check "|kl_cuda_f32 - kl_cpu| / kl_cpu" "$(reldiff "$k_gpu" "$k_cpu")" 0.01
 check "|kl_cuda_bf16 - kl_cpu| / kl_cpu" "$(reldiff "$k_bf" "$k_cpu")" 0.05
+
+echo "tb-recon --learn-masks 10 (layer 0, 2:4 magnitude), 100 steps on 8 windows: GPU f32 vs CPU"
+"$BIN/tb-pack" -m "$MODEL" --masks "$tmp/dk.st" --compensate none --layers 0:1 -o "$tmp/d0.tb" --quiet
+lm() { # device precision
+    "$BIN/tb-recon" -m "$MODEL" --shard "$tmp/d0.tb" --layer 0 -t "$CALIB" --max-windows 8 --steps 100 \
+        --learn-masks 10 --device "$1" ${2:+--precision $2} --json --quiet -o "$tmp/lm-$1.tb" |
+        sed -n 's/.*"mse_after":\([^,}]*\).*/\1/p'
+}
+m_cpu=$(lm cpu)
+m_gpu=$(lm cuda f32)
+c_gpu=$("$BIN/tb-inspect" --json "$tmp/lm-cuda.tb" | python3 -c "
+import json, sys; p = json.load(sys.stdin)['pruned']; print(min(t['conforming_fraction'] for t in p))")
+echo "  final MSE cpu $m_cpu, cuda f32 $m_gpu; GPU masks conforming 2:4: $c_gpu"
+check "|mse_cuda_f32 - mse_cpu| / mse_cpu" "$(reldiff "$m_gpu" "$m_cpu")" 0.03
+check "1 - (conforming fraction of the GPU's learned masks)" "$(awk -v c="$c_gpu" 'BEGIN {print 1 - c}')" 0
 sp24_checks
 [ "$fail" -eq 0 ] && echo "tools.sh: passed" || { echo "tools.sh: FAILED"; exit 1; }
