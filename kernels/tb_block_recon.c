@@ -27,13 +27,12 @@ void tb_block_defaults(tb_block_opts *o)
     tb_learnmask_defaults(&o->mask);
 }
 
-/* The dense targets read the attention block's h in place: on the CPU
- * backend (host memory), which tb_forward_init gives without one. */
 int tb_dense_layer_targets(const tb_model *m, int l, const float *inputs, int64_t windows, int seq_len, int n_threads,
-                           float *out, float *attn_out)
+                           tb_backend *be, float *out, float *attn_out)
 {
     tb_forward f;
-    tb_forward_opts fo = {.max_seq = seq_len, .max_tokens = seq_len, .keep_acts = 0, .n_threads = n_threads};
+    tb_forward_opts fo = {.max_seq = seq_len, .max_tokens = seq_len, .keep_acts = 0, .n_threads = n_threads,
+                          .backend = be, .layer_begin = l, .layer_end = l + 1};
     int rc = tb_forward_init(&f, m, &fo);
     if (rc) return rc;
     const size_t nd = (size_t)seq_len * m->cfg.hidden_size;
@@ -42,7 +41,10 @@ int tb_dense_layer_targets(const tb_model *m, int l, const float *inputs, int64_
             (rc = tb_forward_layers(&f, seq_len, l, l + 1)) ||
             (rc = tb_forward_get_stream(&f, l + 1, out + (size_t)w * nd, seq_len)))
             break;
-        if (attn_out) memcpy(attn_out + (size_t)w * nd, f.acts[l].h, nd * sizeof(float));
+        if (attn_out) {
+            f.be->ops->download(f.be, attn_out + (size_t)w * nd, f.acts[l].h, nd * sizeof(float));
+            if ((rc = f.be->ops->sync(f.be))) break;
+        }
     }
     tb_forward_free(&f);
     return rc;

@@ -27,7 +27,7 @@
  * latent step and the masked apply are backend ops (tb_backend.h) whose CUDA
  * kernels round as the CPU does. On the CPU the weights train in w and the
  * masks re-select in keep, after every step; elsewhere both come back at the
- * end. The dense targets (tb_dense_layer_targets) are computed on the CPU.
+ * end.
  *
  * Memory: the inputs and targets (and attention targets) of every window
  * (host), and on the backend one window's activations and gradients, per
@@ -75,9 +75,10 @@ int tb_recon_block(tb_model *m, int l, float *const w[TB_LIN_PER_LAYER], uint8_t
                    tb_progress_fn progress, void *ctx, tb_block_report *r);
 
 /* The dense layer l's outputs (and, attn_out not NULL, its attention block's
- * h) for each input window: [windows, seq_len, hidden] each. m's layer l
- * must still hold the dense weights. */
+ * h) for each input window: [windows, seq_len, hidden] each, host arrays,
+ * computed on be (NULL: the CPU with n_threads) holding layer l only. m's
+ * layer l must still hold the dense weights. */
 int tb_dense_layer_targets(const tb_model *m, int l, const float *inputs, int64_t windows, int seq_len, int n_threads,
-                           float *out, float *attn_out);
+                           tb_backend *be, float *out, float *attn_out);
 
 #endif

@@ -85,33 +85,15 @@ static int load_inputs(const options *o, tb_model *m, float **out, int64_t *wind
     return rc;
 }
 
-/* targets: the dense layer's output for each input window */
+/* targets: the dense layer's output for each input window (attn_out: the
+ * attention block's h too, for --unit blocks) */
 static int dense_targets(tb_model *m, int l, const float *in, int64_t windows, int T, int threads, tb_backend *be,
-                         float **out)
-{
-    tb_forward f;
-    tb_forward_opts fo = {.max_seq = T, .max_tokens = T, .keep_acts = 0, .n_threads = threads, .backend = be,
-                          .layer_begin = l, .layer_end = l + 1};
-    int rc = tb_forward_init(&f, m, &fo);
-    if (rc) return rc;
-    size_t nd = (size_t)T * m->cfg.hidden_size;
-    if (!(*out = tb_malloc((size_t)windows * nd * sizeof(float)))) rc = TB_EIO;
-    for (int64_t w = 0; !rc && w < windows; w++) {
-        if (!(rc = tb_forward_set_stream(&f, l, in + (size_t)w * nd, T)) && !(rc = tb_forward_layers(&f, T, l, l + 1)))
-            rc = tb_forward_get_stream(&f, l + 1, *out + (size_t)w * nd, T);
-    }
-    tb_forward_free(&f);
-    return rc;
-}
-
-/* the same on the CPU, with the attention block's h too (tb_recon_block) */
-static int dense_targets_cpu(tb_model *m, int l, const float *in, int64_t windows, int T, int threads, float **out,
-                         float **attn_out)
+                         float **out, float **attn_out)
 {
     size_t n = (size_t)windows * T * m->cfg.hidden_size;
     if (!(*out = tb_malloc(n * sizeof(float))) || (attn_out && !(*attn_out = tb_malloc(n * sizeof(float)))))
         return TB_EIO;
-    return tb_dense_layer_targets(m, l, in, windows, T, threads, *out, attn_out ? *attn_out : NULL);
+    return tb_dense_layer_targets(m, l, in, windows, T, threads, be, *out, attn_out ? *attn_out : NULL);
 }
 
 /* Write the shard again: trained values under the original keep sets (the
@@ -216,11 +198,9 @@ static int run(options *o, const char *cmdline)
     tb_outfile probe; /* refuse an unwritable output before the work */
     if (!rc && !(rc = tb_out_open(&probe, o->output))) tb_out_abort(&probe);
     if (!rc) rc = load_inputs(o, &m, &inputs, &windows, &T);
-    if (!rc && o->bo.unit == TB_UNIT_BLOCKS) /* the attention block's output too */
-        rc = dense_targets_cpu(&m, o->layer, inputs, windows, T, o->threads, &targets,
-                               &attn_targets);
-    else if (!rc)
-        rc = dense_targets(&m, o->layer, inputs, windows, T, o->threads, o->be, &targets);
+    if (!rc)
+        rc = dense_targets(&m, o->layer, inputs, windows, T, o->threads, o->be, &targets,
+                           o->bo.unit == TB_UNIT_BLOCKS ? &attn_targets : NULL);
     if (!rc && o->bo.mask.every > 0) { /* learned masks: pruned entries start at the dense weights */
         for (int k = 0; k < TB_LIN_PER_LAYER && !rc; k++) {
             if (pk[k]->n < 1 || pk[k]->perm)

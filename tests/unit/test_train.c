@@ -308,7 +308,7 @@ static void layer_data(const tb_model *teacher, int windows, float *inputs, floa
         memcpy(inputs + (size_t)w * NTOK * HID, tb_forward_stream(&f, 0), sizeof(float) * NTOK * HID);
     }
     tb_forward_free(&f);
-    assert_int_equal(tb_dense_layer_targets(teacher, 0, inputs, windows, NTOK, 1, targets, attn_targets), TB_OK);
+    assert_int_equal(tb_dense_layer_targets(teacher, 0, inputs, windows, NTOK, 1, NULL, targets, attn_targets), TB_OK);
 }
 
 typedef struct {
