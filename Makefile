@@ -4,6 +4,8 @@
 #   make CUDA=1             also compile kernels/cuda/*.cu with nvcc (CUDA_HOME or PATH)
 #   make CUDA=1 CUDA_ARCHS="80;90"   choose GPU architectures (default 75;80;86;89;90)
 #   make NVTX=1             compile NVTX ranges in (with CUDA=1)
+#   make CUDA=1 CUSPARSELT=1  2:4 prefill through NVIDIA cuSPARSELt (CUSPARSELT_HOME, else
+#                           scripts/cusparselt.sh finds or fetches the PyPI wheel; never required)
 #   make SANITIZE=1         ASan + UBSan build in build-san/
 #   make test               unit tests (cmocka) and CLI tests (bats)
 #   make test-slurm         examples/slurm on a local single-node Slurm (root)
@@ -20,6 +22,7 @@ PREFIX     ?= /usr/local
 CC         ?= cc
 CUDA       ?= 0
 NVTX       ?= 0
+CUSPARSELT ?= 0
 SANITIZE   ?= 0
 CUDA_ARCHS ?= 75;80;86;89;90
 
@@ -36,7 +39,7 @@ else
 SANFLAGS :=
 endif
 CC_NAME := $(notdir $(firstword $(CC)))
-BUILD ?= build$(if $(filter 1,$(CUDA)),-cuda)$(if $(filter 1,$(SANITIZE)),-san)$(if $(filter-out cc gcc,$(CC_NAME)),-$(CC_NAME))
+BUILD ?= build$(if $(filter 1,$(CUDA)),-cuda)$(if $(filter 1,$(CUDA)),$(if $(filter 1,$(CUSPARSELT)),-cslt))$(if $(filter 1,$(SANITIZE)),-san)$(if $(filter-out cc gcc,$(CC_NAME)),-$(CC_NAME))
 BIN := $(BUILD)/bin
 V ?= 0
 Q := $(if $(filter 1,$(V)),,@)
@@ -114,6 +117,18 @@ LDLIBS    += -L$(CUDA_ROOT)/lib64 -Wl,-rpath,$(CUDA_ROOT)/lib64 -lcusolver -lcub
 CPPFLAGS  += -DTB_HAVE_CUDA_BACKEND=1 # kernels/cuda/tb_backend_cuda.cu
 ifeq ($(NVTX),1)
 CPPFLAGS  += -DTB_HAVE_NVTX=1
+endif
+# cuSPARSELt for 2:4 weights at prefill token counts (kernels/cuda/tb_sp24_cslt.cu);
+# its wheel has no unversioned libcusparseLt.so, hence -l:
+ifeq ($(CUSPARSELT),1)
+ifneq ($(COMPILING),)
+CUSPARSELT_HOME := $(or $(CUSPARSELT_HOME),$(shell scripts/cusparselt.sh))
+ifeq ($(strip $(CUSPARSELT_HOME)),)
+$(error CUSPARSELT=1 but no cuSPARSELt: set CUSPARSELT_HOME or see scripts/cusparselt.sh)
+endif
+endif
+CPPFLAGS  += -DTB_HAVE_CUSPARSELT=1 -I$(CUSPARSELT_HOME)/include
+LDLIBS    += -L$(CUSPARSELT_HOME)/lib -Wl,-rpath,$(CUSPARSELT_HOME)/lib -l:libcusparseLt.so.0
 endif
 LIB_OBJ   += $(CU_OBJ)
 endif
