@@ -8,8 +8,9 @@
 //
 // Weights. Dense ones as a dense copy in the compute dtype; packed N:M ones
 // uploaded as stored and decoded on the device, 2:4 bf16 ones kept in the
-// sparse tensor-core form of tb_sp24.h for decode ("N:M weights" below has
-// the memory policy). The 2:4 path is compiled but has not yet run on a GPU.
+// sparse tensor-core form of tb_sp24.h for decode, and in cuSPARSELt's form
+// for prefill where the build has it ("N:M weights" below has the choice and
+// the memory policy). The 2:4 paths are compiled but have not yet run on a GPU.
 //
 // Precision. TB_PREC_F32: weights f32, cuBLAS with CUBLAS_COMPUTE_32F_PEDANTIC
 // (no TF32, no reduced-precision tricks), Gram in f64 (DSYRK). TB_PREC_BF16:
@@ -18,6 +19,7 @@
 // count, f32 accumulated and summed into the f64 G. Everything else is f32
 // with f64 where the header says (nll, kl, sum_sq_diff).
 #include "tb_cuda_backend.h"
+#include "tb_cuda.h"
 #include "tb_nvtx.h"
 #include "tb_gemv_bf16.h"
 #include "tb_sp24.h"
@@ -590,28 +592,45 @@ static int upload_bias(tb_cuda *cu, tb_dlinear *d, const tb_linear *L)
 // - 2:4 with bf16 values in the bf16 precision, shape rows % 32 == 0 and
 //   cols % 64 == 0, on sm_80+: the sparse tensor-core form of
 //   kernels/cuda/tb_sp24.h (0.5625x the bytes of dense bf16), reordered on the
-//   device. cu_linear runs the 2:4 GEMM where it beats cuBLAS
-//   (tb_cuda_sp24_prefer_dense: 1-16 tokens, decode) and the dense copy
-//   elsewhere (more than 16 tokens, prefill; linear_dx).
+//   device. cu_linear runs the implementation tb_cuda_sp24_choose names for
+//   the token count (its decision table, measured): our 2:4 GEMM at 1-16
+//   tokens (decode); cuSPARSELt from 1024 tokens (prefill) in a CUSPARSELT=1
+//   build; the dense copy through cuBLAS elsewhere (17-1023 tokens, every
+//   prefill without cuSPARSELt, shapes cuSPARSELt has no plan for; linear_dx).
 // - anything else: the dense copy in the compute dtype, expanded on the device
 //   (k_nm_decode), as a dense weight has.
 //
-// Memory policy for the 2:4 form: the dense copy is made from it on the device
-// the first time an op needs it, and kept with the weight. A run that only
-// decodes (tb-run generation with a prompt of at most 16 tokens) holds 0.5625x
-// of dense bf16; a run that also prefills more than 16 tokens holds both forms,
-// 1.5625x, the price of the faster kernel at each token count (expanding the
-// dense copy per call instead would add, by a count not a measurement, ~23 GB
-// of traffic, ~5 ms at the copy rate, to each ~40 ms 2048-token window of a
-// 7B prefill). d->bytes counts
-// what linear_upload made (the 2:4 form); a dense copy made later is not in
-// it, and a tb-run --ppl of a 2:4 model holds both though it only uses the
-// dense one (the backend cannot know which token counts a run will ask for).
+// Memory policy for the 2:4 form: the dense copy and cuSPARSELt's compressed
+// form are each made from it on the device the first time an op needs them,
+// and kept with the weight. A run that only decodes (tb-run generation with a
+// prompt of at most 16 tokens) holds 0.5625x of dense bf16; one that prefills
+// at >= 1024 tokens through cuSPARSELt adds its form, ~0.5625x more (1.125x
+// in all, and never the dense copy); one that runs 17-1023 tokens, or prefills
+// without cuSPARSELt, holds the dense copy too (+1x), the price of the faster
+// implementation at each token count (expanding the dense copy per call
+// instead would add, by a count not a measurement, ~23 GB of traffic, ~5 ms
+// at the copy rate, to each ~40 ms 2048-token window of a 7B prefill). The
+// compressed form is made lazily, not at upload, so that a decode-only run
+// does not hold it. d->bytes counts what linear_upload made (the 2:4 form);
+// forms made later are not in it (tb_cuda_sp24_forms tells which exist).
+// TB_SP24_PREFILL (read at backend open; benchmarks, not users): "dense" keeps
+// cuSPARSELt out of a CUSPARSELT=1 build, so the same binary times the
+// dense-copy prefill; "cusparselt" runs it at every count above 16 tokens,
+// below the table's threshold too, to measure where that threshold belongs.
 
 struct cu_sparse {
     tb_sp24_weight sp; // the 2:4 GEMM's form (device)
     void *dense;       // bf16 [rows, cols] in model column order, made on first need, or NULL
+    void *comp;        // cuSPARSELt's compressed form, made on first need, or NULL
+    size_t comp_bytes;
 };
+
+extern "C" int tb_cuda_sp24_forms(const void *sparse)
+{
+    const cu_sparse *s = (const cu_sparse *)sparse;
+    if (!s) return 0;
+    return TB_CUDA_FORM_SP24 | (s->comp ? TB_CUDA_FORM_CSLT : 0) | (s->dense ? TB_CUDA_FORM_DENSE : 0);
+}
 
 static void cu_linear_release(tb_backend *b, tb_dlinear *d)
 {
@@ -623,6 +642,7 @@ static void cu_linear_release(tb_backend *b, tb_dlinear *d)
         cu_sparse *s = (cu_sparse *)d->sparse;
         tb_cuda_sp24_release(&s->sp);
         cudaFree(s->dense);
+        cudaFree(s->comp);
         free(s);
     }
     (void)cu;
@@ -936,18 +956,44 @@ static void sparse_linear(tb_cuda *cu, const tb_dlinear *W, const float *x, int 
         tb_cuda_set_error(cu, TB_EIO, "%s", tb_errmsg());
 }
 
+// y = x W^T (+ bias) through cuSPARSELt: 1 if it ran (or recorded an error),
+// 0 if the library has no plan for this shape (the caller runs the dense copy)
+static int cslt_linear(tb_cuda *cu, const tb_dlinear *W, const float *x, int n, float *y)
+{
+    // the plans promise the library 16-byte aligned operands; y may be written in place
+    if ((uintptr_t)y % 16 || !tb_cuda_cslt_supports(cu->cslt, W->rows, W->cols, n)) return 0;
+    cu_sparse *s = (cu_sparse *)W->sparse;
+    if (!s->comp && tb_cuda_cslt_compress(cu->cslt, &s->sp, &s->comp, &s->comp_bytes, cu->stream)) {
+        tb_cuda_set_error(cu, TB_EIO, "%s (2:4 weight %.120s)", tb_errmsg(),
+                          W->host && W->host->name ? W->host->name : "?");
+        return 1;
+    }
+    if (tb_cuda_cslt_linear(cu->cslt, &s->sp, s->comp, x, n, y, W->bias, cu->stream))
+        tb_cuda_set_error(cu, TB_EIO, "%s", tb_errmsg());
+    return 1;
+}
+
 // y[n, rows] = x[n, cols] W^T (+ bias). Column-major: y^T = W x^T, W^T being W read column-major.
-// A 2:4 weight runs the 2:4 GEMM where it is faster than cuBLAS (1-16 tokens), else its dense copy.
+// A 2:4 weight runs what tb_cuda_sp24_choose names for n: the 2:4 GEMM, cuSPARSELt, or its dense copy.
 static void cu_linear(tb_backend *b, const tb_dlinear *W, const float *x, int n, float *y)
 {
     tb_cuda *cu = tb_cu(b);
     if (cu->err || n <= 0) return;
+    tb_sp24_path path = W->sparse ? tb_cuda_sp24_choose(W->rows, W->cols, n, cu->cslt != NULL)
+                                  : TB_SP24_PATH_DENSE;
+    if (path == TB_SP24_PATH_DENSE && W->sparse && cu->cslt && cu->cslt_always) path = TB_SP24_PATH_CSLT;
     // (the 2:4 kernel reads x rows in place as float2: 8-byte aligned, as every backend allocation is)
-    if (W->sparse && !tb_cuda_sp24_prefer_dense(W->rows, W->cols, n) && (uintptr_t)x % 8 == 0) {
+    if (path == TB_SP24_PATH_KERNEL && (uintptr_t)x % 8 == 0) {
         TB_RANGE_PUSH("linear 2:4"); // its own range, so a profile shows which path ran
         sparse_linear(cu, W, x, n, y);
         TB_RANGE_POP();
         return;
+    }
+    if (path == TB_SP24_PATH_CSLT) {
+        TB_RANGE_PUSH("linear 2:4 cuSPARSELt");
+        const int ran = cslt_linear(cu, W, x, n, y);
+        TB_RANGE_POP();
+        if (ran) return;
     }
     TB_RANGE_PUSH("linear");
     const void *w = dense_of(cu, W);
@@ -1375,6 +1421,7 @@ static void cu_close(tb_backend *b)
     if (cu->stream) cudaStreamSynchronize(cu->stream);
     cudaFree(cu->ws);
     free(cu->host);
+    tb_cuda_cslt_close(cu->cslt);
     if (cu->blas) cublasDestroy(cu->blas);
     if (cu->stream) cudaStreamDestroy(cu->stream);
     free(cu);
@@ -1489,5 +1536,20 @@ extern "C" int tb_cuda_backend_open(tb_backend *b)
     b->o.device = TB_DEVICE_CUDA;
     snprintf(b->desc, sizeof b->desc, "cuda:%d %.96s, sm_%d%d, %.1f GiB, %s", gpu, cu->prop.name, cu->prop.major,
              cu->prop.minor, gib(cu->prop.totalGlobalMem), cu->bf16 ? "bf16" : "f32");
+    // cuSPARSELt for 2:4 prefill: only bf16 runs 2:4 weights packed (sp24_fits); a
+    // library that cannot start leaves the dense copy in its place, and the
+    // description says which (tools print it under -v)
+    const char *pf = getenv("TB_SP24_PREFILL");
+    if (tb_cuda_cslt_built() && cu->bf16 && !(pf && !strcmp(pf, "dense"))) {
+        cu->cslt = tb_cuda_cslt_open();
+        size_t at = strlen(b->desc);
+        cu->cslt_always = cu->cslt && pf && !strcmp(pf, "cusparselt");
+        if (cu->cslt)
+            snprintf(b->desc + at, sizeof b->desc - at, ", 2:4 prefill %s%s", tb_cuda_cslt_describe(cu->cslt),
+                     cu->cslt_always ? " (at every count > 16)" : "");
+        else
+            snprintf(b->desc + at, sizeof b->desc - at, ", 2:4 prefill dense (%.60s)", tb_errmsg());
+        tb_err_clear();
+    }
     return TB_OK;
 }

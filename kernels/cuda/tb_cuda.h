@@ -45,6 +45,14 @@ int tb_cuda_sparsegpt_dev(float *w, uint8_t *keep, int64_t rows, int64_t cols, i
                           double damp, int block, int reselect, double *lambda, int *raised, int *eigen);
 double tb_cuda_output_error_dev(const float *w0, const float *w, int64_t rows, int64_t cols, const tb_cuda_gram *gram);
 
+/* What a 2:4 weight's device copy (the CUDA backend's tb_dlinear.sparse)
+ * holds now, as bits: the 2:4 kernel form (always), cuSPARSELt's compressed
+ * form, the dense copy (each made on first need; tb_backend_cuda.cu's "N:M
+ * weights" has the policy). For tests: a prefill must not make the dense copy
+ * where cuSPARSELt runs it. */
+enum { TB_CUDA_FORM_SP24 = 1, TB_CUDA_FORM_CSLT = 2, TB_CUDA_FORM_DENSE = 4 };
+int tb_cuda_sp24_forms(const void *sparse);
+
 #ifdef __cplusplus
 }
 #endif

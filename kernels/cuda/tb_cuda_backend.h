@@ -32,6 +32,10 @@ struct tb_cuda {
     /* host staging (embed rows, reduction partials) */
     void *host;
     size_t host_bytes;
+    /* cuSPARSELt for 2:4 weights at prefill token counts (CUSPARSELT=1 builds,
+     * bf16, sm_80+; tb_backend_cuda.cu "N:M weights"), or NULL */
+    struct tb_cslt *cslt;
+    int cslt_always;      /* TB_SP24_PREFILL=cusparselt: cuSPARSELt at every count above 16 tokens */
 };
 
 /* every op enters through here: make this backend's GPU current on the calling

@@ -4,8 +4,11 @@
  *
  *   tb_sp24_weight w;
  *   tb_cuda_sp24_prepare(&w, values, indices, rows, cols, perm); // once, at load
- *   if (!tb_cuda_sp24_prefer_dense(rows, cols, n))
- *       tb_cuda_sp24_linear(&w, x, TB_F32, n, y, TB_F32, bias, ws, stream, TB_SP24_AUTO);
+ *   switch (tb_cuda_sp24_choose(rows, cols, n, have_cusparselt)) {
+ *   case TB_SP24_PATH_KERNEL: tb_cuda_sp24_linear(&w, x, TB_F32, n, y, TB_F32, bias, ws, stream, TB_SP24_AUTO); break;
+ *   case TB_SP24_PATH_CSLT:   tb_cuda_cslt_linear(ctx, &w, comp, x, n, y, bias, stream); break; // CUSPARSELT=1
+ *   case TB_SP24_PATH_DENSE:  ... cuBLAS on a dense copy (tb_cuda_sp24_to_dense) ...
+ *   }
  *   tb_cuda_sp24_release(&w);
  *
  * values/indices are the host .tb arrays (formats/tb_pack.h: bf16 kept values
@@ -73,10 +76,51 @@ size_t tb_cuda_sp24_workspace_bytes(const tb_sp24_weight *w, int n, tb_dtype x_d
 int tb_cuda_sp24_linear(const tb_sp24_weight *w, const void *x, tb_dtype x_dt, int n, void *y, tb_dtype y_dt,
                         const float *bias, void *workspace, void *stream, tb_sp24_kernel kernel);
 
-/* 1 where cuBLAS dense bf16 measured faster than every 2:4 kernel here for
- * this shape (BENCHMARKS.md, "2:4 GEMM"), so the caller should keep and use
- * the dense weight; 0 where the 2:4 path wins. */
-int tb_cuda_sp24_prefer_dense(int64_t rows, int64_t cols, int n);
+/* x [n, cols] (TB_F32 or TB_BF16, model channel order) as bf16 rows [n, cols]
+ * in W's stored column order (gathered through w->perm), into xr (device,
+ * n * cols * 2 bytes), on `stream`: the operand cuSPARSELt reads. */
+int tb_cuda_sp24_x_bf16(const tb_sp24_weight *w, const void *x, tb_dtype x_dt, int n, void *xr, void *stream);
+
+/* Which implementation runs y = x W^T for this shape: the fastest measured
+ * (the table and its source are in tb_sp24_gemm.cu above the definition).
+ * have_cslt: the caller has a cuSPARSELt context (tb_cuda_cslt_open). */
+typedef enum {
+    TB_SP24_PATH_KERNEL = 0, /* tb_cuda_sp24_linear (1-16 tokens, decode) */
+    TB_SP24_PATH_CSLT = 1,   /* tb_cuda_cslt_linear (prefill, where cuSPARSELt beats cuBLAS) */
+    TB_SP24_PATH_DENSE = 2,  /* cuBLAS on the dense weight */
+} tb_sp24_path;
+tb_sp24_path tb_cuda_sp24_choose(int64_t rows, int64_t cols, int n, int have_cslt);
+
+/* ---- cuSPARSELt: the second implementation (kernels/cuda/tb_sp24_cslt.cu;
+ * make CUDA=1 CUSPARSELT=1, never required) ----
+ * A context holds the library handle (one device: the current one at open),
+ * one plan per (rows, cols, tokens) with the algorithm cusparseLtMatmulSearch
+ * picked for it (searched once, on the plan's first run), and its own device
+ * scratch (x in bf16; y in bf16 where the library will not write f32; the
+ * library's workspace), grown on demand. The weight is compressed once into
+ * the library's own form (0.5625x the bytes of dense bf16 plus its padding).
+ * Without CUSPARSELT=1: tb_cuda_cslt_built() is 0 and open fails. */
+typedef struct tb_cslt tb_cslt;
+int tb_cuda_cslt_built(void);
+/* NULL and a one-line error when the library cannot start (no build support,
+ * a GPU older than sm_80, no memory). */
+tb_cslt *tb_cuda_cslt_open(void);
+void tb_cuda_cslt_close(tb_cslt *c);
+/* "cuSPARSELt 0.8.0" (the library's version, from the library) */
+const char *tb_cuda_cslt_describe(const tb_cslt *c);
+/* W (the 2:4 kernel form) in cuSPARSELt's compressed form: *comp device memory
+ * of *bytes, freed with cudaFree by the caller. Synchronous on `stream`; needs
+ * a transient dense bf16 copy (rows * cols * 2 bytes) while it runs. */
+int tb_cuda_cslt_compress(tb_cslt *c, const tb_sp24_weight *w, void **comp, size_t *bytes, void *stream);
+/* 1 if the library has a plan for y[n, rows] = x[n, cols] W^T (made on the
+ * first ask and kept), 0 if not (not an error: the caller runs another path). */
+int tb_cuda_cslt_supports(tb_cslt *c, int64_t rows, int64_t cols, int n);
+/* y[n, rows] (f32, overwritten) = x[n, cols] (f32, model channel order) W^T
+ * (+ bias[rows], f32, may be NULL), on `stream`; comp from tb_cuda_cslt_compress.
+ * The shape must be one tb_cuda_cslt_supports accepted. Asynchronous, except
+ * for a plan's first run (the algorithm search) and scratch growth. */
+int tb_cuda_cslt_linear(tb_cslt *c, const tb_sp24_weight *w, const void *comp, const float *x, int n, float *y,
+                        const float *bias, void *stream);
 
 #ifdef __cplusplus
 }

@@ -37,7 +37,7 @@ Versions (bench/gpu/NOTES-sp24.md has each one's prediction and outcome):
 Library entry (tb_sp24.h): tb_cuda_sp24_prepare (host reorder) or
 _prepare_device (the same reorder on the device, from the .tb arrays uploaded
 as they are), _linear, _to_dense (the layout back to dense, in model column
-order), _release, _prefer_dense. The CUDA backend (tb_backend_cuda.cu) keeps
+order), _release, _choose (the per-shape decision table), _x_bf16. The CUDA backend (tb_backend_cuda.cu) keeps
 a 2:4 bf16 weight in this form and calls _linear for 1-16 tokens; the device
 reorder and _to_dense are checked byte for byte / element for element against
 tb_sp24_reorder and the CPU backend by tests/cuda/test_backend.c. WRITTEN AND
@@ -1167,15 +1167,45 @@ extern "C" int tb_cuda_sp24_linear(const tb_sp24_weight *w, const void *x, tb_dt
     return err == cudaSuccess ? TB_OK : sp24_cuda_fail(err, "launch");
 }
 
-// Measured on an H200 (bench/gpu/sp24_bench.sh; BENCHMARKS.md "2:4 GEMM",
-// bench/gpu/NOTES-sp24.md, run 3): the skinny kernel beats cuBLAS dense at
-// 1-16 tokens (1.49-2.54x on the issue's shapes); from 128 tokens up the best
-// kernel here (version 3, sparse wgmma) runs at 0.31-0.91x of cuBLAS and the
-// mma.sp ones at 0.2-0.5x, so there the dense weight is faster.
-extern "C" int tb_cuda_sp24_prefer_dense(int64_t rows, int64_t cols, int n)
+extern "C" int tb_cuda_sp24_x_bf16(const tb_sp24_weight *w, const void *x, tb_dtype x_dt, int n, void *xr,
+                                   void *stream)
+{
+    if (x_dt != TB_F32 && x_dt != TB_BF16) return tb_fail(TB_EUSAGE, "2:4 GEMM: x must be F32 or BF16");
+    if (n <= 0) return TB_OK;
+    cudaStream_t st = (cudaStream_t)stream;
+    const int K = (int)w->cols;
+    cudaError_t err = x_dt == TB_F32
+                          ? launch_x_rows((const float *)x, w->perm, n, K, (__nv_bfloat16 *)xr, st)
+                          : launch_x_rows((const __nv_bfloat16 *)x, w->perm, n, K, (__nv_bfloat16 *)xr, st);
+    return err == cudaSuccess ? TB_OK : sp24_cuda_fail(err, "x to bf16 launch");
+}
+
+// The decision table: which implementation is fastest, per token count, from
+// bench/gpu/sp24_bench.sh run 3 on an H200 (2026-12-02; every number in
+// bench/gpu/results/sp24_bench-2026-12-02.txt, the table in BENCHMARKS.md
+// "2:4 GEMM", the reading in bench/gpu/NOTES-sp24.md), y = x W^T, W 4096x4096,
+// 14336x4096 and 4096x14336, time relative to cuBLAS dense bf16:
+//
+//   tokens      | skinny kernel (v2) | best other kernel here | cuSPARSELt 0.8.0 (searched) | choice
+//   1, 16       | 1.49-2.54x         | 0.2-0.5x               | 0.58-0.87x (16-token plan)  | kernel
+//   128         | -                  | 0.31-0.91x (v3)        | 0.66-0.93x                  | dense
+//   1024-16384  | -                  | 0.77-0.84x (v3)        | 1.35-1.55x                  | cuSPARSELt
+//
+// 17-127 and 129-1023 tokens were not measured: dense there (the measured
+// neighbours lose to cuBLAS, or the win is unproven), cuSPARSELt from
+// CSLT_MIN_TOKENS = 1024, the smallest count measured where it wins on every
+// shape. The 7B k/v_proj shape (1024x4096) was not in that run: it takes the
+// same rule. Shape-independent so far because every measured shape agreed;
+// bench/gpu/sp24_prefill.sh times cuBLAS against cuSPARSELt at 256-2048
+// tokens on all four 7B shapes to move the boundary (NOTES-sp24.md).
+static const int CSLT_MIN_TOKENS = 1024;
+
+extern "C" tb_sp24_path tb_cuda_sp24_choose(int64_t rows, int64_t cols, int n, int have_cslt)
 {
     (void)rows, (void)cols;
-    return n > SKINNY_MAX_N;
+    if (n <= SKINNY_MAX_N) return TB_SP24_PATH_KERNEL;
+    if (have_cslt && n >= CSLT_MIN_TOKENS) return TB_SP24_PATH_CSLT;
+    return TB_SP24_PATH_DENSE;
 }
 
 // ----------------------------------------------------------------------------
