@@ -22,14 +22,18 @@
  * tensor-core GEMM at 1-16 tokens in bf16 (test_sp24_linear): the GEMM
  * tolerance of the precision, the device reorder byte-exact against the
  * host's, the upload's bytes exact (written 2026-12-02, compiled; NOT yet
- * run on a GPU, so no largest-seen figures for them).
+ * run on a GPU, so no largest-seen figures for them). In a CUSPARSELT=1 build,
+ * bf16, 2:4 weights at prefill token counts run cuSPARSELt (test_sp24_prefill):
+ * the GEMM tolerance, and no dense copy made.
  *
  * Exit 0 with "skipped" when the build has no CUDA or no GPU is visible.
  * TB_TEST_QUICK=1 keeps the shapes small (for compute-sanitizer runs, with
  * TB_TEST_NO_OOM=1: the deliberate out-of-memory allocation is an API error
  * memcheck counts);
- * TB_TEST_PREC=f32|bf16 runs one precision; TB_TEST_TIME=1 times the heavy
- * ops at 7B layer shapes instead of checking. The sanitizer runs (H200,
+ * TB_TEST_PREC=f32|bf16 runs one precision; TB_TEST_ONLY=sp24 the 2:4
+ * weights' tests alone (run_sp24); TB_TEST_TIME=1 times the heavy
+ * ops at 7B layer shapes instead of checking, TB_TEST_TIME=prefill the 2:4
+ * and dense linears at prefill token counts (time_prefill). The sanitizer runs (H200,
  * 2026-12-02: memcheck no access errors and no leaks, its only reports the
  * deliberate OOM's API errors, hence NO_OOM; racecheck 0 hazards):
  *   TB_TEST_QUICK=1 TB_TEST_NO_OOM=1 compute-sanitizer --tool memcheck --leak-check full build-cuda/tests/cuda/test_backend
@@ -556,6 +560,50 @@ static void test_sp24_linear(int rows, int cols, const char *kind, int with_bias
     free_linear(&h);
 }
 
+/* A packed 2:4 weight at a prefill token count in a CUSPARSELT=1 build, bf16:
+ * cuSPARSELt runs it (tb_cuda_sp24_choose: from 1024 tokens) against the CPU
+ * backend, output poisoned first, and afterwards the weight holds the 2:4 form
+ * and cuSPARSELt's compressed one but no dense copy (what a prefill then costs
+ * in memory). must_cslt 0: a token count the library may refuse (then the
+ * dense copy runs it; the row says which ran). The small shapes run twice on
+ * the same upload: the first call compresses and searches the algorithm, the
+ * second reuses both. Shapes: small, a permutation with a bias, and the four
+ * 7B ones. */
+static void test_sp24_prefill(int rows, int cols, const char *kind, int with_bias, int n, int must_cslt)
+{
+    if (!tb_cuda_cslt_built() || G.o.precision != TB_PREC_BF16) return;
+    host_linear h;
+    make_linear(&h, rows, cols, kind, with_bias);
+    tb_dlinear dc, dg;
+    if (C.ops->linear_upload(&C, &dc, &h.L) || G.ops->linear_upload(&G, &dg, &h.L)) {
+        fprintf(stderr, "test-cuda: linear_upload: %s\n", tb_errmsg());
+        exit(1);
+    }
+    char s[120];
+    snprintf(s, sizeof s, "%s%s %dx%d, n %d%s", kind, with_bias ? "+bias" : "", rows, cols, n,
+             getenv("TB_CSLT_OUT") ? ", bf16 out" : "");
+    row("2:4 prefill choice", s, tb_cuda_sp24_choose(rows, cols, n, 1) != TB_SP24_PATH_CSLT, 0);
+    const int reps = (size_t)rows * cols <= (size_t)768 * 4096 ? 2 : 1; /* the CPU reference's time */
+    for (int rep = 0; rep < reps; rep++) {
+        float *x = hrand((size_t)n * cols, 1);
+        pair X = both(x, (size_t)n * cols), Y = both_poison((size_t)n * rows);
+        C.ops->linear(&C, &dc, X.c, n, Y.c);
+        G.ops->linear(&G, &dg, X.g, n, Y.g);
+        sync_both();
+        const int forms = tb_cuda_sp24_forms(dg.sparse);
+        cmp(forms & TB_CUDA_FORM_CSLT ? (rep ? "linear cuSPARSELt 2nd" : "linear cuSPARSELt")
+                                      : "linear (dense copy)",
+            s, Y.c, Y.g, (size_t)n * rows, tol_gemm());
+        if (must_cslt)
+            row("2:4 forms: no dense", s, forms != (TB_CUDA_FORM_SP24 | TB_CUDA_FORM_CSLT), 0);
+        pfree(X), pfree(Y);
+        free(x);
+    }
+    C.ops->linear_release(&C, &dc);
+    G.ops->linear_release(&G, &dg);
+    free_linear(&h);
+}
+
 /* The device reorder (linear_upload's) against the host one (tb_sp24_reorder),
  * byte for byte, A and E, with and without a permutation. */
 static void test_sp24_reorder(int rows, int cols, int permuted)
@@ -860,6 +908,34 @@ static void test_learnmask(int rows, int cols, int T, int n, int m, int steps)
     free(wc), free(wg), free(oc), free(og), free(xin);
 }
 
+/* The 2:4 weights at decode and prefill token counts (test_sp24_linear's and
+ * test_sp24_prefill's comments); alone with TB_TEST_ONLY=sp24. */
+static void run_sp24(void)
+{
+    test_sp24_reorder(64, 128, 0);
+    test_sp24_reorder(96, 320, 1);
+    test_sp24_linear(32, 64, "2:4", 0);
+    test_sp24_linear(96, 320, "2:4 perm", 1);
+    test_sp24_linear(256, 768, "2:4", 1);
+    test_sp24_linear(40, 64, "2:4 perm", 0); /* rows % 32: dense from the start */
+    if (!quick) {
+        test_sp24_reorder(1024, 4096, 1);
+        test_sp24_linear(8224, 128, "2:4", 0); /* 2 pairs a warp, an odd pair count */
+        test_sp24_linear(768, 4096, "2:4 perm", 1);
+        test_sp24_linear(4096, 14336, "2:4", 0); /* a 7B down_proj */
+    }
+    /* 2:4 weights at prefill through cuSPARSELt (CUSPARSELT=1 builds, bf16) */
+    test_sp24_prefill(256, 768, "2:4", 1, 1024, 1);
+    if (!quick) {
+        test_sp24_prefill(768, 4096, "2:4 perm", 1, 1024, 1);
+        test_sp24_prefill(4096, 4096, "2:4", 0, 1031, 0); /* an odd token count */
+        test_sp24_prefill(4096, 4096, "2:4", 0, 2048, 1);  /* q/o_proj */
+        test_sp24_prefill(1024, 4096, "2:4", 0, 2048, 1);  /* k/v_proj */
+        test_sp24_prefill(14336, 4096, "2:4", 0, 2048, 1); /* gate/up_proj */
+        test_sp24_prefill(4096, 14336, "2:4", 0, 2048, 1); /* down_proj */
+    }
+}
+
 static void run_all(void)
 {
     test_memory();
@@ -902,19 +978,7 @@ static void run_all(void)
         test_linear(768, 256, 257, "2:4 perm", 0);
         test_linear(1024, 4096, 512, "bf16", 0);
     }
-    /* 2:4 weights at decode and prefill token counts (test_sp24_linear's comment) */
-    test_sp24_reorder(64, 128, 0);
-    test_sp24_reorder(96, 320, 1);
-    test_sp24_linear(32, 64, "2:4", 0);
-    test_sp24_linear(96, 320, "2:4 perm", 1);
-    test_sp24_linear(256, 768, "2:4", 1);
-    test_sp24_linear(40, 64, "2:4 perm", 0); /* rows % 32: dense from the start */
-    if (!quick) {
-        test_sp24_reorder(1024, 4096, 1);
-        test_sp24_linear(8224, 128, "2:4", 0); /* 2 pairs a warp, an odd pair count */
-        test_sp24_linear(768, 4096, "2:4 perm", 1);
-        test_sp24_linear(4096, 14336, "2:4", 0); /* a 7B down_proj */
-    }
+    run_sp24();
     test_gram(37, 64);
     test_gram(quick ? 100 : 1000, quick ? 96 : 768);
     test_losses(17, 4096);
@@ -990,6 +1054,67 @@ static void time_ops(void)
     free(h);
 }
 
+/* ---- TB_TEST_TIME=prefill: the backend's linear at prefill token counts on
+ * the four Mistral-7B linear shapes, a 2:4 weight (the path its table, or
+ * TB_SP24_PREFILL, picks: the forms it then holds are printed) against a
+ * dense bf16 weight (cuBLAS), each with the backend's own x and y handling
+ * (f32 activations): where cuSPARSELt's threshold belongs (tb_cuda_sp24_choose).
+ * Per call: median of 5 trials of enough queued calls for ~20 ms, after a
+ * first call that pays the one-time work (compression, algorithm search). */
+static double time_linear(const tb_dlinear *W, const float *x, int n, float *y)
+{
+    G.ops->linear(&G, W, x, n, y);
+    G.ops->sync(&G);
+    double t0 = now_s();
+    G.ops->linear(&G, W, x, n, y);
+    G.ops->sync(&G);
+    double one = now_s() - t0, t[5];
+    int reps = one > 0 ? (int)(0.02 / one) : 100;
+    reps = reps < 3 ? 3 : reps > 500 ? 500 : reps;
+    for (int r = 0; r < 5; r++) {
+        t0 = now_s();
+        for (int i = 0; i < reps; i++) G.ops->linear(&G, W, x, n, y);
+        G.ops->sync(&G);
+        t[r] = (now_s() - t0) / reps;
+    }
+    qsort(t, 5, sizeof(double), cmp_d);
+    return t[2] * 1e6;
+}
+
+static void time_prefill(void)
+{
+    const int shapes[][2] = {{4096, 4096}, {1024, 4096}, {14336, 4096}, {4096, 14336}};
+    const int ns[] = {128, 256, 512, 1024, 2048};
+    printf("prefill linears (%s): time per call, us\n", G.desc);
+    for (int si = 0; si < 4; si++) {
+        const int rows = shapes[si][0], cols = shapes[si][1];
+        host_linear hs, hd;
+        make_linear(&hs, rows, cols, "2:4", 0);
+        make_linear(&hd, rows, cols, "bf16", 0);
+        tb_dlinear S, D;
+        if (G.ops->linear_upload(&G, &S, &hs.L) || G.ops->linear_upload(&G, &D, &hd.L)) {
+            printf("upload failed: %s\n", tb_errmsg());
+            exit(1);
+        }
+        float *h = hrand((size_t)2048 * cols, 1);
+        float *x = put(&G, h, (size_t)2048 * cols * 4), *y = poison(&G, (size_t)2048 * rows);
+        for (size_t i = 0; i < sizeof ns / sizeof *ns; i++) {
+            const int n = ns[i];
+            double td = time_linear(&D, x, n, y), ts = time_linear(&S, x, n, y);
+            const int f = tb_cuda_sp24_forms(S.sparse);
+            printf("time prefill %5dx%-5d n %4d: dense bf16 %8.1f us, 2:4 %8.1f us (forms%s%s%s), dense/2:4 %.2fx\n",
+                   rows, cols, n, td, ts, f & TB_CUDA_FORM_SP24 ? " sp24" : "", f & TB_CUDA_FORM_CSLT ? " cuSPARSELt" : "",
+                   f & TB_CUDA_FORM_DENSE ? " dense" : "", td / ts);
+            fflush(stdout);
+        }
+        if (G.ops->sync(&G)) printf("error: %s\n", tb_errmsg());
+        G.ops->free(&G, x), G.ops->free(&G, y);
+        G.ops->linear_release(&G, &S), G.ops->linear_release(&G, &D);
+        free_linear(&hs), free_linear(&hd);
+        free(h);
+    }
+}
+
 #endif /* TB_HAVE_CUDA */
 
 int main(void)
@@ -1004,6 +1129,7 @@ int main(void)
         return 0;
     }
     quick = getenv("TB_TEST_QUICK") && atoi(getenv("TB_TEST_QUICK"));
+    const int sp24_only = getenv("TB_TEST_ONLY") && !strcmp(getenv("TB_TEST_ONLY"), "sp24");
     tb_backend_opts oc = {.device = TB_DEVICE_CPU, .n_threads = 4, .precision = TB_PREC_F32};
     if (tb_backend_open(&C, &oc)) {
         fprintf(stderr, "test-cuda: cpu backend: %s\n", tb_errmsg());
@@ -1030,13 +1156,42 @@ int main(void)
         }
         prec_name = precs[p] == TB_PREC_F32 ? "f32" : "bf16";
         printf("== %s (reference: %s)\n", G.desc, C.desc);
-        if (getenv("TB_TEST_TIME") && atoi(getenv("TB_TEST_TIME"))) time_ops();
-        else run_all();
+        const char *tt = getenv("TB_TEST_TIME");
+        if (tt && !strcmp(tt, "prefill")) {
+            if (G.o.precision == TB_PREC_BF16) time_prefill();
+        } else if (tt && atoi(tt)) {
+            time_ops();
+        } else if (sp24_only) {
+            run_sp24();
+        } else {
+            run_all();
+        }
         if (G.ops->sync(&G)) {
             fprintf(stderr, "test-cuda: %s\n", tb_errmsg());
             n_fail++;
         }
         tb_backend_close(&G);
+    }
+    /* cuSPARSELt's other output path (bf16 y, widened with the bias by our
+     * pass), forced: the library takes f32 y where it can, so a GPU where it
+     * does would never run this one */
+    if (tb_cuda_cslt_built() && !(only && strcmp(only, "bf16")) && !getenv("TB_TEST_TIME")) {
+        setenv("TB_CSLT_OUT", "bf16", 1);
+        tb_backend_opts og = {.device = TB_DEVICE_CUDA, .gpu = 0, .precision = TB_PREC_BF16, .n_threads = 4};
+        if (tb_backend_open(&G, &og)) {
+            fprintf(stderr, "test-cuda: cuda backend: %s\n", tb_errmsg());
+            return 1;
+        }
+        prec_name = "bf16";
+        printf("== %s, TB_CSLT_OUT=bf16\n", G.desc);
+        test_sp24_prefill(256, 768, "2:4", 1, 1024, 1);
+        if (!quick) test_sp24_prefill(768, 4096, "2:4 perm", 1, 1024, 1);
+        if (G.ops->sync(&G)) {
+            fprintf(stderr, "test-cuda: %s\n", tb_errmsg());
+            n_fail++;
+        }
+        tb_backend_close(&G);
+        unsetenv("TB_CSLT_OUT");
     }
     tb_backend_close(&C);
     printf("test-cuda: %d checks, %d failed\n", n_rows, n_fail);
