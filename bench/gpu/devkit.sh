@@ -8,6 +8,11 @@
 #
 # The build itself is made here (make CUDA=1 CUDA_ARCHS=90): nvcc 13.0 here and
 # there, and a Debian 12 glibc binary runs on the newer glibc there.
+# cuSPARSELt (make CUDA=1 CUSPARSELT=1) is not packed: libcusparseLt.so.0 is
+# 234 MB, 155 MB xz-compressed (xz -6, measured 2026-12-02), over the 64 MiB a
+# device call carries; devkit-env.sh takes it from the GPU machine's own
+# nvidia-cusparselt-cu13 wheel (0.8.0 there, the version scripts/cusparselt.sh
+# builds against).
 set -eu
 dir=${1:-.devwork/kit}
 mkdir -p "$dir/lib"
