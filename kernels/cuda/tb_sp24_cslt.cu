@@ -101,6 +101,14 @@ static int cuda_fail(cudaError_t e, const char *what)
     return tb_fail(TB_EIO, "cuSPARSELt: %s: %s", what, cudaGetErrorString(e));
 }
 
+static void destroy_plan(plan_n *p)
+{
+    cusparseLtMatmulPlanDestroy(&p->plan);
+    cusparseLtMatmulAlgSelectionDestroy(&p->sel);
+    cusparseLtMatDescriptorDestroy(&p->mb);
+    cusparseLtMatDescriptorDestroy(&p->mc);
+}
+
 static size_t align256(size_t x) { return (x + 255) & ~(size_t)255; }
 
 extern "C" int tb_cuda_cslt_built(void) { return 1; }
@@ -146,12 +154,7 @@ extern "C" void tb_cuda_cslt_close(tb_cslt *c)
 {
     if (!c) return;
     for (plan_n *p : c->plans) {
-        if (p->ok) {
-            cusparseLtMatmulPlanDestroy(&p->plan);
-            cusparseLtMatmulAlgSelectionDestroy(&p->sel);
-            cusparseLtMatDescriptorDestroy(&p->mb);
-            cusparseLtMatDescriptorDestroy(&p->mc);
-        }
+        if (p->ok) destroy_plan(p);
         delete p;
     }
     for (shape_a *a : c->shapes) {
@@ -320,6 +323,7 @@ extern "C" int tb_cuda_cslt_linear(tb_cslt *c, const tb_sp24_weight *w, const vo
     if (!p->ok)
         return tb_fail(TB_EUSAGE, "cuSPARSELt: no plan for %lld x %lld at %d tokens", (long long)w->rows,
                        (long long)w->cols, n);
+retry:
     const size_t xb = align256((size_t)n * w->cols * 2), yb = p->out_f32 ? 0 : align256((size_t)n * w->rows * 2);
     char *sc = (char *)scratch(c, xb + yb + p->ws, st);
     if (!sc) return TB_EIO;
@@ -331,6 +335,14 @@ extern "C" int tb_cuda_cslt_linear(tb_cslt *c, const tb_sp24_weight *w, const vo
     if (!p->searched) {
         // the algorithm search runs the product several times, beta 0, into the real output
         s = cusparseLtMatmulSearch(&c->h, &p->plan, &one, comp, sc, &zero, d, d, sc + xb + yb, &st, 1);
+        if (s != CUSPARSE_STATUS_SUCCESS && p->out_f32) {
+            // an f32-output plan the library made but will not run: the bf16-output one instead
+            destroy_plan(p);
+            shape_a *a = get_shape(c, w->rows, w->cols);
+            s = a ? make_plan(c, a, p, 0) : CUSPARSE_STATUS_INTERNAL_ERROR;
+            if (s == CUSPARSE_STATUS_SUCCESS) goto retry;
+            p->ok = 0;
+        }
         if (s != CUSPARSE_STATUS_SUCCESS) return cslt_fail(s, "algorithm search");
         p->searched = 1;
         size_t ws = 0;
