@@ -6,10 +6,7 @@
 #      prefill counts through cuSPARSELt (test_sp24_prefill: parity with the
 #      output poisoned first, both output paths, and no dense copy made; the
 #      four 7B shapes at 2048 tokens);
-#   2. TB_TEST_TIME=prefill with TB_SP24_PREFILL=cusparselt: the backend's
-#      linear, dense bf16 (cuBLAS) against 2:4 (cuSPARSELt) at 128-2048 tokens
-#      on the four 7B shapes: where tb_cuda_sp24_choose's threshold belongs;
-#   3. end to end: a BENCH_PREFILL_LAYERS-layer (default 4) Mistral-7B-shaped
+#   2. end to end: a BENCH_PREFILL_LAYERS-layer (default 4) Mistral-7B-shaped
 #      model (tb-synth, random bf16) and its 2:4 version (magnitude masks:
 #      which weights are kept does not change the speed), tb-run --ppl over
 #      2048-token windows: dense, 2:4 (cuSPARSELt), and 2:4 with
@@ -17,9 +14,15 @@
 #      Each at W0 and W1 windows; steady prefill tokens/s = (W1 - W0) x 2048 /
 #      (seconds(W1) - seconds(W0)) from --json (the once-only work of the first
 #      window, dense copies or compression and algorithm search, cancels), and
-#      the peak GPU memory (nvidia-smi every 100 ms).
+#      the peak GPU memory (nvidia-smi every 100 ms);
+#   3. TB_TEST_TIME=prefill with TB_SP24_PREFILL=cusparselt: the backend's
+#      linear at 128-2048 tokens on the four 7B shapes, dense bf16 (cuBLAS),
+#      the 2:4 weight as dense bf16 with its zeros (cuBLAS, as its dense copy
+#      runs) and 2:4 through cuSPARSELt: where tb_cuda_sp24_choose's threshold
+#      belongs; again with cuSPARSELt's bf16 output forced;
+#   4. compute-sanitizer memcheck over the small 2:4 cases, if time is left.
 # Logs under $OUT: summary.txt (steps, exits, seconds), test_backend.log,
-# time_prefill.log, prefill.txt (the end-to-end table).
+# time_prefill.log, prefill.txt (everything that matters, in one file).
 #
 # Prepared here (no GPU needed), then one device call:
 #   bash bench/gpu/sp24_prefill.sh --prepare    (build with CUSPARSELT=1, CUDA_ARCHS=90;

@@ -1057,8 +1057,11 @@ static void time_ops(void)
 /* ---- TB_TEST_TIME=prefill: the backend's linear at prefill token counts on
  * the four Mistral-7B linear shapes, a 2:4 weight (the path its table, or
  * TB_SP24_PREFILL, picks: the forms it then holds are printed) against a
- * dense bf16 weight (cuBLAS), each with the backend's own x and y handling
- * (f32 activations): where cuSPARSELt's threshold belongs (tb_cuda_sp24_choose).
+ * dense bf16 weight (cuBLAS) and against the same 2:4 weight as a dense bf16
+ * one with its zeros (cuBLAS: what the 2:4 weight's dense copy runs; cuBLAS
+ * was faster on half-zero weights in the 2026-12-02 prefill row), each with
+ * the backend's own x and y handling (f32 activations): where cuSPARSELt's
+ * threshold belongs (tb_cuda_sp24_choose).
  * Per call: median of 5 trials of enough queued calls for ~20 ms, after a
  * first call that pays the one-time work (compression, algorithm search). */
 static double time_linear(const tb_dlinear *W, const float *x, int n, float *y)
@@ -1091,8 +1094,23 @@ static void time_prefill(void)
         host_linear hs, hd;
         make_linear(&hs, rows, cols, "2:4", 0);
         make_linear(&hd, rows, cols, "bf16", 0);
-        tb_dlinear S, D;
+        tb_dlinear S, D, Z;
         if (G.ops->linear_upload(&G, &S, &hs.L) || G.ops->linear_upload(&G, &D, &hd.L)) {
+            printf("upload failed: %s\n", tb_errmsg());
+            exit(1);
+        }
+        /* the 2:4 weight dense with its zeros, as bf16 (exact: its values are bf16) */
+        host_linear hz = hd;
+        {
+            float *wz = malloc((size_t)rows * cols * 4), *rb = malloc((size_t)cols * 4);
+            uint16_t *bz = malloc((size_t)rows * cols * 2);
+            tb_linear_rows(&hs.L, 0, rows, wz, rb);
+            for (size_t i = 0; i < (size_t)rows * cols; i++) bz[i] = tb_f32_to_bf16(wz[i]);
+            free(wz), free(rb);
+            hz.data = bz;
+            hz.L.data = bz;
+        }
+        if (G.ops->linear_upload(&G, &Z, &hz.L)) {
             printf("upload failed: %s\n", tb_errmsg());
             exit(1);
         }
@@ -1100,17 +1118,19 @@ static void time_prefill(void)
         float *x = put(&G, h, (size_t)2048 * cols * 4), *y = poison(&G, (size_t)2048 * rows);
         for (size_t i = 0; i < sizeof ns / sizeof *ns; i++) {
             const int n = ns[i];
-            double td = time_linear(&D, x, n, y), ts = time_linear(&S, x, n, y);
+            double td = time_linear(&D, x, n, y), tz = time_linear(&Z, x, n, y), ts = time_linear(&S, x, n, y);
             const int f = tb_cuda_sp24_forms(S.sparse);
-            printf("time prefill %5dx%-5d n %4d: dense bf16 %8.1f us, 2:4 %8.1f us (forms%s%s%s), dense/2:4 %.2fx\n",
-                   rows, cols, n, td, ts, f & TB_CUDA_FORM_SP24 ? " sp24" : "", f & TB_CUDA_FORM_CSLT ? " cuSPARSELt" : "",
-                   f & TB_CUDA_FORM_DENSE ? " dense" : "", td / ts);
+            printf("time prefill %5dx%-5d n %4d: dense bf16 %8.1f us, with zeros %8.1f us, 2:4 %8.1f us (forms%s%s%s), "
+                   "dense/2:4 %.2fx, zeros/2:4 %.2fx\n",
+                   rows, cols, n, td, tz, ts, f & TB_CUDA_FORM_SP24 ? " sp24" : "", f & TB_CUDA_FORM_CSLT ? " cuSPARSELt" : "",
+                   f & TB_CUDA_FORM_DENSE ? " dense" : "", td / ts, tz / ts);
             fflush(stdout);
         }
         if (G.ops->sync(&G)) printf("error: %s\n", tb_errmsg());
         G.ops->free(&G, x), G.ops->free(&G, y);
-        G.ops->linear_release(&G, &S), G.ops->linear_release(&G, &D);
+        G.ops->linear_release(&G, &S), G.ops->linear_release(&G, &D), G.ops->linear_release(&G, &Z);
         free_linear(&hs), free_linear(&hd);
+        free(hz.data);
         free(h);
     }
 }
