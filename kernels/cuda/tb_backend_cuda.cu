@@ -997,8 +997,8 @@ static void cu_linear(tb_backend *b, const tb_dlinear *W, const float *x, int n,
     }
     TB_RANGE_PUSH("linear");
     const void *w = dense_of(cu, W);
-    // decode (1-16 tokens) in bf16: the W-streaming kernel reads x in place (no bf16 copy of x)
-    if (w && cu->bf16 && tb_cuda_gemv_fits(W->rows, W->cols, n, w, x)) {
+    // batch-1 decode in bf16: the W-streaming kernel reads x in place (no bf16 copy of x)
+    if (w && cu->bf16 && n <= TB_GEMV_MAX_TOKENS && tb_cuda_gemv_fits(W->rows, W->cols, n, w, x)) {
         if (tb_cuda_gemv_bf16(w, x, n, W->rows, W->cols, W->bias, y, cu->stream))
             tb_cuda_set_error(cu, TB_EIO, "%s", tb_errmsg());
         TB_RANGE_POP();

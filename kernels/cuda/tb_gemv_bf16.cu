@@ -142,7 +142,7 @@ static void launch_nt(const uint4 *W, const float *x, const float *bias, float *
 
 extern "C" int tb_cuda_gemv_fits(int64_t rows, int64_t cols, int n, const void *W, const float *x)
 {
-    return rows > 0 && cols > 0 && n >= 1 && n <= TB_GEMV_MAX_TOKENS && cols % 8 == 0 && (uintptr_t)W % 16 == 0 &&
+    return rows > 0 && cols > 0 && n >= 1 && n <= TB_GEMV_KERNEL_MAX_TOKENS && cols % 8 == 0 && (uintptr_t)W % 16 == 0 &&
            (uintptr_t)x % 16 == 0 && rows < ((int64_t)1 << 31);
 }
 

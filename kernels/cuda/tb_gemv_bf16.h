@@ -22,11 +22,16 @@
 extern "C" {
 #endif
 
-/* tokens up to which the kernel runs: the 2:4 kernel's decode range, until
- * bench/gpu/gemv_bench.sh's crossover against cuBLAS sets it (BENCHMARKS.md) */
-#define TB_GEMV_MAX_TOKENS 16
+/* tokens up to which the backend runs the kernel: 1. bench/gpu/gemv_bench.sh
+ * on the H200 (2026-12-02 14:45, BENCHMARKS.md "Dense decode GEMV"): at 1
+ * token 1.17-2.74x cuBLAS (1.20-2.80x with the x conversion it needs) on the
+ * 7B shapes; at 2 tokens already 0.86-0.97x on the 14336-wide ones, and
+ * falling with n (x re-read from L1 for every 16 bytes of W), so batch-1
+ * decode only. The kernel itself takes 1-16 (tb_cuda_gemv_fits). */
+#define TB_GEMV_MAX_TOKENS 1
+#define TB_GEMV_KERNEL_MAX_TOKENS 16
 
-/* 1 if the kernel takes this call: 1 <= n <= TB_GEMV_MAX_TOKENS, cols % 8 == 0
+/* 1 if the kernel takes this call: 1 <= n <= TB_GEMV_KERNEL_MAX_TOKENS, cols % 8 == 0
  * and W, x 16-byte aligned (it loads 8 bf16 of W and 4 floats of x at once) */
 int tb_cuda_gemv_fits(int64_t rows, int64_t cols, int n, const void *W, const float *x);
 
