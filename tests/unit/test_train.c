@@ -8,7 +8,10 @@
  *     a layer and a whole model recover it;
  *   - learned masks are exact N:M, with pruned weights exact zeros, after
  *     every step; a distillation resumed from a checkpoint equals an
- *     uninterrupted one bit for bit; the N:M re-selection on known values. */
+ *     uninterrupted one bit for bit; the N:M re-selection on known values;
+ *   - the engines' device bookkeeping (copies, full-size moments, streamed
+ *     teacher, checkpoint conversion) on a CPU backend dressed as a device,
+ *     bit for bit the plain CPU's. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -608,6 +611,217 @@ static void test_distill_cache_is_exact(void **state)
     remove_dir(ds);
 }
 
+/* ---- the engines' device paths, without a device ----
+ *
+ * A CPU backend dressed as a device for the engines: trainable weights are
+ * copies (linear_upload_train copies, linear_download copies back), Adam's
+ * moments are at every entry (adam_moments_kept 0, as CUDA), device is not
+ * CPU (so keep masks are copies too), and its free memory is small enough
+ * that the distillation teacher streams its layers and the logits cache is
+ * capped. The arithmetic is the CPU's, so every result must equal the plain
+ * CPU backend's bit for bit: what differs is only the bookkeeping a GPU run
+ * depends on (uploads, downloads, moment layouts, checkpoint conversion). */
+static tb_backend_ops devlike_ops;
+static size_t devlike_room;
+
+static int devlike_upload_train(tb_backend *b, tb_dlinear *d, const tb_linear *L)
+{
+    const size_t n = (size_t)L->rows * L->cols;
+    tb_linear *c = malloc(sizeof *c);
+    float *w = malloc(n * sizeof(float));
+    if (!c || !w || L->format != TB_LINEAR_DENSE || L->dtype != TB_F32 || L->perm) {
+        free(c);
+        free(w);
+        return tb_fail(TB_EUSAGE, "devlike: a trained weight must be dense f32");
+    }
+    *c = *L;
+    memcpy(w, L->data, n * sizeof(float));
+    c->data = w;
+    memset(d, 0, sizeof *d);
+    d->host = c; /* the CPU's linear ops compute from host->data: the copy */
+    d->rows = L->rows;
+    d->cols = L->cols;
+    d->w32 = w;
+    d->w = c; /* marks a copy to free */
+    d->trainable = 1;
+    return TB_OK;
+}
+
+static void devlike_release(tb_backend *b, tb_dlinear *d)
+{
+    if (d->trainable && d->w) {
+        free(d->w32);
+        free(d->w);
+    }
+    memset(d, 0, sizeof *d);
+}
+
+static void devlike_adam(tb_backend *b, tb_dlinear *W, const float *g, const uint8_t *keep, float *m1, float *m2,
+                         double lr, double beta1, double beta2, double c1, double c2, double eps)
+{
+    float *w = W->w32;
+    const float b1 = (float)beta1, b2 = (float)beta2;
+    for (size_t i = 0; i < (size_t)W->rows * W->cols; i++) { /* moments by position */
+        if (!keep[i]) continue;
+        m1[i] = b1 * m1[i] + (1 - b1) * g[i];
+        m2[i] = b2 * m2[i] + (1 - b2) * g[i] * g[i];
+        w[i] -= (float)(lr * (m1[i] / c1) / (sqrt(m2[i] / c2) + eps));
+    }
+}
+
+static size_t devlike_mem_free(tb_backend *b) { return devlike_room; }
+
+static void devlike_open(tb_backend *b, size_t room)
+{
+    tb_backend_opts o = {.device = TB_DEVICE_CPU, .n_threads = 1};
+    assert_int_equal(tb_backend_open(b, &o), TB_OK);
+    devlike_ops = *b->ops;
+    devlike_ops.name = "devlike";
+    devlike_ops.linear_upload_train = devlike_upload_train;
+    devlike_ops.linear_release = devlike_release;
+    devlike_ops.adam = devlike_adam;
+    devlike_ops.adam_moments_kept = 0;
+    devlike_ops.mem_free = devlike_mem_free;
+    devlike_room = room;
+    b->ops = &devlike_ops;
+    b->o.device = TB_DEVICE_CUDA;
+}
+
+/* two checkpoints hold the same tensors, byte for byte */
+static void same_checkpoint(const char *a, const char *b)
+{
+    st_file fa, fb;
+    assert_int_equal(st_open(&fa, a), TB_OK);
+    assert_int_equal(st_open(&fb, b), TB_OK);
+    assert_int_equal(fa.n_tensors, fb.n_tensors);
+    for (int i = 0; i < fa.n_tensors; i++) {
+        const st_tensor *y = st_find(&fb, fa.tensors[i].name);
+        assert_non_null(y);
+        assert_int_equal(y->nbytes, fa.tensors[i].nbytes);
+        assert_memory_equal(y->data, fa.tensors[i].data, y->nbytes);
+    }
+    assert_string_equal(st_meta(&fa, "step"), st_meta(&fb, "step"));
+    st_close(&fa);
+    st_close(&fb);
+}
+
+static void test_distill_device_paths(void **state)
+{
+    (void)state;
+    char dt[64], ds[64], ck[2][96];
+    tb_model t, s[3];
+    tb_trainable tr[3];
+    tb_tokens tk;
+    distill_fixture(dt, ds, &t, &s[0], &tr[0], &tk, 5);
+    for (int r = 1; r < 3; r++) {
+        assert_int_equal(tb_model_open(&s[r], ds), TB_OK);
+        assert_int_equal(tb_trainable_init(&tr[r], &s[r]), TB_OK);
+    }
+    /* the teacher's decoder weights are ~18 KB in f32: a room of 12 KB streams them */
+    tb_backend dev;
+    devlike_open(&dev, 12 << 10);
+    tb_distill_opts o;
+    tb_distill_defaults(&o);
+    o.steps = 8;
+    o.batch = 2;
+    o.lr = 3e-3;
+    o.cache_bytes = 1 << 20;
+    tb_distill d[2];
+    for (int r = 0; r < 2; r++) {
+        tb_distill_opts q = o;
+        q.backend = r ? &dev : NULL;
+        assert_int_equal(tb_distill_init(&d[r], &tr[r], &t, &tk, &q), TB_OK);
+        for (int i = 0; i < 5; i++) assert_int_equal(tb_distill_step(&d[r], NULL, NULL), TB_OK);
+        snprintf(ck[r], sizeof ck[r], "%s/%d.ckpt", dt, r);
+        assert_int_equal(tb_distill_save(&d[r], ck[r]), TB_OK);
+        while (d[r].step < o.steps) assert_int_equal(tb_distill_step(&d[r], NULL, NULL), TB_OK);
+        assert_int_equal(tb_distill_download(&d[r]), TB_OK);
+    }
+    assert_true(d[1].ft.o.weight_budget > 0); /* the teacher streamed */
+    for (int i = 0; i < tr[0].n; i++) assert_memory_equal(tr[0].w[i], tr[1].w[i], sizeof(float) * tr[0].size[i]);
+    same_checkpoint(ck[0], ck[1]);
+    /* the device run's checkpoint resumes on the plain CPU to the same end */
+    tb_distill d2;
+    assert_int_equal(tb_distill_init(&d2, &tr[2], &t, &tk, &o), TB_OK);
+    assert_int_equal(tb_distill_load(&d2, ck[1]), TB_OK);
+    while (d2.step < o.steps) assert_int_equal(tb_distill_step(&d2, NULL, NULL), TB_OK);
+    for (int i = 0; i < tr[0].n; i++) assert_memory_equal(tr[0].w[i], tr[2].w[i], sizeof(float) * tr[0].size[i]);
+    tb_distill_free(&d2);
+    for (int r = 0; r < 2; r++) tb_distill_free(&d[r]);
+    tb_backend_close(&dev);
+    tb_tokens_free(&tk);
+    for (int r = 0; r < 3; r++) {
+        tb_trainable_free(&tr[r]);
+        tb_model_close(&s[r]);
+    }
+    tb_model_close(&t);
+    remove_dir(dt);
+    remove_dir(ds);
+}
+
+/* learned masks and both units on the device-like backend: weights and masks
+ * equal the CPU run's bit for bit */
+static void test_block_device_paths(void **state)
+{
+    (void)state;
+    char dt[64], ds[64];
+    write_model(dt, sizeof dt, 0x4242, 1, 0);
+    write_model(ds, sizeof ds, 0x4242, 1, 0.2f);
+    enum { W = 4 };
+    tb_model t;
+    assert_int_equal(tb_model_open(&t, dt), TB_OK);
+    float *in = malloc(sizeof(float) * W * NTOK * HID), *tg = malloc(sizeof(float) * W * NTOK * HID),
+          *ta = malloc(sizeof(float) * W * NTOK * HID);
+    layer_data(&t, W, in, tg, ta);
+    tb_backend dev;
+    devlike_open(&dev, SIZE_MAX);
+    tb_trainable tt; /* the teacher's weights as the dense latents (once: t points at them from here on) */
+    assert_int_equal(tb_trainable_init(&tt, &t), TB_OK);
+    float *dense[TB_LIN_PER_LAYER];
+    for (int k = 0; k < TB_LIN_PER_LAYER; k++) dense[k] = tt.w[k];
+    for (int unit = 0; unit < 2; unit++) {
+        tb_model s[2];
+        tb_trainable ts[2];
+        tb_block_report rep[2];
+        for (int r = 0; r < 2; r++) {
+            assert_int_equal(tb_model_open(&s[r], ds), TB_OK);
+            assert_int_equal(tb_trainable_init(&ts[r], &s[r]), TB_OK);
+            tb_block_opts o;
+            tb_block_defaults(&o);
+            o.r.steps = 40;
+            o.r.lr = 1e-2;
+            o.r.eval_windows = W;
+            o.r.backend = r ? &dev : NULL;
+            o.unit = unit ? TB_UNIT_BLOCKS : TB_UNIT_LAYER;
+            o.n = 2;
+            o.m = 4;
+            o.mask.every = 5;
+            assert_int_equal(tb_recon_block(&s[r], 0, ts[r].w, ts[r].keep, (const float *const *)dense, in, tg, ta, W,
+                                            NTOK, &o, NULL, NULL, &rep[r]),
+                             TB_OK);
+        }
+        assert_true(rep[0].mask_changed > 0);
+        assert_int_equal(rep[0].mask_changed, rep[1].mask_changed);
+        assert_true(rep[0].r.mse_after == rep[1].r.mse_after);
+        for (int k = 0; k < TB_LIN_PER_LAYER; k++) {
+            assert_memory_equal(ts[0].w[k], ts[1].w[k], sizeof(float) * ts[0].size[k]);
+            assert_memory_equal(ts[0].keep[k], ts[1].keep[k], (size_t)ts[0].size[k]);
+        }
+        for (int r = 0; r < 2; r++) {
+            tb_trainable_free(&ts[r]);
+            tb_model_close(&s[r]);
+        }
+    }
+    tb_trainable_free(&tt);
+    tb_backend_close(&dev);
+    free(in);
+    free(tg);
+    free(ta);
+    tb_model_close(&t);
+    remove_dir(dt);
+    remove_dir(ds);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -621,6 +835,8 @@ int main(void)
         cmocka_unit_test(test_distill_recovers_teacher),
         cmocka_unit_test(test_distill_resume_is_exact),
         cmocka_unit_test(test_distill_cache_is_exact),
+        cmocka_unit_test(test_distill_device_paths),
+        cmocka_unit_test(test_block_device_paths),
     };
     return cmocka_run_group_tests_name("train", tests, NULL, NULL);
 }
