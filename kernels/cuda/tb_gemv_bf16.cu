@@ -45,7 +45,18 @@ extern "C" {
 static __device__ __forceinline__ float bf16_lo(uint32_t w) { return __uint_as_float(w << 16); }
 static __device__ __forceinline__ float bf16_hi(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
 
-// acc[t] += dot(8 bf16 of w, x[t][8c .. 8c+8))
+// x rounded to bf16 (nearest even), as every other bf16 linear of the backend
+// does (cuBLAS's bf16 operands, the 2:4 kernel's x pass): a packed 2:4 model
+// and its dense export then compute the same products and differ only in the
+// order of f32 sums (tests/cuda/tools.sh compares their greedy generations;
+// with f32 x here they diverged at a near tie on the H200, 2026-12-02 15:03)
+static __device__ __forceinline__ float4 bf16_round4(float4 v)
+{
+    return make_float4(__bfloat162float(__float2bfloat16(v.x)), __bfloat162float(__float2bfloat16(v.y)),
+                       __bfloat162float(__float2bfloat16(v.z)), __bfloat162float(__float2bfloat16(v.w)));
+}
+
+// acc[t] += dot(8 bf16 of w, bf16(x[t][8c .. 8c+8)))
 template <int NT>
 static __device__ __forceinline__ void fma_chunk(float (&acc)[NT], uint4 w, const float *__restrict__ x, int64_t cols,
                                                  int64_t c, int n)
@@ -56,7 +67,7 @@ static __device__ __forceinline__ void fma_chunk(float (&acc)[NT], uint4 w, cons
     for (int t = 0; t < NT; t++) {
         if (t < n) {
             const float4 *xp = (const float4 *)(x + (int64_t)t * cols) + 2 * c;
-            const float4 a = __ldg(xp), b = __ldg(xp + 1);
+            const float4 a = bf16_round4(__ldg(xp)), b = bf16_round4(__ldg(xp + 1));
             acc[t] += w0 * a.x + w1 * a.y + w2 * a.z + w3 * a.w + w4 * b.x + w5 * b.y + w6 * b.z + w7 * b.w;
         }
     }
@@ -208,13 +219,13 @@ static double from_bf16(uint16_t h)
     return f;
 }
 
-// the reference: f64 sums of the same bf16 W and f32 x
+// the reference: f64 sums of the same bf16 W and bf16-rounded x
 static void gemv_ref(const uint16_t *W, const float *x, const float *bias, int n, int64_t rows, int64_t cols, double *y)
 {
     for (int t = 0; t < n; t++)
         for (int64_t r = 0; r < rows; r++) {
             double s = bias ? bias[r] : 0.0;
-            for (int64_t c = 0; c < cols; c++) s += from_bf16(W[r * cols + c]) * (double)x[(int64_t)t * cols + c];
+            for (int64_t c = 0; c < cols; c++) s += from_bf16(W[r * cols + c]) * from_bf16(to_bf16(x[(int64_t)t * cols + c]));
             y[(int64_t)t * rows + r] = s;
         }
 }

@@ -3,15 +3,16 @@
  * 1-16 tokens the product is bound by reading W once from HBM, and cuBLAS
  * reaches about half the copy rate at the 4096-wide shapes of a 7B layer and
  * needs x converted to bf16 by a kernel of its own first; this kernel reads
- * x (f32) in place and streams W at close to the copy rate.
+ * x (f32) in place, rounds it to bf16 in registers and streams W at close to
+ * the copy rate.
  *
  *   if (tb_cuda_gemv_fits(rows, cols, n, W, x))
  *       tb_cuda_gemv_bf16(W, x, n, rows, cols, bias, y, stream);
  *
  * W: device bf16 [rows, cols] row-major; x: device f32 [n, cols]; y: device
- * f32 [n, rows], overwritten; bias: device f32 [rows] or NULL. f32
- * accumulation (the W value and x are exact in f32, so the only rounding is
- * the f32 sums'). Asynchronous on `stream` (a cudaStream_t; NULL = default).
+ * f32 [n, rows], overwritten; bias: device f32 [rows] or NULL. bf16 x bf16
+ * products (x rounded to nearest even, as the backend's other bf16 linears),
+ * f32 sums. Asynchronous on `stream` (a cudaStream_t; NULL = default).
  */
 #ifndef TB_GEMV_BF16_H
 #define TB_GEMV_BF16_H

@@ -168,7 +168,7 @@ kd() { # device precision
         --eval-windows 8 --checkpoint-every 0 --device "$1" ${2:+--precision $2} --json --quiet \
         -o "$tmp/kd-$1$2.tbm" | sed -n 's/.*"kl_after":\([^,}]*\).*/\1/p'
 }
-k_cpu=$(kd cpu)
+k_cpu=$(kd cpu "")
 k_gpu=$(kd cuda f32)
 k_bf=$(kd cuda bf16)
 echo "  KL after cpu $k_cpu, cuda f32 $k_gpu, cuda bf16 $k_bf"
@@ -182,7 +182,7 @@ lm() { # device precision
         --learn-masks 10 --device "$1" ${2:+--precision $2} --json --quiet -o "$tmp/lm-$1.tb" |
         sed -n 's/.*"mse_after":\([^,}]*\).*/\1/p'
 }
-m_cpu=$(lm cpu)
+m_cpu=$(lm cpu "")
 m_gpu=$(lm cuda f32)
 c_gpu=$("$BIN/tb-inspect" --json "$tmp/lm-cuda.tb" | python3 -c "
 import json, sys; p = json.load(sys.stdin)['pruned']; print(min(t['conforming_fraction'] for t in p))")
