@@ -186,8 +186,11 @@ int tb_backward_logits(tb_backward *b, int n, int want_lm_head, tb_grad_fn grad,
         (rc = weight_grad(b, c->n_layers, TB_LIN_LM_HEAD, &f->lm_head, f->logits, f->xn_final, n, grad, ctx)))
         return rc;
     be->ops->rmsnorm_backward(be, b->d_res, b->d_xn, f->x_final, f->rms_final, f->final_norm, n, D, 0);
-    for (int l = c->n_layers - 1; l >= 0; l--)
+    for (int l = c->n_layers - 1; l >= 0; l--) {
+        if (b->stream_grad && ((rc = be->ops->sync(be)) || (rc = b->stream_grad(b->stream_ctx, l, b->d_res, n))))
+            return rc;
         if ((rc = layer_backward(b, l, n, grad, ctx))) return rc;
+    }
     return be->ops->sync(be);
 }
 

@@ -35,6 +35,13 @@ typedef struct {
     float *d_v;     /* [T, n_kv_heads*head_dim] */
     float *dW;      /* [largest linear rows*cols] */
     float *mem;     /* the one backend allocation behind the above */
+    /* Optional (set after tb_backward_init): tb_backward_logits calls it
+     * before each layer l's backward, last layer first, with d_res =
+     * dloss/d(stream leaving layer l) (backend memory, synchronized), so the
+     * caller can add the gradient of a loss on the hidden states
+     * (tb-distill --hidden). Nonzero stops the pass. */
+    int (*stream_grad)(void *ctx, int layer, float *d_res, int n);
+    void *stream_ctx;
 } tb_backward;
 
 /* Size every buffer for f (which must keep activations). */
