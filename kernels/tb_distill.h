@@ -19,10 +19,38 @@
  * on the kept entries, lr cosine-decayed to 0 over the steps, `batch`
  * windows per step in a seeded shuffle per epoch (tb_train.h).
  *
+ * Learned masks (opts.mask.every > 0; N:M weights only): the masks
+ * re-select during the first mask.until of the steps, driven by the
+ * whole-model KL instead of a layer's output error (the global objective of
+ * MaskLLM, Fang et al. 2024, and ProxSparse, Liu et al. 2025, with the
+ * mechanism of tb-recon's --learn-masks, tb_learnmask.h): every weight keeps
+ * a dense latent (kept entries: the student's values; pruned entries: the
+ * teacher's dense weights), the forward uses the latent under the current
+ * mask, the backward's dense dL/dW updates every latent entry by Adam
+ * (straight-through), pruned latents decay by lr * mask.decay per step, and
+ * every mask.every steps each group of M keeps the N entries of largest
+ * |W~| * ||x_c|| (x: the linear's inputs seen while learning). Then the masks
+ * are fixed for the remaining steps. Masks stay exact N:M and pruned weights
+ * exact zeros after every step. The CPU backend only (the mask work is host
+ * code; the latents need full-size Adam moments while masks move).
+ *
+ * Hidden-state loss (opts.hidden = a > 0): the step's loss adds, per window,
+ *   a * (1/L) * sum over layers l of ||h_s(l) - h_t(l)||^2 / ||h_t(l)||^2
+ * with h(l) the residual stream leaving layer l over the window's positions
+ * (student s, teacher t): intermediate-layer distillation (TinyBERT, Jiao et
+ * al. 2020; the layer-wise feature loss of "Sparse Fine-tuning for Inference
+ * Acceleration of LLMs", Kurtic et al. 2023), each layer's error relative to
+ * its signal so that every layer counts alike. Its gradient enters the
+ * backward pass at each layer's output (tb_backward.stream_grad). The
+ * teacher then keeps its activations and runs every visit (no logits cache).
+ * The CPU backend only (the hook reads the streams as host memory).
+ *
  * Checkpoints (tb_distill_save/load): a safetensors file with each trained
  * weight ("<name>", F32) and its Adam moments ("<name>.adam_m", ".adam_v"),
  * metadata "tensorbit.kind" = "distill-checkpoint", "step", "steps", "batch",
- * "lr", "seed", "windows". Resuming restores weights, moments and the step;
+ * "lr", "seed", "windows", "mask_every", "hidden" (and with learned masks
+ * "mask_until", "mask_decay", "tokens_seen", with each weight's "<name>.keep"
+ * (U8), "<name>.latent" (F32) and "<name>.colsq" (F64 [cols])). Resuming restores weights, moments and the step;
  * the window order is a function of (seed, epoch), so a resumed run equals an
  * uninterrupted one.
  *
@@ -54,6 +82,7 @@
 #include <stdint.h>
 
 #include "tb_backward.h"
+#include "tb_learnmask.h"
 #include "tb_model.h"
 #include "tb_tokens.h"
 #include "tb_train.h"
@@ -66,6 +95,8 @@ typedef struct {
     uint8_t **keep;    /* [n] trainable entries */
     int64_t *size;     /* [n] rows * cols */
     int *pn, *pm;      /* [n] the weight's N:M pattern (0, 0: unstructured or dense) */
+    uint8_t *permuted; /* [n] stored with a column permutation (N:M groups in stored order) */
+    int masks_learned; /* the keep masks were re-selected (written as mask source "learned") */
 } tb_trainable;
 
 /* Decode every decoder linear of m (packed, masked or dense, any dtype,
@@ -90,10 +121,24 @@ typedef struct {
     int n_threads;       /* CPU threads when backend is NULL */
     int64_t cache_bytes; /* teacher logits kept for reuse, at most this many bytes (0: none) */
     tb_backend *backend; /* where both models run and the student trains (NULL: the CPU with n_threads) */
+    tb_learnmask_opts mask; /* learned N:M masks (mask.every 0: fixed; CPU backend) */
+    double hidden;          /* weight of the hidden-state loss (0: logits only; CPU backend) */
 } tb_distill_opts;
 
-/* 300 steps, batch 1, lr 3e-4 (BENCHMARKS.md), 0.9/0.999/1e-8, seed 0, no cache */
+/* 300 steps, batch 1, lr 3e-4 (BENCHMARKS.md), 0.9/0.999/1e-8, seed 0, no
+ * cache, fixed masks (learned: until 0.5, decay 20 when every is set), no
+ * hidden-state loss */
 void tb_distill_defaults(tb_distill_opts *o);
+
+/* The hidden-state loss as a tb_backward stream hook: adds to d_res the
+ * gradient of scale * weight * (1/L) * ||h_s(l) - h_t(l)||^2 / ||h_t(l)||^2
+ * (the streams of the windows s and t ran last, both keeping activations)
+ * and weight * (1/L) * that ratio to *loss. */
+typedef struct {
+    tb_forward *s, *t;
+    double weight, scale, loss;
+} tb_hidden_loss;
+int tb_hidden_loss_grad(void *ctx, int layer, float *d_res, int n);
 
 typedef struct {
     tb_trainable *s;
@@ -118,8 +163,21 @@ typedef struct {
      * row in cache, or -1; as many windows as cache_bytes holds, first come. */
     float *cache;          /* backend memory */
     int64_t *slot, cached, cache_rows;
+    tb_hidden_loss hid;    /* opts.hidden > 0: the backward's stream hook */
+    /* learned masks (host, CPU backend): [s->n] latents, full-size Adam
+     * moments and summed gradients while masks move (the backend's moments
+     * cover the kept entries only; filled from these once the masks are
+     * fixed), input-channel sums of squares; the steps during which masks
+     * move, the tokens their statistics saw */
+    float **lat, **lm1, **lm2, **lg;
+    double **colsq;
+    float *colscale;
+    int64_t learn_steps, tokens_seen;
+    int masks_fixed;       /* the backend's moments hold the learned phase's */
 } tb_distill;
 
+/* With learned masks every weight must be N:M (s->pn) without permutation,
+ * its keep an exact N:M mask. */
 int tb_distill_init(tb_distill *d, tb_trainable *s, const tb_model *teacher, const tb_tokens *tk,
                     const tb_distill_opts *o);
 void tb_distill_free(tb_distill *d);
@@ -138,8 +196,8 @@ int tb_distill_eval(tb_distill *d, int64_t windows, double *kl, double *top1);
 int tb_distill_download(tb_distill *d);
 
 int tb_distill_save(tb_distill *d, const char *path);
-/* Restore a checkpoint of a run with the same steps, batch, lr, seed and
- * windows (TB_EUSAGE naming the first that differs) and the same weights
+/* Restore a checkpoint of a run with the same steps, batch, lr, seed,
+ * windows, mask options and hidden weight (TB_EUSAGE naming the first that differs) and the same weights
  * (TB_EDATA naming a missing or misshapen tensor, or a nonzero pruned entry). */
 int tb_distill_load(tb_distill *d, const char *path);
 

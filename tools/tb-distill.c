@@ -19,7 +19,9 @@ static const char description[] =
     "pruned model so that its next-token distributions match the dense model's\n"
     "on the calibration windows: Adam on the mean over positions of\n"
     "KL(softmax(dense logits) || softmax(pruned logits)) (Hinton et al. 2015,\n"
-    "temperature 1). Masks stay fixed and pruned weights exact zeros;\n"
+    "temperature 1). Masks stay fixed (or, with --learn-masks, re-select during\n"
+    "the first --mask-until of the steps, then stay fixed) and pruned weights\n"
+    "exact zeros;\n"
     "embeddings, norms and lm_head are not trained (bit-identical to the input).\n"
     "Writes OUT.tbm and one shard per input shard beside it (OUT.<shard>.tb).\n";
 
@@ -74,6 +76,13 @@ static int run(options *o, const char *cmdline)
     o->o.n_threads = o->threads;
     o->o.backend = o->be;
     if (!rc) rc = tb_distill_init(&d, &tr, &t, &tk, &o->o);
+    uint8_t *keep0 = NULL; /* learned masks: the starting masks, to report how many bits moved */
+    int64_t total = 0;
+    for (int i = 0; i < tr.n; i++) total += tr.size[i];
+    if (!rc && o->o.mask.every > 0 && (keep0 = tb_malloc((size_t)total))) {
+        int64_t at = 0;
+        for (int i = 0; i < tr.n; at += tr.size[i], i++) memcpy(keep0 + at, tr.keep[i], (size_t)tr.size[i]);
+    }
     if (!rc && o->resume && tb_file_exists(o->checkpoint)) {
         if (!(rc = tb_distill_load(&d, o->checkpoint)))
             tb_info("resumed from %s at step %" PRId64 " of %d", o->checkpoint, d.step, o->o.steps);
@@ -111,14 +120,24 @@ static int run(options *o, const char *cmdline)
     }
     if (!rc && o->eval_windows > 0) rc = tb_distill_eval(&d, o->eval_windows, &kl1, &top1);
     if (!rc) rc = tb_distill_download(&d);
+    if (!rc && keep0) {
+        int64_t at = 0, changed = 0;
+        for (int i = 0; i < tr.n; i++)
+            for (int64_t k = 0; k < tr.size[i]; k++) changed += keep0[at++] != tr.keep[i][k];
+        tb_info("learned masks: %.2f%% of the keep bits changed", 100.0 * (double)changed / (double)total);
+    }
+    free(keep0);
     if (!rc) {
-        char steps[32], lr[32], batch[32], evalkl[96];
+        char steps[32], lr[32], batch[32], evalkl[96], masks[96], hidden[32];
         snprintf(steps, sizeof steps, "%d", o->o.steps);
         snprintf(lr, sizeof lr, "%g", o->o.lr);
         snprintf(batch, sizeof batch, "%d", o->o.batch);
         snprintf(evalkl, sizeof evalkl, "%.6g -> %.6g on %d windows", kl0, kl1, o->eval_windows);
+        snprintf(hidden, sizeof hidden, "%g", o->o.hidden);
+        snprintf(masks, sizeof masks, "every %d, until %g, decay %g", o->o.mask.every, o->o.mask.until, o->o.mask.decay);
         const char *meta[] = {"distill_teacher", o->teacher, "distill_tokens", o->tokens, "distill_steps", steps,
-                              "distill_lr", lr, "distill_batch", batch, "distill_kl", evalkl};
+                              "distill_lr", lr, "distill_batch", batch, "distill_kl", evalkl,
+                              "distill_learned_masks", o->o.mask.every > 0 ? masks : "no", "distill_hidden", hidden};
         rc = tb_trainable_write(&tr, o->output, o->teacher, "distill", cmdline, meta,
                                 (int)(sizeof meta / sizeof meta[0] / 2));
     }
@@ -169,12 +188,27 @@ int main(int argc, char **argv)
         TB_OPT_INT(0, "steps", &o.o.steps, "N", 0, 100000000, "optimizer steps (default 300)"),
         TB_OPT_INT(0, "batch", &o.o.batch, "B", 1, 100000, "windows per step, gradients summed (default 1)"),
         TB_OPT_DOUBLE(0, "lr", &o.o.lr, "X", 0, 1, "peak learning rate, cosine decay to 0 (default 3e-4)"),
+        TB_OPT_INT(0, "learn-masks", &o.o.mask.every, "K", 0, 1000000,
+                   "learn the N:M masks with the weights from the whole\n"
+                   "model's KL (SR-STE, as tb-recon --learn-masks): every K\n"
+                   "steps each group keeps its N largest |W~| * ||x_c|| of\n"
+                   "the straight-through latents (pruned entries start at\n"
+                   "the teacher's weights); 0: masks fixed (default)"),
+        TB_OPT_DOUBLE(0, "mask-until", &o.o.mask.until, "F", 0, 1, "fraction of the steps during which masks may change\n"
+                                                                  "(default 0.5); fixed afterwards"),
+        TB_OPT_DOUBLE(0, "mask-decay", &o.o.mask.decay, "D", 0, 1e6, "SR-STE decay of the pruned latents, W~ -= lr*D*W~ per\n"
+                                                                    "step (default 20)"),
+        TB_OPT_DOUBLE(0, "hidden", &o.o.hidden, "A", 0, 1e6,
+                      "add A x the mean over layers of each layer output's\n"
+                      "squared error relative to the teacher's (hidden-state\n"
+                      "distillation; the teacher then runs every step: no\n"
+                      "logits cache); default 0: logits only"),
         TB_OPT_LONG(0, "seed", &seed, "S", 0, 9.3e18, "window order (default 0)"),
         TB_OPT_LONG(0, "max-windows", &o.max_windows, "N", 1, 1L << 40, "use the first N windows"),
         TB_OPT_FILE(0, "checkpoint", &o.checkpoint, "FILE", "checkpoint path (default OUT.tbm.ckpt)"),
         TB_OPT_INT(0, "checkpoint-every", &o.every, "N", 0, 100000000, "write it every N steps (default 50; 0: never)"),
         TB_OPT_FLAG(0, "resume", &o.resume, "continue from the checkpoint if it exists (same\n"
-                                           "steps, batch, lr, seed and windows)"),
+                                           "steps, batch, lr, seed, windows, mask options and --hidden)"),
         TB_OPT_INT(0, "eval-windows", &o.eval_windows, "N", 0, 1000000, "report KL and top-1 on the first N windows before\n"
                                                                        "and after (default 8; 0: none)"),
         TB_OPT_JSON(&o.json, "print one JSON object on stdout: steps, eval_windows,\n"

@@ -67,6 +67,41 @@ from safetensors import deserialize; print(len(dict(deserialize(open('first.tb',
     [ ! -e r2.tbm ]
 }
 
+@test "--learn-masks: masks move, every weight stays exact 2:4 with learned masks, dense tensors byte for byte" {
+    cd "$D"
+    run tb-distill -v -m pruned.tbm --teacher "$M" -t calib.st --steps 6 --lr 1e-3 --learn-masks 1 --mask-until 0.5 \
+        --eval-windows 0 --checkpoint-every 3 -o lm.tbm
+    [ "$status" -eq 0 ]
+    pct=$(echo "$output" | sed -n 's/.*learned masks: \([0-9.]*\)% of the keep bits changed.*/\1/p')
+    awk -v p="$pct" 'BEGIN { exit !(p > 0 && p < 50) }'
+    run tb-inspect --json lm.tbm
+    run python3 -c "
+import json, sys; p = json.loads(sys.argv[1])['pruned']
+print(len(p), min(t['conforming_fraction'] for t in p))" "$output"
+    [ "$output" = "42 1" ]
+    # the shard's tensor table says where the masks came from
+    run python3 -c "
+import json, struct
+f = open('lm.all.tb', 'rb'); n = struct.unpack('<Q', f.read(8))[0]
+t = json.loads(json.loads(f.read(n))['__metadata__']['tensorbit.tensors'])
+print(len(t), set(v['mask'] for v in t.values()))"
+    [ "$output" = "42 {'learned'}" ]
+    # a resume with other mask options is refused by name
+    run tb-distill -m pruned.tbm --teacher "$M" -t calib.st --steps 6 --lr 1e-3 --learn-masks 1 --mask-decay 5 \
+        --resume --checkpoint lm.tbm.ckpt -o lm2.tbm
+    [ "$status" -eq 1 ]
+    one_line_error tb-distill
+    [[ "$output" == *"made with mask_decay"* ]]
+    has_python_module safetensors || skip "python3 safetensors missing"
+    run python3 -c "
+from safetensors import deserialize
+dense = dict(deserialize(open('$M/model.safetensors', 'rb').read()))
+kd = dict(deserialize(open('lm.all.tb', 'rb').read()))
+keep = [k for k in dense if 'proj' not in k]
+print(all(kd[k]['data'] == dense[k]['data'] for k in keep))"
+    [ "$output" = "True" ]
+}
+
 @test "bad inputs: a dense student, a pruned teacher, a partial model, no tokens" {
     cd "$D"
     run tb-distill -m "$M" --teacher "$M" -t calib.st -o x.tbm

@@ -155,14 +155,17 @@ static double kl_loss(tb_forward *fs, tb_forward *ft, const int32_t *tok)
     return tb_kl_rows(ft->logits, fs->logits, NTOK, VOCAB, 0, NULL, 1) / NTOK;
 }
 
-/* max over sampled entries of |FD - analytic| / max|analytic| for linear (l, k) */
-static double fd_error(float *w, const float *g, size_t sz, double (*loss)(void *), void *ctx)
+/* max over sampled entries of |FD - analytic| / max|analytic| for linear (l, k);
+ * pruned != NULL: sample only entries with pruned[i] (a pruned weight's
+ * gradient at 0: what the straight-through update of learned masks uses) */
+static double fd_error_at(float *w, const float *g, size_t sz, const uint8_t *pruned, double (*loss)(void *), void *ctx)
 {
     double gmax = 0, err = 0;
     for (size_t i = 0; i < sz; i++) gmax = fmax(gmax, fabs(g[i]));
     assert_true(gmax > 0);
     for (int trial = 0; trial < 10; trial++) {
         size_t i = (size_t)(uniform() * sz);
+        while (pruned && !pruned[i]) i = (size_t)(uniform() * sz);
         float w0 = w[i];
         const float h = 1e-2f;
         w[i] = w0 + h;
@@ -174,6 +177,10 @@ static double fd_error(float *w, const float *g, size_t sz, double (*loss)(void 
         err = fmax(err, fabs(fd - g[i]) / gmax);
     }
     return err;
+}
+static double fd_error(float *w, const float *g, size_t sz, double (*loss)(void *), void *ctx)
+{
+    return fd_error_at(w, g, sz, NULL, loss, ctx);
 }
 
 typedef struct {
@@ -219,7 +226,78 @@ static void test_kl_gradient(void **state)
         for (int k = 0; k < TB_LIN_PER_LAYER; k++) {
             int i = l * TB_LIN_PER_LAYER + k;
             double e = fd_error(tr.w[i], g.g[l][k], (size_t)tr.size[i], kl_loss_cb, &c);
-            printf("  KL  layer %d %-18s FD error / max|dW| %.2e\n", l, tb_lin_name(k), e);
+            /* and at pruned entries only (the student is 2:4: half of them) */
+            uint8_t *pruned = malloc((size_t)tr.size[i]);
+            for (int64_t j = 0; j < tr.size[i]; j++) pruned[j] = !tr.keep[i][j];
+            double ep = fd_error_at(tr.w[i], g.g[l][k], (size_t)tr.size[i], pruned, kl_loss_cb, &c);
+            free(pruned);
+            printf("  KL  layer %d %-18s FD error / max|dW| %.2e, at pruned entries %.2e\n", l, tb_lin_name(k), e, ep);
+            worst = fmax(worst, fmax(e, ep));
+            free(g.g[l][k]);
+        }
+    assert_true(worst < 5e-3);
+    tb_backward_free(&b);
+    tb_forward_free(&fs);
+    tb_forward_free(&ft);
+    tb_trainable_free(&tr);
+    tb_model_close(&s);
+    tb_model_close(&t);
+    remove_dir(dt);
+    remove_dir(ds);
+}
+
+/* KL plus the hidden-state loss (tb_hidden_loss_grad) with weight HW */
+#define HW 2.0
+static double kl_hidden_loss_cb(void *c)
+{
+    kl_ctx *k = c;
+    double loss = kl_loss(k->fs, k->ft, k->tok);
+    for (int l = 0; l < LAYERS; l++) {
+        const float *s = tb_forward_stream(k->fs, l + 1), *t = tb_forward_stream(k->ft, l + 1);
+        double e = 0, p = 0;
+        for (int i = 0; i < NTOK * HID; i++) e += ((double)s[i] - t[i]) * ((double)s[i] - t[i]), p += (double)t[i] * t[i];
+        loss += HW / LAYERS * e / p;
+    }
+    return loss;
+}
+
+/* The hidden-state loss's gradient, entering the backward at each layer's
+ * output through the stream hook, against finite differences of KL + loss. */
+static void test_hidden_gradient(void **state)
+{
+    (void)state;
+    char dt[64], ds[64];
+    write_model(dt, sizeof dt, 0x2345, 0, 0);
+    write_model(ds, sizeof ds, 0x2345, 1, 0.3f);
+    tb_model t, s;
+    assert_int_equal(tb_model_open(&t, dt), TB_OK);
+    assert_int_equal(tb_model_open(&s, ds), TB_OK);
+    tb_trainable tr;
+    assert_int_equal(tb_trainable_init(&tr, &s), TB_OK);
+    tb_forward fs, ft;
+    tb_forward_opts o = {.max_seq = NTOK, .max_tokens = NTOK, .keep_acts = 1, .n_threads = 2};
+    assert_int_equal(tb_forward_init(&fs, &s, &o), TB_OK);
+    assert_int_equal(tb_forward_init(&ft, &t, &o), TB_OK);
+    tb_backward b;
+    assert_int_equal(tb_backward_init(&b, &fs), TB_OK);
+    int32_t tok[NTOK];
+    for (int i = 0; i < NTOK; i++) tok[i] = (int32_t)(uniform() * VOCAB);
+    kl_ctx c = {&fs, &ft, tok};
+    double total = kl_hidden_loss_cb(&c), kl = kl_loss(&fs, &ft, tok);
+    tb_kl_rows(ft.logits, fs.logits, NTOK, VOCAB, 1.0 / NTOK, NULL, 2);
+    tb_hidden_loss h = {.s = &fs, .t = &ft, .weight = HW, .scale = 1};
+    b.stream_grad = tb_hidden_loss_grad;
+    b.stream_ctx = &h;
+    grads g = {{{0}}};
+    assert_int_equal(tb_backward_logits(&b, NTOK, 0, keep_grad, &g), TB_OK);
+    printf("  KL %.4e + hidden %.4e\n", kl, h.loss);
+    assert_true(h.loss > 1e-3 && fabs(kl + h.loss - total) < 1e-9);
+    double worst = 0;
+    for (int l = 0; l < LAYERS; l++)
+        for (int k = 0; k < TB_LIN_PER_LAYER; k++) {
+            int i = l * TB_LIN_PER_LAYER + k;
+            double e = fd_error(tr.w[i], g.g[l][k], (size_t)tr.size[i], kl_hidden_loss_cb, &c);
+            printf("  KL+hidden layer %d %-18s FD error / max|dW| %.2e\n", l, tb_lin_name(k), e);
             worst = fmax(worst, e);
             free(g.g[l][k]);
         }
@@ -822,11 +900,172 @@ static void test_block_device_paths(void **state)
     remove_dir(ds);
 }
 
+/* Learned masks in distillation: the student keeps the complement of the
+ * teacher's 2:4 mask (its dense weights there, halved); with masks learned
+ * from the KL it finds the teacher's mask and function, with fixed masks it
+ * cannot; the masks are exact 2:4 and pruned weights exact zeros after every
+ * step. */
+static void distill_wrong_masks(tb_model *t, tb_model *s, tb_trainable *tt, tb_trainable *ts, char *dt, char *dd)
+{
+    write_model(dt, 64, 0x5151, 1, 0); /* the 2:4 teacher */
+    write_model(dd, 64, 0x5151, 0, 0); /* the dense weights it came from */
+    assert_int_equal(tb_model_open(t, dt), TB_OK);
+    assert_int_equal(tb_model_open(s, dd), TB_OK);
+    assert_int_equal(tb_trainable_init(tt, t), TB_OK);
+    assert_int_equal(tb_trainable_init(ts, s), TB_OK);
+    for (int i = 0; i < ts->n; i++) {
+        ts->pn[i] = 2;
+        ts->pm[i] = 4;
+        for (int64_t k = 0; k < ts->size[i]; k++) {
+            ts->keep[i][k] = !tt->keep[i][k];
+            ts->w[i][k] = ts->keep[i][k] ? 0.5f * ts->w[i][k] : 0.0f;
+        }
+    }
+}
+
+static void test_distill_learned_masks(void **state)
+{
+    (void)state;
+    double kl_end[2];
+    for (int learn = 0; learn < 2; learn++) {
+        char dt[64], dd[64];
+        tb_model t, s;
+        tb_trainable tt, ts;
+        distill_wrong_masks(&t, &s, &tt, &ts, dt, dd);
+        tb_tokens tk = {.windows = 16, .seq_len = NTOK, .ids = malloc(sizeof(int32_t) * 16 * NTOK)};
+        for (int i = 0; i < 16 * NTOK; i++) tk.ids[i] = (int32_t)(uniform() * VOCAB);
+        tb_distill_opts o;
+        tb_distill_defaults(&o);
+        o.steps = 600;
+        o.batch = 2;
+        o.lr = 1e-2;
+        o.mask.every = learn ? 10 : 0;
+        o.mask.decay = 5;
+        tb_distill d;
+        assert_int_equal(tb_distill_init(&d, &ts, &t, &tk, &o), TB_OK);
+        double kl0, kl1, top0, top1;
+        assert_int_equal(tb_distill_eval(&d, 16, &kl0, &top0), TB_OK);
+        int64_t bad = 0;
+        for (int i = 0; i < o.steps; i++) {
+            assert_int_equal(tb_distill_step(&d, NULL, NULL), TB_OK);
+            for (int j = 0; j < ts.n; j++) {
+                const tb_linear *L = &s.layers[j / TB_LIN_PER_LAYER].lin[j % TB_LIN_PER_LAYER];
+                bad += !tb_nm_keep_valid(ts.keep[j], L->rows, L->cols, 2, 4);
+                for (int64_t k = 0; k < ts.size[j]; k++) bad += !ts.keep[j][k] && ts.w[j][k] != 0.0f;
+            }
+        }
+        assert_int_equal(tb_distill_eval(&d, 16, &kl1, &top1), TB_OK);
+        int64_t agree = 0, total = 0;
+        for (int j = 0; j < ts.n; j++)
+            for (int64_t k = 0; k < ts.size[j]; k++) agree += ts.keep[j][k] == tt.keep[j][k], total++;
+        printf("  distill, masks %s: KL %.4e -> %.4e, top-1 %.3f -> %.3f, %.1f%% of keep bits equal the teacher's\n",
+               learn ? "learned" : "fixed", kl0, kl1, top0, top1, 100.0 * agree / total);
+        assert_int_equal(bad, 0);
+        assert_int_equal(ts.masks_learned, learn);
+        if (learn) { /* most of the teacher's mask (a whole model's weights are not identifiable) */
+            assert_true(agree > 0.75 * total);
+            assert_true(kl1 < 2e-2 * kl0);
+        } else
+            assert_int_equal(agree, 0);
+        kl_end[learn] = kl1;
+        tb_distill_free(&d);
+        tb_tokens_free(&tk);
+        tb_trainable_free(&ts);
+        tb_trainable_free(&tt);
+        tb_model_close(&s);
+        tb_model_close(&t);
+        remove_dir(dt);
+        remove_dir(dd);
+    }
+    assert_true(kl_end[1] < 0.5 * kl_end[0]);
+}
+
+/* A learned-mask distillation resumed mid-learning (masks still moving) or
+ * after (masks fixed) ends bit-identical, masks included, to an uninterrupted
+ * one; a checkpoint made
+ * with other mask options is refused by name; learned masks refuse a weight
+ * that is not N:M. */
+static void test_distill_learned_resume_is_exact(void **state)
+{
+    (void)state;
+    char dt[64], dd[64], dt2[64], dd2[64], ckpt[96];
+    tb_model t, s, t2, s2;
+    tb_trainable tt, ts, tt2, ts2;
+    distill_wrong_masks(&t, &s, &tt, &ts, dt, dd);
+    distill_wrong_masks(&t2, &s2, &tt2, &ts2, dt2, dd2);
+    tb_tokens tk = {.windows = 5, .seq_len = NTOK, .ids = malloc(sizeof(int32_t) * 5 * NTOK)};
+    for (int i = 0; i < 5 * NTOK; i++) tk.ids[i] = (int32_t)(uniform() * VOCAB);
+    tb_distill_opts o;
+    tb_distill_defaults(&o);
+    o.steps = 12;
+    o.batch = 2;
+    o.lr = 1e-2;
+    o.mask.every = 2;
+    o.mask.decay = 5;
+    tb_distill d, d2;
+    assert_int_equal(tb_distill_init(&d, &ts, &t, &tk, &o), TB_OK);
+    for (int i = 0; i < 3; i++) assert_int_equal(tb_distill_step(&d, NULL, NULL), TB_OK);
+    snprintf(ckpt, sizeof ckpt, "%s/run.ckpt", dt);
+    assert_int_equal(tb_distill_save(&d, ckpt), TB_OK);
+    char ckpt8[96]; /* and one after the masks stopped moving (step 6): the kept-entry moments */
+    snprintf(ckpt8, sizeof ckpt8, "%s/run8.ckpt", dt);
+    for (int i = 3; i < o.steps; i++) {
+        assert_int_equal(tb_distill_step(&d, NULL, NULL), TB_OK);
+        if (d.step == 8) assert_int_equal(tb_distill_save(&d, ckpt8), TB_OK);
+    }
+    assert_int_equal(tb_distill_init(&d2, &ts2, &t2, &tk, &o), TB_OK);
+    assert_int_equal(tb_distill_load(&d2, ckpt), TB_OK);
+    assert_int_equal(d2.step, 3);
+    while (d2.step < o.steps) assert_int_equal(tb_distill_step(&d2, NULL, NULL), TB_OK);
+    int64_t moved = 0;
+    for (int i = 0; i < ts.n; i++) {
+        assert_memory_equal(ts.w[i], ts2.w[i], sizeof(float) * ts.size[i]);
+        assert_memory_equal(ts.keep[i], ts2.keep[i], (size_t)ts.size[i]);
+        for (int64_t k = 0; k < ts.size[i]; k++) moved += ts.keep[i][k] == tt.keep[i][k];
+    }
+    assert_true(moved > 0); /* the masks did move across the checkpoint */
+    tb_distill_free(&d2);
+    assert_int_equal(tb_distill_init(&d2, &ts2, &t2, &tk, &o), TB_OK);
+    assert_int_equal(tb_distill_load(&d2, ckpt8), TB_OK);
+    assert_int_equal(d2.step, 8);
+    while (d2.step < o.steps) assert_int_equal(tb_distill_step(&d2, NULL, NULL), TB_OK);
+    for (int i = 0; i < ts.n; i++) {
+        assert_memory_equal(ts.w[i], ts2.w[i], sizeof(float) * ts.size[i]);
+        assert_memory_equal(ts.keep[i], ts2.keep[i], (size_t)ts.size[i]);
+    }
+    tb_distill_free(&d2);
+    o.mask.decay = 20;
+    assert_int_equal(tb_distill_init(&d2, &ts2, &t2, &tk, &o), TB_OK);
+    tb_err_clear();
+    assert_int_equal(tb_distill_load(&d2, ckpt), TB_EUSAGE);
+    assert_non_null(strstr(tb_errmsg(), "made with mask_decay"));
+    tb_distill_free(&d2);
+    ts2.keep[0][0] = !ts2.keep[0][0]; /* no longer 2:4 */
+    tb_err_clear();
+    assert_int_equal(tb_distill_init(&d2, &ts2, &t2, &tk, &o), TB_EUSAGE);
+    assert_non_null(strstr(tb_errmsg(), "exact N:M"));
+    tb_distill_free(&d);
+    tb_tokens_free(&tk);
+    tb_trainable_free(&ts);
+    tb_trainable_free(&tt);
+    tb_trainable_free(&ts2);
+    tb_trainable_free(&tt2);
+    tb_model_close(&s);
+    tb_model_close(&t);
+    tb_model_close(&s2);
+    tb_model_close(&t2);
+    remove_dir(dt);
+    remove_dir(dd);
+    remove_dir(dt2);
+    remove_dir(dd2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_reselect_known_values),
         cmocka_unit_test(test_kl_gradient),
+        cmocka_unit_test(test_hidden_gradient),
         cmocka_unit_test(test_half_gradients),
         cmocka_unit_test(test_layer_recovers_target),
         cmocka_unit_test(test_blocks_recover_target),
@@ -837,6 +1076,8 @@ int main(void)
         cmocka_unit_test(test_distill_cache_is_exact),
         cmocka_unit_test(test_distill_device_paths),
         cmocka_unit_test(test_block_device_paths),
+        cmocka_unit_test(test_distill_learned_masks),
+        cmocka_unit_test(test_distill_learned_resume_is_exact),
     };
     return cmocka_run_group_tests_name("train", tests, NULL, NULL);
 }
