@@ -68,7 +68,19 @@ sp24_checks() {
                 eval "prompt=\$$p"
                 a=$("$BIN/tb-run" -m "$tmp/$v/model.tbm" --prompt "$prompt" -n 32 --quiet --device $dev)
                 b=$("$BIN/tb-run" -m "$tmp/$v-dense" --prompt "$prompt" -n 32 --quiet --device $dev)
-                if [ "$a" = "$b" ]; then r=ok; else r=FAIL; fail=1; fi
+                if [ "$a" = "$b" ]; then
+                    r=ok
+                elif [ "$dev" != cpu ] && [ $v = permute ]; then
+                    # the permuted model sums its columns in permuted order in both its
+                    # kernels, its dense export in model order: on the H200 (2026-12-02,
+                    # after the dense decode GEMV landed) the long prompt's greedy output
+                    # flipped at a near tie after 10 generated tokens; the --compare
+                    # fidelity checks below are the verdict for this case
+                    r="differs (sum order; fidelity below decides)"
+                else
+                    r=FAIL
+                    fail=1
+                fi
                 printf '  %-58s %s\n' "generation $dev, $v 2:4, $p prompt: packed == dense" "$r"
                 # the 2:4 GEMM sums in another order than cuBLAS: a near tie of the top two logits
                 # may flip a greedy step without a bug; the fidelity check below tells which
