@@ -10,7 +10,11 @@
 # calib-128x512.safetensors beside it, else ../shared/data/calib-NAME-128x512),
 # EVAL_WINDOWS (evaluate the first N windows only: a cheaper screen; default
 # all), THREADS (2), TB_BIN, START=DIR (copy a finished run's files first, so
-# only the stages that differ are rebuilt).
+# only the stages that differ are rebuilt), PRUNER: make (default,
+# examples/Makefile with its defaults and the VAR=VALUE given) or prune-model
+# (examples/prune-model.sh's recipe, what a user gets; PATTERN=P picks the
+# pattern, the other VAR=VALUE override the recipe through the environment).
+# The line records the commit, so a row says which recipe made it.
 # Calibration: the reference 128 x 512 windows, the set the peer baselines of
 # PROTOCOL.md used. Text: examples/data.
 set -eu
@@ -30,12 +34,22 @@ if [ -n "${START:-}" ]; then cp -a "$START" "$out" && rm -f "$out/model.tbm"; fi
 cap=""
 [ -n "${EVAL_WINDOWS:-}" ] && cap="--max-windows $EVAL_WINDOWS"
 t0=$(date +%s)
-make --no-print-directory -s -f examples/Makefile MODEL="$model" OUT="$out" TB="$bin" CALIB="$calib" "$@" \
-    >"$out.log" 2>&1
+load0=$(cut -d' ' -f1 /proc/loadavg)
+case ${PRUNER:-make} in
+make)
+    make --no-print-directory -s -f examples/Makefile MODEL="$model" OUT="$out" TB="$bin" CALIB="$calib" "$@" \
+        >"$out.log" 2>&1 ;;
+prune-model)
+    pattern=2:4
+    for a in "$@"; do case $a in PATTERN=*) pattern=${a#PATTERN=} ;; esac; done
+    env TB="$bin" "$@" examples/prune-model.sh "$model" "$out" "$pattern" --calib-tokens "$calib" >"$out.log" 2>&1 ;;
+*) echo "quality.sh: PRUNER=$PRUNER: expected make or prune-model" >&2; exit 1 ;;
+esac
 t1=$(date +%s)
 # perplexity and fidelity to the dense model (KL, top-1) on the same windows
 fid=$("$bin/tb-run" -m "$out/model.tbm" --compare "$model" --ppl examples/data/wikitext2-test.txt $cap --quiet \
     --threads "${THREADS:-2}" | tr '\n' ' ')
-line="$(date +%F) $name $mname [$*]${cap:+ [$cap]}: $fid(prune $((t1 - t0)) s, load $(cut -d' ' -f1 /proc/loadavg))"
+rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+line="$(date +%F) $name $mname [${PRUNER:+$PRUNER }$*]${cap:+ [$cap]}: $fid(prune $((t1 - t0)) s, load $load0-$(cut -d' ' -f1 /proc/loadavg), $(date +%H:%M), $rev)"
 echo "$line"
 echo "$line" >>bench/results/quality.txt
