@@ -15,7 +15,7 @@
 #              tb-recon steps per layer (masks fixed), 300 tb-distill steps
 # Environment: as bench/quality.sh (MODEL, CALIB, EVAL_WINDOWS, TB_BIN,
 # THREADS); SKIP_DONE=1 skips the points quality.txt already holds for this
-# model (resume an interrupted curve); OUT_SVG (default
+# model on the same evaluation windows (resume an interrupted curve); OUT_SVG (default
 # bench/results/kl-sparsity.svg). Each tensorbit point costs a full default
 # run (~260 s on a quiet 2-core box) plus the comparison (~170 s); the
 # others cost the comparison and under a minute of pruning.
@@ -24,9 +24,14 @@ cd "$(dirname "$0")/.."
 patterns=${1:-0.3 0.4 0.5 0.6 0.7 2:4 4:8}
 mname=$(basename "${MODEL:-tests/data/tiny-llama-6m}")
 svg=${OUT_SVG:-bench/results/kl-sparsity.svg}
+# a point is done when quality.txt has it for this model on the same windows
 done_already() {
-    [ "${SKIP_DONE:-0}" = 1 ] && [ -f bench/results/quality.txt ] &&
-        grep -q "^[^ ]* $1 $mname .*kl: " bench/results/quality.txt
+    [ "${SKIP_DONE:-0}" = 1 ] && [ -f bench/results/quality.txt ] || return 1
+    if [ -n "${EVAL_WINDOWS:-}" ]; then
+        grep -q "^[^ ]* $1 $mname .*\[--max-windows $EVAL_WINDOWS\]: kl: " bench/results/quality.txt
+    else
+        grep "^[^ ]* $1 $mname .*kl: " bench/results/quality.txt | grep -qv -- "--max-windows"
+    fi
 }
 for p in $patterns; do
     tag=$(echo "$p" | tr ':' '-')
@@ -43,4 +48,4 @@ for p in $patterns; do
         esac
     done
 done
-python3 bench/kl_plot.py bench/results/quality.txt "$svg" "$mname"
+python3 bench/kl_plot.py bench/results/quality.txt "$svg" "$mname" "${EVAL_WINDOWS:-all}"
