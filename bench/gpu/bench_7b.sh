@@ -17,28 +17,22 @@
 #   BENCH_LAYERS (default 32): layers of the whole-model checkpoint;
 #   BENCH_F32=1 adds the f32-precision runs; BENCH_ONLY=decode runs only the decode rows.
 set -u
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
+. bench/gpu/lib.sh bench_7b
 . bench/gpu/devkit-env.sh .devwork/kit
 B=$PWD/build-cuda/bin
 W=/tmp/b7
 mkdir -p $W
-log() { echo "$*" | tee -a "$OUT/bench_7b.txt"; }
-stamp() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(stamp)" 'BEGIN { printf "%.2f", b - a }'; }
 log "bench_7b: $(date -u +%F' '%T) UTC, $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
 nvcc -O2 -gencode=arch=compute_90,code=sm_90 bench/gpu/cublas_peak.cu -lcublas -o $W/cublas_peak 2>&1 | tail -2
 timeout 120 $W/cublas_peak 2048 2>&1 | tee -a "$OUT/bench_7b.txt"
 
 run() { # label command...: wall time, peak GPU memory (nvidia-smi every 100 ms), the tool's last words
     local t0=$(stamp)
-    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > $W/mem.log 2>/dev/null &
-    local sampler=$!
+    gpu_mem_start
     timeout 300 "${@:2}" > $W/last.log 2>&1
     local rc=$?
-    kill $sampler 2>/dev/null; wait $sampler 2>/dev/null
-    local peak=$(sort -n $W/mem.log | tail -1)
-    log "$1: $(since $t0) s, peak GPU memory ${peak:-?} MiB (exit $rc) $(tail -c 300 $W/last.log | tr '\n' ' ')"
+    local peak=$(gpu_mem_peak)
+    log "$1: $(since $t0) s, peak GPU memory $peak MiB (exit $rc) $(tail -c 300 $W/last.log | tr '\n' ' ')"
 }
 
 decode_rows() {

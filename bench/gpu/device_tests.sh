@@ -19,40 +19,15 @@
 #   bench/gpu/shared.sh                 (tiny-mistral-10m and its golden: .devwork/shared.tar.xz)
 #   run: bash bench/gpu/device_tests.sh, carry build-cuda .devwork/kit .devwork/shared.tar.xz
 set -u
-OUT=${OUT:-/tmp/out}
 DEADLINE=${DEADLINE:-570}
-mkdir -p "$OUT"
+STEP_TAIL=40
+. bench/gpu/lib.sh device_tests
 . bench/gpu/devkit-env.sh .devwork/kit
 if [ -f .devwork/shared.tar.xz ]; then # bench/gpu/shared.sh's tiny-mistral-10m and its golden
     mkdir -p .devwork/shared && tar -C .devwork/shared -xJf .devwork/shared.tar.xz
 fi
 export TB_SHARED=$PWD/.devwork/shared TB_TEST_DATA=$PWD/tests/data TB_BIN=$PWD/build-cuda/bin
 nvidia-smi -L
-fail=0
-: >"$OUT/summary.txt"
-
-# step NAME CAP COMMAND...: run with a time cap (cut to what is left of the
-# deadline), log to $OUT/NAME.log, show its tail, record the outcome
-step() {
-    local name=$1 cap=$2
-    shift 2
-    local left=$((DEADLINE - SECONDS))
-    if [ "$left" -lt 20 ]; then
-        echo "== $name: skipped (${left} s left of the ${DEADLINE} s budget)" | tee -a "$OUT/summary.txt"
-        fail=1
-        return
-    fi
-    [ "$cap" -gt "$left" ] && cap=$left
-    echo "== $name (cap ${cap} s)"
-    local t0=$SECONDS
-    timeout "$cap" "$@" >"$OUT/$name.log" 2>&1
-    local rc=$?
-    tail -40 "$OUT/$name.log"
-    printf '%-36s exit %3d  %4d s%s\n' "$name" "$rc" $((SECONDS - t0)) "$([ $rc -eq 124 ] && echo '  (timed out)')" |
-        tee -a "$OUT/summary.txt"
-    [ "$rc" -eq 0 ] || fail=1
-}
-
 step test_backend 150 build-cuda/tests/cuda/test_backend
 step test_sparsegpt_cuda 60 build-cuda/tests/cuda/test_sparsegpt_cuda
 step test_model_cuda 90 build-cuda/tests/cuda/test_model_cuda

@@ -4,20 +4,17 @@
 #   tiny-llama-6m from tests/data; tiny-mistral-10m from .devwork/mistral
 #   (bench/gpu/shared.sh's model copy), skipped when absent.
 set -u
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
+. bench/gpu/lib.sh stages_small
 . bench/gpu/devkit-env.sh .devwork/kit
 B=$PWD/build-cuda/bin
 W=/tmp/ss
 mkdir -p $W
 NT=$(nproc)
-log() { echo "$*" | tee -a "$OUT/stages_small.txt"; }
-stamp() { date +%s.%N; }
 timed() { # label cmd...: wall seconds
     local t0=$(stamp)
     timeout 240 "${@:2}" > $W/last.log 2>&1
     local rc=$?
-    log "$(printf '%-58s %8.2f s (exit %d)' "$1" "$(awk -v a=$t0 -v b=$(stamp) 'BEGIN{print b-a}')" $rc) $(grep -o 'ppl: [0-9.]*' $W/last.log | head -1)"
+    log "$(printf '%-58s %8.2f s (exit %d)' "$1" "$(since $t0)" $rc) $(grep -o 'ppl: [0-9.]*' $W/last.log | head -1)"
 }
 log "stages_small: $(date -u +%F' '%T) UTC, $(nvidia-smi --query-gpu=name --format=csv,noheader), $NT host cores"
 for m in ${STAGES_MODELS:-llama mistral}; do

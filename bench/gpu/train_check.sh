@@ -11,24 +11,13 @@
 #   tar -cJf .devwork/train-build.tar.xz build-cuda/bin build-cuda/tests/cuda
 #   run: bash bench/gpu/train_check.sh, carry .devwork/kit .devwork/train-build.tar.xz
 set -u
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
+. bench/gpu/lib.sh train_check
 . bench/gpu/devkit-env.sh .devwork/kit
 [ -f .devwork/train-build.tar.xz ] && tar -xJf .devwork/train-build.tar.xz
 export TB_TEST_DATA=$PWD/tests/data
 export B=$PWD/build-cuda/bin M=$PWD/tests/data/tiny-llama-6m
 export CALIB=$M/calib-128x512.safetensors
 nvidia-smi -L | tee "$OUT/gpu.txt"
-fail=0
-: >"$OUT/summary.txt"
-step() { # name cap command...
-    local name=$1 cap=$2 t0=$SECONDS
-    shift 2
-    timeout "$cap" "$@" >"$OUT/$name.log" 2>&1
-    local rc=$?
-    printf '%-28s exit %3d  %4d s\n' "$name" "$rc" $((SECONDS - t0)) | tee -a "$OUT/summary.txt"
-    [ "$rc" -eq 0 ] || fail=1
-}
 step test_train_cuda 120 build-cuda/tests/cuda/test_train_cuda
 TB_TEST_QUICK=1 step test_backend_quick 60 build-cuda/tests/cuda/test_backend
 
