@@ -50,7 +50,8 @@ names = {"tensorbit": "tensorbit (default recipe)",
          "anchor": "anchor: SparseGPT + recon + KD",
          "sparsegpt": "SparseGPT", "wanda": "Wanda"}
 if "tensorbit" in args:
-    over = [a for a in args["tensorbit"].split() if "=" in a and not a.startswith("PATTERN=")]
+    # the device is where it ran, not a change of recipe
+    over = [a for a in args["tensorbit"].split() if "=" in a and not a.startswith(("PATTERN=", "DEVICE="))]
     if over:
         names["tensorbit"] = "tensorbit (" + " ".join(over) + ")"
 colors = {"wanda": "#2ca02c", "sparsegpt": "#d62728", "anchor": "#9467bd", "tensorbit": "#1f77b4"}

@@ -9,7 +9,8 @@
 # ../shared/models/tiny-mistral-10m), CALIB (default the model's
 # calib-128x512.safetensors beside it, else ../shared/data/calib-NAME-128x512),
 # EVAL_WINDOWS (evaluate the first N windows only: a cheaper screen; default
-# all), THREADS (2), TB_BIN, START=DIR (copy a finished run's files first, so
+# all), THREADS (2), DEVICE (cpu; cuda: every stage and the comparison on
+# the GPU, the comparison in f32 as the CPU's), TB_BIN, START=DIR (copy a finished run's files first, so
 # only the stages that differ are rebuilt), PRUNER: make (default,
 # examples/Makefile with its defaults and the VAR=VALUE given) or prune-model
 # (examples/prune-model.sh's recipe, what a user gets; PATTERN=P picks the
@@ -47,9 +48,12 @@ prune-model)
 esac
 t1=$(date +%s)
 # perplexity and fidelity to the dense model (KL, top-1) on the same windows
-fid=$("$bin/tb-run" -m "$out/model.tbm" --compare "$model" --ppl examples/data/wikitext2-test.txt $cap --quiet \
+dev=""
+[ -n "${DEVICE:-}" ] && [ "$DEVICE" != cpu ] && dev="--device $DEVICE --precision f32"
+# shellcheck disable=SC2086 # $cap and $dev are option lists
+fid=$("$bin/tb-run" -m "$out/model.tbm" --compare "$model" --ppl examples/data/wikitext2-test.txt $cap $dev --quiet \
     --threads "${THREADS:-2}" | tr '\n' ' ')
-rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-line="$(date +%F) $name $mname [${PRUNER:+$PRUNER }$*]${cap:+ [$cap]}: $fid(prune $((t1 - t0)) s, load $load0-$(cut -d' ' -f1 /proc/loadavg), $(date +%H:%M), $rev)"
+rev=${TB_REV:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+line="$(date +%F) $name $mname [${PRUNER:+$PRUNER }${dev:+DEVICE=$DEVICE }$*]${cap:+ [$cap]}: $fid(prune $((t1 - t0)) s, load $load0-$(cut -d' ' -f1 /proc/loadavg), $(date +%H:%M), $rev)"
 echo "$line"
 echo "$line" >>bench/results/quality.txt
