@@ -152,6 +152,38 @@ typedef struct tb_backend_ops {
     /* F += g^2 elementwise (the Fisher diagonal) */
     void (*sq_acc)(tb_backend *b, float *F, const float *g, size_t count);
 
+    /* ---- decode at a position held in backend memory: pos is one int32 the
+     * host uploads before each step, so the step's launches do not change
+     * from token to token and replay as one CUDA graph (tb_forward.c) ---- */
+    /* for t < n at p = *pos + t: rotate q [n, q_heads*head_dim] in place, and
+     * write k [n, kv_heads*head_dim] rotated into row p of k_cache and v into
+     * row p of v_cache (k, v unchanged); the two ropes and the cache writes
+     * of one layer in one pass */
+    void (*rope_append)(tb_backend *b, float *q, const float *k, const float *v, int n, int q_heads, int kv_heads,
+                        int head_dim, const int32_t *pos, const float *cos_t, const float *sin_t, float *k_cache,
+                        float *v_cache);
+    /* attention (inference: nothing saved) for n queries at positions *pos.. */
+    void (*attention_at)(tb_backend *b, const tb_attn_shape *a, const float *q, const float *k, const float *v, int n,
+                         const int32_t *pos, float *out);
+    /* y = a + c, then yn = rmsnorm(y) with w as rmsnorm does (inv_rms may be
+     * NULL; y may equal a or c): a residual add and the next norm in one pass,
+     * the same values as add then rmsnorm */
+    void (*add_rmsnorm)(tb_backend *b, float *y, float *yn, float *inv_rms, const float *a, const float *c,
+                        const float *w, int n, int d, float eps);
+
+    /* ---- graphs (NULL on a backend without them) ---- */
+    /* Capture the ops issued between graph_begin and graph_end instead of
+     * running them; graph_end returns the replayable graph, or NULL with the
+     * reason (tb_errmsg) when the capture failed, in which case nothing of it
+     * ran and no error is left sticky. graph_begin fails (TB_EUSAGE) when
+     * graphs are switched off (CUDA: TB_CUDA_GRAPH=0). graph_launch runs a
+     * graph on the stream: 0, or 1 when the graph is stale (the backend
+     * reallocated work space it captured): free it and capture again. */
+    int (*graph_begin)(tb_backend *b);
+    void *(*graph_end)(tb_backend *b);
+    int (*graph_launch)(tb_backend *b, void *graph);
+    void (*graph_free)(tb_backend *b, void *graph);
+
     /* ---- losses and reductions (host results; they wait) ---- */
     /* sum over t < n-1 of logsumexp(logits[t]) - logits[t][tokens[t+1]], f64; tokens on the HOST */
     double (*nll)(tb_backend *b, const float *logits, const int32_t *tokens, int n, int vocab);

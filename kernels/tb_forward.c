@@ -3,6 +3,7 @@
  * Device-neutral: every array is backend memory and every computation a call
  * into f->be->ops (tb_backend.h). The same code runs on the CPU and on CUDA. */
 #include "tb_error.h"
+#include "tb_log.h"
 #include "tb_model.h"
 #include "tb_nvtx.h"
 #include "tb_ops.h"
@@ -67,6 +68,9 @@ static size_t layout(tb_forward *f, float *base)
     f->rms_final = whole ? carve(&cur, T) : NULL;
     f->logits = whole ? carve(&cur, T * (size_t)c->vocab_size) : NULL;
     f->tmp = carve(&cur, T * D);
+    f->k_new = carve(&cur, KV);
+    f->v_new = carve(&cur, KV);
+    f->pos_dev = (int32_t *)carve(&cur, 1);
     f->rope_cos = carve(&cur, S * (size_t)c->head_dim / 2);
     f->rope_sin = carve(&cur, S * (size_t)c->head_dim / 2);
     f->rope_neg_sin = carve(&cur, S * (size_t)c->head_dim / 2);
@@ -83,6 +87,15 @@ static float *vector_copy(tb_forward *f, const float *host, size_t n, const char
 }
 
 static int lm_head_weights(tb_forward *f);
+
+/* the captured decode step holds every pointer it was captured with: weights
+ * released or replaced end it (the next steps warm up and capture again) */
+static void graph_drop(tb_forward *f)
+{
+    if (f->graph) f->be->ops->graph_free(f->be, f->graph);
+    f->graph = NULL;
+    if (f->graph_state > 0) f->graph_state = 0;
+}
 
 int tb_forward_init(tb_forward *f, const tb_model *m, const tb_forward_opts *o)
 {
@@ -154,6 +167,7 @@ static void layer_release(tb_forward *f, int l)
 {
     tb_dlayer *d = &f->dl[l];
     if (!d->loaded) return;
+    graph_drop(f);
     for (int i = 0; i < TB_LIN_PER_LAYER; i++)
         if (!d->borrowed[i]) f->be->ops->linear_release(f->be, &d->lin[i]);
     f->be->ops->free(f->be, d->attn_norm);
@@ -165,6 +179,7 @@ static void layer_release(tb_forward *f, int l)
 void tb_forward_free(tb_forward *f)
 {
     if (f->be) {
+        graph_drop(f);
         for (int l = 0; f->dl && l < f->m->cfg.n_layers; l++) layer_release(f, l);
         if (f->lm_head.host) f->be->ops->linear_release(f->be, &f->lm_head);
         if (f->mem) f->be->ops->free(f->be, f->mem);
@@ -219,6 +234,7 @@ tb_dlayer *tb_forward_layer_weights(tb_forward *f, int l)
 void tb_forward_use_linear(tb_forward *f, int l, tb_lin_id which, const tb_dlinear *d)
 {
     tb_dlayer *dl = &f->dl[l];
+    graph_drop(f);
     if (!dl->borrowed[which]) {
         dl->bytes -= dl->lin[which].bytes;
         f->resident -= dl->lin[which].bytes;
@@ -232,6 +248,7 @@ void tb_forward_restore_linear(tb_forward *f, int l, tb_lin_id which)
 {
     tb_dlayer *dl = &f->dl[l];
     if (!dl->borrowed[which]) return;
+    graph_drop(f);
     dl->borrowed[which] = 0;
     if (f->be->ops->linear_upload(f->be, &dl->lin[which], &f->m->layers[l].lin[which])) {
         memset(&dl->lin[which], 0, sizeof dl->lin[which]);
@@ -249,8 +266,13 @@ static void linear(tb_forward *f, int layer, tb_lin_id id, const tb_dlinear *L, 
 }
 
 /* One decoder layer on acts[l].x for n tokens at positions pos0..; leaves the
- * result in the next layer's x (or x_final). */
-static int layer_forward(tb_forward *f, int l, int n, int pos0)
+ * result in the next layer's x (or x_final).
+ * pos_dev (the one-token decode step, never with keep_acts): the positions
+ * start at *pos_dev in backend memory instead (pos0 unused), acts[l].xn1
+ * already holds the attention norm of x (the previous layer, or the step,
+ * computed it), and the layer ends with the next norm fused into its residual
+ * add: the next layer's xn1, or after the last layer xn_final. */
+static int layer_forward(tb_forward *f, int l, int n, int pos0, const int32_t *pos_dev)
 {
     const tb_model *m = f->m;
     const tb_config *c = &m->cfg;
@@ -265,27 +287,49 @@ static int layer_forward(tb_forward *f, int l, int n, int pos0)
     if (!w) return tb_errcode() ? tb_errcode() : TB_EIO;
     float *k = a->k_cache + (size_t)pos0 * KV, *v = a->v_cache + (size_t)pos0 * KV;
 
+    if (pos_dev) k = f->k_new, v = f->v_new; /* rope_append caches them at *pos_dev */
+
     TB_RANGE_PUSH("attention block");
-    op->rmsnorm(be, a->xn1, a->rms1, a->x, w->attn_norm, n, D, eps);
+    if (!pos_dev) op->rmsnorm(be, a->xn1, a->rms1, a->x, w->attn_norm, n, D, eps);
     linear(f, l, TB_LIN_Q, &w->lin[TB_LIN_Q], a->xn1, n, a->q);
     linear(f, l, TB_LIN_K, &w->lin[TB_LIN_K], a->xn1, n, k);
     linear(f, l, TB_LIN_V, &w->lin[TB_LIN_V], a->xn1, n, v);
-    op->rope(be, a->q, n, c->n_heads, c->head_dim, pos0, f->rope_cos, f->rope_sin);
-    op->rope(be, k, n, c->n_kv_heads, c->head_dim, pos0, f->rope_cos, f->rope_sin);
-    op->attention(be, &shape, a->q, a->k_cache, a->v_cache, n, pos0, a->att, a->saved);
+    if (pos_dev) {
+        op->rope_append(be, a->q, k, v, n, c->n_heads, c->n_kv_heads, c->head_dim, pos_dev, f->rope_cos,
+                        f->rope_sin, a->k_cache, a->v_cache);
+        op->attention_at(be, &shape, a->q, a->k_cache, a->v_cache, n, pos_dev, a->att);
+    } else {
+        op->rope(be, a->q, n, c->n_heads, c->head_dim, pos0, f->rope_cos, f->rope_sin);
+        op->rope(be, k, n, c->n_kv_heads, c->head_dim, pos0, f->rope_cos, f->rope_sin);
+        op->attention(be, &shape, a->q, a->k_cache, a->v_cache, n, pos0, a->att, a->saved);
+    }
     linear(f, l, TB_LIN_O, &w->lin[TB_LIN_O], a->att, n, f->tmp);
-    op->add(be, a->h, a->x, f->tmp, ND);
+    if (pos_dev) op->add_rmsnorm(be, a->h, a->xn2, a->rms2, a->x, f->tmp, w->mlp_norm, n, D, eps);
+    else op->add(be, a->h, a->x, f->tmp, ND);
     TB_RANGE_POP();
 
     TB_RANGE_PUSH("mlp block");
-    op->rmsnorm(be, a->xn2, a->rms2, a->h, w->mlp_norm, n, D, eps);
+    if (!pos_dev) op->rmsnorm(be, a->xn2, a->rms2, a->h, w->mlp_norm, n, D, eps);
     linear(f, l, TB_LIN_GATE, &w->lin[TB_LIN_GATE], a->xn2, n, a->gate);
     linear(f, l, TB_LIN_UP, &w->lin[TB_LIN_UP], a->xn2, n, a->up);
     op->swiglu(be, a->act, a->gate, a->up, (size_t)n * c->intermediate_size);
     linear(f, l, TB_LIN_DOWN, &w->lin[TB_LIN_DOWN], a->act, n, f->tmp);
     /* without keep_acts the next layer's x is this one's: h is a separate
-     * buffer, so overwriting x here is safe */
-    op->add(be, tb_forward_stream(f, l + 1), a->h, f->tmp, ND);
+     * buffer, so overwriting x here is safe (and xn1, rms1: read only by the
+     * q/k/v linears above) */
+    if (pos_dev) {
+        const int last = l + 1 == c->n_layers;
+        const tb_dlayer *wn = last ? NULL : tb_forward_layer_weights(f, l + 1);
+        if (!last && !wn) {
+            TB_RANGE_POP();
+            return tb_errcode() ? tb_errcode() : TB_EIO;
+        }
+        op->add_rmsnorm(be, tb_forward_stream(f, l + 1), last ? f->xn_final : f->acts[l + 1].xn1,
+                        last ? f->rms_final : f->acts[l + 1].rms1, a->h, f->tmp, last ? f->final_norm : wn->attn_norm,
+                        n, D, eps);
+    } else {
+        op->add(be, tb_forward_stream(f, l + 1), a->h, f->tmp, ND);
+    }
     TB_RANGE_POP();
     return TB_OK;
 }
@@ -320,6 +364,65 @@ static int lm_head_weights(tb_forward *f)
     return rc ? tb_err_context("lm_head") : TB_OK;
 }
 
+/* The one-token step after the embedding, every launch independent of the
+ * position (read from f->pos_dev): layer 0's norm, the layers, the head. */
+static int decode_step(tb_forward *f)
+{
+    const tb_config *c = &f->m->cfg;
+    tb_dlayer *w0 = tb_forward_layer_weights(f, 0);
+    if (!w0) return tb_errcode() ? tb_errcode() : TB_EIO;
+    f->be->ops->rmsnorm(f->be, f->acts[0].xn1, f->acts[0].rms1, f->acts[0].x, w0->attn_norm, 1, c->hidden_size,
+                        (float)c->rms_norm_eps);
+    int rc = TB_OK;
+    for (int l = 0; l < c->n_layers && !rc; l++) rc = layer_forward(f, l, 1, 0, f->pos_dev);
+    if (!rc) linear(f, c->n_layers, TB_LIN_LM_HEAD, &f->lm_head, f->xn_final, 1, f->logits);
+    return rc;
+}
+
+/* One token at pos0. Where the backend has graphs (CUDA), the first step runs
+ * plainly (the warm-up: work space grown, lazy forms made), the second is
+ * captured, and every later one replays that capture after uploading its
+ * embedding row and position: one launch a token instead of ~15 a layer.
+ * Not with a linear hook (the host must see every call) or a weight budget
+ * (layers move). The replay computes exactly what the plain launches do. */
+static int decode_run(tb_forward *f, const int32_t *token, int pos0)
+{
+    const tb_backend_ops *op = f->be->ops;
+    const int32_t p = pos0;
+    f->n = 1;
+    op->embed(f->be, &f->m->embed, token, 1, f->acts[0].x);
+    op->upload(f->be, f->pos_dev, &p, sizeof p);
+    int rc;
+    if (f->graph_state >= 0 && op->graph_begin && !f->hook && !f->o.weight_budget) {
+        if (f->graph) {
+            if (!op->graph_launch(f->be, f->graph)) return op->sync(f->be);
+            graph_drop(f); /* stale: this step warms up again */
+        }
+        if (f->graph_state == 0) {
+            f->graph_state = 1;
+        } else if (op->graph_begin(f->be)) {
+            tb_info("decode: plain launches, no CUDA graph: %s", tb_errmsg());
+            tb_err_clear();
+            f->graph_state = -1;
+        } else {
+            rc = decode_step(f);
+            void *g = op->graph_end(f->be);
+            if (g && !rc && !op->graph_launch(f->be, g)) {
+                f->graph = g;
+                tb_info("decode: the step at position %d captured as a CUDA graph, replayed from here on", pos0);
+                return op->sync(f->be);
+            }
+            if (g) op->graph_free(f->be, g);
+            if (rc) return rc;
+            tb_info("decode: plain launches, the CUDA graph capture failed: %s", g ? "stale at once" : tb_errmsg());
+            tb_err_clear();
+            f->graph_state = -1;
+        }
+    }
+    rc = decode_step(f);
+    return rc ? rc : op->sync(f->be);
+}
+
 int tb_forward_run(tb_forward *f, const int32_t *tokens, int n, int pos0)
 {
     const tb_model *m = f->m;
@@ -331,10 +434,16 @@ int tb_forward_run(tb_forward *f, const int32_t *tokens, int n, int pos0)
                      f->o.layer_end);
     if (!rc) rc = lm_head_weights(f);
     if (rc) return rc;
+    if (n == 1 && !f->o.keep_acts) {
+        TB_RANGE_PUSH("decode step");
+        rc = decode_run(f, tokens, pos0);
+        TB_RANGE_POP();
+        return rc;
+    }
     TB_RANGE_PUSH("forward");
     f->n = n;
     f->be->ops->embed(f->be, &m->embed, tokens, n, f->acts[0].x);
-    for (int l = 0; l < c->n_layers && !rc; l++) rc = layer_forward(f, l, n, pos0);
+    for (int l = 0; l < c->n_layers && !rc; l++) rc = layer_forward(f, l, n, pos0, NULL);
     if (!rc) {
         f->be->ops->rmsnorm(f->be, f->xn_final, f->rms_final, f->x_final, f->final_norm, n, c->hidden_size,
                             (float)c->rms_norm_eps);
@@ -364,7 +473,7 @@ int tb_forward_layers(tb_forward *f, int n, int l0, int l1)
         return tb_fail(TB_EUSAGE, "forward: layers %d:%d outside the run state's %d:%d", l0, l1, f->o.layer_begin,
                        f->o.layer_end);
     f->n = n;
-    for (int l = l0; l < l1 && !rc; l++) rc = layer_forward(f, l, n, 0);
+    for (int l = l0; l < l1 && !rc; l++) rc = layer_forward(f, l, n, 0, NULL);
     return rc ? rc : f->be->ops->sync(f->be);
 }
 

@@ -158,6 +158,12 @@ typedef struct {
     float *tmp;          /* [n, hidden] o_proj / down_proj output before the residual add */
     float *rope_cos, *rope_sin; /* [max_seq, head_dim/2] */
     float *rope_neg_sin; /* -rope_sin: RoPE's inverse rotation, for the backward */
+    /* one-token decode (tb_forward_run with n = 1): the step reads its
+     * position from pos_dev, so it replays unchanged as a graph */
+    int32_t *pos_dev;    /* [1] in backend memory, uploaded before each step */
+    float *k_new, *v_new; /* [n_kv_heads*head_dim] k/v_proj outputs before rope_append caches them */
+    void *graph;         /* the captured step (backend graph) or NULL */
+    int graph_state;     /* 0: no step yet; 1: one ran plainly (the warm-up), capture next; -1: off */
     int n;               /* tokens of the last call */
     tb_linear_hook hook; /* optional */
     void *hook_ctx;

@@ -184,6 +184,35 @@ static void cpu_add(tb_backend *b, float *y, const float *a, const float *c, siz
     for (size_t i = 0; i < count; i++) y[i] = a[i] + c[i];
 }
 
+/* the decode ops at a position in backend memory (host memory here): the
+ * unfused ops in the order the engine calls them without them, so the CPU's
+ * values do not depend on which path ran */
+static void cpu_rope_append(tb_backend *b, float *q, const float *k, const float *v, int n, int q_heads,
+                            int kv_heads, int head_dim, const int32_t *pos, const float *cos_t, const float *sin_t,
+                            float *k_cache, float *v_cache)
+{
+    (void)b;
+    const int p0 = *pos;
+    const size_t kv = (size_t)kv_heads * head_dim;
+    memcpy(k_cache + (size_t)p0 * kv, k, (size_t)n * kv * sizeof(float));
+    memcpy(v_cache + (size_t)p0 * kv, v, (size_t)n * kv * sizeof(float));
+    tb_rope_apply(q, n, q_heads, head_dim, p0, cos_t, sin_t);
+    tb_rope_apply(k_cache + (size_t)p0 * kv, n, kv_heads, head_dim, p0, cos_t, sin_t);
+}
+
+static void cpu_attention_at(tb_backend *b, const tb_attn_shape *a, const float *q, const float *k, const float *v,
+                             int n, const int32_t *pos, float *out)
+{
+    cpu_attention(b, a, q, k, v, n, *pos, out, NULL);
+}
+
+static void cpu_add_rmsnorm(tb_backend *b, float *y, float *yn, float *inv_rms, const float *a, const float *c,
+                            const float *w, int n, int d, float eps)
+{
+    cpu_add(b, y, a, c, (size_t)n * d);
+    tb_rmsnorm(yn, inv_rms, y, w, n, d, eps);
+}
+
 static void cpu_linear(tb_backend *b, const tb_dlinear *W, const float *x, int n, float *y)
 {
     const tb_scratch *s = scratch(b, tb_linear_scratch(W->host));
@@ -352,6 +381,9 @@ static const tb_backend_ops cpu_ops = {
     .swiglu = cpu_swiglu,
     .swiglu_backward = cpu_swiglu_backward,
     .add = cpu_add,
+    .rope_append = cpu_rope_append,
+    .attention_at = cpu_attention_at,
+    .add_rmsnorm = cpu_add_rmsnorm,
     .linear = cpu_linear,
     .linear_dx = cpu_linear_dx,
     .linear_dw = cpu_linear_dw,

@@ -22,6 +22,10 @@
 // lie in 16 lanes of one warp (shuffle reductions) and shared-memory reads are
 // conflict-free (rows padded to hd + 1 floats).
 //
+// Decode as a graph (tb_forward.c): both forward kernels take pos_dev, the
+// queries' first position in device memory (NULL: the pos0 argument), so one
+// captured decode step replays at every position; grids depend on n only.
+//
 // Variants: HD (largest head_dim served: 64, 128, 256) and R (B = 16 R = 64 or
 // 32 rows per tile); R = 2 where the device's shared memory is short.
 //
@@ -114,9 +118,11 @@ __device__ __forceinline__ void tile_pv(float (&acc)[R][HD / 16], const float *P
 template <int HD, int R>
 __global__ void __launch_bounds__(kThreads) attn_fwd(const float *__restrict__ q, const float *__restrict__ k,
                                                      const float *__restrict__ v, float *__restrict__ out,
-                                                     float *__restrict__ lse, int n, int pos0, int H, int KVH, int hd,
+                                                     float *__restrict__ lse, int n, int pos0,
+                                                     const int32_t *__restrict__ pos_dev, int H, int KVH, int hd,
                                                      int window, float scale)
 {
+    if (pos_dev) pos0 = *pos_dev; // a decode step replayed as a graph: the position is data
     constexpr int B = 16 * R, C = HD / 16;
     extern __shared__ float sm[];
     const int ld = hd + 1;
@@ -368,8 +374,10 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
 template <int HD>
 __global__ void __launch_bounds__(128) attn_fwd_mma(const float *__restrict__ q, const float *__restrict__ k,
                                                     const float *__restrict__ v, float *__restrict__ out, int n,
-                                                    int pos0, int H, int KVH, int window, float scale)
+                                                    int pos0, const int32_t *__restrict__ pos_dev, int H, int KVH,
+                                                    int window, float scale)
 {
+    if (pos_dev) pos0 = *pos_dev;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
     __trap(); // the host dispatches here only on sm_80 and newer
 #else
@@ -515,10 +523,10 @@ __global__ void __launch_bounds__(128) attn_fwd_mma(const float *__restrict__ q,
 
 template <int HD>
 void fwd_mma_launch(tb_cuda *cu, const tb_attn_shape *a, const float *q, const float *k, const float *v, int n,
-                    int pos0, float *out)
+                    int pos0, const int32_t *pos_dev, float *out)
 {
     dim3 grid((unsigned)((n + kMmaQ - 1) / kMmaQ), (unsigned)a->n_heads);
-    attn_fwd_mma<HD><<<grid, 128, 0, cu->stream>>>(q, k, v, out, n, pos0, a->n_heads, a->n_kv_heads,
+    attn_fwd_mma<HD><<<grid, 128, 0, cu->stream>>>(q, k, v, out, n, pos0, pos_dev, a->n_heads, a->n_kv_heads,
                                                     a->sliding_window, 1.0f / sqrtf((float)HD));
     TB_CU_LAUNCHED(cu, "attention (bf16 tensor cores)");
 }
@@ -545,14 +553,14 @@ variant pick(const tb_cuda *cu, int hd)
 
 template <int HD, int R>
 void fwd_launch(tb_cuda *cu, const tb_attn_shape *a, const float *q, const float *k, const float *v, int n, int pos0,
-                float *out, float *lse)
+                const int32_t *pos_dev, float *out, float *lse)
 {
     const size_t sm = smem_fwd(R, a->head_dim);
     if (TB_CU_CHECK(cu, cudaFuncSetAttribute(attn_fwd<HD, R>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm),
                     "attention: shared memory"))
         return;
     dim3 grid((unsigned)((n + 16 * R - 1) / (16 * R)), (unsigned)a->n_heads);
-    attn_fwd<HD, R><<<grid, kThreads, sm, cu->stream>>>(q, k, v, out, lse, n, pos0, a->n_heads, a->n_kv_heads,
+    attn_fwd<HD, R><<<grid, kThreads, sm, cu->stream>>>(q, k, v, out, lse, n, pos0, pos_dev, a->n_heads, a->n_kv_heads,
                                                          a->head_dim, a->sliding_window,
                                                          1.0f / sqrtf((float)a->head_dim));
     TB_CU_LAUNCHED(cu, "attention");
@@ -606,24 +614,24 @@ static int shape_ok(tb_cuda *cu, const tb_attn_shape *a)
 }
 
 void tb_cuda_attention(tb_cuda *cu, const tb_attn_shape *a, const float *q, const float *k, const float *v, int n,
-                       int pos0, float *out, float *lse)
+                       int pos0, const int32_t *pos_dev, float *out, float *lse)
 {
     if (cu->err || n <= 0 || !shape_ok(cu, a)) return;
     TB_RANGE_PUSH("tb_cuda_attention");
     // bf16 precision, inference (nothing saved for a backward): the tensor-core kernel
     const int hd = a->head_dim;
     if (cu->bf16 && !lse && cu->prop.major >= 8 && (hd == 64 || hd == 128)) {
-        if (hd == 64) fwd_mma_launch<64>(cu, a, q, k, v, n, pos0, out);
-        else fwd_mma_launch<128>(cu, a, q, k, v, n, pos0, out);
+        if (hd == 64) fwd_mma_launch<64>(cu, a, q, k, v, n, pos0, pos_dev, out);
+        else fwd_mma_launch<128>(cu, a, q, k, v, n, pos0, pos_dev, out);
         TB_RANGE_POP();
         return;
     }
     variant vr = pick(cu, hd);
-    if (vr.HD == 64 && vr.R == 4) fwd_launch<64, 4>(cu, a, q, k, v, n, pos0, out, lse);
-    else if (vr.HD == 64) fwd_launch<64, 2>(cu, a, q, k, v, n, pos0, out, lse);
-    else if (vr.HD == 128 && vr.R == 4) fwd_launch<128, 4>(cu, a, q, k, v, n, pos0, out, lse);
-    else if (vr.HD == 128) fwd_launch<128, 2>(cu, a, q, k, v, n, pos0, out, lse);
-    else fwd_launch<256, 2>(cu, a, q, k, v, n, pos0, out, lse);
+    if (vr.HD == 64 && vr.R == 4) fwd_launch<64, 4>(cu, a, q, k, v, n, pos0, pos_dev, out, lse);
+    else if (vr.HD == 64) fwd_launch<64, 2>(cu, a, q, k, v, n, pos0, pos_dev, out, lse);
+    else if (vr.HD == 128 && vr.R == 4) fwd_launch<128, 4>(cu, a, q, k, v, n, pos0, pos_dev, out, lse);
+    else if (vr.HD == 128) fwd_launch<128, 2>(cu, a, q, k, v, n, pos0, pos_dev, out, lse);
+    else fwd_launch<256, 2>(cu, a, q, k, v, n, pos0, pos_dev, out, lse);
     TB_RANGE_POP();
 }
 

@@ -307,6 +307,60 @@ __global__ void k_rope(float *x, int n, int heads, int head_dim, int pos0, const
     }
 }
 
+// The decode step's ropes and cache writes in one launch, the position read
+// from the device (*pos), so a captured step replays for every token: q
+// rotated in place, k rotated into k_cache rows *pos.., v copied into v_cache.
+// The arithmetic of k_rope, so the values are those of the unfused ops.
+__global__ void k_rope_append(float *q, const float *k, const float *v, int n, int qh, int kvh, int hd,
+                              const int32_t *pos, const float *cos_t, const float *sin_t, float *kc, float *vc)
+{
+    const int half = hd / 2;
+    const int p0 = *pos;
+    const size_t kvd = (size_t)kvh * hd;
+    const size_t nq = (size_t)n * qh * half, nk = (size_t)n * kvh * half, nv = (size_t)n * kvd;
+    for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < nq + nk + nv;
+         idx += (size_t)gridDim.x * blockDim.x) {
+        if (idx >= nq + nk) { // v: token t's row lands in cache row p0 + t, and t * kvd + e = j
+            const size_t j = idx - nq - nk;
+            vc[(size_t)p0 * kvd + j] = v[j];
+            continue;
+        }
+        const bool isq = idx < nq;
+        const size_t j = isq ? idx : idx - nq;
+        const int heads = isq ? qh : kvh;
+        const int i = (int)(j % half);
+        const size_t th = j / half; // t * heads + h
+        const int t = (int)(th / heads);
+        const float *src = (isq ? (const float *)q : k) + th * hd;
+        float *dst = isq ? q + th * hd : kc + (size_t)p0 * kvd + th * hd;
+        const float c = cos_t[(size_t)(p0 + t) * half + i], s = sin_t[(size_t)(p0 + t) * half + i];
+        const float a = src[i], b = src[i + half];
+        dst[i] = a * c - b * s;
+        dst[i + half] = b * c + a * s;
+    }
+}
+
+// y = a + c, then yn = rmsnorm(y): k_add and k_rmsnorm in one pass, one block
+// a row, each value rounded and summed as those two do (the same results)
+__global__ void k_add_rmsnorm(float *y, float *yn, float *inv_rms, const float *a, const float *c, const float *w,
+                              int d, float eps)
+{
+    __shared__ double sh[32];
+    const size_t row = blockIdx.x;
+    const float *ar = a + row * d, *cr = c + row * d;
+    float *yr = y + row * d, *nr = yn + row * d;
+    double ss = 0;
+    for (int j = threadIdx.x; j < d; j += blockDim.x) {
+        const float v = ar[j] + cr[j];
+        yr[j] = v; // y may be a or c: each j read, then written, by one thread
+        ss += (double)v * v;
+    }
+    ss = block_sum(ss, sh);
+    const float r = 1.0f / sqrtf((float)(ss / d) + eps);
+    if (inv_rms && threadIdx.x == 0) inv_rms[row] = r;
+    for (int j = threadIdx.x; j < d; j += blockDim.x) nr[j] = w[j] * (yr[j] * r);
+}
+
 // row t < n-1: lse(logits[t]) - logits[t][tokens[t+1]] in f64; grad: also the xent gradient in place
 __global__ void k_nll_rows(float *logits, const int32_t *tokens, int n, int vocab, double *row_nll, int grad)
 {
@@ -1151,6 +1205,27 @@ static void cu_rope(tb_backend *b, float *x, int n, int heads, int head_dim, int
     TB_CU_LAUNCHED(cu, "rope");
 }
 
+static void cu_rope_append(tb_backend *b, float *q, const float *k, const float *v, int n, int q_heads,
+                           int kv_heads, int head_dim, const int32_t *pos, const float *cos_t, const float *sin_t,
+                           float *k_cache, float *v_cache)
+{
+    tb_cuda *cu = tb_cu(b);
+    if (cu->err || n <= 0) return;
+    const size_t count = (size_t)n * (q_heads + kv_heads) * (head_dim / 2) + (size_t)n * kv_heads * head_dim;
+    k_rope_append<<<blocks_for(count, 256), 256, 0, cu->stream>>>(q, k, v, n, q_heads, kv_heads, head_dim, pos, cos_t,
+                                                                  sin_t, k_cache, v_cache);
+    TB_CU_LAUNCHED(cu, "rope_append");
+}
+
+static void cu_add_rmsnorm(tb_backend *b, float *y, float *yn, float *inv_rms, const float *a, const float *c,
+                           const float *w, int n, int d, float eps)
+{
+    tb_cuda *cu = tb_cu(b);
+    if (cu->err || n <= 0) return;
+    k_add_rmsnorm<<<n, kRowThreads, 0, cu->stream>>>(y, yn, inv_rms, a, c, w, d, eps);
+    TB_CU_LAUNCHED(cu, "add_rmsnorm");
+}
+
 static size_t cu_attention_saved(tb_backend *b, const tb_attn_shape *a, int n, int kv)
 {
     (void)b;
@@ -1161,7 +1236,13 @@ static size_t cu_attention_saved(tb_backend *b, const tb_attn_shape *a, int n, i
 static void cu_attention(tb_backend *b, const tb_attn_shape *a, const float *q, const float *k, const float *v, int n,
                          int pos0, float *out, float *saved)
 {
-    tb_cuda_attention(tb_cu(b), a, q, k, v, n, pos0, out, saved);
+    tb_cuda_attention(tb_cu(b), a, q, k, v, n, pos0, NULL, out, saved);
+}
+
+static void cu_attention_at(tb_backend *b, const tb_attn_shape *a, const float *q, const float *k, const float *v,
+                            int n, const int32_t *pos, float *out)
+{
+    tb_cuda_attention(tb_cu(b), a, q, k, v, n, 0, pos, out, NULL);
 }
 
 static void cu_attention_backward(tb_backend *b, const tb_attn_shape *a, const float *q, const float *k, const float *v,
@@ -1411,6 +1492,84 @@ static void cu_mask_apply(tb_backend *b, tb_dlinear *W, const float *lat, const 
     TB_CU_LAUNCHED(cu, "mask_apply");
 }
 
+// ---------------------------------------------------------------- graphs
+//
+// The engine captures one decode step (tb_forward.c, decode_run) after a
+// plain warm-up step, so nothing in the capture allocates, synchronises or
+// grows the work space; every op of the step reads its position from device
+// memory, so the one graph replays for every token. Capture mode thread-local:
+// an unsafe call from this thread (a cudaMalloc, a synchronisation) fails the
+// capture, and the engine falls back to plain launches. A graph holds the work
+// space's address: when the space has been reallocated since (a longer prefill
+// in between), graph_launch says stale and the engine captures again.
+
+struct cu_graph {
+    cudaGraphExec_t exec;
+    void *ws; // cu->ws at capture
+};
+
+static int cu_graph_begin(tb_backend *b)
+{
+    tb_cuda *cu = tb_cu(b);
+    if (cu->no_graph) return tb_fail(TB_EUSAGE, "CUDA graphs off (TB_CUDA_GRAPH=0)");
+    if (cu->err) return tb_fail(cu->err, "%s", cu->msg); // left sticky: the next sync reports it too
+    cudaError_t e = cudaStreamBeginCapture(cu->stream, cudaStreamCaptureModeThreadLocal);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return tb_fail(TB_EIO, "cuda: beginning a graph capture: %s", cudaGetErrorString(e));
+    }
+    return TB_OK;
+}
+
+static void *cu_graph_end(tb_backend *b)
+{
+    tb_cuda *cu = tb_cu(b);
+    cudaGraph_t g = NULL;
+    cudaGraphExec_t x = NULL;
+    char why[400] = "";
+    cudaError_t e = cudaStreamEndCapture(cu->stream, &g);
+    if (cu->err) snprintf(why, sizeof why, "%s", cu->msg);
+    else if (e != cudaSuccess) snprintf(why, sizeof why, "cuda: ending the capture: %s", cudaGetErrorString(e));
+    else if (!g) snprintf(why, sizeof why, "cuda: the capture made no graph");
+    else if ((e = cudaGraphInstantiate(&x, g, 0)) != cudaSuccess)
+        snprintf(why, sizeof why, "cuda: instantiating the graph: %s", cudaGetErrorString(e));
+    if (g) cudaGraphDestroy(g);
+    cu_graph *cg = NULL;
+    if (!why[0] && !(cg = (cu_graph *)calloc(1, sizeof *cg))) snprintf(why, sizeof why, "out of host memory");
+    if (why[0]) {
+        if (x) cudaGraphExecDestroy(x);
+        // nothing captured ran, and errors made inside a capture concern only
+        // it: clear them, so the caller's plain re-run starts clean
+        cudaGetLastError();
+        cu->err = TB_OK;
+        tb_fail(TB_EIO, "%s", why);
+        return NULL;
+    }
+    cg->exec = x;
+    cg->ws = cu->ws;
+    return cg;
+}
+
+static int cu_graph_launch(tb_backend *b, void *graph)
+{
+    tb_cuda *cu = tb_cu(b);
+    cu_graph *g = (cu_graph *)graph;
+    if (g->ws != cu->ws) return 1;
+    if (!cu->err) TB_CU_CHECK(cu, cudaGraphLaunch(g->exec, cu->stream), "graph launch");
+    return 0;
+}
+
+static void cu_graph_free(tb_backend *b, void *graph)
+{
+    tb_cuda *cu = tb_cu(b);
+    cu_graph *g = (cu_graph *)graph;
+    if (!g) return;
+    // a replay may still run: the executable's memory goes once it is done
+    if (!cu->err) cudaStreamSynchronize(cu->stream);
+    cudaGraphExecDestroy(g->exec);
+    free(g);
+}
+
 // ---------------------------------------------------------------- open / close
 
 static void cu_close(tb_backend *b)
@@ -1455,6 +1614,13 @@ static tb_backend_ops make_ops(void)
     o.swiglu = cu_swiglu;
     o.swiglu_backward = cu_swiglu_backward;
     o.add = cu_add;
+    o.rope_append = cu_rope_append;
+    o.attention_at = cu_attention_at;
+    o.add_rmsnorm = cu_add_rmsnorm;
+    o.graph_begin = cu_graph_begin;
+    o.graph_end = cu_graph_end;
+    o.graph_launch = cu_graph_launch;
+    o.graph_free = cu_graph_free;
     o.linear = cu_linear;
     o.linear_dx = cu_linear_dx;
     o.linear_dw = cu_linear_dw;
@@ -1518,6 +1684,9 @@ extern "C" int tb_cuda_backend_open(tb_backend *b)
         free(cu);
         return tb_fail(TB_EIO, "cuda:%d: creating a stream: %s", gpu, cudaGetErrorString(e));
     }
+    // TB_CUDA_GRAPH=0: decode with plain launches (the same binary times both)
+    const char *gv = getenv("TB_CUDA_GRAPH");
+    cu->no_graph = gv && !strcmp(gv, "0");
     if (b->o.precision == TB_PREC_DEFAULT) b->o.precision = TB_PREC_BF16;
     cu->bf16 = b->o.precision == TB_PREC_BF16;
     cublasStatus_t s = cublasCreate(&cu->blas);

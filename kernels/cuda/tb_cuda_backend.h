@@ -36,6 +36,7 @@ struct tb_cuda {
      * bf16, sm_80+; tb_backend_cuda.cu "N:M weights"), or NULL */
     struct tb_cslt *cslt;
     int cslt_always;      /* TB_SP24_PREFILL=cusparselt: cuSPARSELt at every count above 16 tokens */
+    int no_graph;         /* TB_CUDA_GRAPH=0: graph_begin refuses (decode runs plain launches) */
 };
 
 /* every op enters through here: make this backend's GPU current on the calling
@@ -60,9 +61,10 @@ void tb_cuda_set_error(tb_cuda *cu, int code, const char *fmt, ...) __attribute_
 void *tb_cuda_ws(tb_cuda *cu, size_t bytes, const char *what);
 
 /* ---- tb_attention_cuda.cu ---- */
-/* lse: NULL or [n_heads, n] (the row log-sum-exp the backward recomputes from) */
+/* lse: NULL or [n_heads, n] (the row log-sum-exp the backward recomputes from);
+ * pos_dev: NULL, or the queries' first position in device memory (pos0 unused) */
 void tb_cuda_attention(tb_cuda *cu, const tb_attn_shape *a, const float *q, const float *k, const float *v, int n,
-                       int pos0, float *out, float *lse);
+                       int pos0, const int32_t *pos_dev, float *out, float *lse);
 void tb_cuda_attention_backward(tb_cuda *cu, const tb_attn_shape *a, const float *q, const float *k, const float *v,
                                 const float *out, const float *lse, const float *d_out, int n, float *d_q, float *d_k,
                                 float *d_v);

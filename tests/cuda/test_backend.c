@@ -322,6 +322,83 @@ static void test_attention(int H, int KVH, int hd, int n, int pos0, int window, 
     free(q), free(k), free(v), free(dout);
 }
 
+/* GPU result a equal to GPU result b value for value (NaN never equal): how many differ */
+static void same_gpu(const char *op, const char *shape, const float *a, const float *b, size_t n)
+{
+    sync_both();
+    float *ha = get(&G, a, n), *hb = get(&G, b, n);
+    double differ = 0;
+    for (size_t i = 0; i < n; i++) differ += !(ha[i] == hb[i]);
+    row(op, shape, differ, 0);
+    free(ha), free(hb);
+}
+
+/* The decode step's ops at a position in backend memory: rope_append and
+ * attention_at against the CPU; on the GPU, against rope and attention at the
+ * same host position, exactly (the kernels differ only in where pos0 comes
+ * from). The caches have rows past the written ones, which must not change. */
+static void test_decode_ops(int H, int KVH, int hd, int n, int pos0, int window)
+{
+    const int half = hd / 2, npos = pos0 + n + 3;
+    const size_t nq = (size_t)n * H * hd, kvd = (size_t)KVH * hd, nk = (size_t)n * kvd, nc = (size_t)npos * kvd;
+    float *inv = malloc((size_t)half * 4), *ct = malloc((size_t)npos * half * 4), *st = malloc((size_t)npos * half * 4);
+    tb_rope_inv_freq(inv, hd, 10000.0);
+    tb_rope_table(ct, st, npos, hd, inv);
+    float *q = hrand(nq, 1), *k = hrand(nk, 1), *v = hrand(nk, 1), *kc = hrand(nc, 1), *vc = hrand(nc, 1);
+    const int32_t p = pos0;
+    pair Q = both(q, nq), K = both(k, nk), V = both(v, nk), KC = both(kc, nc), VC = both(vc, nc);
+    pair CT = both(ct, (size_t)npos * half), ST = both(st, (size_t)npos * half);
+    int32_t *Pc = put(&C, &p, 4), *Pg = put(&G, &p, 4);
+    char s[80];
+    snprintf(s, sizeof s, "%d/%d heads x %d, n %d, pos %d, win %d", H, KVH, hd, n, pos0, window);
+    C.ops->rope_append(&C, Q.c, K.c, V.c, n, H, KVH, hd, Pc, CT.c, ST.c, KC.c, VC.c);
+    G.ops->rope_append(&G, Q.g, K.g, V.g, n, H, KVH, hd, Pg, CT.g, ST.g, KC.g, VC.g);
+    cmp("rope_append q", s, Q.c, Q.g, nq, 1e-6);
+    cmp("rope_append k_cache", s, KC.c, KC.g, nc, 1e-6);
+    cmp("rope_append v_cache", s, VC.c, VC.g, nc, 0);
+    cmp("rope_append k kept", s, K.c, K.g, nk, 0);
+    pair Q2 = both(q, nq);
+    G.ops->rope(&G, Q2.g, n, H, hd, pos0, CT.g, ST.g);
+    same_gpu("rope_append = rope", s, Q.g, Q2.g, nq);
+    tb_attn_shape a = {H, KVH, hd, window};
+    pair O = both_poison(nq), O2 = both_poison(nq);
+    C.ops->attention_at(&C, &a, Q.c, KC.c, VC.c, n, Pc, O.c);
+    G.ops->attention_at(&G, &a, Q.g, KC.g, VC.g, n, Pg, O.g);
+    cmp("attention_at", s, O.c, O.g, nq, G.o.precision == TB_PREC_BF16 ? 5e-3 : 1e-5);
+    G.ops->attention(&G, &a, Q.g, KC.g, VC.g, n, pos0, O2.g, NULL);
+    same_gpu("attention_at = attention", s, O.g, O2.g, nq);
+    pfree(Q), pfree(K), pfree(V), pfree(KC), pfree(VC), pfree(CT), pfree(ST), pfree(Q2), pfree(O), pfree(O2);
+    C.ops->free(&C, Pc);
+    G.ops->free(&G, Pg);
+    free(inv), free(ct), free(st), free(q), free(k), free(v), free(kc), free(vc);
+}
+
+/* add_rmsnorm against the CPU, and on the GPU equal to add then rmsnorm */
+static void test_add_rmsnorm(int n, int d)
+{
+    const size_t nd = (size_t)n * d;
+    float *a = hrand(nd, 2), *c = hrand(nd, 1), *w = hrand(d, 1);
+    pair A = both(a, nd), Cc = both(c, nd), W = both(w, d), Y = both_poison(nd), YN = both_poison(nd),
+         R = both_poison(n), Y2 = both_poison(nd), YN2 = both_poison(nd);
+    char s[64];
+    snprintf(s, sizeof s, "n %d, d %d", n, d);
+    C.ops->add_rmsnorm(&C, Y.c, YN.c, R.c, A.c, Cc.c, W.c, n, d, 1e-5f);
+    G.ops->add_rmsnorm(&G, Y.g, YN.g, R.g, A.g, Cc.g, W.g, n, d, 1e-5f);
+    cmp("add_rmsnorm y", s, Y.c, Y.g, nd, 0);
+    cmp("add_rmsnorm yn", s, YN.c, YN.g, nd, 1e-5);
+    cmp("add_rmsnorm inv_rms", s, R.c, R.g, n, 1e-5);
+    G.ops->add(&G, Y2.g, A.g, Cc.g, nd);
+    G.ops->rmsnorm(&G, YN2.g, NULL, Y2.g, W.g, n, d, 1e-5f);
+    same_gpu("add_rmsnorm = add, rmsnorm", s, YN.g, YN2.g, nd);
+    /* in place (y == a), no inv_rms */
+    C.ops->add_rmsnorm(&C, A.c, YN.c, NULL, A.c, Cc.c, W.c, n, d, 1e-6f);
+    G.ops->add_rmsnorm(&G, A.g, YN.g, NULL, A.g, Cc.g, W.g, n, d, 1e-6f);
+    cmp("add_rmsnorm in place y", s, A.c, A.g, nd, 0);
+    cmp("add_rmsnorm in place yn", s, YN.c, YN.g, nd, 1e-5);
+    pfree(A), pfree(Cc), pfree(W), pfree(Y), pfree(YN), pfree(R), pfree(Y2), pfree(YN2);
+    free(a), free(c), free(w);
+}
+
 static void test_elementwise(size_t n)
 {
     float *g = hrand(n, 4), *u = hrand(n, 2), *d = hrand(n, 1), *F = hrand(n, 1);
@@ -504,6 +581,96 @@ static void test_linear(int rows, int cols, int n, const char *kind, int with_bi
     G.ops->linear_release(&G, &dg);
     free(x), free(dy), free(dx0);
     free_linear(&h);
+}
+
+/* A CUDA graph of the decode step's kinds of op, captured once and replayed
+ * at two positions uploaded before each launch, equals the same ops run
+ * plainly, bit for bit: q copied in, rope_append, attention_at, add_rmsnorm,
+ * a linear of `kind` (bf16 precision: dense bf16 the GEMV, "2:4 perm" the 2:4
+ * kernel after its x gather, launched with programmatic dependent launch; f32:
+ * cuBLAS). The plain runs come first, so the capture finds its work space grown. */
+static void test_graph(const char *kind)
+{
+    if (!G.ops->graph_begin) return;
+    const int H = 8, KVH = 2, hd = 64, D = H * hd, KV = KVH * hd, npos = 16, half = hd / 2;
+    const int pos[2] = {7, 12};
+    float *inv = malloc((size_t)half * 4), *ct = malloc((size_t)npos * half * 4), *st = malloc((size_t)npos * half * 4);
+    tb_rope_inv_freq(inv, hd, 10000.0);
+    tb_rope_table(ct, st, npos, hd, inv);
+    float *q0 = hrand(D, 1), *k = hrand(KV, 1), *v = hrand(KV, 1), *kc = hrand((size_t)npos * KV, 1),
+          *vc = hrand((size_t)npos * KV, 1), *x = hrand(D, 1), *w = hrand(D, 1);
+    host_linear h;
+    make_linear(&h, D, D, kind, 1);
+    tb_dlinear dg;
+    if (G.ops->linear_upload(&G, &dg, &h.L)) {
+        fprintf(stderr, "test-cuda: linear_upload: %s\n", tb_errmsg());
+        exit(1);
+    }
+    float *Q0 = put(&G, q0, D * 4), *K = put(&G, k, KV * 4), *V = put(&G, v, KV * 4), *X = put(&G, x, D * 4),
+          *Wn = put(&G, w, D * 4), *CT = put(&G, ct, (size_t)npos * half * 4), *ST = put(&G, st, (size_t)npos * half * 4);
+    float *KC = poison(&G, (size_t)npos * KV), *VC = poison(&G, (size_t)npos * KV), *Q = poison(&G, D),
+          *O = poison(&G, D), *Y = poison(&G, D), *YN = poison(&G, D), *Z = poison(&G, D);
+    int32_t *P = put(&G, pos, 4);
+    tb_attn_shape a = {H, KVH, hd, 0};
+#define DECODE_OPS()                                                                   \
+    do {                                                                               \
+        G.ops->copy(&G, Q, Q0, D * 4);                                                 \
+        G.ops->rope_append(&G, Q, K, V, 1, H, KVH, hd, P, CT, ST, KC, VC);             \
+        G.ops->attention_at(&G, &a, Q, KC, VC, 1, P, O);                               \
+        G.ops->add_rmsnorm(&G, Y, YN, NULL, X, O, Wn, 1, D, 1e-5f);                    \
+        G.ops->linear(&G, &dg, YN, 1, Z);                                              \
+    } while (0)
+    /* plain launches at both positions */
+    float *ref[2], *got[2] = {NULL, NULL};
+    G.ops->upload(&G, KC, kc, (size_t)npos * KV * 4);
+    G.ops->upload(&G, VC, vc, (size_t)npos * KV * 4);
+    for (int i = 0; i < 2; i++) {
+        G.ops->upload(&G, P, &pos[i], 4);
+        DECODE_OPS();
+        ref[i] = get(&G, Z, D);
+    }
+    float *refkc = get(&G, KC, (size_t)npos * KV), *gotkc = NULL;
+    /* captured once (nothing runs), replayed at both positions from fresh caches */
+    void *g = NULL;
+    sync_both();
+    if (G.ops->graph_begin(&G)) {
+        printf("  graph_begin: %s\n", tb_errmsg());
+    } else {
+        DECODE_OPS();
+        if (!(g = G.ops->graph_end(&G))) printf("  graph_end: %s\n", tb_errmsg());
+    }
+    row("graph capture", kind, g ? 0 : 1, 0);
+    if (g) {
+        G.ops->upload(&G, KC, kc, (size_t)npos * KV * 4);
+        G.ops->upload(&G, VC, vc, (size_t)npos * KV * 4);
+        for (int i = 0; i < 2; i++) {
+            G.ops->upload(&G, P, &pos[i], 4);
+            if (G.ops->graph_launch(&G, g)) row("graph stale", kind, 1, 0);
+            got[i] = get(&G, Z, D);
+        }
+        gotkc = get(&G, KC, (size_t)npos * KV);
+        G.ops->graph_free(&G, g);
+        sync_both();
+        for (int i = 0; i < 2; i++) {
+            double differ = 0;
+            for (int j = 0; j < D; j++) differ += !(ref[i][j] == got[i][j]);
+            char s[64];
+            snprintf(s, sizeof s, "%s, pos %d", kind, pos[i]);
+            row("graph replay = plain", s, differ, 0);
+        }
+        double differ = 0;
+        for (size_t j = 0; j < (size_t)npos * KV; j++) differ += !(refkc[j] == gotkc[j]);
+        row("graph replay = plain: k_cache", kind, differ, 0);
+    }
+#undef DECODE_OPS
+    for (int i = 0; i < 2; i++) free(ref[i]), free(got[i]);
+    free(refkc), free(gotkc);
+    float *bufs[] = {Q0, K, V, X, Wn, CT, ST, KC, VC, Q, O, Y, YN, Z};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) G.ops->free(&G, bufs[i]);
+    G.ops->free(&G, P);
+    G.ops->linear_release(&G, &dg);
+    free_linear(&h);
+    free(inv), free(ct), free(st), free(q0), free(k), free(v), free(kc), free(vc), free(x), free(w);
 }
 
 /* A packed 2:4 weight through the backend's linear at the token counts of
@@ -945,6 +1112,16 @@ static void run_all(void)
     test_rmsnorm(quick ? 9 : 129, quick ? 1000 : 4096);
     test_rope(37, 4, 64, 0);
     test_rope(5, 8, 128, 300);
+    /* the decode step's ops (position in backend memory) and a captured step */
+    test_decode_ops(8, 2, 128, 1, 100, 0);
+    test_decode_ops(4, 2, 64, 1, 0, 0);
+    test_decode_ops(4, 2, 64, 3, 70, 50);
+    test_decode_ops(4, 4, 80, 1, 33, 0);
+    test_add_rmsnorm(1, 4096);
+    test_add_rmsnorm(7, 300);
+    test_graph("bf16");
+    test_graph("2:4");
+    test_graph("2:4 perm");
     /* attention: MHA, GQA, odd token counts, decode at pos0 > 0, sliding window, head_dim 32/64/80/128, T 512 and 2048 */
     test_attention(4, 4, 64, 37, 0, 0, 1);
     test_attention(8, 2, 64, 130, 0, 0, 1);

@@ -90,6 +90,45 @@ static int open_cuda(tb_backend *be, tb_precision p)
     return tb_backend_open(be, &o);
 }
 
+/* Greedy decoding in bf16 after prefilling P of ids, the decode step as a
+ * CUDA graph (graph 1) or plain launches (TB_CUDA_GRAPH=0, read when the
+ * backend opens): steps tokens into tok, the logits they were chosen from
+ * into out [steps, V]; *captured whether a graph was in use at the end. */
+static int greedy(const tb_model *m, int graph, const int32_t *ids, int P, int steps, int32_t *tok, float *out,
+                  int *captured)
+{
+    const char *was = getenv("TB_CUDA_GRAPH");
+    char keep[32] = "";
+    if (was) snprintf(keep, sizeof keep, "%s", was);
+    if (graph) unsetenv("TB_CUDA_GRAPH");
+    else setenv("TB_CUDA_GRAPH", "0", 1);
+    tb_backend be;
+    int rc = open_cuda(&be, TB_PREC_BF16);
+    if (was) setenv("TB_CUDA_GRAPH", keep, 1);
+    else unsetenv("TB_CUDA_GRAPH");
+    if (rc) return rc;
+    tb_forward f;
+    tb_forward_opts fo = {.max_seq = P + steps, .max_tokens = P, .backend = &be};
+    const size_t V = (size_t)m->cfg.vocab_size;
+    if (!(rc = tb_forward_init(&f, m, &fo))) {
+        rc = tb_forward_run(&f, ids, P, 0);
+        if (!rc) rc = tb_forward_get_logits(&f, P - 1, out);
+        for (int t = 0; t < steps && !rc; t++) {
+            const float *lg = out + (size_t)t * V;
+            int32_t best = 0;
+            for (size_t j = 1; j < V; j++)
+                if (lg[j] > lg[best]) best = (int32_t)j;
+            tok[t] = best;
+            if (t + 1 < steps && !(rc = tb_forward_run(&f, &tok[t], 1, P + t)))
+                rc = tb_forward_get_logits(&f, 0, out + (size_t)(t + 1) * V);
+        }
+        *captured = f.graph != NULL;
+        tb_forward_free(&f);
+    }
+    tb_backend_close(&be);
+    return rc;
+}
+
 static void check_model(const char *name, const char *dir, const char *golden)
 {
     if (!tb_is_dir(dir) || !tb_file_exists(golden)) {
@@ -137,6 +176,26 @@ static void check_model(const char *name, const char *dir, const char *golden)
         printf("  top-1 agreement bf16 vs f32: %.4f\n", (double)same / (rows * T));
     }
     tb_backend_close(&be);
+    /* the decode step replayed as a CUDA graph computes what plain launches do */
+    {
+        const int P = 8, S = 40;
+        int32_t tg[40], tp[40];
+        int cg = 0, cp = 0;
+        float *lg = malloc((size_t)S * V * sizeof(float)), *lp = malloc((size_t)S * V * sizeof(float));
+        for (size_t i = 0; i < (size_t)S * V; i++) lg[i] = lp[i] = NAN;
+        if (greedy(&m, 1, ids, P, S, tg, lg, &cg) || greedy(&m, 0, ids, P, S, tp, lp, &cp)) {
+            printf("  FAIL greedy bf16: %s\n", tb_errmsg());
+            failures++;
+        } else {
+            int differ = 0;
+            for (int t = 0; t < S; t++) differ += tg[t] != tp[t];
+            check("decode step captured as a CUDA graph (0: yes)", (double)(!cg + cp), 0);
+            check("greedy tokens differing, graph vs plain launches (bf16)", differ, 0);
+            check("decode logits, graph vs plain launches (rel. norm error)", rel_norm(lg, lp, (size_t)S * V), 0);
+        }
+        free(lg);
+        free(lp);
+    }
     free(ids);
     free(gold);
     free(f32);
