@@ -1508,6 +1508,26 @@ struct cu_graph {
     void *ws; // cu->ws at capture
 };
 
+// 1 if the graph allocates (a library's cudaMallocAsync inside the capture)
+// more than it frees: such a graph cannot be launched again while the memory
+// lives, so it fails at the second token, not here; refuse it instead
+static int unfreed_allocs(cudaGraph_t g)
+{
+    size_t n = 0;
+    if (cudaGraphGetNodes(g, NULL, &n) != cudaSuccess) return 1;
+    cudaGraphNode_t *nodes = (cudaGraphNode_t *)malloc((n ? n : 1) * sizeof *nodes);
+    int alloc = 0, freed = 0, bad = !nodes || cudaGraphGetNodes(g, nodes, &n) != cudaSuccess;
+    for (size_t i = 0; !bad && i < n; i++) {
+        cudaGraphNodeType t = cudaGraphNodeTypeEmpty;
+        if (cudaGraphNodeGetType(nodes[i], &t) != cudaSuccess) bad = 1;
+        alloc += t == cudaGraphNodeTypeMemAlloc;
+        freed += t == cudaGraphNodeTypeMemFree;
+    }
+    free(nodes);
+    if (bad) cudaGetLastError();
+    return bad || alloc != freed;
+}
+
 static int cu_graph_begin(tb_backend *b)
 {
     tb_cuda *cu = tb_cu(b);
@@ -1531,6 +1551,7 @@ static void *cu_graph_end(tb_backend *b)
     if (cu->err) snprintf(why, sizeof why, "%s", cu->msg);
     else if (e != cudaSuccess) snprintf(why, sizeof why, "cuda: ending the capture: %s", cudaGetErrorString(e));
     else if (!g) snprintf(why, sizeof why, "cuda: the capture made no graph");
+    else if (unfreed_allocs(g)) snprintf(why, sizeof why, "cuda: the capture allocates device memory it does not free");
     else if ((e = cudaGraphInstantiate(&x, g, 0)) != cudaSuccess)
         snprintf(why, sizeof why, "cuda: instantiating the graph: %s", cudaGetErrorString(e));
     if (g) cudaGraphDestroy(g);
