@@ -10,6 +10,7 @@
  * leaves either the old complete file or the new complete one. Temporary
  * files still open at a catchable fatal signal are unlinked (after SIGKILL a
  * "<path>.tmp.<pid>" may remain; it is never mistaken for <path>).
+ * TB_FSYNC=0 in the environment skips the syncs (tb_fsync), not the rename.
  */
 #ifndef TB_IO_H
 #define TB_IO_H
@@ -37,6 +38,10 @@ size_t tb_stream_cap(void);
 /* Exactly n bytes: TB_EDATA "label: truncated ..." at an early end. */
 int tb_read_exact(FILE *fp, const char *label, void *buf, size_t n);
 void tb_unmap(tb_mapped *m);
+
+/* fsync(fd), or nothing when the environment has TB_FSYNC=0 (every output's
+ * sync goes through it; for short-lived intermediates, tb_io.c says why). */
+int tb_fsync(int fd);
 
 /* Read a whole (small) text file into a NUL-terminated heap string. */
 int tb_read_text(const char *path, char **out, size_t *len);

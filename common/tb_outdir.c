@@ -35,7 +35,7 @@ static int fsync_path(const char *path)
 {
     int fd = open(path, O_RDONLY);
     if (fd < 0) return -1;
-    int r = fsync(fd);
+    int r = tb_fsync(fd);
     close(fd);
     return r;
 }
@@ -81,7 +81,7 @@ int tb_write_text_file(const char *path, const char *label, const char *text)
     FILE *fp = fopen(path, "wb");
     if (!fp) return tb_fail(TB_EIO, "%s: cannot create: %s", label, strerror(errno));
     int rc = tb_write_all(fp, text, strlen(text), label);
-    if (!rc && (fflush(fp) || fsync(fileno(fp)))) rc = tb_fail(TB_EIO, "%s: write error: %s", label, strerror(errno));
+    if (!rc && (fflush(fp) || tb_fsync(fileno(fp)))) rc = tb_fail(TB_EIO, "%s: write error: %s", label, strerror(errno));
     if (fclose(fp) && !rc) rc = tb_fail(TB_EIO, "%s: close: %s", label, strerror(errno));
     return rc;
 }

@@ -701,7 +701,7 @@ static int copy_side_files(const tb_tbm *t, const char *tmp, const char *out_dir
             if (!fp) rc = tb_fail(TB_EIO, "%s: cannot create: %s", label, strerror(errno));
             else {
                 rc = tb_write_all(fp, m.data, m.size, label);
-                if (!rc && (fflush(fp) || fsync(fileno(fp)))) rc = tb_fail(TB_EIO, "%s: write error: %s", label, strerror(errno));
+                if (!rc && (fflush(fp) || tb_fsync(fileno(fp)))) rc = tb_fail(TB_EIO, "%s: write error: %s", label, strerror(errno));
                 if (fclose(fp) && !rc) rc = tb_fail(TB_EIO, "%s: close: %s", label, strerror(errno));
             }
         }
@@ -809,7 +809,7 @@ static int write_file(plan *pl, int f, const char *tmp, const char *out_dir, int
     }
     if (!rc) rc = st_writer_finish(w);
     if (fp) {
-        if (!rc && (fflush(fp) || fsync(fileno(fp)))) rc = tb_fail(TB_EIO, "%s: write error: %s", label, strerror(errno));
+        if (!rc && (fflush(fp) || tb_fsync(fileno(fp)))) rc = tb_fail(TB_EIO, "%s: write error: %s", label, strerror(errno));
         if (fclose(fp) && !rc) rc = tb_fail(TB_EIO, "%s: close: %s", label, strerror(errno));
     }
     st_writer_free(w);

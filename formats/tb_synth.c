@@ -221,7 +221,7 @@ static int write_shard(gen_state *g, const tensor_list *l, int file, const char 
         if (l->t[i].file == file) rc = write_tensor(g, w, &l->t[i]);
     if (!rc) rc = st_writer_finish(w);
     if (fp) {
-        if (!rc && (fflush(fp) || fsync(fileno(fp)))) rc = tb_fail(TB_EIO, "%s: write error: %s", label, strerror(errno));
+        if (!rc && (fflush(fp) || tb_fsync(fileno(fp)))) rc = tb_fail(TB_EIO, "%s: write error: %s", label, strerror(errno));
         if (fclose(fp) && !rc) rc = tb_fail(TB_EIO, "%s: close: %s", label, strerror(errno));
     }
     st_writer_free(w);

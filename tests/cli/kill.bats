@@ -161,3 +161,17 @@ pipeline() { # pipeline OUT
     for f in "$K/ref"/*; do [ "$(digest "$f")" = "$(digest "$K/run/${f##*/}")" ] || { echo "${f##*/} differs"; return 1; }; done
     [ -z "$(ls "$K/run" | grep -v '\.tmp\.' | sort | comm -3 - <(ls "$K/ref" | sort))" ]
 }
+
+@test "TB_FSYNC=0: no fsync before the rename, the same bytes (run_7b.sh's intermediates)" {
+    command -v strace >/dev/null || skip "no strace"
+    mkdir -p "$K/synced" "$K/nosync"
+    # the same command line in both (it is in the file's metadata)
+    (cd "$K/synced" && strace -f -qq -e trace=fsync,fdatasync -o ../synced.trace \
+        tb-pack -m "$TB_MODEL" --masks "$K/masks" --layers 0 -o out.tb --quiet)
+    grep -q 'fsync(' "$K/synced.trace"
+    (cd "$K/nosync" && TB_FSYNC=0 strace -f -qq -e trace=fsync,fdatasync -o ../nosync.trace \
+        tb-pack -m "$TB_MODEL" --masks "$K/masks" --layers 0 -o out.tb --quiet)
+    ! grep -q 'sync(' "$K/nosync.trace"
+    [ -n "$(digest "$K/synced/out.tb")" ]
+    [ "$(digest "$K/synced/out.tb")" = "$(digest "$K/nosync/out.tb")" ]
+}
