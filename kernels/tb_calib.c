@@ -242,7 +242,12 @@ int tb_calib_write(tb_calib *c, const char *path, const char *const *meta_kv, in
                 stats[n++] = s;
             }
     if (!rc) {
-        tb_fisher_source src = {.fetch = fetch_from_backend, .ctx = c->be};
+        /* from a GPU every fetch is a download: mirroring a Gram 32 MiB of
+         * rows at a time took ~k^2 / 2 / rows-per-block column pieces (343 K
+         * downloads of 2.3 KB for a 7B down_proj, k = 14336); 512 MiB blocks
+         * (two host buffers) take 28 K. The file is the same bytes. */
+        tb_fisher_source src = {.fetch = fetch_from_backend, .ctx = c->be,
+                                .block_bytes = c->be->o.device == TB_DEVICE_CPU ? 0 : (size_t)512 << 20};
         rc = tb_fisher_write(path, stats, n, &src, meta_kv, n_meta);
     }
     free(stats);
