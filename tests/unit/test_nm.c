@@ -75,6 +75,19 @@ static void test_topn_known(void **state)
     assert_int_equal(tb_nm_solve(&o, v, 4, 1, &mk, NULL), TB_OK);
     assert_int_equal(mk.bits[0] | mk.bits[1] << 1 | mk.bits[2] << 2 | mk.bits[3] << 3, 0x5);
     tb_mask_free(&mk);
+    /* a row of 12 (1.5 mask bytes): groups 0x5, 0xC, 0xC, the padding bits 0 */
+    const float r12[12] = {5, 1, 4, 2, 0, 0, 9, 8, 1, 2, 3, 4};
+    assert_int_equal(tb_mask_alloc(&mk, 1, 12), TB_OK);
+    o.k_dim = 1;
+    assert_int_equal(tb_nm_solve(&o, r12, 1, 12, &mk, NULL), TB_OK);
+    assert_int_equal(mk.bits[0], 0xC5);
+    assert_int_equal(mk.bits[1], 0x0C);
+    tb_mask_free(&mk);
+    /* a NaN (refused by the tools, but the function has an answer): nothing
+     * compares above it, so it is kept first, then the largest of the rest */
+    const float nan4[4] = {NAN, 1, 2, 3}, nan4b[4] = {1, NAN, 3, 2};
+    assert_int_equal(tb_nm_topn_group(nan4, 4, 2), 0x9);
+    assert_int_equal(tb_nm_topn_group(nan4b, 4, 2), 0xC);
 }
 
 /* the kept sum of a keep set */
