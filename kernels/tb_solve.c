@@ -22,6 +22,36 @@ static const tb_cuda_gram *resident_for(const tb_backend *be, const double *gram
     return resident.dev && resident.host == gram && resident.cols == cols && resident.gpu == be->o.gpu ? resident.dev
                                                                                                         : NULL;
 }
+
+/* The mask's bits as one byte per weight (the GPU solve's form) and back, a
+ * mask byte at a time: per element through tb_mask_get/_set this was ~2 x
+ * 218 M calls for a 7B layer. */
+static void keep_bytes_from_mask(const tb_mask *mask, uint8_t *keep)
+{
+    for (int64_t r = 0; r < mask->rows; r++) {
+        const uint8_t *bits = mask->bits + r * mask->row_bytes;
+        uint8_t *k = keep + r * mask->cols;
+        int64_t c = 0;
+        for (; c + 8 <= mask->cols; c += 8) {
+            const unsigned b = bits[c >> 3];
+            for (int i = 0; i < 8; i++) k[c + i] = (uint8_t)(b >> i & 1);
+        }
+        for (; c < mask->cols; c++) k[c] = (uint8_t)(bits[c >> 3] >> (c & 7) & 1);
+    }
+}
+
+static void mask_from_keep_bytes(const uint8_t *keep, tb_mask *mask)
+{
+    for (int64_t r = 0; r < mask->rows; r++) {
+        uint8_t *bits = mask->bits + r * mask->row_bytes;
+        const uint8_t *k = keep + r * mask->cols;
+        for (int64_t c0 = 0; c0 < mask->cols; c0 += 8) {
+            unsigned b = 0;
+            for (int64_t c = c0; c < c0 + 8 && c < mask->cols; c++) b |= (unsigned)(k[c] != 0) << (c - c0);
+            bits[c0 >> 3] = (uint8_t)b; /* padding bits stay 0 */
+        }
+    }
+}
 #endif
 
 int tb_solve_gram_begin(const tb_backend *be, const double *gram, int64_t cols)
@@ -58,8 +88,7 @@ int tb_solve_sparsegpt(const tb_backend *be, float *w, tb_mask *mask, int n, int
         size_t cells = (size_t)mask->rows * (size_t)mask->cols;
         uint8_t *keep = tb_malloc(cells + 1);
         if (!keep) return TB_EIO;
-        for (int64_t r = 0; r < mask->rows; r++)
-            for (int64_t c = 0; c < mask->cols; c++) keep[r * mask->cols + c] = (uint8_t)tb_mask_get(mask, r, c);
+        keep_bytes_from_mask(mask, keep);
         double lambda = 0;
         int raised = 0, eigen = 0;
         const tb_cuda_gram *g = resident_for(be, gram, mask->cols);
@@ -67,9 +96,7 @@ int tb_solve_sparsegpt(const tb_backend *be, float *w, tb_mask *mask, int n, int
                                            &raised, &eigen)
                    : tb_cuda_sparsegpt(be->o.gpu, w, keep, mask->rows, mask->cols, n, m, gram, damp, block,
                                        reselect, &lambda, &raised, &eigen);
-        if (!rc && reselect)
-            for (int64_t r = 0; r < mask->rows; r++)
-                for (int64_t c = 0; c < mask->cols; c++) tb_mask_set(mask, r, c, keep[r * mask->cols + c]);
+        if (!rc && reselect) mask_from_keep_bytes(keep, mask);
         free(keep);
         if (!rc && st) {
             st->lambda = lambda;
