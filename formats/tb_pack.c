@@ -2,6 +2,7 @@
 #include "tb_pack.h"
 #include "tb_error.h"
 #include "tb_json.h"
+#include "tb_threads.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -93,6 +94,17 @@ static void put_value(tb_dtype w_dt, const void *w, int64_t i, tb_dtype v_dt, vo
     else ((uint16_t *)values)[k] = tb_f32_to_f16(f); /* F16: the only other case let through */
 }
 
+typedef struct {
+    tb_dtype w_dt;
+    const void *w;
+    const tb_mask *mask;
+    int n, m;
+    tb_dtype v_dt;
+    void *values;
+    uint8_t *indices;
+} nm_pack_ctx;
+static void nm_pack_rows(void *vctx, int64_t b0, int64_t b1, int tid);
+
 int tb_nm_pack(tb_dtype w_dt, const void *w, const tb_mask *mask, int n, int m, tb_dtype v_dt, void *values,
                uint8_t *indices)
 {
@@ -100,12 +112,31 @@ int tb_nm_pack(tb_dtype w_dt, const void *w, const tb_mask *mask, int n, int m, 
         return tb_fail(TB_EUSAGE, "tb_nm_pack: cannot store %s weights as %s", tb_dtype_name(w_dt), tb_dtype_name(v_dt));
     int rc = tb_nm_check_mask(mask, n, m);
     if (rc) return rc;
-    int64_t rows = mask->rows, cols = mask->cols, vpr = tb_nm_values_per_row(cols, n, m);
+    int64_t rows = mask->rows, cols = mask->cols;
+    memset(indices, 0, (size_t)(rows * tb_nm_index_row_bytes(cols, n, m)));
+    /* rows are independent (each its values and index bytes): in parallel
+     * (a 7B layer's 218 M weights took ~2.5 s on one core) */
+    nm_pack_ctx c = {w_dt, w, mask, n, m, v_dt, values, indices};
+    tb_parallel_for(tb_default_threads(), (rows + 63) / 64, nm_pack_rows, &c);
+    return TB_OK;
+}
+
+static void nm_pack_rows(void *vctx, int64_t b0, int64_t b1, int tid)
+{
+    (void)tid;
+    const nm_pack_ctx *c = vctx;
+    const tb_dtype w_dt = c->w_dt, v_dt = c->v_dt;
+    const void *w = c->w;
+    const tb_mask *mask = c->mask;
+    void *values = c->values;
+    uint8_t *indices = c->indices;
+    const int n = c->n, m = c->m;
+    int64_t cols = mask->cols, vpr = tb_nm_values_per_row(cols, n, m);
     int64_t irb = tb_nm_index_row_bytes(cols, n, m);
     int b = tb_nm_index_bits(m);
     size_t es = tb_dtype_size(v_dt);
-    memset(indices, 0, (size_t)(rows * irb));
-    for (int64_t r = 0; r < rows; r++) {
+    int64_t r1 = b1 * 64 < mask->rows ? b1 * 64 : mask->rows;
+    for (int64_t r = b0 * 64; r < r1; r++) {
         uint8_t *irow = indices + r * irb;
         int64_t k = r * vpr; /* element number in values */
         for (int64_t c0 = 0; c0 < cols; c0 += m) {
@@ -122,7 +153,6 @@ int tb_nm_pack(tb_dtype w_dt, const void *w, const tb_mask *mask, int n, int m, 
             }
         }
     }
-    return TB_OK;
 }
 
 void tb_nm_unpack_rows(tb_dtype v_dt, const void *values, const uint8_t *indices, int64_t cols, int n, int m,
