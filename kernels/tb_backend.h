@@ -170,6 +170,12 @@ typedef struct tb_backend_ops {
      * the same values as add then rmsnorm */
     void (*add_rmsnorm)(tb_backend *b, float *y, float *yn, float *inv_rms, const float *a, const float *c,
                         const float *w, int n, int d, float eps);
+    /* out[n, rows] = silu(x Wg^T) * (x Wu^T), Wg and Wu of one shape (biases
+     * added): linear, linear and swiglu, which is what runs where no fused
+     * kernel takes the call, gate and up [n, rows] then holding the products
+     * (else unspecified); CUDA fuses 1 token of dense bf16 weights */
+    void (*linear_swiglu)(tb_backend *b, const tb_dlinear *Wg, const tb_dlinear *Wu, const float *x, int n,
+                          float *gate, float *up, float *out);
 
     /* ---- graphs (NULL on a backend without them) ---- */
     /* Capture the ops issued between graph_begin and graph_end instead of

@@ -213,6 +213,16 @@ static void cpu_add_rmsnorm(tb_backend *b, float *y, float *yn, float *inv_rms, 
     tb_rmsnorm(yn, inv_rms, y, w, n, d, eps);
 }
 
+static void cpu_linear(tb_backend *b, const tb_dlinear *W, const float *x, int n, float *y);
+
+static void cpu_linear_swiglu(tb_backend *b, const tb_dlinear *Wg, const tb_dlinear *Wu, const float *x, int n,
+                              float *gate, float *up, float *out)
+{
+    cpu_linear(b, Wg, x, n, gate);
+    cpu_linear(b, Wu, x, n, up);
+    cpu_swiglu(b, out, gate, up, (size_t)n * Wg->rows);
+}
+
 static void cpu_linear(tb_backend *b, const tb_dlinear *W, const float *x, int n, float *y)
 {
     const tb_scratch *s = scratch(b, tb_linear_scratch(W->host));
@@ -384,6 +394,7 @@ static const tb_backend_ops cpu_ops = {
     .rope_append = cpu_rope_append,
     .attention_at = cpu_attention_at,
     .add_rmsnorm = cpu_add_rmsnorm,
+    .linear_swiglu = cpu_linear_swiglu,
     .linear = cpu_linear,
     .linear_dx = cpu_linear_dx,
     .linear_dw = cpu_linear_dw,

@@ -1226,6 +1226,29 @@ static void cu_add_rmsnorm(tb_backend *b, float *y, float *yn, float *inv_rms, c
     TB_CU_LAUNCHED(cu, "add_rmsnorm");
 }
 
+static void cu_swiglu(tb_backend *b, float *out, const float *gate, const float *up, size_t count);
+
+// the SwiGLU pair: one launch at 1 token of dense bf16 weights (tb_gemv_bf16.cu
+// version 1s, the same values as the three ops), else linear, linear, swiglu
+static void cu_linear_swiglu(tb_backend *b, const tb_dlinear *Wg, const tb_dlinear *Wu, const float *x, int n,
+                             float *gate, float *up, float *out)
+{
+    tb_cuda *cu = tb_cu(b);
+    if (cu->err || n <= 0) return;
+    if (n == 1 && cu->bf16 && !Wg->sparse && !Wu->sparse && Wg->w && Wu->w && Wg->rows == Wu->rows &&
+        Wg->cols == Wu->cols && tb_cuda_gemv_fits(Wg->rows, Wg->cols, 1, Wg->w, x) &&
+        tb_cuda_gemv_fits(Wu->rows, Wu->cols, 1, Wu->w, x)) {
+        TB_RANGE_PUSH("linear_swiglu");
+        if (tb_cuda_gemv_bf16_swiglu(Wg->w, Wu->w, x, Wg->rows, Wg->cols, Wg->bias, Wu->bias, out, cu->stream))
+            tb_cuda_set_error(cu, TB_EIO, "%s", tb_errmsg());
+        TB_RANGE_POP();
+        return;
+    }
+    cu_linear(b, Wg, x, n, gate);
+    cu_linear(b, Wu, x, n, up);
+    cu_swiglu(b, out, gate, up, (size_t)n * Wg->rows);
+}
+
 static size_t cu_attention_saved(tb_backend *b, const tb_attn_shape *a, int n, int kv)
 {
     (void)b;
@@ -1638,6 +1661,7 @@ static tb_backend_ops make_ops(void)
     o.rope_append = cu_rope_append;
     o.attention_at = cu_attention_at;
     o.add_rmsnorm = cu_add_rmsnorm;
+    o.linear_swiglu = cu_linear_swiglu;
     o.graph_begin = cu_graph_begin;
     o.graph_end = cu_graph_end;
     o.graph_launch = cu_graph_launch;

@@ -24,6 +24,15 @@ Versions:
      add their slices in shared memory. The token count is a template
      parameter (1, 2, 4, 8, 16; the smallest >= n, guarded by n).
 
+  1s the SwiGLU pair at 1 token (tb_cuda_gemv_bf16_swiglu): out = silu(x Wg^T)
+     * (x Wu^T) in one launch, a warp streaming row r of both weights against
+     one read of x; the split S, the sums and their order are version 1's for
+     `rows` (so each product is the value version 1 computes), then k_swiglu's
+     expression. Saves the up_proj launch and the swiglu launch of a decode
+     step's MLP, and the gate/up round trip through memory. Parity: the
+     backend's test (linear_swiglu against the CPU's linear, linear, swiglu);
+     not in this file's bench yet.
+
 Build and run the checker and bench standalone (bench/gpu/gemv_bench.sh):
     nvcc -O3 -std=c++17 -DTB_GEMV_BENCH -gencode=arch=compute_90,code=sm_90 \
       -Icommon kernels/cuda/tb_gemv_bf16.cu common/tb_error.c -lcublas -o tb_gemv_bf16
@@ -151,6 +160,67 @@ static void launch_nt(const uint4 *W, const float *x, const float *bias, float *
     }
 }
 
+// version 1s: out[row] = silu(g) * u of the two products of row `row`
+template <int S>
+__global__ void __launch_bounds__(GEMV_WARPS * 32)
+    k_gemv_swiglu(const uint4 *__restrict__ Wg, const uint4 *__restrict__ Wu, const float *__restrict__ x,
+                  const float *__restrict__ bg, const float *__restrict__ bu, float *__restrict__ out, int64_t rows,
+                  int64_t cols)
+{
+    __shared__ float part[2][GEMV_WARPS];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int slice = warp % S;
+    const int64_t row = (int64_t)blockIdx.x * (GEMV_WARPS / S) + warp / S;
+    const bool live = row < rows; // a dead warp still reaches the barrier below
+    const int64_t chunks = cols >> 3;
+    const uint4 *wg = Wg + (live ? row : 0) * chunks, *wu = Wu + (live ? row : 0) * chunks;
+    float ag[1] = {0.0f}, au[1] = {0.0f};
+    const int64_t step = (int64_t)32 * S;
+    if (live) {
+        for (int64_t c0 = (int64_t)slice * 32 + lane; c0 < chunks; c0 += step * GEMV_UNROLL) {
+            uint4 w[GEMV_UNROLL], v[GEMV_UNROLL];
+#pragma unroll
+            for (int u = 0; u < GEMV_UNROLL; u++) {
+                const int64_t c = c0 + u * step;
+                w[u] = c < chunks ? __ldcs(wg + c) : make_uint4(0, 0, 0, 0);
+                v[u] = c < chunks ? __ldcs(wu + c) : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+            for (int u = 0; u < GEMV_UNROLL; u++) {
+                const int64_t c = c0 + u * step;
+                if (c < chunks) {
+                    fma_chunk<1>(ag, w[u], x, cols, c, 1);
+                    fma_chunk<1>(au, v[u], x, cols, c, 1);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+        ag[0] += __shfl_xor_sync(0xffffffffu, ag[0], off);
+        au[0] += __shfl_xor_sync(0xffffffffu, au[0], off);
+    }
+    float g = ag[0], u = au[0];
+    if (S > 1) {
+        if (lane == 0) {
+            part[0][warp] = ag[0];
+            part[1][warp] = au[0];
+        }
+        __syncthreads();
+        g = 0.0f, u = 0.0f;
+#pragma unroll
+        for (int s = 0; s < S; s++) {
+            g += part[0][warp - slice + s];
+            u += part[1][warp - slice + s];
+        }
+    }
+    if (slice == 0 && live && lane == 0) {
+        g = g + (bg ? bg[row] : 0.0f);
+        u = u + (bu ? bu[row] : 0.0f);
+        out[row] = g / (1.0f + expf(-g)) * u; // k_swiglu's expression
+    }
+}
+
 extern "C" int tb_cuda_gemv_fits(int64_t rows, int64_t cols, int n, const void *W, const float *x)
 {
     return rows > 0 && cols > 0 && n >= 1 && n <= TB_GEMV_KERNEL_MAX_TOKENS && cols % 8 == 0 && (uintptr_t)W % 16 == 0 &&
@@ -178,6 +248,32 @@ extern "C" int tb_cuda_gemv_bf16(const void *W, const float *x, int n, int64_t r
     const cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return tb_fail(TB_EIO, "gemv %lldx%lld: launch: %s", (long long)rows, (long long)cols,
                                          cudaGetErrorString(e));
+    return TB_OK;
+}
+
+extern "C" int tb_cuda_gemv_bf16_swiglu(const void *Wg, const void *Wu, const float *x, int64_t rows, int64_t cols,
+                                        const float *bg, const float *bu, float *out, void *stream)
+{
+    if (!tb_cuda_gemv_fits(rows, cols, 1, Wg, x) || !tb_cuda_gemv_fits(rows, cols, 1, Wu, x))
+        return tb_fail(TB_EUSAGE, "gemv swiglu: %lldx%lld: not a shape the kernel takes", (long long)rows,
+                       (long long)cols);
+    // launch_nt's split for `rows`, so the sums are version 1's
+    int S = 1;
+    while (S < GEMV_WARPS && (rows * S + GEMV_WARPS - 1) / GEMV_WARPS < 1024) S *= 2;
+    const int64_t rows_per_block = GEMV_WARPS / S;
+    const unsigned blocks = (unsigned)((rows + rows_per_block - 1) / rows_per_block);
+    const dim3 th(GEMV_WARPS * 32);
+    cudaStream_t st = (cudaStream_t)stream;
+    const uint4 *g = (const uint4 *)Wg, *u = (const uint4 *)Wu;
+    switch (S) {
+    case 1: k_gemv_swiglu<1><<<blocks, th, 0, st>>>(g, u, x, bg, bu, out, rows, cols); break;
+    case 2: k_gemv_swiglu<2><<<blocks, th, 0, st>>>(g, u, x, bg, bu, out, rows, cols); break;
+    case 4: k_gemv_swiglu<4><<<blocks, th, 0, st>>>(g, u, x, bg, bu, out, rows, cols); break;
+    default: k_gemv_swiglu<8><<<blocks, th, 0, st>>>(g, u, x, bg, bu, out, rows, cols); break;
+    }
+    const cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return tb_fail(TB_EIO, "gemv swiglu %lldx%lld: launch: %s", (long long)rows,
+                                         (long long)cols, cudaGetErrorString(e));
     return TB_OK;
 }
 

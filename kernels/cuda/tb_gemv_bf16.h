@@ -40,6 +40,12 @@ int tb_cuda_gemv_fits(int64_t rows, int64_t cols, int n, const void *W, const fl
 int tb_cuda_gemv_bf16(const void *W, const float *x, int n, int64_t rows, int64_t cols, const float *bias, float *y,
                       void *stream);
 
+/* out[rows] = silu(x Wg^T + bg) * (x Wu^T + bu) at 1 token, Wg and Wu dense bf16
+ * [rows, cols] (both must fit as above), bg, bu f32 [rows] or NULL: the SwiGLU
+ * pair in one launch, each product summed as tb_cuda_gemv_bf16 sums it */
+int tb_cuda_gemv_bf16_swiglu(const void *Wg, const void *Wu, const float *x, int64_t rows, int64_t cols,
+                             const float *bg, const float *bu, float *out, void *stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -588,6 +588,39 @@ static void test_linear(int rows, int cols, int n, const char *kind, int with_bi
     free_linear(&h);
 }
 
+/* linear_swiglu against the CPU's linear, linear, swiglu; on the GPU against
+ * its own three ops (1 token of dense bf16: one fused launch, the same sums) */
+static void test_linear_swiglu(int rows, int cols, int n, const char *kind, int with_bias)
+{
+    host_linear hg, hu;
+    make_linear(&hg, rows, cols, kind, with_bias);
+    make_linear(&hu, rows, cols, kind, with_bias);
+    tb_dlinear cg, cu, gg, gu;
+    if (C.ops->linear_upload(&C, &cg, &hg.L) || C.ops->linear_upload(&C, &cu, &hu.L) ||
+        G.ops->linear_upload(&G, &gg, &hg.L) || G.ops->linear_upload(&G, &gu, &hu.L)) {
+        fprintf(stderr, "test-cuda: linear_upload: %s\n", tb_errmsg());
+        exit(1);
+    }
+    const size_t nr = (size_t)n * rows;
+    float *x = hrand((size_t)n * cols, 1);
+    pair X = both(x, (size_t)n * cols), Gt = both_poison(nr), Up = both_poison(nr), O = both_poison(nr),
+         O2 = both_poison(nr);
+    char s[80];
+    snprintf(s, sizeof s, "%s%s %dx%d, n %d", kind, with_bias ? "+bias" : "", rows, cols, n);
+    C.ops->linear_swiglu(&C, &cg, &cu, X.c, n, Gt.c, Up.c, O.c);
+    G.ops->linear_swiglu(&G, &gg, &gu, X.g, n, Gt.g, Up.g, O.g);
+    cmp("linear_swiglu", s, O.c, O.g, nr, tol_gemm());
+    G.ops->linear(&G, &gg, X.g, n, Gt.g);
+    G.ops->linear(&G, &gu, X.g, n, Up.g);
+    G.ops->swiglu(&G, O2.g, Gt.g, Up.g, nr);
+    same_gpu("linear_swiglu = 3 ops", s, O.g, O2.g, nr, 1e-7);
+    pfree(X), pfree(Gt), pfree(Up), pfree(O), pfree(O2);
+    C.ops->linear_release(&C, &cg), C.ops->linear_release(&C, &cu);
+    G.ops->linear_release(&G, &gg), G.ops->linear_release(&G, &gu);
+    free_linear(&hg), free_linear(&hu);
+    free(x);
+}
+
 /* A CUDA graph of the decode step's kinds of op, captured once and replayed
  * at two positions uploaded before each launch, equals the same ops run
  * plainly, bit for bit: q copied in, rope_append, attention_at, add_rmsnorm,
@@ -1130,6 +1163,13 @@ static void run_all(void)
     test_decode_ops(4, 4, 80, 1, 33, 0);
     test_add_rmsnorm(1, 4096);
     test_add_rmsnorm(7, 300);
+    test_linear_swiglu(100, 72, 1, "bf16", 1);   /* fused in bf16: K split 8 ways, a partial last block, biases */
+    test_linear_swiglu(2048, 64, 1, "bf16", 0);  /* split 4 ways */
+    test_linear_swiglu(4096, 128, 1, "bf16", 0); /* split 2 ways */
+    test_linear_swiglu(8192, 64, 1, "bf16", 1);  /* no split */
+    test_linear_swiglu(64, 68, 1, "bf16", 0);    /* cols % 8: the three ops */
+    test_linear_swiglu(96, 64, 3, "bf16", 1);    /* 3 tokens: the three ops */
+    test_linear_swiglu(128, 256, 1, "2:4", 0);   /* 2:4: the three ops */
     test_graph("bf16");
     test_graph("2:4");
     test_graph("2:4 perm");
