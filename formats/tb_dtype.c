@@ -1,4 +1,5 @@
 #include "tb_dtype.h"
+#include "tb_threads.h"
 
 #include <math.h>
 #include <string.h>
@@ -113,6 +114,31 @@ void tb_to_f32(tb_dtype dt, const void *src, size_t offset, size_t n, float *dst
     }
 }
 #undef EACH
+
+typedef struct {
+    tb_dtype dt;
+    const void *src;
+    size_t offset;
+    float *dst;
+} to_f32_ctx;
+
+#define TO_F32_CHUNK ((int64_t)1 << 20) /* elements a task */
+
+static void to_f32_range(void *vctx, int64_t c0, int64_t c1, int tid)
+{
+    (void)tid;
+    const to_f32_ctx *c = vctx;
+    size_t a = (size_t)(c0 * TO_F32_CHUNK), b = (size_t)(c1 * TO_F32_CHUNK);
+    tb_to_f32(c->dt, c->src, c->offset + a, b - a, c->dst + a);
+}
+
+void tb_to_f32_threads(tb_dtype dt, const void *src, size_t offset, size_t n, float *dst, int n_threads)
+{
+    size_t whole = n / (size_t)TO_F32_CHUNK, tail = n % (size_t)TO_F32_CHUNK;
+    to_f32_ctx c = {dt, src, offset, dst};
+    tb_parallel_for(n_threads, (int64_t)whole, to_f32_range, &c);
+    if (tail) tb_to_f32(dt, src, offset + whole * TO_F32_CHUNK, tail, dst + whole * TO_F32_CHUNK);
+}
 
 void tb_to_f64(tb_dtype dt, const void *src, size_t offset, size_t n, double *dst)
 {

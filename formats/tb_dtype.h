@@ -34,6 +34,10 @@ typedef struct {
  * Integers convert by value; BOOL to 0/1. */
 void tb_to_f32(tb_dtype dt, const void *src, size_t offset, size_t n, float *dst);
 void tb_to_f64(tb_dtype dt, const void *src, size_t offset, size_t n, double *dst);
+/* tb_to_f32 split over n_threads (the same values): for GB-sized copies out
+ * of a mapping, e.g. tb-recon's 4.3 GB of 7B stream, where one core's page
+ * faults and copy took seconds. */
+void tb_to_f32_threads(tb_dtype dt, const void *src, size_t offset, size_t n, float *dst, int n_threads);
 
 /* Scalar conversions (exact where the format allows). */
 float tb_bf16_to_f32(uint16_t h);

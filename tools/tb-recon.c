@@ -67,7 +67,7 @@ static int load_inputs(const options *o, tb_model *m, float **out, int64_t *wind
         if (o->max_windows > 0 && o->max_windows < *windows) *windows = o->max_windows;
         size_t n = (size_t)*windows * (size_t)*seq_len * D;
         if (!(*out = tb_malloc(n * sizeof(float)))) rc = TB_EIO;
-        else tb_to_f32(TB_F32, h->data, 0, n, *out); /* copied: the mapping gives no f32 alignment */
+        else tb_to_f32_threads(TB_F32, h->data, 0, n, *out, o->threads); /* copied: the mapping gives no f32 alignment */
         st_close(&f);
         return rc;
     }

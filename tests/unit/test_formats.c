@@ -83,6 +83,29 @@ static void test_to_f32_all_dtypes(void **state)
     assert_true(out[0] == -1.25f);
 }
 
+/* the threaded conversion: every element, chunk edges and the tail included,
+ * is the bf16 pattern shifted into an f32's high half */
+static void test_to_f32_threads(void **state)
+{
+    (void)state;
+    const size_t n = ((size_t)5 << 19) + 7, off = 3; /* 2.5 chunks of 2^20, and a tail */
+    uint16_t *src = malloc((n + off) * sizeof *src);
+    float *out = malloc(n * sizeof *out);
+    assert_non_null(src);
+    assert_non_null(out);
+    for (size_t i = 0; i < n + off; i++) src[i] = (uint16_t)((i * 2654435761u) & 0x7f7f); /* finite patterns */
+    tb_to_f32_threads(TB_BF16, src, off, n, out, 3);
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t bits;
+        memcpy(&bits, &out[i], 4);
+        bad += bits != (uint32_t)src[off + i] << 16;
+    }
+    assert_int_equal(bad, 0);
+    free(src);
+    free(out);
+}
+
 /* ---- safetensors validation ---- */
 
 /* Build a file image: 8-byte length + header + data. */
@@ -342,6 +365,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bf16),         cmocka_unit_test(test_f16),
         cmocka_unit_test(test_f8),           cmocka_unit_test(test_to_f32_all_dtypes),
+        cmocka_unit_test(test_to_f32_threads),
         cmocka_unit_test(test_st_valid),     cmocka_unit_test(test_st_malformed),
         cmocka_unit_test(test_st_roundtrip), cmocka_unit_test(test_writer_misuse),
         cmocka_unit_test(test_config_variants), cmocka_unit_test(test_fisher_write_blocks),
