@@ -176,6 +176,10 @@ typedef struct tb_backend_ops {
      * (else unspecified); CUDA fuses 1 token of dense bf16 weights */
     void (*linear_swiglu)(tb_backend *b, const tb_dlinear *Wg, const tb_dlinear *Wu, const float *x, int n,
                           float *gate, float *up, float *out);
+    /* y[i] [n, W[i]->rows] = x W[i]^T (+ bias) for i < count (1..3), the W[i]
+     * of one column count: count linears on one input (a decode step's q, k,
+     * v); CUDA fuses 1 token of dense bf16 weights into one launch */
+    void (*linears)(tb_backend *b, int count, const tb_dlinear *const *W, const float *x, int n, float *const *y);
 
     /* ---- graphs (NULL on a backend without them) ---- */
     /* Capture the ops issued between graph_begin and graph_end instead of

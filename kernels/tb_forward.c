@@ -272,9 +272,9 @@ static void linear(tb_forward *f, int layer, tb_lin_id id, const tb_dlinear *L, 
  * already holds the attention norm of x (the previous layer, or the step,
  * computed it), gate, up and SwiGLU are one op, and the layer ends with the
  * next norm fused into its residual add: the next layer's xn1, or after the
- * last layer xn_final. 10 launches a layer on CUDA for dense bf16 weights
- * (q, k, v, rope_append, attention, o, add_rmsnorm, gate/up/SwiGLU, down,
- * add_rmsnorm) where the prefill path has 15. */
+ * last layer xn_final. q, k and v are one op too. 8 launches a layer on CUDA
+ * for dense bf16 weights (q/k/v, rope_append, attention, o, add_rmsnorm,
+ * gate/up/SwiGLU, down, add_rmsnorm) where the prefill path has 15. */
 static int layer_forward(tb_forward *f, int l, int n, int pos0, const int32_t *pos_dev)
 {
     const tb_model *m = f->m;
@@ -294,9 +294,16 @@ static int layer_forward(tb_forward *f, int l, int n, int pos0, const int32_t *p
 
     TB_RANGE_PUSH("attention block");
     if (!pos_dev) op->rmsnorm(be, a->xn1, a->rms1, a->x, w->attn_norm, n, D, eps);
-    linear(f, l, TB_LIN_Q, &w->lin[TB_LIN_Q], a->xn1, n, a->q);
-    linear(f, l, TB_LIN_K, &w->lin[TB_LIN_K], a->xn1, n, k);
-    linear(f, l, TB_LIN_V, &w->lin[TB_LIN_V], a->xn1, n, v);
+    if (pos_dev) { /* q, k, v in one op (one launch on CUDA) */
+        const tb_dlinear *qkv[3] = {&w->lin[TB_LIN_Q], &w->lin[TB_LIN_K], &w->lin[TB_LIN_V]};
+        float *out[3] = {a->q, k, v};
+        for (int i = 0; f->hook && i < 3; i++) f->hook(f->hook_ctx, l, (tb_lin_id)(TB_LIN_Q + i), a->xn1, n, qkv[i]->cols);
+        op->linears(be, 3, qkv, a->xn1, n, out);
+    } else {
+        linear(f, l, TB_LIN_Q, &w->lin[TB_LIN_Q], a->xn1, n, a->q);
+        linear(f, l, TB_LIN_K, &w->lin[TB_LIN_K], a->xn1, n, k);
+        linear(f, l, TB_LIN_V, &w->lin[TB_LIN_V], a->xn1, n, v);
+    }
     if (pos_dev) {
         op->rope_append(be, a->q, k, v, n, c->n_heads, c->n_kv_heads, c->head_dim, pos_dev, f->rope_cos,
                         f->rope_sin, a->k_cache, a->v_cache);

@@ -223,6 +223,11 @@ static void cpu_linear_swiglu(tb_backend *b, const tb_dlinear *Wg, const tb_dlin
     cpu_swiglu(b, out, gate, up, (size_t)n * Wg->rows);
 }
 
+static void cpu_linears(tb_backend *b, int count, const tb_dlinear *const *W, const float *x, int n, float *const *y)
+{
+    for (int i = 0; i < count; i++) cpu_linear(b, W[i], x, n, y[i]);
+}
+
 static void cpu_linear(tb_backend *b, const tb_dlinear *W, const float *x, int n, float *y)
 {
     const tb_scratch *s = scratch(b, tb_linear_scratch(W->host));
@@ -395,6 +400,7 @@ static const tb_backend_ops cpu_ops = {
     .attention_at = cpu_attention_at,
     .add_rmsnorm = cpu_add_rmsnorm,
     .linear_swiglu = cpu_linear_swiglu,
+    .linears = cpu_linears,
     .linear = cpu_linear,
     .linear_dx = cpu_linear_dx,
     .linear_dw = cpu_linear_dw,

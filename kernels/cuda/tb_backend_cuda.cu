@@ -1249,6 +1249,31 @@ static void cu_linear_swiglu(tb_backend *b, const tb_dlinear *Wg, const tb_dline
     cu_swiglu(b, out, gate, up, (size_t)n * Wg->rows);
 }
 
+// several linears on one x: one launch at 1 token of dense bf16 weights
+// (tb_gemv_bf16.cu version 1m), else one linear after the other
+static void cu_linears(tb_backend *b, int count, const tb_dlinear *const *W, const float *x, int n, float *const *y)
+{
+    tb_cuda *cu = tb_cu(b);
+    if (cu->err || n <= 0) return;
+    int fused = n == 1 && cu->bf16 && count >= 1 && count <= 3;
+    const void *w[3];
+    int64_t rows[3];
+    const float *bias[3];
+    for (int i = 0; fused && i < count; i++) {
+        w[i] = W[i]->w, rows[i] = W[i]->rows, bias[i] = W[i]->bias;
+        fused = !W[i]->sparse && W[i]->w && W[i]->cols == W[0]->cols &&
+                tb_cuda_gemv_fits(W[i]->rows, W[i]->cols, 1, W[i]->w, x);
+    }
+    if (fused) {
+        TB_RANGE_PUSH("linears");
+        if (tb_cuda_gemv_bf16_multi(count, w, rows, W[0]->cols, x, bias, y, cu->stream))
+            tb_cuda_set_error(cu, TB_EIO, "%s", tb_errmsg());
+        TB_RANGE_POP();
+        return;
+    }
+    for (int i = 0; i < count; i++) cu_linear(b, W[i], x, n, y[i]);
+}
+
 static size_t cu_attention_saved(tb_backend *b, const tb_attn_shape *a, int n, int kv)
 {
     (void)b;
@@ -1662,6 +1687,7 @@ static tb_backend_ops make_ops(void)
     o.attention_at = cu_attention_at;
     o.add_rmsnorm = cu_add_rmsnorm;
     o.linear_swiglu = cu_linear_swiglu;
+    o.linears = cu_linears;
     o.graph_begin = cu_graph_begin;
     o.graph_end = cu_graph_end;
     o.graph_launch = cu_graph_launch;

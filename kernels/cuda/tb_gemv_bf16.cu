@@ -33,6 +33,14 @@ Versions:
      backend's test (linear_swiglu against the CPU's linear, linear, swiglu);
      not in this file's bench yet.
 
+  1m up to 3 weights of one column count on the same x at 1 token
+     (tb_cuda_gemv_bf16_multi; a decode step's q, k and v): version 1 over
+     the rows of all of them stacked, each warp's row looked up in its
+     weight, so one launch streams the 3 (the 1024-row k and v alone reach
+     0.8 TB/s, the 4096-row q 1.8, the 14336-row gate 3.1: gemv_bench
+     2026-12-02). The split S is chosen for the stacked rows, so a weight's
+     sums may be ordered differently from its version 1 launch (f32 rounding).
+
 Build and run the checker and bench standalone (bench/gpu/gemv_bench.sh):
     nvcc -O3 -std=c++17 -DTB_GEMV_BENCH -gencode=arch=compute_90,code=sm_90 \
       -Icommon kernels/cuda/tb_gemv_bf16.cu common/tb_error.c -lcublas -o tb_gemv_bf16
@@ -221,6 +229,57 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
     }
 }
 
+// version 1m: the rows of up to 3 weights stacked (m.end: their cumulative row counts)
+struct gemv_multi {
+    const uint4 *W[3];
+    const float *bias[3];
+    float *y[3];
+    int64_t end[3];
+};
+
+template <int S>
+__global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv_multi(const gemv_multi m, const float *__restrict__ x,
+                                                               int64_t cols)
+{
+    __shared__ float part[GEMV_WARPS];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int slice = warp % S;
+    const int64_t r = (int64_t)blockIdx.x * (GEMV_WARPS / S) + warp / S;
+    const bool live = r < m.end[2]; // a dead warp still reaches the barrier below
+    const int seg = r < m.end[0] ? 0 : r < m.end[1] ? 1 : 2;
+    const int64_t row = live ? r - (seg ? m.end[seg - 1] : 0) : 0;
+    const int64_t chunks = cols >> 3;
+    const uint4 *wr = m.W[seg] + row * chunks;
+    float acc[1] = {0.0f};
+    const int64_t step = (int64_t)32 * S;
+    if (live) {
+        for (int64_t c0 = (int64_t)slice * 32 + lane; c0 < chunks; c0 += step * GEMV_UNROLL) {
+            uint4 w[GEMV_UNROLL];
+#pragma unroll
+            for (int u = 0; u < GEMV_UNROLL; u++) {
+                const int64_t c = c0 + u * step;
+                w[u] = c < chunks ? __ldcs(wr + c) : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+            for (int u = 0; u < GEMV_UNROLL; u++) {
+                const int64_t c = c0 + u * step;
+                if (c < chunks) fma_chunk<1>(acc, w[u], x, cols, c, 1);
+            }
+        }
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) acc[0] += __shfl_xor_sync(0xffffffffu, acc[0], off);
+    float v = acc[0];
+    if (S > 1) {
+        if (lane == 0) part[warp] = acc[0];
+        __syncthreads();
+        v = 0.0f;
+#pragma unroll
+        for (int s = 0; s < S; s++) v += part[warp - slice + s];
+    }
+    if (slice == 0 && live && lane == 0) m.y[seg][row] = v + (m.bias[seg] ? m.bias[seg][row] : 0.0f);
+}
+
 extern "C" int tb_cuda_gemv_fits(int64_t rows, int64_t cols, int n, const void *W, const float *x)
 {
     return rows > 0 && cols > 0 && n >= 1 && n <= TB_GEMV_KERNEL_MAX_TOKENS && cols % 8 == 0 && (uintptr_t)W % 16 == 0 &&
@@ -274,6 +333,40 @@ extern "C" int tb_cuda_gemv_bf16_swiglu(const void *Wg, const void *Wu, const fl
     const cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return tb_fail(TB_EIO, "gemv swiglu %lldx%lld: launch: %s", (long long)rows,
                                          (long long)cols, cudaGetErrorString(e));
+    return TB_OK;
+}
+
+extern "C" int tb_cuda_gemv_bf16_multi(int count, const void *const *W, const int64_t *rows, int64_t cols,
+                                       const float *x, const float *const *bias, float *const *y, void *stream)
+{
+    if (count < 1 || count > 3) return tb_fail(TB_EUSAGE, "gemv multi: %d weights (1..3)", count);
+    gemv_multi m;
+    int64_t total = 0;
+    for (int i = 0; i < 3; i++) {
+        const int k = i < count ? i : count - 1; // past count: empty segments
+        if (i < count && !tb_cuda_gemv_fits(rows[i], cols, 1, W[i], x))
+            return tb_fail(TB_EUSAGE, "gemv multi: weight %d, %lldx%lld: not a shape the kernel takes", i,
+                           (long long)rows[i], (long long)cols);
+        m.W[i] = (const uint4 *)W[k];
+        m.bias[i] = bias ? bias[k] : NULL;
+        m.y[i] = y[k];
+        total += i < count ? rows[i] : 0;
+        m.end[i] = total;
+    }
+    int S = 1;
+    while (S < GEMV_WARPS && (total * S + GEMV_WARPS - 1) / GEMV_WARPS < 1024) S *= 2;
+    const int64_t rows_per_block = GEMV_WARPS / S;
+    const unsigned blocks = (unsigned)((total + rows_per_block - 1) / rows_per_block);
+    const dim3 th(GEMV_WARPS * 32);
+    cudaStream_t st = (cudaStream_t)stream;
+    switch (S) {
+    case 1: k_gemv_multi<1><<<blocks, th, 0, st>>>(m, x, cols); break;
+    case 2: k_gemv_multi<2><<<blocks, th, 0, st>>>(m, x, cols); break;
+    case 4: k_gemv_multi<4><<<blocks, th, 0, st>>>(m, x, cols); break;
+    default: k_gemv_multi<8><<<blocks, th, 0, st>>>(m, x, cols); break;
+    }
+    const cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return tb_fail(TB_EIO, "gemv multi: launch: %s", cudaGetErrorString(e));
     return TB_OK;
 }
 

@@ -46,6 +46,12 @@ int tb_cuda_gemv_bf16(const void *W, const float *x, int n, int64_t rows, int64_
 int tb_cuda_gemv_bf16_swiglu(const void *Wg, const void *Wu, const float *x, int64_t rows, int64_t cols,
                              const float *bg, const float *bu, float *out, void *stream);
 
+/* y[i][rows[i]] = x W[i]^T + bias[i] for i < count (1..3) at 1 token, every W[i]
+ * dense bf16 [rows[i], cols] fitting as above; bias NULL or bias[i] NULL for
+ * none: several linears on one x (a decode step's q, k, v) in one launch */
+int tb_cuda_gemv_bf16_multi(int count, const void *const *W, const int64_t *rows, int64_t cols, const float *x,
+                            const float *const *bias, float *const *y, void *stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -621,6 +621,51 @@ static void test_linear_swiglu(int rows, int cols, int n, const char *kind, int 
     free(x);
 }
 
+/* linears (q, k, v on one x) against the CPU, and on the GPU against one
+ * linear per weight; rows[i] per weight, one column count */
+static void test_linears(int count, const int *rows, int cols, int n, const char *kind, int with_bias)
+{
+    host_linear h[3];
+    tb_dlinear dc[3], dg[3];
+    const tb_dlinear *wc[3], *wg[3];
+    pair Y[3], Y1[3];
+    float *yc[3], *yg[3];
+    char s[96];
+    snprintf(s, sizeof s, "%d x %s%s %d/%d/%dx%d, n %d", count, kind, with_bias ? "+bias" : "", rows[0],
+             count > 1 ? rows[1] : 0, count > 2 ? rows[2] : 0, cols, n);
+    for (int i = 0; i < count; i++) {
+        make_linear(&h[i], rows[i], cols, kind, with_bias);
+        if (C.ops->linear_upload(&C, &dc[i], &h[i].L) || G.ops->linear_upload(&G, &dg[i], &h[i].L)) {
+            fprintf(stderr, "test-cuda: linear_upload: %s\n", tb_errmsg());
+            exit(1);
+        }
+        wc[i] = &dc[i], wg[i] = &dg[i];
+        Y[i] = both_poison((size_t)n * rows[i]);
+        Y1[i] = both_poison((size_t)n * rows[i]);
+        yc[i] = Y[i].c, yg[i] = Y[i].g;
+    }
+    float *x = hrand((size_t)n * cols, 1);
+    pair X = both(x, (size_t)n * cols);
+    C.ops->linears(&C, count, wc, X.c, n, yc);
+    G.ops->linears(&G, count, wg, X.g, n, yg);
+    for (int i = 0; i < count; i++) {
+        G.ops->linear(&G, wg[i], X.g, n, Y1[i].g);
+        char si[112];
+        snprintf(si, sizeof si, "%s [%d]", s, i);
+        cmp("linears", si, Y[i].c, Y[i].g, (size_t)n * rows[i], tol_gemm());
+        /* the fused launch splits K by the stacked rows: the same products, sums maybe in another order */
+        same_gpu("linears = linear", si, Y[i].g, Y1[i].g, (size_t)n * rows[i], 1e-6);
+    }
+    for (int i = 0; i < count; i++) {
+        pfree(Y[i]), pfree(Y1[i]);
+        C.ops->linear_release(&C, &dc[i]);
+        G.ops->linear_release(&G, &dg[i]);
+        free_linear(&h[i]);
+    }
+    pfree(X);
+    free(x);
+}
+
 /* A CUDA graph of the decode step's kinds of op, captured once and replayed
  * at two positions uploaded before each launch, equals the same ops run
  * plainly, bit for bit: q copied in, rope_append, attention_at, add_rmsnorm,
@@ -1170,6 +1215,16 @@ static void run_all(void)
     test_linear_swiglu(64, 68, 1, "bf16", 0);    /* cols % 8: the three ops */
     test_linear_swiglu(96, 64, 3, "bf16", 1);    /* 3 tokens: the three ops */
     test_linear_swiglu(128, 256, 1, "2:4", 0);   /* 2:4: the three ops */
+    {
+        const int qkv[3] = {256, 64, 64}, odd[3] = {100, 40, 8}, two[2] = {96, 32}, one[1] = {8200};
+        test_linears(3, qkv, 256, 1, "bf16", 0); /* fused in bf16 */
+        test_linears(3, odd, 72, 1, "bf16", 1);  /* rows straddling blocks, biases */
+        test_linears(2, two, 128, 1, "bf16", 1);
+        test_linears(1, one, 64, 1, "bf16", 0);  /* no split */
+        test_linears(3, qkv, 68, 1, "bf16", 0);  /* cols % 8: one linear each */
+        test_linears(3, qkv, 256, 2, "bf16", 1); /* 2 tokens: one linear each */
+        test_linears(3, qkv, 256, 1, "2:4", 0);  /* 2:4: one linear each */
+    }
     test_graph("bf16");
     test_graph("2:4");
     test_graph("2:4 perm");
