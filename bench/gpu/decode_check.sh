@@ -3,8 +3,9 @@
 # decode step as one CUDA graph (issue 13; kernels/tb_forward.c decode_run),
 # checked and timed against plain launches in the same binary.
 #   1. test_backend, quick shapes (the decode ops rope_append, attention_at,
-#      add_rmsnorm against the CPU; a captured step replayed at two positions
-#      equal to plain launches bit for bit, dense GEMV and 2:4 kernel with PDL)
+#      add_rmsnorm, linear_swiglu, linears against the CPU; a captured step
+#      replayed at two positions equal to plain launches bit for bit, dense
+#      GEMV and 2:4 kernel with PDL)
 #   2. test_model_cuda (decode vs prefill logits in f32 through the graph;
 #      greedy bf16 tokens and logits with the graph equal to without it)
 #   3. the 8-layer dense and packed 2:4 Mistral-7B-shaped models of
@@ -66,7 +67,7 @@ CU
 nvcc_pid=$!
 
 TB_TEST_QUICK=1 step test_backend 100 build-cuda/tests/cuda/test_backend
-grep -E "rope_append|attention_at|add_rmsnorm|graph" "$OUT/test_backend.log" | head -40 | tee -a "$S"
+grep -E "rope_append|attention_at|add_rmsnorm|linear_swiglu|linears|graph" "$OUT/test_backend.log" | head -60 | tee -a "$S"
 grep -E "FAIL|checks" "$OUT/test_backend.log" | tail -8 | tee -a "$S"
 step test_model_cuda 120 build-cuda/tests/cuda/test_model_cuda
 grep -E "graph|KV-cache|FAIL|passed" "$OUT/test_model_cuda.log" | tee -a "$S"
