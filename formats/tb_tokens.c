@@ -97,3 +97,18 @@ void tb_tokens_free(tb_tokens *t)
     free(t->ids);
     memset(t, 0, sizeof *t);
 }
+
+int tb_tokens_append(tb_tokens *t, const tb_tokens *more, const char *label)
+{
+    if (more->windows < 1) return TB_OK;
+    if (more->seq_len != t->seq_len)
+        return tb_fail(TB_EDATA, "%s: windows of %d tokens, the others have %d", label, more->seq_len, t->seq_len);
+    size_t n = (size_t)(t->windows + more->windows) * (size_t)t->seq_len;
+    int32_t *ids = tb_realloc(t->ids, n * sizeof *ids);
+    if (!ids) return TB_EIO;
+    memcpy(ids + (size_t)t->windows * (size_t)t->seq_len, more->ids,
+           (size_t)more->windows * (size_t)more->seq_len * sizeof *ids);
+    t->ids = ids;
+    t->windows += more->windows;
+    return TB_OK;
+}

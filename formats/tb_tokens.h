@@ -28,6 +28,11 @@ int tb_tokens_draw(tb_tokens *t, const int32_t *ids, size_t n, int64_t windows, 
                    const char *label);
 void tb_tokens_free(tb_tokens *t);
 
+/* Append more's windows after t's (tb-distill --extra-tokens): TB_EDATA
+ * "label: windows of N tokens, the others have M" when the lengths differ;
+ * t unchanged on error. */
+int tb_tokens_append(tb_tokens *t, const tb_tokens *more, const char *label);
+
 /* Convert an id tensor (I32 or I64, any shape, rows along its last dim) into
  * out[numel], checking each id against [0, vocab) (vocab <= 0: against the
  * int32 range). TB_EDATA names label, row and position of a bad id. The one

@@ -38,14 +38,26 @@ static const char notes[] =
     "both models, the student's activation gradients, and the teacher logits\n"
     "cache (on a GPU at most a quarter of its free memory).\n";
 
+#define MAX_EXTRA 8
 typedef struct {
     const char *model, *teacher, *tokens, *output, *checkpoint;
+    const char *extra[MAX_EXTRA];
+    int n_extra;
     int threads, every, resume, eval_windows, json;
     long max_windows;
     tb_distill_opts o;
     tb_backend_opts dev;
     tb_backend *be;
 } options;
+
+static int add_extra(const char *opt, const char *arg, void *value)
+{
+    options *o = value;
+    if (o->n_extra == MAX_EXTRA) return tb_fail(TB_EUSAGE, "%s: at most %d files", opt, MAX_EXTRA);
+    if (!tb_file_exists(arg)) return tb_fail(TB_EIO, "%s: no such file", arg);
+    o->extra[o->n_extra++] = arg;
+    return TB_OK;
+}
 
 static int run(options *o, const char *cmdline)
 {
@@ -68,6 +80,17 @@ static int run(options *o, const char *cmdline)
     tb_tokens tk = {0};
     if (!rc) rc = tb_tokens_load(&tk, o->tokens, s.cfg.vocab_size, s.cfg.max_position_embeddings);
     if (!rc && o->max_windows > 0 && o->max_windows < tk.windows) tk.windows = o->max_windows;
+    int64_t calib_windows = tk.windows;
+    for (int i = 0; !rc && i < o->n_extra; i++) {
+        tb_tokens more;
+        if (!(rc = tb_tokens_load(&more, o->extra[i], s.cfg.vocab_size, s.cfg.max_position_embeddings))) {
+            rc = tb_tokens_append(&tk, &more, o->extra[i]);
+            tb_tokens_free(&more);
+        }
+    }
+    if (!rc && o->n_extra)
+        tb_info("%lld windows: %lld of -t, %lld of --extra-tokens", (long long)tk.windows, (long long)calib_windows,
+                (long long)(tk.windows - calib_windows));
     tb_outfile probe; /* refuse an unwritable output before the work */
     if (!rc && !(rc = tb_out_open(&probe, o->output))) tb_out_abort(&probe);
     tb_trainable tr = {0};
@@ -128,7 +151,9 @@ static int run(options *o, const char *cmdline)
     }
     free(keep0);
     if (!rc) {
-        char steps[32], lr[32], batch[32], evalkl[96], masks[96], hidden[32];
+        char steps[32], lr[32], batch[32], evalkl[96], masks[96], hidden[32], extra[2048] = "none";
+        for (int i = 0, at = 0; i < o->n_extra && at < (int)sizeof extra; i++)
+            at += snprintf(extra + at, sizeof extra - (size_t)at, "%s%s", i ? "," : "", o->extra[i]);
         snprintf(steps, sizeof steps, "%d", o->o.steps);
         snprintf(lr, sizeof lr, "%g", o->o.lr);
         snprintf(batch, sizeof batch, "%d", o->o.batch);
@@ -137,7 +162,8 @@ static int run(options *o, const char *cmdline)
         snprintf(masks, sizeof masks, "every %d, until %g, decay %g", o->o.mask.every, o->o.mask.until, o->o.mask.decay);
         const char *meta[] = {"distill_teacher", o->teacher, "distill_tokens", o->tokens, "distill_steps", steps,
                               "distill_lr", lr, "distill_batch", batch, "distill_kl", evalkl,
-                              "distill_learned_masks", o->o.mask.every > 0 ? masks : "no", "distill_hidden", hidden};
+                              "distill_learned_masks", o->o.mask.every > 0 ? masks : "no", "distill_hidden", hidden,
+                              "distill_extra_tokens", extra};
         rc = tb_trainable_write(&tr, o->output, o->teacher, "distill", cmdline, meta,
                                 (int)(sizeof meta / sizeof meta[0] / 2));
     }
@@ -183,6 +209,11 @@ int main(int argc, char **argv)
          .help = "the dense HF checkpoint it was pruned from"},
         TB_OPT_TOKENS(&o.tokens, "make them with tb-tokenize --windows", "calibration windows (safetensors input_ids)"),
         TB_OPT_OUTPUT(&o.output, "FILE", TB_OPTF_REQUIRED | TB_OPTF_NO_DASH, "the distilled model's .tbm (written atomically)"),
+        TB_OPT_CALLBACK(0, "extra-tokens", &o, "FILE",  add_extra,
+                        "more training windows after -t's (same length; e.g. the\n"
+                        "dense model's own text from tb-run --sample-windows);\n"
+                        "repeat for several. --max-windows and --eval-windows\n"
+                        "count -t's windows first"),
         TB_OPT_FILE(0, "base", &base, "DIR", "the base checkpoint of a partial .tbm (tb-merge --partial),\n"
                                              "when outside the .tbm's directory"),
         TB_OPT_INT(0, "steps", &o.o.steps, "N", 0, 100000000, "optimizer steps (default 300)"),

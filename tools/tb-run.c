@@ -1,4 +1,5 @@
-/* tb-run - run a model on the CPU: perplexity of a text file, or generation.
+/* tb-run - run a model on the CPU: perplexity of a text file, generation, or
+ * token windows sampled from the model (--sample-windows, tb_generate.h).
  *
  * Thin: the model, forward pass, perplexity protocol and sampling live in
  * kernels/cpu (tb_model.h), the tokenizer in formats/tb_tokenizer.h. This file
@@ -11,6 +12,7 @@
 #include <string.h>
 
 #include "tb_error.h"
+#include "tb_generate.h"
 #include "tb_io.h"
 #include "tb_log.h"
 #include "tb_model.h"
@@ -34,13 +36,24 @@ static const char notes[] =
     "\n"
     "Sampling (as llama.cpp): the repetition penalty over the last 64 tokens, then,\n"
     "with --temp T > 0, top-k, top-p within those and min-p; without --temp the\n"
-    "most likely token (greedy), so --top-k, --top-p and --min-p need --temp.\n";
+    "most likely token (greedy), so --top-k, --top-p and --min-p need --temp.\n"
+    "\n"
+    "--sample-windows PROMPTS writes distillation data from the model itself\n"
+    "(tb-distill --extra-tokens): window i keeps the first --prefix tokens of\n"
+    "window i mod W of PROMPTS (W windows) and continues them to --seq-len tokens\n"
+    "sampled from the model (default --temp 1: the model's own distribution),\n"
+    "EOS an ordinary token. Window i draws from its own generator (seed + i):\n"
+    "same seed, same file, at any thread count. No text beyond PROMPTS' prefixes\n"
+    "is used. The windows run in parallel, one thread each, on the CPU.\n";
 
 #define MAX_STOPS 16
 typedef struct {
     const char *model, *ppl_file, *prompt, *prompt_file;
     int seq_len, n_gen, json, threads;
     const char *compare, *base;
+    const char *sample_windows, *output;
+    long windows;
+    int prefix;
     long max_windows;
     tb_sampling sampling;
     long seed;
@@ -308,10 +321,58 @@ static int run_generate(const options *o, const tb_model *m, const tb_tokenizer 
     return rc;
 }
 
+static void sample_progress(void *ctx, int64_t done, int64_t total)
+{
+    if (done == 0) tb_progress_begin(ctx, "windows", (uint64_t)total);
+    else tb_progress_set(ctx, (uint64_t)done);
+}
+
+/* --sample-windows: the model continues the prompt windows' prefixes */
+static int run_sample(const options *o, const tb_model *m)
+{
+    tb_tokens prompts, gen;
+    int rc = tb_tokens_load(&prompts, o->sample_windows, m->cfg.vocab_size, m->cfg.max_position_embeddings);
+    if (rc) return rc;
+    tb_outfile probe; /* refuse an unwritable output before the work */
+    if ((rc = tb_out_open(&probe, o->output))) {
+        tb_tokens_free(&prompts);
+        return rc;
+    }
+    tb_out_abort(&probe);
+    tb_gen_opts g = {.windows = o->windows ? o->windows : prompts.windows,
+                     .seq_len = tb_opt_given(&o->seq_len) ? o->seq_len : prompts.seq_len,
+                     .prefix = o->prefix, .sampling = o->sampling, .seed = (uint64_t)o->seed,
+                     .n_threads = o->threads};
+    tb_progress p = {0};
+    double t0 = tb_now();
+    rc = tb_generate_windows(m, &prompts, &g, sample_progress, &p, &gen);
+    tb_progress_end(&p);
+    double secs = tb_now() - t0;
+    tb_tokens_free(&prompts);
+    if (rc) return tb_err_context("%s", o->sample_windows);
+    char nwin[32], tlen[32], pre[32], seed[32], temp[32], top_p[32];
+    snprintf(nwin, sizeof nwin, "%lld", (long long)gen.windows);
+    snprintf(tlen, sizeof tlen, "%d", gen.seq_len);
+    snprintf(pre, sizeof pre, "%d", g.prefix);
+    snprintf(seed, sizeof seed, "%ld", o->seed);
+    snprintf(temp, sizeof temp, "%g", g.sampling.temp);
+    snprintf(top_p, sizeof top_p, "%g", g.sampling.top_p);
+    const char *meta[] = {"generator", o->model, "prompts", o->sample_windows, "windows", nwin, "seq_len", tlen,
+                          "prefix", pre, "seed", seed, "temp", temp, "top_p", top_p};
+    st_entry e = {.name = "input_ids", .dtype = TB_I32, .ndim = 2, .shape = {gen.windows, gen.seq_len}, .data = gen.ids};
+    rc = st_save(o->output, &e, 1, meta, (int)(sizeof meta / sizeof meta[0] / 2));
+    if (!rc)
+        tb_info("%lld windows of %d tokens (prefix %d) in %.1f s, %.0f tokens/s sampled -> %s",
+                (long long)gen.windows, gen.seq_len, g.prefix, secs,
+                secs > 0 ? (double)gen.windows * (gen.seq_len - g.prefix) / secs : 0.0, o->output);
+    tb_tokens_free(&gen);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     tb_log_init("tb-run");
-    options o = {.seq_len = 512, .n_gen = 128, .threads = tb_default_threads(),
+    options o = {.seq_len = 512, .n_gen = 128, .prefix = 32, .threads = tb_default_threads(),
                  .sampling = {.top_p = 1.0, .repeat_penalty = 1.0}, .dev = {.device = TB_DEVICE_AUTO}};
     const tb_option table[] = {
         TB_OPT_MODEL(&o.model, "HF checkpoint directory (config.json, model.safetensors or\n"
@@ -350,6 +411,17 @@ int main(int argc, char **argv)
         TB_OPT_CALLBACK(0, "stop", &o, "STR", add_stop, "stop when the text generated ends with STR (which is not\n"
                                                          "printed); repeat for several"),
         TB_OPT_LONG(0, "seed", &o.seed, "S", 0, (double)LONG_MAX, "random seed for sampling (default 0): same seed, same text"),
+        TB_OPT_GROUP("sampled windows (distillation data):"),
+        TB_OPT_INPUT(0, "sample-windows", &o.sample_windows, "PROMPTS", TB_WANT_SAFETENSORS, "token windows (safetensors)",
+                     "make them with tb-tokenize --windows",
+                     "continue the first --prefix tokens of each window of\n"
+                     "PROMPTS (safetensors input_ids) with tokens sampled from\n"
+                     "the model (default --temp 1) up to --seq-len (default\n"
+                     "PROMPTS' length); writes the windows to -o (same format)"),
+        TB_OPT_LONG(0, "windows", &o.windows, "N", 1, 1L << 40, "windows to write (default PROMPTS' count; window i\n"
+                                                               "continues prompt i mod count)"),
+        TB_OPT_INT(0, "prefix", &o.prefix, "P", 1, 1 << 20, "tokens kept from each prompt window (default 32)"),
+        TB_OPT_OUTPUT(&o.output, "FILE", TB_OPTF_NO_DASH, "where --sample-windows writes (written atomically)"),
         TB_OPT_GROUP(""),
         TB_OPT_THREADS(&o.threads),
         TB_OPT_DEVICE(&o.dev),
@@ -358,12 +430,20 @@ int main(int argc, char **argv)
     const tb_command cmd = {
         .name = "tb-run",
         .usage = "tb-run -m MODEL --ppl FILE [--seq-len N] [--max-windows K] [--compare REF] [--json]\n"
-                 "tb-run -m MODEL (-p TEXT | -f FILE) [-n N] [--temp T [--top-k K] [--top-p P] [--min-p P]]",
+                 "tb-run -m MODEL (-p TEXT | -f FILE) [-n N] [--temp T [--top-k K] [--top-p P] [--min-p P]]\n"
+                 "tb-run -m MODEL --sample-windows PROMPTS -o OUT [--windows N] [--prefix P] [--seq-len L] [--seed S]",
         .description = description, .options = table, .notes = notes};
     TB_OPTS_PARSE_OR_RETURN(&cmd, argc, argv, NULL, NULL);
     if (o.prompt && o.prompt_file) return tb_usage_error("-p/--prompt and -f/--file exclude each other");
-    if (!o.ppl_file == !(o.prompt || o.prompt_file)) return tb_usage_error("give one of --ppl FILE, -p TEXT or -f FILE");
-    if (!o.ppl_file && (o.json || o.max_windows || o.compare || tb_opt_given(&o.seq_len)))
+    if (!!o.ppl_file + !!(o.prompt || o.prompt_file) + !!o.sample_windows != 1)
+        return tb_usage_error("give one of --ppl FILE, -p TEXT, -f FILE or --sample-windows PROMPTS");
+    if (!o.sample_windows && (o.output || o.windows || tb_opt_given(&o.prefix)))
+        return tb_usage_error("-o, --windows and --prefix go with --sample-windows");
+    if (o.sample_windows && !o.output) return tb_usage_error("--sample-windows needs -o FILE");
+    if (o.sample_windows && (o.json || o.max_windows || o.compare || o.n_stops || tb_opt_given(&o.n_gen)))
+        return tb_usage_error("--json, --max-windows, --compare, -n and --stop do not go with --sample-windows");
+    if (o.sample_windows && !tb_opt_given(&o.sampling.temp)) o.sampling.temp = 1.0; /* the model's own distribution */
+    if (!o.ppl_file && !o.sample_windows && (o.json || o.max_windows || o.compare || tb_opt_given(&o.seq_len)))
         return tb_usage_error("--json, --seq-len, --max-windows and --compare go with --ppl");
     if (o.ppl_file && (o.n_stops || tb_opt_given(&o.n_gen) || tb_opt_given(&o.sampling.temp)))
         return tb_usage_error("-n, --temp and --stop go with -p or -f (generation)");
@@ -402,7 +482,7 @@ int main(int argc, char **argv)
         return tb_report_error();
     }
     o.be = &be;
-    rc = o.ppl_file ? run_ppl(&o, &m, tok) : run_generate(&o, &m, tok);
+    rc = o.sample_windows ? run_sample(&o, &m) : o.ppl_file ? run_ppl(&o, &m, tok) : run_generate(&o, &m, tok);
     tb_backend_close(&be);
     free(prompt_text);
     tb_tok_free(tok);

@@ -102,6 +102,20 @@ print(all(kd[k]['data'] == dense[k]['data'] for k in keep))"
     [ "$output" = "True" ]
 }
 
+@test "--extra-tokens: windows appended after -t's, recorded; another window length refused" {
+    cd "$D"
+    tb-run -m "$M" --sample-windows calib.st --windows 4 --prefix 16 --quiet -o gen.st
+    run tb-distill -v -m pruned.tbm --teacher "$M" -t calib.st --extra-tokens gen.st --steps 2 --eval-windows 1 -o kx.tbm
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"7 windows: 3 of -t, 4 of --extra-tokens"* ]]
+    run tb-inspect --json kx.tbm
+    [[ "$output" == *'"distill_extra_tokens"'*'gen.st'* ]]
+    tb-run -m "$M" --sample-windows calib.st --windows 2 --prefix 16 --seq-len 32 --quiet -o short.st
+    run tb-distill -m pruned.tbm --teacher "$M" -t calib.st --extra-tokens short.st --steps 1 -o ky.tbm
+    [ "$status" -eq 2 ]
+    [[ "$output" == *"short.st: windows of 32 tokens, the others have 64"* ]]
+}
+
 @test "bad inputs: a dense student, a pruned teacher, a partial model, no tokens" {
     cd "$D"
     run tb-distill -m "$M" --teacher "$M" -t calib.st -o x.tbm

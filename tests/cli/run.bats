@@ -121,10 +121,42 @@ same_within() { python3 -c "import sys; a,b,r=map(float,sys.argv[1:]); sys.exit(
     [ "$status" -eq 1 ]
 }
 
+@test "--sample-windows: prefixes kept, same seed same file at any thread count, usage errors" {
+    cd "$TMP"
+    tb-tokenize -m "$TB_MODEL" --bos --windows 3 --seq-len 48 --quiet -o p.st "$TEXT"
+    run tb-run -m "$TB_MODEL" --sample-windows p.st --windows 5 --prefix 8 --seq-len 40 --seed 4 -j 1 --quiet -o a.st
+    [ "$status" -eq 0 ]
+    tb-run -m "$TB_MODEL" --sample-windows p.st --windows 5 --prefix 8 --seq-len 40 --seed 4 -j 2 --quiet -o b.st
+    cmp a.st b.st
+    tb-run -m "$TB_MODEL" --sample-windows p.st --windows 5 --prefix 8 --seq-len 40 --seed 5 --quiet -o c.st
+    ! cmp -s a.st c.st
+    python3 -c "
+import json, struct, sys
+def ids(path):
+    b = open(path, 'rb').read(); n = struct.unpack('<Q', b[:8])[0]; h = json.loads(b[8:8 + n])
+    t = h['input_ids']; assert t['dtype'] == 'I32', t
+    r, c = t['shape']; d = b[8 + n:]
+    return [list(struct.unpack('<%di' % c, d[4 * c * i:4 * c * (i + 1)])) for i in range(r)], h['__metadata__']
+p, _ = ids('p.st'); a, meta = ids('a.st')
+assert len(a) == 5 and all(len(w) == 40 for w in a)
+assert all(a[i][:8] == p[i % 3][:8] for i in range(5))
+assert a[0][8:] != a[3][8:]
+assert meta['prefix'] == '8' and meta['temp'] == '1', meta
+"
+    run tb-run -m "$TB_MODEL" --sample-windows p.st --prefix 8
+    [ "$status" -eq 1 ]
+    one_line_error tb-run
+    run tb-run -m "$TB_MODEL" --sample-windows p.st --prefix 49 -o d.st
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"prefix 49 outside"* ]]
+    run tb-run -m "$TB_MODEL" --prompt hi --prefix 8
+    [ "$status" -eq 1 ]
+}
+
 @test "--help documents every option" {
     run tb-run --help
     [ "$status" -eq 0 ]
-    for opt in --model --ppl --seq-len --max-windows --json --prompt "-n, --n-predict" --temp --top-k --min-p --repeat-penalty --stop "-f, --file" --top-p --seed --threads --quiet --progress --version; do
+    for opt in --model --ppl --seq-len --max-windows --json --prompt "-n, --n-predict" --temp --top-k --min-p --repeat-penalty --stop "-f, --file" --top-p --seed --sample-windows --windows --prefix "-o, --output" --threads --quiet --progress --version; do
         [[ "$output" == *"$opt"* ]] || { echo "missing $opt"; return 1; }
     done
 }
