@@ -12,6 +12,11 @@
 #                        RECON_MAX_PARAMS), no training
 #   --device D           cpu, cuda or auto for tb-fisher, tb-recon and tb-distill
 #                        (DEVICE)
+#   --gen-windows N      tb-distill also trains on N windows the dense model
+#                        writes itself: each continues the first 32 tokens of a
+#                        calibration window with its own samples (temperature 1;
+#                        tb-run --sample-windows). No other text is used.
+#                        (GEN_WINDOWS; default 0: calibration only)
 # The default recipe (BENCHMARKS.md, "Quality past local reconstruction"):
 # layer by layer on the pruned model's own hidden states, Wanda scores, top-N
 # masks, per-row least-squares compensation (tb-pack --compensate auto), then
@@ -25,9 +30,9 @@
 # default 2), and any variable of examples/Makefile (RECON_STEPS, RECON_ARGS,
 # DISTILL_STEPS, METHOD, COMPENSATE, ...), which override the recipe.
 set -eu
-usage() { echo "usage: $0 MODEL_DIR OUT_DIR [PATTERN] [CALIB] [--calib-tokens FILE] [--fast] [--device D]" >&2; exit 1; }
+usage() { echo "usage: $0 MODEL_DIR OUT_DIR [PATTERN] [CALIB] [--calib-tokens FILE] [--fast] [--device D] [--gen-windows N]" >&2; exit 1; }
 here=$(cd "$(dirname "$0")" && pwd)
-model="" out="" pattern="" calib="" fast=0 device=""
+model="" out="" pattern="" calib="" fast=0 device="" gen=""
 while [ $# -gt 0 ]; do
     case $1 in
     --calib-tokens) [ $# -ge 2 ] || usage; calib=$2; shift 2 ;;
@@ -35,7 +40,9 @@ while [ $# -gt 0 ]; do
     --fast) fast=1; shift ;;
     --device) [ $# -ge 2 ] || usage; device=$2; shift 2 ;;
     --device=*) device=${1#*=}; shift ;;
-    -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --gen-windows) [ $# -ge 2 ] || usage; gen=$2; shift 2 ;;
+    --gen-windows=*) gen=${1#*=}; shift ;;
+    -h|--help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "prune-model: unknown option '$1'" >&2; usage ;;
     *) if [ -z "$model" ]; then model=$1; elif [ -z "$out" ]; then out=$1
        elif [ -z "$pattern" ]; then pattern=$1; elif [ -z "$calib" ]; then calib=$1; else usage; fi; shift ;;
@@ -56,6 +63,8 @@ else
     case $pattern in *:*) learn="--learn-masks 10 --mask-decay 20" ;; esac
     # environment values (RECON_STEPS=... examples/prune-model.sh ...) win over the recipe
     set -- "$@" RECON_STEPS="${RECON_STEPS:-1000}" RECON_ARGS="${RECON_ARGS-$learn}" DISTILL_STEPS="${DISTILL_STEPS:-300}"
+    # the option, else the environment, else the recipe's default
+    set -- "$@" GEN_WINDOWS="${gen:-${GEN_WINDOWS:-0}}"
 fi
 start=$(date +%s)
 make --no-print-directory -j "${JOBS:-2}" "$@"

@@ -1,0 +1,116 @@
+#!/bin/bash
+# quality_sweep.sh - on the GPU machine, one device call: issue 17's recipe
+# variants with DEVICE=cuda on tiny-llama-6m and tiny-mistral-10m at 2:4, each
+# scored by the full protocol (`tb-run --compare DENSE --ppl
+# wikitext2-test.txt`, all windows, f32 on the GPU: test-cuda checks it
+# against the CPU to 1e-5), printed as one table (KL, top-1, ppl, times).
+#
+# Per model: the default recipe (examples/prune-model.sh) once; every other
+# variant starts from a copy of its directory with the distilled files
+# removed, so make re-runs only what differs (gen.st and tb-distill) - the
+# same commands prune-model.sh runs, with the layer stage shared. Variants:
+#   gen256            --gen-windows 256 (the dense model's own windows, 32-token
+#                     calibration prefixes, temperature 1; tb-run --sample-windows)
+#   gen1024           --gen-windows 1024
+#   steps1000         DISTILL_STEPS=1000 (calibration windows only: the
+#                     overfitting reference, BENCHMARKS.md)
+#   gen1024-s1000     --gen-windows 1024 DISTILL_STEPS=1000
+#   gen2048-s2000     --gen-windows 2048 DISTILL_STEPS=2000
+# in that order, llama's first, then mistral's; a step that would start with
+# less than its estimate left of DEADLINE seconds (default 450) is skipped
+# and says so. Output: $OUT/quality_sweep.txt (the table), one log per run.
+#
+# Before the call (on the development box):
+#   nice -n 10 make CUDA=1 CUDA_ARCHS=90 -j2 all
+#   sh bench/gpu/devkit.sh          (.devwork/kit: the tools' libraries)
+#   sh bench/gpu/shared.sh          (.devwork/shared.tar.xz: tiny-mistral-10m + calibration)
+# The call: bash bench/gpu/quality_sweep.sh, carry build-cuda .devwork/kit .devwork/shared.tar.xz
+# A plumbing check on a CPU box (minutes; numbers meaningless): SWEEP_DEVICE=cpu
+# TB_BIN=build/bin SWEEP_VARS="RECON_STEPS=2 DISTILL_STEPS=2" COMPARE_ARGS="--max-windows 2"
+# MI=../shared/models/tiny-mistral-10m MC=../shared/data/calib-tiny-mistral-10m-128x512.safetensors
+set -u
+OUT=${OUT:-/tmp/out}
+DEADLINE=${DEADLINE:-450}
+SWEEP_DEVICE=${SWEEP_DEVICE:-cuda}
+COMPARE_ARGS=${COMPARE_ARGS:---device cuda --precision f32}
+SWEEP_VARS=${SWEEP_VARS:-}
+mkdir -p "$OUT"
+if [ -z "${TB_BIN:-}" ]; then
+    . bench/gpu/devkit-env.sh .devwork/kit
+    if [ -f .devwork/shared.tar.xz ]; then
+        mkdir -p .devwork/shared && tar -C .devwork/shared -xJf .devwork/shared.tar.xz
+    fi
+fi
+B=${TB_BIN:-build-cuda/bin}
+B=$(cd "$B" && pwd)
+W=${WORK:-/tmp/qsweep}
+rm -rf "$W"
+mkdir -p "$W"
+T=$OUT/quality_sweep.txt
+echo "quality_sweep $(git rev-parse --short HEAD 2>/dev/null) $(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)" | tee "$T"
+printf '| model | variant | KL | top-1 | ppl | ppl dense | prune s | compare s |\n|---|---|---|---|---|---|---|---|\n' | tee -a "$T"
+
+# left NEED: true if NEED seconds remain of DEADLINE
+left() { [ $((DEADLINE - SECONDS)) -ge "$1" ]; }
+
+# score MODEL_NAME DENSE VARIANT DIR PRUNE_SECONDS
+score() {
+    local t0=$SECONDS
+    $B/tb-run -m "$4/model.tbm" --compare "$2" --ppl examples/data/wikitext2-test.txt $COMPARE_ARGS \
+        --quiet > "$OUT/$1-$3.compare" 2>&1
+    local rc=$? kl top1 ppl ref
+    kl=$(sed -n 's/^kl: //p' "$OUT/$1-$3.compare"); top1=$(sed -n 's/^top1: //p' "$OUT/$1-$3.compare")
+    ppl=$(sed -n 's/^ppl: //p' "$OUT/$1-$3.compare"); ref=$(sed -n 's/^ppl_ref: //p' "$OUT/$1-$3.compare")
+    [ $rc -eq 0 ] || kl="compare failed ($rc)"
+    echo "| $1 | $3 | $kl | $top1 | $ppl | $ref | $5 | $((SECONDS - t0)) |" | tee -a "$T"
+}
+
+# run MODEL_NAME VARIANT NEED DENSE CALIB [ARGS and VAR=VALUE ...]: prune-model.sh, then score
+run() {
+    local name=$1 var=$2 need=$3 dense=$4 calib=$5
+    shift 5
+    if ! left "$need"; then
+        echo "| $name | $var | skipped: $((DEADLINE - SECONDS)) s left, needs ~$need | | | | | |" | tee -a "$T"
+        return
+    fi
+    local dir=$W/$name-$var
+    if [ "$var" != base ]; then
+        [ -f "$W/$name-base/layerwise.tbm" ] || { echo "| $name | $var | no base run | | | | | |" | tee -a "$T"; return; }
+        cp -a "$W/$name-base" "$dir"
+        rm -f "$dir"/model.tbm "$dir"/model.*.tb "$dir"/model.tbm.ckpt "$dir"/gen.st
+    fi
+    local vars=() args=()
+    for a in "$@"; do case $a in *=*) vars+=("$a") ;; *) args+=("$a") ;; esac; done
+    local t0=$SECONDS
+    env TB=$B JOBS=2 DEVICE=$SWEEP_DEVICE QUIET=--quiet $SWEEP_VARS ${vars[@]+"${vars[@]}"} timeout $((DEADLINE - SECONDS)) \
+        examples/prune-model.sh "$dense" "$dir" 2:4 --calib-tokens "$calib" ${args[@]+"${args[@]}"} > "$OUT/$name-$var.log" 2>&1
+    local rc=$? secs=$((SECONDS - t0))
+    if [ $rc -ne 0 ]; then
+        echo "| $name | $var | prune failed ($rc, $secs s): $(tail -1 "$OUT/$name-$var.log" | cut -c1-80) | | | | | |" | tee -a "$T"
+        return
+    fi
+    score "$name" "$dense" "$var" "$dir" "$secs"
+}
+
+LL=tests/data/tiny-llama-6m
+LC=tests/data/tiny-llama-6m/calib-128x512.safetensors
+MI=${MI:-.devwork/shared/models/tiny-mistral-10m}
+MC=${MC:-.devwork/shared/data/calib-tiny-mistral-10m-128x512.safetensors}
+
+# estimates (s, prune + compare) from the 15:03 prune_device run (27.7 s for
+# llama's default recipe) and tb-distill's share; mistral about twice llama
+run llama base 60 $LL $LC
+run llama gen256 40 $LL $LC --gen-windows 256
+run llama gen1024 45 $LL $LC --gen-windows 1024
+run llama steps1000 60 $LL $LC DISTILL_STEPS=1000
+run llama gen1024-s1000 60 $LL $LC --gen-windows 1024 DISTILL_STEPS=1000
+if [ -d "$MI" ]; then
+    run mistral base 120 $MI $MC
+    run mistral gen256 70 $MI $MC --gen-windows 256
+    run mistral gen1024-s1000 110 $MI $MC --gen-windows 1024 DISTILL_STEPS=1000
+    run mistral steps1000 100 $MI $MC DISTILL_STEPS=1000
+else
+    echo "| mistral | all | no $MI: bench/gpu/shared.sh was not carried | | | | | |" | tee -a "$T"
+fi
+run llama gen2048-s2000 90 $LL $LC --gen-windows 2048 DISTILL_STEPS=2000
+echo "total $SECONDS s of DEADLINE $DEADLINE" | tee -a "$T"
