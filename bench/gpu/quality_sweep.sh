@@ -5,17 +5,18 @@
 # wikitext2-test.txt`, all windows, f32 on the GPU: test-cuda checks it
 # against the CPU to 1e-5), printed as one table (KL, top-1, ppl, times).
 #
-# Per model: the default recipe (examples/prune-model.sh) once; every other
-# variant starts from a copy of its directory with the distilled files
-# removed, so make re-runs only what differs (gen.st and tb-distill) - the
-# same commands prune-model.sh runs, with the layer stage shared. Variants:
-#   gen256            --gen-windows 256 (the dense model's own windows, 32-token
-#                     calibration prefixes, temperature 1; tb-run --sample-windows)
-#   gen1024           --gen-windows 1024
-#   steps1000         DISTILL_STEPS=1000 (calibration windows only: the
-#                     overfitting reference, BENCHMARKS.md)
+# Per model: the default recipe (examples/prune-model.sh: since this change
+# tb-distill also trains on 256 windows the dense model writes, --gen-windows
+# 256) once; every other variant starts from a copy of its directory with the
+# distilled files and gen.st removed, so make re-runs only what differs (gen.st
+# and tb-distill) - the same commands prune-model.sh runs, with the layer stage
+# shared. Variants:
+#   nogen             --gen-windows 0: the calibration windows only (the
+#                     previous default: KL 1.1827 on the H200 at 15:03)
 #   gen1024-s1000     --gen-windows 1024 DISTILL_STEPS=1000
+#   gen1024           --gen-windows 1024
 #   gen2048-s2000     --gen-windows 2048 DISTILL_STEPS=2000
+#   nogen-s1000       --gen-windows 0 DISTILL_STEPS=1000 (the overfitting reference)
 # in that order, llama's first, then mistral's; a step that would start with
 # less than its estimate left of DEADLINE seconds (default 450) is skipped
 # and says so. Output: $OUT/quality_sweep.txt (the table), one log per run.
@@ -26,7 +27,7 @@
 #   sh bench/gpu/shared.sh          (.devwork/shared.tar.xz: tiny-mistral-10m + calibration)
 # The call: bash bench/gpu/quality_sweep.sh, carry build-cuda .devwork/kit .devwork/shared.tar.xz
 # A plumbing check on a CPU box (minutes; numbers meaningless): SWEEP_DEVICE=cpu
-# TB_BIN=build/bin SWEEP_VARS="RECON_STEPS=2 DISTILL_STEPS=2" COMPARE_ARGS="--max-windows 2"
+# TB_BIN=build/bin SWEEP_VARS="RECON_STEPS=2 DISTILL_STEPS=2 GEN_PREFIX=500" COMPARE_ARGS="--max-windows 2"
 # MI=../shared/models/tiny-mistral-10m MC=../shared/data/calib-tiny-mistral-10m-128x512.safetensors
 set -u
 OUT=${OUT:-/tmp/out}
@@ -82,7 +83,7 @@ run() {
     local vars=() args=()
     for a in "$@"; do case $a in *=*) vars+=("$a") ;; *) args+=("$a") ;; esac; done
     local t0=$SECONDS
-    env TB=$B JOBS=2 DEVICE=$SWEEP_DEVICE QUIET=--quiet $SWEEP_VARS ${vars[@]+"${vars[@]}"} timeout $((DEADLINE - SECONDS)) \
+    env TB=$B JOBS=2 DEVICE=$SWEEP_DEVICE QUIET=--quiet ${vars[@]+"${vars[@]}"} $SWEEP_VARS timeout $((DEADLINE - SECONDS)) \
         examples/prune-model.sh "$dense" "$dir" 2:4 --calib-tokens "$calib" ${args[@]+"${args[@]}"} > "$OUT/$name-$var.log" 2>&1
     local rc=$? secs=$((SECONDS - t0))
     if [ $rc -ne 0 ]; then
@@ -99,18 +100,17 @@ MC=${MC:-.devwork/shared/data/calib-tiny-mistral-10m-128x512.safetensors}
 
 # estimates (s, prune + compare) from the 15:03 prune_device run (27.7 s for
 # llama's default recipe) and tb-distill's share; mistral about twice llama
-run llama base 60 $LL $LC
-run llama gen256 40 $LL $LC --gen-windows 256
-run llama gen1024 45 $LL $LC --gen-windows 1024
-run llama steps1000 60 $LL $LC DISTILL_STEPS=1000
-run llama gen1024-s1000 60 $LL $LC --gen-windows 1024 DISTILL_STEPS=1000
+run llama base 70 $LL $LC
+run llama nogen 40 $LL $LC --gen-windows 0
+run llama gen1024-s1000 80 $LL $LC --gen-windows 1024 DISTILL_STEPS=1000
 if [ -d "$MI" ]; then
     run mistral base 120 $MI $MC
-    run mistral gen256 70 $MI $MC --gen-windows 256
+    run mistral nogen 60 $MI $MC --gen-windows 0
     run mistral gen1024-s1000 110 $MI $MC --gen-windows 1024 DISTILL_STEPS=1000
-    run mistral steps1000 100 $MI $MC DISTILL_STEPS=1000
 else
     echo "| mistral | all | no $MI: bench/gpu/shared.sh was not carried | | | | | |" | tee -a "$T"
 fi
-run llama gen2048-s2000 90 $LL $LC --gen-windows 2048 DISTILL_STEPS=2000
+run llama gen1024 50 $LL $LC --gen-windows 1024
+run llama gen2048-s2000 130 $LL $LC --gen-windows 2048 DISTILL_STEPS=2000
+run llama nogen-s1000 60 $LL $LC --gen-windows 0 DISTILL_STEPS=1000
 echo "total $SECONDS s of DEADLINE $DEADLINE" | tee -a "$T"

@@ -7,7 +7,7 @@ load helpers
 setup_file() {
     export OUTD=$BATS_FILE_TMPDIR/out
     # 8 windows of 128 tokens: seconds, not minutes; quality is measured by bench/
-    WINDOWS=8 SEQLEN=128 RECON_STEPS=40 DISTILL_STEPS=10 TB=$TB_BIN JOBS=2 \
+    WINDOWS=8 SEQLEN=128 RECON_STEPS=40 DISTILL_STEPS=10 GEN_WINDOWS=6 TB=$TB_BIN JOBS=2 \
         "$BATS_TEST_DIRNAME/../../examples/prune-model.sh" "$TB_MODEL" "$OUTD" 2:4 >"$BATS_FILE_TMPDIR/log" 2>&1 ||
         { cat "$BATS_FILE_TMPDIR/log"; return 1; }
 }
@@ -20,6 +20,9 @@ setup_file() {
     # the last layer's output feeds nothing, so its partial model is never built
     [ -f "$OUTD/partial.4.tbm" ] && [ -f "$OUTD/stream.5.st" ] && [ ! -e "$OUTD/partial.5.tbm" ]
     [ -f "$OUTD/tokenizer.json" ]
+    # the dense model's own windows for tb-distill: 6 of the calibration length
+    run tb-inspect --json "$OUTD/gen.st"
+    python3 -c "import json, sys; d = json.loads(sys.argv[1]); assert d['tensors'][0]['shape'] == [6, 128] and d['metadata']['prefix'] == '32', d" "$output"
 }
 
 @test "every pruned weight is 2:4 and 42 of them are pruned" {
@@ -34,7 +37,7 @@ print(len(p), min(t['conforming_fraction'] for t in p), round(sum(t['sparsity'] 
 
 @test "the recipe records every stage with its command line" {
     run tb-inspect "$OUTD/model.tbm"
-    [[ "$output" == *"recipe: tb "*"tb-distill"*"--steps 10"* ]]
+    [[ "$output" == *"recipe: tb "*"tb-distill"*"--extra-tokens "*"gen.st --steps 10"* ]]
     [[ "$output" == *"recipe: tb "*"tb-recon"*"--steps 40"* ]]
     # N:M masks learned in the layer stage, on whichever device it runs
     [[ "$output" == *"recipe: tb "*"tb-recon"*"--learn-masks 10 --mask-decay 20"* ]]
