@@ -19,7 +19,8 @@
 #   nogen-s1000       --gen-windows 0 DISTILL_STEPS=1000 (the overfitting reference)
 # in that order, llama's first, then mistral's; a step that would start with
 # less than its estimate left of DEADLINE seconds (default 450) is skipped
-# and says so. Output: $OUT/quality_sweep.txt (the table), one log per run.
+# and says so; a prune is cut 30 s before DEADLINE so the last comparison
+# fits (the compare itself is not cut). Output: $OUT/quality_sweep.txt (the table), one log per run.
 #
 # Before the call (on the development box):
 #   nice -n 10 make CUDA=1 CUDA_ARCHS=90 -j2 all
@@ -83,10 +84,13 @@ run() {
     local vars=() args=()
     for a in "$@"; do case $a in *=*) vars+=("$a") ;; *) args+=("$a") ;; esac; done
     local t0=$SECONDS
-    env TB=$B JOBS=2 DEVICE=$SWEEP_DEVICE QUIET=--quiet ${vars[@]+"${vars[@]}"} $SWEEP_VARS timeout $((DEADLINE - SECONDS)) \
+    env TB=$B JOBS=2 DEVICE=$SWEEP_DEVICE QUIET=--quiet ${vars[@]+"${vars[@]}"} $SWEEP_VARS timeout $((DEADLINE - SECONDS - 30)) \
         examples/prune-model.sh "$dense" "$dir" 2:4 --calib-tokens "$calib" ${args[@]+"${args[@]}"} > "$OUT/$name-$var.log" 2>&1
     local rc=$? secs=$((SECONDS - t0))
-    if [ $rc -ne 0 ]; then
+    if [ $rc -eq 124 ]; then
+        echo "| $name | $var | timed out after $secs s (30 s kept for the comparison of the last run) | | | | | |" | tee -a "$T"
+        return
+    elif [ $rc -ne 0 ]; then
         echo "| $name | $var | prune failed ($rc, $secs s): $(tail -1 "$OUT/$name-$var.log" | cut -c1-80) | | | | | |" | tee -a "$T"
         return
     fi
