@@ -648,9 +648,11 @@ static int upload_bias(tb_cuda *cu, tb_dlinear *d, const tb_linear *L)
 //   kernels/cuda/tb_sp24.h (0.5625x the bytes of dense bf16), reordered on the
 //   device. cu_linear runs the implementation tb_cuda_sp24_choose names for
 //   the token count (its decision table, measured): our 2:4 GEMM at 1-16
-//   tokens (decode); cuSPARSELt from 1024 tokens (prefill) in a CUSPARSELT=1
-//   build; the dense copy through cuBLAS elsewhere (17-1023 tokens, every
-//   prefill without cuSPARSELt, shapes cuSPARSELt has no plan for; linear_dx).
+//   tokens (decode); cuSPARSELt in a CUSPARSELT=1 build from the count its
+//   per-shape rule gives (tb_cuda_sp24_cslt_min_tokens: 256, 512 or 1024
+//   tokens, never for fewer than 2048 rows); the dense copy through cuBLAS
+//   elsewhere (below that count, every prefill without cuSPARSELt, shapes
+//   cuSPARSELt has no plan for; linear_dx).
 // - anything else: the dense copy in the compute dtype, expanded on the device
 //   (k_nm_decode), as a dense weight has.
 //
@@ -658,9 +660,10 @@ static int upload_bias(tb_cuda *cu, tb_dlinear *d, const tb_linear *L)
 // form are each made from it on the device the first time an op needs them,
 // and kept with the weight. A run that only decodes (tb-run generation with a
 // prompt of at most 16 tokens) holds 0.5625x of dense bf16; one that prefills
-// at >= 1024 tokens through cuSPARSELt adds its form, ~0.5625x more (1.125x
-// in all, and never the dense copy); one that runs 17-1023 tokens, or prefills
-// without cuSPARSELt, holds the dense copy too (+1x), the price of the faster
+// through cuSPARSELt adds its form, ~0.5625x more (1.125x in all, and no
+// dense copy of the weights that rule sends there: a 7B model's k/v_proj at
+// 2048 tokens, and every weight at counts below its threshold, hold the dense
+// copy too, +1x), the price of the faster
 // implementation at each token count (expanding the dense copy per call
 // instead would add, by a count not a measurement, ~23 GB of traffic, ~5 ms
 // at the copy rate, to each ~40 ms 2048-token window of a 7B prefill). The

@@ -90,6 +90,9 @@ typedef enum {
     TB_SP24_PATH_DENSE = 2,  /* cuBLAS on the dense weight */
 } tb_sp24_path;
 tb_sp24_path tb_cuda_sp24_choose(int64_t rows, int64_t cols, int n, int have_cslt);
+/* The token count from which prefill runs cuSPARSELt for a W of rows x cols
+ * (the per-shape rule above tb_cuda_sp24_choose), or 0: never (dense). */
+int tb_cuda_sp24_cslt_min_tokens(int64_t rows, int64_t cols);
 
 /* ---- cuSPARSELt: the second implementation (kernels/cuda/tb_sp24_cslt.cu;
  * make CUDA=1 CUSPARSELT=1, never required) ----

@@ -1191,20 +1191,47 @@ extern "C" int tb_cuda_sp24_x_bf16(const tb_sp24_weight *w, const void *x, tb_dt
 //   128         | -                  | 0.31-0.91x (v3)        | 0.66-0.93x                  | dense
 //   1024-16384  | -                  | 0.77-0.84x (v3)        | 1.35-1.55x                  | cuSPARSELt
 //
-// 17-127 and 129-1023 tokens were not measured: dense there (the measured
-// neighbours lose to cuBLAS, or the win is unproven), cuSPARSELt from
-// CSLT_MIN_TOKENS = 1024, the smallest count measured where it wins on every
-// shape. The 7B k/v_proj shape (1024x4096) was not in that run: it takes the
-// same rule. Shape-independent so far because every measured shape agreed;
-// bench/gpu/sp24_prefill.sh times cuBLAS against cuSPARSELt at 256-2048
-// tokens on all four 7B shapes to move the boundary (NOTES-sp24.md).
-static const int CSLT_MIN_TOKENS = 1024;
+// Prefill (17+ tokens) is decided per shape, from the backend's own linear
+// (f32 x and y, as the forward calls it) timed by bench/gpu/sp24_prefill.sh on
+// an H200, 2026-12-02 14:43 (bench/gpu/results/sp24_prefill-2026-12-02-1443.txt;
+// cuBLAS dense bf16 time / cuSPARSELt 0.8.0 time, per call):
+//
+//   W (rows x cols)          | 128   256   512   1024  2048 tokens
+//   4096x4096  (q/o_proj)    | 0.76  0.83  0.91  1.20  1.21
+//   1024x4096  (k/v_proj)    | 0.88  0.66  0.69  0.85  0.99
+//   14336x4096 (gate/up)     | 0.83  1.17  1.29  1.10  1.13
+//   4096x14336 (down_proj)   | 0.71  0.95  1.27  1.43  1.40
+//
+// Read as a rule by shape, not by name, so other models' shapes get the
+// nearest measured behaviour:
+// - fewer than CSLT_MIN_ROWS = 2048 output rows: dense at every count (the
+//   1024-row k/v shape never won; 4096 rows did from 1024 tokens). Above 2048
+//   tokens unmeasured for it: dense there too until measured.
+// - a large weight (rows x cols >= CSLT_BIG = 2^25, 32 M entries: the two MLP
+//   shapes, 58.7 M): from 256 tokens when cols <= rows (gate/up: 1.17x at
+//   256, 0.83x at 128), from 512 when cols > rows (down_proj: 0.95x at 256,
+//   1.27x at 512; its x rows are 3.5x longer, so the operand conversion and
+//   the K loop cost more per token);
+// - otherwise (q/o's 16.8 M entries): from 1024 tokens (0.91x at 512).
+// Between measured counts: dense up to the first count where cuSPARSELt won.
+// The sp24_bench.sh run above agrees at 1024+ on the three shapes it had.
+// TB_SP24_PREFILL=cusparselt (the CUDA backend) overrides this for tests
+// and for re-measuring the table.
+static const int64_t CSLT_MIN_ROWS = 2048;
+static const int64_t CSLT_BIG = (int64_t)1 << 25;
+
+extern "C" int tb_cuda_sp24_cslt_min_tokens(int64_t rows, int64_t cols)
+{
+    if (rows < CSLT_MIN_ROWS) return 0;
+    if (rows * cols >= CSLT_BIG) return cols > rows ? 512 : 256;
+    return 1024;
+}
 
 extern "C" tb_sp24_path tb_cuda_sp24_choose(int64_t rows, int64_t cols, int n, int have_cslt)
 {
-    (void)rows, (void)cols;
     if (n <= SKINNY_MAX_N) return TB_SP24_PATH_KERNEL;
-    if (have_cslt && n >= CSLT_MIN_TOKENS) return TB_SP24_PATH_CSLT;
+    const int min_n = tb_cuda_sp24_cslt_min_tokens(rows, cols);
+    if (have_cslt && min_n > 0 && n >= min_n) return TB_SP24_PATH_CSLT;
     return TB_SP24_PATH_DENSE;
 }
 

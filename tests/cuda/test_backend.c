@@ -23,8 +23,10 @@
  * tolerance of the precision, the device reorder byte-exact against the
  * host's, the upload's bytes exact (written 2026-12-02, compiled; NOT yet
  * run on a GPU, so no largest-seen figures for them). In a CUSPARSELT=1 build,
- * bf16, 2:4 weights at prefill token counts run cuSPARSELt (test_sp24_prefill):
- * the GEMM tolerance, and no dense copy made.
+ * bf16, 2:4 weights at prefill token counts run cuSPARSELt where the per-shape
+ * rule sends them, small shapes on a second backend opened with
+ * TB_SP24_PREFILL=cusparselt (test_sp24_prefill): the GEMM tolerance, and no
+ * dense copy made; where the rule keeps a shape dense, no compressed form.
  *
  * Exit 0 with "skipped" when the build has no CUDA or no GPU is visible.
  * TB_TEST_QUICK=1 keeps the shapes small (for compute-sanitizer runs, with
@@ -816,48 +818,114 @@ static void test_sp24_linear(int rows, int cols, const char *kind, int with_bias
     free_linear(&h);
 }
 
-/* A packed 2:4 weight at a prefill token count in a CUSPARSELT=1 build, bf16:
- * cuSPARSELt runs it (tb_cuda_sp24_choose: from 1024 tokens) against the CPU
- * backend, output poisoned first, and afterwards the weight holds the 2:4 form
- * and cuSPARSELt's compressed one but no dense copy (what a prefill then costs
- * in memory). must_cslt 0: a token count the library may refuse (then the
- * dense copy runs it; the row says which ran). The small shapes run twice on
- * the same upload: the first call compresses and searches the algorithm, the
- * second reuses both. Shapes: small, a permutation with a bias, and the four
- * 7B ones. */
-static void test_sp24_prefill(int rows, int cols, const char *kind, int with_bias, int n, int must_cslt)
+/* The CUDA backend opened with TB_SP24_PREFILL=cusparselt (read at open):
+ * cuSPARSELt at every count above 16 tokens, whatever the per-shape rule
+ * says, so small shapes (which the rule keeps dense) still exercise it. Opened
+ * on first use, in bf16, with the environment's TB_CSLT_OUT as it is then. */
+static tb_backend Gf;
+static int gf_open;
+static tb_backend *forced_backend(void)
+{
+    if (gf_open) return &Gf;
+    const char *was = getenv("TB_SP24_PREFILL");
+    char keep[64];
+    snprintf(keep, sizeof keep, "%s", was ? was : "");
+    setenv("TB_SP24_PREFILL", "cusparselt", 1);
+    tb_backend_opts og = {.device = TB_DEVICE_CUDA, .gpu = 0, .precision = TB_PREC_BF16, .n_threads = 4};
+    int rc = tb_backend_open(&Gf, &og);
+    if (was) setenv("TB_SP24_PREFILL", keep, 1);
+    else unsetenv("TB_SP24_PREFILL");
+    if (rc) {
+        fprintf(stderr, "test-cuda: cuda backend (TB_SP24_PREFILL=cusparselt): %s\n", tb_errmsg());
+        exit(1);
+    }
+    gf_open = 1;
+    return &Gf;
+}
+static void forced_close(void)
+{
+    if (gf_open) tb_backend_close(&Gf);
+    gf_open = 0;
+}
+
+/* A packed 2:4 weight at a prefill token count in a CUSPARSELT=1 build, bf16,
+ * against the CPU backend, output poisoned first. The per-shape rule
+ * (tb_cuda_sp24_choose) must give `rule` for the shape and count; force 1
+ * runs it on the backend opened with TB_SP24_PREFILL=cusparselt instead (the
+ * small shapes, which the rule keeps dense). Expect cuSPARSELt (rule CSLT or
+ * force): afterwards the weight holds the 2:4 form and cuSPARSELt's compressed
+ * one but no dense copy (what a prefill then costs in memory); must_cslt 0: a
+ * token count the library may refuse (then the dense copy runs it; the row
+ * says which ran). Expect dense: the dense copy runs it and no compressed form
+ * is made (the rule is what the backend executes). The small shapes run twice
+ * on the same upload: the first call compresses and searches the algorithm,
+ * the second reuses both. */
+static void test_sp24_prefill(int rows, int cols, const char *kind, int with_bias, int n, tb_sp24_path rule, int force,
+                              int must_cslt)
 {
     if (!tb_cuda_cslt_built() || G.o.precision != TB_PREC_BF16) return;
+    tb_backend *g = force ? forced_backend() : &G;
     host_linear h;
     make_linear(&h, rows, cols, kind, with_bias);
     tb_dlinear dc, dg;
-    if (C.ops->linear_upload(&C, &dc, &h.L) || G.ops->linear_upload(&G, &dg, &h.L)) {
+    if (C.ops->linear_upload(&C, &dc, &h.L) || g->ops->linear_upload(g, &dg, &h.L)) {
         fprintf(stderr, "test-cuda: linear_upload: %s\n", tb_errmsg());
         exit(1);
     }
     char s[120];
-    snprintf(s, sizeof s, "%s%s %dx%d, n %d%s", kind, with_bias ? "+bias" : "", rows, cols, n,
-             getenv("TB_CSLT_OUT") ? ", bf16 out" : "");
-    row("2:4 prefill choice", s, tb_cuda_sp24_choose(rows, cols, n, 1) != TB_SP24_PATH_CSLT, 0);
+    snprintf(s, sizeof s, "%s%s %dx%d, n %d%s%s", kind, with_bias ? "+bias" : "", rows, cols, n,
+             force ? ", forced" : "", getenv("TB_CSLT_OUT") ? ", bf16 out" : "");
+    row("2:4 prefill rule", s, tb_cuda_sp24_choose(rows, cols, n, 1) != rule, 0);
+    const int want_cslt = force || rule == TB_SP24_PATH_CSLT;
     const int reps = (size_t)rows * cols <= (size_t)768 * 4096 ? 2 : 1; /* the CPU reference's time */
     for (int rep = 0; rep < reps; rep++) {
         float *x = hrand((size_t)n * cols, 1);
-        pair X = both(x, (size_t)n * cols), Y = both_poison((size_t)n * rows);
-        C.ops->linear(&C, &dc, X.c, n, Y.c);
-        G.ops->linear(&G, &dg, X.g, n, Y.g);
-        sync_both();
+        float *xc = put(&C, x, (size_t)n * cols * 4), *xg = put(g, x, (size_t)n * cols * 4);
+        float *yc = poison(&C, (size_t)n * rows), *yg = poison(g, (size_t)n * rows);
+        C.ops->linear(&C, &dc, xc, n, yc);
+        g->ops->linear(g, &dg, xg, n, yg);
+        if (C.ops->sync(&C) || g->ops->sync(g)) {
+            fprintf(stderr, "test-cuda: %s\n", tb_errmsg());
+            exit(1);
+        }
         const int forms = tb_cuda_sp24_forms(dg.sparse);
-        cmp(forms & TB_CUDA_FORM_CSLT ? (rep ? "linear cuSPARSELt 2nd" : "linear cuSPARSELt")
-                                      : "linear (dense copy)",
-            s, Y.c, Y.g, (size_t)n * rows, tol_gemm());
-        if (must_cslt)
+        float *hc = get(&C, yc, (size_t)n * rows), *hg = get(g, yg, (size_t)n * rows);
+        row(forms & TB_CUDA_FORM_CSLT ? (rep ? "linear cuSPARSELt 2nd" : "linear cuSPARSELt") : "linear (dense copy)", s,
+            rel_f32(hg, hc, (size_t)n * rows), tol_gemm());
+        free(hc), free(hg);
+        if (want_cslt && must_cslt)
             row("2:4 forms: no dense", s, forms != (TB_CUDA_FORM_SP24 | TB_CUDA_FORM_CSLT), 0);
-        pfree(X), pfree(Y);
+        if (!want_cslt)
+            row("2:4 forms: no cuSPARSELt", s, forms != (TB_CUDA_FORM_SP24 | TB_CUDA_FORM_DENSE), 0);
+        C.ops->free(&C, xc), C.ops->free(&C, yc);
+        g->ops->free(g, xg), g->ops->free(g, yg);
         free(x);
     }
     C.ops->linear_release(&C, &dc);
-    G.ops->linear_release(&G, &dg);
+    g->ops->linear_release(g, &dg);
     free_linear(&h);
+}
+
+/* The per-shape rule itself at the measured counts (tb_sp24_gemm.cu's table):
+ * the four 7B shapes at 128-2048 tokens, and decode's kernel at 16. */
+static void test_sp24_rule(void)
+{
+    const struct {
+        int rows, cols, from; /* cuSPARSELt from this count; 0 never */
+    } sh[] = {{4096, 4096, 1024}, {1024, 4096, 0}, {14336, 4096, 256}, {4096, 14336, 512}, {256, 768, 0}};
+    const int ns[] = {17, 128, 256, 512, 1024, 2048};
+    for (size_t i = 0; i < sizeof sh / sizeof *sh; i++) {
+        int bad = tb_cuda_sp24_choose(sh[i].rows, sh[i].cols, 16, 1) != TB_SP24_PATH_KERNEL;
+        for (size_t k = 0; k < sizeof ns / sizeof *ns; k++) {
+            const int n = ns[k];
+            tb_sp24_path want = sh[i].from && n >= sh[i].from ? TB_SP24_PATH_CSLT : TB_SP24_PATH_DENSE;
+            bad += tb_cuda_sp24_choose(sh[i].rows, sh[i].cols, n, 1) != want;
+            bad += tb_cuda_sp24_choose(sh[i].rows, sh[i].cols, n, 0) != TB_SP24_PATH_DENSE;
+        }
+        char s[64];
+        snprintf(s, sizeof s, "%dx%d, n 16-2048", sh[i].rows, sh[i].cols);
+        row("2:4 prefill rule", s, bad, 0);
+    }
 }
 
 /* The device reorder (linear_upload's) against the host one (tb_sp24_reorder),
@@ -1180,16 +1248,22 @@ static void run_sp24(void)
         test_sp24_linear(768, 4096, "2:4 perm", 1);
         test_sp24_linear(4096, 14336, "2:4", 0); /* a 7B down_proj */
     }
-    /* 2:4 weights at prefill through cuSPARSELt (CUSPARSELT=1 builds, bf16) */
-    test_sp24_prefill(256, 768, "2:4", 1, 1024, 1);
+    /* 2:4 weights at prefill through cuSPARSELt (CUSPARSELT=1 builds, bf16):
+     * the rule at the 7B shapes; small shapes forced through cuSPARSELt */
+    const tb_sp24_path D = TB_SP24_PATH_DENSE, S = TB_SP24_PATH_CSLT;
+    test_sp24_rule();
+    test_sp24_prefill(256, 768, "2:4", 1, 1024, D, 1, 1);
     if (!quick) {
-        test_sp24_prefill(768, 4096, "2:4 perm", 1, 1024, 1);
-        test_sp24_prefill(4096, 4096, "2:4", 0, 1031, 0); /* an odd token count */
-        test_sp24_prefill(4096, 4096, "2:4", 0, 2048, 1);  /* q/o_proj */
-        test_sp24_prefill(1024, 4096, "2:4", 0, 2048, 1);  /* k/v_proj */
-        test_sp24_prefill(14336, 4096, "2:4", 0, 2048, 1); /* gate/up_proj */
-        test_sp24_prefill(4096, 14336, "2:4", 0, 2048, 1); /* down_proj */
+        test_sp24_prefill(768, 4096, "2:4 perm", 1, 1024, D, 1, 1);
+        test_sp24_prefill(4096, 4096, "2:4", 0, 1031, S, 0, 0); /* an odd token count */
+        test_sp24_prefill(4096, 4096, "2:4", 0, 2048, S, 0, 1);  /* q/o_proj */
+        test_sp24_prefill(1024, 4096, "2:4", 0, 2048, D, 0, 0);  /* k/v_proj: the rule keeps it dense */
+        test_sp24_prefill(14336, 4096, "2:4", 0, 256, S, 0, 1);  /* gate/up_proj at its threshold */
+        test_sp24_prefill(14336, 4096, "2:4", 0, 2048, S, 0, 1); /* gate/up_proj */
+        test_sp24_prefill(4096, 14336, "2:4", 0, 256, D, 0, 0);  /* down_proj below its threshold */
+        test_sp24_prefill(4096, 14336, "2:4", 0, 2048, S, 0, 1); /* down_proj */
     }
+    forced_close();
 }
 
 static void run_all(void)
@@ -1489,8 +1563,9 @@ int main(void)
         }
         prec_name = "bf16";
         printf("== %s, TB_CSLT_OUT=bf16\n", G.desc);
-        test_sp24_prefill(256, 768, "2:4", 1, 1024, 1);
-        if (!quick) test_sp24_prefill(768, 4096, "2:4 perm", 1, 1024, 1);
+        test_sp24_prefill(256, 768, "2:4", 1, 1024, TB_SP24_PATH_DENSE, 1, 1);
+        if (!quick) test_sp24_prefill(768, 4096, "2:4 perm", 1, 1024, TB_SP24_PATH_DENSE, 1, 1);
+        forced_close();
         if (G.ops->sync(&G)) {
             fprintf(stderr, "test-cuda: %s\n", tb_errmsg());
             n_fail++;
