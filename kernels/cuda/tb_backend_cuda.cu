@@ -186,11 +186,14 @@ __global__ void k_scaled_diff(float *d, const float *a, const float *c, float sc
         d[i] = scale * (a[i] - c[i]);
 }
 
-__global__ void k_swiglu(float *out, const float *gate, const float *up, size_t count)
+// ob: NULL, or also out rounded to bf16 (the next linear's operand; "bf16 operands")
+__global__ void k_swiglu(float *out, const float *gate, const float *up, size_t count, __nv_bfloat16 *ob)
 {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x) {
         float g = gate[i];
-        out[i] = g / (1.0f + expf(-g)) * up[i];
+        const float o = g / (1.0f + expf(-g)) * up[i];
+        out[i] = o;
+        if (ob) ob[i] = __float2bfloat16_rn(o);
     }
 }
 
@@ -259,7 +262,9 @@ __device__ void block_argmax(float &v, int &idx, float *shv, int *shi)
 
 constexpr int kRowThreads = 256;
 
-__global__ void k_rmsnorm(float *y, float *inv_rms, const float *x, const float *w, int d, float eps)
+// yb: NULL, or also y rounded to bf16 (the next linears' operand; "bf16 operands")
+__global__ void k_rmsnorm(float *y, float *inv_rms, const float *x, const float *w, int d, float eps,
+                          __nv_bfloat16 *yb)
 {
     __shared__ double sh[32];
     const size_t row = blockIdx.x;
@@ -270,7 +275,12 @@ __global__ void k_rmsnorm(float *y, float *inv_rms, const float *x, const float 
     ss = block_sum(ss, sh);
     const float r = 1.0f / sqrtf((float)(ss / d) + eps);
     if (inv_rms && threadIdx.x == 0) inv_rms[row] = r;
-    for (int j = threadIdx.x; j < d; j += blockDim.x) yr[j] = w[j] * (xr[j] * r); // each j read, then written, by one thread
+    // each j read, then written, by one thread (y may be x)
+    for (int j = threadIdx.x; j < d; j += blockDim.x) {
+        const float v = w[j] * (xr[j] * r);
+        yr[j] = v;
+        if (yb) yb[row * d + j] = __float2bfloat16_rn(v);
+    }
 }
 
 __global__ void k_rmsnorm_backward(float *dx, const float *dy, const float *x, const float *inv_rms, const float *w,
@@ -1002,6 +1012,77 @@ static const void *operand(tb_cuda *cu, const float *x, size_t count, size_t off
     return ws + off;
 }
 
+// ---- bf16 operands
+//
+// In bf16 every linear reads its f32 x as a bf16 copy: cuBLAS through
+// operand() above, cuSPARSELt through its own conversion pass. At prefill
+// counts that pass is a read of 4 and a write of 2 bytes per value, per
+// linear: a 7B layer converts its rmsnorm output three times (q, k, v) and
+// twice (gate, up), and swiglu's [n, 14336] once, ~0.46 GB of traffic a layer
+// at 2048 tokens. Instead the ops that write the linears' inputs (rmsnorm,
+// swiglu) also write the bf16 copy, from the f32 value they hold in a
+// register (the same rounding, __float2bfloat16_rn, the conversion applies:
+// the linears see identical operands), into cu->xb; a linear uses it when it
+// reads the same pointer and no other op has entered since (cu->seq: every
+// op counts itself in tb_cu), and keeps it valid for the next linear unless
+// its y overlaps the source (q, k, v in a row; gate, up). Anything else that
+// enters the backend makes it stale, so the f32 array stays the truth; the
+// one gap is device memory written outside the ops table between the op and
+// the linear (no caller does). Made only in bf16, by rmsnorm at n > 16 rows
+// and by swiglu at >= XB_MIN values (prefill: decode, whose swiglu is one row
+// of at most a few 10^4 values, is left as it is), and never while the stream
+// is being captured into a graph (the buffer may grow, which syncs).
+static const size_t XB_MIN = (size_t)1 << 16;
+
+// the bf16 buffer for an op about to write `count` f32 values at src, or NULL
+// (then the op writes f32 only); the caller launches the writing kernel next
+static __nv_bfloat16 *xb_claim(tb_cuda *cu, const float *src, size_t count)
+{
+    cu->xb_src = NULL;
+    if (!cu->bf16 || cu->err || !count) return NULL;
+    cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(cu->stream, &cap) != cudaSuccess || cap != cudaStreamCaptureStatusNone) {
+        cudaGetLastError();
+        return NULL;
+    }
+    if (count * 2 > cu->xb_cap) {
+        // the old buffer may still be read by issued linears
+        if (TB_CU_CHECK(cu, cudaStreamSynchronize(cu->stream), "bf16 operands")) return NULL;
+        cudaFree(cu->xb);
+        cu->xb = NULL;
+        cu->xb_cap = 0;
+        const size_t want = count * 2 + count / 4; // headroom, as tb_cuda_ws
+        if (cudaMalloc(&cu->xb, want) != cudaSuccess) {
+            cudaGetLastError(); // no room: the linears convert as before (an optimisation, never an error)
+            cu->xb = NULL;
+            return NULL;
+        }
+        cu->xb_cap = want;
+    }
+    cu->xb_src = src;
+    cu->xb_count = count;
+    cu->xb_seq = cu->seq;
+    return (__nv_bfloat16 *)cu->xb;
+}
+
+// the bf16 copy of x [count] an op made for this linear (entered just after
+// it, or after linears that kept it), or NULL
+static const void *xb_find(const tb_cuda *cu, const float *x, size_t count)
+{
+    if (cu->xb_src && cu->xb_src == x && count <= cu->xb_count && cu->xb_seq + 1 == cu->seq) return cu->xb;
+    return NULL;
+}
+
+// after a linear that wrote y [count]: the copy stays valid for the next op if
+// y does not overlap its source
+static void xb_keep(tb_cuda *cu, const float *y, size_t count)
+{
+    if (!cu->xb_src || cu->xb_seq + 1 != cu->seq) return;
+    const float *s0 = cu->xb_src, *s1 = cu->xb_src + cu->xb_count;
+    if (y < s1 && s0 < y + count) cu->xb_src = NULL;
+    else cu->xb_seq = cu->seq;
+}
+
 // y = x W^T (+ bias) on the sparse tensor cores (x f32, converted by the kernel's x pass)
 static void sparse_linear(tb_cuda *cu, const tb_dlinear *W, const float *x, int n, float *y)
 {
@@ -1013,9 +1094,10 @@ static void sparse_linear(tb_cuda *cu, const tb_dlinear *W, const float *x, int 
         tb_cuda_set_error(cu, TB_EIO, "%s", tb_errmsg());
 }
 
-// y = x W^T (+ bias) through cuSPARSELt: 1 if it ran (or recorded an error),
-// 0 if the library has no plan for this shape (the caller runs the dense copy)
-static int cslt_linear(tb_cuda *cu, const tb_dlinear *W, const float *x, int n, float *y)
+// y = x W^T (+ bias) through cuSPARSELt (xb: x's bf16 copy or NULL): 1 if it ran
+// (or recorded an error), 0 if the library has no plan for this shape (the
+// caller runs the dense copy)
+static int cslt_linear(tb_cuda *cu, const tb_dlinear *W, const float *x, const void *xb, int n, float *y)
 {
     // the plans promise the library 16-byte aligned operands; y may be written in place
     if ((uintptr_t)y % 16 || !tb_cuda_cslt_supports(cu->cslt, W->rows, W->cols, n)) return 0;
@@ -1025,17 +1107,26 @@ static int cslt_linear(tb_cuda *cu, const tb_dlinear *W, const float *x, int n, 
                           W->host && W->host->name ? W->host->name : "?");
         return 1;
     }
-    if (tb_cuda_cslt_linear(cu->cslt, &s->sp, s->comp, x, n, y, W->bias, cu->stream))
+    if (tb_cuda_cslt_linear(cu->cslt, &s->sp, s->comp, x, xb, n, y, W->bias, cu->stream))
         tb_cuda_set_error(cu, TB_EIO, "%s", tb_errmsg());
     return 1;
 }
 
 // y[n, rows] = x[n, cols] W^T (+ bias). Column-major: y^T = W x^T, W^T being W read column-major.
 // A 2:4 weight runs what tb_cuda_sp24_choose names for n: the 2:4 GEMM, cuSPARSELt, or its dense copy.
+static void linear_body(tb_cuda *cu, const tb_dlinear *W, const float *x, const void *xb, int n, float *y);
+
 static void cu_linear(tb_backend *b, const tb_dlinear *W, const float *x, int n, float *y)
 {
     tb_cuda *cu = tb_cu(b);
     if (cu->err || n <= 0) return;
+    const void *xb = n > 16 ? xb_find(cu, x, (size_t)n * W->cols) : NULL; // prefill: a bf16 x made by its op
+    linear_body(cu, W, x, xb, n, y);
+    xb_keep(cu, y, (size_t)n * W->rows);
+}
+
+static void linear_body(tb_cuda *cu, const tb_dlinear *W, const float *x, const void *xb, int n, float *y)
+{
     tb_sp24_path path = W->sparse ? tb_cuda_sp24_choose(W->rows, W->cols, n, cu->cslt != NULL)
                                   : TB_SP24_PATH_DENSE;
     if (path == TB_SP24_PATH_DENSE && W->sparse && cu->cslt && cu->cslt_always) path = TB_SP24_PATH_CSLT;
@@ -1048,7 +1139,7 @@ static void cu_linear(tb_backend *b, const tb_dlinear *W, const float *x, int n,
     }
     if (path == TB_SP24_PATH_CSLT) {
         TB_RANGE_PUSH("linear 2:4 cuSPARSELt");
-        const int ran = cslt_linear(cu, W, x, n, y);
+        const int ran = cslt_linear(cu, W, x, xb, n, y);
         TB_RANGE_POP();
         if (ran) return;
     }
@@ -1062,7 +1153,7 @@ static void cu_linear(tb_backend *b, const tb_dlinear *W, const float *x, int n,
         return;
     }
     const size_t xc = (size_t)n * W->cols;
-    const void *xo = operand(cu, x, xc, 0, xc * 2);
+    const void *xo = xb ? xb : operand(cu, x, xc, 0, xc * 2);
     float beta = 0.0f;
     if (xo && W->bias) {
         k_bias_rows<<<blocks_for((size_t)n * W->rows, 256), 256, 0, cu->stream>>>(y, W->bias, n, W->rows);
@@ -1185,7 +1276,8 @@ static void cu_rmsnorm(tb_backend *b, float *y, float *inv_rms, const float *x, 
 {
     tb_cuda *cu = tb_cu(b);
     if (cu->err || n <= 0) return;
-    k_rmsnorm<<<n, kRowThreads, 0, cu->stream>>>(y, inv_rms, x, w, d, eps);
+    __nv_bfloat16 *yb = n > 16 ? xb_claim(cu, y, (size_t)n * d) : NULL; // prefill: the next linears' operand
+    k_rmsnorm<<<n, kRowThreads, 0, cu->stream>>>(y, inv_rms, x, w, d, eps, yb);
     TB_CU_LAUNCHED(cu, "rmsnorm");
 }
 
@@ -1307,7 +1399,8 @@ static void cu_swiglu(tb_backend *b, float *out, const float *gate, const float 
 {
     tb_cuda *cu = tb_cu(b);
     if (cu->err || !count) return;
-    k_swiglu<<<blocks_for(count, 256), 256, 0, cu->stream>>>(out, gate, up, count);
+    __nv_bfloat16 *ob = count >= XB_MIN ? xb_claim(cu, out, count) : NULL; // down_proj's operand (not at decode)
+    k_swiglu<<<blocks_for(count, 256), 256, 0, cu->stream>>>(out, gate, up, count, ob);
     TB_CU_LAUNCHED(cu, "swiglu");
 }
 
@@ -1651,6 +1744,7 @@ static void cu_close(tb_backend *b)
     cudaSetDevice(cu->dev);
     if (cu->stream) cudaStreamSynchronize(cu->stream);
     cudaFree(cu->ws);
+    cudaFree(cu->xb);
     free(cu->host);
     tb_cuda_cslt_close(cu->cslt);
     if (cu->blas) cublasDestroy(cu->blas);

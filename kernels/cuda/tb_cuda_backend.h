@@ -37,14 +37,25 @@ struct tb_cuda {
     struct tb_cslt *cslt;
     int cslt_always;      /* TB_SP24_PREFILL=cusparselt: cuSPARSELt at every count above 16 tokens */
     int no_graph;         /* TB_CUDA_GRAPH=0: graph_begin refuses (decode runs plain launches) */
+    /* bf16 operands made by the op that writes an activation (tb_backend_cuda.cu
+     * "bf16 operands"): seq counts op entries (tb_cu); xb holds the bf16 copy of
+     * xb_count floats at xb_src, made by the op that entered as number xb_seq */
+    unsigned long long seq;
+    const float *xb_src;
+    size_t xb_count;
+    unsigned long long xb_seq;
+    void *xb;
+    size_t xb_cap;
 };
 
-/* every op enters through here: make this backend's GPU current on the calling
- * thread (a tool may call from another thread than the one that opened it, or
- * hold backends on two GPUs); cheap when it already is */
+/* every op enters through here (and counts itself, cu->seq): make this
+ * backend's GPU current on the calling thread (a tool may call from another
+ * thread than the one that opened it, or hold backends on two GPUs); cheap
+ * when it already is */
 static inline tb_cuda *tb_cu(tb_backend *b)
 {
     tb_cuda *cu = (tb_cuda *)b->impl;
+    cu->seq++; /* an op began: an earlier op's bf16 operand is stale unless a linear keeps it (cu_linear) */
     int cur = -1;
     if (cudaGetDevice(&cur) != cudaSuccess || cur != cu->dev) cudaSetDevice(cu->dev);
     return cu;

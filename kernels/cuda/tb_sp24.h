@@ -6,7 +6,7 @@
  *   tb_cuda_sp24_prepare(&w, values, indices, rows, cols, perm); // once, at load
  *   switch (tb_cuda_sp24_choose(rows, cols, n, have_cusparselt)) {
  *   case TB_SP24_PATH_KERNEL: tb_cuda_sp24_linear(&w, x, TB_F32, n, y, TB_F32, bias, ws, stream, TB_SP24_AUTO); break;
- *   case TB_SP24_PATH_CSLT:   tb_cuda_cslt_linear(ctx, &w, comp, x, n, y, bias, stream); break; // CUSPARSELT=1
+ *   case TB_SP24_PATH_CSLT:   tb_cuda_cslt_linear(ctx, &w, comp, x, NULL, n, y, bias, stream); break; // CUSPARSELT=1
  *   case TB_SP24_PATH_DENSE:  ... cuBLAS on a dense copy (tb_cuda_sp24_to_dense) ...
  *   }
  *   tb_cuda_sp24_release(&w);
@@ -120,10 +120,12 @@ int tb_cuda_cslt_compress(tb_cslt *c, const tb_sp24_weight *w, void **comp, size
 int tb_cuda_cslt_supports(tb_cslt *c, int64_t rows, int64_t cols, int n);
 /* y[n, rows] (f32, overwritten) = x[n, cols] (f32, model channel order) W^T
  * (+ bias[rows], f32, may be NULL), on `stream`; comp from tb_cuda_cslt_compress.
- * The shape must be one tb_cuda_cslt_supports accepted. Asynchronous, except
- * for a plan's first run (the algorithm search) and scratch growth. */
-int tb_cuda_cslt_linear(tb_cslt *c, const tb_sp24_weight *w, const void *comp, const float *x, int n, float *y,
-                        const float *bias, void *stream);
+ * x_bf16: NULL, or x already rounded to bf16 (same layout, 16-byte aligned):
+ * read in place when W has no permutation, else gathered from it, so x is not
+ * read. The shape must be one tb_cuda_cslt_supports accepted. Asynchronous,
+ * except for a plan's first run (the algorithm search) and scratch growth. */
+int tb_cuda_cslt_linear(tb_cslt *c, const tb_sp24_weight *w, const void *comp, const float *x, const void *x_bf16,
+                        int n, float *y, const float *bias, void *stream);
 
 #ifdef __cplusplus
 }

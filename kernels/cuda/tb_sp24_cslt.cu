@@ -313,8 +313,8 @@ extern "C" int tb_cuda_cslt_supports(tb_cslt *c, int64_t rows, int64_t cols, int
     return p && p->ok;
 }
 
-extern "C" int tb_cuda_cslt_linear(tb_cslt *c, const tb_sp24_weight *w, const void *comp, const float *x, int n,
-                                   float *y, const float *bias, void *stream)
+extern "C" int tb_cuda_cslt_linear(tb_cslt *c, const tb_sp24_weight *w, const void *comp, const float *x,
+                                   const void *x_bf16, int n, float *y, const float *bias, void *stream)
 {
     if (n <= 0) return TB_OK;
     cudaStream_t st = (cudaStream_t)stream;
@@ -327,14 +327,19 @@ retry:
     const size_t xb = align256((size_t)n * w->cols * 2), yb = p->out_f32 ? 0 : align256((size_t)n * w->rows * 2);
     char *sc = (char *)scratch(c, xb + yb + p->ws, st);
     if (!sc) return TB_EIO;
-    int rc = tb_cuda_sp24_x_bf16(w, x, TB_F32, n, sc, stream);
+    // B: x as bf16 rows in W's stored column order; the caller's bf16 copy as
+    // it is when there is no permutation, else gathered (from bf16 if given)
+    const int own_x = !x_bf16 || w->perm;
+    const void *B = own_x ? (const void *)sc : x_bf16;
+    int rc = own_x ? tb_cuda_sp24_x_bf16(w, x_bf16 ? x_bf16 : (const void *)x, x_bf16 ? TB_BF16 : TB_F32, n, sc, stream)
+                   : TB_OK;
     if (rc) return rc;
     void *d = p->out_f32 ? (void *)y : (void *)(sc + xb);
     const float one = 1.0f, zero = 0.0f;
     cusparseStatus_t s;
     if (!p->searched) {
         // the algorithm search runs the product several times, beta 0, into the real output
-        s = cusparseLtMatmulSearch(&c->h, &p->plan, &one, comp, sc, &zero, d, d, sc + xb + yb, &st, 1);
+        s = cusparseLtMatmulSearch(&c->h, &p->plan, &one, comp, B, &zero, d, d, sc + xb + yb, &st, 1);
         if (s != CUSPARSE_STATUS_SUCCESS && p->out_f32) {
             // an f32-output plan the library made but will not run: the bf16-output one instead
             destroy_plan(p);
@@ -352,7 +357,11 @@ retry:
             p->ws = ws;
             char *grown = (char *)scratch(c, xb + yb + p->ws, st);
             if (!grown) return TB_EIO;
-            if (grown != sc && (rc = tb_cuda_sp24_x_bf16(w, x, TB_F32, n, grown, stream))) return rc;
+            if (grown != sc && own_x &&
+                (rc = tb_cuda_sp24_x_bf16(w, x_bf16 ? x_bf16 : (const void *)x, x_bf16 ? TB_BF16 : TB_F32, n, grown,
+                                          stream)))
+                return rc;
+            if (own_x) B = grown;
             sc = grown;
             d = p->out_f32 ? (void *)y : (void *)(sc + xb);
         }
@@ -364,7 +373,7 @@ retry:
         if (e != cudaSuccess) return cuda_fail(e, "bias launch");
         beta = &one;
     }
-    s = cusparseLtMatmul(&c->h, &p->plan, &one, comp, sc, beta, d, d, sc + xb + yb, &st, 1);
+    s = cusparseLtMatmul(&c->h, &p->plan, &one, comp, B, beta, d, d, sc + xb + yb, &st, 1);
     if (s != CUSPARSE_STATUS_SUCCESS) return cslt_fail(s, "matmul");
     if (!p->out_f32) {
         cslt_y_out<<<1024, 256, 0, st>>>((const __nv_bfloat16 *)d, bias, n, w->rows, y);
@@ -403,10 +412,10 @@ extern "C" int tb_cuda_cslt_supports(tb_cslt *c, int64_t rows, int64_t cols, int
     (void)c, (void)rows, (void)cols, (void)n;
     return 0;
 }
-extern "C" int tb_cuda_cslt_linear(tb_cslt *c, const tb_sp24_weight *w, const void *comp, const float *x, int n,
-                                   float *y, const float *bias, void *stream)
+extern "C" int tb_cuda_cslt_linear(tb_cslt *c, const tb_sp24_weight *w, const void *comp, const float *x,
+                                   const void *x_bf16, int n, float *y, const float *bias, void *stream)
 {
-    (void)c, (void)w, (void)comp, (void)x, (void)n, (void)y, (void)bias, (void)stream;
+    (void)c, (void)w, (void)comp, (void)x, (void)x_bf16, (void)n, (void)y, (void)bias, (void)stream;
     return tb_fail(TB_EUSAGE, "cuSPARSELt: not in this build");
 }
 #endif

@@ -1232,6 +1232,123 @@ static void test_learnmask(int rows, int cols, int T, int n, int m, int steps)
     free(wc), free(wg), free(oc), free(og), free(xin);
 }
 
+/* bf16 operands (tb_backend_cuda.cu): at prefill counts in bf16, rmsnorm and
+ * swiglu also write their output as bf16 for the linears that read it next,
+ * which then skip their own conversion. The CPU backend runs the same
+ * sequence: the f32 outputs as before (rmsnorm's and swiglu's tolerances),
+ * linears on the copy (q, k, v-like in a row, one with a bias), a linear after
+ * another op changed the array (a stale copy would be off by far more than the
+ * GEMM tolerance), swiglu in place, and a linear on only a prefix of the rows.
+ * In f32 no copy is made: the same sequence is plain parity. */
+static void test_bf16_operands(int n, int d, int F)
+{
+    char s[80];
+    snprintf(s, sizeof s, "n %d, d %d, F %d", n, d, F);
+    const size_t nd = (size_t)n * d, nf = (size_t)n * F;
+    float *x = hrand(nd, 2), *w = hrand(d, 1), *z = hrand(nd, 1), *g = hrand(nf, 4), *u = hrand(nf, 2);
+    host_linear hq, hk, hdn;
+    make_linear(&hq, 256, d, "bf16", 1);
+    make_linear(&hk, 128, d, "bf16", 0);
+    make_linear(&hdn, d, F, "bf16", 0);
+    tb_dlinear qc, qg, kc, kg, dc, dg;
+    if (C.ops->linear_upload(&C, &qc, &hq.L) || G.ops->linear_upload(&G, &qg, &hq.L) ||
+        C.ops->linear_upload(&C, &kc, &hk.L) || G.ops->linear_upload(&G, &kg, &hk.L) ||
+        C.ops->linear_upload(&C, &dc, &hdn.L) || G.ops->linear_upload(&G, &dg, &hdn.L)) {
+        fprintf(stderr, "test-cuda: linear_upload: %s\n", tb_errmsg());
+        exit(1);
+    }
+    pair X = both(x, nd), W = both(w, d), Z = both(z, nd), Y = both_poison(nd), R = both_poison(n);
+    pair Q = both_poison((size_t)n * 256), K = both_poison((size_t)n * 128), Q2 = both_poison((size_t)n * 256);
+    C.ops->rmsnorm(&C, Y.c, R.c, X.c, W.c, n, d, 1e-5f);
+    G.ops->rmsnorm(&G, Y.g, R.g, X.g, W.g, n, d, 1e-5f);
+    C.ops->linear(&C, &qc, Y.c, n, Q.c);
+    G.ops->linear(&G, &qg, Y.g, n, Q.g);
+    C.ops->linear(&C, &kc, Y.c, n, K.c);
+    G.ops->linear(&G, &kg, Y.g, n, K.g);
+    cmp("rmsnorm -> bf16 op", s, Y.c, Y.g, nd, 1e-5);
+    cmp("linear on rmsnorm's", s, Q.c, Q.g, (size_t)n * 256, tol_gemm());
+    cmp("2nd linear on it", s, K.c, K.g, (size_t)n * 128, tol_gemm());
+    /* y changed by another op: the linear must read the new values */
+    C.ops->rmsnorm(&C, Y.c, NULL, X.c, W.c, n, d, 1e-5f);
+    G.ops->rmsnorm(&G, Y.g, NULL, X.g, W.g, n, d, 1e-5f);
+    C.ops->add(&C, Y.c, Y.c, Z.c, nd);
+    G.ops->add(&G, Y.g, Y.g, Z.g, nd);
+    C.ops->linear(&C, &qc, Y.c, n, Q2.c);
+    G.ops->linear(&G, &qg, Y.g, n, Q2.g);
+    cmp("linear after an add", s, Q2.c, Q2.g, (size_t)n * 256, tol_gemm());
+    /* a linear on the first 17 rows of rmsnorm's output */
+    C.ops->rmsnorm(&C, Y.c, NULL, X.c, W.c, n, d, 1e-5f);
+    G.ops->rmsnorm(&G, Y.g, NULL, X.g, W.g, n, d, 1e-5f);
+    pair K17 = both_poison((size_t)17 * 128);
+    C.ops->linear(&C, &kc, Y.c, 17, K17.c);
+    G.ops->linear(&G, &kg, Y.g, 17, K17.g);
+    cmp("linear on 17 rows", s, K17.c, K17.g, (size_t)17 * 128, tol_gemm());
+    pfree(K17);
+    /* swiglu -> down_proj, out of place and in place */
+    pair Gt = both(g, nf), U = both(u, nf), A = both_poison(nf), O = both_poison(nd), O2 = both_poison(nd);
+    C.ops->swiglu(&C, A.c, Gt.c, U.c, nf);
+    G.ops->swiglu(&G, A.g, Gt.g, U.g, nf);
+    C.ops->linear(&C, &dc, A.c, n, O.c);
+    G.ops->linear(&G, &dg, A.g, n, O.g);
+    cmp("swiglu -> bf16 op", s, A.c, A.g, nf, 1e-6);
+    cmp("linear on swiglu's", s, O.c, O.g, nd, tol_gemm());
+    C.ops->swiglu(&C, Gt.c, Gt.c, U.c, nf);
+    G.ops->swiglu(&G, Gt.g, Gt.g, U.g, nf);
+    C.ops->linear(&C, &dc, Gt.c, n, O2.c);
+    G.ops->linear(&G, &dg, Gt.g, n, O2.g);
+    cmp("linear on swiglu's (in place)", s, O2.c, O2.g, nd, tol_gemm());
+    pfree(X), pfree(W), pfree(Z), pfree(Y), pfree(R), pfree(Q), pfree(K), pfree(Q2);
+    pfree(Gt), pfree(U), pfree(A), pfree(O), pfree(O2);
+    C.ops->linear_release(&C, &qc), G.ops->linear_release(&G, &qg);
+    C.ops->linear_release(&C, &kc), G.ops->linear_release(&G, &kg);
+    C.ops->linear_release(&C, &dc), G.ops->linear_release(&G, &dg);
+    free_linear(&hq), free_linear(&hk), free_linear(&hdn);
+    free(x), free(w), free(z), free(g), free(u);
+}
+
+/* rmsnorm's bf16 copy read by a 2:4 weight at a prefill count (bf16): through
+ * cuSPARSELt on the forced backend (read in place without a permutation,
+ * gathered from bf16 with one) in a CUSPARSELT=1 build, and through the dense
+ * copy on G (the rule keeps 256 rows dense). The row names the path that ran. */
+static void test_bf16_operands_sp24(int n, int rows, int d, const char *kind, int force)
+{
+    if (G.o.precision != TB_PREC_BF16 || (force && !tb_cuda_cslt_built())) return;
+    tb_backend *g = force ? forced_backend() : &G;
+    char s[96];
+    snprintf(s, sizeof s, "%s %dx%d, n %d%s", kind, rows, d, n, force ? ", forced" : "");
+    float *x = hrand((size_t)n * d, 2), *w = hrand(d, 1);
+    host_linear h;
+    make_linear(&h, rows, d, kind, 0);
+    tb_dlinear lc, lg;
+    if (C.ops->linear_upload(&C, &lc, &h.L) || g->ops->linear_upload(g, &lg, &h.L)) {
+        fprintf(stderr, "test-cuda: linear_upload: %s\n", tb_errmsg());
+        exit(1);
+    }
+    float *xc = put(&C, x, (size_t)n * d * 4), *xg = put(g, x, (size_t)n * d * 4);
+    float *wc = put(&C, w, (size_t)d * 4), *wg = put(g, w, (size_t)d * 4);
+    float *yc = poison(&C, (size_t)n * d), *yg = poison(g, (size_t)n * d);
+    float *oc = poison(&C, (size_t)n * rows), *og = poison(g, (size_t)n * rows);
+    C.ops->rmsnorm(&C, yc, NULL, xc, wc, n, d, 1e-5f);
+    g->ops->rmsnorm(g, yg, NULL, xg, wg, n, d, 1e-5f);
+    C.ops->linear(&C, &lc, yc, n, oc);
+    g->ops->linear(g, &lg, yg, n, og);
+    if (C.ops->sync(&C) || g->ops->sync(g)) {
+        fprintf(stderr, "test-cuda: %s\n", tb_errmsg());
+        exit(1);
+    }
+    const int forms = tb_cuda_sp24_forms(lg.sparse);
+    float *hc = get(&C, oc, (size_t)n * rows), *hg = get(g, og, (size_t)n * rows);
+    row(forms & TB_CUDA_FORM_CSLT ? "rmsnorm -> cuSPARSELt" : "rmsnorm -> 2:4 dense", s, rel_f32(hg, hc, (size_t)n * rows),
+        tol_gemm());
+    free(hc), free(hg);
+    C.ops->free(&C, xc), C.ops->free(&C, wc), C.ops->free(&C, yc), C.ops->free(&C, oc);
+    g->ops->free(g, xg), g->ops->free(g, wg), g->ops->free(g, yg), g->ops->free(g, og);
+    C.ops->linear_release(&C, &lc);
+    g->ops->linear_release(g, &lg);
+    free_linear(&h);
+    free(x), free(w);
+}
+
 /* The 2:4 weights at decode and prefill token counts (test_sp24_linear's and
  * test_sp24_prefill's comments); alone with TB_TEST_ONLY=sp24. */
 static void run_sp24(void)
@@ -1252,6 +1369,9 @@ static void run_sp24(void)
      * the rule at the 7B shapes; small shapes forced through cuSPARSELt */
     const tb_sp24_path D = TB_SP24_PATH_DENSE, S = TB_SP24_PATH_CSLT;
     test_sp24_rule();
+    test_bf16_operands_sp24(256, 256, 768, "2:4", 0);
+    test_bf16_operands_sp24(256, 256, 768, "2:4", 1);
+    test_bf16_operands_sp24(256, 256, 768, "2:4 perm", 1);
     test_sp24_prefill(256, 768, "2:4", 1, 1024, D, 1, 1);
     if (!quick) {
         test_sp24_prefill(768, 4096, "2:4 perm", 1, 1024, D, 1, 1);
@@ -1322,6 +1442,7 @@ static void run_all(void)
         test_attention(4, 2, 64, 2048, 0, 512, 1);
     }
     test_elementwise(quick ? 4099 : 1000003);
+    test_bf16_operands(129, 768, 1024);
     const char *kinds[] = {"f32", "bf16", "f16", "2:4 perm", "2:4", "4:8 perm", "2:4 f16", "1:4"};
     for (int i = 0; i < 8; i++) test_linear(96, 64, 17, kinds[i], i == 0);
     test_linear(96, 64, 5, "2:4 perm", 1);
