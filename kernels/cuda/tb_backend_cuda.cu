@@ -1254,21 +1254,91 @@ static void cu_gram_acc(tb_backend *b, const float *x, int n, int cols, double *
 
 // ---------------------------------------------------------------- row and elementwise ops
 
+// Embedding rows at prefill counts. The table stays on the host (a 7B
+// model's is 262 MB of bf16 the GPU does not otherwise need), so each window
+// gathers its n rows there; done row by row through tb_linear_row that is a
+// bf16 -> f32 widening of n * d values on one host thread and an upload of 4
+// bytes a value from pageable memory (32 MB at 2048 tokens of a 4096-wide
+// model). For a plain table (dense, no permutation, bf16 or f32) the rows are
+// instead copied as stored, by the host threads, into pinned staging, cross
+// at 2 bytes a value (bf16), and are widened on the device: the same f32
+// values (bf16 -> f32 is exact). Decode counts (<= 16) keep the simple path.
+struct embed_job {
+    const tb_linear *T;
+    const int32_t *tokens;
+    char *dst;
+    size_t row_bytes;
+};
+
+static void embed_rows(void *ctx, int64_t begin, int64_t end, int tid)
+{
+    (void)tid;
+    const embed_job *j = (const embed_job *)ctx;
+    for (int64_t t = begin; t < end; t++)
+        memcpy(j->dst + (size_t)t * j->row_bytes, (const char *)j->T->data + (size_t)j->tokens[t] * j->row_bytes,
+               j->row_bytes);
+}
+
+// pinned host staging of `bytes`, free to be written (the previous upload from it has run), or NULL
+static void *pinned_ws(tb_cuda *cu, size_t bytes)
+{
+    if (cu->pin_ev && TB_CU_CHECK(cu, cudaEventSynchronize(cu->pin_ev), "embed staging")) return NULL;
+    if (bytes <= cu->pin_bytes) return cu->pin;
+    if (cu->pin) cudaFreeHost(cu->pin);
+    cu->pin = NULL;
+    cu->pin_bytes = 0;
+    if (!cu->pin_ev && cudaEventCreateWithFlags(&cu->pin_ev, cudaEventDisableTiming) != cudaSuccess) {
+        cudaGetLastError();
+        cu->pin_ev = NULL;
+        return NULL;
+    }
+    if (cudaHostAlloc(&cu->pin, bytes, cudaHostAllocDefault) != cudaSuccess) {
+        cudaGetLastError(); // no pinned memory: the pageable path instead
+        cu->pin = NULL;
+        return NULL;
+    }
+    cu->pin_bytes = bytes;
+    return cu->pin;
+}
+
+// 1 if the rows went the fast way (or an error was recorded), 0 to take the row-by-row path
+static int embed_plain(tb_backend *b, tb_cuda *cu, const tb_linear *T, const int32_t *tokens, int n, float *x)
+{
+    if (n <= 16 || T->format != TB_LINEAR_DENSE || T->perm || (T->dtype != TB_BF16 && T->dtype != TB_F32)) return 0;
+    const size_t d = (size_t)T->cols, es = T->dtype == TB_BF16 ? 2 : 4, bytes = (size_t)n * d * es;
+    char *h = (char *)pinned_ws(cu, bytes);
+    if (!h) return cu->err != 0;
+    void *dst = x;
+    if (es == 2 && !(dst = tb_cuda_ws(cu, bytes, "embedding rows"))) return 1;
+    embed_job job = {T, tokens, h, d * es};
+    const int nt = b->o.n_threads > 1 ? (b->o.n_threads < n / 64 + 1 ? b->o.n_threads : n / 64 + 1) : 1;
+    tb_parallel_for(nt, n, embed_rows, &job);
+    if (TB_CU_CHECK(cu, cudaMemcpyAsync(dst, h, bytes, cudaMemcpyHostToDevice, cu->stream), "embedding upload") ||
+        TB_CU_CHECK(cu, cudaEventRecord(cu->pin_ev, cu->stream), "embedding upload"))
+        return 1;
+    if (es == 2) {
+        k_bf16_to_f32<<<blocks_for((size_t)n * d, 256), 256, 0, cu->stream>>>(x, (const __nv_bfloat16 *)dst,
+                                                                              (size_t)n * d);
+        TB_CU_LAUNCHED(cu, "embedding rows");
+    }
+    return 1;
+}
+
 static void cu_embed(tb_backend *b, const tb_linear *table, const int32_t *tokens, int n, float *x)
 {
     tb_cuda *cu = tb_cu(b);
     if (cu->err || n <= 0) return;
     const size_t d = (size_t)table->cols;
-    float *h = (float *)host_ws(cu, (size_t)n * d * sizeof(float));
-    if (!h) return;
-    for (int t = 0; t < n; t++) {
+    for (int t = 0; t < n; t++)
         if (tokens[t] < 0 || tokens[t] >= table->rows) {
             tb_cuda_set_error(cu, TB_EDATA, "embed: token %d at position %d outside the vocabulary (%d)", tokens[t], t,
                               table->rows);
             return;
         }
-        tb_linear_row(table, tokens[t], h + (size_t)t * d);
-    }
+    if (embed_plain(b, cu, table, tokens, n, x)) return;
+    float *h = (float *)host_ws(cu, (size_t)n * d * sizeof(float));
+    if (!h) return;
+    for (int t = 0; t < n; t++) tb_linear_row(table, tokens[t], h + (size_t)t * d);
     cu_upload(b, x, h, (size_t)n * d * sizeof(float));
 }
 
@@ -1745,6 +1815,8 @@ static void cu_close(tb_backend *b)
     if (cu->stream) cudaStreamSynchronize(cu->stream);
     cudaFree(cu->ws);
     cudaFree(cu->xb);
+    if (cu->pin) cudaFreeHost(cu->pin);
+    if (cu->pin_ev) cudaEventDestroy(cu->pin_ev);
     free(cu->host);
     tb_cuda_cslt_close(cu->cslt);
     if (cu->blas) cublasDestroy(cu->blas);

@@ -46,6 +46,10 @@ struct tb_cuda {
     unsigned long long xb_seq;
     void *xb;
     size_t xb_cap;
+    /* pinned host staging of embed at prefill counts, and the event after its last upload */
+    void *pin;
+    size_t pin_bytes;
+    cudaEvent_t pin_ev;
 };
 
 /* every op enters through here (and counts itself, cu->seq): make this

@@ -230,21 +230,30 @@ static void test_memory(void)
     if (p) G.ops->free(&G, p);
 }
 
-static void test_embed(int vocab, int d, int n)
+/* embed: a bf16 or f32 table; above 16 tokens the CUDA backend copies plain
+ * rows as stored and widens them on the device, at most 16 row by row: exact
+ * either way. Two calls on one backend, so the second reuses the staging. */
+static void test_embed(int vocab, int d, int n, tb_dtype dt)
 {
     float *w = hrand((size_t)vocab * d, 1);
     uint16_t *wb = malloc((size_t)vocab * d * 2);
     for (size_t i = 0; i < (size_t)vocab * d; i++) wb[i] = tb_f32_to_bf16(w[i]);
-    tb_linear T = {.name = "embed", .rows = vocab, .cols = d, .format = TB_LINEAR_DENSE, .dtype = TB_BF16, .data = wb};
+    tb_linear T = {.name = "embed", .rows = vocab, .cols = d, .format = TB_LINEAR_DENSE, .dtype = dt,
+                   .data = dt == TB_BF16 ? (void *)wb : (void *)w};
     int32_t *tok = malloc((size_t)n * 4);
     for (int t = 0; t < n; t++) tok[t] = (int32_t)(rnd() % (uint64_t)vocab);
     pair x = both_poison((size_t)n * d);
     C.ops->embed(&C, &T, tok, n, x.c);
     G.ops->embed(&G, &T, tok, n, x.g);
     char s[64];
-    snprintf(s, sizeof s, "vocab %d, d %d, n %d", vocab, d, n);
+    snprintf(s, sizeof s, "%s, vocab %d, d %d, n %d", tb_dtype_name(dt), vocab, d, n);
     cmp("embed", s, x.c, x.g, (size_t)n * d, 0);
-    pfree(x);
+    for (int t = 0; t < n; t++) tok[t] = (int32_t)(rnd() % (uint64_t)vocab);
+    pair x2 = both_poison((size_t)n * d);
+    C.ops->embed(&C, &T, tok, n, x2.c);
+    G.ops->embed(&G, &T, tok, n, x2.g);
+    cmp("embed 2nd", s, x2.c, x2.g, (size_t)n * d, 0);
+    pfree(x), pfree(x2);
     free(w), free(wb), free(tok);
 }
 
@@ -1389,7 +1398,9 @@ static void run_sp24(void)
 static void run_all(void)
 {
     test_memory();
-    test_embed(1000, 256, 37);
+    test_embed(1000, 256, 37, TB_BF16);
+    test_embed(1000, 256, 37, TB_F32);
+    test_embed(1000, 256, 5, TB_BF16); /* decode: row by row */
     test_rmsnorm(1, 64);
     test_rmsnorm(37, 256);
     test_rmsnorm(quick ? 9 : 129, quick ? 1000 : 4096);
