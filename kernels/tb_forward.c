@@ -266,16 +266,20 @@ static void linear(tb_forward *f, int layer, tb_lin_id id, const tb_dlinear *L, 
 }
 
 /* One decoder layer on acts[l].x for n tokens at positions pos0..; leaves the
- * result in the next layer's x (or x_final).
+ * result in the next layer's x (or x_final). The attention block's residual
+ * add and the MLP's norm run as one op (add_rmsnorm: the same values).
  * pos_dev (the one-token decode step, never with keep_acts): the positions
- * start at *pos_dev in backend memory instead (pos0 unused), acts[l].xn1
- * already holds the attention norm of x (the previous layer, or the step,
- * computed it), gate, up and SwiGLU are one op, and the layer ends with the
+ * start at *pos_dev in backend memory instead (pos0 unused), and gate, up and
+ * SwiGLU are one op. chained (the decode step, and tb_forward_run's
+ * whole-model pass): acts[l].xn1 already holds the attention norm of x (the
+ * previous layer, or the caller, computed it), and the layer ends with the
  * next norm fused into its residual add: the next layer's xn1, or after the
- * last layer xn_final. q, k and v are one op too. 8 launches a layer on CUDA
- * for dense bf16 weights (q/k/v, rope_append, attention, o, add_rmsnorm,
- * gate/up/SwiGLU, down, add_rmsnorm) where the prefill path has 15. */
-static int layer_forward(tb_forward *f, int l, int n, int pos0, const int32_t *pos_dev)
+ * last layer xn_final (one pass over the stream instead of two, and one launch
+ * fewer, per norm). q, k and v are one op too at decode. 8 launches a layer on
+ * CUDA for dense bf16 weights at decode (q/k/v, rope_append, attention, o,
+ * add_rmsnorm, gate/up/SwiGLU, down, add_rmsnorm); prefill chained runs 13
+ * ops (its norms fused likewise). */
+static int layer_forward(tb_forward *f, int l, int n, int pos0, const int32_t *pos_dev, int chained)
 {
     const tb_model *m = f->m;
     const tb_config *c = &m->cfg;
@@ -293,7 +297,7 @@ static int layer_forward(tb_forward *f, int l, int n, int pos0, const int32_t *p
     if (pos_dev) k = f->k_new, v = f->v_new; /* rope_append caches them at *pos_dev */
 
     TB_RANGE_PUSH("attention block");
-    if (!pos_dev) op->rmsnorm(be, a->xn1, a->rms1, a->x, w->attn_norm, n, D, eps);
+    if (!chained) op->rmsnorm(be, a->xn1, a->rms1, a->x, w->attn_norm, n, D, eps);
     if (pos_dev) { /* q, k, v in one op (one launch on CUDA) */
         const tb_dlinear *qkv[3] = {&w->lin[TB_LIN_Q], &w->lin[TB_LIN_K], &w->lin[TB_LIN_V]};
         float *out[3] = {a->q, k, v};
@@ -314,8 +318,7 @@ static int layer_forward(tb_forward *f, int l, int n, int pos0, const int32_t *p
         op->attention(be, &shape, a->q, a->k_cache, a->v_cache, n, pos0, a->att, a->saved);
     }
     linear(f, l, TB_LIN_O, &w->lin[TB_LIN_O], a->att, n, f->tmp);
-    if (pos_dev) op->add_rmsnorm(be, a->h, a->xn2, a->rms2, a->x, f->tmp, w->mlp_norm, n, D, eps);
-    else op->add(be, a->h, a->x, f->tmp, ND);
+    op->add_rmsnorm(be, a->h, a->xn2, a->rms2, a->x, f->tmp, w->mlp_norm, n, D, eps);
     TB_RANGE_POP();
 
     TB_RANGE_PUSH("mlp block");
@@ -326,7 +329,6 @@ static int layer_forward(tb_forward *f, int l, int n, int pos0, const int32_t *p
         }
         op->linear_swiglu(be, &w->lin[TB_LIN_GATE], &w->lin[TB_LIN_UP], a->xn2, n, a->gate, a->up, a->act);
     } else {
-        op->rmsnorm(be, a->xn2, a->rms2, a->h, w->mlp_norm, n, D, eps);
         linear(f, l, TB_LIN_GATE, &w->lin[TB_LIN_GATE], a->xn2, n, a->gate);
         linear(f, l, TB_LIN_UP, &w->lin[TB_LIN_UP], a->xn2, n, a->up);
         op->swiglu(be, a->act, a->gate, a->up, (size_t)n * c->intermediate_size);
@@ -335,7 +337,7 @@ static int layer_forward(tb_forward *f, int l, int n, int pos0, const int32_t *p
     /* without keep_acts the next layer's x is this one's: h is a separate
      * buffer, so overwriting x here is safe (and xn1, rms1: read only by the
      * q/k/v linears above) */
-    if (pos_dev) {
+    if (chained) {
         const int last = l + 1 == c->n_layers;
         const tb_dlayer *wn = last ? NULL : tb_forward_layer_weights(f, l + 1);
         if (!last && !wn) {
@@ -392,7 +394,7 @@ static int decode_step(tb_forward *f)
     f->be->ops->rmsnorm(f->be, f->acts[0].xn1, f->acts[0].rms1, f->acts[0].x, w0->attn_norm, 1, c->hidden_size,
                         (float)c->rms_norm_eps);
     int rc = TB_OK;
-    for (int l = 0; l < c->n_layers && !rc; l++) rc = layer_forward(f, l, 1, 0, f->pos_dev);
+    for (int l = 0; l < c->n_layers && !rc; l++) rc = layer_forward(f, l, 1, 0, f->pos_dev, 1);
     if (!rc) linear(f, c->n_layers, TB_LIN_LM_HEAD, &f->lm_head, f->xn_final, 1, f->logits);
     return rc;
 }
@@ -461,10 +463,14 @@ int tb_forward_run(tb_forward *f, const int32_t *tokens, int n, int pos0)
     TB_RANGE_PUSH("forward");
     f->n = n;
     f->be->ops->embed(f->be, &m->embed, tokens, n, f->acts[0].x);
-    for (int l = 0; l < c->n_layers && !rc; l++) rc = layer_forward(f, l, n, pos0, NULL);
-    if (!rc) {
-        f->be->ops->rmsnorm(f->be, f->xn_final, f->rms_final, f->x_final, f->final_norm, n, c->hidden_size,
+    /* layer 0's norm here, every later norm (the final one too) fused into the layer before */
+    tb_dlayer *w0 = tb_forward_layer_weights(f, 0);
+    if (!w0) rc = tb_errcode() ? tb_errcode() : TB_EIO;
+    else
+        f->be->ops->rmsnorm(f->be, f->acts[0].xn1, f->acts[0].rms1, f->acts[0].x, w0->attn_norm, n, c->hidden_size,
                             (float)c->rms_norm_eps);
+    for (int l = 0; l < c->n_layers && !rc; l++) rc = layer_forward(f, l, n, pos0, NULL, 1);
+    if (!rc) {
         linear(f, c->n_layers, TB_LIN_LM_HEAD, &f->lm_head, f->xn_final, n, f->logits);
         rc = f->be->ops->sync(f->be);
     }
@@ -491,7 +497,7 @@ int tb_forward_layers(tb_forward *f, int n, int l0, int l1)
         return tb_fail(TB_EUSAGE, "forward: layers %d:%d outside the run state's %d:%d", l0, l1, f->o.layer_begin,
                        f->o.layer_end);
     f->n = n;
-    for (int l = l0; l < l1 && !rc; l++) rc = layer_forward(f, l, n, 0, NULL);
+    for (int l = l0; l < l1 && !rc; l++) rc = layer_forward(f, l, n, 0, NULL, 0);
     return rc ? rc : f->be->ops->sync(f->be);
 }
 

@@ -352,8 +352,9 @@ __global__ void k_rope_append(float *q, const float *k, const float *v, int n, i
 
 // y = a + c, then yn = rmsnorm(y): k_add and k_rmsnorm in one pass, one block
 // a row, each value rounded and summed as those two do (the same results)
+// nb: NULL, or also yn rounded to bf16 (the next linears' operand; "bf16 operands")
 __global__ void k_add_rmsnorm(float *y, float *yn, float *inv_rms, const float *a, const float *c, const float *w,
-                              int d, float eps)
+                              int d, float eps, __nv_bfloat16 *nb)
 {
     __shared__ double sh[32];
     const size_t row = blockIdx.x;
@@ -368,7 +369,11 @@ __global__ void k_add_rmsnorm(float *y, float *yn, float *inv_rms, const float *
     ss = block_sum(ss, sh);
     const float r = 1.0f / sqrtf((float)(ss / d) + eps);
     if (inv_rms && threadIdx.x == 0) inv_rms[row] = r;
-    for (int j = threadIdx.x; j < d; j += blockDim.x) nr[j] = w[j] * (yr[j] * r);
+    for (int j = threadIdx.x; j < d; j += blockDim.x) {
+        const float v = w[j] * (yr[j] * r);
+        nr[j] = v;
+        if (nb) nb[row * d + j] = __float2bfloat16_rn(v);
+    }
 }
 
 // row t < n-1: lse(logits[t]) - logits[t][tokens[t+1]] in f64; grad: also the xent gradient in place
@@ -1020,7 +1025,7 @@ static const void *operand(tb_cuda *cu, const float *x, size_t count, size_t off
 // linear: a 7B layer converts its rmsnorm output three times (q, k, v) and
 // twice (gate, up), and swiglu's [n, 14336] once, ~0.46 GB of traffic a layer
 // at 2048 tokens. Instead the ops that write the linears' inputs (rmsnorm,
-// swiglu) also write the bf16 copy, from the f32 value they hold in a
+// add_rmsnorm, swiglu) also write the bf16 copy, from the f32 value they hold in a
 // register (the same rounding, __float2bfloat16_rn, the conversion applies:
 // the linears see identical operands), into cu->xb; a linear uses it when it
 // reads the same pointer and no other op has entered since (cu->seq: every
@@ -1028,7 +1033,7 @@ static const void *operand(tb_cuda *cu, const float *x, size_t count, size_t off
 // its y overlaps the source (q, k, v in a row; gate, up). Anything else that
 // enters the backend makes it stale, so the f32 array stays the truth; the
 // one gap is device memory written outside the ops table between the op and
-// the linear (no caller does). Made only in bf16, by rmsnorm at n > 16 rows
+// the linear (no caller does). Made only in bf16, by the norms at n > 16 rows
 // and by swiglu at >= XB_MIN values (prefill: decode, whose swiglu is one row
 // of at most a few 10^4 values, is left as it is), and never while the stream
 // is being captured into a graph (the buffer may grow, which syncs).
@@ -1387,7 +1392,8 @@ static void cu_add_rmsnorm(tb_backend *b, float *y, float *yn, float *inv_rms, c
 {
     tb_cuda *cu = tb_cu(b);
     if (cu->err || n <= 0) return;
-    k_add_rmsnorm<<<n, kRowThreads, 0, cu->stream>>>(y, yn, inv_rms, a, c, w, d, eps);
+    __nv_bfloat16 *nb = n > 16 ? xb_claim(cu, yn, (size_t)n * d) : NULL; // prefill: the next linears' operand
+    k_add_rmsnorm<<<n, kRowThreads, 0, cu->stream>>>(y, yn, inv_rms, a, c, w, d, eps, nb);
     TB_CU_LAUNCHED(cu, "add_rmsnorm");
 }
 

@@ -1241,8 +1241,9 @@ static void test_learnmask(int rows, int cols, int T, int n, int m, int steps)
     free(wc), free(wg), free(oc), free(og), free(xin);
 }
 
-/* bf16 operands (tb_backend_cuda.cu): at prefill counts in bf16, rmsnorm and
- * swiglu also write their output as bf16 for the linears that read it next,
+/* bf16 operands (tb_backend_cuda.cu): at prefill counts in bf16, rmsnorm,
+ * add_rmsnorm and swiglu also write their output as bf16 for the linears that
+ * read it next,
  * which then skip their own conversion. The CPU backend runs the same
  * sequence: the f32 outputs as before (rmsnorm's and swiglu's tolerances),
  * linears on the copy (q, k, v-like in a row, one with a bias), a linear after
@@ -1293,6 +1294,15 @@ static void test_bf16_operands(int n, int d, int F)
     G.ops->linear(&G, &kg, Y.g, 17, K17.g);
     cmp("linear on 17 rows", s, K17.c, K17.g, (size_t)17 * 128, tol_gemm());
     pfree(K17);
+    /* add_rmsnorm (a residual add and the next norm in one op) -> a linear */
+    pair H = both_poison(nd), YN = both_poison(nd), Q3 = both_poison((size_t)n * 256);
+    C.ops->add_rmsnorm(&C, H.c, YN.c, NULL, X.c, Z.c, W.c, n, d, 1e-5f);
+    G.ops->add_rmsnorm(&G, H.g, YN.g, NULL, X.g, Z.g, W.g, n, d, 1e-5f);
+    C.ops->linear(&C, &qc, YN.c, n, Q3.c);
+    G.ops->linear(&G, &qg, YN.g, n, Q3.g);
+    cmp("add_rmsnorm -> bf16 op", s, YN.c, YN.g, nd, 1e-5);
+    cmp("linear on add_rmsnorm's", s, Q3.c, Q3.g, (size_t)n * 256, tol_gemm());
+    pfree(H), pfree(YN), pfree(Q3);
     /* swiglu -> down_proj, out of place and in place */
     pair Gt = both(g, nf), U = both(u, nf), A = both_poison(nf), O = both_poison(nd), O2 = both_poison(nd);
     C.ops->swiglu(&C, A.c, Gt.c, U.c, nf);
