@@ -262,6 +262,20 @@ __device__ void block_argmax(float &v, int &idx, float *shv, int *shi)
 
 constexpr int kRowThreads = 256;
 
+// threads of k_rmsnorm and k_add_rmsnorm for rows of d: about 4 values a
+// thread, 128 to 1024. A decode step runs them on one block (one row), whose
+// time is each thread's chain of dependent loads and f64 adds: at 256 threads
+// and d = 4096 (16 values a thread) one call took ~15 us on the H200
+// (decode_profile, 2026-12-03), 8 calls a layer, ~1 ms of a 32-layer step.
+// Both kernels take the same count, so add_rmsnorm's sums stay those of
+// add then rmsnorm (the same order, the same bits).
+static int norm_threads(int d)
+{
+    int t = (d + 3) / 4;
+    t = (t + 31) / 32 * 32;
+    return t < 128 ? 128 : t > 1024 ? 1024 : t;
+}
+
 // yb: NULL, or also y rounded to bf16 (the next linears' operand; "bf16 operands")
 __global__ void k_rmsnorm(float *y, float *inv_rms, const float *x, const float *w, int d, float eps,
                           __nv_bfloat16 *yb)
@@ -1352,7 +1366,7 @@ static void cu_rmsnorm(tb_backend *b, float *y, float *inv_rms, const float *x, 
     tb_cuda *cu = tb_cu(b);
     if (cu->err || n <= 0) return;
     __nv_bfloat16 *yb = n > 16 ? xb_claim(cu, y, (size_t)n * d) : NULL; // prefill: the next linears' operand
-    k_rmsnorm<<<n, kRowThreads, 0, cu->stream>>>(y, inv_rms, x, w, d, eps, yb);
+    k_rmsnorm<<<n, norm_threads(d), 0, cu->stream>>>(y, inv_rms, x, w, d, eps, yb);
     TB_CU_LAUNCHED(cu, "rmsnorm");
 }
 
@@ -1393,7 +1407,7 @@ static void cu_add_rmsnorm(tb_backend *b, float *y, float *yn, float *inv_rms, c
     tb_cuda *cu = tb_cu(b);
     if (cu->err || n <= 0) return;
     __nv_bfloat16 *nb = n > 16 ? xb_claim(cu, yn, (size_t)n * d) : NULL; // prefill: the next linears' operand
-    k_add_rmsnorm<<<n, kRowThreads, 0, cu->stream>>>(y, yn, inv_rms, a, c, w, d, eps, nb);
+    k_add_rmsnorm<<<n, norm_threads(d), 0, cu->stream>>>(y, yn, inv_rms, a, c, w, d, eps, nb);
     TB_CU_LAUNCHED(cu, "add_rmsnorm");
 }
 
