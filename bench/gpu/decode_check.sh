@@ -95,13 +95,33 @@ wait $nvcc_pid
 GBS=$($W/copybw 2>/dev/null)
 [ -n "$GBS" ] || { GBS=4264.9; log "copy rate: not measured ($(tail -1 $W/copybw.log)); 4264.9 GB/s from bench_7b 2026-12-02 13:12"; }
 log "copy rate (device to device, read + write): $GBS GB/s"
-# bytes a decode step reads: every linear of the layers and lm_head (dense: the
-# checkpoint less its embedding table; 2:4: the packed layers plus lm_head)
-EMB=$(python3 -c "import json; c=json.load(open('$W/mD/config.json')); print(c['vocab_size']*c['hidden_size']*2)")
-DENSE=$(du -cb $W/mD/*.safetensors | tail -1 | cut -f1)
-PACKED=$(du -cb $W/pD/*.tb | tail -1 | cut -f1)
-BYTES_dense=$((DENSE - EMB))
-BYTES_sp24=$((PACKED + EMB))
+# bytes a decode step reads: every tensor but the embedding table (a step
+# looks up one row of it), lm_head included (the embedding itself when tied);
+# for 2:4 the layers' tensors as the packed files hold them (values and
+# indices), the rest as the checkpoint's. (Before 2026-12-03 the 2:4 figure
+# was the .tb files' size plus lm_head; tb-pack's .tb also carries the
+# embedding and lm_head, so that overstated it by two vocab x hidden tables.)
+step_bytes() { # step_bytes CHECKPOINT_DIR [PACKED_FILES...]
+    python3 - "$@" <<'PY'
+import glob, json, struct, sys
+def tensors(p):
+    with open(p, 'rb') as f:
+        n = struct.unpack('<Q', f.read(8))[0]
+        return {k: v['data_offsets'][1] - v['data_offsets'][0]
+                for k, v in json.loads(f.read(n)).items() if k != '__metadata__'}
+t = {}
+for p in glob.glob(sys.argv[1] + '/model*.safetensors'): t.update(tensors(p))
+for p in sys.argv[2:]:
+    for k, v in tensors(p).items():
+        if '.layers.' not in k: continue
+        t.pop(k.rsplit('.', 1)[0] if k.endswith(('.values', '.indices')) else k, None)
+        t[k] = v
+emb = t.get('model.embed_tokens.weight', 0)
+print(sum(t.values()) - (emb if 'lm_head.weight' in t else 0))
+PY
+}
+BYTES_dense=$(step_bytes $W/mD)
+BYTES_sp24=$(step_bytes $W/mD $W/pD/*.tb)
 log "bytes a step reads: dense $BYTES_dense, 2:4 $BYTES_sp24 (ratio $(awk -v a=$BYTES_dense -v b=$BYTES_sp24 'BEGIN{printf "%.3f", a/b}'))"
 
 for m in "dense $W/mD" "sp24 $W/pD/model.tbm"; do
