@@ -12,7 +12,7 @@ OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 . bench/gpu/devkit-env.sh .devwork/kit
 B=$PWD/build-cuda/bin
-W=/tmp/b7
+W=${DECODE_DIR:-/tmp/b7}
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 [ -n "$NCU" ] || { echo "decode_profile: ncu not found" | tee -a "$OUT/decode_profile.txt"; exit 1; }
 N=${PROFILE_TOKENS:-4}
