@@ -49,23 +49,8 @@ S=$OUT/decode_check.txt
 log "decode_check: $(date -u +%F' '%T) UTC, $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader), commit $(git rev-parse --short HEAD 2>/dev/null || echo ?)"
 
 # the copy rate, built while the CPU makes the models
-cat > $W/copybw.cu <<'CU'
-#include <cstdio>
-#include <cuda_runtime.h>
-// device-to-device copy of 4 GiB (past L2): (read + write bytes) / time, best of 10
-int main() {
-    size_t b = (size_t)4 << 30; void *x, *y; cudaEvent_t e0, e1; float best = 1e30f, ms;
-    if (cudaMalloc(&x, b) || cudaMalloc(&y, b)) return 1;
-    cudaMemset(x, 1, b); cudaEventCreate(&e0); cudaEventCreate(&e1);
-    for (int i = 0; i < 11; i++) {
-        cudaEventRecord(e0); cudaMemcpyAsync(y, x, b, cudaMemcpyDeviceToDevice); cudaEventRecord(e1);
-        cudaEventSynchronize(e1); cudaEventElapsedTime(&ms, e0, e1); if (i && ms < best) best = ms;
-    }
-    printf("%.1f\n", 2.0 * b / (best * 1e-3) / 1e9);
-    return 0;
-}
-CU
-(nvcc -O2 -arch=sm_90 $W/copybw.cu -o $W/copybw >$W/copybw.log 2>&1) &
+# (bench/gpu/copybw.cu; built while the CPU makes the models)
+(nvcc -O2 -arch=sm_90 bench/gpu/copybw.cu -o $W/copybw >$W/copybw.log 2>&1) &
 nvcc_pid=$!
 
 if [ "${DECODE_TESTS:-1}" = 1 ]; then
@@ -101,27 +86,8 @@ log "copy rate (device to device, read + write): $GBS GB/s"
 # indices), the rest as the checkpoint's. (Before 2026-12-03 the 2:4 figure
 # was the .tb files' size plus lm_head; tb-pack's .tb also carries the
 # embedding and lm_head, so that overstated it by two vocab x hidden tables.)
-step_bytes() { # step_bytes CHECKPOINT_DIR [PACKED_FILES...]
-    python3 - "$@" <<'PY'
-import glob, json, struct, sys
-def tensors(p):
-    with open(p, 'rb') as f:
-        n = struct.unpack('<Q', f.read(8))[0]
-        return {k: v['data_offsets'][1] - v['data_offsets'][0]
-                for k, v in json.loads(f.read(n)).items() if k != '__metadata__'}
-t = {}
-for p in glob.glob(sys.argv[1] + '/model*.safetensors'): t.update(tensors(p))
-for p in sys.argv[2:]:
-    for k, v in tensors(p).items():
-        if '.layers.' not in k: continue
-        t.pop(k.rsplit('.', 1)[0] if k.endswith(('.values', '.indices')) else k, None)
-        t[k] = v
-emb = t.get('model.embed_tokens.weight', 0)
-print(sum(t.values()) - (emb if 'lm_head.weight' in t else 0))
-PY
-}
-BYTES_dense=$(step_bytes $W/mD)
-BYTES_sp24=$(step_bytes $W/mD $W/pD/*.tb)
+BYTES_dense=$(python3 bench/gpu/step_bytes.py $W/mD)
+BYTES_sp24=$(python3 bench/gpu/step_bytes.py $W/mD $W/pD/*.tb)
 log "bytes a step reads: dense $BYTES_dense, 2:4 $BYTES_sp24 (ratio $(awk -v a=$BYTES_dense -v b=$BYTES_sp24 'BEGIN{printf "%.3f", a/b}'))"
 
 for m in "dense $W/mD" "sp24 $W/pD/model.tbm"; do

@@ -1,6 +1,6 @@
 #!/bin/bash
 # prefill_e2e.sh - issue 13's 2:4 prefill end to end, checked then timed, in one
-# device call of at most 5 minutes (DEADLINE, default 285 s):
+# device call of at most 7 minutes (DEADLINE, default 400 s):
 #   1. test_backend (every op on both backends: among them the bf16 operands
 #      rmsnorm and swiglu hand to the next linears, embed's prefill path, the
 #      per-shape cuSPARSELt rule, and cuSPARSELt forced on small shapes) and
@@ -17,6 +17,9 @@
 #      rule) and 2:4 with TB_SP24_PREFILL=cusparselt (every weight through
 #      cuSPARSELt, the rule before), at 4 layers (windows 2 -> 26) and, when
 #      the time left allows, at 32 layers (windows 2 -> 10);
+#      then, on the 32-layer models, decode ('The' + 128 tokens, bf16, the
+#      step graph, two runs each) against the bytes bound (step_bytes.py over
+#      copybw.cu's copy rate): issue 13's end-to-end decode row at 7B shape;
 #   4. if Nsight Systems is on the machine and time is left: the kernel time
 #      of 6 windows of the 4-layer models against their eval seconds.
 # Logs under $OUT: summary.txt (steps, exits, seconds), <step>.log, prefill.txt
@@ -44,7 +47,7 @@ if [ "${1:-}" = "--prepare" ]; then
     exit 0
 fi
 OUT=${OUT:-/tmp/out}
-DEADLINE=${DEADLINE:-285}
+DEADLINE=${DEADLINE:-400}
 mkdir -p "$OUT"
 . bench/gpu/devkit-env.sh .devwork/kit
 if [ -n "${BIN:-}" ]; then
@@ -91,7 +94,12 @@ grep -E "prefill rule|cuSPARSELt|bf16 op|on rmsnorm|on swiglu|after an add|17 ro
 TB_TEST_DATA=$PWD/tests/data TB_SHARED=/nonexistent step test_model_cuda 40 $T/test_model_cuda
 grep -E "bf16|FAIL|passed|failed" "$OUT/test_model_cuda.log" | tee -a "$OUT/prefill.txt"
 
-# ---- 2. models
+# ---- 2. models (and the copy-rate probe for the decode rows, built meanwhile)
+copybw_pid=
+if command -v nvcc >/dev/null; then
+    (nvcc -O2 -arch=sm_90 bench/gpu/copybw.cu -o $W/copybw >$W/copybw.log 2>&1) &
+    copybw_pid=$!
+fi
 SEQ=${BENCH_SEQ:-2048}
 DEV=${BENCH_DEVICE:-cuda} # (BENCH_DEVICE=cpu BENCH_SEQ=64 BENCH_CONFIG=<a tiny config>: a smoke test without a GPU)
 cfg() { sed "s/\"num_hidden_layers\": 32/\"num_hidden_layers\": $1/" ${BENCH_CONFIG:-examples/configs/mistral-7b.json} >$W/m$1.json; }
@@ -166,6 +174,29 @@ if [ $((DEADLINE - SECONDS)) -ge 110 ]; then
         ppl 2:4-32L $W/p32/model.tbm $w
     done
     rates 32 2 10 dense-32L 2:4-32L
+    # ---- decode on the same 32-layer models (issue 13's end-to-end decode
+    # row at the 7B shape): 'The' + 128 tokens, bf16, the step graph, two runs
+    # each; the bound is the bytes a step reads over the copy rate
+    if [ $((DEADLINE - SECONDS)) -ge 50 ]; then
+        wait $copybw_pid 2>/dev/null
+        gbs=$($W/copybw 2>/dev/null)
+        bd=$(python3 bench/gpu/step_bytes.py $W/m32) bs=$(python3 bench/gpu/step_bytes.py $W/m32 $W/p32/*.tb)
+        log ""
+        log "decode, 32 layers, 'The' + 128 tokens (bf16, one CUDA graph a step): copy rate ${gbs:-?} GB/s;" \
+            "bytes a step reads: dense $bd, 2:4 $bs (bound ratio $(awk -v a=$bd -v b=$bs 'BEGIN{printf "%.3f", a/b}'))"
+        for m in "dense-32L $W/m32 $bd" "2:4-32L $W/p32/model.tbm $bs" "dense-32L $W/m32 $bd" "2:4-32L $W/p32/model.tbm $bs"; do
+            set -- $m
+            [ $((DEADLINE - SECONDS)) -ge 15 ] || { log "$1 decode: skipped"; continue; }
+            timeout 40 $B/tb-run -v -m $2 --prompt The -n 128 --device $DEV >/dev/null 2>$W/dec.err
+            tps=$(sed -n 's/.*generation: .*(\([0-9.]*\) tokens\/s).*/\1/p' $W/dec.err | tail -1)
+            log "$(awk -v l=$1 -v t=${tps:-0} -v b=$3 -v bw=${gbs:-0} 'BEGIN {
+                if (t == 0) { printf "  %-10s decode failed", l; exit }
+                ms = 1000 / t; bound = (bw > 0) ? b / (bw * 1e9) * 1000 : 0;
+                printf "  %-10s %7.1f tokens/s, %.3f ms a step; bound %.3f ms: %.1f%% of it", l, t, ms, bound, (bw > 0) ? 100 * bound / ms : 0 }')"
+        done
+    else
+        log "32-layer decode: skipped ($((DEADLINE - SECONDS)) s left)"
+    fi
 else
     log "32 layers: skipped ($((DEADLINE - SECONDS)) s left)"
 fi
