@@ -57,8 +57,8 @@ else
 fi
 W=/tmp/prefill
 rm -rf $W && mkdir -p $W
-: >"$OUT/summary.txt"
-log() { echo "$*" | tee -a "$OUT/prefill.txt"; }
+STEP_TAIL=12
+. bench/gpu/lib.sh prefill # log (to $OUT/prefill.txt), step, summary.txt
 log "prefill_e2e: $(date -u +%F' '%T) UTC, build $(cat $B/commit 2>/dev/null || echo ?), $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
 log "cuSPARSELt: ${TB_CUSPARSELT_LIB:-not found}"
 if ldd $B/tb-run | grep -q "not found"; then
@@ -67,25 +67,6 @@ if ldd $B/tb-run | grep -q "not found"; then
     exit 3
 fi
 
-# step NAME CAP COMMAND...: time-capped (cut to the deadline), logged to $OUT/NAME.log
-step() {
-    local name=$1 cap=$2
-    shift 2
-    local left=$((DEADLINE - SECONDS))
-    if [ "$left" -lt 15 ]; then
-        echo "== $name: skipped (${left} s left of ${DEADLINE})" | tee -a "$OUT/summary.txt"
-        return 1
-    fi
-    [ "$cap" -gt "$left" ] && cap=$left
-    echo "== $name (cap ${cap} s)"
-    local t0=$SECONDS
-    timeout "$cap" "$@" >"$OUT/$name.log" 2>&1
-    local rc=$?
-    tail -12 "$OUT/$name.log"
-    printf '%-28s exit %3d  %4d s%s\n' "$name" "$rc" $((SECONDS - t0)) "$([ $rc -eq 124 ] && echo '  (timed out)')" |
-        tee -a "$OUT/summary.txt"
-    return $rc
-}
 
 # ---- 1. parity
 step test_backend 100 $T/test_backend

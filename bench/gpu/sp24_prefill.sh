@@ -49,8 +49,7 @@ mkdir -p "$OUT"
 B=$PWD/.devwork/sp24
 W=/tmp/sp24
 rm -rf $W && mkdir -p $W
-: >"$OUT/summary.txt"
-log() { echo "$*" | tee -a "$OUT/prefill.txt"; }
+. bench/gpu/lib.sh prefill # log (to $OUT/prefill.txt), step, summary.txt
 log "sp24_prefill: $(date -u +%F' '%T) UTC, build $(cat $B/commit 2>/dev/null), $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
 log "cuSPARSELt: ${TB_CUSPARSELT_LIB:-not found}"
 if ldd $B/tb-run | grep -q "not found"; then
@@ -59,25 +58,6 @@ if ldd $B/tb-run | grep -q "not found"; then
     exit 3
 fi
 
-# step NAME CAP COMMAND...: time-capped (cut to the deadline), logged to $OUT/NAME.log
-step() {
-    local name=$1 cap=$2
-    shift 2
-    local left=$((DEADLINE - SECONDS))
-    if [ "$left" -lt 15 ]; then
-        echo "== $name: skipped (${left} s left of ${DEADLINE})" | tee -a "$OUT/summary.txt"
-        return 1
-    fi
-    [ "$cap" -gt "$left" ] && cap=$left
-    echo "== $name (cap ${cap} s)"
-    local t0=$SECONDS
-    timeout "$cap" "$@" >"$OUT/$name.log" 2>&1
-    local rc=$?
-    tail -25 "$OUT/$name.log"
-    printf '%-28s exit %3d  %4d s%s\n' "$name" "$rc" $((SECONDS - t0)) "$([ $rc -eq 124 ] && echo '  (timed out)')" |
-        tee -a "$OUT/summary.txt"
-    return $rc
-}
 
 TB_TEST_ONLY=sp24 step test_backend 150 $B/test_backend
 grep -E "^== |cuSPARSELt|dense copy|no dense|prefill choice|FAIL|checks" "$OUT/test_backend.log" | tee -a "$OUT/prefill.txt"
