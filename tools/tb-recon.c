@@ -160,6 +160,8 @@ static int write_shard(const options *o, const tb_pack_file *p, float *const w[T
 
 static int run(options *o, const char *cmdline)
 {
+    /* where a call's time goes (--json, -v): at 7B the steps are a minority */
+    double t_start = tb_now(), t_inputs = t_start, t_targets = t_start, t_weights = t_start, t_trained = t_start;
     tb_model m;
     /* asked first: a pruned model is the wrong kind of -m whatever it holds */
     if (tb_is_tbm(o->model)) return tb_fail(TB_EUSAGE, "%s: -m takes the dense checkpoint, not a pruned model", o->model);
@@ -198,9 +200,11 @@ static int run(options *o, const char *cmdline)
     tb_outfile probe; /* refuse an unwritable output before the work */
     if (!rc && !(rc = tb_out_open(&probe, o->output))) tb_out_abort(&probe);
     if (!rc) rc = load_inputs(o, &m, &inputs, &windows, &T);
+    t_inputs = tb_now();
     if (!rc)
         rc = dense_targets(&m, o->layer, inputs, windows, T, o->threads, o->be, &targets,
                            o->bo.unit == TB_UNIT_BLOCKS ? &attn_targets : NULL);
+    t_targets = tb_now();
     if (!rc && o->bo.mask.every > 0) { /* learned masks: pruned entries start at the dense weights */
         for (int k = 0; k < TB_LIN_PER_LAYER && !rc; k++) {
             if (pk[k]->n < 1 || pk[k]->perm)
@@ -247,6 +251,7 @@ static int run(options *o, const char *cmdline)
     }
     tb_recon_report rep = {0};
     tb_block_report brep = {0};
+    t_weights = tb_now();
     if (!rc && blockwise) {
         tb_progress prog;
         char label[32];
@@ -275,7 +280,9 @@ static int run(options *o, const char *cmdline)
                             &prog, &rep);
         tb_progress_end(&prog);
     }
+    t_trained = tb_now();
     if (!rc) rc = write_shard(o, &p, w, pk, (const uint8_t *const *)keep, &rep, cmdline);
+    const double t_written = tb_now();
     if (!rc && o->json) {
         cJSON *j = cJSON_CreateObject();
         cJSON_AddNumberToObject(j, "layer", o->layer);
@@ -285,6 +292,12 @@ static int run(options *o, const char *cmdline)
         cJSON_AddNumberToObject(j, "target_power", rep.target_power);
         cJSON_AddNumberToObject(j, "steps", o->ro.steps);
         cJSON_AddNumberToObject(j, "seconds", rep.seconds);
+        cJSON_AddNumberToObject(j, "seconds_inputs", t_inputs - t_start);
+        cJSON_AddNumberToObject(j, "seconds_targets", t_targets - t_inputs);
+        cJSON_AddNumberToObject(j, "seconds_weights", t_weights - t_targets);
+        cJSON_AddNumberToObject(j, "seconds_training", t_trained - t_weights);
+        cJSON_AddNumberToObject(j, "seconds_write", t_written - t_trained);
+        cJSON_AddNumberToObject(j, "seconds_total", t_written - t_start);
         rc = tb_json_print(j);
     }
     if (!rc)
@@ -292,6 +305,10 @@ static int run(options *o, const char *cmdline)
                 o->layer, rep.mse_before, rep.mse_after, 100.0 * rep.mse_after / rep.mse_before, rep.target_power,
                 o->ro.steps, rep.seconds, o->output);
     if (!rc) tb_info("layer %d trained on %s", o->layer, o->be->desc);
+    if (!rc)
+        tb_info("layer %d: %.1f s: inputs %.1f s, dense targets %.1f s, weights %.1f s, training %.1f s, write %.1f s",
+                o->layer, t_written - t_start, t_inputs - t_start, t_targets - t_inputs, t_weights - t_targets,
+                t_trained - t_weights, t_written - t_trained);
     for (int k = 0; k < TB_LIN_PER_LAYER; k++) {
         free(w[k]);
         free(keep[k]);
@@ -344,7 +361,9 @@ int main(int argc, char **argv)
         TB_OPT_DOUBLE(0, "mask-decay", &o.bo.mask.decay, "D", 0, 1e6, "SR-STE decay of the pruned latents, W~ -= lr*D*W~ per\n"
                                                                      "step (default 20; 0 is plain straight-through)"),
         TB_OPT_JSON(&o.json, "print the result as one JSON object on stdout: layer,\n"
-                             "mse_before, mse_after, error_kept, target_power, steps, seconds"),
+                             "mse_before, mse_after, error_kept, target_power, steps, seconds\n"
+                             "(training and evaluation), and seconds_inputs, _targets,\n"
+                             "_weights, _training, _write, _total (where the call's time went)"),
         TB_OPT_THREADS(&o.threads),
         TB_OPT_DEVICE(&o.dev),
         TB_OPT_COMMON(),

@@ -128,11 +128,15 @@ mkdir -p "$wrap"
 for t in "$TB_BIN"/tb-*; do
     n=$(basename "$t")
     if [ "$n" = tb-inspect ]; then ln -sf "$t" "$wrap/$n"; continue; fi
+    # tb-recon also reports where its time went (--json on stdout, which the
+    # Makefile's call does not use otherwise)
+    extra=
+    [ "$n" = tb-recon ] && extra=" --json >>$W/recon.jsonl"
     cat >"$wrap/$n" <<EOF
 #!/bin/bash
 trap : TERM # the deadline's SIGTERM ends the tool; its call is still logged (exit 143)
 s=\$EPOCHREALTIME
-"$t" "\$@"
+"$t" "\$@"$extra
 rc=\$?
 echo "\$s \$EPOCHREALTIME \$rc $n \$*" >>"$STAGES"
 exit \$rc
@@ -195,6 +199,17 @@ fi
 
 # the tables
 python3 bench/gpu/run_7b_table.py "$STAGES" "${MEM}" "$NL" 2>&1 | tee -a "$TXT"
+if [ -s "$W/recon.jsonl" ]; then
+    python3 - "$W/recon.jsonl" <<'PY' | tee -a "$TXT"
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip().startswith("{")]
+keys = ["inputs", "targets", "weights", "training", "write", "total"]
+print("tb-recon, where a call's time went (mean of %d calls, s): " % len(rows) +
+      ", ".join("%s %.1f" % (k, sum(r["seconds_" + k] for r in rows) / len(rows)) for k in keys) +
+      "; of training, the steps and evaluations %.1f" % (sum(r["seconds"] for r in rows) / len(rows)))
+PY
+    cp "$W/recon.jsonl" "$OUT/run_7b-recon.jsonl"
+fi
 cp "$STAGES" "$OUT/run_7b-stages.log"
 tail -c 20000 "$W/make.log" >"$OUT/run_7b-make.log" 2>/dev/null
 [ -f "$W/smoke.log" ] && cp "$W/smoke.log" "$OUT/run_7b-smoke.log"

@@ -25,6 +25,14 @@ setup_file() {
     before=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["mse_before"])' "$output")
     after=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["mse_after"])' "$output")
     awk -v a="$after" -v b="$before" 'BEGIN { exit !(a < 0.95 * b) }'
+    # where the time went: each phase non-negative, training covers the
+    # steps' own seconds, the phases add up to the total
+    python3 -c '
+import json, sys
+j = json.loads(sys.argv[1])
+ph = [j["seconds_" + k] for k in ("inputs", "targets", "weights", "training", "write")]
+assert min(ph) >= 0 and j["seconds_training"] >= j["seconds"] > 0, j
+assert abs(sum(ph) - j["seconds_total"]) < 1e-6 * max(1.0, j["seconds_total"]), j' "$output"
     run tb-inspect --json r0.tb
     run python3 -c "
 import json, sys; p = json.loads(sys.argv[1])['pruned']
