@@ -16,17 +16,19 @@
 #                        writes itself: each continues the first 32 tokens of a
 #                        calibration window with its own samples (temperature 1;
 #                        tb-run --sample-windows). No other text is used.
-#                        (GEN_WINDOWS; default 256; 0: calibration windows only)
+#                        (GEN_WINDOWS; default 1024; 0: calibration windows only)
 # The default recipe (BENCHMARKS.md, "Quality past local reconstruction"):
 # layer by layer on the pruned model's own hidden states, Wanda scores, top-N
 # masks, per-row least-squares compensation (tb-pack --compensate auto), then
 # tb-recon trains each layer against the dense layer for 1000 steps with its
 # N:M masks learned (SR-STE: --learn-masks 10 --mask-decay 20; N:M patterns),
 # then tb-distill trains the whole model's kept weights against the dense
-# model's logits for 300 steps, on the calibration windows and 256 windows the
-# dense model writes from their first 32 tokens (the calibration windows alone
-# are memorized; screen on 128 windows: KL 1.125 -> 1.056). tiny-llama-6m 2:4
-# without them: KL 1.181 to the dense model, ppl 179.9 (SparseGPT: 2.163 / 426.9).
+# model's logits for 1000 steps (DISTILL_STEPS), on the calibration windows and
+# 1024 windows the dense model writes from their first 32 tokens (the
+# calibration windows alone are memorized). tiny-llama-6m 2:4, full protocol
+# (H200 sweep): KL 0.962 to the dense model, ppl 116.8; 256 windows and 300
+# steps (the previous default): 1.101 / 143.3; no generated windows: 1.183 /
+# 179.7 (SparseGPT: 2.163 / 426.9).
 # Leaves OUT_DIR/model.tbm and every intermediate file (see examples/Makefile);
 # rerunning resumes. Environment: TB (tools directory), JOBS (make -j,
 # default 2), and any variable of examples/Makefile (RECON_STEPS, RECON_ARGS,
@@ -44,7 +46,7 @@ while [ $# -gt 0 ]; do
     --device=*) device=${1#*=}; shift ;;
     --gen-windows) [ $# -ge 2 ] || usage; gen=$2; shift 2 ;;
     --gen-windows=*) gen=${1#*=}; shift ;;
-    -h|--help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "prune-model: unknown option '$1'" >&2; usage ;;
     *) if [ -z "$model" ]; then model=$1; elif [ -z "$out" ]; then out=$1
        elif [ -z "$pattern" ]; then pattern=$1; elif [ -z "$calib" ]; then calib=$1; else usage; fi; shift ;;
@@ -64,9 +66,9 @@ else
     learn=""
     case $pattern in *:*) learn="--learn-masks 10 --mask-decay 20" ;; esac
     # environment values (RECON_STEPS=... examples/prune-model.sh ...) win over the recipe
-    set -- "$@" RECON_STEPS="${RECON_STEPS:-1000}" RECON_ARGS="${RECON_ARGS-$learn}" DISTILL_STEPS="${DISTILL_STEPS:-300}"
+    set -- "$@" RECON_STEPS="${RECON_STEPS:-1000}" RECON_ARGS="${RECON_ARGS-$learn}" DISTILL_STEPS="${DISTILL_STEPS:-1000}"
     # the option, else the environment, else the recipe's default
-    set -- "$@" GEN_WINDOWS="${gen:-${GEN_WINDOWS:-256}}"
+    set -- "$@" GEN_WINDOWS="${gen:-${GEN_WINDOWS:-1024}}"
 fi
 start=$(date +%s)
 make --no-print-directory -j "${JOBS:-2}" "$@"
