@@ -80,12 +80,7 @@ wait $nvcc_pid
 GBS=$($W/copybw 2>/dev/null)
 [ -n "$GBS" ] || { GBS=4264.9; log "copy rate: not measured ($(tail -1 $W/copybw.log)); 4264.9 GB/s from bench_7b 2026-12-02 13:12"; }
 log "copy rate (device to device, read + write): $GBS GB/s"
-# bytes a decode step reads: every tensor but the embedding table (a step
-# looks up one row of it), lm_head included (the embedding itself when tied);
-# for 2:4 the layers' tensors as the packed files hold them (values and
-# indices), the rest as the checkpoint's. (Before 2026-12-03 the 2:4 figure
-# was the .tb files' size plus lm_head; tb-pack's .tb also carries the
-# embedding and lm_head, so that overstated it by two vocab x hidden tables.)
+# bytes a decode step reads (what each model's step streams: step_bytes.py)
 BYTES_dense=$(python3 bench/gpu/step_bytes.py $W/mD)
 BYTES_sp24=$(python3 bench/gpu/step_bytes.py $W/mD $W/pD/*.tb)
 log "bytes a step reads: dense $BYTES_dense, 2:4 $BYTES_sp24 (ratio $(awk -v a=$BYTES_dense -v b=$BYTES_sp24 'BEGIN{printf "%.3f", a/b}'))"
@@ -99,11 +94,9 @@ for m in "dense $W/mD" "sp24 $W/pD/model.tbm"; do
             name=run-$label-graph$g-$r
             # the text (stdout) apart from -v's lines (stderr, the log)
             TB_CUDA_GRAPH=$g step $name 90 bash -c "$B/tb-run -v -m $model --prompt The -n 128 --device $DEV > $W/$name.txt" 
-            tps=$(sed -n 's/.*generation: .*(\([0-9.]*\) tokens\/s).*/\1/p' "$OUT/$name.log" | tail -1)
+            tps=$(gen_rate "$OUT/$name.log")
             grep -h "decode:" "$OUT/$name.log" | head -2 | sed 's/^/    /' | tee -a "$S"
-            [ -n "$tps" ] && log "$(awk -v l=$label -v g=$g -v r=$r -v t=$tps -v b=$bytes -v bw=$GBS 'BEGIN {
-                ms = 1000 / t; bound = b / (bw * 1e9) * 1000;
-                printf "  %-5s graph %d rep %d: %7.1f tokens/s, %.3f ms a step; bound %.3f ms: %.1f%% of the copy-bandwidth bound", l, g, r, t, ms, bound, 100 * bound / ms }')"
+            [ -n "$tps" ] && log "$(decode_line "$(printf '%-5s graph %d rep %d:' $label $g $r)" $tps $bytes $GBS)"
         done
         if ! cmp -s $W/run-$label-graph$g-1.txt $W/run-$label-graph0-1.txt; then
             log "  MISMATCH: $label generated text with TB_CUDA_GRAPH=$g differs from TB_CUDA_GRAPH=0"

@@ -12,6 +12,10 @@
 #                                fail=1 when it fails
 #   gpu_mem_start, gpu_mem_peak  sample the GPU's used memory every 100 ms in the
 #                                background / stop and print the peak (MiB)
+#   gen_rate FILE                the generation tokens/s `tb-run -v` wrote to FILE
+#   decode_line LABEL TPS BYTES GBS  one line: tokens/s, the step time, the bound
+#                                (BYTES a step reads, bench/gpu/step_bytes.py, over
+#                                GBS, bench/gpu/copybw.cu) and the step's share of it
 # The device gives each call at most 10 minutes: every step is capped so a script
 # ends by itself with its summary written, instead of being killed mid-write.
 [ -n "${1:-}" ] || { echo "lib.sh: usage: . bench/gpu/lib.sh NAME" >&2; return 1; }
@@ -59,4 +63,14 @@ gpu_mem_peak() {
     local peak
     peak=$(sort -n "$TB_MEM_LOG" | tail -1)
     echo "${peak:-?}"
+}
+
+gen_rate() { sed -n 's/.*generation: .*(\([0-9.]*\) tokens\/s).*/\1/p' "$1" | tail -1; }
+
+decode_line() {
+    awk -v l="$1" -v t="${2:-0}" -v b="$3" -v bw="${4:-0}" 'BEGIN {
+        if (t == 0) { printf "  %s decode failed\n", l; exit }
+        ms = 1000 / t; bound = (bw > 0) ? b / (bw * 1e9) * 1000 : 0
+        printf "  %s %7.1f tokens/s, %.3f ms a step; bound %.3f ms: %.1f%% of the copy-bandwidth bound\n",
+            l, t, ms, bound, (bw > 0) ? 100 * bound / ms : 0 }'
 }

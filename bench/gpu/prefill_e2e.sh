@@ -169,11 +169,7 @@ if [ $((DEADLINE - SECONDS)) -ge 110 ]; then
             set -- $m
             [ $((DEADLINE - SECONDS)) -ge 15 ] || { log "$1 decode: skipped"; continue; }
             timeout 40 $B/tb-run -v -m $2 --prompt The -n 128 --device $DEV >/dev/null 2>$W/dec.err
-            tps=$(sed -n 's/.*generation: .*(\([0-9.]*\) tokens\/s).*/\1/p' $W/dec.err | tail -1)
-            log "$(awk -v l=$1 -v t=${tps:-0} -v b=$3 -v bw=${gbs:-0} 'BEGIN {
-                if (t == 0) { printf "  %-10s decode failed", l; exit }
-                ms = 1000 / t; bound = (bw > 0) ? b / (bw * 1e9) * 1000 : 0;
-                printf "  %-10s %7.1f tokens/s, %.3f ms a step; bound %.3f ms: %.1f%% of it", l, t, ms, bound, (bw > 0) ? 100 * bound / ms : 0 }')"
+            log "$(decode_line "$(printf '%-10s' $1)" "$(gen_rate $W/dec.err)" $3 "$gbs")"
         done
     else
         log "32-layer decode: skipped ($((DEADLINE - SECONDS)) s left)"
