@@ -265,10 +265,10 @@ constexpr int kRowThreads = 256;
 // threads of k_rmsnorm and k_add_rmsnorm for rows of d: about 4 values a
 // thread, 128 to 1024. A decode step runs them on one block (one row), whose
 // time is each thread's chain of dependent loads and f64 adds: at 256 threads
-// and d = 4096 (16 values a thread) one call took ~15 us on the H200
-// (decode_profile, 2026-12-03), 8 calls a layer, ~1 ms of a 32-layer step.
-// Both kernels take the same count, so add_rmsnorm's sums stay those of
-// add then rmsnorm (the same order, the same bits).
+// and d = 4096 (16 values a thread) a call took ~15 us under Nsight Compute
+// (cold caches) on the H200; the change gave +3.6% dense decode tokens/s (4
+// Mistral-7B layers, BENCHMARKS.md). Both kernels take the same count, so
+// add_rmsnorm's sums stay those of add then rmsnorm (same order, same bits).
 static int norm_threads(int d)
 {
     int t = (d + 3) / 4;
