@@ -20,6 +20,8 @@ setup_file() {
     # the last layer's output feeds nothing, so its partial model is never built
     [ -f "$OUTD/partial.4.tbm" ] && [ -f "$OUTD/stream.5.st" ] && [ ! -e "$OUTD/partial.5.tbm" ]
     [ -f "$OUTD/tokenizer.json" ]
+    # the environment's numbers win over the device's defaults, and the log says which ran
+    grep -Eq "^prune-model: on (cpu|cuda): 6 generated windows, 10 distillation steps$" "$BATS_FILE_TMPDIR/log"
     # the dense model's own windows for tb-distill: 6 of the calibration length
     run tb-inspect --json "$OUTD/gen.st"
     python3 -c "import json, sys; d = json.loads(sys.argv[1]); assert d['tensors'][0]['shape'] == [6, 128] and d['metadata']['prefix'] == '32', d" "$output"
