@@ -92,36 +92,29 @@ static int take_grad(void *ctx, int layer, tb_lin_id which, const float *dW, int
     return TB_OK;
 }
 
-/* window `win` through layer l; its target onto the backend (t->tgt) */
-static int run_layer(trainer *t, const float *inputs, const float *targets, int64_t win)
-{
-    const size_t nd = (size_t)t->T * t->m->cfg.hidden_size;
-    int rc = tb_forward_set_stream(t->f, t->l, inputs + (size_t)win * nd, t->T);
-    if (!rc) t->be->ops->upload(t->be, t->tgt, targets + (size_t)win * nd, nd * sizeof(float));
-    return rc ? rc : tb_forward_layers(t->f, t->T, t->l, t->l + 1);
-}
-
 static const float *unit_output(trainer *t, int at_h)
 {
     return at_h ? t->f->acts[t->l].h : tb_forward_stream(t->f, t->l + 1);
 }
 
 /* mean squared error of the layer output (at_h: of the attention block's h) */
-static double eval_mse(trainer *t, const float *inputs, const float *targets, int64_t n_eval, int at_h)
+static double eval_mse(trainer *t, const tb_recon_windows *ws, int64_t n_eval, int at_h)
 {
-    const size_t nd = (size_t)t->T * t->m->cfg.hidden_size;
+    const size_t nd = ws->nd;
     double se = 0;
     for (int64_t w = 0; w < n_eval; w++) {
-        if (run_layer(t, inputs, targets, w)) return NAN;
-        se += t->be->ops->sum_sq_diff(t->be, unit_output(t, at_h), t->tgt, nd);
+        const float *tg;
+        if (tb_recon_windows_load(ws, t->f, t->l, w, at_h, t->tgt, &tg)) return NAN;
+        se += t->be->ops->sum_sq_diff(t->be, unit_output(t, at_h), tg, nd);
     }
     return se / ((double)n_eval * (double)nd);
 }
 
 /* one unit: train the weights in `set` (bit k = linear k) for o->r.steps steps */
-static int train_unit(trainer *t, unsigned set, int at_h, const float *inputs, const float *targets, int64_t windows,
-                      int64_t *done, int64_t total, tb_progress_fn progress, void *ctx)
+static int train_unit(trainer *t, unsigned set, int at_h, const tb_recon_windows *ws, int64_t *done, int64_t total,
+                      tb_progress_fn progress, void *ctx)
 {
+    const int64_t windows = ws->windows;
     tb_backend *be = t->be;
     const tb_block_opts *o = t->o;
     const int T = t->T, l = t->l, steps = o->r.steps;
@@ -139,9 +132,10 @@ static int train_unit(trainer *t, unsigned set, int at_h, const float *inputs, c
         TB_RANGE_PUSH("recon step");
         if (step % windows == 0) tb_window_order(order, windows, o->r.seed, step / windows);
         int64_t win = order[step % windows];
-        if ((rc = run_layer(t, inputs, targets, win))) break;
+        const float *tg;
+        if ((rc = tb_recon_windows_load(ws, t->f, l, win, at_h, t->tgt, &tg))) break;
         /* d mean((out - tg)^2) / d out */
-        be->ops->scaled_diff(be, t->b->d_res, unit_output(t, at_h), t->tgt, 2.0f / (float)nd, nd);
+        be->ops->scaled_diff(be, t->b->d_res, unit_output(t, at_h), tg, 2.0f / (float)nd, nd);
         /* Adam with bias correction (step + 1) and the cosine schedule, as tb_adam_masked */
         t->lr = tb_cosine_lr(o->r.lr, step, steps);
         t->c1 = 1.0 - pow(o->r.beta1, (double)(step + 1));
@@ -175,17 +169,33 @@ static int train_unit(trainer *t, unsigned set, int at_h, const float *inputs, c
     return rc;
 }
 
+/* The caller's host arrays: on a device with room they go there once
+ * (tb_recon_windows_upload), so a step moves nothing over PCIe. */
 int tb_recon_block(tb_model *m, int l, float *const w[TB_LIN_PER_LAYER], uint8_t *const keep[TB_LIN_PER_LAYER],
                    const float *const dense[TB_LIN_PER_LAYER], const float *inputs, const float *targets,
                    const float *attn_targets, int64_t windows, int seq_len, const tb_block_opts *o,
                    tb_progress_fn progress, void *ctx, tb_block_report *r)
 {
-    const int T = seq_len;
-    const size_t nd = (size_t)T * m->cfg.hidden_size;
+    tb_recon_windows ws;
+    tb_recon_windows_host(&ws, inputs, targets, o->unit == TB_UNIT_BLOCKS ? attn_targets : NULL, windows, seq_len,
+                          m->cfg.hidden_size);
+    int rc = tb_recon_windows_upload(&ws, o->r.backend);
+    if (!rc) rc = tb_recon_block_windows(m, l, w, keep, dense, &ws, o, progress, ctx, r);
+    tb_recon_windows_free(&ws);
+    return rc;
+}
+
+int tb_recon_block_windows(tb_model *m, int l, float *const w[TB_LIN_PER_LAYER], uint8_t *const keep[TB_LIN_PER_LAYER],
+                           const float *const dense[TB_LIN_PER_LAYER], const tb_recon_windows *ws,
+                           const tb_block_opts *o, tb_progress_fn progress, void *ctx, tb_block_report *r)
+{
+    const int T = ws->seq_len;
+    const int64_t windows = ws->windows;
     const int learn = o->mask.every > 0;
     memset(r, 0, sizeof *r);
     if (windows < 1) return tb_fail(TB_EUSAGE, "recon: no windows");
-    if (o->unit == TB_UNIT_BLOCKS && !attn_targets) return tb_fail(TB_EUSAGE, "recon: blocks need the attention targets");
+    if (o->unit == TB_UNIT_BLOCKS && !ws->attn && !ws->attn_d)
+        return tb_fail(TB_EUSAGE, "recon: blocks need the attention targets");
     if (learn && (o->n < 1 || o->m <= o->n || o->m > 16 || !dense))
         return tb_fail(TB_EUSAGE, "recon: learned masks need an N:M pattern and the dense weights");
     for (int k = 0; k < TB_LIN_PER_LAYER; k++) {
@@ -213,8 +223,9 @@ int tb_recon_block(tb_model *m, int l, float *const w[TB_LIN_PER_LAYER], uint8_t
     const int in_place = be->o.device == TB_DEVICE_CPU;
     trainer t = {.m = m, .be = be, .o = o, .l = l, .T = T, .learn = learn, .f = &f, .b = &b};
     uint8_t *keep0[TB_LIN_PER_LAYER] = {0};
-    t.tgt = tb_alloc_f32(be, nd, "a target window");
-    if (!t.tgt || !tb_forward_layer_weights(&f, l)) rc = tb_errcode() ? tb_errcode() : TB_EIO;
+    /* one target window on the backend, for windows that are not resident */
+    t.tgt = ws->tg_d ? NULL : tb_alloc_f32(be, ws->nd, "a target window");
+    if ((!ws->tg_d && !t.tgt) || !tb_forward_layer_weights(&f, l)) rc = tb_errcode() ? tb_errcode() : TB_EIO;
     for (int k = 0; k < TB_LIN_PER_LAYER && !rc; k++) {
         const tb_linear *L = &m->layers[l].lin[k];
         const size_t n = (size_t)L->rows * L->cols;
@@ -262,29 +273,24 @@ int tb_recon_block(tb_model *m, int l, float *const w[TB_LIN_PER_LAYER], uint8_t
     double t0 = tb_now();
     int64_t n_eval = o->r.eval_windows < windows ? o->r.eval_windows : windows;
     if (!rc) {
-        double p = 0;
-        for (size_t i = 0; i < (size_t)n_eval * nd; i++) {
-            double d = (double)targets[i] - inputs[i];
-            p += d * d;
-        }
-        r->r.target_power = p / ((double)n_eval * (double)nd);
-        r->r.mse_before = eval_mse(&t, inputs, targets, n_eval, 0);
-        if (o->unit == TB_UNIT_BLOCKS) r->attn_mse_before = eval_mse(&t, inputs, attn_targets, n_eval, 1);
+        r->r.target_power = tb_recon_windows_target_power(ws, be, n_eval);
+        r->r.mse_before = eval_mse(&t, ws, n_eval, 0);
+        if (o->unit == TB_UNIT_BLOCKS) r->attn_mse_before = eval_mse(&t, ws, n_eval, 1);
     }
     const unsigned attn = 1u << TB_LIN_Q | 1u << TB_LIN_K | 1u << TB_LIN_V | 1u << TB_LIN_O;
     const unsigned all = (1u << TB_LIN_PER_LAYER) - 1;
     int64_t done = 0, total = (int64_t)o->r.steps * (o->unit == TB_UNIT_BLOCKS ? 2 : 1);
-    if (!rc && o->unit == TB_UNIT_LAYER) rc = train_unit(&t, all, 0, inputs, targets, windows, &done, total, progress, ctx);
+    if (!rc && o->unit == TB_UNIT_LAYER) rc = train_unit(&t, all, 0, ws, &done, total, progress, ctx);
     if (!rc && o->unit == TB_UNIT_BLOCKS) {
-        rc = train_unit(&t, attn, 1, inputs, attn_targets, windows, &done, total, progress, ctx);
-        if (!rc) r->attn_mse_after = eval_mse(&t, inputs, attn_targets, n_eval, 1);
+        rc = train_unit(&t, attn, 1, ws, &done, total, progress, ctx);
+        if (!rc) r->attn_mse_after = eval_mse(&t, ws, n_eval, 1);
         t.tokens_seen = 0;
         for (int k = 0; learn && k < TB_LIN_PER_LAYER; k++)
             be->ops->zero(be, t.colsq[k], (size_t)m->layers[l].lin[k].cols * sizeof(double));
-        if (!rc) rc = train_unit(&t, all & ~attn, 0, inputs, targets, windows, &done, total, progress, ctx);
+        if (!rc) rc = train_unit(&t, all & ~attn, 0, ws, &done, total, progress, ctx);
     }
     if (!rc) {
-        r->r.mse_after = eval_mse(&t, inputs, targets, n_eval, 0);
+        r->r.mse_after = eval_mse(&t, ws, n_eval, 0);
         if (!isfinite(r->r.mse_after))
             rc = tb_fail(TB_EDATA, "recon: layer %d: the error is not finite after training", l);
     }

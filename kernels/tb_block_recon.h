@@ -74,6 +74,12 @@ int tb_recon_block(tb_model *m, int l, float *const w[TB_LIN_PER_LAYER], uint8_t
                    const float *attn_targets, int64_t windows, int seq_len, const tb_block_opts *o,
                    tb_progress_fn progress, void *ctx, tb_block_report *r);
 
+/* The same on windows made by tb_recon_windows_dense (tb_recon.h): attn
+ * targets needed for TB_UNIT_BLOCKS. */
+int tb_recon_block_windows(tb_model *m, int l, float *const w[TB_LIN_PER_LAYER], uint8_t *const keep[TB_LIN_PER_LAYER],
+                           const float *const dense[TB_LIN_PER_LAYER], const tb_recon_windows *ws,
+                           const tb_block_opts *o, tb_progress_fn progress, void *ctx, tb_block_report *r);
+
 /* The dense layer l's outputs (and, attn_out not NULL, its attention block's
  * h) for each input window: [windows, seq_len, hidden] each, host arrays,
  * computed on be (NULL: the CPU with n_threads) holding layer l only. m's

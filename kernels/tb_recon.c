@@ -49,53 +49,38 @@ static int adam_step(void *ctx, int layer, tb_lin_id which, const float *dW, int
     return TB_OK;
 }
 
-/* Where the windows come from. On a device with room for them, all inputs
- * and targets are copied there once (a step then moves nothing over PCIe);
- * otherwise (the CPU, whose memory they already are, or a small GPU) each
- * step uploads its window. */
-typedef struct {
-    const float *inputs, *targets; /* host [windows, T, hidden] */
-    float *in_d, *tg_d;            /* backend copies of all windows, or NULL */
-    float *tgt;                    /* backend buffer of one target window */
-    size_t nd;
-} windows_src;
-
-/* window `win` through layer l: its input into stream l; *tg receives where
- * its target is on the backend; the output lands in stream l+1 */
-static int run_layer(tb_forward *f, int l, const windows_src *ws, int64_t win, int T, const float **tg)
-{
-    tb_backend *be = f->be;
-    const size_t off = (size_t)win * ws->nd;
-    int rc;
-    if (ws->in_d) {
-        be->ops->copy(be, tb_forward_stream(f, l), ws->in_d + off, ws->nd * sizeof(float));
-        *tg = ws->tg_d + off;
-        rc = TB_OK;
-    } else {
-        rc = tb_forward_set_stream(f, l, ws->inputs + off, T);
-        if (!rc) be->ops->upload(be, ws->tgt, ws->targets + off, ws->nd * sizeof(float));
-        *tg = ws->tgt;
-    }
-    return rc ? rc : tb_forward_layers(f, T, l, l + 1);
-}
-
-static double eval_mse(tb_forward *f, int l, const windows_src *ws, int64_t n_eval, int T)
+static double eval_mse(tb_forward *f, int l, const tb_recon_windows *ws, float *tgt_buf, int64_t n_eval)
 {
     double se = 0;
     for (int64_t w = 0; w < n_eval; w++) {
         const float *tg;
-        if (run_layer(f, l, ws, w, T, &tg)) return NAN;
+        if (tb_recon_windows_load(ws, f, l, w, 0, tgt_buf, &tg)) return NAN;
         se += f->be->ops->sum_sq_diff(f->be, tb_forward_stream(f, l + 1), tg, ws->nd);
     }
     return se / ((double)n_eval * (double)ws->nd);
 }
 
+/* The caller's host arrays: on a device with room they go there once
+ * (tb_recon_windows_upload), so a step moves nothing over PCIe. */
 int tb_recon_layer(tb_model *m, int l, float *const w[TB_LIN_PER_LAYER], const uint8_t *const keep[TB_LIN_PER_LAYER],
                    const float *inputs, const float *targets, int64_t windows, int seq_len, const tb_recon_opts *o,
                    tb_progress_fn progress, void *ctx, tb_recon_report *r)
 {
-    const int T = seq_len;
-    const size_t nd = (size_t)T * m->cfg.hidden_size;
+    tb_recon_windows ws;
+    tb_recon_windows_host(&ws, inputs, targets, NULL, windows, seq_len, m->cfg.hidden_size);
+    int rc = tb_recon_windows_upload(&ws, o->backend);
+    if (!rc) rc = tb_recon_layer_windows(m, l, w, keep, &ws, o, progress, ctx, r);
+    tb_recon_windows_free(&ws);
+    return rc;
+}
+
+int tb_recon_layer_windows(tb_model *m, int l, float *const w[TB_LIN_PER_LAYER],
+                           const uint8_t *const keep[TB_LIN_PER_LAYER], const tb_recon_windows *ws,
+                           const tb_recon_opts *o, tb_progress_fn progress, void *ctx, tb_recon_report *r)
+{
+    const int T = ws->seq_len;
+    const size_t nd = ws->nd;
+    const int64_t windows = ws->windows;
     memset(r, 0, sizeof *r);
     for (int k = 0; k < TB_LIN_PER_LAYER; k++) {
         const tb_linear *L = &m->layers[l].lin[k];
@@ -116,22 +101,9 @@ int tb_recon_layer(tb_model *m, int l, float *const w[TB_LIN_PER_LAYER], const u
     tb_dlinear train[TB_LIN_PER_LAYER];
     memset(train, 0, sizeof train);
     adam_state a = {.be = be, .layer = l, .train = train, .beta1 = o->beta1, .beta2 = o->beta2, .eps = o->eps};
-    windows_src ws = {.inputs = inputs, .targets = targets, .nd = nd};
-    ws.tgt = tb_alloc_f32(be, nd, "a target window");
-    if (!ws.tgt || !tb_forward_layer_weights(&f, l)) rc = tb_errcode() ? tb_errcode() : TB_EIO;
-    size_t all = 2 * (size_t)windows * nd * sizeof(float), room = be->ops->mem_free(be);
-    if (!rc && room != SIZE_MAX && all < room / 4) { /* a device with room: every window there once */
-        ws.in_d = tb_alloc_f32(be, (size_t)windows * nd, "the input windows");
-        ws.tg_d = ws.in_d ? tb_alloc_f32(be, (size_t)windows * nd, "the target windows") : NULL;
-        if (ws.tg_d) {
-            be->ops->upload(be, ws.in_d, inputs, (size_t)windows * nd * sizeof(float));
-            be->ops->upload(be, ws.tg_d, targets, (size_t)windows * nd * sizeof(float));
-        } else { /* not that much room after all: stream them */
-            if (ws.in_d) be->ops->free(be, ws.in_d);
-            ws.in_d = NULL;
-            tb_err_clear();
-        }
-    }
+    /* one target window on the backend, for windows that are not resident */
+    float *tgt = ws->tg_d ? NULL : tb_alloc_f32(be, nd, "a target window");
+    if ((!ws->tg_d && !tgt) || !tb_forward_layer_weights(&f, l)) rc = tb_errcode() ? tb_errcode() : TB_EIO;
     for (int k = 0; k < TB_LIN_PER_LAYER && !rc; k++) {
         const tb_linear *L = &m->layers[l].lin[k];
         size_t sz = (size_t)L->rows * L->cols, nm = sz;
@@ -159,13 +131,8 @@ int tb_recon_layer(tb_model *m, int l, float *const w[TB_LIN_PER_LAYER], const u
     double t0 = tb_now();
     int64_t n_eval = o->eval_windows < windows ? o->eval_windows : windows;
     if (!rc) {
-        double p = 0;
-        for (size_t i = 0; i < (size_t)n_eval * nd; i++) {
-            double d = (double)targets[i] - inputs[i];
-            p += d * d;
-        }
-        r->target_power = p / ((double)n_eval * (double)nd);
-        r->mse_before = eval_mse(&f, l, &ws, n_eval, T);
+        r->target_power = tb_recon_windows_target_power(ws, be, n_eval);
+        r->mse_before = eval_mse(&f, l, ws, tgt, n_eval);
     }
     uint64_t s = o->seed * 0x9E3779B97F4A7C15ull + 1;
     for (int step = 0; step < o->steps && !rc; step++) {
@@ -182,7 +149,7 @@ int tb_recon_layer(tb_model *m, int l, float *const w[TB_LIN_PER_LAYER], const u
         }
         int64_t win = order[pos];
         const float *tg;
-        if ((rc = run_layer(&f, l, &ws, win, T, &tg))) break;
+        if ((rc = tb_recon_windows_load(ws, &f, l, win, 0, tgt, &tg))) break;
         /* d mean((out - tg)^2) / d out */
         be->ops->scaled_diff(be, b.d_res, tb_forward_stream(&f, l + 1), tg, 2.0f / (float)nd, nd);
         /* Adam with bias correction and cosine decay, each weight as its gradient arrives */
@@ -197,7 +164,7 @@ int tb_recon_layer(tb_model *m, int l, float *const w[TB_LIN_PER_LAYER], const u
         if (progress && !rc) progress(ctx, step + 1, o->steps);
     }
     if (!rc) {
-        r->mse_after = eval_mse(&f, l, &ws, n_eval, T);
+        r->mse_after = eval_mse(&f, l, ws, tgt, n_eval);
         if (!isfinite(r->mse_after)) rc = tb_fail(TB_EDATA, "recon: layer %d: the error is not finite after training", l);
     }
     if (!rc)
@@ -211,9 +178,7 @@ int tb_recon_layer(tb_model *m, int l, float *const w[TB_LIN_PER_LAYER], const u
         if (a.m2[k]) be->ops->free(be, a.m2[k]);
         if (a.keep[k]) be->ops->free(be, a.keep[k]);
     }
-    if (ws.tgt) be->ops->free(be, ws.tgt);
-    if (ws.in_d) be->ops->free(be, ws.in_d);
-    if (ws.tg_d) be->ops->free(be, ws.tg_d);
+    if (tgt) be->ops->free(be, tgt);
     free(order);
     tb_backward_free(&b);
     /* the layer's linears were the training copies: the forward must not

@@ -44,6 +44,52 @@ typedef struct {
     double seconds;
 } tb_recon_report;
 
+/* The windows a layer trains on: inputs [windows, seq_len, hidden], the dense
+ * layer's outputs for them (targets) and, for block units, the dense
+ * attention block's h (attn). Either host arrays (in, tg, attn) or, on a
+ * device with room for all of them (a quarter of its free memory), backend
+ * arrays (in_d, tg_d, attn_d: "resident"), so that a training step moves
+ * nothing over PCIe. tb_recon_windows.c. */
+typedef struct {
+    int64_t windows;
+    int seq_len;
+    size_t nd;                       /* seq_len x hidden: floats of one window */
+    const float *in, *tg, *attn;     /* host arrays, or NULL */
+    float *in_d, *tg_d, *attn_d;     /* backend arrays when resident, else NULL */
+    tb_backend *be;                  /* owner of the backend arrays */
+    int owns_host;                   /* the host arrays are freed with the windows */
+} tb_recon_windows;
+
+/* Wrap the caller's host arrays (attn may be NULL; not owned). */
+void tb_recon_windows_host(tb_recon_windows *ws, const float *inputs, const float *targets, const float *attn,
+                           int64_t windows, int seq_len, int hidden);
+/* Copy wrapped host arrays to be when they fit (else leave them on the host:
+ * each step then uploads its window). */
+int tb_recon_windows_upload(tb_recon_windows *ws, tb_backend *be);
+/* The windows of layer l, in two steps (a caller times them apart): first
+ * the inputs (host f32 of any alignment, e.g. a stream file's mapping, read
+ * before this returns), resident on be when they fit (one upload; room for
+ * the targets and, want_attn, the attention targets made there too), else
+ * host copies; then the dense targets, on the device for resident windows,
+ * else a window at a time through be (tb_dense_layer_targets). m's layer l
+ * must hold the dense weights. */
+int tb_recon_windows_inputs(tb_recon_windows *ws, tb_backend *be, int n_threads, const void *inputs, int64_t windows,
+                            int seq_len, int hidden, int want_attn);
+int tb_recon_windows_targets(tb_recon_windows *ws, const tb_model *m, int l, tb_backend *be, int n_threads);
+void tb_recon_windows_free(tb_recon_windows *ws);
+/* Window win's input into f's stream l and the layer run; *tg set to its
+ * target (at_h: the attention target) in backend memory: the resident array,
+ * or tgt_buf (one window, backend memory) after an upload. */
+int tb_recon_windows_load(const tb_recon_windows *ws, tb_forward *f, int l, int64_t win, int at_h, float *tgt_buf,
+                          const float **tg);
+/* mean square of (target - input) over the first n_eval windows, f64 */
+double tb_recon_windows_target_power(const tb_recon_windows *ws, tb_backend *be, int64_t n_eval);
+
+/* Train layer l of m on ws (tb_recon_layer's contract). */
+int tb_recon_layer_windows(tb_model *m, int l, float *const w[TB_LIN_PER_LAYER],
+                           const uint8_t *const keep[TB_LIN_PER_LAYER], const tb_recon_windows *ws,
+                           const tb_recon_opts *o, tb_progress_fn progress, void *ctx, tb_recon_report *r);
+
 /* Train layer l of m. Its seven linears must be dense F32 without permutation
  * and point at the caller's mutable arrays w[k] (tb_lin_id order; pruned
  * entries 0); keep[k][i] != 0 marks the trainable entries. inputs and targets

@@ -53,8 +53,9 @@ static void on_step(void *ctx, int64_t done, int64_t total)
     tb_progress_set(ctx, (uint64_t)done);
 }
 
-/* inputs [W, T, D] of layer L: the saved stream, or the token embeddings */
-static int load_inputs(const options *o, tb_model *m, float **out, int64_t *windows, int *seq_len)
+/* the windows of layer L: inputs (the saved stream, uploaded from its mapping
+ * when the windows fit the device; for layer 0 the token embeddings) */
+static int load_inputs(const options *o, tb_model *m, int want_attn, tb_recon_windows *ws)
 {
     const int D = m->cfg.hidden_size;
     int rc;
@@ -62,38 +63,26 @@ static int load_inputs(const options *o, tb_model *m, float **out, int64_t *wind
         st_file f;
         const st_tensor *h;
         if ((rc = tb_stream_open(&f, o->acts_in, D, o->layer, &h))) return rc;
-        *windows = h->shape[0];
-        *seq_len = (int)h->shape[1];
-        if (o->max_windows > 0 && o->max_windows < *windows) *windows = o->max_windows;
-        size_t n = (size_t)*windows * (size_t)*seq_len * D;
-        if (!(*out = tb_malloc(n * sizeof(float)))) rc = TB_EIO;
-        else tb_to_f32_threads(TB_F32, h->data, 0, n, *out, o->threads); /* copied: the mapping gives no f32 alignment */
+        int64_t windows = h->shape[0];
+        if (o->max_windows > 0 && o->max_windows < windows) windows = o->max_windows;
+        rc = tb_recon_windows_inputs(ws, o->be, o->threads, h->data, windows, (int)h->shape[1], D, want_attn);
         st_close(&f);
         return rc;
     }
     if (o->layer != 0) return tb_fail(TB_EUSAGE, "layer %d needs --acts-in (the stream entering it)", o->layer);
     tb_tokens tk;
     if ((rc = tb_tokens_load(&tk, o->tokens, m->cfg.vocab_size, m->cfg.max_position_embeddings))) return rc;
-    *windows = o->max_windows > 0 && o->max_windows < tk.windows ? o->max_windows : tk.windows;
-    *seq_len = tk.seq_len;
+    int64_t windows = o->max_windows > 0 && o->max_windows < tk.windows ? o->max_windows : tk.windows;
     size_t nd = (size_t)tk.seq_len * D;
-    if (!(*out = tb_malloc((size_t)*windows * nd * sizeof(float)))) rc = TB_EIO;
-    for (int64_t w = 0; !rc && w < *windows; w++)
+    float *emb = tb_malloc((size_t)windows * nd * sizeof(float));
+    if (!emb) rc = TB_EIO;
+    for (int64_t w = 0; !rc && w < windows; w++)
         for (int t = 0; t < tk.seq_len; t++)
-            tb_linear_row(&m->embed, tk.ids[w * tk.seq_len + t], *out + (size_t)w * nd + (size_t)t * D);
+            tb_linear_row(&m->embed, tk.ids[w * tk.seq_len + t], emb + (size_t)w * nd + (size_t)t * D);
+    if (!rc) rc = tb_recon_windows_inputs(ws, o->be, o->threads, emb, windows, tk.seq_len, D, want_attn);
+    free(emb);
     tb_tokens_free(&tk);
     return rc;
-}
-
-/* targets: the dense layer's output for each input window (attn_out: the
- * attention block's h too, for --unit blocks) */
-static int dense_targets(tb_model *m, int l, const float *in, int64_t windows, int T, int threads, tb_backend *be,
-                         float **out, float **attn_out)
-{
-    size_t n = (size_t)windows * T * m->cfg.hidden_size;
-    if (!(*out = tb_malloc(n * sizeof(float))) || (attn_out && !(*attn_out = tb_malloc(n * sizeof(float)))))
-        return TB_EIO;
-    return tb_dense_layer_targets(m, l, in, windows, T, threads, be, *out, attn_out ? *attn_out : NULL);
 }
 
 /* Write the shard again: trained values under the original keep sets (the
@@ -180,13 +169,11 @@ static int run(options *o, const char *cmdline)
         tb_model_close(&m);
         return rc;
     }
-    float *inputs = NULL, *targets = NULL, *attn_targets = NULL, *w[TB_LIN_PER_LAYER] = {0},
-          *dense[TB_LIN_PER_LAYER] = {0};
+    tb_recon_windows ws = {0};
+    float *w[TB_LIN_PER_LAYER] = {0}, *dense[TB_LIN_PER_LAYER] = {0};
     const int blockwise = o->bo.unit != TB_UNIT_LAYER || o->bo.mask.every > 0;
     uint8_t *keep[TB_LIN_PER_LAYER] = {0};
     const tb_packed *pk[TB_LIN_PER_LAYER] = {0};
-    int64_t windows = 0;
-    int T = 0;
     /* every pruned weight of the shard must be one of layer L's seven */
     for (int i = 0; i < p.n_packed && !rc; i++) {
         if (tb_layer_of(p.packed[i].name) != o->layer)
@@ -199,11 +186,9 @@ static int run(options *o, const char *cmdline)
     }
     tb_outfile probe; /* refuse an unwritable output before the work */
     if (!rc && !(rc = tb_out_open(&probe, o->output))) tb_out_abort(&probe);
-    if (!rc) rc = load_inputs(o, &m, &inputs, &windows, &T);
+    if (!rc) rc = load_inputs(o, &m, o->bo.unit == TB_UNIT_BLOCKS, &ws);
     t_inputs = tb_now();
-    if (!rc)
-        rc = dense_targets(&m, o->layer, inputs, windows, T, o->threads, o->be, &targets,
-                           o->bo.unit == TB_UNIT_BLOCKS ? &attn_targets : NULL);
+    if (!rc) rc = tb_recon_windows_targets(&ws, &m, o->layer, o->be, o->threads);
     t_targets = tb_now();
     if (!rc && o->bo.mask.every > 0) { /* learned masks: pruned entries start at the dense weights */
         for (int k = 0; k < TB_LIN_PER_LAYER && !rc; k++) {
@@ -227,19 +212,14 @@ static int run(options *o, const char *cmdline)
             break;
         }
         if (pk[k]->kind == TB_PACKED_NM) { /* every slot of the format is trainable, padding included */
-            float *one = tb_malloc((size_t)pk[k]->values->numel * sizeof(float)), *pos = tb_malloc((size_t)n * sizeof(float));
-            if (!one || !pos) rc = TB_EIO;
-            for (int64_t i = 0; !rc && i < pk[k]->values->numel; i++) one[i] = 1.0f;
-            if (!rc) tb_nm_unpack_rows(TB_F32, one, pk[k]->indices->data, pk[k]->cols, pk[k]->n, pk[k]->m, 0, pk[k]->rows, pos);
-            /* pos is in stored column order; keep is in the model's */
-            for (int64_t r = 0; !rc && r < pk[k]->rows; r++)
-                for (int64_t j = 0; j < pk[k]->cols; j++) {
-                    int64_t c = pk[k]->perm ? ((const int32_t *)pk[k]->perm->data)[j] : j;
-                    keep[k][r * pk[k]->cols + c] = pos[r * pk[k]->cols + j] != 0.0f;
-                }
-            free(one);
-            free(pos);
-            if (rc) break;
+            int32_t *perm = NULL; /* an aligned copy: the mapping's need not be */
+            if (pk[k]->perm && !(perm = tb_malloc((size_t)pk[k]->cols * sizeof *perm))) {
+                rc = TB_EIO;
+                break;
+            }
+            if (perm) memcpy(perm, pk[k]->perm->data, (size_t)pk[k]->cols * sizeof *perm);
+            tb_nm_keep(pk[k]->indices->data, pk[k]->rows, pk[k]->cols, pk[k]->n, pk[k]->m, perm, keep[k]);
+            free(perm);
         } else
             for (int64_t i = 0; i < n; i++) keep[k][i] = w[k][i] != 0.0f;
         tb_linear *L = &m.layers[o->layer].lin[k];
@@ -260,8 +240,8 @@ static int run(options *o, const char *cmdline)
         o->bo.r.n_threads = o->threads;
         o->bo.r.backend = o->be;
         tb_progress_begin(&prog, label, (uint64_t)o->ro.steps * (o->bo.unit == TB_UNIT_BLOCKS ? 2 : 1));
-        rc = tb_recon_block(&m, o->layer, w, keep, (const float *const *)dense, inputs, targets, attn_targets, windows,
-                            T, &o->bo, on_step, &prog, &brep);
+        rc = tb_recon_block_windows(&m, o->layer, w, keep, (const float *const *)dense, &ws, &o->bo, on_step, &prog,
+                                    &brep);
         tb_progress_end(&prog);
         rep = brep.r;
         if (!rc && o->bo.unit == TB_UNIT_BLOCKS)
@@ -276,8 +256,7 @@ static int run(options *o, const char *cmdline)
         tb_progress_begin(&prog, label, (uint64_t)o->ro.steps);
         o->ro.n_threads = o->threads;
         o->ro.backend = o->be;
-        rc = tb_recon_layer(&m, o->layer, w, (const uint8_t *const *)keep, inputs, targets, windows, T, &o->ro, on_step,
-                            &prog, &rep);
+        rc = tb_recon_layer_windows(&m, o->layer, w, (const uint8_t *const *)keep, &ws, &o->ro, on_step, &prog, &rep);
         tb_progress_end(&prog);
     }
     t_trained = tb_now();
@@ -314,9 +293,7 @@ static int run(options *o, const char *cmdline)
         free(keep[k]);
         free(dense[k]);
     }
-    free(inputs);
-    free(targets);
-    free(attn_targets);
+    tb_recon_windows_free(&ws);
     tb_pack_close(&p);
     tb_model_close(&m);
     return rc;
