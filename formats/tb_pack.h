@@ -107,6 +107,12 @@ void tb_unpermute_row(const float *in, float *out, int64_t n, const int32_t *per
 void tb_nm_unpack_rows(tb_dtype v_dt, const void *values, const uint8_t *indices, int64_t cols, int n, int m,
                        int64_t r0, int64_t nr, float *out);
 
+/* The slots of a packed N:M weight [rows, cols] as keep bytes in the model's
+ * column order: keep[r * cols + (perm ? perm[j] : j)] = 1 for every stored
+ * position j that holds a value slot (padding slots included: they are
+ * trainable), 0 elsewhere. perm may be NULL. Rows in parallel. */
+void tb_nm_keep(const uint8_t *indices, int64_t rows, int64_t cols, int n, int m, const int32_t *perm, uint8_t *keep);
+
 /* Validate packed indices of a [rows, cols] weight: positions < m, strictly
  * ascending in each group, zero padding bits (TB_EDATA naming row and group). */
 int tb_nm_check_indices(const uint8_t *indices, int64_t rows, int64_t cols, int n, int m);

@@ -46,25 +46,10 @@ int tb_trainable_init(tb_trainable *t, tb_model *m)
         }
         tb_linear_rows(L, 0, L->rows, t->w[i], rowbuf);
         t->permuted[i] = L->perm != NULL;
-        if (L->format == TB_LINEAR_NM) { /* the format's slots: decode a weight of ones */
+        if (L->format == TB_LINEAR_NM) { /* every slot of the format is trainable, padding included */
             t->pn[i] = L->n;
             t->pm[i] = L->m;
-            int64_t nv = tb_nm_values_per_row(C, L->n, L->m) * R;
-            float *one = tb_malloc((size_t)nv * sizeof(float)), *pos = tb_malloc((size_t)n * sizeof(float));
-            if (!one || !pos) {
-                free(one);
-                free(pos);
-                free(rowbuf);
-                tb_trainable_free(t);
-                return TB_EIO;
-            }
-            for (int64_t k = 0; k < nv; k++) one[k] = 1.0f;
-            tb_nm_unpack_rows(TB_F32, one, L->indices, C, L->n, L->m, 0, R, pos);
-            for (int64_t r = 0; r < R; r++)
-                for (int64_t j = 0; j < C; j++)
-                    t->keep[i][r * C + (L->perm ? L->perm[j] : j)] = pos[r * C + j] != 0.0f;
-            free(one);
-            free(pos);
+            tb_nm_keep(L->indices, R, C, L->n, L->m, L->perm, t->keep[i]);
         } else
             for (int64_t k = 0; k < n; k++) t->keep[i][k] = t->w[i][k] != 0.0f;
         for (int64_t k = 0; k < n; k++)

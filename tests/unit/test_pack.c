@@ -163,6 +163,70 @@ static void test_underfull_group(void **state)
     tb_mask_free(&mk);
 }
 
+/* tb_nm_keep: the slots (padding included) in the model's column order,
+ * known by hand, and on many rows (the parallel split) the same as decoding a
+ * weight of ones, its definition */
+static void test_nm_keep(void **state)
+{
+    (void)state;
+    tb_mask mk;
+    assert_int_equal(tb_mask_alloc(&mk, 2, 8), TB_OK);
+    tb_mask_set(&mk, 0, 2, 1);                          /* row 0, group 0: only column 2 -> slots 0 (pad), 2 */
+    tb_mask_set(&mk, 0, 5, 1), tb_mask_set(&mk, 0, 7, 1); /* group 1: 5, 7 */
+    tb_mask_set(&mk, 1, 1, 1), tb_mask_set(&mk, 1, 3, 1); /* row 1: 1, 3 and 4, 6 */
+    tb_mask_set(&mk, 1, 4, 1), tb_mask_set(&mk, 1, 6, 1);
+    float w[16], v[8];
+    for (int i = 0; i < 16; i++) w[i] = (float)(i + 1);
+    uint8_t idx[4], keep[16];
+    assert_int_equal(tb_nm_pack(TB_F32, w, &mk, 2, 4, TB_F32, v, idx), TB_OK);
+    memset(keep, 7, sizeof keep); /* poisoned: every byte must be written */
+    tb_nm_keep(idx, 2, 8, 2, 4, NULL, keep);
+    const uint8_t want[16] = {1, 0, 1, 0, 0, 1, 0, 1, 0, 1, 0, 1, 1, 0, 1, 0};
+    assert_memory_equal(keep, want, 16);
+    /* stored column j is model column perm[j] */
+    const int32_t perm[8] = {7, 6, 5, 4, 3, 2, 1, 0};
+    memset(keep, 7, sizeof keep);
+    tb_nm_keep(idx, 2, 8, 2, 4, perm, keep);
+    for (int r = 0; r < 2; r++)
+        for (int j = 0; j < 8; j++) assert_int_equal(keep[r * 8 + perm[j]], want[r * 8 + j]);
+    tb_mask_free(&mk);
+
+    /* 4:8 on 301 rows x 64 columns, random masks and a random permutation */
+    const int R = 301, C = 64, n = 4, m = 8;
+    uint64_t s = 88172645463325252ull;
+    assert_int_equal(tb_mask_alloc(&mk, R, C), TB_OK);
+    for (int r = 0; r < R; r++)
+        for (int g = 0; g < C / m; g++) {
+            int kept = 0;
+            for (int j = 0; j < m && kept < n; j++) {
+                s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+                if (s % 3) tb_mask_set(&mk, r, g * m + j, 1), kept++;
+            }
+        }
+    int32_t pr[64];
+    for (int j = 0; j < C; j++) pr[j] = j;
+    for (int j = C - 1; j > 0; j--) {
+        s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+        int k = (int)(s % (uint64_t)(j + 1)), t = pr[j];
+        pr[j] = pr[k], pr[k] = t;
+    }
+    const int64_t vpr = tb_nm_values_per_row(C, n, m);
+    float *wb = calloc((size_t)R * C, sizeof *wb), *vb = malloc((size_t)(R * vpr) * sizeof *vb),
+          *one = malloc((size_t)(R * vpr) * sizeof *one), *pos = malloc((size_t)R * C * sizeof *pos);
+    uint8_t *ib = malloc((size_t)(R * tb_nm_index_row_bytes(C, n, m))), *kb = malloc((size_t)R * C);
+    assert_non_null(wb), assert_non_null(vb), assert_non_null(one), assert_non_null(pos), assert_non_null(ib),
+        assert_non_null(kb);
+    assert_int_equal(tb_nm_pack(TB_F32, wb, &mk, n, m, TB_F32, vb, ib), TB_OK);
+    for (int64_t k = 0; k < R * vpr; k++) one[k] = 1.0f;
+    tb_nm_unpack_rows(TB_F32, one, ib, C, n, m, 0, R, pos);
+    memset(kb, 7, (size_t)R * C);
+    tb_nm_keep(ib, R, C, n, m, pr, kb);
+    for (int r = 0; r < R; r++)
+        for (int j = 0; j < C; j++) assert_int_equal(kb[r * C + pr[j]], pos[r * C + j] != 0.0f);
+    free(wb), free(vb), free(one), free(pos), free(ib), free(kb);
+    tb_mask_free(&mk);
+}
+
 static void test_mask_errors(void **state)
 {
     (void)state;
@@ -344,7 +408,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_index_bits),       cmocka_unit_test(test_24_nibble),
         cmocka_unit_test(test_48_bits),          cmocka_unit_test(test_roundtrip_all_nm),
-        cmocka_unit_test(test_underfull_group),  cmocka_unit_test(test_mask_errors),
+        cmocka_unit_test(test_underfull_group),  cmocka_unit_test(test_nm_keep),
+        cmocka_unit_test(test_mask_errors),
         cmocka_unit_test(test_bad_indices),      cmocka_unit_test(test_shard_roundtrip),
         cmocka_unit_test(test_shard_corrupt),    cmocka_unit_test(test_not_a_shard),
     };
