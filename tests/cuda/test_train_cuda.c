@@ -41,6 +41,7 @@
 #include "tb_error.h"
 #include "tb_learnmask.h"
 #include "tb_model.h"
+#include "tb_recon.h"
 #include "tb_safetensors.h"
 
 static int failures;
@@ -298,6 +299,80 @@ static void block_checks(const char *dir, const char *calib, tb_recon_unit unit)
     }
 }
 
+/* ---- the training windows where the backend computes (tb_recon_windows) ----
+ * Layer 1 of tiny-llama-6m on the embeddings of WINDOWS windows of T tokens,
+ * handed over 2 bytes past an f32 boundary (a stream file's mapping need not
+ * be aligned): on the GPU (f32) the windows must be resident and the dense
+ * targets and attention targets computed there must equal the CPU's
+ * tb_dense_layer_targets to 1e-5 relative (device arrays poisoned with NaN
+ * first), and the target power the host formula's. */
+static void windows_checks(const char *dir, const tb_tokens *tk)
+{
+    printf("training windows on the device: layer 1, %d windows of %d tokens, unaligned input, f32\n", WINDOWS, T);
+    tb_model m;
+    if (tb_model_open(&m, dir)) {
+        check("model opened", 1, 0);
+        return;
+    }
+    const int D = m.cfg.hidden_size;
+    const size_t nd = (size_t)T * D, n = (size_t)WINDOWS * nd;
+    float *in = malloc(n * sizeof(float)), *tg = malloc(n * sizeof(float)), *at = malloc(n * sizeof(float));
+    float *got = malloc(n * sizeof(float)), *nan = malloc(n * sizeof(float));
+    char *raw = malloc(n * sizeof(float) + 2);
+    double err_tg = NAN, err_at = NAN, err_p = NAN;
+    int resident = 0;
+    tb_backend cpu, gpu;
+    if (in && tg && at && got && nan && raw && !open_dev(&cpu, TB_DEVICE_CPU, TB_PREC_F32)) {
+        for (int w = 0; w < WINDOWS; w++)
+            for (int t = 0; t < T; t++) tb_linear_row(&m.embed, tk->ids[w * T + t], in + w * nd + (size_t)t * D);
+        for (size_t i = 0; i < n; i++) nan[i] = NAN;
+        memcpy(raw + 2, in, n * sizeof(float));
+        int rc = tb_dense_layer_targets(&m, 1, in, WINDOWS, T, 8, &cpu, tg, at);
+        tb_backend_close(&cpu);
+        if (!rc && !open_dev(&gpu, TB_DEVICE_CUDA, TB_PREC_F32)) {
+            tb_recon_windows ws;
+            if (!tb_recon_windows_inputs(&ws, &gpu, 8, raw + 2, WINDOWS, T, D, 1)) {
+                resident = ws.in_d && ws.tg_d && ws.attn_d;
+                if (resident) {
+                    gpu.ops->upload(&gpu, ws.tg_d, nan, n * sizeof(float));
+                    gpu.ops->upload(&gpu, ws.attn_d, nan, n * sizeof(float));
+                }
+                if (!tb_recon_windows_targets(&ws, &m, 1, &gpu, 8) && resident) {
+                    double e = 0, a = 0, pd = 0, ph = 0;
+                    gpu.ops->download(&gpu, got, ws.tg_d, n * sizeof(float));
+                    gpu.ops->sync(&gpu);
+                    for (size_t i = 0; i < n; i++) e += (got[i] - tg[i]) * (double)(got[i] - tg[i]), a += (double)tg[i] * tg[i];
+                    err_tg = sqrt(e / a);
+                    gpu.ops->download(&gpu, got, ws.attn_d, n * sizeof(float));
+                    gpu.ops->sync(&gpu);
+                    e = a = 0;
+                    for (size_t i = 0; i < n; i++) e += (got[i] - at[i]) * (double)(got[i] - at[i]), a += (double)at[i] * at[i];
+                    err_at = sqrt(e / a);
+                    /* the host formula on the CPU's targets */
+                    for (size_t i = 0; i < 4 * nd; i++) ph += ((double)tg[i] - in[i]) * ((double)tg[i] - in[i]);
+                    ph /= 4.0 * (double)nd;
+                    pd = tb_recon_windows_target_power(&ws, &gpu, 4);
+                    err_p = fabs(pd - ph) / ph;
+                } else if (resident) {
+                    printf("  FAIL targets: %s\n", tb_errmsg());
+                }
+                tb_recon_windows_free(&ws);
+            } else {
+                printf("  FAIL inputs: %s\n", tb_errmsg());
+            }
+            tb_backend_close(&gpu);
+        }
+    }
+    check("windows not resident on the GPU", on_cpu ? 0 : !resident, 0);
+    if (!on_cpu) {
+        check("dense targets, device vs CPU (relative norm error)", err_tg, 1e-5);
+        check("attention targets, device vs CPU (relative norm error)", err_at, 1e-5);
+        check("target power, device vs host formula (relative)", err_p, 1e-5);
+    }
+    free(in), free(tg), free(at), free(got), free(nan), free(raw);
+    tb_model_close(&m);
+}
+
 int main(void)
 {
     on_cpu = !strcmp(env_or("TB_TRAIN_TEST_DEVICE", "cuda"), "cpu");
@@ -358,6 +433,7 @@ int main(void)
         check("pruned weights not exactly zero after the steps (runs)",
               (double)(!c.zeros_ok + !f.zeros_ok + !b.zeros_ok), 0);
     }
+    windows_checks(dir, &tk);
     block_checks(dir, calib, TB_UNIT_LAYER);
     block_checks(dir, calib, TB_UNIT_BLOCKS);
     printf("checkpoint: written on CUDA, loaded and written again on the CPU\n");
