@@ -15,7 +15,9 @@
  * operand rounding is 2^-9 relative) [2.3e-3]; every other op is f32 in both
  * precisions and keeps its f32 tolerance, except attention without `saved`
  * (inference), which bf16 computes on tensor cores with bf16 operands: 5e-3
- * [2.6e-3].
+ * [2.6e-3]. Its two versions (tb_attention_cuda.cu) are each forced by
+ * TB_ATTN_FWD at every edge shape (test_attention_versions: rows
+ * "... v1"/"... v2"; written 2026-12-03, compiled, NOT yet run on a GPU).
  *
  * Packed N:M weights (2:4, 4:8, 1:4; bf16 or f16 values; with and without a
  * column permutation) are decoded on the device; 2:4 bf16 ones run the sparse
@@ -302,6 +304,10 @@ static void test_rope(int n, int heads, int hd, int pos0)
     free(inv), free(ct), free(st), free(x);
 }
 
+/* " v1" / " v2" while TB_ATTN_FWD forces a version of the bf16 inference
+ * attention (test_attention_versions); "" for the backend's own choice */
+static const char *attn_ver = "";
+
 static void test_attention(int H, int KVH, int hd, int n, int pos0, int window, int backward)
 {
     tb_attn_shape a = {H, KVH, hd, window};
@@ -317,7 +323,11 @@ static void test_attention(int H, int KVH, int hd, int n, int pos0, int window, 
     snprintf(s, sizeof s, "%d/%d heads x %d, n %d, pos0 %d, win %d", H, KVH, hd, n, pos0, window);
     /* without saved (inference) the bf16 precision takes the tensor-core kernel: bf16 operands */
     if (backward) cmp("attention", s, O.c, O.g, nq, 1e-5);
-    else cmp("attention no-save", s, O.c, O.g, nq, G.o.precision == TB_PREC_BF16 ? 5e-3 : 1e-5);
+    else {
+        char op[32];
+        snprintf(op, sizeof op, "attention no-save%s", attn_ver);
+        cmp(op, s, O.c, O.g, nq, G.o.precision == TB_PREC_BF16 ? 5e-3 : 1e-5);
+    }
     if (backward) {
         pair DO = both(dout, nq), DQ = both_poison(nq), DK = both_poison(nk), DV = both_poison(nk);
         C.ops->attention_backward(&C, &a, Q.c, K.c, V.c, O.c, Sc, DO.c, n, DQ.c, DK.c, DV.c);
@@ -380,13 +390,37 @@ static void test_decode_ops(int H, int KVH, int hd, int n, int pos0, int window)
     pair O = both_poison(nq), O2 = both_poison(nq);
     C.ops->attention_at(&C, &a, Q.c, KC.c, VC.c, n, Pc, O.c);
     G.ops->attention_at(&G, &a, Q.g, KC.g, VC.g, n, Pg, O.g);
-    cmp("attention_at", s, O.c, O.g, nq, G.o.precision == TB_PREC_BF16 ? 5e-3 : 1e-5);
+    char op[40];
+    snprintf(op, sizeof op, "attention_at%s", attn_ver);
+    cmp(op, s, O.c, O.g, nq, G.o.precision == TB_PREC_BF16 ? 5e-3 : 1e-5);
     G.ops->attention(&G, &a, Q.g, KC.g, VC.g, n, pos0, O2.g, NULL);
-    same_gpu("attention_at = attention", s, O.g, O2.g, nq, 0);
+    snprintf(op, sizeof op, "attention_at = attention%s", attn_ver);
+    same_gpu(op, s, O.g, O2.g, nq, 0);
     pfree(Q), pfree(K), pfree(V), pfree(KC), pfree(VC), pfree(CT), pfree(ST), pfree(Q2), pfree(O), pfree(O2);
     C.ops->free(&C, Pc);
     G.ops->free(&G, Pg);
     free(inv), free(ct), free(st), free(q), free(k), free(v), free(kc), free(vc);
+}
+
+/* The bf16 inference attention (no saved, tensor cores) in both versions of
+ * tb_attention_cuda.cu, forced by TB_ATTN_FWD: version 2 is the default only
+ * from 16 tokens and version 1 below, so each runs here at every shape.
+ * decode: through attention_at (the position in device memory) as well. */
+static void test_attention_versions(int H, int KVH, int hd, int n, int pos0, int window, int decode)
+{
+    if (G.o.precision != TB_PREC_BF16) return; /* f32 never takes them */
+    const char *was = getenv("TB_ATTN_FWD");
+    char keep[16];
+    snprintf(keep, sizeof keep, "%s", was ? was : "");
+    for (int ver = 1; ver <= 2; ver++) {
+        setenv("TB_ATTN_FWD", ver == 1 ? "1" : "2", 1);
+        attn_ver = ver == 1 ? " v1" : " v2";
+        if (decode) test_decode_ops(H, KVH, hd, n, pos0, window);
+        else test_attention(H, KVH, hd, n, pos0, window, 0);
+    }
+    attn_ver = "";
+    if (was) setenv("TB_ATTN_FWD", keep, 1);
+    else unsetenv("TB_ATTN_FWD");
 }
 
 /* add_rmsnorm against the CPU, and on the GPU equal to add then rmsnorm */
@@ -1462,6 +1496,28 @@ static void run_all(void)
         test_attention(4, 2, 64, 2048, 0, 0, 1);
         test_attention(4, 2, 64, 2048, 0, 512, 1);
     }
+    /* the two bf16 inference versions at every edge: n 1..3 and not a multiple
+     * of 64/128 rows, pos0 > 0, windows smaller than n, GQA 32/8 (a block of
+     * version 2 holds 32 queries x 4 heads), 12/4 (3 heads: blocks straddle
+     * queries), 32/1, MHA, head_dim 64 and 128, one 7B-shaped prefill */
+    test_attention_versions(32, 8, 128, 1, 0, 0, 0);
+    test_attention_versions(32, 8, 128, 2, 0, 0, 0);
+    test_attention_versions(32, 8, 128, 3, 100, 0, 0);
+    test_attention_versions(4, 4, 64, 1, 5, 0, 0);
+    test_attention_versions(4, 4, 128, 3, 0, 0, 0);
+    test_attention_versions(32, 8, 128, 200, 0, 0, 0);
+    test_attention_versions(32, 8, 128, 333, 17, 0, 0);
+    test_attention_versions(32, 8, 128, 300, 0, 64, 0);
+    test_attention_versions(32, 8, 128, 257, 40, 100, 0);
+    test_attention_versions(4, 4, 64, 130, 0, 0, 0);
+    test_attention_versions(4, 4, 128, 257, 0, 100, 0);
+    test_attention_versions(12, 4, 128, 150, 0, 0, 0);
+    test_attention_versions(32, 1, 64, 70, 0, 0, 0);
+    test_attention_versions(8, 2, 64, 9, 120, 50, 0);
+    test_attention_versions(32, 8, 128, 1, 300, 0, 1); /* decode through attention_at */
+    test_attention_versions(4, 2, 64, 3, 70, 50, 1);
+    test_attention_versions(4, 4, 128, 20, 33, 0, 1);
+    if (!quick) test_attention_versions(32, 8, 128, 2048, 0, 0, 0);
     test_elementwise(quick ? 4099 : 1000003);
     test_bf16_operands(129, 768, 1024);
     const char *kinds[] = {"f32", "bf16", "f16", "2:4 perm", "2:4", "4:8 perm", "2:4 f16", "1:4"};
@@ -1532,6 +1588,15 @@ static void time_ops(void)
     double af = 4.0 * T * T / 2 * hd * H; /* causal: half of QK^T and PV */
     TIME_OP("attention fwd 32/8x128, T 2048", af, G.ops->attention(&G, &a, q, k, v, T, 0, o, lse));
     TIME_OP("attention fwd no-save 32/8x128, T 2048", af, G.ops->attention(&G, &a, q, k, v, T, 0, o, NULL));
+    if (G.o.precision == TB_PREC_BF16) { /* the bf16 kernel's version 1 beside the default (tb_attention_cuda.cu) */
+        const char *was = getenv("TB_ATTN_FWD");
+        char keep[16];
+        snprintf(keep, sizeof keep, "%s", was ? was : "");
+        setenv("TB_ATTN_FWD", "1", 1);
+        TIME_OP("attention fwd no-save v1 32/8x128, T 2048", af, G.ops->attention(&G, &a, q, k, v, T, 0, o, NULL));
+        if (was) setenv("TB_ATTN_FWD", keep, 1);
+        else unsetenv("TB_ATTN_FWD");
+    }
     TIME_OP("attention bwd 32/8x128, T 2048", 2.5 * af,
             G.ops->attention_backward(&G, &a, q, k, v, o, lse, dO, T, dq, dk, dv));
     host_linear hl;
