@@ -31,8 +31,8 @@
 //
 // bf16 precision, inference (saved == NULL), head_dim 64 or 128, sm_80+: the
 // same online softmax on bf16 tensor cores (mma.sync m16n8k16, f32 accumulate),
-// in numbered versions (llm.c dev/cuda style; TB_ATTN_FWD=1|2 picks one, else
-// the default rule in fwd_version below):
+// in numbered versions (llm.c dev/cuda style; TB_ATTN_FWD=1|2|3 picks one,
+// else the default rule in fwd_version below):
 //   version 1, attn_fwd_mma: one block of 4 warps per (64 queries, head); K/V
 //     read from f32 global with scalar loads and converted every tile, V
 //     transposed into shared memory by scalar stores, no prefetch, so each GQA
@@ -50,6 +50,12 @@
 //     latest (heaviest) query tiles start first. Needs 16-byte aligned q, k, v,
 //     out (else version 1). Default from 16 tokens; decode (fewer tokens)
 //     keeps version 1 until a measurement says otherwise.
+//   version 3, attn_fwd_mma2<HD, true>: version 2 with K and V converted to
+//     bf16 first, in one pass over rows [0, pos0 + n) into the backend's work
+//     space (half the bytes each block then reads from L2), and copied by
+//     cp.async into two stages of shared memory (the next tile in flight
+//     without registers). Needs pos0 on the host (a decode graph's pos_dev
+//     gets version 2). Opt-in (TB_ATTN_FWD=3) until measured.
 //   bench and check (device): bash bench/gpu/attn_bench.sh (builds
 //     bench/gpu/attn_bench.cu, which includes this file with TB_ATTN_BENCH:
 //     f64 CPU reference, every version checked, timed, compute-sanitizer).
@@ -58,6 +64,7 @@
 #include "tb_nvtx.h"
 #endif
 
+#include <algorithm>
 #include <cuda_bf16.h>
 #include <math.h>
 #include <stdint.h>
@@ -557,7 +564,31 @@ __global__ void __launch_bounds__(128) attn_fwd_mma(const float *__restrict__ q,
 // iteration converts them into shared memory (bf16, rows padded by 8 so that
 // ldmatrix's 8 row addresses fall in distinct banks).
 constexpr int kV2Rows = 128, kV2Keys = 64, kV2Threads = 256;
-constexpr int v2_smem_bytes(int hd) { return (kV2Rows + 2 * kV2Keys) * (hd + 8) * 2; } // 69632 at 128
+// Qs [128][LD], then Ks, Vs [64][LD] (version 2) or two stages of them (version 3); bytes
+constexpr int v2_smem_bytes(int hd, bool kvb)
+{
+    return (kV2Rows + (kvb ? 4 : 2) * kV2Keys) * (hd + 8) * 2; // 69632 (104448) at 128
+}
+
+// cp.async of 16 bytes global -> shared; src_bytes 0 writes zeros and reads nothing
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, int src_bytes)
+{
+    const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(src_bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait1() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
+
+// version 3's pre-pass: K and V rows [0, total) to bf16, K then V: out [2][total * kd]
+__global__ void kv_to_bf16(const float4 *__restrict__ k, const float4 *__restrict__ v, uint2 *__restrict__ out,
+                           size_t n4)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n4; i += (size_t)gridDim.x * blockDim.x) {
+        const float4 a = k[i], b = v[i];
+        out[i] = make_uint2(pack_bf16(a.x, a.y), pack_bf16(a.z, a.w));
+        out[n4 + i] = make_uint2(pack_bf16(b.x, b.y), pack_bf16(b.z, b.w));
+    }
+}
 
 __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const __nv_bfloat16 *p)
 {
@@ -586,11 +617,15 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], 
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-template <int HD>
+// KVB false: version 2 (K, V f32, prefetched into registers); true: version 3
+// (kvb: K and V already bf16, [2][pos0 + n][KVH * HD], copied by cp.async
+// into two stages of shared memory, the next tile in flight while the current
+// one computes; pos_dev must be NULL: the host sized kvb)
+template <int HD, bool KVB>
 __global__ void __launch_bounds__(kV2Threads, 1)
     attn_fwd_mma2(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v,
-                  float *__restrict__ out, int n, int pos0, const int32_t *__restrict__ pos_dev, int H, int KVH,
-                  int window, float scale_log2)
+                  const __nv_bfloat16 *__restrict__ kvb, float *__restrict__ out, int n, int pos0,
+                  const int32_t *__restrict__ pos_dev, int H, int KVH, int window, float scale_log2)
 {
     if (pos_dev) pos0 = *pos_dev;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
@@ -599,8 +634,9 @@ __global__ void __launch_bounds__(kV2Threads, 1)
     constexpr int LD = HD + 8, KS = HD / 16, ND = HD / 8, C4 = HD / 4;
     constexpr int NLD = kV2Keys * C4 / kV2Threads; // float4s of each of K and V per thread per tile
     static_assert(kV2Keys * C4 % kV2Threads == 0 && KS % 2 == 0, "tile shape");
-    extern __shared__ __align__(16) unsigned char v2_smem[]; // Qs [128][LD], Ks, Vs [64][LD]: v2_smem_bytes
+    extern __shared__ __align__(16) unsigned char v2_smem[]; // v2_smem_bytes
     __nv_bfloat16 *Qs = reinterpret_cast<__nv_bfloat16 *>(v2_smem), *Ks = Qs + kV2Rows * LD, *Vs = Ks + kV2Keys * LD;
+    constexpr int STAGE = 2 * kV2Keys * LD; // version 3: stage 1's Ks, Vs lie this far after stage 0's
     const int G = H / KVH, rows = n * G, tiles = (rows + kV2Rows - 1) / kV2Rows;
     // 1-D grid, heaviest first: the last query tile of every KV head, then the one before...
     const int kvh = (int)(blockIdx.x % (unsigned)KVH), tile = tiles - 1 - (int)(blockIdx.x / (unsigned)KVH);
@@ -640,14 +676,14 @@ __global__ void __launch_bounds__(kV2Threads, 1)
     // running max (raw scores, -inf until a key is seen) and this thread's share of the row sums
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
 
-    // the next tile's K and V, f32, in flight while the current tile computes; zeros past the keys.
-    // 256 is a multiple of a row's HD / 4 float4s, so a thread's column is the
-    // same in all its loads and its rows step by RS
+    // version 2: the next tile's K and V, f32, in flight in registers while the
+    // current tile computes; zeros past the keys. 256 is a multiple of a row's
+    // HD / 4 float4s, so a thread's column is the same in all its loads and its rows step by RS
     constexpr int RS = kV2Threads / C4;
     static_assert(kV2Threads % C4 == 0, "a thread's column is fixed");
     const int fr = threadIdx.x / C4, fc = (threadIdx.x - fr * C4) * 4;
     const float *kb = k + (size_t)kvh * HD + fc, *vb = v + (size_t)kvh * HD + fc;
-    float4 kf[NLD], vf[NLD];
+    float4 kf[NLD], vf[NLD]; // (version 3 never calls fetch: the compiler drops them)
     auto fetch = [&](int k0) {
         const size_t at = (size_t)(k0 + fr) * kd;
 #pragma unroll
@@ -660,19 +696,50 @@ __global__ void __launch_bounds__(kV2Threads, 1)
             }
         }
     };
+    // version 3: 16-byte chunks of 8 bf16; a thread's column is fixed again, its rows step by RS3
+    constexpr int C8 = HD / 8, RS3 = kV2Threads / C8, NCP = kV2Keys * C8 / kV2Threads;
+    static_assert(kV2Threads % C8 == 0 && kV2Keys * C8 % kV2Threads == 0, "chunks");
+    const int cr = threadIdx.x / C8, cc = (threadIdx.x - cr * C8) * 8;
+    auto issue = [&](int k0, int stage) {
+        const __nv_bfloat16 *kg = kvb + (size_t)kvh * HD + cc, *vg = kg + (size_t)total * kd;
+#pragma unroll
+        for (int j = 0; j < NCP; j++) {
+            const int r = cr + j * RS3, key = k0 + r;
+            const bool in = key < total;
+            const size_t at = in ? (size_t)key * kd : 0;
+            cp_async16(&Ks[stage * STAGE + r * LD + cc], kg + at, in ? 16 : 0);
+            cp_async16(&Vs[stage * STAGE + r * LD + cc], vg + at, in ? 16 : 0);
+        }
+    };
     const int klo = window > 0 ? max(0, p_first - window + 1) : 0;
     const int k_begin = (klo / kV2Keys) * kV2Keys;
-    fetch(k_begin);
+    int stage = 0;
+    if constexpr (KVB) {
+        issue(k_begin, 0);
+        cp_async_commit();
+    } else {
+        fetch(k_begin);
+    }
     for (int k0 = k_begin; k0 <= p_last; k0 += kV2Keys) {
-        __syncthreads(); // the previous tile's products are done with Ks and Vs
+        __syncthreads(); // the previous tile's products are done with the buffer written next
+        if constexpr (KVB) {
+            if (k0 + kV2Keys <= p_last) issue(k0 + kV2Keys, stage ^ 1);
+            cp_async_commit(); // (an empty group at the last tile keeps the count of wait_group 1 right)
+            cp_async_wait1();  // all but the newest group landed: this tile's
+        } else {
 #pragma unroll
-        for (int j = 0; j < NLD; j++) {
-            const int at = (fr + j * RS) * LD + fc;
-            *reinterpret_cast<uint2 *>(&Ks[at]) = make_uint2(pack_bf16(kf[j].x, kf[j].y), pack_bf16(kf[j].z, kf[j].w));
-            *reinterpret_cast<uint2 *>(&Vs[at]) = make_uint2(pack_bf16(vf[j].x, vf[j].y), pack_bf16(vf[j].z, vf[j].w));
+            for (int j = 0; j < NLD; j++) {
+                const int at = (fr + j * RS) * LD + fc;
+                *reinterpret_cast<uint2 *>(&Ks[at]) = make_uint2(pack_bf16(kf[j].x, kf[j].y), pack_bf16(kf[j].z, kf[j].w));
+                *reinterpret_cast<uint2 *>(&Vs[at]) = make_uint2(pack_bf16(vf[j].x, vf[j].y), pack_bf16(vf[j].z, vf[j].w));
+            }
         }
         __syncthreads();
-        if (k0 + kV2Keys <= p_last) fetch(k0 + kV2Keys);
+        if constexpr (!KVB) {
+            if (k0 + kV2Keys <= p_last) fetch(k0 + kV2Keys);
+        }
+        const __nv_bfloat16 *Kt = Ks + stage * STAGE, *Vt = Vs + stage * STAGE;
+        if constexpr (KVB) stage ^= 1;
         // a warp whose rows see no key of this tile leaves its state as it is
         // (every key masked changes nothing); a tile inside every row's range
         // of the warp needs no mask
@@ -685,7 +752,7 @@ __global__ void __launch_bounds__(kV2Threads, 1)
         for (int j = 0; j < 8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
         // ldmatrix x4 of K: lanes 8 m .. 8 m + 7 address keys 8 j .. 8 j + 7 at column 8 m of a 32-column
         // slab, so the four registers are the B fragments (b0, b1) of k-steps 2 ks2 and 2 ks2 + 1
-        const __nv_bfloat16 *kr = Ks + (lane & 7) * LD + (lane >> 3) * 8;
+        const __nv_bfloat16 *kr = Kt + (lane & 7) * LD + (lane >> 3) * 8;
 #pragma unroll
         for (int ks2 = 0; ks2 < KS / 2; ks2++) {
             uint32_t qa0[4], qa1[4];
@@ -761,7 +828,7 @@ __global__ void __launch_bounds__(kV2Threads, 1)
             // ldmatrix x4 .trans: lanes 0-7 address keys 16 kk + 0..7, lanes 8-15 keys + 8..15 (both at
             // columns 16 d2), lanes 16-31 the same keys at columns 16 d2 + 8: the B fragments (b0, b1)
             // of output column tiles 2 d2 and 2 d2 + 1, V[key][col] transposed by the load
-            const __nv_bfloat16 *vr = Vs + (kk * 16 + (lane & 15)) * LD + (lane >> 4) * 8;
+            const __nv_bfloat16 *vr = Vt + (kk * 16 + (lane & 15)) * LD + (lane >> 4) * 8;
 #pragma unroll
             for (int d2 = 0; d2 < ND / 2; d2++) {
                 uint32_t b[4];
@@ -803,30 +870,56 @@ cudaError_t fwd_mma2_run(const float *q, const float *k, const float *v, float *
 {
     const long long blocks = (((long long)n * (H / KVH) + kV2Rows - 1) / kV2Rows) * KVH;
     if (blocks > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
-    const int sm = v2_smem_bytes(HD);
-    cudaError_t e = cudaFuncSetAttribute(attn_fwd_mma2<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, sm);
+    const int sm = v2_smem_bytes(HD, false);
+    cudaError_t e = cudaFuncSetAttribute(attn_fwd_mma2<HD, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, sm);
     if (e != cudaSuccess) return e;
-    attn_fwd_mma2<HD><<<(unsigned)blocks, kV2Threads, sm, st>>>(q, k, v, out, n, pos0, pos_dev, H, KVH, window,
-                                                                1.4426950408889634f / sqrtf((float)HD));
+    attn_fwd_mma2<HD, false><<<(unsigned)blocks, kV2Threads, sm, st>>>(
+        q, k, v, nullptr, out, n, pos0, pos_dev, H, KVH, window, 1.4426950408889634f / sqrtf((float)HD));
     return cudaGetLastError();
 }
 
-// version 2 reads q, k, v as float4s and writes out as float2s
+// version 3's work space: the bf16 copy of K and V, bytes
+inline size_t fwd_mma3_ws_bytes(int n, int pos0, int KVH, int hd) { return (size_t)2 * (pos0 + n) * KVH * hd * 2; }
+
+// version 3: K, V to bf16 in ws (fwd_mma3_ws_bytes, 16-byte aligned), then the kernel; pos0 on the host only
+template <int HD>
+cudaError_t fwd_mma3_run(const float *q, const float *k, const float *v, float *out, int n, int pos0, int H,
+                         int KVH, int window, void *ws, cudaStream_t st)
+{
+    const long long blocks = (((long long)n * (H / KVH) + kV2Rows - 1) / kV2Rows) * KVH;
+    if (blocks > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
+    const size_t n4 = (size_t)(pos0 + n) * KVH * HD / 4;
+    kv_to_bf16<<<(unsigned)std::min<size_t>((n4 + 255) / 256, 65536), 256, 0, st>>>(
+        reinterpret_cast<const float4 *>(k), reinterpret_cast<const float4 *>(v), reinterpret_cast<uint2 *>(ws), n4);
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return e;
+    const int sm = v2_smem_bytes(HD, true);
+    e = cudaFuncSetAttribute(attn_fwd_mma2<HD, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, sm);
+    if (e != cudaSuccess) return e;
+    attn_fwd_mma2<HD, true><<<(unsigned)blocks, kV2Threads, sm, st>>>(
+        q, k, v, reinterpret_cast<const __nv_bfloat16 *>(ws), out, n, pos0, nullptr, H, KVH, window,
+        1.4426950408889634f / sqrtf((float)HD));
+    return cudaGetLastError();
+}
+
+// versions 2 and 3 read q, k, v as float4s and write out as float2s
 inline bool v2_aligned(const void *q, const void *k, const void *v, const void *out)
 {
     return (((uintptr_t)q | (uintptr_t)k | (uintptr_t)v | (uintptr_t)out) & 15) == 0;
 }
 
 #ifndef TB_ATTN_BENCH
-// Which bf16 forward runs: TB_ATTN_FWD=1 or 2 forces one (2 only where its
-// alignment holds); else version 2 from 16 tokens (prefill), version 1 below
-// (decode: not measured against version 2 yet, and the decode graph's
-// attention_at must pick what attention picks, which a rule on n alone keeps).
-int fwd_version(int n, const void *q, const void *k, const void *v, const void *out)
+// Which bf16 forward runs: TB_ATTN_FWD=1, 2 or 3 forces one (2 and 3 only
+// where their alignment holds, 3 only with pos0 on the host: else 2); else
+// version 2 from 16 tokens (prefill), version 1 below (decode: not measured
+// against version 2 yet; a rule on n alone keeps the decode graph's
+// attention_at on the kernel attention takes at the same n).
+int fwd_version(int n, const int32_t *pos_dev, const void *q, const void *k, const void *v, const void *out)
 {
     const char *e = getenv("TB_ATTN_FWD");
     const int want = e && *e ? atoi(e) : 0;
     if (want == 1 || !v2_aligned(q, k, v, out)) return 1;
+    if (want == 3) return pos_dev ? 2 : 3;
     return want == 2 || n >= 16 ? 2 : 1;
 }
 
@@ -834,15 +927,23 @@ template <int HD>
 void fwd_mma_launch(tb_cuda *cu, const tb_attn_shape *a, const float *q, const float *k, const float *v, int n,
                     int pos0, const int32_t *pos_dev, float *out)
 {
-    if (fwd_version(n, q, k, v, out) == 2) {
-        TB_CU_CHECK(cu, fwd_mma2_run<HD>(q, k, v, out, n, pos0, pos_dev, a->n_heads, a->n_kv_heads,
-                                         a->sliding_window, cu->stream),
-                    "attention (bf16 tensor cores, version 2)");
+    const int H = a->n_heads, KVH = a->n_kv_heads, win = a->sliding_window;
+    switch (fwd_version(n, pos_dev, q, k, v, out)) {
+    case 3: {
+        void *ws = tb_cuda_ws(cu, fwd_mma3_ws_bytes(n, pos0, KVH, HD), "attention: bf16 K and V");
+        if (ws)
+            TB_CU_CHECK(cu, fwd_mma3_run<HD>(q, k, v, out, n, pos0, H, KVH, win, ws, cu->stream),
+                        "attention (bf16 tensor cores, version 3)");
         return;
     }
-    TB_CU_CHECK(cu, fwd_mma1_run<HD>(q, k, v, out, n, pos0, pos_dev, a->n_heads, a->n_kv_heads, a->sliding_window,
-                                     cu->stream),
-                "attention (bf16 tensor cores)");
+    case 2:
+        TB_CU_CHECK(cu, fwd_mma2_run<HD>(q, k, v, out, n, pos0, pos_dev, H, KVH, win, cu->stream),
+                    "attention (bf16 tensor cores, version 2)");
+        return;
+    default:
+        TB_CU_CHECK(cu, fwd_mma1_run<HD>(q, k, v, out, n, pos0, pos_dev, H, KVH, win, cu->stream),
+                    "attention (bf16 tensor cores)");
+    }
 }
 
 // shared memory of each kernel, bytes
