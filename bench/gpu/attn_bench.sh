@@ -1,9 +1,10 @@
 #!/bin/bash
 # bench/gpu/attn_bench.sh - build, check and time the bf16 attention forward
 # (kernels/cuda/tb_attention_cuda.cu: version 1 attn_fwd_mma, version 2
-# attn_fwd_mma2) on a GPU machine, in one go (about a minute):
+# attn_fwd_mma2<HD, 0>, version 3 attn_fwd_mma2<HD, 1> after its bf16
+# conversion pass) on a GPU machine, in one go (about a minute):
 #   1. build bench/gpu/attn_bench.cu with nvcc (sm_90; registers and spills
-#      of both kernels from ptxas -v);
+#      of every kernel from ptxas -v);
 #   2. compute-sanitizer memcheck and racecheck over --check-quick;
 #   3. --check: every version against the f64 CPU reference on small shapes
 #      (every edge: n 1..3 and not a multiple of 64/128, pos0 > 0, windows,
@@ -30,14 +31,14 @@ ARCH=${ATTN_ARCH:-sm_90}
         exit 3
     fi
     # ptxas: one "Compiling entry function" line, then properties, then registers
-    awk '/Compiling entry function/ { f = ""; if (match($0, /attn_fwd_mma2?ILi[0-9]+/)) { f = substr($0, RSTART, RLENGTH); sub(/ILi/, "<", f); f = f ">" } }
+    awk '/Compiling entry function/ { f = ""; if (match($0, /attn_fwd_mma2?ILi[0-9]+(ELb[01])?/)) { f = substr($0, RSTART, RLENGTH); sub(/ILi/, "<", f); sub(/ELb/, ", ", f); f = f ">" } }
          /spill stores/ { sp = $0; sub(/^ +/, "", sp) }
          /Used [0-9]+ registers/ && f != "" { r = $0; sub(/.*Used /, "", r); sub(/ registers.*/, "", r); printf "ptxas %s: %s registers, %s\n", f, r, sp; f = "" }' \
         "$OUT/attn_build.txt"
     echo "== compute-sanitizer (--check-quick)"
     if command -v compute-sanitizer >/dev/null; then
         for tool in memcheck racecheck; do
-            timeout 120 compute-sanitizer --tool $tool --error-exitcode 9 "$BIN" --check-quick >"$OUT/attn_$tool.txt" 2>&1
+            timeout 60 compute-sanitizer --tool $tool --error-exitcode 9 "$BIN" --check-quick >"$OUT/attn_$tool.txt" 2>&1
             rc=$?
             echo "$tool: exit $rc; $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/attn_$tool.txt" | tail -1)"
             [ $rc -ne 0 ] && grep -E 'FAIL|Invalid|hazard|Error' "$OUT/attn_$tool.txt" | head -8

@@ -15,9 +15,9 @@
  * operand rounding is 2^-9 relative) [2.3e-3]; every other op is f32 in both
  * precisions and keeps its f32 tolerance, except attention without `saved`
  * (inference), which bf16 computes on tensor cores with bf16 operands: 5e-3
- * [2.6e-3]. Its two versions (tb_attention_cuda.cu) are each forced by
+ * [2.6e-3]. Its versions (tb_attention_cuda.cu) are each forced by
  * TB_ATTN_FWD at every edge shape (test_attention_versions: rows
- * "... v1"/"... v2"; written 2026-12-03, compiled, NOT yet run on a GPU).
+ * "... v1"/"... v2"/"... v3"; written 2026-12-03, compiled, NOT yet run on a GPU).
  *
  * Packed N:M weights (2:4, 4:8, 1:4; bf16 or f16 values; with and without a
  * column permutation) are decoded on the device; 2:4 bf16 ones run the sparse
@@ -304,7 +304,7 @@ static void test_rope(int n, int heads, int hd, int pos0)
     free(inv), free(ct), free(st), free(x);
 }
 
-/* " v1" / " v2" while TB_ATTN_FWD forces a version of the bf16 inference
+/* " v1", " v2", " v3" while TB_ATTN_FWD forces a version of the bf16 inference
  * attention (test_attention_versions); "" for the backend's own choice */
 static const char *attn_ver = "";
 
@@ -402,9 +402,10 @@ static void test_decode_ops(int H, int KVH, int hd, int n, int pos0, int window)
     free(inv), free(ct), free(st), free(q), free(k), free(v), free(kc), free(vc);
 }
 
-/* The bf16 inference attention (no saved, tensor cores) in both versions of
+/* The bf16 inference attention (no saved, tensor cores) in every version of
  * tb_attention_cuda.cu, forced by TB_ATTN_FWD: version 2 is the default only
- * from 16 tokens and version 1 below, so each runs here at every shape.
+ * from 16 tokens, version 1 below, version 3 opt-in, so each runs here at
+ * every shape.
  * decode: through attention_at (the position in device memory) as well. */
 static void test_attention_versions(int H, int KVH, int hd, int n, int pos0, int window, int decode)
 {
@@ -412,9 +413,11 @@ static void test_attention_versions(int H, int KVH, int hd, int n, int pos0, int
     const char *was = getenv("TB_ATTN_FWD");
     char keep[16];
     snprintf(keep, sizeof keep, "%s", was ? was : "");
-    for (int ver = 1; ver <= 2; ver++) {
-        setenv("TB_ATTN_FWD", ver == 1 ? "1" : "2", 1);
-        attn_ver = ver == 1 ? " v1" : " v2";
+    /* version 3 needs pos0 on the host: attention_at gets version 2 there, so decode checks 1 and 2 */
+    static const char *const name[4] = {"", "1", "2", "3"}, *const tag[4] = {"", " v1", " v2", " v3"};
+    for (int ver = 1; ver <= (decode ? 2 : 3); ver++) {
+        setenv("TB_ATTN_FWD", name[ver], 1);
+        attn_ver = tag[ver];
         if (decode) test_decode_ops(H, KVH, hd, n, pos0, window);
         else test_attention(H, KVH, hd, n, pos0, window, 0);
     }
@@ -1496,7 +1499,7 @@ static void run_all(void)
         test_attention(4, 2, 64, 2048, 0, 0, 1);
         test_attention(4, 2, 64, 2048, 0, 512, 1);
     }
-    /* the two bf16 inference versions at every edge: n 1..3 and not a multiple
+    /* the bf16 inference versions at every edge: n 1..3 and not a multiple
      * of 64/128 rows, pos0 > 0, windows smaller than n, GQA 32/8 (a block of
      * version 2 holds 32 queries x 4 heads), 12/4 (3 heads: blocks straddle
      * queries), 32/1, MHA, head_dim 64 and 128, one 7B-shaped prefill */
@@ -1588,12 +1591,14 @@ static void time_ops(void)
     double af = 4.0 * T * T / 2 * hd * H; /* causal: half of QK^T and PV */
     TIME_OP("attention fwd 32/8x128, T 2048", af, G.ops->attention(&G, &a, q, k, v, T, 0, o, lse));
     TIME_OP("attention fwd no-save 32/8x128, T 2048", af, G.ops->attention(&G, &a, q, k, v, T, 0, o, NULL));
-    if (G.o.precision == TB_PREC_BF16) { /* the bf16 kernel's version 1 beside the default (tb_attention_cuda.cu) */
+    if (G.o.precision == TB_PREC_BF16) { /* the bf16 kernel's versions 1 and 3 beside the default (tb_attention_cuda.cu) */
         const char *was = getenv("TB_ATTN_FWD");
         char keep[16];
         snprintf(keep, sizeof keep, "%s", was ? was : "");
         setenv("TB_ATTN_FWD", "1", 1);
         TIME_OP("attention fwd no-save v1 32/8x128, T 2048", af, G.ops->attention(&G, &a, q, k, v, T, 0, o, NULL));
+        setenv("TB_ATTN_FWD", "3", 1);
+        TIME_OP("attention fwd no-save v3 32/8x128, T 2048", af, G.ops->attention(&G, &a, q, k, v, T, 0, o, NULL));
         if (was) setenv("TB_ATTN_FWD", keep, 1);
         else unsetenv("TB_ATTN_FWD");
     }
