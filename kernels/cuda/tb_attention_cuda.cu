@@ -385,7 +385,7 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkv(const float *__restrict
     }
 }
 
-// ---- bf16 tensor-core forward, for inference in the bf16 precision ----
+// ---- bf16 tensor-core forward, for inference in the bf16 precision: version 1 ----
 // (saved == NULL: nothing recomputes from it, so the f32 backward never meets
 // probabilities it did not compute). Four warps, 16 query rows each, mma.sync
 // m16n8k16 with bf16 operands and f32 accumulation: S = Q K^T from Q
@@ -551,7 +551,6 @@ __global__ void __launch_bounds__(128) attn_fwd_mma(const float *__restrict__ q,
 #endif
 }
 
-
 // ---- version 2: a block per (128 rows, KV head), rows = (query, group head) pairs ----
 // Row r of a KV head's problem is query r / G, head kvh * G + r % G (G = H /
 // KVH), so the group's heads of one query are neighbours and a block's 128
@@ -562,7 +561,9 @@ __global__ void __launch_bounds__(128) attn_fwd_mma(const float *__restrict__ q,
 // of the next K and V tiles into registers before the current tile's
 // products, so the global latency hides behind the tensor cores; the next
 // iteration converts them into shared memory (bf16, rows padded by 8 so that
-// ldmatrix's 8 row addresses fall in distinct banks).
+// ldmatrix's 8 row addresses fall in distinct banks). Q waits in shared memory
+// too (ptxas, sm_90: 250 registers and no spills so; spills with Q's
+// fragments held in registers beside the prefetch).
 constexpr int kV2Rows = 128, kV2Keys = 64, kV2Threads = 256;
 // Qs [128][LD], then Ks, Vs [64][LD] (version 2) or two stages of them (version 3); bytes
 constexpr int v2_smem_bytes(int hd, bool kvb)
