@@ -85,11 +85,30 @@ static int load_inputs(const options *o, tb_model *m, int want_attn, tb_recon_wi
     return rc;
 }
 
+/* The weight of the shard as trained: dense f32 in model column order, and
+ * its trainable entries (keep != 0): for N:M every slot of the format,
+ * padding included; else the nonzeros. */
+static int load_trainable(const tb_pack_file *p, const tb_packed *pk, float **w, uint8_t **keep)
+{
+    int64_t n;
+    if (!(*w = tb_pack_tensor_f32(p, pk->name, 1, &n)) || !(*keep = tb_malloc((size_t)n))) return TB_EIO;
+    if (pk->kind == TB_PACKED_NM) {
+        int32_t *perm = NULL; /* an aligned copy: the mapping's need not be */
+        if (pk->perm && !(perm = tb_malloc((size_t)pk->cols * sizeof *perm))) return TB_EIO;
+        if (perm) memcpy(perm, pk->perm->data, (size_t)pk->cols * sizeof *perm);
+        tb_nm_keep(pk->indices->data, pk->rows, pk->cols, pk->n, pk->m, perm, *keep);
+        free(perm);
+    } else {
+        for (int64_t i = 0; i < n; i++) (*keep)[i] = (*w)[i] != 0.0f;
+    }
+    return TB_OK;
+}
+
 /* Write the shard again: trained values under the original keep sets (the
  * nonzeros of the packed weight, in stored column order), the rest copied. */
 static int write_shard(const options *o, const tb_pack_file *p, float *const w[TB_LIN_PER_LAYER],
                        const tb_packed *const pk[TB_LIN_PER_LAYER], const uint8_t *const keep[TB_LIN_PER_LAYER],
-                       const tb_recon_report *rep, const char *cmdline)
+                       const tb_recon_report *rep, int kept_start, const char *cmdline)
 {
     tb_pack_writer *pw = tb_pack_writer_new();
     if (!pw) return TB_EIO;
@@ -114,6 +133,7 @@ static int write_shard(const options *o, const tb_pack_file *p, float *const w[T
     snprintf(num, sizeof num, "%.6g -> %.6g (target power %.6g)", rep->mse_before, rep->mse_after, rep->target_power);
     if (!rc) rc = tb_pack_writer_meta(pw, "recon_mse", num);
     if (!rc && o->bo.unit != TB_UNIT_LAYER) rc = tb_pack_writer_meta(pw, "recon_unit", "blocks");
+    if (!rc && kept_start) rc = tb_pack_writer_meta(pw, "recon_kept_start", "training raised the error: weights as given");
     if (!rc && o->bo.mask.every > 0) {
         snprintf(num, sizeof num, "every %d, until %g, decay %g", o->bo.mask.every, o->bo.mask.until, o->bo.mask.decay);
         rc = tb_pack_writer_meta(pw, "recon_learned_masks", num);
@@ -205,23 +225,8 @@ static int run(options *o, const char *cmdline)
         o->bo.m = pk[0]->m;
     }
     for (int k = 0; k < TB_LIN_PER_LAYER && !rc; k++) {
-        int64_t n;
         /* trained in place: the packed values are read again from the shard if needed */
-        if (!(w[k] = tb_pack_tensor_f32(&p, pk[k]->name, 1, &n)) || !(keep[k] = tb_malloc((size_t)n))) {
-            rc = TB_EIO;
-            break;
-        }
-        if (pk[k]->kind == TB_PACKED_NM) { /* every slot of the format is trainable, padding included */
-            int32_t *perm = NULL; /* an aligned copy: the mapping's need not be */
-            if (pk[k]->perm && !(perm = tb_malloc((size_t)pk[k]->cols * sizeof *perm))) {
-                rc = TB_EIO;
-                break;
-            }
-            if (perm) memcpy(perm, pk[k]->perm->data, (size_t)pk[k]->cols * sizeof *perm);
-            tb_nm_keep(pk[k]->indices->data, pk[k]->rows, pk[k]->cols, pk[k]->n, pk[k]->m, perm, keep[k]);
-            free(perm);
-        } else
-            for (int64_t i = 0; i < n; i++) keep[k][i] = w[k][i] != 0.0f;
+        if ((rc = load_trainable(&p, pk[k], &w[k], &keep[k]))) break;
         tb_linear *L = &m.layers[o->layer].lin[k];
         L->format = TB_LINEAR_DENSE;
         L->dtype = TB_F32;
@@ -260,7 +265,24 @@ static int run(options *o, const char *cmdline)
         tb_progress_end(&prog);
     }
     t_trained = tb_now();
-    if (!rc) rc = write_shard(o, &p, w, pk, (const uint8_t *const *)keep, &rep, cmdline);
+    /* Never worse than the start: training that raised the layer's output
+     * error (a learning rate too large for the weights' scale: Adam moves
+     * every weight by ~lr a step whatever its size) leaves the shard's own
+     * weights and masks, and says so. */
+    int kept_start = 0;
+    if (!rc && !(rep.mse_after < rep.mse_before)) {
+        tb_warn("layer %d: training raised the output error (MSE %.4g -> %.4g): the shard's own weights are kept "
+                "(a smaller --lr may train it)", o->layer, rep.mse_before, rep.mse_after);
+        kept_start = 1;
+        for (int k = 0; k < TB_LIN_PER_LAYER && !rc; k++) {
+            free(w[k]);
+            free(keep[k]);
+            w[k] = NULL;
+            keep[k] = NULL;
+            rc = load_trainable(&p, pk[k], &w[k], &keep[k]);
+        }
+    }
+    if (!rc) rc = write_shard(o, &p, w, pk, (const uint8_t *const *)keep, &rep, kept_start, cmdline);
     const double t_written = tb_now();
     if (!rc && o->json) {
         cJSON *j = cJSON_CreateObject();
@@ -268,6 +290,7 @@ static int run(options *o, const char *cmdline)
         cJSON_AddNumberToObject(j, "mse_before", rep.mse_before);
         cJSON_AddNumberToObject(j, "mse_after", rep.mse_after);
         cJSON_AddNumberToObject(j, "error_kept", rep.mse_before > 0 ? rep.mse_after / rep.mse_before : 0.0);
+        cJSON_AddBoolToObject(j, "kept_start", kept_start);
         cJSON_AddNumberToObject(j, "target_power", rep.target_power);
         cJSON_AddNumberToObject(j, "steps", o->ro.steps);
         cJSON_AddNumberToObject(j, "seconds", rep.seconds);
@@ -338,7 +361,9 @@ int main(int argc, char **argv)
         TB_OPT_DOUBLE(0, "mask-decay", &o.bo.mask.decay, "D", 0, 1e6, "SR-STE decay of the pruned latents, W~ -= lr*D*W~ per\n"
                                                                      "step (default 20; 0 is plain straight-through)"),
         TB_OPT_JSON(&o.json, "print the result as one JSON object on stdout: layer,\n"
-                             "mse_before, mse_after, error_kept, target_power, steps, seconds\n"
+                             "mse_before, mse_after, error_kept, kept_start (training raised\n"
+                             "the error: the shard's own weights were written), target_power,\n"
+                             "steps, seconds\n"
                              "(training and evaluation), and seconds_inputs, _targets,\n"
                              "_weights, _training, _write, _total (where the call's time went)"),
         TB_OPT_THREADS(&o.threads),

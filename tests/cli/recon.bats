@@ -99,3 +99,25 @@ print(len(p), min(t['conforming_fraction'] for t in p), min(t['sparsity'] for t 
     [ "$status" -eq 1 ]
     [ ! -e x.tb ]
 }
+
+@test "training that raises the error leaves the shard's own weights, with a warning" {
+    cd "$D"
+    # lr 0.5 throws Adam's first steps far past any minimum
+    run tb-recon -m "$M" --shard p0.tb --layer 0 -t calib.st --steps 10 --lr 0.5 -o k0.tb --json
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"training raised the output error"* ]]
+    python3 -c '
+import json, struct, sys
+j = json.loads([l for l in sys.argv[1].splitlines() if l.startswith("{")][0])
+assert j["kept_start"] is True and j["mse_after"] > j["mse_before"], j
+def load(p):
+    b = open(p, "rb").read(); n = struct.unpack("<Q", b[:8])[0]; h = json.loads(b[8:8 + n]); return h, b[8 + n:]
+a, da = load("k0.tb"); c, dc = load("p0.tb")
+ma, mc = a.pop("__metadata__"), c.pop("__metadata__")
+assert "recon_kept_start" in ma and sorted(a) == sorted(c)
+assert all(da[slice(*a[k]["data_offsets"])] == dc[slice(*c[k]["data_offsets"])] for k in a)' "$output"
+    # a run that trains is not flagged
+    run tb-recon -m "$M" --shard p0.tb --layer 0 -t calib.st --steps 10 -o t0.tb --json --quiet
+    [ "$status" -eq 0 ]
+    python3 -c 'import json, sys; j = json.loads(sys.argv[1]); assert j["kept_start"] is False, j' "$output"
+}
