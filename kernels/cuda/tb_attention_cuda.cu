@@ -48,14 +48,19 @@
 //     folded into one fma; no mask arithmetic on tiles wholly inside every
 //     row's causal/window range; warps skip tiles none of their rows see; the
 //     latest (heaviest) query tiles start first. Needs 16-byte aligned q, k, v,
-//     out (else version 1). Default from 16 tokens; decode (fewer tokens)
-//     keeps version 1 until a measurement says otherwise.
+//     out (else version 1). The default at every token count: H200,
+//     bash bench/gpu/attn_bench.sh 2026-12-03, 32/8 x 128 causal: n 512
+//     0.033 ms (2.06x version 1), n 2048 0.205 ms (167 TFLOP/s, 3.03x), n 4096
+//     0.706 ms (195 TFLOP/s, 2.98x), window 1024 at 2048 2.52x; decode n 1 at
+//     position 2047 0.054 ms (3.58x), n 16 at 2032 0.065 ms (3.02x).
 //   version 3, attn_fwd_mma2<HD, true>: version 2 with K and V converted to
 //     bf16 first, in one pass over rows [0, pos0 + n) into the backend's work
 //     space (half the bytes each block then reads from L2), and copied by
 //     cp.async into two stages of shared memory (the next tile in flight
 //     without registers). Needs pos0 on the host (a decode graph's pos_dev
-//     gets version 2). Opt-in (TB_ATTN_FWD=3) until measured.
+//     gets version 2). Opt-in (TB_ATTN_FWD=3): measured 1-5% faster than
+//     version 2 at 2048-4096 tokens and 5-11% slower at 512 and in decode,
+//     not enough to carry a second kernel in the default path.
 //   bench and check (device): bash bench/gpu/attn_bench.sh (builds
 //     bench/gpu/attn_bench.cu, which includes this file with TB_ATTN_BENCH:
 //     f64 CPU reference, every version checked, timed, compute-sanitizer).
@@ -912,16 +917,16 @@ inline bool v2_aligned(const void *q, const void *k, const void *v, const void *
 #ifndef TB_ATTN_BENCH
 // Which bf16 forward runs: TB_ATTN_FWD=1, 2 or 3 forces one (2 and 3 only
 // where their alignment holds, 3 only with pos0 on the host: else 2); else
-// version 2 from 16 tokens (prefill), version 1 below (decode: not measured
-// against version 2 yet; a rule on n alone keeps the decode graph's
-// attention_at on the kernel attention takes at the same n).
+// version 2 at every token count (prefill and decode: the same kernel for
+// attention and the decode graph's attention_at, so they agree bit for bit).
 int fwd_version(int n, const int32_t *pos_dev, const void *q, const void *k, const void *v, const void *out)
 {
     const char *e = getenv("TB_ATTN_FWD");
     const int want = e && *e ? atoi(e) : 0;
     if (want == 1 || !v2_aligned(q, k, v, out)) return 1;
     if (want == 3) return pos_dev ? 2 : 3;
-    return want == 2 || n >= 16 ? 2 : 1;
+    (void)n; /* every token count: attn_bench.sh 2026-12-03 measured version 2 faster from 1 token up */
+    return 2;
 }
 
 template <int HD>

@@ -403,9 +403,9 @@ static void test_decode_ops(int H, int KVH, int hd, int n, int pos0, int window)
 }
 
 /* The bf16 inference attention (no saved, tensor cores) in every version of
- * tb_attention_cuda.cu, forced by TB_ATTN_FWD: version 2 is the default only
- * from 16 tokens, version 1 below, version 3 opt-in, so each runs here at
- * every shape.
+ * tb_attention_cuda.cu, forced by TB_ATTN_FWD: version 2 is the default,
+ * version 1 the fallback for unaligned pointers, version 3 opt-in, so each
+ * runs here at every shape.
  * decode: through attention_at (the position in device memory) as well. */
 static void test_attention_versions(int H, int KVH, int hd, int n, int pos0, int window, int decode)
 {
