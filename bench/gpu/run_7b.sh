@@ -207,6 +207,10 @@ keys = ["inputs", "targets", "weights", "training", "write", "total"]
 print("tb-recon, where a call's time went (mean of %d calls, s): " % len(rows) +
       ", ".join("%s %.1f" % (k, sum(r["seconds_" + k] for r in rows) / len(rows)) for k in keys) +
       "; of training, the steps and evaluations %.1f" % (sum(r["seconds"] for r in rows) / len(rows)))
+# what the steps did: the layer's output error after / before, and whether
+# tb-recon kept the shard's own weights because training raised it
+print("tb-recon, output error kept per layer (after / before; * = raised, the shard's own weights written): " +
+      ", ".join("%d: %.3f%s" % (r["layer"], r["error_kept"], "*" if r.get("kept_start") else "") for r in rows))
 PY
     cp "$W/recon.jsonl" "$OUT/run_7b-recon.jsonl"
 fi
