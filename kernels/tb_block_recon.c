@@ -73,6 +73,7 @@ typedef struct {
     double *colsq[TB_LIN_PER_LAYER];  /* learning masks: sum of x_c^2 over the tokens seen */
     int64_t tokens_seen;
     float *tgt;                       /* one target window */
+    double scale[TB_LIN_PER_LAYER];   /* each weight's rate is lr x scale[k] (as tb_recon.c's adam_state) */
     double lr, c1, c2;                /* this step's Adam */
 } trainer;
 
@@ -87,8 +88,8 @@ static int take_grad(void *ctx, int layer, tb_lin_id which, const float *dW, int
     if (t->learn)
         be->ops->copy(be, t->g[which], dW, (size_t)t->size[which] * sizeof(float));
     else /* after the weight's last use in the pass (tb_backward.h) */
-        be->ops->adam(be, &t->train[which], dW, t->keep[which], t->m1[which], t->m2[which], t->lr, t->o->r.beta1,
-                      t->o->r.beta2, t->c1, t->c2, t->o->r.eps);
+        be->ops->adam(be, &t->train[which], dW, t->keep[which], t->m1[which], t->m2[which], t->lr * t->scale[which],
+                      t->o->r.beta1, t->o->r.beta2, t->c1, t->c2, t->o->r.eps);
     return TB_OK;
 }
 
@@ -137,7 +138,7 @@ static int train_unit(trainer *t, unsigned set, int at_h, const tb_recon_windows
         /* d mean((out - tg)^2) / d out */
         be->ops->scaled_diff(be, t->b->d_res, unit_output(t, at_h), tg, 2.0f / (float)nd, nd);
         /* Adam with bias correction (step + 1) and the cosine schedule, as tb_adam_masked */
-        t->lr = tb_cosine_lr(o->r.lr, step, steps);
+        t->lr = tb_cosine_lr(o->r.lr_rel > 0 ? 1.0 : o->r.lr, step, steps);
         t->c1 = 1.0 - pow(o->r.beta1, (double)(step + 1));
         t->c2 = 1.0 - pow(o->r.beta2, (double)(step + 1));
         if (at_h) rc = tb_backward_half(t->b, T, l, TB_HALF_ATTN, take_grad, t);
@@ -150,7 +151,8 @@ static int train_unit(trainer *t, unsigned set, int at_h, const tb_recon_windows
             if (!(set >> k & 1)) continue;
             const tb_linear *L = &t->m->layers[l].lin[k];
             /* straight-through: every latent entry moves; while learning the pruned ones decay */
-            be->ops->latent_step(be, t->latent[k], t->g[k], t->m1[k], t->m2[k], t->keep[k], (size_t)t->size[k], t->lr,
+            be->ops->latent_step(be, t->latent[k], t->g[k], t->m1[k], t->m2[k], t->keep[k], (size_t)t->size[k],
+                                 t->lr * t->scale[k],
                                  o->r.beta1, o->r.beta2, o->r.eps, step + 1, learning ? o->mask.decay : 0);
             if (learning) {
                 be->ops->col_sq_acc(be, tb_lin_input(&t->f->acts[l], k), T, L->cols, t->colsq[k]);
@@ -231,6 +233,7 @@ int tb_recon_block_windows(tb_model *m, int l, float *const w[TB_LIN_PER_LAYER],
         const size_t n = (size_t)L->rows * L->cols;
         size_t nm = n;
         t.size[k] = (int64_t)n;
+        t.scale[k] = o->r.lr_rel > 0 ? tb_recon_peak_lr(&o->r, w[k], keep[k], L->rows, L->cols) : 1.0;
         if (!learn && be->ops->adam_moments_kept) { /* masked Adam: the kept entries' moments only */
             nm = 0;
             for (size_t i = 0; i < n; i++) nm += keep[k][i] != 0;

@@ -18,6 +18,16 @@ void tb_recon_defaults(tb_recon_opts *o)
                          .eval_windows = 16, .n_threads = 1};
 }
 
+double tb_recon_peak_lr(const tb_recon_opts *o, const float *w, const uint8_t *keep, int64_t rows, int64_t cols)
+{
+    if (!(o->lr_rel > 0)) return o->lr;
+    double ss = 0;
+    int64_t kept = 0;
+    for (int64_t i = 0; i < rows * cols; i++)
+        if (keep[i]) ss += (double)w[i] * w[i], kept++;
+    return kept && cols ? o->lr_rel * sqrt(ss / (double)kept) / (double)cols : 0.0;
+}
+
 /* One Adam step per weight, taken as the backward hands over its gradient
  * (after the weight's last use in the pass, tb_backward.h): no gradient
  * buffer of the layer's size exists, only the backward's one dW. */
@@ -28,6 +38,10 @@ typedef struct {
     uint8_t *keep[TB_LIN_PER_LAYER];   /* backend keep masks */
     float *m1[TB_LIN_PER_LAYER], *m2[TB_LIN_PER_LAYER]; /* Adam's moments (tb_backend.h's layout) */
     int64_t size[TB_LIN_PER_LAYER];
+    /* each weight's rate is lr x scale[k]: scale 1 (exactly: the default's
+     * steps stay bit for bit), or with lr_rel its tb_recon_peak_lr over a
+     * cosine of peak 1 */
+    double scale[TB_LIN_PER_LAYER];
     double lr, beta1, beta2, c1, c2, eps; /* this step's */
     int step, check;                   /* check: look for a non-finite gradient this step */
 } adam_state;
@@ -44,8 +58,8 @@ static int adam_step(void *ctx, int layer, tb_lin_id which, const float *dW, int
         return tb_fail(TB_EDATA, "recon: layer %d: gradient of %s is not finite (step %d)", layer, tb_lin_name(which),
                        a->step + 1);
     /* pruned entries never move */
-    be->ops->adam(be, &a->train[which], dW, a->keep[which], a->m1[which], a->m2[which], a->lr, a->beta1, a->beta2,
-                  a->c1, a->c2, a->eps);
+    be->ops->adam(be, &a->train[which], dW, a->keep[which], a->m1[which], a->m2[which], a->lr * a->scale[which],
+                  a->beta1, a->beta2, a->c1, a->c2, a->eps);
     return TB_OK;
 }
 
@@ -108,6 +122,7 @@ int tb_recon_layer_windows(tb_model *m, int l, float *const w[TB_LIN_PER_LAYER],
         const tb_linear *L = &m->layers[l].lin[k];
         size_t sz = (size_t)L->rows * L->cols, nm = sz;
         a.size[k] = (int64_t)sz;
+        a.scale[k] = o->lr_rel > 0 ? tb_recon_peak_lr(o, w[k], keep[k], L->rows, L->cols) : 1.0;
         if (be->ops->adam_moments_kept) { /* moments of the trainable entries only: half at 2:4 */
             nm = 0;
             for (size_t i = 0; i < sz; i++) nm += keep[k][i] != 0;
@@ -153,7 +168,7 @@ int tb_recon_layer_windows(tb_model *m, int l, float *const w[TB_LIN_PER_LAYER],
         /* d mean((out - tg)^2) / d out */
         be->ops->scaled_diff(be, b.d_res, tb_forward_stream(&f, l + 1), tg, 2.0f / (float)nd, nd);
         /* Adam with bias correction and cosine decay, each weight as its gradient arrives */
-        a.lr = o->lr * 0.5 * (1.0 + cos(M_PI * step / o->steps));
+        a.lr = (o->lr_rel > 0 ? 1.0 : o->lr) * 0.5 * (1.0 + cos(M_PI * step / o->steps));
         a.c1 = 1.0 - pow(o->beta1, step + 1);
         a.c2 = 1.0 - pow(o->beta2, step + 1);
         a.step = step;

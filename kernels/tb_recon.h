@@ -29,6 +29,8 @@
 typedef struct {
     int steps;         /* Adam steps, one window each (cycling in a seeded order) */
     double lr;         /* peak learning rate; cosine decay to 0 over the steps */
+    double lr_rel;     /* > 0: each linear's peak rate is lr_rel x RMS(kept W) / fan_in
+                        * instead of lr (tb_recon_peak_lr) */
     double beta1, beta2, eps;
     uint64_t seed;
     int eval_windows;  /* windows the before/after error is measured on */
@@ -37,6 +39,15 @@ typedef struct {
 } tb_recon_opts;
 
 void tb_recon_defaults(tb_recon_opts *o); /* 300 steps, lr 1e-3, 0.9/0.999/1e-8, 16 eval windows */
+
+/* The peak learning rate of one [rows, cols] weight w (keep != 0: trained):
+ * o->lr, or with o->lr_rel > 0, lr_rel x RMS of the kept entries / cols.
+ * Why: Adam moves every weight by ~lr a step whatever its size, and a row's
+ * output by up to ~lr x fan_in x |x| when the steps agree, so a rate tuned on
+ * one model's weights overshoots wider ones of smaller scale (BACKLOG: 1e-3
+ * suits tiny-llama-6m, 256 wide, RMS ~0.1, and raised the error of 4096-wide
+ * RMS-0.02 layers 4-13x); the muP rule for Adam, with the weights' scale. */
+double tb_recon_peak_lr(const tb_recon_opts *o, const float *w, const uint8_t *keep, int64_t rows, int64_t cols);
 
 typedef struct {
     double mse_before, mse_after; /* mean squared error of the layer output */

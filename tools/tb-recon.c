@@ -128,7 +128,8 @@ static int write_shard(const options *o, const tb_pack_file *p, float *const w[T
     free(recipe);
     snprintf(num, sizeof num, "%d", o->ro.steps);
     if (!rc) rc = tb_pack_writer_meta(pw, "recon_steps", num);
-    snprintf(num, sizeof num, "%g", o->ro.lr);
+    if (o->ro.lr_rel > 0) snprintf(num, sizeof num, "%g x RMS / fan-in", o->ro.lr_rel);
+    else snprintf(num, sizeof num, "%g", o->ro.lr);
     if (!rc) rc = tb_pack_writer_meta(pw, "recon_lr", num);
     snprintf(num, sizeof num, "%.6g -> %.6g (target power %.6g)", rep->mse_before, rep->mse_after, rep->target_power);
     if (!rc) rc = tb_pack_writer_meta(pw, "recon_mse", num);
@@ -344,6 +345,11 @@ int main(int argc, char **argv)
         TB_OPT_OUTPUT(&o.output, "FILE", TB_OPTF_REQUIRED, "the reconstructed .tb shard (written atomically)"),
         TB_OPT_INT(0, "steps", &o.ro.steps, "N", 0, 10000000, "Adam steps, one window each (default 300)"),
         TB_OPT_DOUBLE(0, "lr", &o.ro.lr, "X", 0, 1, "peak learning rate, cosine decay (default 1e-3)"),
+        TB_OPT_DOUBLE(0, "lr-rel", &o.ro.lr_rel, "C", 0, 1e6,
+                      "instead of --lr, each weight's peak rate is C x the RMS\n"
+                      "of its kept entries / its fan-in (cols): a rate that\n"
+                      "follows the weights' scale and width (C 2.5: 3e-4 to\n"
+                      "1.4e-3 for tiny-llama-6m's layer 0; see tb-recon(1))"),
         TB_OPT_LONG(0, "seed", &seed, "S", 0, 9.3e18, "window order (default 0)"),
         TB_OPT_LONG(0, "max-windows", &o.max_windows, "N", 1, 1L << 40, "use the first N windows"),
         TB_OPT_CHOICE(0, "unit", &unit, unit_names,

@@ -121,3 +121,16 @@ assert all(da[slice(*a[k]["data_offsets"])] == dc[slice(*c[k]["data_offsets"])] 
     [ "$status" -eq 0 ]
     python3 -c 'import json, sys; j = json.loads(sys.argv[1]); assert j["kept_start"] is False, j' "$output"
 }
+
+@test "--lr-rel: each weight's rate from its scale and width; the error falls and the metadata says which rule ran" {
+    cd "$D"
+    run tb-recon -m "$M" --shard p0.tb --layer 0 -t calib.st --steps 30 --lr-rel 5 -o rel0.tb --json --quiet
+    [ "$status" -eq 0 ]
+    python3 -c 'import json, sys; j = json.loads(sys.argv[1]); assert j["mse_after"] < 0.95 * j["mse_before"] and not j["kept_start"], j' "$output"
+    python3 -c '
+import json, struct
+b = open("rel0.tb", "rb").read(); n = struct.unpack("<Q", b[:8])[0]
+m = json.loads(b[8:8 + n])["__metadata__"]
+assert m["recon_lr"] == "5 x RMS / fan-in", m["recon_lr"]'
+
+}

@@ -30,6 +30,7 @@
 #include "tb_error.h"
 #include "tb_learnmask.h"
 #include "tb_model.h"
+#include "tb_recon.h"
 #include "tb_train.h"
 
 #define HID 16
@@ -1060,10 +1061,27 @@ static void test_distill_learned_resume_is_exact(void **state)
     remove_dir(dd2);
 }
 
+/* tb_recon_peak_lr: --lr as given, or lr_rel x RMS of the kept entries / cols */
+static void test_recon_peak_lr(void **state)
+{
+    (void)state;
+    tb_recon_opts o;
+    tb_recon_defaults(&o);
+    const float w[8] = {3, 0, 4, 0, -1, 100, 0, 7}; /* the 100 is pruned: it must not count */
+    const uint8_t keep[8] = {1, 0, 1, 0, 1, 0, 1, 1};
+    assert_true(tb_recon_peak_lr(&o, w, keep, 2, 4) == 1e-3);
+    o.lr_rel = 2.0;
+    /* kept 3, 4, -1, 0, 7: mean square (9 + 16 + 1 + 0 + 49) / 5 = 15 */
+    assert_true(fabs(tb_recon_peak_lr(&o, w, keep, 2, 4) - 2.0 * sqrt(15.0) / 4.0) < 1e-15);
+    const uint8_t none[8] = {0};
+    assert_true(tb_recon_peak_lr(&o, w, none, 2, 4) == 0.0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_reselect_known_values),
+        cmocka_unit_test(test_recon_peak_lr),
         cmocka_unit_test(test_kl_gradient),
         cmocka_unit_test(test_hidden_gradient),
         cmocka_unit_test(test_half_gradients),
