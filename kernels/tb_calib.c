@@ -181,14 +181,29 @@ int tb_calib_window(tb_calib *c, tb_forward *f, tb_backward *b, const int32_t *i
 
 int tb_calib_layers(tb_calib *c, tb_forward *f, int n, int l0, int l1)
 {
+    return tb_calib_layers_at(c, f, n, l0, l1, l1, NULL, NULL);
+}
+
+int tb_calib_layers_at(tb_calib *c, tb_forward *f, int n, int l0, int mid, int l1, int (*at_mid)(void *ctx),
+                       void *ctx)
+{
     if (c->o.fisher || c->o.grad_samples > 0)
         return tb_fail(TB_EUSAGE, "Fisher and gradient samples need the whole model, not a layer range");
+    if (mid <= l0 || mid > l1) return tb_fail(TB_EUSAGE, "calib: stream %d is not inside layers %d:%d", mid, l0, l1);
     c->cur_window = c->windows;
     if (c->o.gram) {
         f->hook = gram_hook;
         f->hook_ctx = c;
     }
-    int rc = tb_forward_layers(f, n, l0, l1);
+    /* each layer runs unchained (tb_forward_layers), so a split run
+     * computes what the whole one does */
+    int rc = tb_forward_layers(f, n, l0, mid);
+    if (!rc && at_mid) { /* unhooked: it may read streams, never run a linear */
+        f->hook = NULL;
+        rc = at_mid(ctx);
+        if (c->o.gram) f->hook = gram_hook;
+    }
+    if (!rc && mid < l1) rc = tb_forward_layers(f, n, mid, l1);
     f->hook = NULL;
     f->hook_ctx = NULL;
     if (rc) return rc;

@@ -63,6 +63,15 @@ int tb_calib_window(tb_calib *c, tb_forward *f, tb_backward *b, const int32_t *i
  * tb_forward_stream(f, l1). No Fisher: that needs the whole model's loss. */
 int tb_calib_layers(tb_calib *c, tb_forward *f, int n, int l0, int l1);
 
+/* The same run in two parts, [l0, mid) then [mid, l1), with at_mid(ctx)
+ * called between them while tb_forward_stream(f, mid) holds the stream
+ * entering layer mid (l0 < mid <= l1; at mid == l1, after the whole run):
+ * one window counted, the same sums as tb_calib_layers. tb-fisher
+ * --acts-out-at saves the stream leaving pruned layer L while the dense layer
+ * L+1 after it accumulates its Grams, in one pass. */
+int tb_calib_layers_at(tb_calib *c, tb_forward *f, int n, int l0, int mid, int l1, int (*at_mid)(void *ctx),
+                       void *ctx);
+
 /* Write the statistics (safetensors, layout of tb_fisher.h) through an atomic
  * output; meta_kv: extra metadata pairs. */
 int tb_calib_write(tb_calib *c, const char *path, const char *const *meta_kv, int n_meta);

@@ -38,6 +38,8 @@ static const char notes[] =
 typedef struct {
     const char *model, *tokens, *text, *output, *acts_in, *acts_out;
     int fisher, gram, grad_samples, threads, layer_a, layer_b, text_windows, text_seq_len, json;
+    int gram_from;    /* --gram-from: Grams of layers [gram_from, B) only (-1: A) */
+    int acts_out_at;  /* --acts-out-at: the stream saved enters this layer (-1: B) */
     uint64_t text_seed;
     long max_windows;
     tb_backend_opts dev;
@@ -77,6 +79,23 @@ static int text_windows(const options *o, const tb_model *m, tb_tokens *tk)
         rc = tb_fail(TB_EDATA, "%s: windows of %d tokens exceed max_position_embeddings (%d)", o->text, tk->seq_len,
                      m->cfg.max_position_embeddings);
     return rc;
+}
+
+/* tb_calib_layers_at's callback: one window of the stream entering sv->layer
+ * onto the --acts-out file */
+typedef struct {
+    tb_forward *f;
+    int layer, seq_len;
+    float *hostwin;
+    st_writer *sout;
+    size_t window_floats;
+} stream_save;
+
+static int save_stream(void *ctx)
+{
+    stream_save *sv = ctx;
+    int rc = tb_forward_get_stream(sv->f, sv->layer, sv->hostwin, sv->seq_len);
+    return rc ? rc : st_writer_write(sv->sout, sv->hostwin, sv->window_floats * sizeof(float));
 }
 
 static int run(const options *o, const char *cmdline)
@@ -119,13 +138,21 @@ static int run(const options *o, const char *cmdline)
     /* of the weights this run reads (formats/tb_fisher.h): layers 0..B, or A..B
      * from a stream; not the whole checkpoint, which at 7B is 14.5 GB a run */
     tb_model_sha256_layers(&m, o->acts_in ? o->layer_a : 0, layer_b, sha);
+    const int gram_from = o->gram_from >= 0 ? o->gram_from : o->layer_a;
+    const int acts_at = o->acts_out_at >= 0 ? o->acts_out_at : layer_b;
+    if (sequential && (gram_from < o->layer_a || gram_from >= layer_b || acts_at <= o->layer_a || acts_at > layer_b)) {
+        rc = tb_fail(TB_EUSAGE, "--gram-from %d and --acts-out-at %d must lie inside --layers %d:%d", gram_from, acts_at,
+                     o->layer_a, layer_b);
+        goto done_inputs;
+    }
     if (o->acts_out) {
-        char lay[16];
-        snprintf(lay, sizeof lay, "%d", layer_b);
+        char lay[16], sha_s[65]; /* the stream's: of the layers before it */
+        tb_model_sha256_layers(&m, o->acts_in ? o->layer_a : 0, acts_at, sha_s);
+        snprintf(lay, sizeof lay, "%d", acts_at);
         if (!(sout = st_writer_new())) { rc = TB_EIO; goto done_inputs; }
         int64_t shape[3] = {windows, seq_len, m.cfg.hidden_size};
         if ((rc = st_writer_meta(sout, "tensorbit.kind", "stream")) || (rc = st_writer_meta(sout, "layer", lay)) ||
-            (rc = st_writer_meta(sout, "model_sha256", sha)) || (rc = st_writer_meta(sout, "command", cmdline)) ||
+            (rc = st_writer_meta(sout, "model_sha256", sha_s)) || (rc = st_writer_meta(sout, "command", cmdline)) ||
             (rc = st_writer_add(sout, "hidden", TB_F32, 3, shape)) || (rc = tb_out_open(&out_acts, o->acts_out)))
             goto done_inputs;
         if ((rc = st_writer_begin(sout, out_acts.fp, o->acts_out))) goto done_inputs;
@@ -157,7 +184,7 @@ static int run(const options *o, const char *cmdline)
     if (need_grad && (rc = tb_backward_init(&b, &f))) goto done_forward;
     tb_calib c;
     tb_calib_opts co = {.fisher = o->fisher, .gram = o->gram, .grad_samples = o->grad_samples,
-                        .total_windows = windows, .layer_begin = o->layer_a, .layer_end = layer_b,
+                        .total_windows = windows, .layer_begin = sequential ? gram_from : o->layer_a, .layer_end = layer_b,
                         .backend = &be};
     if ((rc = tb_calib_init(&c, &m, seq_len, &co))) goto done_backward;
 
@@ -179,9 +206,9 @@ static int run(const options *o, const char *cmdline)
             } else {
                 rc = tb_forward_embed(&f, tk.ids + w * seq_len, seq_len);
             }
-            if (!rc) rc = tb_calib_layers(&c, &f, seq_len, o->layer_a, layer_b);
-            if (!rc && sout && !(rc = tb_forward_get_stream(&f, layer_b, hostwin, seq_len)))
-                rc = st_writer_write(sout, hostwin, window_floats * sizeof(float));
+            /* the stream entering acts_at is saved when the run reaches it */
+            stream_save sv = {&f, acts_at, seq_len, hostwin, sout, window_floats};
+            if (!rc) rc = tb_calib_layers_at(&c, &f, seq_len, o->layer_a, acts_at, layer_b, sout ? save_stream : NULL, &sv);
         }
         tb_progress_set(&prog, (uint64_t)w + 1);
     }
@@ -196,7 +223,7 @@ static int run(const options *o, const char *cmdline)
         snprintf(kk, sizeof kk, "%d", c.o.grad_samples);
         snprintf(secs_s, sizeof secs_s, "%.3f", secs);
         snprintf(loss_s, sizeof loss_s, "%.6f", sequential || prefix ? 0.0 : loss_sum / (double)windows);
-        snprintf(la, sizeof la, "%d", o->layer_a);
+        snprintf(la, sizeof la, "%d", sequential ? gram_from : o->layer_a);
         snprintf(lb, sizeof lb, "%d", layer_b);
         const char *meta[] = {"tensorbit.kind", "fisher",   "tensorbit.version", TB_VERSION, "model", o->model,
                               "model_sha256",   sha,        "tokens_file", o->tokens ? o->tokens : o->text ? o->text : o->acts_in,
@@ -240,7 +267,7 @@ done_model:
 int main(int argc, char **argv)
 {
     tb_log_init("tb-fisher");
-    options o = {.fisher = 1, .gram = 1, .threads = tb_default_threads(), .text_windows = 128, .text_seq_len = 512,
+    options o = {.fisher = 1, .gram = 1, .gram_from = -1, .acts_out_at = -1, .threads = tb_default_threads(), .text_windows = 128, .text_seq_len = 512,
                  .dev = {.device = TB_DEVICE_AUTO}};
     tb_layer_range layers = {0};
     long seed = 0;
@@ -275,6 +302,15 @@ int main(int argc, char **argv)
                                                      "[windows, seq_len, hidden], from an earlier --acts-out);\n"
                                                      "without it the first layer must be 0 and -t gives the tokens"),
         TB_OPT_FILE(0, "acts-out", &o.acts_out, "FILE", "save the stream leaving the last layer"),
+        TB_OPT_INT(0, "acts-out-at", &o.acts_out_at, "L", 1, 1000000,
+                   "save the stream entering layer L instead (A < L <= B),\n"
+                   "while the layers after it still run"),
+        TB_OPT_INT(0, "gram-from", &o.gram_from, "L", 0, 1000000,
+                   "Gram matrices of layers L..B only (the layers before\n"
+                   "run for their output). With --acts-out-at L, a pruned\n"
+                   "layer's stream and the next dense layer's Grams in one\n"
+                   "pass: -m partial.L.tbm --layers L:L+2 --acts-out-at L+1\n"
+                   "--gram-from L+1 (examples/Makefile)"),
         TB_OPT_GROUP(""),
         TB_OPT_JSON(&o.json, "print one JSON object on stdout: windows, seq_len, tokens,\n"
                              "mean_nll (the dense model's loss on the windows; null\n"
@@ -299,9 +335,13 @@ int main(int argc, char **argv)
     if (o.acts_in || o.acts_out) {
         if (o.fisher || o.grad_samples) return tb_usage_error("sequential mode computes --stats gram or none, not the Fisher");
         if (o.layer_b == 0) return tb_usage_error("sequential mode (--acts-in, --acts-out) needs --layers A-B");
+        if (o.acts_out_at >= 0 && !o.acts_out) return tb_usage_error("--acts-out-at goes with --acts-out FILE");
+        if (o.gram_from >= 0 && !o.gram) return tb_usage_error("--gram-from goes with --stats gram");
         if (!o.acts_in && o.layer_a != 0)
             return tb_usage_error("--layers %d-%d needs --acts-in (the stream entering layer %d)", o.layer_a,
                                   o.layer_b - 1, o.layer_a);
+    } else if (o.gram_from >= 0 || o.acts_out_at >= 0) {
+        return tb_usage_error("--gram-from and --acts-out-at are sequential mode's (--acts-in or --acts-out)");
     } else if (!o.fisher && !o.gram) {
         return tb_usage_error("--stats: nothing to compute");
     }

@@ -121,6 +121,47 @@ print(n)"
     [ "$status" -eq 1 ]
 }
 
+@test "--acts-out-at and --gram-from: a stream and the next layer's Grams in one pass equal the two steps, bit for bit" {
+    has_python_module numpy && has_python_module safetensors || skip "python3 numpy/safetensors missing"
+    cd "$TMP"
+    # two steps (examples/Makefile before): the stream leaving layer 0, then layer 1's Grams on it; and from a stream
+    tb-fisher -m "$TB_MODEL" -t "$CALIB" --max-windows 3 --stats none --layers 0:1 --acts-out s1.st --quiet
+    tb-fisher -m "$TB_MODEL" --acts-in s1.st --stats gram --layers 1:2 -o g1.fisher --quiet
+    tb-fisher -m "$TB_MODEL" --acts-in s1.st --stats none --layers 1:2 --acts-out s2.st --quiet
+    tb-fisher -m "$TB_MODEL" --acts-in s2.st --stats gram --layers 2:3 -o g2.fisher --quiet
+    # one pass each
+    tb-fisher -m "$TB_MODEL" -t "$CALIB" --max-windows 3 --stats gram --layers 0:2 --gram-from 1 --acts-out-at 1 \
+        --acts-out f1.st -o fg1.fisher --quiet
+    tb-fisher -m "$TB_MODEL" --acts-in f1.st --stats gram --layers 1:3 --gram-from 2 --acts-out-at 2 \
+        --acts-out f2.st -o fg2.fisher --quiet
+    run python3 -c "
+from safetensors import safe_open
+from safetensors.numpy import load_file
+import numpy as np
+n = 0
+for a, b in (('s1.st', 'f1.st'), ('s2.st', 'f2.st'), ('g1.fisher', 'fg1.fisher'), ('g2.fisher', 'fg2.fisher')):
+    x, y = load_file(a), load_file(b)
+    assert sorted(x) == sorted(y), (a, sorted(x), sorted(y))
+    for k in x: assert np.array_equal(x[k], y[k]), (a, k); n += 1
+    ma, mb = safe_open(a, 'np').metadata(), safe_open(b, 'np').metadata()
+    # a stream's checksum is of the layers before it; a .fisher's of every layer its run read, so they differ
+    for k in ('layer', 'layer_begin', 'layer_end', 'tokens') + (('model_sha256',) if a.endswith('.st') else ()):
+        assert ma.get(k) == mb.get(k), (a, k)
+print(n)"
+    [ "$status" -eq 0 ]
+    [ "$output" = "18" ]
+    # misuse: one line, exit 1
+    run tb-fisher -m "$TB_MODEL" -t "$CALIB" --stats gram --layers 0:2 --acts-out-at 1 -o x.fisher
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"--acts-out-at are sequential mode's"* ]]
+    run tb-fisher -m "$TB_MODEL" -t "$CALIB" --stats gram --layers 0:2 --gram-from 2 --acts-out s.st -o x.fisher
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"must lie inside --layers 0:2"* ]]
+    [ ! -e s.st ] && [ ! -e x.fisher ]
+    run tb-fisher -m "$TB_MODEL" -t "$CALIB" --stats gram --gram-from 1 -o x.fisher
+    [ "$status" -eq 1 ]
+}
+
 @test "--stats gram --layers A:B runs layers 0..B-1 only and equals the whole-model Gram, bit for bit" {
     has_python_module numpy && has_python_module safetensors || skip "python3 numpy/safetensors missing"
     cd "$TMP"
