@@ -574,29 +574,22 @@ typedef struct {
     const tb_packed *t;
     const int32_t *perm; /* NULL: stored order */
     float *out;
-    int failed;          /* a row buffer could not be allocated */
+    float *rows;         /* with perm: a row buffer per thread, [threads, cols] */
 } tensor_f32_ctx;
 
 static void tensor_f32_rows(void *vctx, int64_t r0, int64_t r1, int tid)
 {
-    (void)tid;
     tensor_f32_ctx *c = vctx;
     const tb_packed *t = c->t;
     if (t->kind == TB_PACKED_NM)
         tb_nm_unpack_rows(t->dtype, t->values->data, t->indices->data, t->cols, t->n, t->m, r0, r1 - r0,
                           c->out + r0 * t->cols);
-    if (!c->perm || r0 >= r1) return;
-    float *row = malloc((size_t)t->cols * sizeof *row);
-    if (!row) {
-        c->failed = 1; /* a racy store of the same value: any thread's is enough */
-        return;
-    }
-    for (int64_t r = r0; r < r1; r++) {
+    float *row = c->rows + (size_t)tid * (size_t)t->cols;
+    for (int64_t r = r0; c->perm && r < r1; r++) {
         float *o = c->out + r * t->cols;
         memcpy(row, o, (size_t)t->cols * sizeof *row);
         tb_unpermute_row(row, o, t->cols, c->perm);
     }
-    free(row);
 }
 
 float *tb_pack_tensor_f32(const tb_pack_file *p, const char *name, int unpermute, int64_t *numel)
@@ -610,16 +603,19 @@ float *tb_pack_tensor_f32(const tb_pack_file *p, const char *name, int unpermute
     }
     float *out = t->kind == TB_PACKED_MASKED ? st_tensor_f32(t->dense) : tb_malloc((size_t)(t->rows * t->cols + 1) * sizeof *out);
     if (!out) return NULL;
-    int32_t *perm = NULL;
-    if (unpermute && t->perm) {
-        if (!(perm = tb_malloc((size_t)t->cols * sizeof *perm + 1))) { free(out); return NULL; }
-        memcpy(perm, t->perm->data, (size_t)t->cols * sizeof *perm); /* may be unaligned in the mapping */
-    }
     /* rows in parallel: a 7B layer's 218 M weights are seconds on one core */
-    tensor_f32_ctx c = {t, perm, out, 0};
-    tb_parallel_for(tb_default_threads(), t->rows, tensor_f32_rows, &c);
-    free(perm);
-    if (c.failed) { free(out); tb_fail(TB_EIO, "out of memory"); return NULL; }
+    const int threads = tb_default_threads();
+    tensor_f32_ctx c = {t, NULL, out, NULL};
+    if (unpermute && t->perm) {
+        int32_t *perm = tb_malloc((size_t)t->cols * sizeof *perm + 1);
+        c.rows = perm ? tb_malloc((size_t)threads * (size_t)t->cols * sizeof *c.rows + 1) : NULL;
+        if (!c.rows) { free(perm); free(out); return NULL; }
+        memcpy(perm, t->perm->data, (size_t)t->cols * sizeof *perm); /* may be unaligned in the mapping */
+        c.perm = perm;
+    }
+    tb_parallel_for(threads, t->rows, tensor_f32_rows, &c);
+    free((void *)c.perm);
+    free(c.rows);
     if (numel) *numel = t->rows * t->cols;
     return out;
 }

@@ -27,29 +27,6 @@ void tb_block_defaults(tb_block_opts *o)
     tb_learnmask_defaults(&o->mask);
 }
 
-int tb_dense_layer_targets(const tb_model *m, int l, const float *inputs, int64_t windows, int seq_len, int n_threads,
-                           tb_backend *be, float *out, float *attn_out)
-{
-    tb_forward f;
-    tb_forward_opts fo = {.max_seq = seq_len, .max_tokens = seq_len, .keep_acts = 0, .n_threads = n_threads,
-                          .backend = be, .layer_begin = l, .layer_end = l + 1};
-    int rc = tb_forward_init(&f, m, &fo);
-    if (rc) return rc;
-    const size_t nd = (size_t)seq_len * m->cfg.hidden_size;
-    for (int64_t w = 0; !rc && w < windows; w++) {
-        if ((rc = tb_forward_set_stream(&f, l, inputs + (size_t)w * nd, seq_len)) ||
-            (rc = tb_forward_layers(&f, seq_len, l, l + 1)) ||
-            (rc = tb_forward_get_stream(&f, l + 1, out + (size_t)w * nd, seq_len)))
-            break;
-        if (attn_out) {
-            f.be->ops->download(f.be, attn_out + (size_t)w * nd, f.acts[l].h, nd * sizeof(float));
-            if ((rc = f.be->ops->sync(f.be))) break;
-        }
-    }
-    tb_forward_free(&f);
-    return rc;
-}
-
 /* The training state of the layer, in backend memory. With learned masks
  * every weight of a unit trains through its latent for all the unit's steps,
  * so the moments stay full-size: once the masks are fixed the latent step

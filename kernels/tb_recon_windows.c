@@ -43,52 +43,45 @@ void tb_recon_windows_host(tb_recon_windows *ws, const float *inputs, const floa
     ws->attn = attn;
 }
 
+/* the backend arrays of ws (attn: a third), or none: 0 when they do not
+ * all fit after all (then nothing is held and no error is left) */
+static int alloc_resident(tb_recon_windows *ws, tb_backend *be, int attn)
+{
+    const size_t n = (size_t)ws->windows * ws->nd;
+    ws->in_d = tb_alloc_f32(be, n, "the input windows");
+    ws->tg_d = ws->in_d ? tb_alloc_f32(be, n, "the target windows") : NULL;
+    ws->attn_d = ws->tg_d && attn ? tb_alloc_f32(be, n, "the attention targets") : NULL;
+    if (ws->tg_d && (!attn || ws->attn_d)) {
+        ws->be = be;
+        return 1;
+    }
+    for (float **d = &ws->in_d; d <= &ws->attn_d; d++)
+        if (*d) be->ops->free(be, *d), *d = NULL;
+    tb_err_clear();
+    return 0;
+}
+
 int tb_recon_windows_upload(tb_recon_windows *ws, tb_backend *be)
 {
-    if (ws->in_d || !fits(be, ws->windows, ws->nd, ws->attn ? 3 : 2)) return TB_OK;
-    const size_t n = (size_t)ws->windows * ws->nd;
-    float *d[3] = {0};
-    const float *h[3] = {ws->in, ws->tg, ws->attn};
-    for (int i = 0; i < 3; i++) {
-        if (!h[i]) continue;
-        if (!(d[i] = tb_alloc_f32(be, n, "the training windows"))) { /* not that much room after all: stream them */
-            for (int j = 0; j < i; j++)
-                if (d[j]) be->ops->free(be, d[j]);
-            tb_err_clear();
-            return TB_OK;
-        }
-        be->ops->upload(be, d[i], h[i], n * sizeof(float));
-    }
-    ws->be = be;
-    ws->in_d = d[0];
-    ws->tg_d = d[1];
-    ws->attn_d = d[2];
+    /* not that much room: each step uploads its window */
+    if (ws->in_d || !fits(be, ws->windows, ws->nd, ws->attn ? 3 : 2) || !alloc_resident(ws, be, ws->attn != NULL))
+        return TB_OK;
+    const size_t bytes = (size_t)ws->windows * ws->nd * sizeof(float);
+    be->ops->upload(be, ws->in_d, ws->in, bytes);
+    be->ops->upload(be, ws->tg_d, ws->tg, bytes);
+    if (ws->attn) be->ops->upload(be, ws->attn_d, ws->attn, bytes);
     return be->ops->sync(be);
 }
 
 int tb_recon_windows_inputs(tb_recon_windows *ws, tb_backend *be, int n_threads, const void *inputs, int64_t windows,
                             int seq_len, int hidden, int want_attn)
 {
-    memset(ws, 0, sizeof *ws);
-    ws->windows = windows;
-    ws->seq_len = seq_len;
-    ws->nd = (size_t)seq_len * (size_t)hidden;
+    tb_recon_windows_host(ws, NULL, NULL, NULL, windows, seq_len, hidden);
     const size_t n = (size_t)windows * ws->nd;
-    if (fits(be, windows, ws->nd, want_attn ? 3 : 2)) {
-        ws->be = be;
-        ws->in_d = tb_alloc_f32(be, n, "the input windows");
-        ws->tg_d = ws->in_d ? tb_alloc_f32(be, n, "the target windows") : NULL;
-        ws->attn_d = ws->tg_d && want_attn ? tb_alloc_f32(be, n, "the attention targets") : NULL;
-        if (ws->tg_d && (!want_attn || ws->attn_d)) {
-            /* from wherever they are (a mapping need not be f32-aligned: a byte copy) */
-            be->ops->upload(be, ws->in_d, inputs, n * sizeof(float));
-            return be->ops->sync(be);
-        }
-        tb_recon_windows_free(ws); /* not that much room after all: the host path needs none */
-        tb_err_clear();
-        ws->windows = windows;
-        ws->seq_len = seq_len;
-        ws->nd = (size_t)seq_len * (size_t)hidden;
+    if (fits(be, windows, ws->nd, want_attn ? 3 : 2) && alloc_resident(ws, be, want_attn)) {
+        /* from wherever they are (a mapping need not be f32-aligned: a byte copy) */
+        be->ops->upload(be, ws->in_d, inputs, n * sizeof(float));
+        return be->ops->sync(be);
     }
     /* host arrays: an aligned copy of the inputs, room for the targets */
     float *in = tb_malloc(n * sizeof(float)), *tg = in ? tb_malloc(n * sizeof(float)) : NULL;
@@ -105,32 +98,64 @@ int tb_recon_windows_inputs(tb_recon_windows *ws, tb_backend *be, int n_threads,
     return TB_OK;
 }
 
-int tb_recon_windows_targets(tb_recon_windows *ws, const tb_model *m, int l, tb_backend *be, int n_threads)
+/* window w's input into f's stream l: a device copy of a resident window,
+ * else an upload */
+static int set_input(const tb_recon_windows *ws, tb_forward *f, int l, int64_t w)
 {
-    if (!ws->in_d) { /* host arrays: a window at a time through be */
-        if (!ws->owns_host) return tb_fail(TB_EUSAGE, "recon: the targets of wrapped windows are the caller's");
-        return tb_dense_layer_targets(m, l, ws->in, ws->windows, ws->seq_len, n_threads, be, (float *)ws->tg,
-                                      (float *)ws->attn);
-    }
+    if (!ws->in_d) return tb_forward_set_stream(f, l, ws->in + (size_t)w * ws->nd, ws->seq_len);
+    f->be->ops->copy(f->be, tb_forward_stream(f, l), ws->in_d + (size_t)w * ws->nd, ws->nd * sizeof(float));
+    return TB_OK;
+}
+
+/* The dense layer l on every window of ws, its outputs into tg and its
+ * attention block's h into attn (NULL: not wanted): backend arrays for
+ * resident windows (device copies), else host arrays (downloads). */
+static int dense_targets(const tb_recon_windows *ws, const tb_model *m, int l, tb_backend *be, int n_threads,
+                         float *tg, float *attn)
+{
     tb_forward f;
     tb_forward_opts fo = {.max_seq = ws->seq_len, .max_tokens = ws->seq_len, .keep_acts = 0, .n_threads = n_threads,
-                          .backend = ws->be, .layer_begin = l, .layer_end = l + 1};
+                          .backend = be, .layer_begin = l, .layer_end = l + 1};
     int rc = tb_forward_init(&f, m, &fo);
     if (rc) return rc;
-    tb_backend *b = ws->be;
+    be = f.be; /* NULL was the CPU: the forward opened it */
+    const size_t bytes = ws->nd * sizeof(float);
     for (int64_t w = 0; !rc && w < ws->windows; w++) {
         const size_t off = (size_t)w * ws->nd;
         TB_RANGE_PUSH("dense target window");
-        b->ops->copy(b, tb_forward_stream(&f, l), ws->in_d + off, ws->nd * sizeof(float));
-        if (!(rc = tb_forward_layers(&f, ws->seq_len, l, l + 1))) {
-            b->ops->copy(b, ws->tg_d + off, tb_forward_stream(&f, l + 1), ws->nd * sizeof(float));
-            if (ws->attn_d) b->ops->copy(b, ws->attn_d + off, f.acts[l].h, ws->nd * sizeof(float));
+        if (!(rc = set_input(ws, &f, l, w)) && !(rc = tb_forward_layers(&f, ws->seq_len, l, l + 1))) {
+            if (ws->in_d) {
+                be->ops->copy(be, tg + off, tb_forward_stream(&f, l + 1), bytes);
+                if (attn) be->ops->copy(be, attn + off, f.acts[l].h, bytes);
+            } else {
+                rc = tb_forward_get_stream(&f, l + 1, tg + off, ws->seq_len);
+                if (!rc && attn) {
+                    be->ops->download(be, attn + off, f.acts[l].h, bytes);
+                    rc = be->ops->sync(be);
+                }
+            }
         }
         TB_RANGE_POP();
     }
-    if (!rc) rc = b->ops->sync(b);
+    if (!rc) rc = be->ops->sync(be);
     tb_forward_free(&f);
     return rc;
+}
+
+int tb_recon_windows_targets(tb_recon_windows *ws, const tb_model *m, int l, tb_backend *be, int n_threads)
+{
+    if (ws->in_d) return dense_targets(ws, m, l, ws->be, n_threads, ws->tg_d, ws->attn_d);
+    if (!ws->owns_host) return tb_fail(TB_EUSAGE, "recon: the targets of wrapped windows are the caller's");
+    /* our own arrays (tb_recon_windows_inputs allocated them writable) */
+    return dense_targets(ws, m, l, be, n_threads, (float *)ws->tg, (float *)ws->attn);
+}
+
+int tb_dense_layer_targets(const tb_model *m, int l, const float *inputs, int64_t windows, int seq_len, int n_threads,
+                           tb_backend *be, float *out, float *attn_out)
+{
+    tb_recon_windows ws;
+    tb_recon_windows_host(&ws, inputs, NULL, NULL, windows, seq_len, m->cfg.hidden_size);
+    return dense_targets(&ws, m, l, be, n_threads, out, attn_out);
 }
 
 void tb_recon_windows_free(tb_recon_windows *ws)
@@ -157,13 +182,7 @@ int tb_recon_windows_load(const tb_recon_windows *ws, tb_forward *f, int l, int6
     const float *td = at_h ? ws->attn_d : ws->tg_d;
     if (at_h ? !(ws->attn || ws->attn_d) : !(ws->tg || ws->tg_d))
         return tb_fail(TB_EUSAGE, "recon: no %s targets", at_h ? "attention" : "layer");
-    int rc;
-    if (ws->in_d) {
-        be->ops->copy(be, tb_forward_stream(f, l), ws->in_d + off, ws->nd * sizeof(float));
-        rc = TB_OK;
-    } else {
-        rc = tb_forward_set_stream(f, l, ws->in + off, ws->seq_len);
-    }
+    int rc = set_input(ws, f, l, win);
     if (td) {
         *tg = td + off;
     } else {
