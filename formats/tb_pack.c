@@ -584,8 +584,9 @@ static void tensor_f32_rows(void *vctx, int64_t r0, int64_t r1, int tid)
     if (t->kind == TB_PACKED_NM)
         tb_nm_unpack_rows(t->dtype, t->values->data, t->indices->data, t->cols, t->n, t->m, r0, r1 - r0,
                           c->out + r0 * t->cols);
+    if (!c->perm) return;
     float *row = c->rows + (size_t)tid * (size_t)t->cols;
-    for (int64_t r = r0; c->perm && r < r1; r++) {
+    for (int64_t r = r0; r < r1; r++) {
         float *o = c->out + r * t->cols;
         memcpy(row, o, (size_t)t->cols * sizeof *row);
         tb_unpermute_row(row, o, t->cols, c->perm);
