@@ -1075,6 +1075,34 @@ static void test_recon_peak_lr(void **state)
     assert_true(fabs(tb_recon_peak_lr(&o, w, keep, 2, 4) - 2.0 * sqrt(15.0) / 4.0) < 1e-15);
     const uint8_t none[8] = {0};
     assert_true(tb_recon_peak_lr(&o, w, none, 2, 4) == 0.0);
+
+    /* a random 2:4 keep over 37 x 1001 (rows split across threads, columns
+     * not a multiple of 4): the same bits for 1 and 3 threads, and the
+     * RMS of a plain long double sum */
+    enum { R = 37, C = 1001 };
+    float *big = malloc(sizeof(float) * R * C);
+    uint8_t *bk = malloc(R * C);
+    assert_non_null(big);
+    assert_non_null(bk);
+    uint64_t s = 0x1234;
+    long double ref = 0;
+    int64_t kept = 0;
+    for (int i = 0; i < R * C; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        big[i] = (float)((double)(s >> 11) / 9007199254740992.0 - 0.5) * 0.04f;
+        bk[i] = (s >> 7 & 3) < 2;
+        if (bk[i]) ref += (long double)big[i] * big[i], kept++;
+    }
+    o.lr_rel = 10.0;
+    o.n_threads = 1;
+    const double one = tb_recon_peak_lr(&o, big, bk, R, C);
+    o.n_threads = 3;
+    const double three = tb_recon_peak_lr(&o, big, bk, R, C);
+    assert_true(one == three);
+    const double want = 10.0 * sqrt((double)(ref / kept)) / C;
+    assert_true(fabs(one - want) <= 1e-13 * want);
+    free(big);
+    free(bk);
 }
 
 int main(void)
