@@ -40,6 +40,17 @@ typedef struct {
 
 void tb_recon_defaults(tb_recon_opts *o); /* 300 steps, lr 1e-3, 0.9/0.999/1e-8, 16 eval windows */
 
+/* The tools' default rate rule (tb-recon without --lr): lr_rel 5. Measured
+ * (BENCHMARKS.md, "tb-recon's rate"): on a Mistral-7B-shaped layer (4096
+ * wide, RMS 0.02, 300 steps of 128 x 2048 tokens) the error kept is 0.911
+ * at C 5 (0.875 at C 10) where lr 1e-3 raised it 3.9x; on the layer-wise
+ * recipe C 5 gives KL 1.448 against lr 1e-3's 1.469 (tiny-llama-6m) and
+ * 0.1413 against 0.1440 (tiny-mistral-10m). C 10 overshoots short runs
+ * (tiny-llama-6m layer 0, 4-10 steps: the error raised 1.7x; C 5 keeps
+ * 0.92-0.98). The library default stays a fixed lr, so that callers that
+ * set .lr get it. */
+#define TB_RECON_LR_REL_DEFAULT 5.0
+
 /* The peak learning rate of one [rows, cols] weight w (keep != 0: trained):
  * o->lr, or with o->lr_rel > 0, lr_rel x RMS of the kept entries / cols.
  * Why: Adam moves every weight by ~lr a step whatever its size, and a row's

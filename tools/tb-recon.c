@@ -273,7 +273,7 @@ static int run(options *o, const char *cmdline)
     int kept_start = 0;
     if (!rc && !(rep.mse_after < rep.mse_before)) {
         tb_warn("layer %d: training raised the output error (MSE %.4g -> %.4g): the shard's own weights are kept "
-                "(a smaller --lr may train it)", o->layer, rep.mse_before, rep.mse_after);
+                "(a smaller --lr-rel or --lr may train it)", o->layer, rep.mse_before, rep.mse_after);
         kept_start = 1;
         for (int k = 0; k < TB_LIN_PER_LAYER && !rc; k++) {
             free(w[k]);
@@ -344,12 +344,14 @@ int main(int argc, char **argv)
                      "make it with tb-fisher --acts-out", "the stream entering layer L (layers > 0)"),
         TB_OPT_OUTPUT(&o.output, "FILE", TB_OPTF_REQUIRED, "the reconstructed .tb shard (written atomically)"),
         TB_OPT_INT(0, "steps", &o.ro.steps, "N", 0, 10000000, "Adam steps, one window each (default 300)"),
-        TB_OPT_DOUBLE(0, "lr", &o.ro.lr, "X", 0, 1, "peak learning rate, cosine decay (default 1e-3)"),
+        TB_OPT_DOUBLE(0, "lr", &o.ro.lr, "X", 0, 1, "one peak learning rate for every weight, cosine decay\n"
+                                                    "(default: --lr-rel's rule)"),
         TB_OPT_DOUBLE(0, "lr-rel", &o.ro.lr_rel, "C", 0, 1e6,
-                      "instead of --lr, each weight's peak rate is C x the RMS\n"
-                      "of its kept entries / its fan-in (cols): a rate that\n"
-                      "follows the weights' scale and width (C 2.5: 3e-4 to\n"
-                      "1.4e-3 for tiny-llama-6m's layer 0; see tb-recon(1))"),
+                      "each weight's peak rate is C x the RMS of its kept\n"
+                      "entries / its fan-in (cols): a rate that follows the\n"
+                      "weights' scale and width (default C 5: 5.8e-4 to\n"
+                      "2.8e-3 for tiny-llama-6m's layer 0, ~3e-5 for a\n"
+                      "4096-wide 2:4 layer of RMS 0.02; see tb-recon(1))"),
         TB_OPT_LONG(0, "seed", &seed, "S", 0, 9.3e18, "window order (default 0)"),
         TB_OPT_LONG(0, "max-windows", &o.max_windows, "N", 1, 1L << 40, "use the first N windows"),
         TB_OPT_CHOICE(0, "unit", &unit, unit_names,
@@ -382,6 +384,9 @@ int main(int argc, char **argv)
         .description = description, .options = table, .notes = notes};
     TB_OPTS_PARSE_OR_RETURN(&cmd, argc, argv, NULL, NULL);
     if (tb_opt_given(&seed)) o.ro.seed = (uint64_t)seed;
+    if (tb_opt_given(&o.ro.lr) && tb_opt_given(&o.ro.lr_rel))
+        return tb_usage_error("give at most one of --lr X (one rate) and --lr-rel C (a rate per weight)");
+    if (!tb_opt_given(&o.ro.lr) && !tb_opt_given(&o.ro.lr_rel)) o.ro.lr_rel = TB_RECON_LR_REL_DEFAULT;
     o.bo.unit = (tb_recon_unit)unit;
     if (!o.tokens == !o.acts_in) return tb_usage_error("give exactly one of -t TOKENS (layer 0) and --acts-in STREAM");
     char *cmdline = tb_join_args(argc, argv);

@@ -134,3 +134,33 @@ m = json.loads(b[8:8 + n])["__metadata__"]
 assert m["recon_lr"] == "5 x RMS / fan-in", m["recon_lr"]'
 
 }
+
+@test "the rate: --lr-rel 5's rule by default, --lr X one rate, both at once a usage error" {
+    cd "$D"
+    lr_of() {
+        python3 -c '
+import json, struct, sys
+b = open(sys.argv[1], "rb").read(); n = struct.unpack("<Q", b[:8])[0]
+print(json.loads(b[8:8 + n])["__metadata__"]["recon_lr"])' "$1"
+    }
+    tb-recon -m "$M" --shard p0.tb --layer 0 -t calib.st --steps 4 -o def0.tb --quiet
+    [ "$(lr_of def0.tb)" = "5 x RMS / fan-in" ]
+    # the same weights as --lr-rel 5 given (the files differ in their command line)
+    tb-recon -m "$M" --shard p0.tb --layer 0 -t calib.st --steps 4 --lr-rel 5 -o rel5.tb --quiet
+    same_tensors() {
+        python3 -c '
+import json, struct, sys
+def load(p):
+    b = open(p, "rb").read(); n = struct.unpack("<Q", b[:8])[0]; h = json.loads(b[8:8 + n]); h.pop("__metadata__"); return h, b[8 + n:]
+(a, da), (c, dc) = load(sys.argv[1]), load(sys.argv[2])
+sys.exit(0 if a == c and da == dc else 1)' "$1" "$2"
+    }
+    same_tensors def0.tb rel5.tb
+    tb-recon -m "$M" --shard p0.tb --layer 0 -t calib.st --steps 4 --lr 1e-3 -o fix0.tb --quiet
+    [ "$(lr_of fix0.tb)" = "0.001" ]
+    ! same_tensors def0.tb fix0.tb
+    run tb-recon -m "$M" --shard p0.tb --layer 0 -t calib.st --steps 4 --lr 1e-3 --lr-rel 5 -o both.tb
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"at most one of --lr"* ]]
+    [ ! -e both.tb ]
+}
