@@ -19,42 +19,42 @@ void tb_recon_defaults(tb_recon_opts *o)
                          .eval_windows = 16, .n_threads = 1};
 }
 
-/* Sum of squares and count of one row's kept entries per row, so the total
- * is added in row order whatever the thread count. Branch-free: a 2:4 keep
- * mask is random to the branch predictor, and the branching loop took ~1 s a
- * Mistral-7B layer (218 M weights; H200 host, 2026-12-03 run_7b.sh). */
+/* Sum of squares and count of the kept entries, over TB_PEAK_BLOCKS fixed
+ * blocks of rows added in block order: the same total whatever the thread
+ * count, and no allocation. Branch-free: a 2:4 keep mask is random to the
+ * branch predictor, and the branching loop took ~1 s a Mistral-7B layer (218
+ * M weights; H200 host, 2026-12-03 run_7b.sh). */
+#define TB_PEAK_BLOCKS 64
 typedef struct {
     const float *w;
     const uint8_t *keep;
-    int64_t cols;
-    double *row_ss;
-    int64_t *row_kept;
+    int64_t rows, cols;
+    double ss[TB_PEAK_BLOCKS];
+    int64_t kept[TB_PEAK_BLOCKS];
 } kept_sums;
 
-static void kept_sums_rows(void *ctx, int64_t begin, int64_t end, int thread_id)
+static void kept_sums_blocks(void *ctx, int64_t begin, int64_t end, int thread_id)
 {
     (void)thread_id;
-    const kept_sums *c = ctx;
-    for (int64_t r = begin; r < end; r++) {
-        const float *w = c->w + r * c->cols;
-        const uint8_t *keep = c->keep + r * c->cols;
+    kept_sums *c = ctx;
+    for (int64_t b = begin; b < end; b++) {
         /* four partial sums (entry i into i % 4): four add chains, not one */
         double ss4[4] = {0, 0, 0, 0};
         int64_t kept = 0;
-        for (int64_t i = 0; i < c->cols; i++) {
+        const int64_t n0 = c->rows * b / TB_PEAK_BLOCKS * c->cols, n1 = c->rows * (b + 1) / TB_PEAK_BLOCKS * c->cols;
+        for (int64_t i = n0; i < n1; i++) {
             /* w[i] with its bits cleared where pruned: no branch (a ternary
              * here still compiled to one) */
             uint32_t bits;
-            memcpy(&bits, &w[i], sizeof bits);
-            bits &= 0u - (uint32_t)(keep[i] != 0);
+            memcpy(&bits, &c->w[i], sizeof bits);
+            bits &= 0u - (uint32_t)(c->keep[i] != 0);
             float v;
             memcpy(&v, &bits, sizeof v);
             ss4[i & 3] += (double)v * v;
-            kept += keep[i] != 0;
+            kept += c->keep[i] != 0;
         }
-        const double ss = (ss4[0] + ss4[1]) + (ss4[2] + ss4[3]);
-        c->row_ss[r] = ss;
-        c->row_kept[r] = kept;
+        c->ss[b] = (ss4[0] + ss4[1]) + (ss4[2] + ss4[3]);
+        c->kept[b] = kept;
     }
 }
 
@@ -62,26 +62,11 @@ double tb_recon_peak_lr(const tb_recon_opts *o, const float *w, const uint8_t *k
 {
     if (!(o->lr_rel > 0)) return o->lr;
     if (rows <= 0 || cols <= 0) return 0.0;
-    double *row_ss = malloc((size_t)rows * sizeof *row_ss);
-    int64_t *row_kept = malloc((size_t)rows * sizeof *row_kept);
+    kept_sums c = {.w = w, .keep = keep, .rows = rows, .cols = cols};
+    tb_parallel_for(o->n_threads > 0 ? o->n_threads : tb_default_threads(), TB_PEAK_BLOCKS, kept_sums_blocks, &c);
     double ss = 0;
     int64_t kept = 0;
-    if (row_ss && row_kept) {
-        kept_sums c = {.w = w, .keep = keep, .cols = cols, .row_ss = row_ss, .row_kept = row_kept};
-        tb_parallel_for(o->n_threads > 0 ? o->n_threads : tb_default_threads(), rows, kept_sums_rows, &c);
-        for (int64_t r = 0; r < rows; r++) ss += row_ss[r], kept += row_kept[r];
-    } else { /* no memory for the row sums: the same sums on this thread */
-        double one_ss;
-        int64_t one_kept;
-        kept_sums c = {.w = w, .keep = keep, .cols = cols, .row_ss = &one_ss, .row_kept = &one_kept};
-        for (int64_t r = 0; r < rows; r++) {
-            kept_sums_rows(&c, 0, 1, 0);
-            ss += one_ss, kept += one_kept;
-            c.w += cols, c.keep += cols;
-        }
-    }
-    free(row_ss);
-    free(row_kept);
+    for (int b = 0; b < TB_PEAK_BLOCKS; b++) ss += c.ss[b], kept += c.kept[b];
     return kept ? o->lr_rel * sqrt(ss / (double)kept) / (double)cols : 0.0;
 }
 
